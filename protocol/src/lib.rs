@@ -1,0 +1,40 @@
+//! The wire format of shardd, shared by the daemon and the client crate.
+//!
+//! Every message is a frame: a fixed 32-byte little-endian [`FrameHeader`],
+//! then a small control message (encoded by [`codec`]), then a raw payload
+//! that is never re-encoded. Requests are pipelined: a client may have many
+//! in flight on one connection and the daemon answers each by its request id,
+//! possibly out of order. The full specification is `docs/PROTOCOL.md`.
+//!
+//! This crate holds no I/O policy: it turns bytes into typed values and back,
+//! and says which lengths are acceptable before anything is allocated.
+//!
+//! # Layout
+//!
+//! * [`header`]: the frame header, its flags and golden-byte tests.
+//! * [`opcode`] and [`status`]: the codes carried in the header.
+//! * [`message`]: the control messages of each operation.
+//! * [`codec`]: the one module that knows the control encoding (bincode 2).
+//! * [`names`]: validation of namespaces and keys.
+//! * [`dtype`]: element types and shape checks.
+//! * [`limits`]: length limits.
+//! * [`error`]: [`ProtocolError`].
+
+pub mod codec;
+pub mod dtype;
+pub mod error;
+pub mod header;
+pub mod limits;
+pub mod message;
+pub mod names;
+pub mod opcode;
+pub mod status;
+
+pub use dtype::DType;
+pub use error::ProtocolError;
+pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
+pub use limits::{DEFAULT_MAX_PAYLOAD_LEN, Limits, MAX_CONTROL_LEN, MAX_LIST_LIMIT};
+pub use message::*;
+pub use names::{Key, MAX_KEY_LEN, MAX_NAMESPACE_LEN, NameError, Namespace, ShardIndex};
+pub use opcode::Opcode;
+pub use status::Status;

@@ -1,0 +1,346 @@
+//! Control messages: the small bincode part of a frame, between the header
+//! and the raw payload.
+//!
+//! Which message a frame carries follows from its opcode and direction:
+//!
+//! | opcode | request control | response control (status ok) | payload |
+//! |---|---|---|---|
+//! | hello  | [`HelloRequest`]  | [`HelloResponse`]  | none |
+//! | ping   | none              | none               | none |
+//! | put    | [`PutRequest`]    | [`PutResponse`]    | request: the shard bytes |
+//! | fetch  | [`FetchRequest`]  | [`FetchResponse`] in the first frame, none in the rest | response: the bytes, split over frames |
+//! | stat   | [`StatRequest`]   | [`StatResponse`]   | none |
+//! | list   | [`ListRequest`]   | [`ListResponse`]   | none |
+//! | delete | [`DeleteRequest`] | [`DeleteResponse`] | none |
+//! | status | none              | [`StatusResponse`] | none |
+//!
+//! A response with any other status carries an [`ErrorResponse`].
+//!
+//! New fields are only ever added in a new protocol version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DType, Key, Namespace};
+
+/// First request on every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRequest {
+    /// Oldest protocol version the client speaks.
+    pub min_version: u16,
+    /// Newest protocol version the client speaks.
+    pub max_version: u16,
+    /// Free-form client name and version, for the daemon's logs.
+    pub client: String,
+}
+
+/// The daemon's answer to [`HelloRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    /// The protocol version used from now on.
+    pub version: u16,
+    /// Daemon name and version, e.g. `shardd 0.1.0`.
+    pub server: String,
+    /// What the daemon accepts on this connection.
+    pub limits: ServerLimits,
+}
+
+/// Limits a daemon announces in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    /// Largest shard (put payload), in bytes.
+    pub max_payload_len: u64,
+    /// Largest control message, in bytes.
+    pub max_control_len: u32,
+    /// Requests a connection may have in flight; the daemon stops reading
+    /// beyond this until answers drain.
+    pub max_inflight_requests: u32,
+    /// Size of the payload frames a fetch answer is split into.
+    pub chunk_size: u32,
+}
+
+/// When a put is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Durability {
+    /// Once the shard is on stable storage: it survives a crash of the daemon
+    /// or the machine.
+    #[default]
+    Durable,
+}
+
+/// Metadata of one stored shard version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its key.
+    pub key: Key,
+    /// Its version (e.g. the training step); newer puts have larger versions.
+    pub version: u64,
+    /// Element type.
+    pub dtype: DType,
+    /// Tensor shape; may be empty.
+    pub shape: Vec<u64>,
+    /// Length in bytes.
+    pub len: u64,
+    /// CRC32C (Castagnoli) of all bytes.
+    pub crc32c: u32,
+    /// When the daemon stored it, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// Store a shard; the payload is its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// Namespace to store into.
+    pub namespace: Namespace,
+    /// Key of the shard.
+    pub key: Key,
+    /// Version to store; must be newer than the stored one. `None` stores
+    /// the stored version + 1 (or 1 for a new key).
+    pub version: Option<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Tensor shape; may be empty. With a sized dtype it must match the length.
+    pub shape: Vec<u64>,
+    /// The CRC32C the sender computed; the daemon refuses the put with
+    /// `checksum mismatch` if the bytes it received differ.
+    pub crc32c: Option<u32>,
+    /// When to acknowledge.
+    pub durability: Durability,
+}
+
+/// Answer to a successful put.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// What is now stored.
+    pub meta: ShardMeta,
+}
+
+/// A byte range of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub len: u64,
+}
+
+/// Read a shard, or a byte range of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Key.
+    pub key: Key,
+    /// Part to read; `None` reads the whole shard. A range that ends past the
+    /// shard is `bad request`.
+    pub range: Option<ByteRange>,
+    /// The most bytes the client can take; a longer answer is refused with
+    /// `too large` before any byte is sent.
+    pub max_len: Option<u64>,
+}
+
+/// First frame of a fetch answer. Its payload and the payloads of the
+/// following frames (flag MORE on all but the last) are the bytes, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// The shard read.
+    pub meta: ShardMeta,
+    /// Offset in the shard of the first byte sent.
+    pub offset: u64,
+    /// Total bytes sent over all frames of this answer.
+    pub len: u64,
+}
+
+/// Metadata of a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Key.
+    pub key: Key,
+}
+
+/// Answer to a stat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatResponse {
+    /// The stored shard.
+    pub meta: ShardMeta,
+}
+
+/// Shards of a namespace in key order, one page at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Only keys starting with this (may be empty).
+    pub prefix: String,
+    /// Only keys after this one (the last key of the previous page).
+    pub start_after: Option<String>,
+    /// Most entries to return (at most `MAX_LIST_LIMIT`).
+    pub limit: u32,
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResponse {
+    /// Shards, in key order.
+    pub shards: Vec<ShardMeta>,
+    /// Whether more entries follow; ask again with `start_after` set to the
+    /// last key of this page.
+    pub more: bool,
+}
+
+/// Remove a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Key.
+    pub key: Key,
+    /// Remove only if this is the stored version (`version conflict` otherwise).
+    pub version: Option<u64>,
+}
+
+/// Answer to a delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// The version that was removed.
+    pub version: u64,
+}
+
+/// The daemon's state, answer to `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// Daemon name and version.
+    pub server: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The I/O engine in use: `uring` or `psync`.
+    pub io_engine: String,
+    /// Shards stored.
+    pub shards: u64,
+    /// Bytes stored (shard payloads).
+    pub bytes: u64,
+    /// Shards moved aside because they failed verification, since the
+    /// data directories were created.
+    pub quarantined: u64,
+    /// Client connections open now.
+    pub connections: u64,
+    /// One entry per data directory.
+    pub data_dirs: Vec<DataDirStatus>,
+}
+
+/// State of one data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDirStatus {
+    /// Absolute path.
+    pub path: String,
+    /// Whether shards are read and written with O_DIRECT (bypassing the
+    /// page cache); false where the file system refuses it (e.g. tmpfs).
+    pub direct_io: bool,
+    /// Shards stored in it.
+    pub shards: u64,
+    /// Shard bytes stored in it.
+    pub bytes: u64,
+    /// Size of its file system, in bytes.
+    pub capacity_bytes: u64,
+    /// Bytes available to the daemon on its file system.
+    pub free_bytes: u64,
+}
+
+/// Body of every response whose status is not `ok`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// What went wrong, in words, for people.
+    pub message: String,
+    /// With `version conflict`: the version stored now.
+    pub current_version: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn meta() -> ShardMeta {
+        ShardMeta {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("w#0/2").unwrap(),
+            version: 3,
+            dtype: DType::F32,
+            shape: vec![2],
+            len: 8,
+            crc32c: 0xdead_beef,
+            created_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let put = PutRequest {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("w#0/2").unwrap(),
+            version: Some(7),
+            dtype: DType::BF16,
+            shape: vec![4, 4],
+            crc32c: None,
+            durability: Durability::Durable,
+        };
+        let bytes = codec::encode(&put).unwrap();
+        assert_eq!(codec::decode::<PutRequest>(&bytes).unwrap(), put);
+
+        let fetch = FetchResponse {
+            meta: meta(),
+            offset: 4,
+            len: 4,
+        };
+        let bytes = codec::encode(&fetch).unwrap();
+        assert_eq!(codec::decode::<FetchResponse>(&bytes).unwrap(), fetch);
+    }
+
+    /// Pins the control encoding (fixed-width little-endian integers,
+    /// u64 length prefixes) so that a change of codec settings is noticed.
+    #[test]
+    fn golden_bytes_of_a_stat_request() {
+        let stat = StatRequest {
+            namespace: Namespace::new("ns").unwrap(),
+            key: Key::new("k").unwrap(),
+        };
+        let bytes = codec::encode(&stat).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                2, 0, 0, 0, 0, 0, 0, 0, b'n', b's', 1, 0, 0, 0, 0, 0, 0, 0, b'k'
+            ]
+        );
+        let delete = DeleteRequest {
+            namespace: Namespace::new("ns").unwrap(),
+            key: Key::new("k").unwrap(),
+            version: Some(258),
+        };
+        let bytes = codec::encode(&delete).unwrap();
+        assert_eq!(&bytes[19..], [1, 2, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn invalid_names_and_trailing_bytes_do_not_decode() {
+        // A stat request whose key contains a space.
+        let bytes = [
+            2, 0, 0, 0, 0, 0, 0, 0, b'n', b's', 1, 0, 0, 0, 0, 0, 0, 0, b' ',
+        ];
+        let err = codec::decode::<StatRequest>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("key"), "{err}");
+
+        let mut bytes = codec::encode(&StatRequest {
+            namespace: Namespace::new("ns").unwrap(),
+            key: Key::new("k").unwrap(),
+        })
+        .unwrap();
+        bytes.push(0);
+        assert!(codec::decode::<StatRequest>(&bytes).is_err());
+        // A string length far beyond the buffer is refused without allocating it.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(codec::decode::<StatRequest>(&huge).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Operation codes carried in the frame header.
+
+/// What a frame asks for. Responses carry the opcode of their request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opcode {
+    /// Version handshake; must be the first request on a connection.
+    Hello,
+    /// Liveness check; no control message, no payload.
+    Ping,
+    /// Store a shard: `PutRequest` control, the shard bytes as payload.
+    Put,
+    /// Read a shard or a byte range of it: `FetchRequest`.
+    Fetch,
+    /// Metadata of a shard: `StatRequest`.
+    Stat,
+    /// Shards of a namespace, optionally by key prefix: `ListRequest`.
+    List,
+    /// Remove a shard: `DeleteRequest`.
+    Delete,
+    /// The daemon's state: no control message; answered with `StatusResponse`.
+    Status,
+}
+
+impl Opcode {
+    /// Every opcode, in code order.
+    pub const ALL: [Opcode; 8] = [
+        Opcode::Hello,
+        Opcode::Ping,
+        Opcode::Put,
+        Opcode::Fetch,
+        Opcode::Stat,
+        Opcode::List,
+        Opcode::Delete,
+        Opcode::Status,
+    ];
+
+    /// The wire code.
+    pub const fn code(self) -> u16 {
+        match self {
+            Opcode::Hello => 1,
+            Opcode::Ping => 2,
+            Opcode::Put => 3,
+            Opcode::Fetch => 4,
+            Opcode::Stat => 5,
+            Opcode::List => 6,
+            Opcode::Delete => 7,
+            Opcode::Status => 8,
+        }
+    }
+
+    /// The opcode for a wire code, if it is known.
+    pub fn from_code(code: u16) -> Option<Opcode> {
+        Opcode::ALL.into_iter().find(|op| op.code() == code)
+    }
+
+    /// A short lowercase name, for logs and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Opcode::Hello => "hello",
+            Opcode::Ping => "ping",
+            Opcode::Put => "put",
+            Opcode::Fetch => "fetch",
+            Opcode::Stat => "stat",
+            Opcode::List => "list",
+            Opcode::Delete => "delete",
+            Opcode::Status => "status",
+        }
+    }
+}
+
+impl std::fmt::Display for Opcode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_pinned() {
+        let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8]);
+        for op in Opcode::ALL {
+            assert_eq!(Opcode::from_code(op.code()), Some(op));
+        }
+        assert_eq!(Opcode::from_code(0), None);
+        assert_eq!(Opcode::from_code(9), None);
+    }
+}
