@@ -18,7 +18,7 @@
 //! * [`names`]: validation of namespaces and keys.
 //! * [`dtype`]: element types and shape checks.
 //! * [`limits`]: length limits.
-//! * [`error`]: [`ProtocolError`].
+//! * [`error`]: the protocol error type, [`ProtocolError`].
 
 pub mod codec;
 pub mod dtype;

@@ -231,6 +231,11 @@ macro_rules! string_newtype_impls {
                 value.0
             }
         }
+        impl std::borrow::Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
         impl AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
                 &self.0

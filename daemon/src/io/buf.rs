@@ -1,0 +1,306 @@
+//! Buffers whose address and capacity satisfy O_DIRECT, and a pool of them.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+/// Alignment of buffer addresses, file offsets and transfer lengths for
+/// O_DIRECT. 4 KiB satisfies every logical block size in use (512 B, 4 KiB).
+pub const ALIGN: usize = 4096;
+
+/// Rounds `n` up to a multiple of [`ALIGN`].
+pub const fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN as u64) * ALIGN as u64
+}
+
+/// An owned, zero-initialised buffer whose address and capacity are
+/// multiples of [`ALIGN`]. Its first `len` bytes are the valid data.
+///
+/// A buffer taken from a [`BufferPool`] goes back to it when dropped.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    cap: usize,
+    len: usize,
+    pool: Option<Arc<PoolShared>>,
+    /// Released together with the buffer (e.g. a memory-budget permit).
+    guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+// SAFETY: `AlignedBuf` owns its allocation exclusively (like `Vec<u8>`), so it
+// may move between threads; the pool handle is an `Arc` of a `Mutex`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only give out `&[u8]`; mutation needs `&mut self`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of at least `capacity` bytes (rounded up to [`ALIGN`]).
+    pub fn new(capacity: usize) -> AlignedBuf {
+        let cap = align_up(capacity as u64) as usize;
+        if cap == 0 {
+            return AlignedBuf::empty();
+        }
+        let layout = Self::layout(cap);
+        // SAFETY: `layout` has a non-zero size (cap > 0 here).
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        AlignedBuf {
+            ptr,
+            cap,
+            len: 0,
+            pool: None,
+            guard: None,
+        }
+    }
+
+    /// A buffer with no capacity; allocates nothing.
+    pub fn empty() -> AlignedBuf {
+        AlignedBuf {
+            // An aligned dangling pointer, never dereferenced for cap == 0.
+            ptr: NonNull::<[u8; ALIGN]>::dangling().cast(),
+            cap: 0,
+            len: 0,
+            pool: None,
+            guard: None,
+        }
+    }
+
+    fn layout(cap: usize) -> Layout {
+        // The only failure is a size overflowing isize, which no shard reaches.
+        Layout::from_size_align(cap, ALIGN).expect("buffer size overflows isize")
+    }
+
+    /// Attaches something to release when the buffer is dropped or goes
+    /// back to its pool, such as the memory-budget permit it was taken under.
+    pub fn set_guard(&mut self, guard: impl Any + Send + Sync) {
+        self.guard = Some(Box::new(guard));
+    }
+
+    /// Capacity in bytes, a multiple of [`ALIGN`].
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes of valid data.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is no valid data.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sets the length of the valid data; the memory is always initialised,
+    /// so any length up to the capacity is sound.
+    ///
+    /// # Panics
+    /// If `len` exceeds the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "len {len} beyond capacity {}", self.cap);
+        self.len = len;
+    }
+
+    /// The valid data.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `cap >= len` initialised bytes owned by us
+        // (or dangling with len == 0, which is valid for an empty slice).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole capacity, for filling.
+    pub fn as_mut_capacity(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, for `cap` bytes, and `&mut self` makes the
+        // borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+
+    /// Start of the memory, for I/O submission. Valid for `capacity()` bytes
+    /// while the buffer is alive and not moved out of its owner's control.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Start of the memory, for write submission.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Copies `data` into the buffer, zero-fills up to the next [`ALIGN`]
+    /// boundary and sets `len` to `data.len()`. Returns the padded length.
+    ///
+    /// # Panics
+    /// If `data` does not fit.
+    pub fn fill_padded(&mut self, data: &[u8]) -> usize {
+        let padded = align_up(data.len() as u64) as usize;
+        let memory = self.as_mut_capacity();
+        memory[..data.len()].copy_from_slice(data);
+        memory[data.len()..padded].fill(0);
+        self.len = data.len();
+        padded
+    }
+
+    /// Zero-fills from `len` up to the next [`ALIGN`] boundary and returns
+    /// that padded length; `len` is unchanged.
+    pub fn zero_pad(&mut self) -> usize {
+        let len = self.len;
+        let padded = align_up(len as u64) as usize;
+        self.as_mut_capacity()[len..padded].fill(0);
+        padded
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.cap == 0 {
+            return;
+        }
+        if let Some(pool) = self.pool.take() {
+            if pool.give_back(self.ptr, self.cap) {
+                return;
+            }
+        }
+        // SAFETY: `ptr` came from `alloc_zeroed` with this exact layout and is
+        // freed exactly once (the pool did not take it).
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("cap", &self.cap)
+            .field("len", &self.len)
+            .field("pooled", &self.pool.is_some())
+            .finish()
+    }
+}
+
+/// Keeps released buffers of one size for reuse, so the data path does not
+/// pay for page faults and zeroing of fresh memory on every chunk.
+#[derive(Clone, Debug)]
+pub struct BufferPool {
+    shared: Arc<PoolShared>,
+}
+
+#[derive(Debug)]
+struct PoolShared {
+    buf_size: usize,
+    max_idle: usize,
+    idle: Mutex<Vec<IdleBuf>>,
+}
+
+#[derive(Debug)]
+struct IdleBuf(NonNull<u8>);
+
+// SAFETY: an idle buffer is owned memory no one else references.
+unsafe impl Send for IdleBuf {}
+
+impl BufferPool {
+    /// A pool of `buf_size`-byte buffers that keeps at most `max_idle` of them
+    /// when they are not in use.
+    pub fn new(buf_size: usize, max_idle: usize) -> BufferPool {
+        BufferPool {
+            shared: Arc::new(PoolShared {
+                buf_size: align_up(buf_size as u64) as usize,
+                max_idle,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Size of the pool's buffers.
+    pub fn buf_size(&self) -> usize {
+        self.shared.buf_size
+    }
+
+    /// A buffer of `buf_size()` bytes with `len` 0. Its contents are
+    /// whatever the previous user left (initialised memory).
+    pub fn take(&self) -> AlignedBuf {
+        let reused = self
+            .shared
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut buf = match reused {
+            Some(IdleBuf(ptr)) => AlignedBuf {
+                ptr,
+                cap: self.shared.buf_size,
+                len: 0,
+                pool: None,
+                guard: None,
+            },
+            None => AlignedBuf::new(self.shared.buf_size),
+        };
+        buf.pool = Some(self.shared.clone());
+        buf
+    }
+}
+
+impl PoolShared {
+    /// Keeps the memory if there is room; returns whether it did.
+    fn give_back(&self, ptr: NonNull<u8>, cap: usize) -> bool {
+        if cap != self.buf_size {
+            return false;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() >= self.max_idle {
+            return false;
+        }
+        idle.push(IdleBuf(ptr));
+        true
+    }
+}
+
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        let idle = std::mem::take(
+            self.idle
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for IdleBuf(ptr) in idle {
+            // SAFETY: every idle pointer came from `alloc_zeroed` with this
+            // layout and is owned by the pool alone.
+            unsafe { dealloc(ptr.as_ptr(), AlignedBuf::layout(self.buf_size)) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment_and_padding() {
+        let mut buf = AlignedBuf::new(5000);
+        assert_eq!(buf.capacity(), 8192);
+        assert_eq!(buf.as_ptr() as usize % ALIGN, 0);
+        assert_eq!(buf.fill_padded(b"hello"), 4096);
+        assert_eq!(buf.as_slice(), b"hello");
+        assert_eq!(align_up(0), 0);
+        assert_eq!(align_up(1), 4096);
+        assert_eq!(align_up(4096), 4096);
+        assert_eq!(AlignedBuf::empty().as_slice(), b"");
+    }
+
+    #[test]
+    fn pool_reuses_up_to_max_idle() {
+        let pool = BufferPool::new(8192, 1);
+        let mut a = pool.take();
+        a.fill_padded(b"x");
+        let a_ptr = a.as_ptr();
+        let b = pool.take();
+        drop(a);
+        drop(b); // pool is full: freed
+        let c = pool.take();
+        assert_eq!(c.as_ptr(), a_ptr);
+        assert_eq!(c.len(), 0);
+    }
+}

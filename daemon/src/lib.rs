@@ -1,0 +1,3 @@
+//! shardd: the per-node storage daemon.
+pub mod io;
+pub mod store;

@@ -1,0 +1,217 @@
+//! The fetch path: read the chunks that cover a byte range, a few in flight
+//! at once, and verify each against its checksum before handing it out.
+//! A chunk that fails (or a file that ends early) quarantines the shard and
+//! ends the stream with an error; none of its bytes are returned.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::Arc;
+
+use shardd_protocol::ShardMeta;
+
+use super::buffers::BufferScope;
+use super::index::ShardEntry;
+use super::{Store, StoreError};
+use crate::io::{AlignedBuf, Completion, align_up, fs};
+
+/// An open shard version. Holding it keeps the file readable even if a
+/// newer version replaces it meanwhile.
+#[derive(Debug)]
+pub struct ShardReader {
+    store: Store,
+    entry: Arc<ShardEntry>,
+    file: Arc<File>,
+}
+
+/// Verified bytes of one chunk: send `buf.as_slice()[range]`.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The chunk's buffer.
+    pub buf: AlignedBuf,
+    /// The part of it that belongs to the requested range.
+    pub range: Range<usize>,
+}
+
+impl Chunk {
+    /// The verified bytes of the requested range in this chunk.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf.as_slice()[self.range.clone()]
+    }
+}
+
+impl ShardReader {
+    pub(super) async fn open(
+        store: Store,
+        entry: Arc<ShardEntry>,
+    ) -> Result<ShardReader, StoreError> {
+        let dir = &store.inner.dirs[entry.dir];
+        let path = dir.shard_path(&entry.meta.namespace, entry.file_id);
+        let direct = dir.direct_io;
+        let open_path = path.clone();
+        match fs::blocking(move || fs::open_read(&open_path, direct)).await {
+            Ok(file) => Ok(ShardReader {
+                store,
+                entry,
+                file: Arc::new(file),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let reason = format!("its file {} is missing", path.display());
+                store.quarantine(&entry, reason.clone()).await;
+                Err(StoreError::Quarantined {
+                    namespace: entry.meta.namespace.clone(),
+                    key: entry.meta.key.clone(),
+                    version: entry.meta.version,
+                    reason,
+                })
+            }
+            Err(e) => Err(StoreError::io(format!("open {}", path.display()), e)),
+        }
+    }
+
+    /// The shard's metadata.
+    pub fn meta(&self) -> &ShardMeta {
+        &self.entry.meta
+    }
+
+    /// Bytes per chunk of this shard (the size of each piece a fetch sends).
+    pub fn chunk_size(&self) -> u32 {
+        self.entry.layout.chunk_size
+    }
+
+    /// Streams the verified bytes of `[offset, offset + len)`, which must lie
+    /// within the shard. Buffers are taken under `scope`'s budget.
+    pub fn chunks(self, offset: u64, len: u64, scope: BufferScope) -> ChunkStream {
+        let chunk_size = self.entry.layout.chunk_size as u64;
+        let end = offset + len;
+        let (first, last) = if len == 0 {
+            (1, 0)
+        } else {
+            (offset / chunk_size, (end - 1) / chunk_size)
+        };
+        ChunkStream {
+            reader: self,
+            scope,
+            offset,
+            end,
+            next: first,
+            last,
+            in_flight: VecDeque::new(),
+            done: false,
+        }
+    }
+}
+
+/// Verified chunks of a byte range, in order.
+#[derive(Debug)]
+pub struct ChunkStream {
+    reader: ShardReader,
+    scope: BufferScope,
+    offset: u64,
+    end: u64,
+    /// Next chunk index to submit.
+    next: u64,
+    /// Last chunk index of the range.
+    last: u64,
+    in_flight: VecDeque<(u64, Completion)>,
+    done: bool,
+}
+
+impl ChunkStream {
+    /// The next verified chunk, an error (after which the stream ends), or
+    /// `None` at the end of the range.
+    pub async fn next(&mut self) -> Option<Result<Chunk, StoreError>> {
+        if self.done {
+            return None;
+        }
+        self.submit_more().await;
+        let (index, completion) = self.in_flight.pop_front()?;
+        let outcome = completion.await;
+        let result = self.verify(index, outcome.buf, outcome.result).await;
+        if result.is_err() {
+            self.done = true;
+            self.in_flight.clear();
+        }
+        Some(result)
+    }
+
+    /// Keeps up to `chunks_in_flight` reads going. Waits for buffer budget
+    /// only when nothing is in flight, so that streams sharing a budget
+    /// cannot wait on each other.
+    async fn submit_more(&mut self) {
+        let depth = self.reader.store.config().chunks_in_flight.max(1);
+        let layout = &self.reader.entry.layout;
+        let chunk_size = layout.chunk_size as usize;
+        while self.next <= self.last && self.in_flight.len() < depth {
+            let buffers = self.reader.store.buffers();
+            let buf = if self.in_flight.is_empty() {
+                buffers.take(&self.scope, chunk_size).await
+            } else {
+                match buffers.try_take(&self.scope, chunk_size) {
+                    Some(buf) => buf,
+                    None => break,
+                }
+            };
+            let index = self.next;
+            let chunk_len = layout.chunk_len(index, self.reader.entry.meta.len);
+            let file_offset = layout.payload_offset + index * layout.chunk_size as u64;
+            let read_len = align_up(chunk_len) as usize;
+            let completion =
+                self.reader
+                    .store
+                    .engine()
+                    .read(&self.reader.file, file_offset, buf, read_len);
+            self.in_flight.push_back((index, completion));
+            self.next += 1;
+        }
+    }
+
+    async fn verify(
+        &self,
+        index: u64,
+        mut buf: AlignedBuf,
+        result: std::io::Result<usize>,
+    ) -> Result<Chunk, StoreError> {
+        let entry = &self.reader.entry;
+        let meta = &entry.meta;
+        let layout = &entry.layout;
+        let chunk_len = layout.chunk_len(index, meta.len) as usize;
+        let chunk_start = index * layout.chunk_size as u64;
+        let read = result.map_err(|e| {
+            StoreError::io(
+                format!("read {}/{} chunk {index}", meta.namespace, meta.key),
+                e,
+            )
+        })?;
+        let failure = if read < chunk_len {
+            Some(format!(
+                "file ends inside chunk {index} (read {read} of {chunk_len} bytes)"
+            ))
+        } else {
+            buf.set_len(chunk_len);
+            let actual = crc32c::crc32c(buf.as_slice());
+            let expected = layout.chunk_crcs[index as usize];
+            (actual != expected).then(|| {
+                format!(
+                    "chunk {index} (bytes {chunk_start}..{}) has CRC32C {actual:#010x}, expected {expected:#010x}",
+                    chunk_start + chunk_len as u64
+                )
+            })
+        };
+        if let Some(reason) = failure {
+            self.reader.store.quarantine(entry, reason.clone()).await;
+            return Err(StoreError::Quarantined {
+                namespace: meta.namespace.clone(),
+                key: meta.key.clone(),
+                version: meta.version,
+                reason,
+            });
+        }
+        let from = self.offset.max(chunk_start) - chunk_start;
+        let to = self.end.min(chunk_start + chunk_len as u64) - chunk_start;
+        Ok(Chunk {
+            buf,
+            range: from as usize..to as usize,
+        })
+    }
+}

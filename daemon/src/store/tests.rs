@@ -1,0 +1,493 @@
+//! Store tests; each runs on both I/O engines.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shardd_protocol::{DType, Key, Namespace, Status};
+
+use super::*;
+use crate::io::{EngineKind, IoConfig, IoEngine};
+
+const CHUNK: u32 = 64 * 1024;
+
+fn engines() -> Vec<EngineKind> {
+    match IoEngine::uring_available() {
+        Ok(()) => vec![EngineKind::Psync, EngineKind::Uring],
+        Err(e) => {
+            eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})");
+            vec![EngineKind::Psync]
+        }
+    }
+}
+
+fn config(dirs: &[PathBuf]) -> StoreConfig {
+    StoreConfig {
+        data_dirs: dirs.to_vec(),
+        chunk_size: CHUNK,
+        chunks_in_flight: 4,
+        min_free_bytes: 0,
+        max_shard_bytes: 1 << 30,
+        buffer_memory: 64 << 20,
+        verify_on_start: VerifyMode::Metadata,
+    }
+}
+
+async fn open(kind: EngineKind, config: StoreConfig) -> Store {
+    let engine = IoEngine::start(&IoConfig {
+        engine: kind,
+        ..IoConfig::default()
+    })
+    .unwrap();
+    Store::open(config, Arc::new(engine)).await.unwrap()
+}
+
+fn ns(s: &str) -> Namespace {
+    Namespace::new(s).unwrap()
+}
+
+fn key(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn put(
+    store: &Store,
+    k: &str,
+    data: &[u8],
+    version: Option<u64>,
+) -> Result<ShardMeta, StoreError> {
+    let mut writer = store
+        .begin_put(PutSpec {
+            namespace: ns("job"),
+            key: key(k),
+            version,
+            dtype: DType::Raw,
+            shape: vec![],
+            len: data.len() as u64,
+            crc32c: Some(crc32c::crc32c(data)),
+        })
+        .await?;
+    let scope = store.buffers().scope(16 << 20);
+    let mut at = 0;
+    while writer.next_chunk_len() > 0 {
+        let n = writer.next_chunk_len();
+        let mut buf = store.buffers().take(&scope, n).await;
+        buf.fill_padded(&data[at..at + n]);
+        writer.write_chunk(buf).await?;
+        at += n;
+    }
+    writer.commit().await
+}
+
+async fn fetch(store: &Store, k: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    let reader = store.open_reader(&ns("job"), &key(k)).await?;
+    let scope = store.buffers().scope(16 << 20);
+    let mut chunks = reader.chunks(offset, len, scope);
+    let mut out = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        out.extend_from_slice(chunk?.bytes());
+    }
+    Ok(out)
+}
+
+fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("shards")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_of_awkward_sizes_and_ranges() {
+    for kind in engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
+        let sizes = [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            CHUNK as usize,
+            CHUNK as usize + 1,
+            5 * CHUNK as usize - 3,
+        ];
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data = pattern(size, i as u64);
+            let meta = put(&store, &format!("k{i}"), &data, None).await.unwrap();
+            assert_eq!(meta.len, size as u64);
+            assert_eq!(meta.version, 1);
+            assert_eq!(meta.crc32c, crc32c::crc32c(&data));
+            let back = fetch(&store, &format!("k{i}"), 0, size as u64)
+                .await
+                .unwrap();
+            assert!(back == data, "{kind:?}: size {size} differs");
+        }
+        let data = pattern(5 * CHUNK as usize - 3, 7);
+        for (offset, len) in [
+            (0, 1),
+            (CHUNK as u64 - 1, 2),
+            (3, 3 * CHUNK as u64),
+            (data.len() as u64 - 1, 1),
+            (10, 0),
+        ] {
+            let back = fetch(&store, "k7", offset, len).await.unwrap();
+            assert_eq!(
+                back,
+                &data[offset as usize..(offset + len) as usize],
+                "{kind:?}: range {offset}+{len}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_replace_atomically_and_old_files_do_not_pile_up() {
+    for kind in engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
+        put(&store, "w", b"one", Some(5)).await.unwrap();
+        let err = put(&store, "w", b"two", Some(5)).await.unwrap_err();
+        assert_eq!(err.status(), Status::VersionConflict);
+        assert_eq!(err.current_version(), Some(5));
+        let meta = put(&store, "w", b"three", None).await.unwrap();
+        assert_eq!(meta.version, 6);
+        assert_eq!(fetch(&store, "w", 0, 5).await.unwrap(), b"three");
+        assert_eq!(
+            shard_files(tmp.path()).len(),
+            1,
+            "old versions are replaced, not kept"
+        );
+        assert_eq!(count_files(&tmp.path().join("tmp")), 0);
+
+        // A reader that opened the old version keeps reading it.
+        let reader = store.open_reader(&ns("job"), &key("w")).await.unwrap();
+        put(&store, "w", b"four!", Some(10)).await.unwrap();
+        let mut chunks = reader.chunks(0, 5, store.buffers().scope(1 << 20));
+        assert_eq!(chunks.next().await.unwrap().unwrap().bytes(), b"three");
+        assert_eq!(fetch(&store, "w", 0, 5).await.unwrap(), b"four!");
+
+        // A sender checksum that does not match stores nothing.
+        let mut writer = store
+            .begin_put(PutSpec {
+                namespace: ns("job"),
+                key: key("w"),
+                version: None,
+                dtype: DType::Raw,
+                shape: vec![],
+                len: 3,
+                crc32c: Some(1),
+            })
+            .await
+            .unwrap();
+        let mut buf = store
+            .buffers()
+            .take(&store.buffers().scope(1 << 20), 3)
+            .await;
+        buf.fill_padded(b"bad");
+        writer.write_chunk(buf).await.unwrap();
+        assert_eq!(
+            writer.commit().await.unwrap_err().status(),
+            Status::ChecksumMismatch
+        );
+        assert_eq!(store.stat(&ns("job"), &key("w")).unwrap().version, 10);
+        assert_eq!(
+            count_files(&tmp.path().join("tmp")),
+            0,
+            "the failed put's temp file is gone"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shape_and_size_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(&[tmp.path().to_path_buf()]);
+    cfg.max_shard_bytes = 1000;
+    let store = open(EngineKind::Psync, cfg).await;
+    let spec = |len, dtype, shape: Vec<u64>| PutSpec {
+        namespace: ns("job"),
+        key: key("t"),
+        version: None,
+        dtype,
+        shape,
+        len,
+        crc32c: None,
+    };
+    let err = store
+        .begin_put(spec(1001, DType::Raw, vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::TooLarge);
+    let err = store
+        .begin_put(spec(10, DType::F32, vec![3]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::BadRequest);
+    assert!(err.to_string().contains("needs 12 bytes"), "{err}");
+    assert!(store.begin_put(spec(12, DType::F32, vec![3])).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_and_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+    for k in ["a.1", "a.2", "a.3", "b.1"] {
+        put(&store, k, k.as_bytes(), None).await.unwrap();
+    }
+    let keys = |v: Vec<ShardMeta>| v.into_iter().map(|m| m.key.to_string()).collect::<Vec<_>>();
+    let (page, more) = store.list(&ns("job"), "a.", None, 2);
+    assert_eq!(
+        (keys(page), more),
+        (vec!["a.1".to_string(), "a.2".to_string()], true)
+    );
+    let (page, more) = store.list(&ns("job"), "a.", Some("a.2"), 2);
+    assert_eq!((keys(page), more), (vec!["a.3".to_string()], false));
+    let (page, _) = store.list(&ns("job"), "", None, 10);
+    assert_eq!(page.len(), 4);
+    assert_eq!(store.list(&ns("other"), "", None, 10).0.len(), 0);
+
+    let err = store
+        .delete(&ns("job"), &key("a.1"), Some(7))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::VersionConflict);
+    assert_eq!(
+        store
+            .delete(&ns("job"), &key("a.1"), Some(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.stat(&ns("job"), &key("a.1")).unwrap_err().status(),
+        Status::NotFound
+    );
+    assert_eq!(
+        store
+            .delete(&ns("job"), &key("a.1"), None)
+            .await
+            .unwrap_err()
+            .status(),
+        Status::NotFound
+    );
+    assert_eq!(shard_files(tmp.path()).len(), 3);
+    let status = store.status().await;
+    assert_eq!((status.shards, status.bytes), (3, 9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_recovers_index_and_removes_temp_files() {
+    for kind in engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = [tmp.path().join("d0"), tmp.path().join("d1")];
+        let data: Vec<Vec<u8>> = (0..20).map(|i| pattern(1000 * i + 1, i as u64)).collect();
+        {
+            let store = open(kind, config(&dirs)).await;
+            for (i, d) in data.iter().enumerate() {
+                put(&store, &format!("s{i}"), d, Some(3)).await.unwrap();
+            }
+        }
+        // What a put interrupted by a crash leaves: a partial temp file.
+        std::fs::write(dirs[1].join("tmp").join("0123.partial"), b"half a shard").unwrap();
+        let leftovers: usize = dirs.iter().map(|d| count_files(&d.join("tmp"))).sum();
+        assert_eq!(leftovers, 1);
+        let store = open(kind, config(&dirs)).await;
+        for (i, d) in data.iter().enumerate() {
+            let meta = store.stat(&ns("job"), &key(&format!("s{i}"))).unwrap();
+            assert_eq!(meta.version, 3);
+            assert_eq!(
+                &fetch(&store, &format!("s{i}"), 0, d.len() as u64)
+                    .await
+                    .unwrap(),
+                d
+            );
+        }
+        assert!(store.stat(&ns("job"), &key("never")).is_err());
+        let leftovers: usize = dirs.iter().map(|d| count_files(&d.join("tmp"))).sum();
+        assert_eq!(leftovers, 0, "{kind:?}: temp files are removed at start");
+        let status = store.status().await;
+        assert_eq!(status.shards, 20);
+        assert!(
+            status.data_dirs.iter().all(|d| d.shards > 0),
+            "shards spread over both dirs: {status:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_payload_byte_is_never_served_and_is_quarantined() {
+    for kind in engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pattern(3 * CHUNK as usize, 1);
+        {
+            let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
+            put(&store, "bad", &data, None).await.unwrap();
+            put(&store, "good", &data, None).await.unwrap();
+        }
+        let files = shard_files(tmp.path());
+        let bad_file = files
+            .iter()
+            .find(|p| {
+                let (meta, _, _) = recovery::read_header(p, false).unwrap();
+                meta.key.as_str() == "bad"
+            })
+            .unwrap();
+        let (_, layout, _) = recovery::read_header(bad_file, false).unwrap();
+        let mut bytes = std::fs::read(bad_file).unwrap();
+        let at = layout.payload_offset as usize + 2 * CHUNK as usize + 100;
+        bytes[at] ^= 0x01;
+        std::fs::write(bad_file, &bytes).unwrap();
+
+        let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
+        // The first chunks are intact; the range covering the flipped byte is refused.
+        assert_eq!(fetch(&store, "bad", 0, 100).await.unwrap(), &data[..100]);
+        let err = fetch(&store, "bad", 0, data.len() as u64)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Status::ChecksumMismatch);
+        assert!(err.to_string().contains("chunk 2"), "{err}");
+        // From now on the shard is quarantined, also after a restart.
+        let err = store.stat(&ns("job"), &key("bad")).unwrap_err();
+        assert_eq!(err.status(), Status::ChecksumMismatch);
+        assert_eq!(store.status().await.quarantined, 1);
+        assert_eq!(count_files(&tmp.path().join("quarantine")), 1);
+        assert_eq!(
+            fetch(&store, "good", 0, data.len() as u64).await.unwrap(),
+            data
+        );
+        drop(store);
+        let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
+        assert_eq!(
+            store.stat(&ns("job"), &key("bad")).unwrap_err().status(),
+            Status::ChecksumMismatch
+        );
+        // A new put replaces it; deleting forgets it.
+        put(&store, "bad", b"fresh", None).await.unwrap();
+        assert_eq!(fetch(&store, "bad", 0, 5).await.unwrap(), b"fresh");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_verification_at_start_quarantines_before_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = pattern(CHUNK as usize + 10, 2);
+    {
+        let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+        put(&store, "x", &data, None).await.unwrap();
+    }
+    let file = &shard_files(tmp.path())[0];
+    let mut bytes = std::fs::read(file).unwrap();
+    let len = bytes.len();
+    bytes[len - 4096 + 5] ^= 0x80; // inside the last chunk's payload
+    std::fs::write(file, &bytes).unwrap();
+
+    let mut cfg = config(&[tmp.path().to_path_buf()]);
+    cfg.verify_on_start = VerifyMode::Full;
+    let store = open(EngineKind::Psync, cfg).await;
+    assert_eq!(store.status().await.quarantined, 1);
+    assert_eq!(
+        store.stat(&ns("job"), &key("x")).unwrap_err().status(),
+        Status::ChecksumMismatch
+    );
+    assert_eq!(store.delete(&ns("job"), &key("x"), None).await.unwrap(), 1);
+    assert_eq!(
+        store.status().await.quarantined,
+        0,
+        "deleting a quarantined key discards its file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_header_and_truncated_file_are_quarantined_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+        put(&store, "h", &pattern(100, 1), None).await.unwrap();
+        put(&store, "t", &pattern(3 * CHUNK as usize, 2), None)
+            .await
+            .unwrap();
+        put(&store, "ok", b"fine", None).await.unwrap();
+    }
+    for file in shard_files(tmp.path()) {
+        let (meta, layout, len) = recovery::read_header(&file, false).unwrap();
+        match meta.key.as_str() {
+            "h" => {
+                let mut bytes = std::fs::read(&file).unwrap();
+                bytes[40] ^= 0xff;
+                std::fs::write(&file, bytes).unwrap();
+            }
+            "t" => {
+                let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                f.set_len(len - 4096).unwrap();
+                assert!(len - 4096 > layout.payload_offset);
+            }
+            _ => {}
+        }
+    }
+    let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+    assert_eq!(store.status().await.quarantined, 2);
+    assert_eq!(store.status().await.shards, 1);
+    assert_eq!(
+        store.stat(&ns("job"), &key("t")).unwrap_err().status(),
+        Status::ChecksumMismatch
+    );
+    // The broken header cannot name its key: that shard is simply gone.
+    assert_eq!(
+        store.stat(&ns("job"), &key("h")).unwrap_err().status(),
+        Status::NotFound
+    );
+    assert_eq!(fetch(&store, "ok", 0, 4).await.unwrap(), b"fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_cannot_use_the_same_dir_and_foreign_dirs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+    let engine = Arc::new(
+        IoEngine::start(&IoConfig {
+            engine: EngineKind::Psync,
+            ..IoConfig::default()
+        })
+        .unwrap(),
+    );
+    let err = Store::open(config(&[tmp.path().to_path_buf()]), engine.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another shardd"),
+        "{err}"
+    );
+
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("thesis.tex"), "precious").unwrap();
+    let err = Store::open(config(&[foreign.path().to_path_buf()]), engine)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert!(foreign.path().join("thesis.tex").exists());
+}

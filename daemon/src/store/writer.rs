@@ -1,0 +1,369 @@
+//! The put path: stream chunks into a temp file, then publish it.
+//!
+//! 1. [`ShardWriter::begin`] validates the request, checks the version,
+//!    picks a data dir with room, creates `tmp/<id>.partial` and reserves
+//!    its full size (a full disk is reported before any byte is written).
+//! 2. [`ShardWriter::write_chunk`] checksums each chunk and writes it at
+//!    its place, keeping a few writes in flight.
+//! 3. [`ShardWriter::commit`] waits for the writes, checks the sender's
+//!    checksum, writes the header, `fdatasync`s, and then, under the key's
+//!    lock, renames the file into place (over the previous version when that
+//!    lives in the same dir) and fsyncs the directory. Only then is the put
+//!    acknowledged.
+//!
+//! A writer dropped before commit removes its temp file.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shardd_protocol::{ShardMeta, codec};
+
+use super::dir::{self, FileId};
+use super::format::{self, ShardLayout};
+use super::index::ShardEntry;
+use super::{PutSpec, Store, StoreError};
+use crate::io::{AlignedBuf, Completion, fs};
+
+/// A put in progress.
+#[derive(Debug)]
+pub struct ShardWriter {
+    store: Store,
+    spec: PutSpec,
+    version: u64,
+    dir: usize,
+    file_id: FileId,
+    temp_path: PathBuf,
+    file: Arc<File>,
+    layout: ShardLayout,
+    crc: u32,
+    received: u64,
+    pending: VecDeque<Completion>,
+    failed: Option<StoreError>,
+    published: bool,
+}
+
+impl ShardWriter {
+    pub(super) async fn begin(store: Store, spec: PutSpec) -> Result<ShardWriter, StoreError> {
+        let config = store.config();
+        if spec.len > config.max_shard_bytes {
+            return Err(StoreError::TooLarge(format!(
+                "shard of {} bytes exceeds the limit of {} bytes",
+                spec.len, config.max_shard_bytes
+            )));
+        }
+        spec.dtype
+            .check_shape(&spec.shape, spec.len)
+            .map_err(StoreError::BadRequest)?;
+        let current = store.inner.index.get(&spec.namespace, &spec.key);
+        let current_version = current.as_ref().map(|e| e.meta.version);
+        let version = match (spec.version, current_version) {
+            (Some(v), Some(cur)) if v <= cur => {
+                return Err(version_conflict(&spec, cur, v));
+            }
+            (Some(0), None) => {
+                return Err(StoreError::BadRequest(
+                    "version 0 is reserved; versions start at 1".into(),
+                ));
+            }
+            (Some(v), _) => v,
+            (None, Some(cur)) => cur.checked_add(1).ok_or_else(|| {
+                StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))
+            })?,
+            (None, None) => 1,
+        };
+
+        let chunk_size = config.chunk_size;
+        let chunks = ShardLayout::chunk_count(spec.len, chunk_size);
+        let meta_len = codec::encode(&meta_of(&spec, version, 0, 0))
+            .map_err(|e| StoreError::BadRequest(e.to_string()))?
+            .len();
+        let payload_offset = ShardLayout::header_len(meta_len, chunks);
+        let file_len = ShardLayout::file_len(payload_offset, spec.len);
+
+        // Prefer the dir of the current version (so the new file replaces it
+        // with one rename), else spread keys over dirs by hash.
+        let dirs = &store.inner.dirs;
+        let preferred = current.as_ref().map(|e| e.dir).unwrap_or_else(|| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            spec.namespace.hash(&mut h);
+            spec.key.hash(&mut h);
+            h.finish() as usize % dirs.len()
+        });
+        let min_free = config.min_free_bytes;
+        let candidates: Vec<(usize, PathBuf)> =
+            dirs.iter().map(|d| (d.index, d.path.clone())).collect();
+        let dir = fs::blocking(move || choose_dir(&candidates, preferred, file_len, min_free))
+            .await
+            .map_err(|e| StoreError::io("read free space of the data dirs", e))?
+            .map_err(StoreError::NoSpace)?;
+
+        let data_dir = &dirs[dir];
+        let file_id = data_dir.new_file_id();
+        let temp_path = data_dir.temp_path(file_id);
+        let direct = data_dir.direct_io;
+        let path = temp_path.clone();
+        let file = fs::blocking(move || {
+            let file = fs::create_new(&path, direct)?;
+            if let Err(e) = fs::preallocate(&file, file_len) {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| StoreError::io(format!("create {}", temp_path.display()), e))?;
+
+        Ok(ShardWriter {
+            store,
+            spec,
+            version,
+            dir,
+            file_id,
+            temp_path,
+            file: Arc::new(file),
+            layout: ShardLayout {
+                payload_offset,
+                chunk_size,
+                chunk_crcs: Vec::with_capacity(chunks as usize),
+            },
+            crc: 0,
+            received: 0,
+            pending: VecDeque::new(),
+            failed: None,
+            published: false,
+        })
+    }
+
+    /// The version this put stores.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Length of the next chunk to write (0 when all bytes are in).
+    pub fn next_chunk_len(&self) -> usize {
+        (self.spec.len - self.received).min(self.layout.chunk_size as u64) as usize
+    }
+
+    /// Writes the next chunk: `buf` must hold exactly [`Self::next_chunk_len`]
+    /// bytes (its capacity may be larger). After an error every further chunk
+    /// is discarded and the error is returned again by [`Self::commit`].
+    pub async fn write_chunk(&mut self, mut buf: AlignedBuf) -> Result<(), StoreError> {
+        if let Some(e) = &self.failed {
+            return Err(StoreError::BadRequest(format!("put already failed: {e}")));
+        }
+        let want = self.next_chunk_len();
+        if buf.len() != want || want == 0 {
+            let e = StoreError::BadRequest(format!(
+                "chunk of {} bytes where {want} were expected",
+                buf.len()
+            ));
+            self.failed = Some(StoreError::BadRequest(e.to_string()));
+            return Err(e);
+        }
+        let chunk_crc = crc32c::crc32c(buf.as_slice());
+        self.layout.chunk_crcs.push(chunk_crc);
+        self.crc = crc32c::crc32c_combine(self.crc, chunk_crc, want);
+        let offset = self.layout.payload_offset + self.received;
+        self.received += want as u64;
+        let padded = buf.zero_pad();
+        let completion = self.store.engine().write(&self.file, offset, buf, padded);
+        self.pending.push_back(completion);
+        while self.pending.len() >= self.store.config().chunks_in_flight.max(1) {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), StoreError> {
+        let Some(completion) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        if let Err(e) = completion.await.result {
+            let context = format!("write {}", self.temp_path.display());
+            self.failed = Some(StoreError::io(context.clone(), io_clone(&e)));
+            return Err(StoreError::io(context, e));
+        }
+        Ok(())
+    }
+
+    /// Finishes the put: see the module documentation. Returns what is stored.
+    pub async fn commit(mut self) -> Result<ShardMeta, StoreError> {
+        while !self.pending.is_empty() {
+            // Keep waiting after an error: buffers must come back before the
+            // temp file is removed.
+            let _ = self.wait_oldest().await;
+        }
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if self.received != self.spec.len {
+            return Err(StoreError::BadRequest(format!(
+                "put ended after {} of {} bytes",
+                self.received, self.spec.len
+            )));
+        }
+        if let Some(expected) = self.spec.crc32c {
+            if expected != self.crc {
+                return Err(StoreError::ChecksumMismatch(format!(
+                    "{}/{}: the sender's CRC32C {expected:#010x} does not match the received bytes' {:#010x}",
+                    self.spec.namespace, self.spec.key, self.crc
+                )));
+            }
+        }
+        let created_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let meta = meta_of(&self.spec, self.version, self.crc, created_unix_ms);
+        let header = format::encode_header(&meta, &self.layout)
+            .map_err(|e| StoreError::io("encode shard header", std::io::Error::other(e)))?;
+        let mut buf = AlignedBuf::new(header.len());
+        buf.fill_padded(&header);
+        let engine = self.store.engine();
+        let out = engine.write(&self.file, 0, buf, header.len()).await;
+        out.result.map_err(|e| {
+            StoreError::io(format!("write header of {}", self.temp_path.display()), e)
+        })?;
+        engine
+            .sync_data(&self.file)
+            .await
+            .result
+            .map_err(|e| StoreError::io(format!("fdatasync {}", self.temp_path.display()), e))?;
+        self.publish(meta).await
+    }
+
+    /// Renames the synced temp file into place and updates the index.
+    async fn publish(mut self, meta: ShardMeta) -> Result<ShardMeta, StoreError> {
+        let store = self.store.clone();
+        let _guard = store.lock_key(&meta.namespace, &meta.key).await;
+        let current = store.inner.index.get(&meta.namespace, &meta.key);
+        if let Some(current) = &current {
+            if current.meta.version >= meta.version {
+                return Err(version_conflict(
+                    &self.spec,
+                    current.meta.version,
+                    meta.version,
+                ));
+            }
+        }
+        let dir = &store.inner.dirs[self.dir];
+        let replace_in_place = current.as_ref().filter(|c| c.dir == self.dir);
+        let file_id = replace_in_place.map(|c| c.file_id).unwrap_or(self.file_id);
+        let temp = self.temp_path.clone();
+        let final_path = dir.shard_path(&meta.namespace, file_id);
+        let dirs_to_create = dir.shard_parent_chain(&meta.namespace, file_id);
+        let replace = replace_in_place.is_some();
+        fs::blocking(move || {
+            let parent = dir::ensure_dirs(&dirs_to_create)?;
+            if replace {
+                fs::rename_replace(&temp, &final_path)?;
+            } else {
+                fs::rename_noreplace(&temp, &final_path)?;
+            }
+            fs::sync_dir(&parent)
+        })
+        .await
+        .map_err(|e| StoreError::io(format!("publish {}/{}", meta.namespace, meta.key), e))?;
+        self.published = true;
+
+        let entry = Arc::new(ShardEntry {
+            meta: meta.clone(),
+            dir: self.dir,
+            file_id,
+            layout: std::mem::take(&mut self.layout),
+        });
+        dir.account_add(meta.len);
+        if let Some(old) = store.inner.index.insert(entry) {
+            let old_dir = &store.inner.dirs[old.dir];
+            old_dir.account_remove(old.meta.len);
+            if old.dir != self.dir {
+                // The old version lives in another dir: remove it. Should this
+                // not reach the disk before a crash, recovery keeps the newer one.
+                let old_path = old_dir.shard_path(&old.meta.namespace, old.file_id);
+                if let Err(e) = fs::blocking(move || fs::remove_file(&old_path)).await {
+                    tracing::warn!(error = %e, "could not remove the replaced shard file; recovery will");
+                }
+            }
+        }
+        Ok(meta)
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        if !self.published {
+            // Writes still in flight keep the file open; unlinking is safe.
+            if let Err(e) = fs::remove_file(&self.temp_path) {
+                tracing::warn!(path = %self.temp_path.display(), error = %e, "cannot remove temp file of an unfinished put");
+            }
+        }
+    }
+}
+
+fn meta_of(spec: &PutSpec, version: u64, crc32c: u32, created_unix_ms: u64) -> ShardMeta {
+    ShardMeta {
+        namespace: spec.namespace.clone(),
+        key: spec.key.clone(),
+        version,
+        dtype: spec.dtype,
+        shape: spec.shape.clone(),
+        len: spec.len,
+        crc32c,
+        created_unix_ms,
+    }
+}
+
+fn version_conflict(spec: &PutSpec, current: u64, requested: u64) -> StoreError {
+    StoreError::VersionConflict {
+        namespace: spec.namespace.clone(),
+        key: spec.key.clone(),
+        current,
+        message: format!("version {requested} is not newer than the stored version {current}"),
+    }
+}
+
+fn io_clone(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Picks `preferred` if it keeps `min_free` bytes free after `need` more;
+/// else the dir with the most room that does; else explains why none can.
+fn choose_dir(
+    dirs: &[(usize, PathBuf)],
+    preferred: usize,
+    need: u64,
+    min_free: u64,
+) -> std::io::Result<Result<usize, String>> {
+    let mut best: Option<(usize, u64)> = None;
+    let mut most_room = (0u64, PathBuf::new());
+    for (index, path) in dirs {
+        let available = fs::space(path)?.available;
+        let room = available.saturating_sub(min_free);
+        if room >= need {
+            if *index == preferred {
+                return Ok(Ok(*index));
+            }
+            if best.is_none_or(|(_, r)| room > r) {
+                best = Some((*index, room));
+            }
+        }
+        if available >= most_room.0 {
+            most_room = (available, path.clone());
+        }
+    }
+    Ok(best.map(|(i, _)| i).ok_or_else(|| {
+        format!(
+            "no data dir has room for {need} bytes while keeping {min_free} bytes free \
+             (most available: {} bytes in {})",
+            most_room.0,
+            most_room.1.display()
+        )
+    }))
+}
