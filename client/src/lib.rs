@@ -1,1 +1,42 @@
+//! Client of the shardd daemon, for trainers and tools.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), shardd_client::ClientError> {
+//! use shardd_client::{Client, PutOptions};
+//!
+//! let client = Client::connect("unix:///run/shardd/shardd.sock").await?;
+//! client.put("job-42", "layers.0.attn.wq#0/8", vec![0u8; 4096], PutOptions::default()).await?;
+//! let shard = client.fetch("job-42", "layers.0.attn.wq#0/8").await?;
+//! assert_eq!(shard.data.len(), 4096);
+//!
+//! // Into a buffer the caller owns (e.g. pinned memory), without a copy:
+//! let (buf, info) = client.fetch_into("job-42", "layers.0.attn.wq#0/8", None, vec![0u8; 1 << 20]).await;
+//! let n = info?.len as usize;
+//! # let _ = &buf[..n];
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Client`] is one connection; clone it freely and issue requests from
+//! many tasks at once: they are pipelined and answered as they complete.
+//! Trainers that are not async use [`blocking::Client`].
+//!
+//! # Layout
+//!
+//! * [`client`]: the async [`Client`] and its options.
+//! * [`blocking`]: the same API, blocking.
+//! * [`endpoint`]: `unix://` and `tcp://` addresses.
+//! * `connection`: pipelining: the reader and writer tasks of a connection.
+//! * [`error`]: the error type, [`ClientError`].
 
+pub mod blocking;
+pub mod client;
+mod connection;
+pub mod endpoint;
+pub mod error;
+
+pub use client::{Client, ClientOptions, FetchInfo, PutOptions, Shard};
+pub use connection::FetchBuf;
+pub use endpoint::Endpoint;
+pub use error::ClientError;
+pub use shardd_protocol as protocol;
+pub use shardd_protocol::{ByteRange, DType, Durability, ShardMeta, Status};

@@ -1,3 +1,29 @@
-//! shardd: the per-node storage daemon.
+//! shardd: the per-node storage daemon for tensor shards.
+//!
+//! One daemon per training node owns the node's NVMe space and serves
+//! put / fetch / stat / list / delete requests for tensor shards to
+//! trainer processes, over a Unix socket (same node) and TCP (other nodes),
+//! speaking the protocol of the `shardd-protocol` crate.
+//!
+//! # Layout
+//!
+//! * [`daemon`]: start, serve, graceful stop ([`daemon::Daemon`], [`daemon::run`]).
+//! * [`config`]: defaults, the TOML file and flags, validated once.
+//! * [`cli`]: the `shardd` command line.
+//! * [`server`]: listeners, connections, request handlers.
+//! * [`store`]: the NVMe tier: shard files, index, recovery.
+//! * [`io`]: the only door to files: io_uring and thread-pool engines.
+//! * [`logging`]: log output.
+//! * [`ctl`]: the `shardctl` operator CLI and its benchmark.
+
+pub mod cli;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod io;
+pub mod logging;
+pub mod server;
 pub mod store;
+
+pub use config::Config;
+pub use daemon::{Daemon, run};

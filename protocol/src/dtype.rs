@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// The element type of a shard. `Raw` means untyped bytes; with any other
 /// type, a shard that declares a shape must have `product(shape) * size` bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     /// Untyped bytes.
     #[default]

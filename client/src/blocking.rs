@@ -1,0 +1,135 @@
+//! A blocking wrapper for trainers that are not async: the same operations,
+//! run on a small private tokio runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shardd_protocol::{ByteRange, ListResponse, ShardMeta, StatusResponse};
+
+use crate::ClientError;
+use crate::client::{ClientOptions, FetchInfo, PutOptions, Shard};
+use crate::connection::FetchBuf;
+
+/// A blocking client. Cheap to clone; clones share the connection and the
+/// runtime, and may be used from several threads at once (their requests
+/// are pipelined on the one connection).
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: crate::Client,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Client {
+    /// Connects with default options.
+    pub fn connect(endpoint: &str) -> Result<Client, ClientError> {
+        Client::connect_with(endpoint, ClientOptions::default())
+    }
+
+    /// Connects with `options`.
+    pub fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shardd-client")
+            .enable_all()
+            .build()
+            .map_err(|source| ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        let inner = runtime.block_on(crate::Client::connect_with(endpoint, options))?;
+        Ok(Client {
+            inner,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The async client behind this one.
+    pub fn as_async(&self) -> &crate::Client {
+        &self.inner
+    }
+
+    /// See [`crate::Client::ping`].
+    pub fn ping(&self) -> Result<Duration, ClientError> {
+        self.runtime.block_on(self.inner.ping())
+    }
+
+    /// See [`crate::Client::put`].
+    pub fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        options: PutOptions,
+    ) -> Result<ShardMeta, ClientError> {
+        self.runtime
+            .block_on(self.inner.put(namespace, key, data, options))
+    }
+
+    /// See [`crate::Client::fetch`].
+    pub fn fetch(&self, namespace: &str, key: &str) -> Result<Shard, ClientError> {
+        self.runtime.block_on(self.inner.fetch(namespace, key))
+    }
+
+    /// See [`crate::Client::fetch_range`].
+    pub fn fetch_range(
+        &self,
+        namespace: &str,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Shard, ClientError> {
+        self.runtime
+            .block_on(self.inner.fetch_range(namespace, key, offset, len))
+    }
+
+    /// See [`crate::Client::fetch_into`].
+    pub fn fetch_into<B: FetchBuf>(
+        &self,
+        namespace: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        buf: B,
+    ) -> (B, Result<FetchInfo, ClientError>) {
+        self.runtime
+            .block_on(self.inner.fetch_into(namespace, key, range, buf))
+    }
+
+    /// See [`crate::Client::stat`].
+    pub fn stat(&self, namespace: &str, key: &str) -> Result<ShardMeta, ClientError> {
+        self.runtime.block_on(self.inner.stat(namespace, key))
+    }
+
+    /// See [`crate::Client::list`].
+    pub fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<ShardMeta>, ClientError> {
+        self.runtime.block_on(self.inner.list(namespace, prefix))
+    }
+
+    /// See [`crate::Client::list_page`].
+    pub fn list_page(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<ListResponse, ClientError> {
+        self.runtime
+            .block_on(self.inner.list_page(namespace, prefix, start_after, limit))
+    }
+
+    /// See [`crate::Client::delete`].
+    pub fn delete(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        self.runtime
+            .block_on(self.inner.delete(namespace, key, version))
+    }
+
+    /// See [`crate::Client::status`].
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.runtime.block_on(self.inner.status())
+    }
+}

@@ -1,0 +1,427 @@
+//! The async client.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shardd_protocol::{
+    ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability,
+    FetchRequest, FetchResponse, HelloRequest, HelloResponse, Key, ListRequest, ListResponse,
+    MAX_LIST_LIMIT, Namespace, Opcode, PROTOCOL_VERSION, PutRequest, PutResponse, ShardMeta,
+    StatRequest, StatResponse, StatusResponse, codec,
+};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::connection::{Connection, Dest, FetchBuf, FetchDone};
+use crate::{ClientError, Endpoint};
+
+/// Connection settings.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Longest wait to connect and finish the hello.
+    pub connect_timeout: Duration,
+    /// Longest wait for any one request; `None` waits as long as the
+    /// connection lives.
+    pub request_timeout: Option<Duration>,
+    /// Longest wait for progress inside an answer frame; a daemon that
+    /// stalls longer is considered gone and the connection is closed.
+    pub io_timeout: Duration,
+    /// Verify the CRC32C of whole-shard fetches on arrival.
+    pub verify_checksums: bool,
+    /// Largest answer an owned fetch ([`Client::fetch`]) allocates for.
+    pub max_fetch_alloc: u64,
+    /// Name sent in the hello, shown in the daemon's logs.
+    pub client_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: None,
+            io_timeout: Duration::from_secs(60),
+            verify_checksums: true,
+            max_fetch_alloc: DEFAULT_MAX_PAYLOAD_LEN,
+            client_name: format!("shardd-client {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// How to store a shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Version to store (must be newer than the stored one); `None` stores
+    /// the stored version + 1.
+    pub version: Option<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Tensor shape (may be empty).
+    pub shape: Vec<u64>,
+    /// When the daemon acknowledges.
+    pub durability: Durability,
+}
+
+/// A fetched shard (or range of one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// The shard's metadata.
+    pub meta: ShardMeta,
+    /// Offset of `data` in the shard.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// What a fetch into a caller's buffer placed there: `len` bytes from the
+/// start of the buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchInfo {
+    /// The shard's metadata.
+    pub meta: ShardMeta,
+    /// Offset in the shard of the first byte.
+    pub offset: u64,
+    /// Bytes written to the buffer.
+    pub len: u64,
+}
+
+/// A connection to one daemon. Cheap to clone; clones share the connection,
+/// and any number of requests may be in flight on it at once (pipelined).
+#[derive(Clone, Debug)]
+pub struct Client {
+    conn: Arc<Connection>,
+    server: Arc<HelloResponse>,
+    options: Arc<ClientOptions>,
+}
+
+fn names(namespace: &str, key: &str) -> Result<(Namespace, Key), ClientError> {
+    Ok((Namespace::new(namespace)?, Key::new(key)?))
+}
+
+impl Client {
+    /// Connects with default options (see [`Endpoint::parse`] for the forms).
+    pub async fn connect(endpoint: &str) -> Result<Client, ClientError> {
+        Client::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects and performs the version handshake.
+    pub async fn connect_with(
+        endpoint: &str,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let parsed = Endpoint::parse(endpoint)?;
+        let name = parsed.to_string();
+        let limit = options.connect_timeout;
+        match tokio::time::timeout(limit, Client::establish(parsed, name.clone(), options)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Connect {
+                endpoint: name,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {limit:?}"),
+                ),
+            }),
+        }
+    }
+
+    async fn establish(
+        endpoint: Endpoint,
+        name: String,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let connect_error = |source| ClientError::Connect {
+            endpoint: name.clone(),
+            source,
+        };
+        let max_alloc = options.max_fetch_alloc;
+        let conn = match &endpoint {
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(connect_error)?;
+                let (r, w) = stream.into_split();
+                Connection::start(name.clone(), r, w, max_alloc, options.io_timeout)
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(connect_error)?;
+                stream.set_nodelay(true).map_err(connect_error)?;
+                let (r, w) = stream.into_split();
+                Connection::start(name.clone(), r, w, max_alloc, options.io_timeout)
+            }
+        };
+        let hello = HelloRequest {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            client: options.client_name.clone(),
+        };
+        let control = encode(&hello)?;
+        let reply = conn.call(Opcode::Hello, control, None).await?;
+        let server: HelloResponse = decode(&conn, &reply.control)?;
+        conn.set_inflight_limit(server.limits.max_inflight_requests.max(1));
+        Ok(Client {
+            conn: Arc::new(conn),
+            server: Arc::new(server),
+            options: Arc::new(options),
+        })
+    }
+
+    /// What the daemon said about itself in the handshake (name, limits).
+    pub fn server(&self) -> &HelloResponse {
+        &self.server
+    }
+
+    /// The endpoint this client is connected to.
+    pub fn endpoint(&self) -> &str {
+        self.conn.endpoint()
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match self.options.request_timeout {
+            None => fut.await,
+            Some(after) => match tokio::time::timeout(after, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout { op, after }),
+            },
+        }
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: Opcode,
+        request: Option<&Req>,
+    ) -> Result<Resp, ClientError> {
+        let control = match request {
+            Some(r) => encode(r)?,
+            None => Vec::new(),
+        };
+        let reply = self
+            .timed(op.name(), self.conn.call(op, control, None))
+            .await?;
+        decode(&self.conn, &reply.control)
+    }
+
+    /// Round trip to the daemon; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        self.timed("ping", self.conn.call(Opcode::Ping, Vec::new(), None))
+            .await?;
+        Ok(start.elapsed())
+    }
+
+    /// Stores `data` as the shard `namespace/key`; returns what is stored.
+    /// The daemon checks the bytes against a CRC32C computed here.
+    pub async fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        options: PutOptions,
+    ) -> Result<ShardMeta, ClientError> {
+        let (namespace, key) = names(namespace, key)?;
+        let data: Bytes = data.into();
+        let request = PutRequest {
+            namespace,
+            key,
+            version: options.version,
+            dtype: options.dtype,
+            shape: options.shape,
+            crc32c: Some(crc32c::crc32c(&data)),
+            durability: options.durability,
+        };
+        let control = encode(&request)?;
+        let reply = self
+            .timed("put", self.conn.call(Opcode::Put, control, Some(data)))
+            .await?;
+        let response: PutResponse = decode(&self.conn, &reply.control)?;
+        Ok(response.meta)
+    }
+
+    /// Fetches a whole shard into a new buffer, verifying its checksum.
+    pub async fn fetch(&self, namespace: &str, key: &str) -> Result<Shard, ClientError> {
+        self.fetch_owned(namespace, key, None).await
+    }
+
+    /// Fetches `len` bytes at `offset` of a shard into a new buffer.
+    pub async fn fetch_range(
+        &self,
+        namespace: &str,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Shard, ClientError> {
+        self.fetch_owned(namespace, key, Some(ByteRange { offset, len }))
+            .await
+    }
+
+    async fn fetch_owned(
+        &self,
+        namespace: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Shard, ClientError> {
+        let (namespace, key) = names(namespace, key)?;
+        let request = FetchRequest {
+            namespace,
+            key,
+            range,
+            max_len: Some(self.options.max_fetch_alloc),
+        };
+        let control = encode(&request)?;
+        let FetchDone { dest, result } = self
+            .conn
+            .fetch(control, Dest::Alloc(None), self.options.request_timeout)
+            .await;
+        let head = result?;
+        let data = dest.into_vec();
+        self.verify(&head, range.is_none(), &data)?;
+        Ok(Shard {
+            meta: head.meta,
+            offset: head.offset,
+            data,
+        })
+    }
+
+    /// Fetches a shard (or `range` of it) straight into the caller's buffer,
+    /// from its start, without an intermediate copy. The buffer comes back
+    /// in every case; on error its contents are unspecified.
+    pub async fn fetch_into<B: FetchBuf>(
+        &self,
+        namespace: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        mut buf: B,
+    ) -> (B, Result<FetchInfo, ClientError>) {
+        let (namespace, key) = match names(namespace, key) {
+            Ok(names) => names,
+            Err(e) => return (buf, Err(e)),
+        };
+        let capacity = buf.as_mut().len() as u64;
+        let request = FetchRequest {
+            namespace,
+            key,
+            range,
+            max_len: Some(capacity),
+        };
+        let control = match encode(&request) {
+            Ok(control) => control,
+            Err(e) => return (buf, Err(e)),
+        };
+        let FetchDone { dest, result } = self
+            .conn
+            .fetch(control, Dest::caller(buf), self.options.request_timeout)
+            .await;
+        let Some(mut buf) = dest.into_caller::<B>() else {
+            unreachable!("a fetch always returns the caller's buffer");
+        };
+        let result = result.and_then(|head| {
+            let data = &buf.as_mut()[..head.len as usize];
+            self.verify(&head, range.is_none(), data)?;
+            Ok(FetchInfo {
+                meta: head.meta,
+                offset: head.offset,
+                len: head.len,
+            })
+        });
+        (buf, result)
+    }
+
+    fn verify(&self, head: &FetchResponse, whole: bool, data: &[u8]) -> Result<(), ClientError> {
+        if !(whole && self.options.verify_checksums) {
+            return Ok(());
+        }
+        let actual = crc32c::crc32c(data);
+        if actual != head.meta.crc32c {
+            return Err(ClientError::ChecksumMismatch {
+                shard: format!("{}/{}", head.meta.namespace, head.meta.key),
+                expected: head.meta.crc32c,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Metadata of a shard.
+    pub async fn stat(&self, namespace: &str, key: &str) -> Result<ShardMeta, ClientError> {
+        let (namespace, key) = names(namespace, key)?;
+        let response: StatResponse = self
+            .call(Opcode::Stat, Some(&StatRequest { namespace, key }))
+            .await?;
+        Ok(response.meta)
+    }
+
+    /// One page of the shards of `namespace` whose keys start with `prefix`,
+    /// after `start_after`, at most `limit` (capped at the protocol's maximum).
+    pub async fn list_page(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<ListResponse, ClientError> {
+        let request = ListRequest {
+            namespace: Namespace::new(namespace)?,
+            prefix: prefix.to_string(),
+            start_after: start_after.map(str::to_string),
+            limit,
+        };
+        self.call(Opcode::List, Some(&request)).await
+    }
+
+    /// Every shard of `namespace` whose key starts with `prefix`, in key order.
+    pub async fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<ShardMeta>, ClientError> {
+        let mut out: Vec<ShardMeta> = Vec::new();
+        loop {
+            let after = out.last().map(|m| m.key.to_string());
+            let page = self
+                .list_page(namespace, prefix, after.as_deref(), MAX_LIST_LIMIT)
+                .await?;
+            out.extend(page.shards);
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Removes a shard (only if `version` is the stored one, when given);
+    /// returns the version removed.
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let (namespace, key) = names(namespace, key)?;
+        let request = DeleteRequest {
+            namespace,
+            key,
+            version,
+        };
+        let response: DeleteResponse = self.call(Opcode::Delete, Some(&request)).await?;
+        Ok(response.version)
+    }
+
+    /// The daemon's state.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.call::<(), StatusResponse>(Opcode::Status, None).await
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+    codec::encode(value).map_err(|e| ClientError::InvalidEndpoint {
+        endpoint: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(conn: &Connection, bytes: &[u8]) -> Result<T, ClientError> {
+    codec::decode(bytes).map_err(|source| ClientError::Protocol {
+        endpoint: conn.endpoint().to_string(),
+        source,
+    })
+}

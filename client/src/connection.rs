@@ -1,0 +1,617 @@
+//! One connection to a daemon: a writer task sends request frames in the
+//! order they are issued; a reader task matches answers to requests by id
+//! and reads fetch payloads straight into the request's destination buffer.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shardd_protocol::{
+    ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode,
+    ProtocolError, Status, codec,
+};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::ClientError;
+
+/// Bytes of the buffers around the socket.
+const SOCKET_BUFFER: usize = 64 * 1024;
+
+/// A caller's buffer for [`crate::Client::fetch_into`]: any owned byte
+/// storage that can travel to the connection's reader task and back.
+pub trait FetchBuf: AsMut<[u8]> + Send + 'static {}
+impl<T: AsMut<[u8]> + Send + 'static> FetchBuf for T {}
+
+/// A destination with its type erased, so that requests of different
+/// buffer types share one pending map.
+pub(crate) trait ErasedBuf: Send {
+    fn bytes(&mut self) -> &mut [u8];
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<T: FetchBuf> ErasedBuf for T {
+    fn bytes(&mut self) -> &mut [u8] {
+        self.as_mut()
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+/// Where a fetch's bytes go.
+pub(crate) enum Dest {
+    /// Allocate a vector of the answer's length (checked against limits).
+    Alloc(Option<Vec<u8>>),
+    /// The caller's buffer.
+    Caller(Box<dyn ErasedBuf>),
+}
+
+impl Dest {
+    pub(crate) fn caller<B: FetchBuf>(buf: B) -> Dest {
+        Dest::Caller(Box::new(buf))
+    }
+
+    fn capacity(&mut self) -> Option<u64> {
+        match self {
+            Dest::Alloc(_) => None,
+            Dest::Caller(buf) => Some(buf.bytes().len() as u64),
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        match self {
+            Dest::Alloc(v) => v.as_deref_mut().unwrap_or_default(),
+            Dest::Caller(buf) => buf.bytes(),
+        }
+    }
+
+    /// Returns the vector (for `Alloc`).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Dest::Alloc(v) => v.unwrap_or_default(),
+            Dest::Caller(_) => Vec::new(),
+        }
+    }
+
+    /// Returns the caller's buffer as its own type.
+    pub(crate) fn into_caller<B: FetchBuf>(self) -> Option<B> {
+        match self {
+            Dest::Caller(buf) => buf.into_any().downcast::<B>().ok().map(|b| *b),
+            Dest::Alloc(_) => None,
+        }
+    }
+}
+
+/// A whole answer of a request without payload.
+pub(crate) struct Reply {
+    pub control: Vec<u8>,
+}
+
+/// The end of a fetch: the destination always comes back.
+pub(crate) struct FetchDone {
+    pub dest: Dest,
+    pub result: Result<FetchResponse, ClientError>,
+}
+
+enum Pending {
+    Simple(oneshot::Sender<Result<Reply, ClientError>>),
+    Fetch(Box<FetchState>),
+}
+
+struct FetchState {
+    dest: Dest,
+    head: Option<FetchResponse>,
+    filled: u64,
+    /// Set when the answer cannot be used; the rest of it is skipped.
+    error: Option<ClientError>,
+    reply: oneshot::Sender<FetchDone>,
+}
+
+struct Outgoing {
+    header: [u8; HEADER_LEN],
+    control: Vec<u8>,
+    payload: Option<Bytes>,
+}
+
+struct Shared {
+    endpoint: String,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Why the connection is closed, once it is.
+    closed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn disconnected(&self, reason: &str) -> ClientError {
+        ClientError::Disconnected {
+            endpoint: self.endpoint.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Marks the connection closed and fails every pending request.
+    fn close(&self, reason: String) {
+        {
+            let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            if closed.is_none() {
+                *closed = Some(reason.clone());
+            }
+        }
+        let pending: Vec<Pending> = self.lock().drain().map(|(_, p)| p).collect();
+        for p in pending {
+            match p {
+                Pending::Simple(reply) => {
+                    let _ = reply.send(Err(self.disconnected(&reason)));
+                }
+                Pending::Fetch(state) => {
+                    let _ = state.reply.send(FetchDone {
+                        dest: state.dest,
+                        result: Err(self.disconnected(&reason)),
+                    });
+                }
+            }
+        }
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The sending side of a connection, shared by all clones of a client.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Outgoing>,
+    next_id: AtomicU64,
+    inflight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("endpoint", &self.shared.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks on a connected stream. An owned
+    /// fetch allocates at most `max_alloc` bytes for its answer.
+    pub(crate) fn start<R, W>(
+        endpoint: String,
+        reader: R,
+        writer: W,
+        max_alloc: u64,
+        io_timeout: Duration,
+    ) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            endpoint,
+            pending: Mutex::new(HashMap::new()),
+            closed: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(write_loop(shared.clone(), writer, rx));
+        let limits = Limits {
+            max_control_len: MAX_CONTROL_LEN,
+            // Payloads go into a destination sized beforehand, or are skipped;
+            // nothing is allocated from a frame's payload length.
+            max_payload_len: u64::MAX,
+        };
+        let reader = BufReader::with_capacity(SOCKET_BUFFER, reader);
+        let frames = FrameReader {
+            reader,
+            limits,
+            max_alloc,
+            io_timeout,
+        };
+        tokio::spawn(read_loop(shared.clone(), frames));
+        Connection {
+            shared,
+            tx,
+            next_id: AtomicU64::new(1),
+            // Raised to the daemon's limit after the hello.
+            inflight: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// Allows `n` requests in flight (the daemon's announced limit).
+    pub(crate) fn set_inflight_limit(&self, n: u32) {
+        self.inflight.add_permits((n as usize).saturating_sub(1));
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    async fn send(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        payload: Option<Bytes>,
+        pending: Pending,
+    ) -> Result<u64, (Pending, ClientError)> {
+        if let Some(reason) = self.shared.closed_reason() {
+            return Err((pending, self.shared.disconnected(&reason)));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let payload_len = payload.as_ref().map_or(0, |p| p.len() as u64);
+        let header = FrameHeader::request(op, id, control.len() as u32, payload_len).encode();
+        self.shared.lock().insert(id, pending);
+        let out = Outgoing {
+            header,
+            control,
+            payload,
+        };
+        if self.tx.send(out).await.is_err() {
+            let reason = self
+                .shared
+                .closed_reason()
+                .unwrap_or_else(|| "writer stopped".into());
+            if let Some(pending) = self.shared.lock().remove(&id) {
+                return Err((pending, self.shared.disconnected(&reason)));
+            }
+            // The reader already failed it.
+        }
+        Ok(id)
+    }
+
+    /// Sends a request and waits for its (single-frame) answer.
+    pub(crate) async fn call(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        payload: Option<Bytes>,
+    ) -> Result<Reply, ClientError> {
+        let _permit = self.inflight.acquire().await;
+        let (reply, rx) = oneshot::channel();
+        if let Err((_, e)) = self
+            .send(op, control, payload, Pending::Simple(reply))
+            .await
+        {
+            return Err(e);
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(self.shared.disconnected("reader stopped")))
+    }
+
+    /// Sends a fetch and waits until its bytes are in `dest`, or `timeout`
+    /// passes. The destination comes back in every case: after a timeout it
+    /// is taken back from the pending request (if the reader is filling it
+    /// right now, once the current frame is in).
+    pub(crate) async fn fetch(
+        &self,
+        control: Vec<u8>,
+        dest: Dest,
+        timeout: Option<Duration>,
+    ) -> FetchDone {
+        let _permit = self.inflight.acquire().await;
+        let (reply, mut rx) = oneshot::channel();
+        let state = FetchState {
+            dest,
+            head: None,
+            filled: 0,
+            error: None,
+            reply,
+        };
+        let id = match self
+            .send(Opcode::Fetch, control, None, Pending::Fetch(Box::new(state)))
+            .await
+        {
+            Ok(id) => id,
+            Err((pending, error)) => {
+                let dest = match pending {
+                    Pending::Fetch(state) => state.dest,
+                    Pending::Simple(_) => Dest::Alloc(None),
+                };
+                return FetchDone {
+                    dest,
+                    result: Err(error),
+                };
+            }
+        };
+        let deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
+        loop {
+            let received = match deadline {
+                None => (&mut rx).await,
+                Some((at, after)) => match tokio::time::timeout_at(at, &mut rx).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        if let Some(Pending::Fetch(state)) = self.shared.lock().remove(&id) {
+                            return FetchDone {
+                                dest: state.dest,
+                                result: Err(ClientError::Timeout { op: "fetch", after }),
+                            };
+                        }
+                        // The reader is filling it; look again shortly.
+                        match tokio::time::timeout(Duration::from_millis(5), &mut rx).await {
+                            Ok(received) => received,
+                            Err(_) => continue,
+                        }
+                    }
+                },
+            };
+            return match received {
+                Ok(done) => done,
+                // The reader never drops a fetch without answering it.
+                Err(_) => FetchDone {
+                    dest: Dest::Alloc(None),
+                    result: Err(self.shared.disconnected("reader stopped")),
+                },
+            };
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    writer: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    let mut out = BufWriter::with_capacity(SOCKET_BUFFER, writer);
+    while let Some(frame) = rx.recv().await {
+        let result = async {
+            out.write_all(&frame.header).await?;
+            out.write_all(&frame.control).await?;
+            if let Some(payload) = &frame.payload {
+                out.write_all(payload).await?;
+            }
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            shared.close(format!("cannot send: {e}"));
+            return;
+        }
+    }
+    // Every client handle is gone: tell the daemon we are done.
+    let _ = out.shutdown().await;
+}
+
+/// The receiving side's state and settings.
+struct FrameReader<R> {
+    reader: BufReader<R>,
+    limits: Limits,
+    /// Largest answer an owned fetch allocates for.
+    max_alloc: u64,
+    /// Longest wait for progress inside a frame.
+    io_timeout: Duration,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// `read_exact` that fails if the daemon stalls inside a frame.
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
+        match tokio::time::timeout(self.io_timeout, self.reader.read_exact(buf)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the daemon stalled inside a frame for {:?}",
+                self.io_timeout
+            )),
+        }
+    }
+
+    /// Reads and drops `len` bytes.
+    async fn skip(&mut self, mut len: u64) -> Result<(), String> {
+        while len > 0 {
+            let available =
+                match tokio::time::timeout(self.io_timeout, self.reader.fill_buf()).await {
+                    Ok(Ok(bytes)) => bytes.len(),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => {
+                        return Err(format!(
+                            "the daemon stalled inside a frame for {:?}",
+                            self.io_timeout
+                        ));
+                    }
+                };
+            if available == 0 {
+                return Err("the connection ended inside a frame".into());
+            }
+            let n = available.min(len as usize);
+            self.reader.consume(n);
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut frames: FrameReader<R>) {
+    let reason = match read_frames(&shared, &mut frames).await {
+        Ok(()) => "the daemon closed the connection".to_string(),
+        Err(e) => e,
+    };
+    shared.close(reason);
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    frames: &mut FrameReader<R>,
+) -> Result<(), String> {
+    loop {
+        // Between frames the connection may idle as long as it likes.
+        if frames
+            .reader
+            .fill_buf()
+            .await
+            .map_err(|e| e.to_string())?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        let mut bytes = [0u8; HEADER_LEN];
+        frames.read_exact(&mut bytes).await?;
+        let header = FrameHeader::decode(&bytes).map_err(|e| protocol(shared, e))?;
+        header
+            .check_limits(&frames.limits)
+            .map_err(|e| protocol(shared, e))?;
+        if !header.is_response() {
+            return Err("the daemon sent a request frame".into());
+        }
+        let mut control = vec![0u8; header.control_len as usize];
+        frames.read_exact(&mut control).await?;
+
+        if header.request_id == 0 {
+            // A connection-level error: the daemon closes after it.
+            let message = codec::decode::<ErrorResponse>(&control)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| "no reason given".into());
+            return Err(format!("{}: {message}", header.status));
+        }
+        let pending = shared.lock().remove(&header.request_id);
+        match pending {
+            None => {
+                // Answer to a request whose caller gave up: skip it.
+                frames.skip(header.payload_len).await?;
+            }
+            Some(Pending::Simple(reply)) => {
+                frames.skip(header.payload_len).await?;
+                let result = if header.status == Status::Ok {
+                    Ok(Reply { control })
+                } else {
+                    Err(remote_error(header.status, &control))
+                };
+                let _ = reply.send(result);
+            }
+            Some(Pending::Fetch(mut state)) => {
+                if let Err(e) =
+                    take_fetch_frame(shared, frames, &header, &control, &mut state).await
+                {
+                    // Hand the destination back before the connection closes.
+                    let _ = state.reply.send(FetchDone {
+                        dest: state.dest,
+                        result: Err(shared.disconnected(&e)),
+                    });
+                    return Err(e);
+                }
+                if header.has_more() && header.status == Status::Ok {
+                    shared
+                        .lock()
+                        .insert(header.request_id, Pending::Fetch(state));
+                } else {
+                    finish_fetch(*state, &header, &control);
+                }
+            }
+        }
+    }
+}
+
+fn protocol(shared: &Shared, e: ProtocolError) -> String {
+    ClientError::Protocol {
+        endpoint: shared.endpoint.clone(),
+        source: e,
+    }
+    .to_string()
+}
+
+fn remote_error(status: Status, control: &[u8]) -> ClientError {
+    match codec::decode::<ErrorResponse>(control) {
+        Ok(body) => ClientError::Remote {
+            status,
+            message: body.message,
+            current_version: body.current_version,
+        },
+        Err(_) => ClientError::Remote {
+            status,
+            message: status.to_string(),
+            current_version: None,
+        },
+    }
+}
+
+/// Takes one frame of a fetch answer: the first one's control message says
+/// how many bytes come; every frame's payload goes to the next place in the
+/// destination.
+async fn take_fetch_frame<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    frames: &mut FrameReader<R>,
+    header: &FrameHeader,
+    control: &[u8],
+    state: &mut FetchState,
+) -> Result<(), String> {
+    let max_alloc = frames.max_alloc;
+    if header.status != Status::Ok {
+        return frames.skip(header.payload_len).await;
+    }
+    if state.head.is_none() {
+        let head: FetchResponse = codec::decode(control).map_err(|e| protocol(shared, e))?;
+        match state.dest.capacity() {
+            Some(capacity) if capacity < head.len => {
+                state.error = Some(ClientError::BufferTooSmall {
+                    needed: head.len,
+                    capacity,
+                });
+            }
+            Some(_) => {}
+            None if head.len > max_alloc => {
+                state.error = Some(ClientError::BufferTooSmall {
+                    needed: head.len,
+                    capacity: max_alloc,
+                });
+            }
+            None => state.dest = Dest::Alloc(Some(vec![0u8; head.len as usize])),
+        }
+        state.head = Some(head);
+    }
+    let total = state.head.as_ref().map_or(0, |h| h.len);
+    let end = state.filled + header.payload_len;
+    if end > total {
+        return Err(format!(
+            "the daemon sent {end} bytes for a {total}-byte answer"
+        ));
+    }
+    if state.error.is_some() {
+        return frames.skip(header.payload_len).await;
+    }
+    let place = &mut state.dest.bytes()[state.filled as usize..end as usize];
+    frames.read_exact(place).await?;
+    state.filled = end;
+    Ok(())
+}
+
+fn finish_fetch(state: FetchState, header: &FrameHeader, control: &[u8]) {
+    let result = if header.status != Status::Ok {
+        Err(remote_error(header.status, control))
+    } else if let Some(error) = state.error {
+        Err(error)
+    } else {
+        match state.head {
+            Some(head) if state.filled == head.len => Ok(head),
+            Some(head) => Err(ClientError::Remote {
+                status: Status::Internal,
+                message: format!(
+                    "the answer ended after {} of {} bytes",
+                    state.filled, head.len
+                ),
+                current_version: None,
+            }),
+            None => Err(ClientError::Remote {
+                status: Status::Internal,
+                message: "the answer had no fetch header".into(),
+                current_version: None,
+            }),
+        }
+    };
+    let _ = state.reply.send(FetchDone {
+        dest: state.dest,
+        result,
+    });
+}

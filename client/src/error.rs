@@ -1,0 +1,100 @@
+//! The client's error type.
+
+use shardd_protocol::{NameError, ProtocolError, Status};
+
+/// What went wrong; each variant says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint string is malformed: fix the address.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// What was given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A namespace or key is not valid: fix the name (see `shardd_protocol::names`).
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The daemon cannot be reached: is it running, is the address right?
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error status. `status` says which; busy
+    /// and shutting-down may succeed when retried.
+    #[error("{message}")]
+    Remote {
+        /// The status.
+        status: Status,
+        /// The daemon's explanation.
+        message: String,
+        /// With a version conflict: the stored version.
+        current_version: Option<u64>,
+    },
+    /// The connection broke; requests in flight did not complete. Connect again.
+    #[error("connection to {endpoint} lost: {reason}")]
+    Disconnected {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon sent something this client does not understand (a bug or
+    /// a version mismatch); the connection is closed.
+    #[error("protocol error from {endpoint}: {source}")]
+    Protocol {
+        /// The endpoint.
+        endpoint: String,
+        /// The error.
+        source: ProtocolError,
+    },
+    /// The caller's buffer is smaller than the shard or range: pass a larger one.
+    #[error("buffer of {capacity} bytes is too small for {needed} bytes")]
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        capacity: u64,
+    },
+    /// The bytes received do not match the shard's checksum; nothing
+    /// returned may be used. Fetch again.
+    #[error(
+        "the received bytes of {shard} have CRC32C {actual:#010x}, the daemon stored {expected:#010x}"
+    )]
+    ChecksumMismatch {
+        /// namespace/key.
+        shard: String,
+        /// What the daemon recorded.
+        expected: u32,
+        /// What arrived.
+        actual: u32,
+    },
+    /// The request took longer than the configured timeout; its connection
+    /// is still usable.
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+}
+
+impl ClientError {
+    /// The daemon's status, if the daemon answered with an error.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Remote { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the shard (or namespace) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(Status::NotFound)
+    }
+}

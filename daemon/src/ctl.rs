@@ -1,0 +1,270 @@
+//! `shardctl`: the operator's command line, built on the client crate.
+//!
+//! Exit status: 0 on success, 1 on failure (one line on stderr), 2 on bad
+//! usage, 3 when the shard asked for does not exist.
+//!
+//! # Layout
+//!
+//! * [`bench`]: `shardctl bench`, measured against `fio` in the same run.
+//! * [`show`]: human-readable rendering of metadata and status.
+
+pub mod bench;
+pub mod show;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shardd_client::{ByteRange, Client, ClientError, DType, PutOptions};
+
+/// The endpoint when neither `--endpoint` nor `SHARDD_ENDPOINT` says otherwise:
+/// the daemon's default Unix socket.
+pub const DEFAULT_ENDPOINT: &str = "unix://./shardd.sock";
+
+/// shardctl: store, read and inspect shards in a shardd daemon.
+#[derive(Debug, Parser)]
+#[command(name = "shardctl", version)]
+pub struct Args {
+    /// Daemon address: unix://PATH or tcp://HOST:PORT.
+    #[arg(long, global = true, env = "SHARDD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a file (or standard input, "-") as a shard.
+    Put {
+        /// Namespace.
+        namespace: String,
+        /// Key, e.g. layers.0.mlp.fc1.weight#0/8.
+        key: String,
+        /// File to store, or "-" for standard input.
+        file: String,
+        /// Version to store (default: the stored version + 1).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Element type (raw, f32, bf16, ...).
+        #[arg(long, default_value = "raw")]
+        dtype: DType,
+        /// Shape, comma separated, e.g. 4096,1024.
+        #[arg(long, value_delimiter = ',')]
+        shape: Vec<u64>,
+    },
+    /// Read a shard into a file, or to standard output ("-" or no file).
+    Get {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Output file, or "-" for standard output.
+        file: Option<String>,
+        /// First byte to read.
+        #[arg(long, requires = "len")]
+        offset: Option<u64>,
+        /// Number of bytes to read.
+        #[arg(long)]
+        len: Option<u64>,
+    },
+    /// Show a shard's metadata.
+    Stat {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the shards of a namespace.
+    Ls {
+        /// Namespace.
+        namespace: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a shard.
+    Rm {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Remove only if this is the stored version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Show the daemon's state.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the round trip to the daemon.
+    Ping,
+    /// Measure cold fetch and durable put throughput, beside fio.
+    Bench(bench::BenchArgs),
+}
+
+/// `shardctl`'s main.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("shardctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardctl: {e:#}");
+            let not_found = e
+                .downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_not_found);
+            if not_found {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if let Command::Bench(bench) = &args.command {
+        return bench::run(&args.endpoint, bench).await;
+    }
+    let client = Client::connect(&args.endpoint).await?;
+    match args.command {
+        Command::Put {
+            namespace,
+            key,
+            file,
+            version,
+            dtype,
+            shape,
+        } => {
+            let data = read_input(&file)?;
+            let options = PutOptions {
+                version,
+                dtype,
+                shape,
+                ..PutOptions::default()
+            };
+            let meta = client.put(&namespace, &key, data, options).await?;
+            println!(
+                "stored {}/{} version {} ({} bytes, crc32c {:#010x})",
+                meta.namespace, meta.key, meta.version, meta.len, meta.crc32c
+            );
+        }
+        Command::Get {
+            namespace,
+            key,
+            file,
+            offset,
+            len,
+        } => {
+            let shard = match (offset, len) {
+                (None, None) => client.fetch(&namespace, &key).await?,
+                (offset, Some(len)) => {
+                    let range = ByteRange {
+                        offset: offset.unwrap_or(0),
+                        len,
+                    };
+                    client
+                        .fetch_range(&namespace, &key, range.offset, range.len)
+                        .await?
+                }
+                (Some(_), None) => anyhow::bail!("--offset needs --len"),
+            };
+            write_output(file.as_deref(), &shard.data)?;
+        }
+        Command::Stat {
+            namespace,
+            key,
+            json,
+        } => {
+            let meta = client.stat(&namespace, &key).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&meta)?);
+            } else {
+                print!("{}", show::meta(&meta));
+            }
+        }
+        Command::Ls {
+            namespace,
+            prefix,
+            json,
+        } => {
+            let shards = client.list(&namespace, &prefix).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shards)?);
+            } else {
+                print!("{}", show::listing(&shards));
+            }
+        }
+        Command::Rm {
+            namespace,
+            key,
+            version,
+        } => {
+            let removed = client.delete(&namespace, &key, version).await?;
+            println!("removed {namespace}/{key} version {removed}");
+        }
+        Command::Status { json } => {
+            let status = client.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", show::status(&status));
+            }
+        }
+        Command::Ping => {
+            let rtt = client.ping().await?;
+            println!(
+                "{} answered in {:.1} µs",
+                client.server().server,
+                rtt.as_secs_f64() * 1e6
+            );
+        }
+        Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    if file == "-" {
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("read standard input")?;
+    } else {
+        let path = PathBuf::from(file);
+        data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    }
+    Ok(data)
+}
+
+fn write_output(file: Option<&str>, data: &[u8]) -> anyhow::Result<()> {
+    match file {
+        None | Some("-") => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(data).context("write standard output")?;
+            out.flush().context("write standard output")
+        }
+        Some(path) => std::fs::write(path, data).with_context(|| format!("write {path}")),
+    }
+}

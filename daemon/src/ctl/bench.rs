@@ -1,0 +1,442 @@
+//! `shardctl bench`: durable put and cold fetch throughput through a running
+//! daemon, for several shard sizes and concurrencies, beside `fio` on the
+//! same data directories in the same run.
+//!
+//! Each case stores `total` bytes as shards of one size from `concurrency`
+//! workers (durable puts), then fetches them all back into reused buffers.
+//! Every case runs `runs` times; the medians are reported. The daemon reads
+//! with O_DIRECT and caches nothing, so fetches come from the drive (where a
+//! data dir is on a file system without O_DIRECT the report says so).
+//!
+//! The fio baseline: `fio --direct=1 --ioengine=io_uring --bs=1M
+//! --iodepth=32`, sequential write (with a final fsync) then read, one job
+//! per data dir, its median over the same number of runs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use serde::Serialize;
+use shardd_client::{Client, PutOptions};
+use tokio::task::JoinSet;
+
+use crate::config::units::parse_size;
+use crate::ctl::show;
+
+/// Options of `shardctl bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Shard sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1MiB,4MiB,16MiB,64MiB,256MiB", value_parser = parse_size)]
+    pub sizes: Vec<u64>,
+    /// Concurrent requests, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub concurrency: Vec<usize>,
+    /// Bytes stored and fetched per case and run.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub total: u64,
+    /// Runs per case; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Connections to the daemon (requests are spread over them).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Namespace for the benchmark's shards (removed afterwards).
+    #[arg(long, default_value = "shardctl-bench")]
+    pub namespace: String,
+    /// Run fio on the daemon's data dirs: auto (if installed), on, off.
+    #[arg(long, default_value = "auto")]
+    pub fio: String,
+    /// Bytes fio writes and reads per data dir.
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    pub fio_size: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// fio's sequential bandwidth, bytes per second.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct FioBaseline {
+    /// Sequential read.
+    pub read_bytes_per_sec: f64,
+    /// Sequential write (with the final fsync).
+    pub write_bytes_per_sec: f64,
+}
+
+/// One case's medians.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    /// Shard size.
+    pub shard_bytes: u64,
+    /// Concurrent requests.
+    pub concurrency: usize,
+    /// Shards per run.
+    pub shards: u64,
+    /// Durable put throughput, bytes per second.
+    pub put_bytes_per_sec: f64,
+    /// Cold fetch throughput, bytes per second.
+    pub fetch_bytes_per_sec: f64,
+    /// put / fio write.
+    pub put_vs_fio: Option<f64>,
+    /// fetch / fio read.
+    pub fetch_vs_fio: Option<f64>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Daemon endpoint.
+    pub endpoint: String,
+    /// Daemon version.
+    pub server: String,
+    /// I/O engine of the daemon.
+    pub io_engine: String,
+    /// Data dirs and whether they use O_DIRECT.
+    pub data_dirs: Vec<(String, bool)>,
+    /// Runs per case.
+    pub runs: usize,
+    /// fio's figures, if it ran.
+    pub fio: Option<FioBaseline>,
+    /// Per case.
+    pub cases: Vec<CaseResult>,
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.concurrency.iter().all(|&c| c > 0),
+        "--concurrency values must be at least 1"
+    );
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(Client::connect(endpoint).await?);
+    }
+    let status = clients[0].status().await?;
+    let data_dirs: Vec<(String, bool)> = status
+        .data_dirs
+        .iter()
+        .map(|d| (d.path.clone(), d.direct_io))
+        .collect();
+
+    let fio = match args.fio.as_str() {
+        "off" => None,
+        "on" | "auto" => {
+            let dirs: Vec<PathBuf> = data_dirs.iter().map(|(p, _)| PathBuf::from(p)).collect();
+            match fio_baseline(&dirs, args.fio_size, args.runs) {
+                Ok(baseline) => Some(baseline),
+                Err(e) if args.fio == "auto" => {
+                    eprintln!("shardctl bench: no fio baseline: {e:#}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        other => anyhow::bail!("--fio {other:?}: use auto, on or off"),
+    };
+
+    let mut cases = Vec::new();
+    for &size in &args.sizes {
+        anyhow::ensure!(size > 0, "--sizes values must be above 0");
+        let data = Bytes::from(pattern(size as usize));
+        for &concurrency in &args.concurrency {
+            let shards = (args.total / size).max(concurrency as u64);
+            let mut puts = Vec::new();
+            let mut fetches = Vec::new();
+            for _ in 0..args.runs {
+                puts.push(
+                    put_phase(&clients, &args.namespace, size, shards, concurrency, &data).await?,
+                );
+                fetches
+                    .push(fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?);
+            }
+            let put = median(puts);
+            let fetch = median(fetches);
+            let case = CaseResult {
+                shard_bytes: size,
+                concurrency,
+                shards,
+                put_bytes_per_sec: put,
+                fetch_bytes_per_sec: fetch,
+                put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
+                fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
+            };
+            if !args.json {
+                eprintln!(
+                    "  {} x{concurrency}: put {:.2} GB/s, fetch {:.2} GB/s",
+                    show::bytes(size),
+                    put / 1e9,
+                    fetch / 1e9
+                );
+            }
+            cases.push(case);
+            cleanup(&clients[0], &args.namespace, size, shards).await?;
+        }
+    }
+    let report = BenchReport {
+        endpoint: endpoint.to_string(),
+        server: status.server,
+        io_engine: status.io_engine,
+        data_dirs,
+        runs: args.runs,
+        fio,
+        cases,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+fn key(size: u64, i: u64) -> String {
+    format!("bench/{size}/{i}")
+}
+
+/// Deterministic, incompressible-looking bytes.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Splits `shards` keys over `concurrency` workers; each worker uses the
+/// connection `worker % connections`. Returns bytes per second.
+async fn put_phase(
+    clients: &[Client],
+    namespace: &str,
+    size: u64,
+    shards: u64,
+    concurrency: usize,
+    data: &Bytes,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for w in 0..concurrency {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        let data = data.clone();
+        workers.spawn(async move {
+            let mut i = w as u64;
+            while i < shards {
+                client
+                    .put(
+                        &namespace,
+                        &key(size, i),
+                        data.clone(),
+                        PutOptions::default(),
+                    )
+                    .await
+                    .with_context(|| format!("put {}", key(size, i)))?;
+                i += concurrency as u64;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn fetch_phase(
+    clients: &[Client],
+    namespace: &str,
+    size: u64,
+    shards: u64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    // Destination buffers are allocated and touched before the clock starts,
+    // as a trainer's pinned buffers would be.
+    let buffers: Vec<Vec<u8>> = (0..concurrency).map(|_| vec![1u8; size as usize]).collect();
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for (w, mut buf) in buffers.into_iter().enumerate() {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        workers.spawn(async move {
+            let mut i = w as u64;
+            while i < shards {
+                let (back, result) = client
+                    .fetch_into(&namespace, &key(size, i), None, buf)
+                    .await;
+                buf = back;
+                let info = result.with_context(|| format!("fetch {}", key(size, i)))?;
+                anyhow::ensure!(
+                    info.len == size,
+                    "fetch {} returned {} bytes",
+                    key(size, i),
+                    info.len
+                );
+                i += concurrency as u64;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn cleanup(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+    for i in 0..shards {
+        match client.delete(namespace, &key(size, i), None).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).context("remove benchmark shards"),
+        }
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Runs fio write then read on every data dir at once, `runs` times; returns
+/// the medians of the aggregate bandwidth.
+fn fio_baseline(dirs: &[PathBuf], size: u64, runs: usize) -> anyhow::Result<FioBaseline> {
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for _ in 0..runs {
+        writes.push(fio_once(dirs, "write", size)?);
+        reads.push(fio_once(dirs, "read", size)?);
+    }
+    for dir in dirs {
+        for n in 0..dirs.len() {
+            let _ = std::fs::remove_file(dir.join(format!("shardctl-fio-{n}.0.0")));
+        }
+    }
+    Ok(FioBaseline {
+        read_bytes_per_sec: median(reads),
+        write_bytes_per_sec: median(writes),
+    })
+}
+
+fn fio_once(dirs: &[PathBuf], rw: &str, size: u64) -> anyhow::Result<f64> {
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--direct=1",
+        "--ioengine=io_uring",
+        "--bs=1M",
+        "--iodepth=32",
+        "--numjobs=1",
+        "--group_reporting",
+        "--output-format=json",
+        &format!("--rw={rw}"),
+        &format!("--size={size}"),
+    ]);
+    if rw == "write" {
+        cmd.arg("--end_fsync=1");
+    }
+    for (n, dir) in dirs.iter().enumerate() {
+        cmd.arg(format!("--name=shardctl-fio-{n}"));
+        cmd.arg(format!("--directory={}", dir.display()));
+    }
+    let output = cmd.output().context("run fio (is it installed?)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "fio failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("parse fio's JSON output")?;
+    json["jobs"][0][rw]["bw_bytes"]
+        .as_f64()
+        .filter(|bw| *bw > 0.0)
+        .ok_or_else(|| anyhow::anyhow!("fio's output has no {rw} bandwidth"))
+}
+
+fn render(report: &BenchReport) -> String {
+    use std::fmt::Write;
+    let dirs: Vec<String> = report
+        .data_dirs
+        .iter()
+        .map(|(p, direct)| {
+            format!(
+                "{p} ({})",
+                if *direct {
+                    "O_DIRECT"
+                } else {
+                    "buffered: fetches may hit the page cache"
+                }
+            )
+        })
+        .collect();
+    let mut out = format!(
+        "{} at {}, engine {}, data dirs: {}\nmedians of {} runs; GB/s = 10^9 bytes per second\n",
+        report.server,
+        report.endpoint,
+        report.io_engine,
+        dirs.join(", "),
+        report.runs
+    );
+    match report.fio {
+        Some(f) => {
+            let _ = writeln!(
+                out,
+                "fio (io_uring, O_DIRECT, bs=1M, iodepth=32) on the same dirs: read {:.2} GB/s, write {:.2} GB/s",
+                f.read_bytes_per_sec / 1e9,
+                f.write_bytes_per_sec / 1e9
+            );
+        }
+        None => out.push_str("fio: not run\n"),
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>10}",
+        "shard", "conc", "shards", "put GB/s", "put/fio", "fetch GB/s", "fetch/fio"
+    );
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
+    for c in &report.cases {
+        let _ = writeln!(
+            out,
+            "{:>9} {:>5} {:>7} {:>9.2} {:>8} {:>11.2} {:>10}",
+            show::bytes(c.shard_bytes),
+            c.concurrency,
+            c.shards,
+            c.put_bytes_per_sec / 1e9,
+            ratio(c.put_vs_fio),
+            c.fetch_bytes_per_sec / 1e9,
+            ratio(c.fetch_vs_fio)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn pattern_is_exact_length() {
+        assert_eq!(pattern(10).len(), 10);
+        assert_ne!(pattern(64)[..32], pattern(64)[32..]);
+    }
+}

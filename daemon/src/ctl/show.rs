@@ -1,0 +1,138 @@
+//! Human-readable rendering for `shardctl`.
+
+use std::fmt::Write;
+
+use shardd_protocol::{ShardMeta, StatusResponse};
+
+/// Bytes with a binary unit, e.g. `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC`.
+pub fn timestamp(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn shape(meta: &ShardMeta) -> String {
+    let dims: Vec<String> = meta.shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// `shardctl stat`.
+pub fn meta(meta: &ShardMeta) -> String {
+    format!(
+        "shard    {}/{}\nversion  {}\nlength   {} ({})\ndtype    {}\nshape    {}\ncrc32c   {:#010x}\ncreated  {}\n",
+        meta.namespace,
+        meta.key,
+        meta.version,
+        meta.len,
+        bytes(meta.len),
+        meta.dtype,
+        shape(meta),
+        meta.crc32c,
+        timestamp(meta.created_unix_ms)
+    )
+}
+
+/// `shardctl ls`: one line per shard.
+pub fn listing(shards: &[ShardMeta]) -> String {
+    let width = shards
+        .iter()
+        .map(|m| m.key.as_str().len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let mut out = format!(
+        "{:width$}  {:>8}  {:>14}  {:6}  SHAPE\n",
+        "KEY", "VERSION", "BYTES", "DTYPE"
+    );
+    for m in shards {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>8}  {:>14}  {:6}  {}",
+            m.key.as_str(),
+            m.version,
+            m.len,
+            m.dtype.name(),
+            shape(m)
+        );
+    }
+    let total: u64 = shards.iter().map(|m| m.len).sum();
+    let _ = writeln!(out, "{} shards, {}", shards.len(), bytes(total));
+    out
+}
+
+/// `shardctl status`.
+pub fn status(s: &StatusResponse) -> String {
+    let mut out = format!(
+        "server       {}\nuptime       {} s\nio engine    {}\nshards       {} ({})\nquarantined  {}\nconnections  {}\n",
+        s.server,
+        s.uptime_secs,
+        s.io_engine,
+        s.shards,
+        bytes(s.bytes),
+        s.quarantined,
+        s.connections
+    );
+    for d in &s.data_dirs {
+        let _ = writeln!(
+            out,
+            "data dir     {}  {} shards, {} stored, {} free of {}, {}",
+            d.path,
+            d.shards,
+            bytes(d.bytes),
+            bytes(d.free_bytes),
+            bytes(d.capacity_bytes),
+            if d.direct_io {
+                "O_DIRECT"
+            } else {
+                "buffered I/O"
+            }
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_dates() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(64 << 30), "64.0 GiB");
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(timestamp(1_709_210_096_000), "2024-02-29 12:34:56 UTC");
+    }
+}

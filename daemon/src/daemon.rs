@@ -1,0 +1,97 @@
+//! The daemon's life: start the I/O engine, recover the store, bind the
+//! listeners, serve, and shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::io::IoEngine;
+use crate::server::ServerContext;
+use crate::server::listener::Listeners;
+use crate::store::Store;
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    ctx: Arc<ServerContext>,
+    tcp_addr: Option<SocketAddr>,
+    socket_path: Option<PathBuf>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Starts everything; returns once the index is recovered and the
+    /// listeners are bound, i.e. when the daemon is ready to serve.
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let engine = IoEngine::start(&config.io).context("start the I/O engine")?;
+        tracing::info!(engine = engine.name(), "I/O engine started");
+        let store = Store::open(config.store.clone(), Arc::new(engine))
+            .await
+            .context("open the shard store")?;
+        let ctx = Arc::new(ServerContext::new(store, config.server.clone()));
+        let listeners = Listeners::bind(&ctx).await?;
+        let tcp_addr = listeners.tcp_addr();
+        let socket_path = listeners.socket_path().map(|p| p.to_path_buf());
+        tracing::info!(
+            socket = socket_path.as_ref().map(|p| p.display().to_string()),
+            tcp = tcp_addr.map(|a| a.to_string()),
+            data_dirs = ?config.store.data_dirs,
+            "serving"
+        );
+        let acceptor = tokio::spawn(listeners.accept_until_shutdown(ctx.clone()));
+        Ok(Daemon {
+            ctx,
+            tcp_addr,
+            socket_path,
+            acceptor,
+        })
+    }
+
+    /// The TCP address being served (with the real port when 0 was asked).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The Unix socket being served.
+    pub fn socket_path(&self) -> Option<&std::path::Path> {
+        self.socket_path.as_deref()
+    }
+
+    /// The store (for tests and tools in the same process).
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    /// Graceful shutdown: stop accepting and reading new requests, let
+    /// in-flight requests finish (at most `shutdown_timeout`), then stop.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: no new requests; finishing those in flight");
+        self.ctx.shutdown.cancel();
+        let _ = self.acceptor.await;
+        self.ctx.tasks.close();
+        let budget = self.ctx.config.shutdown_timeout;
+        if tokio::time::timeout(budget, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.ctx.tasks.len(),
+                "requests still running after {budget:?}; stopping without them"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then stops it gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let daemon = Daemon::start(config).await?;
+    shutdown.await;
+    daemon.stop().await
+}

@@ -1,0 +1,101 @@
+//! Serving the wire protocol on a Unix socket and on TCP.
+//!
+//! # Layout
+//!
+//! * [`listener`]: binding the sockets and accepting connections.
+//! * [`connection`]: one connection: frames in, answers out.
+//! * [`handlers`]: what each request does; store errors to statuses.
+//! * [`frame`]: outgoing frames and bounded reads of incoming ones.
+
+pub mod connection;
+pub mod frame;
+pub mod handlers;
+pub mod listener;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use shardd_protocol::{Limits, MAX_CONTROL_LEN};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::Store;
+
+/// Settings of the listeners and connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Unix socket path; `None` disables it.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file.
+    pub socket_mode: u32,
+    /// TCP address; `None` disables TCP.
+    pub tcp: Option<SocketAddr>,
+    /// Open connections at most; more are answered `busy` and closed.
+    pub max_connections: usize,
+    /// Requests one connection may have in flight.
+    pub max_inflight_requests: u32,
+    /// Chunk-buffer memory one connection may hold.
+    pub connection_buffer_memory: u64,
+    /// Longest wait for progress inside a frame, or for the peer to take an answer.
+    pub io_timeout: Duration,
+    /// Longest wait for the hello of a new connection.
+    pub handshake_timeout: Duration,
+    /// Longest wait for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct ServerContext {
+    /// The shard store.
+    pub store: Store,
+    /// Listener and connection settings.
+    pub config: ServerConfig,
+    /// `shardd <version>`.
+    pub server_name: String,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Ids for connection log spans.
+    pub next_connection_id: AtomicU64,
+    /// Payload bytes stored by puts.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes sent by fetches.
+    pub bytes_out: AtomicU64,
+    /// Requests answered with an error status.
+    pub errors: AtomicU64,
+    /// Cancelled when the daemon shuts down.
+    pub shutdown: CancellationToken,
+    /// Every connection and request task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl ServerContext {
+    /// A context for `store` with `config`.
+    pub fn new(store: Store, config: ServerConfig) -> ServerContext {
+        ServerContext {
+            store,
+            config,
+            server_name: format!("shardd {}", env!("CARGO_PKG_VERSION")),
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+            next_connection_id: AtomicU64::new(1),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The lengths accepted in request headers.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_control_len: MAX_CONTROL_LEN,
+            max_payload_len: self.store.config().max_shard_bytes,
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! One client connection, Unix or TCP alike.
+//!
+//! The reading side takes frames in order: it checks each header against
+//! the limits before reading anything else, streams put payloads straight
+//! into chunk buffers, and hands every request to its own task. Answers go
+//! through a channel to the writing side, which writes whole frames in the
+//! order they are ready, so answers to pipelined requests may overtake each
+//! other and a large fetch never blocks a small one.
+//!
+//! Back-pressure: at most `max_inflight_requests` requests run at once per
+//! connection (the reader waits beyond that), and chunk buffers count
+//! against the connection's share of the buffer budget. A client that stops
+//! reading its answers stalls only its own connection; after `io_timeout`
+//! without progress the connection is closed and everything it held is
+//! released.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use shardd_protocol::{
+    FrameHeader, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, ProtocolError, PutRequest,
+    ServerLimits, Status, codec,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::frame::{self, NextFrame, OutFrame};
+use super::{ServerContext, handlers};
+use crate::store::{BufferScope, PutSpec};
+
+/// Bytes of the read and write buffers around the socket.
+const SOCKET_BUFFER: usize = 64 * 1024;
+/// Answers queued for the writer before handlers wait.
+const OUT_QUEUE: usize = 256;
+
+/// What a request handler needs to answer.
+#[derive(Clone, Debug)]
+pub struct Responder {
+    tx: mpsc::Sender<OutFrame>,
+}
+
+impl Responder {
+    /// Queues a frame; returns false if the connection is gone.
+    pub async fn send(&self, frame: OutFrame) -> bool {
+        self.tx.send(frame).await.is_ok()
+    }
+}
+
+/// Serves one connection until the peer closes it, it breaks, or the daemon
+/// shuts down (then in-flight requests finish first).
+pub async fn serve<R, W>(
+    ctx: Arc<ServerContext>,
+    reader: R,
+    writer: W,
+    transport: &'static str,
+    peer: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_id = ctx.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id = conn_id, transport, peer = %peer);
+    async move {
+        tracing::debug!("connection opened");
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let broken = ctx.shutdown.child_token();
+        let writer_task = tokio::spawn(
+            write_loop(writer, rx, ctx.config.io_timeout, broken.clone()).in_current_span(),
+        );
+        let mut conn = Connection {
+            scope: ctx
+                .store
+                .buffers()
+                .scope(ctx.config.connection_buffer_memory),
+            inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
+            responder: Responder { tx },
+            reader: BufReader::with_capacity(SOCKET_BUFFER, reader),
+            broken,
+            ctx,
+            handshaken: false,
+        };
+        let outcome = conn.read_loop().await;
+        match &outcome {
+            Ok(()) => tracing::debug!("connection closed by the peer"),
+            Err(reason) => tracing::info!(%reason, "closing connection"),
+        }
+        // Handlers still running hold clones of the sender; the writer ends
+        // once they have answered and the queue is drained.
+        drop(conn);
+        let _ = writer_task.await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut rx: mpsc::Receiver<OutFrame>,
+    timeout: std::time::Duration,
+    broken: CancellationToken,
+) {
+    let mut out = BufWriter::with_capacity(SOCKET_BUFFER, writer);
+    while let Some(frame) = rx.recv().await {
+        let result = tokio::time::timeout(timeout, async {
+            frame.write_to(&mut out).await?;
+            drop(frame);
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        let error = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the peer has not read its answers for {timeout:?}"),
+        };
+        tracing::info!(reason = %error, "cannot write to the peer; closing the connection");
+        broken.cancel();
+        return;
+    }
+    let _ = tokio::time::timeout(timeout, out.shutdown()).await;
+}
+
+/// Why the reading side stopped.
+type Closed = String;
+
+struct Connection<R> {
+    ctx: Arc<ServerContext>,
+    reader: BufReader<R>,
+    responder: Responder,
+    scope: BufferScope,
+    inflight: Arc<Semaphore>,
+    broken: CancellationToken,
+    handshaken: bool,
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
+    async fn read_loop(&mut self) -> Result<(), Closed> {
+        let broken = self.broken.clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = broken.cancelled() => {
+                    return Err(if self.ctx.shutdown.is_cancelled() {
+                        "the daemon is shutting down".into()
+                    } else {
+                        "the peer stopped reading".into()
+                    });
+                }
+                next = self.wait_for_frame() => next,
+            };
+            let bytes = match next.map_err(|e| e.to_string())? {
+                NextFrame::Closed => return Ok(()),
+                NextFrame::Header(bytes) => bytes,
+            };
+            self.take_frame(&bytes).await?;
+        }
+    }
+
+    async fn wait_for_frame(&mut self) -> std::io::Result<NextFrame> {
+        let timeout = self.ctx.config.io_timeout;
+        if self.handshaken {
+            return frame::read_header(&mut self.reader, timeout).await;
+        }
+        let limit = self.ctx.config.handshake_timeout;
+        match tokio::time::timeout(limit, frame::read_header(&mut self.reader, timeout)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no hello within {limit:?}"),
+            )),
+        }
+    }
+
+    /// Takes in one frame whose header bytes have arrived.
+    async fn take_frame(
+        &mut self,
+        bytes: &[u8; shardd_protocol::HEADER_LEN],
+    ) -> Result<(), Closed> {
+        let limits = self.ctx.limits();
+        let header = match FrameHeader::decode(bytes) {
+            Ok(header) => header,
+            Err(ProtocolError::UnknownOpcode {
+                opcode,
+                request_id,
+                control_len,
+                payload_len,
+            }) => {
+                // Well formed but from a newer client: skip it and say so.
+                let probe =
+                    FrameHeader::request(Opcode::Ping, request_id, control_len, payload_len);
+                if let Err(e) = probe.check_limits(&limits) {
+                    return self
+                        .fatal(Opcode::Hello, request_id, Status::TooLarge, e.to_string())
+                        .await;
+                }
+                self.discard(control_len as u64 + payload_len).await?;
+                self.answer_error(
+                    Opcode::Ping,
+                    request_id,
+                    Status::BadRequest,
+                    format!("unknown opcode {opcode}"),
+                )
+                .await;
+                return Ok(());
+            }
+            Err(e @ ProtocolError::UnsupportedVersion(_)) => {
+                return self
+                    .fatal(Opcode::Hello, 0, Status::UnsupportedVersion, e.to_string())
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .fatal(Opcode::Hello, 0, Status::BadRequest, e.to_string())
+                    .await;
+            }
+        };
+        let id = header.request_id;
+        let op = header.opcode;
+        if header.is_response() || header.has_more() {
+            return self
+                .fatal(
+                    op,
+                    id,
+                    Status::BadRequest,
+                    "clients send requests only (no RESPONSE or MORE flag)".into(),
+                )
+                .await;
+        }
+        if let Err(e) = header.check_limits(&limits) {
+            return self.fatal(op, id, Status::TooLarge, e.to_string()).await;
+        }
+        if !self.handshaken && op != Opcode::Hello {
+            return self
+                .fatal(
+                    op,
+                    id,
+                    Status::BadRequest,
+                    format!("the first request must be hello, not {op}"),
+                )
+                .await;
+        }
+        let mut control = vec![0u8; header.control_len as usize];
+        frame::read_exact(&mut self.reader, &mut control, self.ctx.config.io_timeout)
+            .await
+            .map_err(|e| format!("reading a control message: {e}"))?;
+
+        if op == Opcode::Put {
+            return self.take_put(header, &control).await;
+        }
+        if header.payload_len > 0 {
+            self.discard(header.payload_len).await?;
+            self.answer_error(op, id, Status::BadRequest, format!("{op} takes no payload"))
+                .await;
+            return Ok(());
+        }
+        if op == Opcode::Hello {
+            return self.hello(id, &control).await;
+        }
+        let permit = self.permit().await?;
+        let ctx = self.ctx.clone();
+        let responder = self.responder.clone();
+        let scope = self.scope.clone();
+        self.ctx.tasks.spawn(
+            async move {
+                handlers::handle(&ctx, op, id, &control, &responder, scope).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    async fn permit(&mut self) -> Result<OwnedSemaphorePermit, Closed> {
+        self.inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Closed::from("request limiter closed"))
+    }
+
+    async fn hello(&mut self, id: u64, control: &[u8]) -> Result<(), Closed> {
+        if self.handshaken {
+            self.answer_error(
+                Opcode::Hello,
+                id,
+                Status::BadRequest,
+                "hello was already sent".into(),
+            )
+            .await;
+            return Ok(());
+        }
+        let hello: HelloRequest = match codec::decode(control) {
+            Ok(hello) => hello,
+            Err(e) => {
+                return self
+                    .fatal(Opcode::Hello, id, Status::BadRequest, e.to_string())
+                    .await;
+            }
+        };
+        if !(hello.min_version..=hello.max_version).contains(&PROTOCOL_VERSION) {
+            let message = format!(
+                "client speaks protocol versions {}..={}, this daemon speaks {PROTOCOL_VERSION}",
+                hello.min_version, hello.max_version
+            );
+            return self
+                .fatal(Opcode::Hello, id, Status::UnsupportedVersion, message)
+                .await;
+        }
+        tracing::debug!(client = %hello.client, "hello");
+        self.handshaken = true;
+        let config = &self.ctx.config;
+        let response = HelloResponse {
+            version: PROTOCOL_VERSION,
+            server: self.ctx.server_name.clone(),
+            limits: ServerLimits {
+                max_payload_len: self.ctx.store.config().max_shard_bytes,
+                max_control_len: shardd_protocol::MAX_CONTROL_LEN,
+                max_inflight_requests: config.max_inflight_requests,
+                chunk_size: self.ctx.store.config().chunk_size,
+            },
+        };
+        self.responder
+            .send(OutFrame::ok(Opcode::Hello, id, &response))
+            .await;
+        Ok(())
+    }
+
+    /// A put: the payload is read here, in order, straight into chunk
+    /// buffers that go to the drive; the commit runs in its own task.
+    async fn take_put(&mut self, header: FrameHeader, control: &[u8]) -> Result<(), Closed> {
+        let id = header.request_id;
+        let len = header.payload_len;
+        let request: PutRequest = match codec::decode(control) {
+            Ok(request) => request,
+            Err(e) => {
+                self.discard(len).await?;
+                self.answer_error(Opcode::Put, id, Status::BadRequest, e.to_string())
+                    .await;
+                return Ok(());
+            }
+        };
+        let permit = self.permit().await?;
+        let span = tracing::debug_span!("put", id, namespace = %request.namespace, key = %request.key, bytes = len);
+        let spec = PutSpec {
+            namespace: request.namespace,
+            key: request.key,
+            version: request.version,
+            dtype: request.dtype,
+            shape: request.shape,
+            len,
+            crc32c: request.crc32c,
+        };
+        let mut writer = match self
+            .ctx
+            .store
+            .begin_put(spec)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(writer) => writer,
+            Err(e) => {
+                self.discard(len).await?;
+                handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e)
+                    .instrument(span)
+                    .await;
+                return Ok(());
+            }
+        };
+        let timeout = self.ctx.config.io_timeout;
+        let mut failed = None;
+        let mut remaining = len;
+        while remaining > 0 {
+            let n = writer.next_chunk_len();
+            let mut buf = self.ctx.store.buffers().take(&self.scope, n).await;
+            let read =
+                frame::read_exact(&mut self.reader, &mut buf.as_mut_capacity()[..n], timeout).await;
+            if let Err(e) = read {
+                // The client vanished mid-payload: the writer's drop removes the temp file.
+                return Err(format!(
+                    "put payload ended after {} of {len} bytes: {e}",
+                    len - remaining
+                ));
+            }
+            buf.set_len(n);
+            remaining -= n as u64;
+            if let Err(e) = writer.write_chunk(buf).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            self.discard(remaining).await?;
+            drop(writer);
+            handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e)
+                .instrument(span)
+                .await;
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let responder = self.responder.clone();
+        self.ctx.tasks.spawn(
+            async move {
+                handlers::commit_put(&ctx, &responder, id, writer).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    async fn discard(&mut self, len: u64) -> Result<(), Closed> {
+        frame::discard(&mut self.reader, len, self.ctx.config.io_timeout)
+            .await
+            .map_err(|e| format!("skipping a refused payload: {e}"))
+    }
+
+    async fn answer_error(&mut self, op: Opcode, id: u64, status: Status, message: String) {
+        tracing::debug!(%op, id, %status, %message, "refused request");
+        self.responder
+            .send(OutFrame::error(op, id, status, message, None))
+            .await;
+    }
+
+    /// Answers a frame the connection cannot continue after, and closes it.
+    async fn fatal(
+        &mut self,
+        op: Opcode,
+        id: u64,
+        status: Status,
+        message: String,
+    ) -> Result<(), Closed> {
+        self.responder
+            .send(OutFrame::error(op, id, status, message.clone(), None))
+            .await;
+        Err(format!("{status}: {message}"))
+    }
+}

@@ -1,0 +1,157 @@
+//! Frames on their way out, and the reads a connection makes to take frames in.
+
+use std::io;
+use std::time::Duration;
+
+use serde::Serialize;
+use shardd_protocol::{ErrorResponse, FrameHeader, HEADER_LEN, Opcode, Status, codec};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::store::Chunk;
+
+/// A response frame, ready to be written.
+#[derive(Debug)]
+pub struct OutFrame {
+    header: [u8; HEADER_LEN],
+    control: Vec<u8>,
+    payload: Option<Chunk>,
+}
+
+impl OutFrame {
+    /// A frame with a control message and optionally a chunk of payload.
+    pub fn new(
+        opcode: Opcode,
+        request_id: u64,
+        status: Status,
+        more: bool,
+        control: Vec<u8>,
+        payload: Option<Chunk>,
+    ) -> OutFrame {
+        let payload_len = payload.as_ref().map_or(0, |c| c.range.len() as u64);
+        let header = FrameHeader::response(
+            opcode,
+            request_id,
+            status,
+            more,
+            control.len() as u32,
+            payload_len,
+        );
+        OutFrame {
+            header: header.encode(),
+            control,
+            payload,
+        }
+    }
+
+    /// A final `ok` frame carrying `message`.
+    pub fn ok<T: Serialize>(opcode: Opcode, request_id: u64, message: &T) -> OutFrame {
+        match codec::encode(message) {
+            Ok(control) => OutFrame::new(opcode, request_id, Status::Ok, false, control, None),
+            Err(e) => OutFrame::error(
+                opcode,
+                request_id,
+                Status::Internal,
+                format!("cannot encode the answer: {e}"),
+                None,
+            ),
+        }
+    }
+
+    /// A final `ok` frame without a control message.
+    pub fn empty_ok(opcode: Opcode, request_id: u64) -> OutFrame {
+        OutFrame::new(opcode, request_id, Status::Ok, false, Vec::new(), None)
+    }
+
+    /// A final error frame.
+    pub fn error(
+        opcode: Opcode,
+        request_id: u64,
+        status: Status,
+        message: String,
+        current_version: Option<u64>,
+    ) -> OutFrame {
+        let body = ErrorResponse {
+            message,
+            current_version,
+        };
+        // An ErrorResponse always encodes unless its message is absurdly long.
+        let control = codec::encode(&body).unwrap_or_default();
+        OutFrame::new(opcode, request_id, status, false, control, None)
+    }
+
+    /// Writes the frame; the payload goes straight from its buffer.
+    pub async fn write_to<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
+        out.write_all(&self.header).await?;
+        if !self.control.is_empty() {
+            out.write_all(&self.control).await?;
+        }
+        if let Some(chunk) = &self.payload {
+            out.write_all(chunk.bytes()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How a wait for the next frame ended.
+#[derive(Debug)]
+pub enum NextFrame {
+    /// A header arrived.
+    Header([u8; HEADER_LEN]),
+    /// The peer closed the connection between frames.
+    Closed,
+}
+
+/// Waits (without a time limit) for the first byte of the next frame, then
+/// reads the rest of the header, each read bounded by `timeout`.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    timeout: Duration,
+) -> io::Result<NextFrame> {
+    if reader.fill_buf().await?.is_empty() {
+        return Ok(NextFrame::Closed);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(reader, &mut header, timeout).await?;
+    Ok(NextFrame::Header(header))
+}
+
+/// `read_exact` that fails with `TimedOut` if the peer stalls.
+pub async fn read_exact<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> io::Result<()> {
+    match tokio::time::timeout(timeout, reader.read_exact(buf)).await {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("peer sent nothing for {timeout:?} in the middle of a frame"),
+        )),
+    }
+}
+
+/// Reads and throws away `len` bytes (the payload of a refused request).
+pub async fn discard<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    mut len: u64,
+    timeout: Duration,
+) -> io::Result<()> {
+    while len > 0 {
+        let available = match tokio::time::timeout(timeout, reader.fill_buf()).await {
+            Ok(result) => result?.len(),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer sent nothing for {timeout:?} in the middle of a frame"),
+                ));
+            }
+        };
+        if available == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = available.min(len as usize);
+        reader.consume(n);
+        len -= n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Binding the Unix socket and the TCP port, and accepting connections.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardd_protocol::{Opcode, Status};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+
+use super::ServerContext;
+use super::connection;
+use super::frame::OutFrame;
+
+/// The bound sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    unix: Option<(UnixListener, PathBuf)>,
+    tcp: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds what `ctx.config` asks for. A socket file left by a daemon that
+    /// is gone is replaced; one with a live daemon behind it is an error.
+    pub async fn bind(ctx: &ServerContext) -> anyhow::Result<Listeners> {
+        let config = &ctx.config;
+        let unix = match &config.socket {
+            Some(path) => {
+                remove_stale_socket(path).await?;
+                let listener = UnixListener::bind(path)
+                    .with_context(|| format!("bind Unix socket {}", path.display()))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+                    .with_context(|| format!("set permissions of {}", path.display()))?;
+                Some((listener, path.clone()))
+            }
+            None => None,
+        };
+        let tcp = match config.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind TCP {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { unix, tcp })
+    }
+
+    /// The bound TCP address (useful when the port was 0).
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The Unix socket path.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// Accepts until shutdown; then removes the socket file.
+    pub async fn accept_until_shutdown(self, ctx: Arc<ServerContext>) {
+        let Listeners { unix, tcp } = self;
+        let unix_task = unix.map(|(listener, path)| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        _ = ctx.shutdown.cancelled() => break,
+                        accepted = listener.accept() => accepted,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => {
+                            let peer = match stream.peer_cred() {
+                                Ok(cred) => {
+                                    format!("pid {} uid {}", cred.pid().unwrap_or(0), cred.uid())
+                                }
+                                Err(_) => "unknown".to_string(),
+                            };
+                            let (r, w) = stream.into_split();
+                            spawn_connection(&ctx, r, w, "unix", peer);
+                        }
+                        Err(e) => accept_failed(&e).await,
+                    }
+                }
+                drop(listener);
+                let _ = std::fs::remove_file(&path);
+            })
+        });
+        let tcp_task = tcp.map(|listener| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        _ = ctx.shutdown.cancelled() => break,
+                        accepted = listener.accept() => accepted,
+                    };
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            let (r, w) = stream.into_split();
+                            spawn_connection(&ctx, r, w, "tcp", peer.to_string());
+                        }
+                        Err(e) => accept_failed(&e).await,
+                    }
+                }
+            })
+        });
+        if let Some(task) = unix_task {
+            let _ = task.await;
+        }
+        if let Some(task) = tcp_task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Accept errors (out of file descriptors, aborted handshakes) are logged and
+/// retried after a pause; they never stop the listener.
+async fn accept_failed(e: &io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn spawn_connection<R, W>(
+    ctx: &Arc<ServerContext>,
+    reader: R,
+    mut writer: W,
+    transport: &'static str,
+    peer: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let open = ctx.connections.fetch_add(1, Ordering::Relaxed);
+    let guard = ConnectionCount(ctx.clone());
+    if open as usize >= ctx.config.max_connections {
+        let max = ctx.config.max_connections;
+        tracing::warn!(transport, %peer, max, "connection limit reached; refusing a connection");
+        ctx.tasks.spawn(async move {
+            let frame = OutFrame::error(
+                Opcode::Hello,
+                0,
+                Status::Busy,
+                format!("the daemon serves at most {max} connections; try again later"),
+                None,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                frame.write_to(&mut writer).await?;
+                writer.shutdown().await
+            })
+            .await;
+            drop(guard);
+        });
+        return;
+    }
+    let ctx2 = ctx.clone();
+    ctx.tasks.spawn(async move {
+        connection::serve(ctx2, reader, writer, transport, peer).await;
+        drop(guard);
+    });
+}
+
+struct ConnectionCount(Arc<ServerContext>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("inspect {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        );
+    }
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(_) => anyhow::bail!("another daemon is serving on {}", path.display()),
+        Err(e)
+            if e.kind() == io::ErrorKind::ConnectionRefused
+                || e.kind() == io::ErrorKind::NotFound =>
+        {
+            std::fs::remove_file(path)
+                .with_context(|| format!("remove stale socket {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("probe existing socket {}", path.display())),
+    }
+}

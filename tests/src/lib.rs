@@ -1,0 +1,204 @@
+//! Test harness: start real daemons on temp dirs and ephemeral ports, in
+//! this process, on either I/O engine, and reach them over either transport.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shardd::Daemon;
+use shardd::config::{Config, Overrides};
+use shardd::io::{EngineKind, IoEngine};
+use shardd_client::Client;
+
+/// An I/O engine and a transport to run a test on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    /// Engine of the daemon.
+    pub engine: EngineKind,
+    /// Whether the client uses TCP (else the Unix socket).
+    pub tcp: bool,
+}
+
+/// The engines this machine can run; io_uring is skipped, with a printed
+/// reason, where the kernel or sandbox refuses it.
+pub fn engines() -> Vec<EngineKind> {
+    match IoEngine::uring_available() {
+        Ok(()) => vec![EngineKind::Uring, EngineKind::Psync],
+        Err(e) => {
+            eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})");
+            vec![EngineKind::Psync]
+        }
+    }
+}
+
+/// Every engine with every transport.
+pub fn setups() -> Vec<Setup> {
+    engines()
+        .into_iter()
+        .flat_map(|engine| [Setup { engine, tcp: false }, Setup { engine, tcp: true }])
+        .collect()
+}
+
+/// A daemon in this process, on its own temp dir.
+#[derive(Debug)]
+pub struct TestDaemon {
+    daemon: Option<Daemon>,
+    config: Config,
+    dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with `engine` and test-friendly limits; `extra` is
+    /// TOML appended to the config (e.g. `[server]\nio_timeout = "1s"`).
+    pub async fn start(engine: EngineKind, extra: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = test_config(dir.path(), engine, extra);
+        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
+        TestDaemon {
+            daemon: Some(daemon),
+            config,
+            dir,
+        }
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon is running")
+    }
+
+    /// The temp dir holding data dirs and the socket.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `unix://...` of the socket.
+    pub fn unix_endpoint(&self) -> String {
+        format!(
+            "unix://{}",
+            self.daemon().socket_path().expect("socket").display()
+        )
+    }
+
+    /// `tcp://127.0.0.1:PORT`.
+    pub fn tcp_endpoint(&self) -> String {
+        format!("tcp://{}", self.daemon().tcp_addr().expect("tcp"))
+    }
+
+    /// The endpoint for `tcp` or not.
+    pub fn endpoint(&self, tcp: bool) -> String {
+        if tcp {
+            self.tcp_endpoint()
+        } else {
+            self.unix_endpoint()
+        }
+    }
+
+    /// A connected client.
+    pub async fn client(&self, tcp: bool) -> Client {
+        Client::connect(&self.endpoint(tcp))
+            .await
+            .expect("client connects")
+    }
+
+    /// Stops gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop().await.expect("daemon stops");
+        }
+    }
+
+    /// Stops and starts again on the same data dir (a new TCP port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.daemon = Some(
+            Daemon::start(self.config.clone())
+                .await
+                .expect("daemon restarts"),
+        );
+    }
+
+    /// Restarts with a changed config (same dirs).
+    pub async fn restart_with(&mut self, extra: &str) {
+        self.stop().await;
+        self.config = test_config(self.dir.path(), self.config.io.engine, extra);
+        self.daemon = Some(
+            Daemon::start(self.config.clone())
+                .await
+                .expect("daemon restarts"),
+        );
+    }
+}
+
+fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
+    // Test dirs live on whatever disk the machine has: keep no reserve.
+    let text = if extra.contains("[storage]\n") {
+        extra.replacen("[storage]\n", "[storage]\nmin_free = 0\n", 1)
+    } else {
+        format!("{extra}\n[storage]\nmin_free = 0\n")
+    };
+    let overrides = Overrides {
+        data_dirs: vec![dir.join("data")],
+        socket: Some(dir.join("shardd.sock").display().to_string()),
+        tcp: Some("127.0.0.1:0".into()),
+        io_engine: Some(
+            match engine {
+                EngineKind::Uring => "uring",
+                EngineKind::Psync => "psync",
+                EngineKind::Auto => "auto",
+            }
+            .into(),
+        ),
+        ..Overrides::default()
+    };
+    Config::from_toml(&text, overrides).expect("test config is valid")
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Waits until `check` holds, up to `limit`.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
