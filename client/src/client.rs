@@ -225,6 +225,13 @@ impl Client {
     ) -> Result<ShardMeta, ClientError> {
         let (namespace, key) = names(namespace, key)?;
         let data: Bytes = data.into();
+        let max = self.server.limits.max_payload_len;
+        if data.len() as u64 > max {
+            return Err(ClientError::TooLarge {
+                len: data.len() as u64,
+                max,
+            });
+        }
         let request = PutRequest {
             namespace,
             key,

@@ -138,14 +138,17 @@ impl Shared {
         }
     }
 
+    /// Makes new requests fail with `reason` (the first reason given wins).
+    fn mark_closed(&self, reason: String) {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if closed.is_none() {
+            *closed = Some(reason);
+        }
+    }
+
     /// Marks the connection closed and fails every pending request.
     fn close(&self, reason: String) {
-        {
-            let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
-            if closed.is_none() {
-                *closed = Some(reason.clone());
-            }
-        }
+        self.mark_closed(reason.clone());
         let pending: Vec<Pending> = self.lock().drain().map(|(_, p)| p).collect();
         for p in pending {
             match p {
@@ -310,7 +313,12 @@ impl Connection {
             reply,
         };
         let id = match self
-            .send(Opcode::Fetch, control, None, Pending::Fetch(Box::new(state)))
+            .send(
+                Opcode::Fetch,
+                control,
+                None,
+                Pending::Fetch(Box::new(state)),
+            )
             .await
         {
             Ok(id) => id,
@@ -378,7 +386,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         .await;
         if let Err(e) = result {
-            shared.close(format!("cannot send: {e}"));
+            // New requests fail from now on. Those in flight are failed by the
+            // reader when the connection ends, after it has read whatever the
+            // daemon answered before (often the reason it closed).
+            shared.mark_closed(format!("cannot send: {e}"));
             return;
         }
     }

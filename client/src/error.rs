@@ -52,6 +52,16 @@ pub enum ClientError {
         /// The error.
         source: ProtocolError,
     },
+    /// The shard is larger than the daemon accepts (it said so in the
+    /// handshake); nothing was sent. Split it, or raise the daemon's
+    /// `storage.max_shard_size`.
+    #[error("shard of {len} bytes exceeds the daemon's limit of {max} bytes")]
+    TooLarge {
+        /// The shard's length.
+        len: u64,
+        /// The daemon's limit.
+        max: u64,
+    },
     /// The caller's buffer is smaller than the shard or range: pass a larger one.
     #[error("buffer of {capacity} bytes is too small for {needed} bytes")]
     BufferTooSmall {

@@ -1,0 +1,302 @@
+//! The real binaries' command lines: configuration errors, exit codes,
+//! messages, and a shardctl session against a running shardd.
+
+mod support;
+
+use assert_cmd::Command;
+use support::{Process, engines};
+
+fn shardd() -> Command {
+    Command::cargo_bin("shardd").unwrap()
+}
+
+fn shardctl(endpoint: &str) -> Command {
+    let mut cmd = Command::cargo_bin("shardctl").unwrap();
+    cmd.env_remove("SHARDD_ENDPOINT")
+        .arg("--endpoint")
+        .arg(endpoint);
+    cmd
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_flags_and_config_files_are_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shardd()
+        .args(["--tcp", "localhost"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--tcp"), "{}", stderr_of(&out));
+
+    let out = shardd()
+        .args(["--io-engine", "aio"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("auto, uring or psync"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[storage]\nchunk_size = \"3KiB\"\n").unwrap();
+    let out = shardd()
+        .arg("--config")
+        .arg(&bad)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("storage.chunk_size"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    std::fs::write(&bad, "[server]\nsokcet = \"/tmp/x.sock\"\n").unwrap();
+    let out = shardd()
+        .arg("--config")
+        .arg(&bad)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("sokcet"), "{}", stderr_of(&out));
+
+    let out = shardd()
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("missing.toml"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // Nothing was created by the refused starts.
+    assert!(!dir.path().join("shardd-data").exists());
+    assert!(!dir.path().join("shardd.sock").exists());
+}
+
+#[test]
+fn check_config_prints_the_embedded_defaults() {
+    let out = shardd().arg("--check-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("./shardd-data") && text.contains("127.0.0.1:7070"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_foreign_data_dir_is_refused_and_nothing_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("home");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("notes.txt"), "keep me").unwrap();
+    let out = shardd()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .args(["--tcp", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("not empty"), "{}", stderr_of(&out));
+    assert!(!dir.path().join("s.sock").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn shardctl_session_against_a_running_daemon() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = Process::start(dir.path(), engine);
+        let endpoint = daemon.endpoint();
+        let file = dir.path().join("weights.bin");
+        let data = support::pattern(5 << 20, 1);
+        std::fs::write(&file, &data).unwrap();
+
+        let out = shardctl(&endpoint)
+            .args([
+                "put",
+                "job",
+                "layers.0.w#0/2",
+                "--dtype",
+                "f32",
+                "--shape",
+                "1310720",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("version 1"));
+
+        let copy = dir.path().join("copy.bin");
+        shardctl(&endpoint)
+            .args(["get", "job", "layers.0.w#0/2"])
+            .arg(&copy)
+            .assert()
+            .success();
+        assert!(std::fs::read(&copy).unwrap() == data);
+
+        // Standard input and output.
+        shardctl(&endpoint)
+            .args(["put", "job", "small", "-"])
+            .write_stdin("hello shardd")
+            .assert()
+            .success();
+        let out = shardctl(&endpoint)
+            .args(["get", "job", "small"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"hello shardd");
+        let out = shardctl(&endpoint)
+            .args(["get", "job", "small", "-", "--offset", "6", "--len", "6"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"shardd");
+
+        let out = shardctl(&endpoint)
+            .args(["stat", "job", "layers.0.w#0/2"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("f32") && text.contains("[1310720]") && text.contains("5242880"),
+            "{text}"
+        );
+        let out = shardctl(&endpoint)
+            .args(["stat", "job", "small", "--json"])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["len"], 12);
+
+        let out = shardctl(&endpoint).args(["ls", "job"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("layers.0.w#0/2") && text.contains("small") && text.contains("2 shards"),
+            "{text}"
+        );
+
+        let out = shardctl(&endpoint)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["shards"], 2);
+        assert_eq!(json["io_engine"], engine);
+
+        // A missing shard says so, on one line, with exit status 3.
+        let out = shardctl(&endpoint)
+            .args(["get", "job", "nope"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let err = stderr_of(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("job/nope not found"), "{err}");
+
+        shardctl(&endpoint)
+            .args(["rm", "job", "small"])
+            .assert()
+            .success();
+        let out = shardctl(&endpoint)
+            .args(["rm", "job", "small"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let out = shardctl(&endpoint)
+            .args(["put", "job", "bad key", "-"])
+            .write_stdin("x")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr_of(&out).contains("key \"bad key\""),
+            "{}",
+            stderr_of(&out)
+        );
+
+        // SIGTERM: a clean exit that removes the socket.
+        let status = daemon.terminate();
+        assert!(status.success(), "{status:?}");
+        assert!(
+            !daemon.socket.exists(),
+            "the socket file is removed on shutdown"
+        );
+    }
+}
+
+#[test]
+fn shardctl_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("unix://{}", dir.path().join("nobody.sock").display());
+    let out = shardctl(&missing).arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot connect to"), "{err}");
+
+    let out = shardctl("http://example").arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("invalid endpoint"));
+
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_or_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Process::start(dir.path(), "psync");
+    let out = shardd()
+        .arg("--data-dir")
+        .arg(dir.path().join("other-data"))
+        .arg("--socket")
+        .arg(dir.path().join("shardd.sock"))
+        .args(["--tcp", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("another daemon is serving"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = shardd()
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("second.sock"))
+        .args(["--tcp", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("in use by another shardd"),
+        "{}",
+        stderr_of(&out)
+    );
+}

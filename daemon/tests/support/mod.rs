@@ -1,0 +1,108 @@
+//! Starting the real `shardd` binary for tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `shardd` process on a temp dir, killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Process {
+    /// Starts `shardd` on `dir` (data in `dir/data`, socket `dir/shardd.sock`,
+    /// no TCP) with `engine`, and waits until it accepts connections.
+    pub fn start(dir: &Path, engine: &str) -> Process {
+        let config = dir.join("shardd.toml");
+        std::fs::write(&config, "[storage]\nmin_free = 0\n").unwrap();
+        let socket = dir.join("shardd.sock");
+        let data = dir.join("data");
+        let child = Command::new(env!("CARGO_BIN_EXE_shardd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--tcp", "off", "--io-engine", engine, "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let process = Process {
+            child,
+            socket,
+            data,
+        };
+        process.wait_ready();
+        process
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "shardd did not start listening on {}",
+            self.socket.display()
+        );
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The engines to test with on this machine.
+pub fn engines() -> Vec<&'static str> {
+    match shardd::io::IoEngine::uring_available() {
+        Ok(()) => vec!["uring", "psync"],
+        Err(e) => {
+            eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})");
+            vec!["psync"]
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
