@@ -9,14 +9,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
     ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability,
-    FetchRequest, FetchResponse, HelloRequest, HelloResponse, Key, ListRequest, ListResponse,
-    MAX_LIST_LIMIT, Namespace, Opcode, PROTOCOL_VERSION, PutRequest, PutResponse, ShardMeta,
-    StatRequest, StatResponse, StatusResponse, codec,
+    FetchRequest, HelloRequest, HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT,
+    Namespace, Opcode, PROTOCOL_VERSION, PutRequest, PutResponse, ShardMeta, StatRequest,
+    StatResponse, StatusResponse, codec,
 };
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::connection::{Connection, Dest, FetchBuf, FetchDone};
 use crate::{ClientError, Endpoint};
+
+/// Send buffer asked for on Unix-socket connections.
+const UNIX_SEND_BUFFER: usize = 4 << 20;
 
 /// Connection settings.
 #[derive(Clone, Debug)]
@@ -29,7 +32,9 @@ pub struct ClientOptions {
     /// Longest wait for progress inside an answer frame; a daemon that
     /// stalls longer is considered gone and the connection is closed.
     pub io_timeout: Duration,
-    /// Verify the CRC32C of whole-shard fetches on arrival.
+    /// Check whole-shard fetches against the shard's CRC32C as the bytes
+    /// arrive (end to end, on top of the daemon's own check of every chunk
+    /// it reads from the drive).
     pub verify_checksums: bool,
     /// Largest answer an owned fetch ([`Client::fetch`]) allocates for.
     pub max_fetch_alloc: u64,
@@ -139,6 +144,8 @@ impl Client {
         let conn = match &endpoint {
             Endpoint::Unix(path) => {
                 let stream = UnixStream::connect(path).await.map_err(connect_error)?;
+                // Large puts move in large pieces; the kernel caps the size.
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER);
                 let (r, w) = stream.into_split();
                 Connection::start(name.clone(), r, w, max_alloc, options.io_timeout)
             }
@@ -280,13 +287,18 @@ impl Client {
             max_len: Some(self.options.max_fetch_alloc),
         };
         let control = encode(&request)?;
+        let verify = range.is_none() && self.options.verify_checksums;
         let FetchDone { dest, result } = self
             .conn
-            .fetch(control, Dest::Alloc(None), self.options.request_timeout)
+            .fetch(
+                control,
+                Dest::Alloc(None),
+                verify,
+                self.options.request_timeout,
+            )
             .await;
         let head = result?;
         let data = dest.into_vec();
-        self.verify(&head, range.is_none(), &data)?;
         Ok(Shard {
             meta: head.meta,
             offset: head.offset,
@@ -319,38 +331,25 @@ impl Client {
             Ok(control) => control,
             Err(e) => return (buf, Err(e)),
         };
+        let verify = range.is_none() && self.options.verify_checksums;
         let FetchDone { dest, result } = self
             .conn
-            .fetch(control, Dest::caller(buf), self.options.request_timeout)
+            .fetch(
+                control,
+                Dest::caller(buf),
+                verify,
+                self.options.request_timeout,
+            )
             .await;
-        let Some(mut buf) = dest.into_caller::<B>() else {
+        let Some(buf) = dest.into_caller::<B>() else {
             unreachable!("a fetch always returns the caller's buffer");
         };
-        let result = result.and_then(|head| {
-            let data = &buf.as_mut()[..head.len as usize];
-            self.verify(&head, range.is_none(), data)?;
-            Ok(FetchInfo {
-                meta: head.meta,
-                offset: head.offset,
-                len: head.len,
-            })
+        let result = result.map(|head| FetchInfo {
+            meta: head.meta,
+            offset: head.offset,
+            len: head.len,
         });
         (buf, result)
-    }
-
-    fn verify(&self, head: &FetchResponse, whole: bool, data: &[u8]) -> Result<(), ClientError> {
-        if !(whole && self.options.verify_checksums) {
-            return Ok(());
-        }
-        let actual = crc32c::crc32c(data);
-        if actual != head.meta.crc32c {
-            return Err(ClientError::ChecksumMismatch {
-                shard: format!("{}/{}", head.meta.namespace, head.meta.key),
-                expected: head.meta.crc32c,
-                actual,
-            });
-        }
-        Ok(())
     }
 
     /// Metadata of a shard.

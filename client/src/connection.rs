@@ -108,6 +108,8 @@ struct FetchState {
     dest: Dest,
     head: Option<FetchResponse>,
     filled: u64,
+    /// Running CRC32C of the bytes received, when the answer is checked.
+    crc: Option<u32>,
     /// Set when the answer cannot be used; the rest of it is skipped.
     error: Option<ClientError>,
     reply: oneshot::Sender<FetchDone>,
@@ -297,10 +299,15 @@ impl Connection {
     /// passes. The destination comes back in every case: after a timeout it
     /// is taken back from the pending request (if the reader is filling it
     /// right now, once the current frame is in).
+    ///
+    /// With `verify`, the bytes are checksummed as they arrive (while they
+    /// are still in cache) and the whole answer is checked against the
+    /// shard's CRC32C; use it for whole-shard fetches only.
     pub(crate) async fn fetch(
         &self,
         control: Vec<u8>,
         dest: Dest,
+        verify: bool,
         timeout: Option<Duration>,
     ) -> FetchDone {
         let _permit = self.inflight.acquire().await;
@@ -309,6 +316,7 @@ impl Connection {
             dest,
             head: None,
             filled: 0,
+            crc: verify.then_some(0),
             error: None,
             reply,
         };
@@ -594,6 +602,9 @@ async fn take_fetch_frame<R: AsyncRead + Unpin>(
     }
     let place = &mut state.dest.bytes()[state.filled as usize..end as usize];
     frames.read_exact(place).await?;
+    if let Some(crc) = &mut state.crc {
+        *crc = crc32c::crc32c_append(*crc, place);
+    }
     state.filled = end;
     Ok(())
 }
@@ -605,7 +616,14 @@ fn finish_fetch(state: FetchState, header: &FrameHeader, control: &[u8]) {
         Err(error)
     } else {
         match state.head {
-            Some(head) if state.filled == head.len => Ok(head),
+            Some(head) if state.filled == head.len => match state.crc {
+                Some(actual) if actual != head.meta.crc32c => Err(ClientError::ChecksumMismatch {
+                    shard: format!("{}/{}", head.meta.namespace, head.meta.key),
+                    expected: head.meta.crc32c,
+                    actual,
+                }),
+                _ => Ok(head),
+            },
             Some(head) => Err(ClientError::Remote {
                 status: Status::Internal,
                 message: format!(

@@ -91,6 +91,7 @@ struct FileConfig {
 struct FileServer {
     socket: Option<String>,
     socket_mode: Option<String>,
+    socket_send_buffer: Option<Size>,
     tcp: Option<String>,
     max_connections: Option<usize>,
     max_inflight_requests: Option<u32>,
@@ -345,6 +346,9 @@ impl Config {
             server: ServerConfig {
                 socket,
                 socket_mode,
+                unix_send_buffer: server
+                    .socket_send_buffer
+                    .map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
                 tcp,
                 max_connections,
                 max_inflight_requests,

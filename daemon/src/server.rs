@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
     /// Permission bits of the socket file.
     pub socket_mode: u32,
+    /// Send buffer of Unix-socket connections, in bytes.
+    pub unix_send_buffer: usize,
     /// TCP address; `None` disables TCP.
     pub tcp: Option<SocketAddr>,
     /// Open connections at most; more are answered `busy` and closed.

@@ -16,11 +16,13 @@
 //! * [`dir`]: a data directory and its layout.
 //! * [`index`]: the in-memory index.
 //! * [`buffers`]: chunk buffers under a memory budget.
+//! * [`crc`]: combining chunk checksums into the shard's.
 //! * [`writer`]: the put path.
 //! * [`reader`]: the fetch path.
 //! * [`recovery`]: rebuilding the index at start.
 
 pub mod buffers;
+pub mod crc;
 pub mod dir;
 pub mod format;
 pub mod index;

@@ -9,8 +9,10 @@
 //! data dir is on a file system without O_DIRECT the report says so).
 //!
 //! The fio baseline: `fio --direct=1 --ioengine=io_uring --bs=1M
-//! --iodepth=32`, sequential write (with a final fsync) then read, one job
-//! per data dir, its median over the same number of runs.
+//! --iodepth=32`, a sequential write of a new file (with a final fsync)
+//! then a sequential read of it, one job per data dir at once. Runs are
+//! interleaved: fio, then every case once, then again, so that a drive
+//! whose speed drifts affects both alike; medians are reported.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,7 +22,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
-use shardd_client::{Client, PutOptions};
+use shardd_client::{Client, ClientOptions, PutOptions};
 use tokio::task::JoinSet;
 
 use crate::config::units::parse_size;
@@ -53,6 +55,10 @@ pub struct BenchArgs {
     /// Bytes fio writes and reads per data dir.
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
     pub fio_size: u64,
+    /// Skip the client's end-to-end CRC32C check of each fetched shard
+    /// (the daemon verifies every chunk it reads either way).
+    #[arg(long)]
+    pub no_client_verify: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -113,9 +119,13 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<()> {
         args.concurrency.iter().all(|&c| c > 0),
         "--concurrency values must be at least 1"
     );
+    let options = ClientOptions {
+        verify_checksums: !args.no_client_verify,
+        ..ClientOptions::default()
+    };
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        clients.push(Client::connect(endpoint).await?);
+        clients.push(Client::connect_with(endpoint, options.clone()).await?);
     }
     let status = clients[0].status().await?;
     let data_dirs: Vec<(String, bool)> = status
@@ -124,60 +134,87 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<()> {
         .map(|d| (d.path.clone(), d.direct_io))
         .collect();
 
-    let fio = match args.fio.as_str() {
+    let fio_dirs: Option<Vec<PathBuf>> = match args.fio.as_str() {
         "off" => None,
-        "on" | "auto" => {
-            let dirs: Vec<PathBuf> = data_dirs.iter().map(|(p, _)| PathBuf::from(p)).collect();
-            match fio_baseline(&dirs, args.fio_size, args.runs) {
-                Ok(baseline) => Some(baseline),
-                Err(e) if args.fio == "auto" => {
-                    eprintln!("shardctl bench: no fio baseline: {e:#}");
-                    None
-                }
-                Err(e) => return Err(e),
-            }
+        "auto" if !fio_installed() => {
+            eprintln!(
+                "shardctl bench: fio is not installed; no baseline (install fio, or --fio off)"
+            );
+            None
         }
+        "on" | "auto" => Some(data_dirs.iter().map(|(p, _)| PathBuf::from(p)).collect()),
         other => anyhow::bail!("--fio {other:?}: use auto, on or off"),
     };
-
-    let mut cases = Vec::new();
     for &size in &args.sizes {
         anyhow::ensure!(size > 0, "--sizes values must be above 0");
-        let data = Bytes::from(pattern(size as usize));
-        for &concurrency in &args.concurrency {
-            let shards = (args.total / size).max(concurrency as u64);
-            let mut puts = Vec::new();
-            let mut fetches = Vec::new();
-            for _ in 0..args.runs {
-                puts.push(
-                    put_phase(&clients, &args.namespace, size, shards, concurrency, &data).await?,
-                );
-                fetches
-                    .push(fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?);
-            }
-            let put = median(puts);
-            let fetch = median(fetches);
-            let case = CaseResult {
-                shard_bytes: size,
-                concurrency,
-                shards,
-                put_bytes_per_sec: put,
-                fetch_bytes_per_sec: fetch,
-                put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
-                fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
-            };
+    }
+
+    // Runs are interleaved (fio, then every case once, then again), so that
+    // a drive whose speed drifts during the benchmark affects both alike.
+    let cases_of: Vec<(u64, usize)> = args
+        .sizes
+        .iter()
+        .flat_map(|&size| args.concurrency.iter().map(move |&c| (size, c)))
+        .collect();
+    let mut puts = vec![Vec::new(); cases_of.len()];
+    let mut fetches = vec![Vec::new(); cases_of.len()];
+    let mut fio_reads = Vec::new();
+    let mut fio_writes = Vec::new();
+    for run in 0..args.runs {
+        if let Some(dirs) = &fio_dirs {
+            let (write, read) = fio_once(dirs, args.fio_size)?;
             if !args.json {
                 eprintln!(
-                    "  {} x{concurrency}: put {:.2} GB/s, fetch {:.2} GB/s",
+                    "run {}: fio write {:.2} GB/s, read {:.2} GB/s",
+                    run + 1,
+                    write / 1e9,
+                    read / 1e9
+                );
+            }
+            fio_writes.push(write);
+            fio_reads.push(read);
+        }
+        for (n, &(size, concurrency)) in cases_of.iter().enumerate() {
+            let data = Bytes::from(pattern(size as usize));
+            let shards = (args.total / size).max(concurrency as u64);
+            let put =
+                put_phase(&clients, &args.namespace, size, shards, concurrency, &data).await?;
+            let fetch = fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?;
+            cleanup(&clients[0], &args.namespace, size, shards).await?;
+            if !args.json {
+                eprintln!(
+                    "run {}: {} x{concurrency}: put {:.2} GB/s, fetch {:.2} GB/s",
+                    run + 1,
                     show::bytes(size),
                     put / 1e9,
                     fetch / 1e9
                 );
             }
-            cases.push(case);
-            cleanup(&clients[0], &args.namespace, size, shards).await?;
+            puts[n].push(put);
+            fetches[n].push(fetch);
         }
     }
+    let fio = (!fio_reads.is_empty()).then(|| FioBaseline {
+        read_bytes_per_sec: median(fio_reads),
+        write_bytes_per_sec: median(fio_writes),
+    });
+    let cases = cases_of
+        .iter()
+        .zip(puts.into_iter().zip(fetches))
+        .map(|(&(size, concurrency), (puts, fetches))| {
+            let put = median(puts);
+            let fetch = median(fetches);
+            CaseResult {
+                shard_bytes: size,
+                concurrency,
+                shards: (args.total / size).max(concurrency as u64),
+                put_bytes_per_sec: put,
+                fetch_bytes_per_sec: fetch,
+                put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
+                fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
+            }
+        })
+        .collect();
     let report = BenchReport {
         endpoint: endpoint.to_string(),
         server: status.server,
@@ -313,34 +350,36 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs fio write then read on every data dir at once, `runs` times; returns
-/// the medians of the aggregate bandwidth.
-fn fio_baseline(dirs: &[PathBuf], size: u64, runs: usize) -> anyhow::Result<FioBaseline> {
-    let mut reads = Vec::new();
-    let mut writes = Vec::new();
-    for _ in 0..runs {
-        writes.push(fio_once(dirs, "write", size)?);
-        reads.push(fio_once(dirs, "read", size)?);
-    }
-    for dir in dirs {
-        for n in 0..dirs.len() {
-            let _ = std::fs::remove_file(dir.join(format!("shardctl-fio-{n}.0.0")));
-        }
-    }
-    Ok(FioBaseline {
-        read_bytes_per_sec: median(reads),
-        write_bytes_per_sec: median(writes),
-    })
+fn fio_installed() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
-fn fio_once(dirs: &[PathBuf], rw: &str, size: u64) -> anyhow::Result<f64> {
+/// One fio round on every data dir at once: a sequential write to a new
+/// file (as every put writes a new file) with a final fsync, then a
+/// sequential read of it. Returns (write, read) aggregate bytes per second.
+fn fio_once(dirs: &[PathBuf], size: u64) -> anyhow::Result<(f64, f64)> {
+    let files: Vec<PathBuf> = dirs.iter().map(|d| d.join("shardctl-bench.fio")).collect();
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    let result =
+        fio_job(&files, "write", size).and_then(|w| Ok((w, fio_job(&files, "read", size)?)));
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    result
+}
+
+fn fio_job(files: &[PathBuf], rw: &str, size: u64) -> anyhow::Result<f64> {
     let mut cmd = Command::new("fio");
     cmd.args([
         "--direct=1",
         "--ioengine=io_uring",
         "--bs=1M",
         "--iodepth=32",
-        "--numjobs=1",
         "--group_reporting",
         "--output-format=json",
         &format!("--rw={rw}"),
@@ -349,11 +388,11 @@ fn fio_once(dirs: &[PathBuf], rw: &str, size: u64) -> anyhow::Result<f64> {
     if rw == "write" {
         cmd.arg("--end_fsync=1");
     }
-    for (n, dir) in dirs.iter().enumerate() {
-        cmd.arg(format!("--name=shardctl-fio-{n}"));
-        cmd.arg(format!("--directory={}", dir.display()));
+    for (n, file) in files.iter().enumerate() {
+        cmd.arg(format!("--name=shardctl-bench-{n}"));
+        cmd.arg(format!("--filename={}", file.display()));
     }
-    let output = cmd.output().context("run fio (is it installed?)")?;
+    let output = cmd.output().context("run fio")?;
     anyhow::ensure!(
         output.status.success(),
         "fio failed: {}",

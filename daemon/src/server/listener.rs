@@ -73,6 +73,7 @@ impl Listeners {
                     };
                     match accepted {
                         Ok((stream, _)) => {
+                            set_send_buffer(&stream, ctx.config.unix_send_buffer);
                             let peer = match stream.peer_cred() {
                                 Ok(cred) => {
                                     format!("pid {} uid {}", cred.pid().unwrap_or(0), cred.uid())
@@ -161,6 +162,15 @@ fn spawn_connection<R, W>(
         connection::serve(ctx2, reader, writer, transport, peer).await;
         drop(guard);
     });
+}
+
+/// Raises a Unix socket's send buffer so that fetch answers move in large
+/// pieces (fewer wake-ups on both sides). The kernel caps the size at
+/// `net.core.wmem_max`; a failure only costs throughput.
+fn set_send_buffer(stream: &tokio::net::UnixStream, bytes: usize) {
+    if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes) {
+        tracing::debug!(error = %e, "cannot set the socket send buffer");
+    }
 }
 
 struct ConnectionCount(Arc<ServerContext>);

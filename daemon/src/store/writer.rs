@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shardd_protocol::{ShardMeta, codec};
 
+use super::crc::CrcCombiner;
 use super::dir::{self, FileId};
 use super::format::{self, ShardLayout};
 use super::index::ShardEntry;
@@ -40,6 +41,8 @@ pub struct ShardWriter {
     file: Arc<File>,
     layout: ShardLayout,
     crc: u32,
+    /// Folds a full chunk's CRC into `crc`.
+    full_chunk: CrcCombiner,
     received: u64,
     pending: VecDeque<Completion>,
     failed: Option<StoreError>,
@@ -131,6 +134,7 @@ impl ShardWriter {
                 chunk_crcs: Vec::with_capacity(chunks as usize),
             },
             crc: 0,
+            full_chunk: CrcCombiner::new(chunk_size as u64),
             received: 0,
             pending: VecDeque::new(),
             failed: None,
@@ -166,7 +170,12 @@ impl ShardWriter {
         }
         let chunk_crc = crc32c::crc32c(buf.as_slice());
         self.layout.chunk_crcs.push(chunk_crc);
-        self.crc = crc32c::crc32c_combine(self.crc, chunk_crc, want);
+        let combiner = if want == self.layout.chunk_size as usize {
+            self.full_chunk
+        } else {
+            CrcCombiner::new(want as u64)
+        };
+        self.crc = combiner.combine(self.crc, chunk_crc);
         let offset = self.layout.payload_offset + self.received;
         self.received += want as u64;
         let padded = buf.zero_pad();
