@@ -415,6 +415,46 @@ mod tests {
         assert_eq!(config.store.chunk_size, 1 << 20);
     }
 
+    /// The example config documents every key with its default value.
+    #[test]
+    fn the_example_config_spells_out_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/shardd.toml");
+        let from_file = Config::load(Some(&example), Overrides::default()).unwrap();
+        assert_eq!(
+            from_file,
+            Config::from_toml("", Overrides::default()).unwrap()
+        );
+        let text = std::fs::read_to_string(&example).unwrap();
+        for key in [
+            "socket_mode",
+            "socket_send_buffer",
+            "max_connections",
+            "max_inflight_requests",
+            "connection_buffer_memory",
+            "io_timeout",
+            "handshake_timeout",
+            "shutdown_timeout",
+            "data_dirs",
+            "chunk_size",
+            "chunks_in_flight",
+            "min_free",
+            "max_shard_size",
+            "buffer_memory",
+            "verify_on_start",
+            "engine",
+            "queue_depth",
+            "uring_threads",
+            "psync_threads",
+            "level",
+            "format",
+        ] {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "deploy/shardd.toml lacks {key}"
+            );
+        }
+    }
+
     #[test]
     fn file_values_and_flags_that_override_them() {
         let text = r#"

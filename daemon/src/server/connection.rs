@@ -34,6 +34,8 @@ use crate::store::{BufferScope, PutSpec};
 const SOCKET_BUFFER: usize = 64 * 1024;
 /// Answers queued for the writer before handlers wait.
 const OUT_QUEUE: usize = 256;
+/// At shutdown, how long a connection may be quiet before it is closed.
+const SHUTDOWN_QUIET: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a request handler needs to answer.
 #[derive(Clone, Debug)]
@@ -65,7 +67,7 @@ pub async fn serve<R, W>(
     async move {
         tracing::debug!("connection opened");
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
-        let broken = ctx.shutdown.child_token();
+        let broken = CancellationToken::new();
         let writer_task = tokio::spawn(
             write_loop(writer, rx, ctx.config.io_timeout, broken.clone()).in_current_span(),
         );
@@ -140,16 +142,12 @@ struct Connection<R> {
 impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     async fn read_loop(&mut self) -> Result<(), Closed> {
         let broken = self.broken.clone();
+        let shutdown = self.ctx.shutdown.clone();
         loop {
             let next = tokio::select! {
                 biased;
-                _ = broken.cancelled() => {
-                    return Err(if self.ctx.shutdown.is_cancelled() {
-                        "the daemon is shutting down".into()
-                    } else {
-                        "the peer stopped reading".into()
-                    });
-                }
+                _ = broken.cancelled() => return Err("the peer stopped reading".into()),
+                _ = shutdown.cancelled() => return self.refuse_until_quiet().await,
                 next = self.wait_for_frame() => next,
             };
             let bytes = match next.map_err(|e| e.to_string())? {
@@ -157,6 +155,45 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 NextFrame::Header(bytes) => bytes,
             };
             self.take_frame(&bytes).await?;
+        }
+    }
+
+    /// At shutdown: answer `shutting down` to requests that still arrive
+    /// (so clients learn why, rather than seeing a cut connection) until the
+    /// peer is quiet for a moment, while requests in flight finish.
+    async fn refuse_until_quiet(&mut self) -> Result<(), Closed> {
+        let broken = self.broken.clone();
+        loop {
+            let wait = tokio::time::timeout(
+                SHUTDOWN_QUIET,
+                frame::read_header(&mut self.reader, self.ctx.config.io_timeout),
+            );
+            let next = tokio::select! {
+                biased;
+                _ = broken.cancelled() => return Err("the peer stopped reading".into()),
+                next = wait => next,
+            };
+            let bytes = match next {
+                Err(_) | Ok(Ok(NextFrame::Closed)) | Ok(Err(_)) => {
+                    return Err("the daemon is shutting down".into());
+                }
+                Ok(Ok(NextFrame::Header(bytes))) => bytes,
+            };
+            let Ok(header) = FrameHeader::decode(&bytes) else {
+                return Err("the daemon is shutting down".into());
+            };
+            if header.check_limits(&self.ctx.limits()).is_err() {
+                return Err("the daemon is shutting down".into());
+            }
+            self.discard(header.control_len as u64 + header.payload_len)
+                .await?;
+            self.answer_error(
+                header.opcode,
+                header.request_id,
+                Status::ShuttingDown,
+                "the daemon is shutting down; send this request to it again once it is back".into(),
+            )
+            .await;
         }
     }
 

@@ -1,0 +1,87 @@
+//! `shardctl bench` against a real daemon: a short run that checks the
+//! report is complete and made of measured numbers, beside fio when installed.
+
+mod support;
+
+use assert_cmd::Command;
+use support::Process;
+
+fn fio_installed() -> bool {
+    std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_short_benchmark_reports_every_case_beside_fio() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Process::start(dir.path(), "auto");
+    let fio = fio_installed();
+    if !fio {
+        eprintln!("fio is not installed: checking the benchmark without its baseline");
+    }
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .env_remove("SHARDD_ENDPOINT")
+        .args([
+            "--endpoint",
+            &daemon.endpoint(),
+            "bench",
+            "--json",
+            "--runs",
+            "2",
+        ])
+        .args([
+            "--sizes",
+            "1MiB,4MiB",
+            "--concurrency",
+            "1,3",
+            "--total",
+            "8MiB",
+            "--fio-size",
+            "16MiB",
+        ])
+        .args(["--fio", if fio { "on" } else { "off" }])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        assert!(case["put_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
+        assert!(
+            case["fetch_bytes_per_sec"].as_f64().unwrap() > 0.0,
+            "{case}"
+        );
+        assert_eq!(case["put_vs_fio"].is_number(), fio, "{case}");
+    }
+    let shards: Vec<u64> = cases
+        .iter()
+        .map(|c| c["shards"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shards, [8, 8, 2, 3]);
+    if fio {
+        assert!(report["fio"]["read_bytes_per_sec"].as_f64().unwrap() > 0.0);
+        assert!(report["fio"]["write_bytes_per_sec"].as_f64().unwrap() > 0.0);
+    }
+    // The benchmark cleans up after itself (shards and fio files).
+    let status = Command::cargo_bin("shardctl")
+        .unwrap()
+        .args(["--endpoint", &daemon.endpoint(), "status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["shards"], 0);
+    let leftovers: Vec<_> = std::fs::read_dir(&daemon.data)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("fio"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
