@@ -18,6 +18,18 @@ fn shardctl(endpoint: &str) -> Command {
     cmd
 }
 
+/// Runs `shardd` on `data` and `socket` (no TCP) until it exits.
+fn shardd_on(data: &std::path::Path, socket: &std::path::Path) -> std::process::Output {
+    shardd()
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--socket")
+        .arg(socket)
+        .args(["--tcp", "off"])
+        .output()
+        .unwrap()
+}
+
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -104,14 +116,7 @@ fn a_foreign_data_dir_is_refused_and_nothing_is_served() {
     let data = dir.path().join("home");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("notes.txt"), "keep me").unwrap();
-    let out = shardd()
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .args(["--tcp", "off"])
-        .output()
-        .unwrap();
+    let out = shardd_on(&data, &dir.path().join("s.sock"));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("not empty"), "{}", stderr_of(&out));
     assert!(!dir.path().join("s.sock").exists());
@@ -128,7 +133,7 @@ fn shardctl_session_against_a_running_daemon() {
         let mut daemon = Process::start(dir.path(), engine);
         let endpoint = daemon.endpoint();
         let file = dir.path().join("weights.bin");
-        let data = support::pattern(5 << 20, 1);
+        let data = shardd::ctl::bench::pattern(5 << 20, 1);
         std::fs::write(&file, &data).unwrap();
 
         let out = shardctl(&endpoint)
@@ -270,14 +275,10 @@ fn shardctl_errors_are_one_line() {
 fn a_second_daemon_on_the_same_socket_or_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Process::start(dir.path(), "psync");
-    let out = shardd()
-        .arg("--data-dir")
-        .arg(dir.path().join("other-data"))
-        .arg("--socket")
-        .arg(dir.path().join("shardd.sock"))
-        .args(["--tcp", "off"])
-        .output()
-        .unwrap();
+    let out = shardd_on(
+        &dir.path().join("other-data"),
+        &dir.path().join("shardd.sock"),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr_of(&out).contains("another daemon is serving"),
@@ -285,14 +286,7 @@ fn a_second_daemon_on_the_same_socket_or_data_dir_is_refused() {
         stderr_of(&out)
     );
 
-    let out = shardd()
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--socket")
-        .arg(dir.path().join("second.sock"))
-        .args(["--tcp", "off"])
-        .output()
-        .unwrap();
+    let out = shardd_on(&dir.path().join("data"), &dir.path().join("second.sock"));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr_of(&out).contains("in use by another shardd"),

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shardd::ctl::bench::pattern;
 use shardd_client::{Client, PutOptions};
-use support::{Process, engines, pattern};
+use support::{Process, engines};
 
 fn size_of(i: u64) -> usize {
     // 1 KiB .. ~3 MiB, mixed.

@@ -9,6 +9,8 @@ use shardd::config::{Config, Overrides};
 use shardd::io::{EngineKind, IoEngine};
 use shardd_client::Client;
 
+pub use shardd::ctl::bench::pattern;
+
 /// An I/O engine and a transport to run a test on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setup {
@@ -154,20 +156,6 @@ fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
         ..Overrides::default()
     };
     Config::from_toml(&text, overrides).expect("test config is valid")
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Waits until `check` holds, up to `limit`.

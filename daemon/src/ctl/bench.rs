@@ -175,7 +175,7 @@ pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<()> {
             fio_reads.push(read);
         }
         for (n, &(size, concurrency)) in cases_of.iter().enumerate() {
-            let data = Bytes::from(pattern(size as usize));
+            let data = Bytes::from(pattern(size as usize, size));
             let shards = (args.total / size).max(concurrency as u64);
             let put =
                 put_phase(&clients, &args.namespace, size, shards, concurrency, &data).await?;
@@ -236,10 +236,12 @@ fn key(size: u64, i: u64) -> String {
     format!("bench/{size}/{i}")
 }
 
-/// Deterministic, incompressible-looking bytes.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len);
+/// Deterministic, incompressible-looking bytes: an xorshift stream from
+/// `seed`. Used by the benchmark and by the tests, which regenerate the
+/// bytes they expect from the seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
@@ -475,7 +477,9 @@ mod tests {
 
     #[test]
     fn pattern_is_exact_length() {
-        assert_eq!(pattern(10).len(), 10);
-        assert_ne!(pattern(64)[..32], pattern(64)[32..]);
+        assert_eq!(pattern(10, 1).len(), 10);
+        assert_ne!(pattern(64, 1)[..32], pattern(64, 1)[32..]);
+        assert_ne!(pattern(64, 1), pattern(64, 2));
+        assert_eq!(pattern(64, 3), pattern(64, 3));
     }
 }

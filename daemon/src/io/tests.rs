@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::ctl::bench::pattern;
 
 fn engines() -> Vec<IoEngine> {
     let mut out = vec![
@@ -25,12 +26,6 @@ fn engines() -> Vec<IoEngine> {
         Err(e) => eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})"),
     }
     out
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +94,7 @@ async fn many_more_operations_than_queue_depth() {
         let writes: Vec<Completion> = (0..blocks)
             .map(|i| {
                 let mut buf = AlignedBuf::new(ALIGN);
-                buf.fill_padded(&pattern(ALIGN, i as u8));
+                buf.fill_padded(&pattern(ALIGN, i as u64));
                 engine.write(&file, (i * ALIGN) as u64, buf, ALIGN)
             })
             .collect();
@@ -115,7 +110,7 @@ async fn many_more_operations_than_queue_depth() {
             assert_eq!(out.result.unwrap(), ALIGN);
             assert_eq!(
                 out.buf.as_slice(),
-                pattern(ALIGN, i as u8),
+                pattern(ALIGN, i as u64),
                 "block {i} on {}",
                 engine.name()
             );

@@ -1,5 +1,6 @@
 //! Binding the Unix socket and the TCP port, and accepting connections.
 
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -64,56 +65,91 @@ impl Listeners {
     pub async fn accept_until_shutdown(self, ctx: Arc<ServerContext>) {
         let Listeners { unix, tcp } = self;
         let unix_task = unix.map(|(listener, path)| {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        _ = ctx.shutdown.cancelled() => break,
-                        accepted = listener.accept() => accepted,
-                    };
-                    match accepted {
-                        Ok((stream, _)) => {
-                            set_send_buffer(&stream, ctx.config.unix_send_buffer);
-                            let peer = match stream.peer_cred() {
-                                Ok(cred) => {
-                                    format!("pid {} uid {}", cred.pid().unwrap_or(0), cred.uid())
-                                }
-                                Err(_) => "unknown".to_string(),
-                            };
-                            let (r, w) = stream.into_split();
-                            spawn_connection(&ctx, r, w, "unix", peer);
-                        }
-                        Err(e) => accept_failed(&e).await,
-                    }
-                }
-                drop(listener);
-                let _ = std::fs::remove_file(&path);
-            })
+            tokio::spawn(accept_loop(ctx.clone(), UnixAcceptor { listener, path }))
         });
-        let tcp_task = tcp.map(|listener| {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        _ = ctx.shutdown.cancelled() => break,
-                        accepted = listener.accept() => accepted,
-                    };
-                    match accepted {
-                        Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let (r, w) = stream.into_split();
-                            spawn_connection(&ctx, r, w, "tcp", peer.to_string());
-                        }
-                        Err(e) => accept_failed(&e).await,
-                    }
-                }
-            })
-        });
+        let tcp_task =
+            tcp.map(|listener| tokio::spawn(accept_loop(ctx.clone(), TcpAcceptor(listener))));
         if let Some(task) = unix_task {
             let _ = task.await;
         }
         if let Some(task) = tcp_task {
             let _ = task.await;
+        }
+    }
+}
+
+/// One kind of listening socket.
+trait Acceptor: Send + 'static {
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// `unix` or `tcp`, for logs.
+    const TRANSPORT: &'static str;
+    /// The next connection, set up, and a description of the peer.
+    fn accept(
+        &self,
+        ctx: &ServerContext,
+    ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer, String)>> + Send;
+}
+
+/// The Unix listener; dropping it removes the socket file.
+struct UnixAcceptor {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Acceptor for UnixAcceptor {
+    type Reader = tokio::net::unix::OwnedReadHalf;
+    type Writer = tokio::net::unix::OwnedWriteHalf;
+    const TRANSPORT: &'static str = "unix";
+
+    async fn accept(
+        &self,
+        ctx: &ServerContext,
+    ) -> io::Result<(Self::Reader, Self::Writer, String)> {
+        let (stream, _) = self.listener.accept().await?;
+        set_send_buffer(&stream, ctx.config.unix_send_buffer);
+        let peer = match stream.peer_cred() {
+            Ok(cred) => format!("pid {} uid {}", cred.pid().unwrap_or(0), cred.uid()),
+            Err(_) => "unknown".to_string(),
+        };
+        let (reader, writer) = stream.into_split();
+        Ok((reader, writer, peer))
+    }
+}
+
+impl Drop for UnixAcceptor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct TcpAcceptor(TcpListener);
+
+impl Acceptor for TcpAcceptor {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    const TRANSPORT: &'static str = "tcp";
+
+    async fn accept(&self, _: &ServerContext) -> io::Result<(Self::Reader, Self::Writer, String)> {
+        let (stream, peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Ok((reader, writer, peer.to_string()))
+    }
+}
+
+/// Accepts and serves connections until shutdown.
+async fn accept_loop<A: Acceptor>(ctx: Arc<ServerContext>, acceptor: A) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = acceptor.accept(&ctx) => accepted,
+        };
+        match accepted {
+            Ok((reader, writer, peer)) => {
+                spawn_connection(&ctx, reader, writer, A::TRANSPORT, peer)
+            }
+            Err(e) => accept_failed(&e).await,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use shardd_protocol::{DType, Key, Namespace, Status};
 
 use super::*;
+use crate::ctl::bench::pattern;
 use crate::io::{EngineKind, IoConfig, IoEngine};
 
 const CHUNK: u32 = 64 * 1024;
@@ -47,18 +48,6 @@ fn ns(s: &str) -> Namespace {
 
 fn key(s: &str) -> Key {
     Key::new(s).unwrap()
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 async fn put(
