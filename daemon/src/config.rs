@@ -111,6 +111,18 @@ struct FileStorage {
     max_shard_size: Option<Size>,
     buffer_memory: Option<Size>,
     verify_on_start: Option<VerifyMode>,
+    direct_io: Option<DirectIo>,
+}
+
+/// `storage.direct_io`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DirectIo {
+    /// O_DIRECT where the file system allows it.
+    #[default]
+    Auto,
+    /// Buffered I/O through the page cache.
+    Off,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +389,7 @@ impl Config {
                 max_shard_bytes,
                 buffer_memory,
                 verify_on_start: storage.verify_on_start.unwrap_or_default(),
+                direct_io: storage.direct_io.unwrap_or_default() == DirectIo::Auto,
             },
             io: IoConfig {
                 engine,

@@ -75,6 +75,9 @@ pub struct StoreConfig {
     pub buffer_memory: u64,
     /// How much to verify at start.
     pub verify_on_start: VerifyMode,
+    /// Use O_DIRECT where the file system allows it (else buffered I/O
+    /// through the page cache everywhere).
+    pub direct_io: bool,
 }
 
 /// Why a store operation failed. Each variant maps to one wire status.
@@ -229,11 +232,12 @@ impl Store {
     pub async fn open(config: StoreConfig, engine: Arc<IoEngine>) -> anyhow::Result<Store> {
         anyhow::ensure!(!config.data_dirs.is_empty(), "no data directory configured");
         let dir_paths = config.data_dirs.clone();
+        let direct_io = config.direct_io;
         let dirs = tokio::task::spawn_blocking(move || {
             dir_paths
                 .iter()
                 .enumerate()
-                .map(|(i, path)| DataDir::open(i, path))
+                .map(|(i, path)| DataDir::open(i, path, direct_io))
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .await??;

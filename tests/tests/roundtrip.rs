@@ -45,6 +45,37 @@ async fn byte_exact_round_trips_of_many_sizes() {
     }
 }
 
+/// Data dirs with buffered I/O (what file systems without O_DIRECT get).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_data_dirs_round_trip_and_recover() {
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "[storage]\ndirect_io = \"off\"").await;
+        let client = daemon.client(setup.tcp).await;
+        let status = client.status().await.unwrap();
+        assert!(!status.data_dirs[0].direct_io, "{setup:?}");
+        let sizes = [0, 1, 4097, (1 << 20) + 3, 5 << 20];
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data = pattern(size, 40 + i as u64);
+            client
+                .put("job", &format!("b{i}"), data.clone(), PutOptions::default())
+                .await
+                .unwrap();
+            assert!(client.fetch("job", &format!("b{i}")).await.unwrap().data == data);
+        }
+        drop(client);
+        daemon.restart().await;
+        let client = daemon.client(setup.tcp).await;
+        for (i, size) in sizes.into_iter().enumerate() {
+            let shard = client
+                .fetch_range("job", &format!("b{i}"), 0, size as u64)
+                .await
+                .unwrap();
+            assert!(shard.data == pattern(size, 40 + i as u64), "{setup:?} b{i}");
+        }
+        daemon.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256_mib_shard_round_trips_into_a_caller_buffer() {
     for setup in setups() {

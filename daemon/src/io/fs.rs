@@ -215,6 +215,23 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates `dir` and its missing parents.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Creates (or replaces) a small file with `contents` and fsyncs it.
+pub fn write_file_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all_at(contents, 0)?;
+    file.sync_all()
+}
+
 /// Creates `dir` if it is missing; returns whether it was created.
 pub fn create_dir(dir: &Path) -> io::Result<bool> {
     match std::fs::create_dir(dir) {

@@ -63,7 +63,7 @@ impl DataDir {
     /// Opens (creating it if needed) and locks a data directory. Refuses a
     /// non-empty directory that shardd did not create, and one locked by
     /// another daemon.
-    pub fn open(index: usize, path: &Path) -> anyhow::Result<DataDir> {
+    pub fn open(index: usize, path: &Path, allow_direct_io: bool) -> anyhow::Result<DataDir> {
         std::fs::create_dir_all(path)
             .with_context(|| format!("create data dir {}", path.display()))?;
         let path = path
@@ -71,11 +71,12 @@ impl DataDir {
             .with_context(|| format!("resolve data dir {}", path.display()))?;
         let marker = path.join(MARKER);
         if !marker.exists() {
-            let foreign: Vec<String> = std::fs::read_dir(&path)
+            let foreign: Vec<String> = fs::list_dir(&path)
                 .with_context(|| format!("read data dir {}", path.display()))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| !name.starts_with('.'))
+                .into_iter()
+                .map(|(name, _)| name)
+                // A file system's root has lost+found; hidden files are not data.
+                .filter(|name| !name.starts_with('.') && name != "lost+found")
                 .take(3)
                 .collect();
             if !foreign.is_empty() {
@@ -86,7 +87,7 @@ impl DataDir {
                     foreign.join(", ")
                 );
             }
-            std::fs::write(&marker, MARKER_TEXT)
+            fs::write_file_synced(&marker, MARKER_TEXT.as_bytes())
                 .with_context(|| format!("write marker in data dir {}", path.display()))?;
             fs::sync_dir(&path).with_context(|| format!("fsync data dir {}", path.display()))?;
         }
@@ -98,13 +99,14 @@ impl DataDir {
             }
         })?;
         for sub in ["tmp", "shards", "quarantine"] {
-            std::fs::create_dir_all(path.join(sub))
+            fs::create_dir_all(&path.join(sub))
                 .with_context(|| format!("create {sub}/ in data dir {}", path.display()))?;
         }
         fs::sync_dir(&path).with_context(|| format!("fsync data dir {}", path.display()))?;
-        let direct_io = fs::supports_direct_io(&path.join("tmp"))
-            .with_context(|| format!("write to data dir {}", path.display()))?;
-        if !direct_io {
+        let direct_io = allow_direct_io
+            && fs::supports_direct_io(&path.join("tmp"))
+                .with_context(|| format!("write to data dir {}", path.display()))?;
+        if allow_direct_io && !direct_io {
             tracing::info!(
                 dir = %path.display(),
                 "file system refuses O_DIRECT (tmpfs?); using buffered I/O for this data dir"

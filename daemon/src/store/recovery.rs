@@ -72,7 +72,7 @@ fn recover_blocking(store: &Store) -> anyhow::Result<RecoveryReport> {
         found.extend(find_shards(dir)?);
     }
 
-    let checked = check_all(dirs, found);
+    let checked = check_all(dirs, found)?;
     let mut newest: HashMap<(Namespace, Key), ShardEntry> = HashMap::new();
     for c in checked {
         match c {
@@ -204,9 +204,11 @@ fn find_shards(dir: &DataDir) -> anyhow::Result<Vec<Found>> {
     Ok(out)
 }
 
-fn check_all(dirs: &[DataDir], found: Vec<Found>) -> Vec<Checked> {
+/// Checks every found file, on several threads (start-up time is dominated
+/// by reading one header per shard).
+fn check_all(dirs: &[DataDir], found: Vec<Found>) -> anyhow::Result<Vec<Checked>> {
     if found.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let per_thread = found.len().div_ceil(HEADER_READERS);
     std::thread::scope(|s| {
@@ -214,10 +216,14 @@ fn check_all(dirs: &[DataDir], found: Vec<Found>) -> Vec<Checked> {
             .chunks(per_thread)
             .map(|part| s.spawn(move || part.iter().map(|f| check(dirs, f)).collect::<Vec<_>>()))
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
+        let mut out = Vec::with_capacity(found.len());
+        for worker in workers {
+            let checked = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a thread reading shard headers failed"))?;
+            out.extend(checked);
+        }
+        Ok(out)
     })
 }
 

@@ -30,6 +30,7 @@ fn config(dirs: &[PathBuf]) -> StoreConfig {
         max_shard_bytes: 1 << 30,
         buffer_memory: 64 << 20,
         verify_on_start: VerifyMode::Metadata,
+        direct_io: true,
     }
 }
 
@@ -471,6 +472,13 @@ async fn a_second_daemon_cannot_use_the_same_dir_and_foreign_dirs_are_refused() 
         err.to_string().contains("in use by another shardd"),
         "{err}"
     );
+
+    // A fresh file system's root (only lost+found) is fine.
+    let mount_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(mount_root.path().join("lost+found")).unwrap();
+    Store::open(config(&[mount_root.path().to_path_buf()]), engine.clone())
+        .await
+        .unwrap();
 
     let foreign = tempfile::tempdir().unwrap();
     std::fs::write(foreign.path().join("thesis.tex"), "precious").unwrap();
