@@ -387,6 +387,13 @@ impl Client {
             let page = self
                 .list_page(namespace, prefix, after.as_deref(), MAX_LIST_LIMIT)
                 .await?;
+            if page.more && page.shards.is_empty() {
+                return Err(ClientError::Remote {
+                    status: shardd_protocol::Status::Internal,
+                    message: "the daemon announced more entries but sent none".into(),
+                    current_version: None,
+                });
+            }
             out.extend(page.shards);
             if !page.more {
                 return Ok(out);

@@ -96,9 +96,17 @@ impl DType {
         }
     }
 
-    /// Checks that `len` bytes hold exactly `shape`'s elements. An empty
-    /// shape or a `Raw` dtype accepts any length.
+    /// Checks that `shape` has at most [`crate::MAX_SHAPE_DIMS`] dimensions
+    /// and that `len` bytes hold exactly its elements. An empty shape or a
+    /// `Raw` dtype accepts any length.
     pub fn check_shape(self, shape: &[u64], len: u64) -> Result<(), String> {
+        if shape.len() > crate::MAX_SHAPE_DIMS {
+            return Err(format!(
+                "shape has {} dimensions; at most {} are allowed",
+                shape.len(),
+                crate::MAX_SHAPE_DIMS
+            ));
+        }
         let Some(size) = self.size() else {
             return Ok(());
         };
@@ -158,5 +166,12 @@ mod tests {
         assert_eq!(DType::Raw.check_shape(&[2, 3], 5), Ok(()));
         assert_eq!(DType::BF16.check_shape(&[], 5), Ok(()));
         assert!(DType::F64.check_shape(&[u64::MAX, 2], 0).is_err());
+        assert!(
+            DType::Raw
+                .check_shape(&[1; 33], 1)
+                .unwrap_err()
+                .contains("at most 32")
+        );
+        assert_eq!(DType::U8.check_shape(&[1; 32], 1), Ok(()));
     }
 }

@@ -11,6 +11,9 @@ pub const DEFAULT_MAX_PAYLOAD_LEN: u64 = 16 << 30;
 /// Most entries a `list` answer carries; more are fetched page by page.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
 
+/// Most dimensions a shard's shape may have.
+pub const MAX_SHAPE_DIMS: usize = 32;
+
 /// The lengths a receiver accepts in a frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

@@ -1,9 +1,12 @@
 //! Many clients at once, and many requests in flight on one connection.
 
-use std::time::Duration;
-
 use shardd_client::PutOptions;
+use shardd_protocol::{
+    FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION,
+    Status, codec,
+};
 use shardd_tests::{TestDaemon, pattern, setups};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,11 +70,15 @@ async fn many_requests_pipelined_on_one_connection() {
 }
 
 /// A small request sent after a large fetch on the same connection is
-/// answered first: answers come back in the order they are ready.
+/// answered before the large answer ends: the frames of the two answers
+/// interleave on the wire, in the order they are ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_overtake_a_large_fetch() {
+    // A small per-connection buffer keeps few large-answer chunks queued
+    // ahead of the small answer.
+    let config = "[server]\nconnection_buffer_memory = \"4MiB\"";
     for setup in setups() {
-        let mut daemon = TestDaemon::start(setup.engine, "").await;
+        let mut daemon = TestDaemon::start(setup.engine, config).await;
         let client = daemon.client(setup.tcp).await;
         client
             .put("job", "big", pattern(256 << 20, 1), PutOptions::default())
@@ -82,24 +89,109 @@ async fn answers_overtake_a_large_fetch() {
             .await
             .unwrap();
 
-        let big = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let shard = client.fetch("job", "big").await.unwrap();
-                (tokio::time::Instant::now(), shard.data.len())
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let small = client.fetch("job", "small").await.unwrap();
-        let small_done = tokio::time::Instant::now();
-        let (big_done, big_len) = big.await.unwrap();
-        assert_eq!(small.data, vec![7u8; 10]);
-        assert_eq!(big_len, 256 << 20);
+        let mut raw = RawConnection::open(&daemon, setup.tcp).await;
+        raw.fetch(2, "big").await;
+        raw.fetch(3, "small").await;
+        let mut big_bytes = 0u64;
+        let mut small_done_after = None;
+        loop {
+            let (header, payload_len) = raw.next_frame().await;
+            assert_eq!(header.status, Status::Ok);
+            match header.request_id {
+                2 => {
+                    big_bytes += payload_len;
+                    if !header.has_more() {
+                        break;
+                    }
+                }
+                3 => small_done_after = Some(big_bytes),
+                other => panic!("answer to unknown request {other}"),
+            }
+        }
+        assert_eq!(big_bytes, 256 << 20);
+        let before = small_done_after.expect("the small fetch was answered");
         assert!(
-            small_done < big_done,
-            "{setup:?}: the small fetch waited for the large one"
+            before < 64 << 20,
+            "{setup:?}: the small answer came after {before} bytes of the large one"
         );
         daemon.stop().await;
+    }
+}
+
+/// A connection that sends fetches and reads answer frames by hand.
+struct RawConnection {
+    reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+}
+
+impl RawConnection {
+    async fn open(daemon: &TestDaemon, tcp: bool) -> RawConnection {
+        let (reader, writer): (
+            Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        ) = if tcp {
+            let addr = daemon
+                .tcp_endpoint()
+                .trim_start_matches("tcp://")
+                .to_string();
+            let (r, w) = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap()
+                .into_split();
+            (Box::new(r), Box::new(w))
+        } else {
+            let path = daemon
+                .unix_endpoint()
+                .trim_start_matches("unix://")
+                .to_string();
+            let (r, w) = tokio::net::UnixStream::connect(path)
+                .await
+                .unwrap()
+                .into_split();
+            (Box::new(r), Box::new(w))
+        };
+        let mut conn = RawConnection { reader, writer };
+        let hello = codec::encode(&HelloRequest {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            client: "raw".into(),
+        })
+        .unwrap();
+        conn.send(Opcode::Hello, 1, &hello).await;
+        let (header, _) = conn.next_frame().await;
+        assert_eq!(header.status, Status::Ok);
+        conn
+    }
+
+    async fn send(&mut self, op: Opcode, id: u64, control: &[u8]) {
+        let header = FrameHeader::request(op, id, control.len() as u32, 0);
+        self.writer.write_all(&header.encode()).await.unwrap();
+        self.writer.write_all(control).await.unwrap();
+        self.writer.flush().await.unwrap();
+    }
+
+    async fn fetch(&mut self, id: u64, key: &str) {
+        let request = FetchRequest {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new(key).unwrap(),
+            range: None,
+            max_len: None,
+        };
+        self.send(Opcode::Fetch, id, &codec::encode(&request).unwrap())
+            .await;
+    }
+
+    /// The next frame's header; its control message and payload are skipped.
+    async fn next_frame(&mut self) -> (FrameHeader, u64) {
+        let mut bytes = [0u8; HEADER_LEN];
+        self.reader.read_exact(&mut bytes).await.unwrap();
+        let header = FrameHeader::decode(&bytes).unwrap();
+        let skip = header.control_len as u64 + header.payload_len;
+        let copied = tokio::io::copy(&mut (&mut self.reader).take(skip), &mut tokio::io::sink())
+            .await
+            .unwrap();
+        assert_eq!(copied, skip);
+        (header, header.payload_len)
     }
 }
 

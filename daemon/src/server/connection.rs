@@ -412,7 +412,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let mut remaining = len;
         while remaining > 0 {
             let n = writer.next_chunk_len();
-            let mut buf = self.ctx.store.buffers().take(&self.scope, n).await;
+            let mut buf = match writer.next_buffer(&self.scope).await {
+                Ok(buf) => buf,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             let read =
                 frame::read_exact(&mut self.reader, &mut buf.as_mut_capacity()[..n], timeout).await;
             if let Err(e) = read {

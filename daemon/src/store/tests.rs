@@ -68,11 +68,12 @@ async fn put(
             crc32c: Some(crc32c::crc32c(data)),
         })
         .await?;
-    let scope = store.buffers().scope(16 << 20);
+    // Room for two chunks only, fewer than the writes a put keeps in flight.
+    let scope = store.buffers().scope(2 * CHUNK as u64);
     let mut at = 0;
     while writer.next_chunk_len() > 0 {
         let n = writer.next_chunk_len();
-        let mut buf = store.buffers().take(&scope, n).await;
+        let mut buf = writer.next_buffer(&scope).await?;
         buf.fill_padded(&data[at..at + n]);
         writer.write_chunk(buf).await?;
         at += n;

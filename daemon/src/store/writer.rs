@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shardd_protocol::{ShardMeta, codec};
 
+use super::buffers::BufferScope;
 use super::crc::CrcCombiner;
 use super::dir::{self, FileId};
 use super::format::{self, ShardLayout};
@@ -150,6 +151,24 @@ impl ShardWriter {
     /// Length of the next chunk to write (0 when all bytes are in).
     pub fn next_chunk_len(&self) -> usize {
         (self.spec.len - self.received).min(self.layout.chunk_size as u64) as usize
+    }
+
+    /// A buffer for the next chunk, taken under `scope`'s budget. When the
+    /// budget is spent, waits for this put's own oldest write to finish
+    /// (which frees its buffer) rather than for other requests, so that a
+    /// put never waits on budget only it could release.
+    pub async fn next_buffer(&mut self, scope: &BufferScope) -> Result<AlignedBuf, StoreError> {
+        let size = self.layout.chunk_size as usize;
+        loop {
+            let buffers = self.store.buffers();
+            if let Some(buf) = buffers.try_take(scope, size) {
+                return Ok(buf);
+            }
+            if self.pending.is_empty() {
+                return Ok(buffers.take(scope, size).await);
+            }
+            self.wait_oldest().await?;
+        }
     }
 
     /// Writes the next chunk: `buf` must hold exactly [`Self::next_chunk_len`]
