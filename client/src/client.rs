@@ -1,6 +1,5 @@
 //! The async client.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,7 +163,7 @@ impl Client {
             client: options.client_name.clone(),
         };
         let control = encode(&hello)?;
-        let reply = conn.call(Opcode::Hello, control, None).await?;
+        let reply = conn.call(Opcode::Hello, control, None, None).await?;
         let server: HelloResponse = decode(&conn, &reply.control)?;
         conn.set_inflight_limit(server.limits.max_inflight_requests.max(1));
         Ok(Client {
@@ -184,20 +183,6 @@ impl Client {
         self.conn.endpoint()
     }
 
-    async fn timed<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, ClientError> {
-        match self.options.request_timeout {
-            None => fut.await,
-            Some(after) => match tokio::time::timeout(after, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(ClientError::Timeout { op, after }),
-            },
-        }
-    }
-
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         op: Opcode,
@@ -208,7 +193,8 @@ impl Client {
             None => Vec::new(),
         };
         let reply = self
-            .timed(op.name(), self.conn.call(op, control, None))
+            .conn
+            .call(op, control, None, self.options.request_timeout)
             .await?;
         decode(&self.conn, &reply.control)
     }
@@ -216,7 +202,8 @@ impl Client {
     /// Round trip to the daemon; returns how long it took.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let start = Instant::now();
-        self.timed("ping", self.conn.call(Opcode::Ping, Vec::new(), None))
+        self.conn
+            .call(Opcode::Ping, Vec::new(), None, self.options.request_timeout)
             .await?;
         Ok(start.elapsed())
     }
@@ -250,7 +237,13 @@ impl Client {
         };
         let control = encode(&request)?;
         let reply = self
-            .timed("put", self.conn.call(Opcode::Put, control, Some(data)))
+            .conn
+            .call(
+                Opcode::Put,
+                control,
+                Some(data),
+                self.options.request_timeout,
+            )
             .await?;
         let response: PutResponse = decode(&self.conn, &reply.control)?;
         Ok(response.meta)

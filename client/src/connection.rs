@@ -276,23 +276,39 @@ impl Connection {
         Ok(id)
     }
 
-    /// Sends a request and waits for its (single-frame) answer.
+    /// Sends a request and waits for its (single-frame) answer, at most
+    /// `timeout`.
     pub(crate) async fn call(
         &self,
         op: Opcode,
         control: Vec<u8>,
         payload: Option<Bytes>,
+        timeout: Option<Duration>,
     ) -> Result<Reply, ClientError> {
         let _permit = self.inflight.acquire().await;
         let (reply, rx) = oneshot::channel();
-        if let Err((_, e)) = self
+        let id = match self
             .send(op, control, payload, Pending::Simple(reply))
             .await
         {
-            return Err(e);
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(self.shared.disconnected("reader stopped")))
+            Ok(id) => id,
+            Err((_, e)) => return Err(e),
+        };
+        let received = match timeout {
+            None => rx.await,
+            Some(after) => match tokio::time::timeout(after, rx).await {
+                Ok(received) => received,
+                Err(_) => {
+                    // Forget the request; its answer, if it comes, is skipped.
+                    self.shared.lock().remove(&id);
+                    return Err(ClientError::Timeout {
+                        op: op.name(),
+                        after,
+                    });
+                }
+            },
+        };
+        received.unwrap_or_else(|_| Err(self.shared.disconnected("reader stopped")))
     }
 
     /// Sends a fetch and waits until its bytes are in `dest`, or `timeout`
