@@ -28,7 +28,7 @@ impl Daemon {
     /// Starts everything; returns once the index is recovered and the
     /// listeners are bound, i.e. when the daemon is ready to serve.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
-        let engine = IoEngine::start(&config.io).context("start the I/O engine")?;
+        let engine = IoEngine::start(&config.io, None).context("start the I/O engine")?;
         tracing::info!(engine = engine.name(), "I/O engine started");
         let store = Store::open(config.store.clone(), Arc::new(engine))
             .await

@@ -22,13 +22,14 @@ mod uring;
 use std::fs::File;
 use std::future::Future;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use buf::{ALIGN, AlignedBuf, BufferPool, align_up};
+pub use buf::{ALIGN, AlignedBuf, BufferPool, SharedSlice, align_up};
 
 /// Which engine to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,12 +93,63 @@ enum OpKind {
     SyncData,
 }
 
+/// The memory of an operation: a buffer it owns (reads and writes), or
+/// shared read-only memory (writes only).
+enum OpBuf {
+    Owned(AlignedBuf),
+    Shared(SharedSlice),
+}
+
+impl OpBuf {
+    /// Where a read puts its bytes.
+    ///
+    /// # Panics
+    /// For shared memory, which is never read into.
+    fn read_ptr(&mut self) -> *mut u8 {
+        match self {
+            OpBuf::Owned(buf) => buf.as_mut_ptr(),
+            OpBuf::Shared(_) => unreachable!("reads always go into owned buffers"),
+        }
+    }
+
+    /// Where a write takes its bytes from.
+    fn write_ptr(&self) -> *const u8 {
+        match self {
+            OpBuf::Owned(buf) => buf.as_ptr(),
+            OpBuf::Shared(slice) => slice.as_ptr(),
+        }
+    }
+
+    fn fixed_index(&self) -> Option<u16> {
+        match self {
+            OpBuf::Owned(buf) => buf.fixed_index(),
+            OpBuf::Shared(slice) => slice.fixed_index(),
+        }
+    }
+
+    /// The first `len` bytes to read into.
+    fn read_target(&mut self, len: usize) -> &mut [u8] {
+        match self {
+            OpBuf::Owned(buf) => &mut buf.as_mut_capacity()[..len],
+            OpBuf::Shared(_) => unreachable!("reads always go into owned buffers"),
+        }
+    }
+
+    /// The first `len` bytes to write out.
+    fn write_source(&self, len: usize) -> &[u8] {
+        match self {
+            OpBuf::Owned(buf) => &buf.as_capacity()[..len],
+            OpBuf::Shared(slice) => &slice.as_slice()[..len],
+        }
+    }
+}
+
 /// One queued operation, owned by the engine until it completes.
 struct Op {
     kind: OpKind,
     file: Arc<File>,
     offset: u64,
-    buf: AlignedBuf,
+    buf: OpBuf,
     /// Bytes to transfer.
     want: usize,
     reply: oneshot::Sender<IoOutcome>,
@@ -105,12 +157,41 @@ struct Op {
 
 impl Op {
     fn complete(self, result: std::io::Result<usize>) {
-        let mut buf = self.buf;
-        if let (OpKind::Read, Ok(n)) = (self.kind, &result) {
-            buf.set_len(*n);
-        }
+        let buf = match self.buf {
+            OpBuf::Owned(mut buf) => {
+                if let (OpKind::Read, Ok(n)) = (self.kind, &result) {
+                    buf.set_len(*n);
+                }
+                buf
+            }
+            OpBuf::Shared(_) => AlignedBuf::empty(),
+        };
         // The submitter may have stopped waiting; the buffer is then dropped.
         let _ = self.reply.send(IoOutcome { buf, result });
+    }
+}
+
+/// Memory registered with every io_uring ring as fixed buffers, so that
+/// reads and writes of buffers lying in it skip the per-operation page
+/// pinning. Region `i` is fixed buffer `i`.
+pub struct FixedMemory {
+    /// Start and length of each region.
+    pub regions: Vec<(NonNull<u8>, usize)>,
+    /// Keeps the memory mapped for as long as the engine runs.
+    pub keepalive: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+// SAFETY: the regions are plain memory kept alive by `keepalive`; the
+// pointers are only handed to the kernel.
+unsafe impl Send for FixedMemory {}
+// SAFETY: as above; nothing is mutated through `FixedMemory`.
+unsafe impl Sync for FixedMemory {}
+
+impl std::fmt::Debug for FixedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixedMemory")
+            .field("regions", &self.regions.len())
+            .finish()
     }
 }
 
@@ -156,8 +237,11 @@ enum EngineImpl {
 
 impl IoEngine {
     /// Starts the engine `config` asks for. `auto` probes io_uring and falls
-    /// back to psync with one warning naming the reason.
-    pub fn start(config: &IoConfig) -> anyhow::Result<IoEngine> {
+    /// back to psync with one warning naming the reason. `fixed` is memory to
+    /// register with io_uring (the pinned arena); if registering fails (the
+    /// memlock limit counts it), I/O into it still works, one warning says
+    /// why it is slower.
+    pub fn start(config: &IoConfig, fixed: Option<FixedMemory>) -> anyhow::Result<IoEngine> {
         let inner = match config.engine {
             EngineKind::Psync => {
                 EngineImpl::Psync(psync::PsyncEngine::start(config.psync_threads)?)
@@ -169,12 +253,14 @@ impl IoEngine {
                 EngineImpl::Uring(uring::UringEngine::start(
                     config.queue_depth,
                     config.uring_threads,
+                    fixed,
                 )?)
             }
             EngineKind::Auto => match uring::probe() {
                 Ok(()) => EngineImpl::Uring(uring::UringEngine::start(
                     config.queue_depth,
                     config.uring_threads,
+                    fixed,
                 )?),
                 Err(e) => {
                     tracing::warn!(
@@ -206,7 +292,7 @@ impl IoEngine {
         kind: OpKind,
         file: &Arc<File>,
         offset: u64,
-        buf: AlignedBuf,
+        buf: OpBuf,
         want: usize,
     ) -> Completion {
         let (reply, rx) = oneshot::channel();
@@ -237,7 +323,7 @@ impl IoEngine {
             "read of {len} into a {} byte buffer",
             buf.capacity()
         );
-        self.submit(OpKind::Read, file, offset, buf, len)
+        self.submit(OpKind::Read, file, offset, OpBuf::Owned(buf), len)
     }
 
     /// Writes the first `len` bytes of `buf` at `offset` (all of them, or an
@@ -252,13 +338,39 @@ impl IoEngine {
             "write of {len} from a {} byte buffer",
             buf.capacity()
         );
-        self.submit(OpKind::Write, file, offset, buf, len)
+        self.submit(OpKind::Write, file, offset, OpBuf::Owned(buf), len)
+    }
+
+    /// Writes the first `len` bytes of shared memory at `offset`, straight
+    /// from where they are. The outcome's buffer is empty.
+    ///
+    /// # Panics
+    /// If `len` exceeds the slice.
+    pub fn write_shared(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        src: SharedSlice,
+        len: usize,
+    ) -> Completion {
+        assert!(
+            len <= src.len(),
+            "write of {len} from a {} byte slice",
+            src.len()
+        );
+        self.submit(OpKind::Write, file, offset, OpBuf::Shared(src), len)
     }
 
     /// `fdatasync`: the file's data and the metadata needed to read it back
     /// are on stable storage when this completes without error.
     pub fn sync_data(&self, file: &Arc<File>) -> Completion {
-        self.submit(OpKind::SyncData, file, 0, AlignedBuf::empty(), 0)
+        self.submit(
+            OpKind::SyncData,
+            file,
+            0,
+            OpBuf::Owned(AlignedBuf::empty()),
+            0,
+        )
     }
 }
 

@@ -16,6 +16,7 @@
 //! * [`logging`]: log output.
 //! * [`ctl`]: the `shardctl` operator CLI and its benchmark.
 
+pub mod arena;
 pub mod cli;
 pub mod config;
 pub mod ctl;

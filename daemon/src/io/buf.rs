@@ -14,21 +14,36 @@ pub const fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN as u64) * ALIGN as u64
 }
 
-/// An owned, zero-initialised buffer whose address and capacity are
-/// multiples of [`ALIGN`]. Its first `len` bytes are the valid data.
+/// An owned, initialised buffer whose address and capacity are multiples
+/// of [`ALIGN`]. Its first `len` bytes are the valid data.
 ///
-/// A buffer taken from a [`BufferPool`] goes back to it when dropped.
+/// The memory comes from the heap (zeroed), from a [`BufferPool`] (and goes
+/// back to it when dropped), or from elsewhere, such as a block of the
+/// pinned arena ([`AlignedBuf::from_external`]), which then may carry the
+/// index of the io_uring fixed buffer it lies in.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
     len: usize,
-    pool: Option<Arc<PoolShared>>,
+    storage: Storage,
+    /// io_uring fixed-buffer index of the memory, if registered.
+    fixed: Option<u16>,
     /// Released together with the buffer (e.g. a memory-budget permit).
     guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
-// SAFETY: `AlignedBuf` owns its allocation exclusively (like `Vec<u8>`), so it
-// may move between threads; the pool handle is an `Arc` of a `Mutex`.
+enum Storage {
+    /// Our own allocation, freed on drop.
+    Heap,
+    /// Goes back to the pool on drop (or is freed if the pool is full).
+    Pool(Arc<PoolShared>),
+    /// Someone else's memory; dropping the owner gives it back.
+    External { _owner: Box<dyn Any + Send + Sync> },
+}
+
+// SAFETY: `AlignedBuf` owns its memory exclusively (like `Vec<u8>`; external
+// memory is handed over exclusively by `from_external`'s contract), so it may
+// move between threads; the pool handle is an `Arc` of a `Mutex`.
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only give out `&[u8]`; mutation needs `&mut self`.
 unsafe impl Sync for AlignedBuf {}
@@ -50,7 +65,8 @@ impl AlignedBuf {
             ptr,
             cap,
             len: 0,
-            pool: None,
+            storage: Storage::Heap,
+            fixed: None,
             guard: None,
         }
     }
@@ -62,9 +78,39 @@ impl AlignedBuf {
             ptr: NonNull::<[u8; ALIGN]>::dangling().cast(),
             cap: 0,
             len: 0,
-            pool: None,
+            storage: Storage::Heap,
+            fixed: None,
             guard: None,
         }
+    }
+
+    /// A buffer over memory owned by `owner` (dropped with the buffer),
+    /// lying in io_uring fixed buffer `fixed` if given.
+    ///
+    /// # Safety
+    /// `ptr` must be aligned to [`ALIGN`], `cap` a multiple of it, and the
+    /// `cap` bytes at `ptr` initialised, valid for reads and writes, and used
+    /// by nobody else for as long as `owner` lives.
+    pub unsafe fn from_external(
+        ptr: NonNull<u8>,
+        cap: usize,
+        fixed: Option<u16>,
+        owner: Box<dyn Any + Send + Sync>,
+    ) -> AlignedBuf {
+        debug_assert!(ptr.as_ptr() as usize % ALIGN == 0 && cap % ALIGN == 0);
+        AlignedBuf {
+            ptr,
+            cap,
+            len: 0,
+            storage: Storage::External { _owner: owner },
+            fixed,
+            guard: None,
+        }
+    }
+
+    /// The io_uring fixed-buffer index of the memory, if it has one.
+    pub fn fixed_index(&self) -> Option<u16> {
+        self.fixed
     }
 
     fn layout(cap: usize) -> Layout {
@@ -108,6 +154,12 @@ impl AlignedBuf {
         // SAFETY: `ptr` is valid for `cap >= len` initialised bytes owned by us
         // (or dangling with len == 0, which is valid for an empty slice).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole capacity, valid data and padding, for writing out.
+    pub fn as_capacity(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `cap` initialised bytes owned by us.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.cap) }
     }
 
     /// The whole capacity, for filling.
@@ -157,14 +209,17 @@ impl Drop for AlignedBuf {
         if self.cap == 0 {
             return;
         }
-        if let Some(pool) = self.pool.take() {
-            if pool.give_back(self.ptr, self.cap) {
-                return;
+        match std::mem::replace(&mut self.storage, Storage::Heap) {
+            // Dropping the owner gives the memory back.
+            Storage::External { _owner } => {}
+            Storage::Pool(pool) if pool.give_back(self.ptr, self.cap) => {}
+            Storage::Pool(_) | Storage::Heap => {
+                // SAFETY: heap and pool memory came from `alloc_zeroed` with
+                // this exact layout and is freed exactly once (the pool did
+                // not take it back).
+                unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
             }
         }
-        // SAFETY: `ptr` came from `alloc_zeroed` with this exact layout and is
-        // freed exactly once (the pool did not take it).
-        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
     }
 }
 
@@ -173,7 +228,87 @@ impl std::fmt::Debug for AlignedBuf {
         f.debug_struct("AlignedBuf")
             .field("cap", &self.cap)
             .field("len", &self.len)
-            .field("pooled", &self.pool.is_some())
+            .field(
+                "storage",
+                &match self.storage {
+                    Storage::Heap => "heap",
+                    Storage::Pool(_) => "pool",
+                    Storage::External { .. } => "external",
+                },
+            )
+            .field("fixed", &self.fixed)
+            .finish()
+    }
+}
+
+/// Read-only memory kept alive by a shared owner, for writes that go out
+/// straight from where the data lives (e.g. a cached shard being flushed
+/// while readers may read it too).
+pub struct SharedSlice {
+    ptr: NonNull<u8>,
+    len: usize,
+    fixed: Option<u16>,
+    _owner: Arc<dyn Any + Send + Sync>,
+}
+
+// SAFETY: the memory is only read through a `SharedSlice`, and `_owner`
+// keeps it alive; reading from several threads at once is fine.
+unsafe impl Send for SharedSlice {}
+// SAFETY: as above; there is no interior mutability.
+unsafe impl Sync for SharedSlice {}
+
+impl SharedSlice {
+    /// A view of `len` bytes at `ptr`, alive as long as `owner`.
+    ///
+    /// # Safety
+    /// The `len` bytes at `ptr` must be initialised and stay valid and
+    /// unmodified for as long as `owner` lives.
+    pub unsafe fn new(
+        ptr: NonNull<u8>,
+        len: usize,
+        fixed: Option<u16>,
+        owner: Arc<dyn Any + Send + Sync>,
+    ) -> SharedSlice {
+        SharedSlice {
+            ptr,
+            len,
+            fixed,
+            _owner: owner,
+        }
+    }
+
+    /// Start of the bytes.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// io_uring fixed-buffer index of the memory, if registered.
+    pub fn fixed_index(&self) -> Option<u16> {
+        self.fixed
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: valid, initialised and unmodified for our lifetime (`new`'s contract).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for SharedSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSlice")
+            .field("len", &self.len)
+            .field("fixed", &self.fixed)
             .finish()
     }
 }
@@ -230,12 +365,13 @@ impl BufferPool {
                 ptr,
                 cap: self.shared.buf_size,
                 len: 0,
-                pool: None,
+                storage: Storage::Heap,
+                fixed: None,
                 guard: None,
             },
             None => AlignedBuf::new(self.shared.buf_size),
         };
-        buf.pool = Some(self.shared.clone());
+        buf.storage = Storage::Pool(self.shared.clone());
         buf
     }
 }

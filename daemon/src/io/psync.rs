@@ -67,16 +67,12 @@ fn worker(rx: &Mutex<mpsc::Receiver<Op>>) {
 
 fn run(mut op: Op) {
     let result = match op.kind {
-        OpKind::Read => read_full(
-            &op.file,
-            op.offset,
-            &mut op.buf.as_mut_capacity()[..op.want],
-        ),
+        OpKind::Read => read_full(&op.file, op.offset, op.buf.read_target(op.want)),
         OpKind::Write => {
             let want = op.want;
-            // The valid bytes plus alignment padding are in the buffer's memory.
-            let data = &op.buf.as_mut_capacity()[..want];
-            op.file.write_all_at(data, op.offset).map(|()| want)
+            op.file
+                .write_all_at(op.buf.write_source(want), op.offset)
+                .map(|()| want)
         }
         OpKind::SyncData => op.file.sync_data().map(|()| 0),
     };

@@ -7,20 +7,26 @@ use crate::ctl::bench::pattern;
 
 fn engines() -> Vec<IoEngine> {
     let mut out = vec![
-        IoEngine::start(&IoConfig {
-            engine: EngineKind::Psync,
-            psync_threads: 4,
-            ..IoConfig::default()
-        })
+        IoEngine::start(
+            &IoConfig {
+                engine: EngineKind::Psync,
+                psync_threads: 4,
+                ..IoConfig::default()
+            },
+            None,
+        )
         .unwrap(),
     ];
     match IoEngine::uring_available() {
         Ok(()) => out.push(
-            IoEngine::start(&IoConfig {
-                engine: EngineKind::Uring,
-                queue_depth: 8,
-                ..IoConfig::default()
-            })
+            IoEngine::start(
+                &IoConfig {
+                    engine: EngineKind::Uring,
+                    queue_depth: 8,
+                    ..IoConfig::default()
+                },
+                None,
+            )
             .unwrap(),
         ),
         Err(e) => eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})"),

@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{Op, OpKind};
+use std::sync::Arc;
+
+use super::{FixedMemory, Op, OpKind};
 
 /// user_data of the eventfd poll; operation slots use small integers.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -52,12 +54,21 @@ struct RingHandle {
 }
 
 impl UringEngine {
-    pub(super) fn start(queue_depth: u32, threads: usize) -> anyhow::Result<UringEngine> {
+    pub(super) fn start(
+        queue_depth: u32,
+        threads: usize,
+        fixed: Option<FixedMemory>,
+    ) -> anyhow::Result<UringEngine> {
+        let fixed = fixed.map(Arc::new);
         let mut rings = Vec::with_capacity(threads.max(1));
         for n in 0..threads.max(1) {
             let ring = IoUring::builder()
                 .build(queue_depth.max(2))
                 .map_err(|e| anyhow::anyhow!("create io_uring with {queue_depth} entries: {e}"))?;
+            let registered = match &fixed {
+                Some(memory) => register(&ring, memory, n == 0),
+                None => None,
+            };
             // SAFETY: plain syscall; the result is checked.
             let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
             if efd < 0 {
@@ -73,7 +84,7 @@ impl UringEngine {
             let depth = queue_depth.max(2) as usize - 1; // one entry for the wake poll
             let thread = std::thread::Builder::new()
                 .name(format!("shardd-uring-{n}"))
-                .spawn(move || RingThread::new(ring, rx, thread_wake, depth).run())?;
+                .spawn(move || RingThread::new(ring, rx, thread_wake, depth, registered).run())?;
             rings.push(RingHandle {
                 tx: Some(tx),
                 wake,
@@ -98,6 +109,38 @@ impl UringEngine {
             return;
         }
         wake(&ring.wake);
+    }
+}
+
+/// Registers `memory` as the ring's fixed buffers. Returns what keeps it
+/// mapped while the ring uses it, or `None` (logged once, on the first
+/// ring) if the kernel refuses, typically because the memlock limit counts
+/// registered memory.
+fn register(ring: &IoUring, memory: &Arc<FixedMemory>, log: bool) -> Option<Arc<FixedMemory>> {
+    let iovecs: Vec<libc::iovec> = memory
+        .regions
+        .iter()
+        .map(|(ptr, len)| libc::iovec {
+            iov_base: ptr.as_ptr().cast(),
+            iov_len: *len,
+        })
+        .collect();
+    // SAFETY: the regions stay mapped for as long as the ring may use them:
+    // the returned `Arc` (holding the memory's keep-alive) lives in the ring
+    // thread, which drops it only after the ring itself.
+    match unsafe { ring.submitter().register_buffers(&iovecs) } {
+        Ok(()) => Some(memory.clone()),
+        Err(e) => {
+            if log {
+                tracing::warn!(
+                    error = %e,
+                    "cannot register the arena with io_uring as fixed buffers (the memlock \
+                     limit counts them); reads and writes of the arena still go to it \
+                     directly, with the kernel pinning pages per operation"
+                );
+            }
+            None
+        }
     }
 }
 
@@ -130,7 +173,10 @@ struct InFlight {
 }
 
 struct RingThread {
+    /// Declared first: dropped before the fixed memory it may reference.
     ring: IoUring,
+    /// The memory registered as fixed buffers, kept mapped while the ring lives.
+    fixed: Option<Arc<FixedMemory>>,
     rx: mpsc::Receiver<Op>,
     wake: OwnedFd,
     depth: usize,
@@ -141,9 +187,16 @@ struct RingThread {
 }
 
 impl RingThread {
-    fn new(ring: IoUring, rx: mpsc::Receiver<Op>, wake: OwnedFd, depth: usize) -> RingThread {
+    fn new(
+        ring: IoUring,
+        rx: mpsc::Receiver<Op>,
+        wake: OwnedFd,
+        depth: usize,
+        fixed: Option<Arc<FixedMemory>>,
+    ) -> RingThread {
         RingThread {
             ring,
+            fixed,
             rx,
             wake,
             depth,
@@ -224,18 +277,34 @@ impl RingThread {
         let done = entry.done;
         let remaining = (entry.op.want - done) as u32;
         let offset = entry.op.offset + done as u64;
+        // A buffer in registered memory uses the fixed-buffer opcodes.
+        let fixed = if self.fixed.is_some() {
+            entry.op.buf.fixed_index()
+        } else {
+            None
+        };
         let sqe: squeue::Entry = match entry.op.kind {
             OpKind::Read => {
                 // SAFETY: `done < want <= capacity`, so the pointer stays in the buffer.
-                let ptr = unsafe { entry.op.buf.as_mut_ptr().add(done) };
-                opcode::Read::new(fd, ptr, remaining).offset(offset).build()
+                let ptr = unsafe { entry.op.buf.read_ptr().add(done) };
+                match fixed {
+                    Some(index) => opcode::ReadFixed::new(fd, ptr, remaining, index)
+                        .offset(offset)
+                        .build(),
+                    None => opcode::Read::new(fd, ptr, remaining).offset(offset).build(),
+                }
             }
             OpKind::Write => {
                 // SAFETY: as above.
-                let ptr = unsafe { entry.op.buf.as_ptr().add(done) };
-                opcode::Write::new(fd, ptr, remaining)
-                    .offset(offset)
-                    .build()
+                let ptr = unsafe { entry.op.buf.write_ptr().add(done) };
+                match fixed {
+                    Some(index) => opcode::WriteFixed::new(fd, ptr, remaining, index)
+                        .offset(offset)
+                        .build(),
+                    None => opcode::Write::new(fd, ptr, remaining)
+                        .offset(offset)
+                        .build(),
+                }
             }
             OpKind::SyncData => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)

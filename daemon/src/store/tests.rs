@@ -35,10 +35,13 @@ fn config(dirs: &[PathBuf]) -> StoreConfig {
 }
 
 async fn open(kind: EngineKind, config: StoreConfig) -> Store {
-    let engine = IoEngine::start(&IoConfig {
-        engine: kind,
-        ..IoConfig::default()
-    })
+    let engine = IoEngine::start(
+        &IoConfig {
+            engine: kind,
+            ..IoConfig::default()
+        },
+        None,
+    )
     .unwrap();
     Store::open(config, Arc::new(engine)).await.unwrap()
 }
@@ -460,10 +463,13 @@ async fn a_second_daemon_cannot_use_the_same_dir_and_foreign_dirs_are_refused() 
     let tmp = tempfile::tempdir().unwrap();
     let _store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
     let engine = Arc::new(
-        IoEngine::start(&IoConfig {
-            engine: EngineKind::Psync,
-            ..IoConfig::default()
-        })
+        IoEngine::start(
+            &IoConfig {
+                engine: EngineKind::Psync,
+                ..IoConfig::default()
+            },
+            None,
+        )
         .unwrap(),
     );
     let err = Store::open(config(&[tmp.path().to_path_buf()]), engine.clone())
