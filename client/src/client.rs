@@ -161,6 +161,7 @@ impl Client {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: options.client_name.clone(),
+            want_arena: false,
         };
         let control = encode(&hello)?;
         let reply = conn.call(Opcode::Hello, control, None, None).await?;

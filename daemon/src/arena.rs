@@ -1,3 +1,257 @@
-//! The pinned-memory arena: one memfd-backed region, locked where the
-//! memlock limit allows, carved into blocks for cached shard chunks.
+//! The pinned-memory arena: one memfd-backed region, locked into RAM where
+//! the memlock limit allows, carved into 4 KiB-aligned blocks for cached
+//! shard chunks. It is registered with io_uring as fixed buffers, so NVMe
+//! reads land in it and writes go out from it with no bounce copy, and its
+//! memfd can be handed to local clients, who then read shards in place.
+//!
+//! # Layout
+//!
+//! * [`memory`]: the memfd mapping and locking.
+//! * [`alloc`]: the block allocator.
+
 pub mod alloc;
+pub mod memory;
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use alloc::{Block, SlabAllocator};
+pub use alloc::{Exhausted, FRAGMENTATION_BOUND};
+use memory::ArenaMemory;
+pub use memory::{HugePages, Locked};
+
+use crate::io::{AlignedBuf, FixedMemory, SharedSlice};
+
+/// Largest io_uring fixed buffer (a kernel limit).
+const MAX_FIXED_REGION: usize = 1 << 30;
+
+/// Settings of the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaConfig {
+    /// Bytes; rounded down to whole blocks.
+    pub size: u64,
+    /// Largest block (= the store's chunk size).
+    pub max_block: u32,
+    /// Huge pages.
+    pub huge_pages: HugePages,
+}
+
+/// The arena. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Arena {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    memory: ArenaMemory,
+    alloc: Mutex<SlabAllocator>,
+    /// Bytes per io_uring fixed buffer region.
+    region: usize,
+}
+
+/// Gives a block back when the buffer holding it is dropped.
+struct BlockGuard {
+    shared: Arc<Shared>,
+    block: Block,
+}
+
+impl Drop for BlockGuard {
+    fn drop(&mut self) {
+        self.shared
+            .alloc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free(self.block);
+    }
+}
+
+impl Arena {
+    /// Creates the arena and logs how much of it is locked; if not all of
+    /// it, one warning says how to fix that.
+    pub fn create(config: ArenaConfig) -> anyhow::Result<Arena> {
+        let block = config.max_block as u64;
+        let size = config.size / block * block;
+        anyhow::ensure!(
+            size > 0,
+            "the arena must hold at least one block of {block} bytes"
+        );
+        let memory = ArenaMemory::create(size as usize, config.huge_pages)?;
+        let locked = memory.locked();
+        if locked.bytes < size {
+            let limit = if locked.limit == u64::MAX {
+                "unlimited".to_string()
+            } else {
+                format!("{} bytes", locked.limit)
+            };
+            tracing::warn!(
+                arena_bytes = size,
+                locked_bytes = locked.bytes,
+                "pinned arena: only {} of {} bytes are locked in RAM (RLIMIT_MEMLOCK is {limit}); \
+                 the rest may be swapped out. Raise the limit to lock all of it: \
+                 LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited`",
+                locked.bytes,
+                size
+            );
+        } else {
+            tracing::info!(arena_bytes = size, "pinned arena allocated and locked");
+        }
+        let region = MAX_FIXED_REGION / block as usize * block as usize;
+        Ok(Arena {
+            shared: Arc::new(Shared {
+                alloc: Mutex::new(SlabAllocator::new(size, config.max_block)),
+                memory,
+                region,
+            }),
+        })
+    }
+
+    fn alloc_state(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
+        self.shared.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of the arena.
+    pub fn capacity(&self) -> u64 {
+        self.shared.memory.len() as u64
+    }
+
+    /// Bytes in allocated blocks.
+    pub fn used(&self) -> u64 {
+        self.alloc_state().used()
+    }
+
+    /// How much is locked in RAM.
+    pub fn locked(&self) -> Locked {
+        self.shared.memory.locked()
+    }
+
+    /// Largest block.
+    pub fn max_block(&self) -> u32 {
+        self.alloc_state().max_block()
+    }
+
+    /// Bytes a request for `size` bytes takes (its block size).
+    pub fn block_size(&self, size: u32) -> Option<u32> {
+        self.alloc_state().class_size(size)
+    }
+
+    /// A block of at least `size` bytes as a buffer; the block returns to
+    /// the arena when the buffer is dropped.
+    pub fn alloc(&self, size: u32) -> Result<AlignedBuf, Exhausted> {
+        let block = self.alloc_state().alloc(size)?;
+        let offset = block.offset as usize;
+        // SAFETY: the block lies inside the mapping (the allocator only hands
+        // out offsets below its capacity, the mapping's length).
+        let ptr = unsafe { NonNull::new_unchecked(self.shared.memory.base().as_ptr().add(offset)) };
+        let fixed = u16::try_from(offset / self.shared.region).ok();
+        let guard = BlockGuard {
+            shared: self.shared.clone(),
+            block,
+        };
+        // SAFETY: the block is page aligned, `block.size` bytes long, inside
+        // the mapping (initialised: a memfd reads as zeros until written), and
+        // exclusively ours until the guard frees it.
+        Ok(unsafe { AlignedBuf::from_external(ptr, block.size as usize, fixed, Box::new(guard)) })
+    }
+
+    /// The memory to register with io_uring: regions of at most 1 GiB.
+    pub fn fixed_memory(&self) -> FixedMemory {
+        let base = self.shared.memory.base();
+        let len = self.shared.memory.len();
+        let regions = (0..len)
+            .step_by(self.shared.region)
+            .map(|start| {
+                // SAFETY: `start < len`, inside the mapping.
+                let ptr = unsafe { NonNull::new_unchecked(base.as_ptr().add(start)) };
+                (ptr, self.shared.region.min(len - start))
+            })
+            .collect();
+        FixedMemory {
+            regions,
+            keepalive: self.shared.clone(),
+        }
+    }
+
+    /// Offset in the arena of a pointer into it.
+    ///
+    /// # Panics
+    /// If `ptr` is not inside the arena.
+    pub fn offset_of(&self, ptr: *const u8) -> u64 {
+        let base = self.shared.memory.base().as_ptr() as usize;
+        let at = ptr as usize;
+        assert!(
+            at >= base && at < base + self.shared.memory.len(),
+            "pointer outside the arena"
+        );
+        (at - base) as u64
+    }
+
+    /// A read-only view of `len` bytes of `buf` (an arena block held by
+    /// `owner`), for writing out straight from the arena.
+    pub fn shared_slice(
+        &self,
+        buf: &AlignedBuf,
+        len: usize,
+        owner: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> SharedSlice {
+        assert!(len <= buf.capacity());
+        // SAFETY: the caller's `owner` keeps `buf` (and so its block) alive
+        // and unmodified while the slice lives: cached chunks are immutable.
+        unsafe {
+            SharedSlice::new(
+                NonNull::new_unchecked(buf.as_ptr().cast_mut()),
+                len,
+                buf.fixed_index(),
+                owner,
+            )
+        }
+    }
+
+    /// The memfd, to hand to local clients.
+    pub fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.memory.fd()
+    }
+
+    /// The largest request that would succeed now.
+    pub fn largest_allocatable(&self) -> u32 {
+        self.alloc_state().largest_allocatable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_arena_memory_and_come_back() {
+        let arena = Arena::create(ArenaConfig {
+            size: 8 << 20,
+            max_block: 1 << 20,
+            huge_pages: HugePages::Off,
+        })
+        .unwrap();
+        assert_eq!(arena.capacity(), 8 << 20);
+        let mut a = arena.alloc(5000).unwrap();
+        assert_eq!(a.capacity(), 8192);
+        assert_eq!(a.fixed_index(), Some(0));
+        a.fill_padded(b"in the arena");
+        let offset = arena.offset_of(a.as_ptr());
+        assert_eq!(offset % 4096, 0);
+        assert_eq!(arena.used(), 8192);
+        let whole: Vec<AlignedBuf> = (0..7).map(|_| arena.alloc(1 << 20).unwrap()).collect();
+        assert!(
+            arena.alloc(1 << 20).is_err(),
+            "one superblock holds the small block"
+        );
+        drop(a);
+        assert!(
+            arena.alloc(1 << 20).is_ok(),
+            "the small block came back, its superblock too"
+        );
+        drop(whole);
+        assert_eq!(arena.used(), 0);
+        let memory = arena.fixed_memory();
+        assert_eq!(memory.regions.len(), 1);
+        assert_eq!(memory.regions[0].1, 8 << 20);
+    }
+}

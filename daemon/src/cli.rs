@@ -29,6 +29,9 @@ pub struct Args {
     /// I/O engine: auto, uring or psync.
     #[arg(long = "io-engine", value_name = "ENGINE")]
     pub io_engine: Option<String>,
+    /// Size of the pinned-memory arena, e.g. 64GiB; 0 runs without one.
+    #[arg(long = "pinned-memory", value_name = "SIZE")]
+    pub pinned_memory: Option<String>,
     /// Log filter, e.g. info or shardd=debug.
     #[arg(long = "log-level", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -50,6 +53,7 @@ impl Args {
                 socket: self.socket.clone(),
                 tcp: self.tcp.clone(),
                 io_engine: self.io_engine.clone(),
+                pinned_memory: self.pinned_memory.clone(),
                 log_level: self.log_level.clone(),
                 log_format: self.log_format.clone(),
             },

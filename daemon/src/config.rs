@@ -15,6 +15,9 @@ use anyhow::Context;
 use serde::Deserialize;
 use shardd_protocol::DEFAULT_MAX_PAYLOAD_LEN;
 
+use crate::arena::HugePages;
+use crate::cache::CacheConfig;
+use crate::cache::policy::PolicyKind;
 use crate::io::{ALIGN, EngineKind, IoConfig};
 use crate::server::ServerConfig;
 use crate::store::{StoreConfig, VerifyMode};
@@ -47,6 +50,17 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Settings of the pinned-memory tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaSettings {
+    /// Bytes of the arena; 0 runs without one (every fetch reads the drive).
+    pub size: u64,
+    /// Huge pages for it.
+    pub huge_pages: HugePages,
+    /// The hot tier in it.
+    pub cache: CacheConfig,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -54,6 +68,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Data directories and the data path.
     pub store: StoreConfig,
+    /// The pinned-memory arena and the hot tier in it.
+    pub arena: ArenaSettings,
     /// The I/O engine.
     pub io: IoConfig,
     /// Logging.
@@ -71,6 +87,8 @@ pub struct Overrides {
     pub tcp: Option<String>,
     /// `--io-engine auto|uring|psync`.
     pub io_engine: Option<String>,
+    /// `--pinned-memory SIZE`.
+    pub pinned_memory: Option<String>,
     /// `--log-level FILTER`.
     pub log_level: Option<String>,
     /// `--log-format human|json`.
@@ -82,8 +100,20 @@ pub struct Overrides {
 struct FileConfig {
     server: FileServer,
     storage: FileStorage,
+    arena: FileArena,
     io: FileIo,
     log: FileLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileArena {
+    size: Option<Size>,
+    huge_pages: Option<HugePages>,
+    eviction: Option<PolicyKind>,
+    prefetch_memory: Option<Size>,
+    write_back_memory: Option<Size>,
+    flush_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +122,7 @@ struct FileServer {
     socket: Option<String>,
     socket_mode: Option<String>,
     socket_send_buffer: Option<Size>,
+    zero_copy: Option<bool>,
     tcp: Option<String>,
     max_connections: Option<usize>,
     max_inflight_requests: Option<u32>,
@@ -182,6 +213,7 @@ impl Config {
         let FileConfig {
             server,
             storage,
+            arena,
             io,
             log,
         } = file;
@@ -287,6 +319,46 @@ impl Config {
             ));
         }
 
+        let arena_size = match flags.pinned_memory {
+            Some(flag) => units::parse_size(&flag).map_err(|e| invalid("--pinned-memory", e))?,
+            None => arena.size.map_or(1 << 30, |s| s.0),
+        };
+        if arena_size != 0 && arena_size < chunk_size {
+            return Err(invalid(
+                "arena.size",
+                format!(
+                    "{arena_size} bytes; use 0 (no arena) or at least one chunk ({chunk_size} bytes)"
+                ),
+            ));
+        }
+        let write_back_memory = arena.write_back_memory.map_or(arena_size / 2, |s| s.0);
+        if write_back_memory > arena_size {
+            return Err(invalid(
+                "arena.write_back_memory",
+                format!("{write_back_memory} bytes is more than the arena ({arena_size} bytes)"),
+            ));
+        }
+        let flush_concurrency = arena.flush_concurrency.unwrap_or(4);
+        if !(1..=256).contains(&flush_concurrency) {
+            return Err(invalid(
+                "arena.flush_concurrency",
+                format!("{flush_concurrency}; use 1 to 256"),
+            ));
+        }
+        let arena = ArenaSettings {
+            size: arena_size,
+            huge_pages: arena.huge_pages.unwrap_or_default(),
+            cache: CacheConfig {
+                policy: arena.eviction.unwrap_or_default(),
+                prefetch_memory: arena
+                    .prefetch_memory
+                    .map_or(256 << 20, |s| s.0)
+                    .max(ALIGN as u64),
+                write_back_memory,
+                flush_concurrency,
+            },
+        };
+
         let engine = match flags.io_engine {
             Some(flag) => flag
                 .parse::<EngineKind>()
@@ -361,6 +433,7 @@ impl Config {
                 unix_send_buffer: server
                     .socket_send_buffer
                     .map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
+                zero_copy: server.zero_copy.unwrap_or(true),
                 tcp,
                 max_connections,
                 max_inflight_requests,
@@ -391,6 +464,7 @@ impl Config {
                 verify_on_start: storage.verify_on_start.unwrap_or_default(),
                 direct_io: storage.direct_io.unwrap_or_default() == DirectIo::Auto,
             },
+            arena,
             io: IoConfig {
                 engine,
                 queue_depth,

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
+use crate::arena::{Arena, ArenaConfig};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::io::IoEngine;
 use crate::server::ServerContext;
@@ -28,12 +30,25 @@ impl Daemon {
     /// Starts everything; returns once the index is recovered and the
     /// listeners are bound, i.e. when the daemon is ready to serve.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
-        let engine = IoEngine::start(&config.io, None).context("start the I/O engine")?;
+        let arena = match config.arena.size {
+            0 => None,
+            size => Some(
+                Arena::create(ArenaConfig {
+                    size,
+                    max_block: config.store.chunk_size,
+                    huge_pages: config.arena.huge_pages,
+                })
+                .context("create the pinned-memory arena")?,
+            ),
+        };
+        let engine = IoEngine::start(&config.io, arena.as_ref().map(Arena::fixed_memory))
+            .context("start the I/O engine")?;
         tracing::info!(engine = engine.name(), "I/O engine started");
         let store = Store::open(config.store.clone(), Arc::new(engine))
             .await
             .context("open the shard store")?;
-        let ctx = Arc::new(ServerContext::new(store, config.server.clone()));
+        let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache));
+        let ctx = Arc::new(ServerContext::new(store, cache, config.server.clone()));
         let listeners = Listeners::bind(&ctx).await?;
         let tcp_addr = listeners.tcp_addr();
         let socket_path = listeners.socket_path().map(|p| p.to_path_buf());

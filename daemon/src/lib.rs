@@ -17,6 +17,7 @@
 //! * [`ctl`]: the `shardctl` operator CLI and its benchmark.
 
 pub mod arena;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod ctl;

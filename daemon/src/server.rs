@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! * [`listener`]: binding the sockets and accepting connections.
+//! * [`handshake`]: the hello, and the arena's memfd for local clients.
 //! * [`connection`]: one connection: frames in, answers out.
 //! * [`handlers`]: what each request does; store errors to statuses.
 //! * [`frame`]: outgoing frames and bounded reads of incoming ones.
@@ -10,6 +11,7 @@
 pub mod connection;
 pub mod frame;
 pub mod handlers;
+pub mod handshake;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use shardd_protocol::{Limits, MAX_CONTROL_LEN};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::Cache;
 use crate::store::Store;
 
 /// Settings of the listeners and connections.
@@ -32,6 +35,9 @@ pub struct ServerConfig {
     pub socket_mode: u32,
     /// Send buffer of Unix-socket connections, in bytes.
     pub unix_send_buffer: usize,
+    /// Hand the arena's memfd to Unix-socket clients that ask (zero-copy
+    /// fetches; they can then read every cached shard).
+    pub zero_copy: bool,
     /// TCP address; `None` disables TCP.
     pub tcp: Option<SocketAddr>,
     /// Open connections at most; more are answered `busy` and closed.
@@ -53,6 +59,8 @@ pub struct ServerConfig {
 pub struct ServerContext {
     /// The shard store.
     pub store: Store,
+    /// The pinned-memory tier in front of it, if the daemon has an arena.
+    pub cache: Option<Cache>,
     /// Listener and connection settings.
     pub config: ServerConfig,
     /// `shardd <version>`.
@@ -76,10 +84,11 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
-    /// A context for `store` with `config`.
-    pub fn new(store: Store, config: ServerConfig) -> ServerContext {
+    /// A context for `store` (with `cache` in front of it) and `config`.
+    pub fn new(store: Store, cache: Option<Cache>, config: ServerConfig) -> ServerContext {
         ServerContext {
             store,
+            cache,
             config,
             server_name: format!("shardd {}", env!("CARGO_PKG_VERSION")),
             started: Instant::now(),

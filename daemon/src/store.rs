@@ -127,6 +127,15 @@ pub enum StoreError {
     /// A request that cannot be valid.
     #[error("{0}")]
     BadRequest(String),
+    /// A failure reported elsewhere (a load another request ran, a
+    /// background flush), passed on with its status.
+    #[error("{message}")]
+    Other {
+        /// Its status.
+        status: Status,
+        /// What failed.
+        message: String,
+    },
     /// An I/O error; ENOSPC and EDQUOT are reported as no space.
     #[error("{context}: {source}")]
     Io {
@@ -149,6 +158,7 @@ impl StoreError {
             StoreError::NoSpace(_) => Status::NoSpace,
             StoreError::TooLarge(_) => Status::TooLarge,
             StoreError::BadRequest(_) => Status::BadRequest,
+            StoreError::Other { status, .. } => *status,
             StoreError::Io { source, .. } if is_no_space(source) => Status::NoSpace,
             StoreError::Io { .. } => Status::Internal,
         }
@@ -191,6 +201,9 @@ pub struct PutSpec {
     pub len: u64,
     /// Checksum the sender computed, if any.
     pub crc32c: Option<u32>,
+    /// A version newer than the drive's that the key already has elsewhere
+    /// (in memory, waiting to be flushed): the put must be newer still.
+    pub newer_than: Option<u64>,
 }
 
 /// Counts of the store, for status and metrics.
@@ -287,6 +300,12 @@ impl Store {
     /// Starts a put; the caller then writes the payload chunk by chunk and commits.
     pub async fn begin_put(&self, spec: PutSpec) -> Result<ShardWriter, StoreError> {
         ShardWriter::begin(self.clone(), spec).await
+    }
+
+    /// Checks a put without starting it (limits, shape, version); returns
+    /// the version it would store.
+    pub fn check_put(&self, spec: &PutSpec) -> Result<u64, StoreError> {
+        writer::check_put(self, spec)
     }
 
     /// Opens the current version of a shard for reading.

@@ -13,10 +13,16 @@
 //! | list   | [`ListRequest`]   | [`ListResponse`]   | none |
 //! | delete | [`DeleteRequest`] | [`DeleteResponse`] | none |
 //! | status | none              | [`StatusResponse`] | none |
+//! | prefetch | [`PrefetchRequest`] | [`PrefetchResponse`] | none |
+//! | evict  | [`EvictRequest`]  | [`EvictResponse`]  | none |
+//! | schedule | [`ScheduleRequest`] | [`ScheduleResponse`] | none |
+//! | fetch_view | [`FetchRequest`] | [`ViewResponse`] | none |
+//! | release | [`ReleaseRequest`] | [`ReleaseResponse`] | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
-//! New fields are only ever added in a new protocol version.
+//! Until shardd 1.0, version 1 may still gain fields; from 1.0 on, new
+//! fields come only with a new protocol version.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,9 @@ pub struct HelloRequest {
     pub max_version: u16,
     /// Free-form client name and version, for the daemon's logs.
     pub client: String,
+    /// Over a Unix socket: ask for the arena's memfd (sent with the answer
+    /// as SCM_RIGHTS ancillary data) to use zero-copy fetches.
+    pub want_arena: bool,
 }
 
 /// The daemon's answer to [`HelloRequest`].
@@ -42,6 +51,16 @@ pub struct HelloResponse {
     pub server: String,
     /// What the daemon accepts on this connection.
     pub limits: ServerLimits,
+    /// Set when the arena's memfd came with this answer: map `size` bytes
+    /// of it read-only to read zero-copy fetches.
+    pub arena: Option<ArenaGrant>,
+}
+
+/// The arena a client may map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaGrant {
+    /// Bytes to map.
+    pub size: u64,
 }
 
 /// Limits a daemon announces in its hello.
@@ -65,6 +84,10 @@ pub enum Durability {
     /// or the machine.
     #[default]
     Durable,
+    /// Once the shard is in the daemon's memory; it is written to the drive
+    /// in the background. A crash before that loses it; a failed write is
+    /// reported by later stats and fetches of the shard.
+    WriteBack,
 }
 
 /// Metadata of one stored shard version.
@@ -166,6 +189,19 @@ pub struct StatRequest {
 pub struct StatResponse {
     /// The stored shard.
     pub meta: ShardMeta,
+    /// Its state in the daemon's memory.
+    pub cache: CacheState,
+}
+
+/// A shard's state in the pinned arena.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheState {
+    /// It is in the arena (a fetch is a hit).
+    pub resident: bool,
+    /// It was acknowledged from memory and is not on the drive yet.
+    pub dirty: bool,
+    /// Why writing it to the drive failed, if it did.
+    pub flush_error: Option<String>,
 }
 
 /// Shards of a namespace in key order, one page at a time.
@@ -229,6 +265,173 @@ pub struct StatusResponse {
     pub connections: u64,
     /// One entry per data directory.
     pub data_dirs: Vec<DataDirStatus>,
+    /// The pinned-memory tier, if the daemon has one.
+    pub arena: Option<ArenaStatus>,
+}
+
+/// State and counters of the pinned-memory tier.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaStatus {
+    /// Bytes of the arena.
+    pub capacity_bytes: u64,
+    /// Bytes in allocated blocks.
+    pub used_bytes: u64,
+    /// Bytes locked in RAM.
+    pub locked_bytes: u64,
+    /// Eviction policy: `lru` or `schedule`.
+    pub policy: String,
+    /// Shards in the arena.
+    pub resident_shards: u64,
+    /// Their bytes.
+    pub resident_bytes: u64,
+    /// Bytes acknowledged from memory and not on the drive yet.
+    pub dirty_bytes: u64,
+    /// Fetches served from the arena.
+    pub hits: u64,
+    /// Fetches that had to read the drive.
+    pub misses: u64,
+    /// Misses read straight from the drive without caching.
+    pub bypassed: u64,
+    /// Shards evicted under memory pressure.
+    pub evictions: u64,
+    /// Shards evicted on request (demote).
+    pub demoted: u64,
+    /// Prefetches queued.
+    pub prefetch_queued: u64,
+    /// Prefetches loaded.
+    pub prefetch_completed: u64,
+    /// Fetches that found their shard still being prefetched.
+    pub prefetch_late: u64,
+    /// Prefetched shards evicted before any fetch used them.
+    pub prefetch_unused: u64,
+    /// Puts acknowledged from memory.
+    pub write_back_puts: u64,
+    /// Write-back flushes that failed.
+    pub flush_failures: u64,
+}
+
+/// One shard to prefetch, and how urgently.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchItem {
+    /// Key.
+    pub key: Key,
+    /// Position in the order of use (lower first).
+    pub order: u32,
+    /// When it is needed, in milliseconds since the Unix epoch; items with a
+    /// deadline go before items without, earliest first.
+    pub deadline_unix_ms: Option<u64>,
+}
+
+/// Load shards into the arena ahead of use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// The shards.
+    pub items: Vec<PrefetchItem>,
+}
+
+/// Answer to a prefetch: sent at once, the loads run in the background.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchResponse {
+    /// Loads queued.
+    pub queued: u32,
+    /// Shards already in the arena (or loading).
+    pub resident: u32,
+    /// Keys with no shard.
+    pub not_found: Vec<Key>,
+}
+
+/// What an eviction does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvictMode {
+    /// Free the arena copy, keep the drive's (written first if needed).
+    #[default]
+    Demote,
+    /// Delete the shard.
+    Drop,
+}
+
+/// Free arena copies of shards, or delete them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvictRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Keys.
+    pub keys: Vec<Key>,
+    /// What to do.
+    pub mode: EvictMode,
+}
+
+/// What an eviction did, key by key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvictResponse {
+    /// Evicted (or deleted).
+    pub evicted: Vec<Key>,
+    /// Not in the arena (or, with drop, not stored).
+    pub not_resident: Vec<Key>,
+    /// In use (leased or loading): not evicted.
+    pub busy: Vec<Key>,
+    /// Failed, with the reason.
+    pub failed: Vec<(Key, String)>,
+}
+
+/// The access order of one training step (forward then backward, say),
+/// repeated every step; the schedule eviction policy keeps the shards used
+/// soonest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Keys in order of use; a key may occur more than once. Empty removes
+    /// the order.
+    pub keys: Vec<Key>,
+}
+
+/// Answer to a schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleResponse {
+    /// Keys in the registered order.
+    pub len: u32,
+}
+
+/// Where a zero-copy view's bytes are in the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Offset in the arena.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// Answer to a zero-copy fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewResponse {
+    /// The shard.
+    pub meta: ShardMeta,
+    /// Offset in the shard of the first byte.
+    pub offset: u64,
+    /// Bytes in the view.
+    pub len: u64,
+    /// The lease to give back (`release`) when done reading; until then the
+    /// bytes stay where they are, unchanged.
+    pub lease: u64,
+    /// The bytes, in order, as pieces of the arena.
+    pub extents: Vec<Extent>,
+}
+
+/// Give back leases of zero-copy views.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// Leases.
+    pub leases: Vec<u64>,
+}
+
+/// Answer to a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    /// Leases given back (unknown ids are ignored).
+    pub released: u32,
 }
 
 /// State of one data directory.

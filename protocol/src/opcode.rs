@@ -19,11 +19,22 @@ pub enum Opcode {
     Delete,
     /// The daemon's state: no control message; answered with `StatusResponse`.
     Status,
+    /// Load shards into the pinned arena ahead of use: `PrefetchRequest`.
+    Prefetch,
+    /// Free arena copies, or delete shards: `EvictRequest`.
+    Evict,
+    /// Register the access order of a training step: `ScheduleRequest`.
+    Schedule,
+    /// Zero-copy fetch over the Unix socket: `FetchRequest`, answered with
+    /// where the bytes are in the shared arena (`ViewResponse`) and a lease.
+    FetchView,
+    /// Give back leases of zero-copy views: `ReleaseRequest`.
+    Release,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 8] = [
+    pub const ALL: [Opcode; 13] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -32,6 +43,11 @@ impl Opcode {
         Opcode::List,
         Opcode::Delete,
         Opcode::Status,
+        Opcode::Prefetch,
+        Opcode::Evict,
+        Opcode::Schedule,
+        Opcode::FetchView,
+        Opcode::Release,
     ];
 
     /// The wire code.
@@ -45,6 +61,11 @@ impl Opcode {
             Opcode::List => 6,
             Opcode::Delete => 7,
             Opcode::Status => 8,
+            Opcode::Prefetch => 9,
+            Opcode::Evict => 10,
+            Opcode::Schedule => 11,
+            Opcode::FetchView => 12,
+            Opcode::Release => 13,
         }
     }
 
@@ -64,6 +85,11 @@ impl Opcode {
             Opcode::List => "list",
             Opcode::Delete => "delete",
             Opcode::Status => "status",
+            Opcode::Prefetch => "prefetch",
+            Opcode::Evict => "evict",
+            Opcode::Schedule => "schedule",
+            Opcode::FetchView => "fetch_view",
+            Opcode::Release => "release",
         }
     }
 }
@@ -81,11 +107,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(codes, (1..=13).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(9), None);
+        assert_eq!(Opcode::from_code(14), None);
     }
 }

@@ -136,11 +136,15 @@ impl TestDaemon {
 
 fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
     // Test dirs live on whatever disk the machine has: keep no reserve.
-    let text = if extra.contains("[storage]\n") {
+    let mut text = if extra.contains("[storage]\n") {
         extra.replacen("[storage]\n", "[storage]\nmin_free = 0\n", 1)
     } else {
         format!("{extra}\n[storage]\nmin_free = 0\n")
     };
+    // A modest arena per test daemon (many run at once) unless the test sets one.
+    if !text.contains("[arena]") {
+        text.push_str("\n[arena]\nsize = \"128MiB\"\n");
+    }
     let overrides = Overrides {
         data_dirs: vec![dir.join("data")],
         socket: Some(dir.join("shardd.sock").display().to_string()),

@@ -34,6 +34,7 @@ impl Raw {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: "raw test".into(),
+            want_arena: false,
         };
         raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[])
             .await;
@@ -137,6 +138,7 @@ async fn garbage_bad_versions_and_requests_before_hello_close_the_connection() {
         min_version: 2,
         max_version: 3,
         client: "future".into(),
+        want_arena: false,
     };
     raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[])
         .await;

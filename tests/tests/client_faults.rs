@@ -71,6 +71,7 @@ async fn fake_daemon(fault: Fault) -> String {
                 max_inflight_requests: 8,
                 chunk_size: 1 << 20,
             },
+            arena: None,
         };
         send(
             &mut stream,

@@ -155,6 +155,7 @@ impl RawConnection {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: "raw".into(),
+            want_arena: false,
         })
         .unwrap();
         conn.send(Opcode::Hello, 1, &hello).await;

@@ -28,6 +28,7 @@ async fn in_flight_requests_finish_and_late_ones_hear_why() {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         client: "late".into(),
+        want_arena: false,
     })
     .unwrap();
     raw.write_all(&FrameHeader::request(Opcode::Hello, 1, hello.len() as u32, 0).encode())

@@ -136,3 +136,56 @@ fn engine_names_and_parsing() {
             .contains("auto, uring or psync")
     );
 }
+
+/// Reads into and writes from arena blocks, registered as io_uring fixed
+/// buffers (and plain memory for psync), and writes from shared slices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arena_blocks_as_fixed_buffers_and_shared_writes() {
+    use crate::arena::{Arena, ArenaConfig, HugePages};
+    let arena = Arena::create(ArenaConfig {
+        size: 16 << 20,
+        max_block: 1 << 20,
+        huge_pages: HugePages::Off,
+    })
+    .unwrap();
+    let mut kinds = vec![EngineKind::Psync];
+    if IoEngine::uring_available().is_ok() {
+        kinds.push(EngineKind::Uring);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let direct = fs::supports_direct_io(dir.path()).unwrap();
+    for kind in kinds {
+        let engine = IoEngine::start(
+            &IoConfig {
+                engine: kind,
+                ..IoConfig::default()
+            },
+            Some(arena.fixed_memory()),
+        )
+        .unwrap();
+        let path = dir.path().join(format!("a-{}", engine.name()));
+        let file = Arc::new(fs::create_new(&path, direct).unwrap());
+        let data = pattern(1 << 20, 3);
+        let mut block = arena.alloc(1 << 20).unwrap();
+        assert!(block.fixed_index().is_some());
+        block.fill_padded(&data);
+        let out = engine.write(&file, 0, block, 1 << 20).await;
+        assert_eq!(out.result.unwrap(), 1 << 20, "{}", engine.name());
+        // The same bytes again, straight from a shared view of the block.
+        let block = Arc::new(out.buf);
+        let slice = arena.shared_slice(&block, 1 << 20, block.clone());
+        let out = engine.write_shared(&file, 1 << 20, slice, 1 << 20).await;
+        assert_eq!(out.result.unwrap(), 1 << 20);
+        drop(block);
+        engine.sync_data(&file).await.result.unwrap();
+
+        let file = Arc::new(fs::open_read(&path, direct).unwrap());
+        for offset in [0u64, 1 << 20] {
+            let into = arena.alloc(1 << 20).unwrap();
+            let out = engine.read(&file, offset, into, 1 << 20).await;
+            assert_eq!(out.result.unwrap(), 1 << 20);
+            assert!(out.buf.as_slice() == data, "{} at {offset}", engine.name());
+        }
+    }
+    assert_eq!(arena.used(), 0, "every block came back");
+}

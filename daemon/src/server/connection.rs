@@ -1,34 +1,39 @@
 //! One client connection, Unix or TCP alike.
 //!
-//! The reading side takes frames in order: it checks each header against
-//! the limits before reading anything else, streams put payloads straight
-//! into chunk buffers, and hands every request to its own task. Answers go
-//! through a channel to the writing side, which writes whole frames in the
-//! order they are ready, so answers to pipelined requests may overtake each
-//! other and a large fetch never blocks a small one.
+//! After the hello ([`super::handshake`]), the reading side takes frames in
+//! order: it checks each header against the limits before reading anything
+//! else, streams put payloads straight into chunk buffers (arena blocks when
+//! the shard can stay cached), and hands every other request to its own
+//! task. Answers go through a channel to the writing side, which writes
+//! whole frames in the order they are ready, so answers to pipelined
+//! requests may overtake each other and a large fetch never blocks a small
+//! one.
 //!
 //! Back-pressure: at most `max_inflight_requests` requests run at once per
 //! connection (the reader waits beyond that), and chunk buffers count
 //! against the connection's share of the buffer budget. A client that stops
 //! reading its answers stalls only its own connection; after `io_timeout`
-//! without progress the connection is closed and everything it held is
-//! released.
+//! without progress the connection is closed and everything it held,
+//! leases of zero-copy views included, is released.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use shardd_protocol::{
-    FrameHeader, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, ProtocolError, PutRequest,
-    ServerLimits, Status, codec,
+    Durability, FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, ShardMeta, Status,
+    codec,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::ServerContext;
 use super::frame::{self, NextFrame, OutFrame};
-use super::{ServerContext, handlers};
-use crate::store::{BufferScope, PutSpec};
+use super::handlers::{self, ConnShared};
+use super::handshake::{self, Transport};
+use crate::io::AlignedBuf;
+use crate::store::{PutSpec, StoreError};
 
 /// Bytes of the read and write buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
@@ -52,36 +57,35 @@ impl Responder {
 
 /// Serves one connection until the peer closes it, it breaks, or the daemon
 /// shuts down (then in-flight requests finish first).
-pub async fn serve<R, W>(
-    ctx: Arc<ServerContext>,
-    reader: R,
-    writer: W,
-    transport: &'static str,
-    peer: String,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: String) {
     let conn_id = ctx.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id = conn_id, transport, peer = %peer);
+    let span = tracing::info_span!("conn", id = conn_id, transport = S::NAME, peer = %peer);
     async move {
         tracing::debug!("connection opened");
+        let hello = match handshake::handshake(&ctx, &mut stream).await {
+            Ok(hello) => hello,
+            Err(reason) => {
+                tracing::info!(%reason, "closing connection");
+                return;
+            }
+        };
+        let (reader, writer) = stream.split();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let broken = CancellationToken::new();
         let writer_task = tokio::spawn(
             write_loop(writer, rx, ctx.config.io_timeout, broken.clone()).in_current_span(),
         );
+        let scope = ctx
+            .store
+            .buffers()
+            .scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
-            scope: ctx
-                .store
-                .buffers()
-                .scope(ctx.config.connection_buffer_memory),
+            shared: Arc::new(ConnShared::new(scope, hello.arena_mapped)),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
             responder: Responder { tx },
             reader: BufReader::with_capacity(SOCKET_BUFFER, reader),
             broken,
             ctx,
-            handshaken: false,
         };
         let outcome = conn.read_loop().await;
         match &outcome {
@@ -89,7 +93,8 @@ pub async fn serve<R, W>(
             Err(reason) => tracing::info!(%reason, "closing connection"),
         }
         // Handlers still running hold clones of the sender; the writer ends
-        // once they have answered and the queue is drained.
+        // once they have answered and the queue is drained. Leases go with
+        // the last reference to the connection's shared state.
         drop(conn);
         let _ = writer_task.await;
     }
@@ -133,22 +138,30 @@ struct Connection<R> {
     ctx: Arc<ServerContext>,
     reader: BufReader<R>,
     responder: Responder,
-    scope: BufferScope,
+    shared: Arc<ConnShared>,
     inflight: Arc<Semaphore>,
     broken: CancellationToken,
-    handshaken: bool,
+}
+
+/// Where a put's chunks go while they arrive.
+enum PutTarget {
+    /// Pool buffers, freed once written.
+    Pool,
+    /// Arena blocks, kept as the cached copy.
+    Arena(std::vec::IntoIter<AlignedBuf>),
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     async fn read_loop(&mut self) -> Result<(), Closed> {
         let broken = self.broken.clone();
         let shutdown = self.ctx.shutdown.clone();
+        let timeout = self.ctx.config.io_timeout;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
                 _ = shutdown.cancelled() => return self.refuse_until_quiet().await,
-                next = self.wait_for_frame() => next,
+                next = frame::read_header(&mut self.reader, timeout) => next,
             };
             let bytes = match next.map_err(|e| e.to_string())? {
                 NextFrame::Closed => return Ok(()),
@@ -163,6 +176,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     /// peer is quiet for a moment, while requests in flight finish.
     async fn refuse_until_quiet(&mut self) -> Result<(), Closed> {
         let broken = self.broken.clone();
+        let shutting_down = || Closed::from("the daemon is shutting down");
         loop {
             let wait = tokio::time::timeout(
                 SHUTDOWN_QUIET,
@@ -173,17 +187,14 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
                 next = wait => next,
             };
-            let bytes = match next {
-                Err(_) | Ok(Ok(NextFrame::Closed)) | Ok(Err(_)) => {
-                    return Err("the daemon is shutting down".into());
-                }
-                Ok(Ok(NextFrame::Header(bytes))) => bytes,
+            let Ok(Ok(NextFrame::Header(bytes))) = next else {
+                return Err(shutting_down());
             };
             let Ok(header) = FrameHeader::decode(&bytes) else {
-                return Err("the daemon is shutting down".into());
+                return Err(shutting_down());
             };
             if header.check_limits(&self.ctx.limits()).is_err() {
-                return Err("the daemon is shutting down".into());
+                return Err(shutting_down());
             }
             self.discard(header.control_len as u64 + header.payload_len)
                 .await?;
@@ -194,21 +205,6 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 "the daemon is shutting down; send this request to it again once it is back".into(),
             )
             .await;
-        }
-    }
-
-    async fn wait_for_frame(&mut self) -> std::io::Result<NextFrame> {
-        let timeout = self.ctx.config.io_timeout;
-        if self.handshaken {
-            return frame::read_header(&mut self.reader, timeout).await;
-        }
-        let limit = self.ctx.config.handshake_timeout;
-        match tokio::time::timeout(limit, frame::read_header(&mut self.reader, timeout)).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no hello within {limit:?}"),
-            )),
         }
     }
 
@@ -235,13 +231,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                         .await;
                 }
                 self.discard(control_len as u64 + payload_len).await?;
-                self.answer_error(
-                    Opcode::Ping,
-                    request_id,
-                    Status::BadRequest,
-                    format!("unknown opcode {opcode}"),
-                )
-                .await;
+                let message = format!("unknown opcode {opcode}");
+                self.answer_error(Opcode::Ping, request_id, Status::BadRequest, message)
+                    .await;
                 return Ok(());
             }
             Err(e @ ProtocolError::UnsupportedVersion(_)) => {
@@ -258,27 +250,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let id = header.request_id;
         let op = header.opcode;
         if header.is_response() || header.has_more() {
-            return self
-                .fatal(
-                    op,
-                    id,
-                    Status::BadRequest,
-                    "clients send requests only (no RESPONSE or MORE flag)".into(),
-                )
-                .await;
+            let message = "clients send requests only (no RESPONSE or MORE flag)".to_string();
+            return self.fatal(op, id, Status::BadRequest, message).await;
         }
         if let Err(e) = header.check_limits(&limits) {
             return self.fatal(op, id, Status::TooLarge, e.to_string()).await;
-        }
-        if !self.handshaken && op != Opcode::Hello {
-            return self
-                .fatal(
-                    op,
-                    id,
-                    Status::BadRequest,
-                    format!("the first request must be hello, not {op}"),
-                )
-                .await;
         }
         let mut control = vec![0u8; header.control_len as usize];
         frame::read_exact(&mut self.reader, &mut control, self.ctx.config.io_timeout)
@@ -295,15 +271,17 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             return Ok(());
         }
         if op == Opcode::Hello {
-            return self.hello(id, &control).await;
+            self.answer_error(op, id, Status::BadRequest, "hello was already sent".into())
+                .await;
+            return Ok(());
         }
         let permit = self.permit().await?;
         let ctx = self.ctx.clone();
         let responder = self.responder.clone();
-        let scope = self.scope.clone();
+        let shared = self.shared.clone();
         self.ctx.tasks.spawn(
             async move {
-                handlers::handle(&ctx, op, id, &control, &responder, scope).await;
+                handlers::handle(&ctx, op, id, &control, &responder, &shared).await;
                 drop(permit);
             }
             .in_current_span(),
@@ -319,55 +297,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             .map_err(|_| Closed::from("request limiter closed"))
     }
 
-    async fn hello(&mut self, id: u64, control: &[u8]) -> Result<(), Closed> {
-        if self.handshaken {
-            self.answer_error(
-                Opcode::Hello,
-                id,
-                Status::BadRequest,
-                "hello was already sent".into(),
-            )
-            .await;
-            return Ok(());
-        }
-        let hello: HelloRequest = match codec::decode(control) {
-            Ok(hello) => hello,
-            Err(e) => {
-                return self
-                    .fatal(Opcode::Hello, id, Status::BadRequest, e.to_string())
-                    .await;
-            }
-        };
-        if !(hello.min_version..=hello.max_version).contains(&PROTOCOL_VERSION) {
-            let message = format!(
-                "client speaks protocol versions {}..={}, this daemon speaks {PROTOCOL_VERSION}",
-                hello.min_version, hello.max_version
-            );
-            return self
-                .fatal(Opcode::Hello, id, Status::UnsupportedVersion, message)
-                .await;
-        }
-        tracing::debug!(client = %hello.client, "hello");
-        self.handshaken = true;
-        let config = &self.ctx.config;
-        let response = HelloResponse {
-            version: PROTOCOL_VERSION,
-            server: self.ctx.server_name.clone(),
-            limits: ServerLimits {
-                max_payload_len: self.ctx.store.config().max_shard_bytes,
-                max_control_len: shardd_protocol::MAX_CONTROL_LEN,
-                max_inflight_requests: config.max_inflight_requests,
-                chunk_size: self.ctx.store.config().chunk_size,
-            },
-        };
-        self.responder
-            .send(OutFrame::ok(Opcode::Hello, id, &response))
-            .await;
-        Ok(())
-    }
-
     /// A put: the payload is read here, in order, straight into chunk
-    /// buffers that go to the drive; the commit runs in its own task.
+    /// buffers; the commit runs in its own task.
     async fn take_put(&mut self, header: FrameHeader, control: &[u8]) -> Result<(), Closed> {
         let id = header.request_id;
         let len = header.payload_len;
@@ -382,7 +313,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         };
         let permit = self.permit().await?;
         let span = tracing::debug_span!("put", id, namespace = %request.namespace, key = %request.key, bytes = len);
+        let cache = self.ctx.cache.clone();
         let spec = PutSpec {
+            newer_than: cache
+                .as_ref()
+                .and_then(|c| c.unflushed_version(&request.namespace, &request.key)),
             namespace: request.namespace,
             key: request.key,
             version: request.version,
@@ -391,6 +326,18 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             len,
             crc32c: request.crc32c,
         };
+        // Write-back: acknowledged once in the arena, if the arena can take it.
+        if let (Durability::WriteBack, Some(cache)) = (request.durability, &cache) {
+            if cache.admits_write_back(len) {
+                if let Some(blocks) = cache.blocks_for_put(len) {
+                    return self
+                        .take_write_back(id, spec, blocks)
+                        .instrument(span)
+                        .await;
+                }
+            }
+            tracing::debug!("write-back put does not fit the arena now; writing it through");
+        }
         let mut writer = match self
             .ctx
             .store
@@ -407,12 +354,26 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 return Ok(());
             }
         };
+        // Arena blocks keep the shard cached after the put.
+        let mut target = match cache.as_ref().and_then(|c| c.blocks_for_put(len)) {
+            Some(blocks) => {
+                writer.keep_chunks();
+                PutTarget::Arena(blocks.into_iter())
+            }
+            None => PutTarget::Pool,
+        };
         let timeout = self.ctx.config.io_timeout;
         let mut failed = None;
         let mut remaining = len;
         while remaining > 0 {
             let n = writer.next_chunk_len();
-            let mut buf = match writer.next_buffer(&self.scope).await {
+            let next = match &mut target {
+                PutTarget::Arena(blocks) => blocks
+                    .next()
+                    .ok_or_else(|| StoreError::BadRequest("arena blocks ran out".into())),
+                PutTarget::Pool => writer.next_buffer(&self.shared.scope).await,
+            };
+            let mut buf = match next {
                 Ok(buf) => buf,
                 Err(e) => {
                     failed = Some(e);
@@ -443,15 +404,86 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .await;
             return Ok(());
         }
+        let kept = matches!(target, PutTarget::Arena(_));
         let ctx = self.ctx.clone();
         let responder = self.responder.clone();
         self.ctx.tasks.spawn(
             async move {
-                handlers::commit_put(&ctx, &responder, id, writer).await;
+                handlers::commit_put(&ctx, &responder, id, writer, kept).await;
                 drop(permit);
             }
             .instrument(span),
         );
+        Ok(())
+    }
+
+    /// A write-back put: the payload goes into arena blocks, is checked, and
+    /// the put is acknowledged; the cache writes it to the drive later.
+    async fn take_write_back(
+        &mut self,
+        id: u64,
+        spec: PutSpec,
+        blocks: Vec<AlignedBuf>,
+    ) -> Result<(), Closed> {
+        let len = spec.len;
+        let chunk_size = self.ctx.store.config().chunk_size as u64;
+        let version = match self.ctx.store.check_put(&spec) {
+            Ok(version) => version,
+            Err(e) => {
+                self.discard(len).await?;
+                handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e).await;
+                return Ok(());
+            }
+        };
+        let timeout = self.ctx.config.io_timeout;
+        let mut chunks = Vec::with_capacity(blocks.len());
+        let mut crc = 0u32;
+        let mut received = 0u64;
+        for mut block in blocks {
+            let n = (len - received).min(chunk_size) as usize;
+            let read =
+                frame::read_exact(&mut self.reader, &mut block.as_mut_capacity()[..n], timeout)
+                    .await;
+            if let Err(e) = read {
+                return Err(format!(
+                    "put payload ended after {received} of {len} bytes: {e}"
+                ));
+            }
+            block.set_len(n);
+            // Zeros after the bytes: the block is written out whole-page.
+            block.zero_pad();
+            crc = crc32c::crc32c_append(crc, block.as_slice());
+            received += n as u64;
+            chunks.push(block);
+        }
+        if let Some(expected) = spec.crc32c.filter(|&c| c != crc) {
+            let e = StoreError::ChecksumMismatch(format!(
+                "{}/{}: the sender's CRC32C {expected:#010x} does not match the received bytes' {crc:#010x}",
+                spec.namespace, spec.key
+            ));
+            handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e).await;
+            return Ok(());
+        }
+        let meta = ShardMeta {
+            namespace: spec.namespace,
+            key: spec.key,
+            version,
+            dtype: spec.dtype,
+            shape: spec.shape,
+            len,
+            crc32c: crc,
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        if let Some(cache) = &self.ctx.cache {
+            cache.install_dirty(meta.clone(), chunks);
+        }
+        self.ctx.bytes_in.fetch_add(len, Ordering::Relaxed);
+        self.responder
+            .send(OutFrame::ok(Opcode::Put, id, &PutResponse { meta }))
+            .await;
         Ok(())
     }
 

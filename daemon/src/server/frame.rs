@@ -7,14 +7,45 @@ use serde::Serialize;
 use shardd_protocol::{ErrorResponse, FrameHeader, HEADER_LEN, Opcode, Status, codec};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+use crate::cache::Lease;
 use crate::store::Chunk;
+
+/// The bytes a response frame carries.
+#[derive(Debug)]
+pub enum Payload {
+    /// A verified chunk read from the drive.
+    Chunk(Chunk),
+    /// Part of a chunk of a shard in the arena, held by a lease until sent.
+    Cached {
+        /// Holds the shard.
+        lease: Lease,
+        /// Which chunk.
+        chunk: usize,
+        /// Which bytes of it.
+        range: std::ops::Range<usize>,
+    },
+}
+
+impl Payload {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Chunk(chunk) => chunk.bytes(),
+            Payload::Cached {
+                lease,
+                chunk,
+                range,
+            } => &lease.chunks()[*chunk].as_slice()[range.clone()],
+        }
+    }
+}
 
 /// A response frame, ready to be written.
 #[derive(Debug)]
 pub struct OutFrame {
     header: [u8; HEADER_LEN],
     control: Vec<u8>,
-    payload: Option<Chunk>,
+    payload: Option<Payload>,
 }
 
 impl OutFrame {
@@ -25,9 +56,9 @@ impl OutFrame {
         status: Status,
         more: bool,
         control: Vec<u8>,
-        payload: Option<Chunk>,
+        payload: Option<Payload>,
     ) -> OutFrame {
-        let payload_len = payload.as_ref().map_or(0, |c| c.range.len() as u64);
+        let payload_len = payload.as_ref().map_or(0, |p| p.bytes().len() as u64);
         let header = FrameHeader::response(
             opcode,
             request_id,
@@ -85,8 +116,8 @@ impl OutFrame {
         if !self.control.is_empty() {
             out.write_all(&self.control).await?;
         }
-        if let Some(chunk) = &self.payload {
-            out.write_all(chunk.bytes()).await?;
+        if let Some(payload) = &self.payload {
+            out.write_all(payload.bytes()).await?;
         }
         Ok(())
     }

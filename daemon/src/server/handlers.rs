@@ -1,20 +1,54 @@
 //! Request handlers, and the one place where store errors become wire
 //! statuses (logged once, at the level they deserve).
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    DeleteRequest, DeleteResponse, FetchRequest, FetchResponse, ListRequest, ListResponse,
-    MAX_CONTROL_LEN, MAX_LIST_LIMIT, Opcode, PutResponse, ShardMeta, StatRequest, StatResponse,
-    Status, StatusResponse, codec,
+    DeleteRequest, DeleteResponse, EvictRequest, Extent, FetchRequest, FetchResponse, ListRequest,
+    ListResponse, MAX_CONTROL_LEN, MAX_LIST_LIMIT, Opcode, PrefetchRequest, PutResponse,
+    ReleaseRequest, ReleaseResponse, ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest,
+    StatResponse, Status, StatusResponse, ViewResponse, codec,
 };
 use tracing::Instrument;
 
 use super::ServerContext;
 use super::connection::Responder;
-use super::frame::OutFrame;
-use crate::store::{BufferScope, ShardWriter, StoreError};
+use super::frame::{OutFrame, Payload};
+use crate::cache::{Cache, Lease, Lookup};
+use crate::store::{BufferScope, ShardReader, ShardWriter, StoreError};
+
+/// What a connection's requests share.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// The connection's share of the buffer budget.
+    pub scope: BufferScope,
+    /// Whether the client mapped the arena (zero-copy fetches allowed).
+    pub arena_mapped: bool,
+    /// Leases of zero-copy views the client holds, by id; all go when the
+    /// connection does.
+    pub leases: Mutex<HashMap<u64, Lease>>,
+    next_lease: AtomicU64,
+}
+
+impl ConnShared {
+    /// State for a new connection.
+    pub fn new(scope: BufferScope, arena_mapped: bool) -> ConnShared {
+        ConnShared {
+            scope,
+            arena_mapped,
+            leases: Mutex::new(HashMap::new()),
+            next_lease: AtomicU64::new(1),
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Runs one request that has no payload and answers it.
 pub async fn handle(
@@ -23,98 +57,175 @@ pub async fn handle(
     id: u64,
     control: &[u8],
     responder: &Responder,
-    scope: BufferScope,
+    conn: &Arc<ConnShared>,
 ) {
-    match op {
+    let result = match op {
         Opcode::Ping => {
             responder.send(OutFrame::empty_ok(op, id)).await;
+            return;
         }
-        Opcode::Status => {
-            let status = status(ctx).await;
-            responder.send(OutFrame::ok(op, id, &status)).await;
-        }
-        Opcode::Stat => {
-            let Some(req) = decode::<StatRequest>(op, id, control, responder).await else {
-                return;
-            };
-            match ctx.store.stat(&req.namespace, &req.key) {
-                Ok(meta) => {
-                    responder
-                        .send(OutFrame::ok(op, id, &StatResponse { meta }))
-                        .await;
-                }
-                Err(e) => answer_store_error(ctx, responder, op, id, &e).await,
+        Opcode::Status => Ok(answer(op, id, &status(ctx).await)),
+        Opcode::Stat => match decode::<StatRequest>(control) {
+            Ok(req) => stat(ctx, &req).map(|r| answer(op, id, &r)),
+            Err(e) => Err(e),
+        },
+        Opcode::List => decode::<ListRequest>(control).map(|req| answer(op, id, &list(ctx, req))),
+        Opcode::Delete => match decode::<DeleteRequest>(control) {
+            Ok(req) => {
+                let span =
+                    tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
+                delete(ctx, &req)
+                    .instrument(span)
+                    .await
+                    .map(|version| answer(op, id, &DeleteResponse { version }))
             }
-        }
-        Opcode::List => {
-            let Some(req) = decode::<ListRequest>(op, id, control, responder).await else {
+            Err(e) => Err(e),
+        },
+        Opcode::Fetch => match decode::<FetchRequest>(control) {
+            Ok(req) => {
+                let span =
+                    tracing::debug_span!("fetch", id, namespace = %req.namespace, key = %req.key);
+                fetch(ctx, id, req, responder, conn).instrument(span).await;
                 return;
-            };
-            responder.send(OutFrame::ok(op, id, &list(ctx, req))).await;
+            }
+            Err(e) => Err(e),
+        },
+        Opcode::FetchView => match decode::<FetchRequest>(control) {
+            Ok(req) => {
+                let span = tracing::debug_span!("fetch_view", id, namespace = %req.namespace, key = %req.key);
+                fetch_view(ctx, req, conn)
+                    .instrument(span)
+                    .await
+                    .map(|view| answer(op, id, &view))
+            }
+            Err(e) => Err(e),
+        },
+        Opcode::Release => decode::<ReleaseRequest>(control).map(|req| {
+            let mut leases = conn.leases();
+            let released = req
+                .leases
+                .iter()
+                .filter(|l| leases.remove(l).is_some())
+                .count();
+            answer(
+                op,
+                id,
+                &ReleaseResponse {
+                    released: released as u32,
+                },
+            )
+        }),
+        Opcode::Prefetch => match (decode::<PrefetchRequest>(control), cache(ctx)) {
+            (Ok(req), Ok(cache)) => Ok(answer(op, id, &cache.prefetch(&req.namespace, req.items))),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Opcode::Evict => match (decode::<EvictRequest>(control), cache(ctx)) {
+            (Ok(req), Ok(cache)) => Ok(answer(
+                op,
+                id,
+                &cache.evict(&req.namespace, &req.keys, req.mode).await,
+            )),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Opcode::Schedule => match (decode::<ScheduleRequest>(control), cache(ctx)) {
+            (Ok(req), Ok(cache)) => {
+                cache.set_schedule(req.namespace, &req.keys);
+                Ok(answer(
+                    op,
+                    id,
+                    &ScheduleResponse {
+                        len: req.keys.len() as u32,
+                    },
+                ))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Opcode::Hello | Opcode::Put => Err(StoreError::Other {
+            status: Status::Internal,
+            message: format!("{op} cannot be handled here"),
+        }),
+    };
+    match result {
+        Ok(frame) => {
+            responder.send(frame).await;
         }
-        Opcode::Delete => {
-            let Some(req) = decode::<DeleteRequest>(op, id, control, responder).await else {
-                return;
-            };
-            let span =
-                tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
-            match ctx
-                .store
+        Err(e) => answer_store_error(ctx, responder, op, id, &e).await,
+    }
+}
+
+fn answer<T: Serialize>(op: Opcode, id: u64, message: &T) -> OutFrame {
+    OutFrame::ok(op, id, message)
+}
+
+fn decode<T: DeserializeOwned>(control: &[u8]) -> Result<T, StoreError> {
+    codec::decode(control).map_err(|e| StoreError::BadRequest(e.to_string()))
+}
+
+fn cache(ctx: &ServerContext) -> Result<&Cache, StoreError> {
+    ctx.cache.as_ref().ok_or_else(|| {
+        StoreError::BadRequest("this daemon has no pinned-memory arena (arena.size = 0)".into())
+    })
+}
+
+fn stat(ctx: &ServerContext, req: &StatRequest) -> Result<StatResponse, StoreError> {
+    match &ctx.cache {
+        Some(cache) => {
+            let (meta, cache) = cache.stat(&req.namespace, &req.key)?;
+            Ok(StatResponse { meta, cache })
+        }
+        None => Ok(StatResponse {
+            meta: ctx.store.stat(&req.namespace, &req.key)?,
+            cache: Default::default(),
+        }),
+    }
+}
+
+async fn delete(ctx: &ServerContext, req: &DeleteRequest) -> Result<u64, StoreError> {
+    match &ctx.cache {
+        Some(cache) => cache.delete(&req.namespace, &req.key, req.version).await,
+        None => {
+            ctx.store
                 .delete(&req.namespace, &req.key, req.version)
-                .instrument(span.clone())
                 .await
-            {
-                Ok(version) => {
-                    responder
-                        .send(OutFrame::ok(op, id, &DeleteResponse { version }))
-                        .await;
-                }
-                Err(e) => {
-                    answer_store_error(ctx, responder, op, id, &e)
-                        .instrument(span)
-                        .await
-                }
-            }
-        }
-        Opcode::Fetch => {
-            let Some(req) = decode::<FetchRequest>(op, id, control, responder).await else {
-                return;
-            };
-            let span =
-                tracing::debug_span!("fetch", id, namespace = %req.namespace, key = %req.key);
-            fetch(ctx, id, req, responder, scope).instrument(span).await;
-        }
-        Opcode::Hello | Opcode::Put => {
-            // Taken by the connection itself; never dispatched here.
-            let message = format!("{op} cannot be handled here");
-            responder
-                .send(OutFrame::error(op, id, Status::Internal, message, None))
-                .await;
         }
     }
 }
 
-async fn decode<T: DeserializeOwned>(
-    op: Opcode,
-    id: u64,
-    control: &[u8],
-    responder: &Responder,
-) -> Option<T> {
-    match codec::decode(control) {
-        Ok(value) => Some(value),
-        Err(e) => {
-            tracing::debug!(%op, id, error = %e, "malformed request");
-            responder
-                .send(OutFrame::error(
-                    op,
-                    id,
-                    Status::BadRequest,
-                    e.to_string(),
-                    None,
-                ))
-                .await;
-            None
+/// Where a fetch's bytes come from.
+enum Source {
+    Arena(Lease),
+    Drive(ShardReader),
+}
+
+impl Source {
+    fn meta(&self) -> &ShardMeta {
+        match self {
+            Source::Arena(lease) => &lease.meta,
+            Source::Drive(reader) => reader.meta(),
         }
+    }
+}
+
+/// The part of the shard a fetch asks for, checked against the shard and
+/// the client's limit.
+fn fetch_range(meta: &ShardMeta, req: &FetchRequest) -> Result<(u64, u64), StoreError> {
+    let (offset, len) = match req.range {
+        None => (0, meta.len),
+        Some(range) => match range.offset.checked_add(range.len) {
+            Some(end) if end <= meta.len => (range.offset, range.len),
+            _ => {
+                return Err(StoreError::BadRequest(format!(
+                    "range {}+{} lies outside {}/{} ({} bytes)",
+                    range.offset, range.len, meta.namespace, meta.key, meta.len
+                )));
+            }
+        },
+    };
+    match req.max_len {
+        Some(max) if len > max => Err(StoreError::TooLarge(format!(
+            "the answer has {len} bytes, the client takes at most {max}"
+        ))),
+        _ => Ok((offset, len)),
     }
 }
 
@@ -123,42 +234,40 @@ async fn fetch(
     id: u64,
     req: FetchRequest,
     responder: &Responder,
-    scope: BufferScope,
+    conn: &ConnShared,
 ) {
     let op = Opcode::Fetch;
-    let reader = match ctx.store.open_reader(&req.namespace, &req.key).await {
-        Ok(reader) => reader,
+    let source = match &ctx.cache {
+        Some(cache) => match cache.fetch(&req.namespace, &req.key).await {
+            Ok(Lookup::Resident(lease)) => Ok(Source::Arena(lease)),
+            Ok(Lookup::Bypass(reason)) => {
+                tracing::debug!(%reason, "reading straight from the drive");
+                ctx.store
+                    .open_reader(&req.namespace, &req.key)
+                    .await
+                    .map(Source::Drive)
+            }
+            Err(e) => Err(e),
+        },
+        None => ctx
+            .store
+            .open_reader(&req.namespace, &req.key)
+            .await
+            .map(Source::Drive),
+    };
+    let source = match source {
+        Ok(source) => source,
         Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
     };
-    let meta = reader.meta().clone();
-    let (offset, len): (u64, u64) = match req.range {
-        None => (0, meta.len),
-        Some(range) => match range.offset.checked_add(range.len) {
-            Some(end) if end <= meta.len => (range.offset, range.len),
-            _ => {
-                let message = format!(
-                    "range {}+{} lies outside {}/{} ({} bytes)",
-                    range.offset, range.len, meta.namespace, meta.key, meta.len
-                );
-                return answer_store_error(
-                    ctx,
-                    responder,
-                    op,
-                    id,
-                    &StoreError::BadRequest(message),
-                )
-                .await;
-            }
-        },
+    let (offset, len) = match fetch_range(source.meta(), &req) {
+        Ok(range) => range,
+        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
     };
-    if let Some(max) = req.max_len {
-        if len > max {
-            let message = format!("the answer has {len} bytes, the client takes at most {max}");
-            return answer_store_error(ctx, responder, op, id, &StoreError::TooLarge(message))
-                .await;
-        }
-    }
-    let head = match codec::encode(&FetchResponse { meta, offset, len }) {
+    let head = match codec::encode(&FetchResponse {
+        meta: source.meta().clone(),
+        offset,
+        len,
+    }) {
         Ok(control) => control,
         Err(e) => {
             let error = StoreError::io("encode fetch answer", std::io::Error::other(e));
@@ -171,33 +280,96 @@ async fn fetch(
             .await;
         return;
     }
+    // The first frame carries the FetchResponse; the rest only bytes.
     let mut head = Some(head);
-    let mut chunks = reader.chunks(offset, len, scope);
     let mut sent = 0u64;
-    while let Some(next) = chunks.next().await {
-        let chunk = match next {
-            Ok(chunk) => chunk,
-            Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
-        };
-        sent += chunk.range.len() as u64;
-        let more = sent < len;
-        // The first frame carries the FetchResponse; the rest only bytes.
+    let mut send = async |payload: Payload| {
+        sent += payload.bytes().len() as u64;
         let control = head.take().unwrap_or_default();
-        if !responder
+        responder
             .send(OutFrame::new(
                 op,
                 id,
                 Status::Ok,
-                more,
+                sent < len,
                 control,
-                Some(chunk),
+                Some(payload),
             ))
             .await
-        {
-            return; // the connection is gone
+    };
+    match source {
+        Source::Arena(lease) => {
+            for (chunk, range) in lease.pieces(offset, len) {
+                let payload = Payload::Cached {
+                    lease: lease.clone(),
+                    chunk,
+                    range,
+                };
+                if !send(payload).await {
+                    return; // the connection is gone
+                }
+            }
+        }
+        Source::Drive(reader) => {
+            let mut chunks = reader.chunks(offset, len, conn.scope.clone());
+            while let Some(next) = chunks.next().await {
+                let chunk = match next {
+                    Ok(chunk) => chunk,
+                    Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+                };
+                if !send(Payload::Chunk(chunk)).await {
+                    return;
+                }
+            }
         }
     }
-    ctx.bytes_out.fetch_add(sent, Ordering::Relaxed);
+    ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
+}
+
+/// A zero-copy fetch: the shard is made resident and leased to the
+/// connection; the answer says where its bytes are in the shared arena.
+async fn fetch_view(
+    ctx: &ServerContext,
+    req: FetchRequest,
+    conn: &ConnShared,
+) -> Result<ViewResponse, StoreError> {
+    let cache = cache(ctx)?;
+    if !conn.arena_mapped {
+        return Err(StoreError::BadRequest(
+            "zero-copy fetches need the arena mapped: ask for it in the hello, over the Unix socket".into(),
+        ));
+    }
+    let lease = match cache.fetch(&req.namespace, &req.key).await? {
+        Lookup::Resident(lease) => lease,
+        Lookup::Bypass(reason) => {
+            return Err(StoreError::Other {
+                status: Status::Busy,
+                message: format!(
+                    "{}/{} cannot be placed in the arena now: {reason}",
+                    req.namespace, req.key
+                ),
+            });
+        }
+    };
+    let (offset, len) = fetch_range(&lease.meta, &req)?;
+    let arena = cache.arena();
+    let extents = lease
+        .pieces(offset, len)
+        .map(|(chunk, range)| Extent {
+            offset: arena.offset_of(lease.chunks()[chunk].as_ptr()) + range.start as u64,
+            len: range.len() as u64,
+        })
+        .collect();
+    let meta = lease.meta.clone();
+    let id = conn.next_lease.fetch_add(1, Ordering::Relaxed);
+    conn.leases().insert(id, lease);
+    Ok(ViewResponse {
+        meta,
+        offset,
+        len,
+        lease: id,
+        extents,
+    })
 }
 
 /// Bytes a `ShardMeta` takes in a control message (fixed-width encoding).
@@ -213,6 +385,30 @@ fn list(ctx: &ServerContext, req: ListRequest) -> ListResponse {
         req.start_after.as_deref(),
         limit,
     );
+    // Shards acknowledged from memory and not on the drive yet are listed
+    // too, in place of the drive's older version.
+    if let Some(cache) = &ctx.cache {
+        let unflushed: Vec<ShardMeta> = cache
+            .unflushed(&req.namespace)
+            .into_iter()
+            .filter(|m| m.key.as_str().starts_with(&req.prefix))
+            .filter(|m| {
+                req.start_after
+                    .as_deref()
+                    .is_none_or(|after| m.key.as_str() > after)
+            })
+            .collect();
+        if !unflushed.is_empty() {
+            shards.retain(|m| !unflushed.iter().any(|u| u.key == m.key));
+            shards.extend(unflushed);
+            shards.sort_by(|a, b| a.key.cmp(&b.key));
+            if shards.len() > limit {
+                // Keep the page contiguous: what is cut comes on the next page.
+                shards.truncate(limit);
+                more = true;
+            }
+        }
+    }
     // Keep the answer within the control limit, with room for the framing.
     let budget = MAX_CONTROL_LEN as usize - 64;
     let mut used = 16;
@@ -241,12 +437,35 @@ async fn status(ctx: &ServerContext) -> StatusResponse {
         quarantined: store.quarantined,
         connections: ctx.connections.load(Ordering::Relaxed),
         data_dirs: store.data_dirs,
+        arena: ctx.cache.as_ref().map(Cache::status),
     }
 }
 
-/// Finishes a put whose payload has been read and answers it.
-pub async fn commit_put(ctx: &ServerContext, responder: &Responder, id: u64, writer: ShardWriter) {
-    match writer.commit().await {
+/// Finishes a put whose payload has been read and answers it. A put into
+/// arena blocks keeps them as the cached copy; otherwise a cached older
+/// version is dropped.
+pub async fn commit_put(
+    ctx: &ServerContext,
+    responder: &Responder,
+    id: u64,
+    writer: ShardWriter,
+    kept: bool,
+) {
+    let result = if kept {
+        writer.commit_keeping_chunks().await.map(|(meta, chunks)| {
+            if let Some(cache) = &ctx.cache {
+                cache.install(meta.clone(), chunks);
+            }
+            meta
+        })
+    } else {
+        writer.commit().await.inspect(|meta| {
+            if let Some(cache) = &ctx.cache {
+                cache.forget_older(&meta.namespace, &meta.key, meta.version);
+            }
+        })
+    };
+    match result {
         Ok(meta) => {
             ctx.bytes_in.fetch_add(meta.len, Ordering::Relaxed);
             tracing::debug!(version = meta.version, "stored");

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shardd_protocol::{Opcode, Status};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use super::ServerContext;
 use super::connection;
 use super::frame::OutFrame;
+use super::handshake::Transport;
 
 /// The bound sockets.
 #[derive(Debug)]
@@ -80,15 +81,13 @@ impl Listeners {
 
 /// One kind of listening socket.
 trait Acceptor: Send + 'static {
-    type Reader: AsyncRead + Unpin + Send + 'static;
-    type Writer: AsyncWrite + Unpin + Send + 'static;
-    /// `unix` or `tcp`, for logs.
-    const TRANSPORT: &'static str;
+    /// The connected stream it yields.
+    type Stream: Transport;
     /// The next connection, set up, and a description of the peer.
     fn accept(
         &self,
         ctx: &ServerContext,
-    ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer, String)>> + Send;
+    ) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
 }
 
 /// The Unix listener; dropping it removes the socket file.
@@ -98,22 +97,16 @@ struct UnixAcceptor {
 }
 
 impl Acceptor for UnixAcceptor {
-    type Reader = tokio::net::unix::OwnedReadHalf;
-    type Writer = tokio::net::unix::OwnedWriteHalf;
-    const TRANSPORT: &'static str = "unix";
+    type Stream = UnixStream;
 
-    async fn accept(
-        &self,
-        ctx: &ServerContext,
-    ) -> io::Result<(Self::Reader, Self::Writer, String)> {
+    async fn accept(&self, ctx: &ServerContext) -> io::Result<(UnixStream, String)> {
         let (stream, _) = self.listener.accept().await?;
         set_send_buffer(&stream, ctx.config.unix_send_buffer);
         let peer = match stream.peer_cred() {
             Ok(cred) => format!("pid {} uid {}", cred.pid().unwrap_or(0), cred.uid()),
             Err(_) => "unknown".to_string(),
         };
-        let (reader, writer) = stream.into_split();
-        Ok((reader, writer, peer))
+        Ok((stream, peer))
     }
 }
 
@@ -126,15 +119,12 @@ impl Drop for UnixAcceptor {
 struct TcpAcceptor(TcpListener);
 
 impl Acceptor for TcpAcceptor {
-    type Reader = tokio::net::tcp::OwnedReadHalf;
-    type Writer = tokio::net::tcp::OwnedWriteHalf;
-    const TRANSPORT: &'static str = "tcp";
+    type Stream = TcpStream;
 
-    async fn accept(&self, _: &ServerContext) -> io::Result<(Self::Reader, Self::Writer, String)> {
+    async fn accept(&self, _: &ServerContext) -> io::Result<(TcpStream, String)> {
         let (stream, peer) = self.0.accept().await?;
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        Ok((reader, writer, peer.to_string()))
+        Ok((stream, peer.to_string()))
     }
 }
 
@@ -146,9 +136,7 @@ async fn accept_loop<A: Acceptor>(ctx: Arc<ServerContext>, acceptor: A) {
             accepted = acceptor.accept(&ctx) => accepted,
         };
         match accepted {
-            Ok((reader, writer, peer)) => {
-                spawn_connection(&ctx, reader, writer, A::TRANSPORT, peer)
-            }
+            Ok((stream, peer)) => spawn_connection(&ctx, stream, peer),
             Err(e) => accept_failed(&e).await,
         }
     }
@@ -161,21 +149,12 @@ async fn accept_failed(e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_connection<R, W>(
-    ctx: &Arc<ServerContext>,
-    reader: R,
-    mut writer: W,
-    transport: &'static str,
-    peer: String,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer: String) {
     let open = ctx.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ConnectionCount(ctx.clone());
     if open as usize >= ctx.config.max_connections {
         let max = ctx.config.max_connections;
-        tracing::warn!(transport, %peer, max, "connection limit reached; refusing a connection");
+        tracing::warn!(transport = S::NAME, %peer, max, "connection limit reached; refusing a connection");
         ctx.tasks.spawn(async move {
             let frame = OutFrame::error(
                 Opcode::Hello,
@@ -185,8 +164,8 @@ fn spawn_connection<R, W>(
                 None,
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                frame.write_to(&mut writer).await?;
-                writer.shutdown().await
+                frame.write_to(&mut stream).await?;
+                stream.shutdown().await
             })
             .await;
             drop(guard);
@@ -195,7 +174,7 @@ fn spawn_connection<R, W>(
     }
     let ctx2 = ctx.clone();
     ctx.tasks.spawn(async move {
-        connection::serve(ctx2, reader, writer, transport, peer).await;
+        connection::serve(ctx2, stream, peer).await;
         drop(guard);
     });
 }

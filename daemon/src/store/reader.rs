@@ -82,6 +82,26 @@ impl ShardReader {
     /// Streams the verified bytes of `[offset, offset + len)`, which must lie
     /// within the shard. Buffers are taken under `scope`'s budget.
     pub fn chunks(self, offset: u64, len: u64, scope: BufferScope) -> ChunkStream {
+        self.stream(offset, len, Buffers::Pool(scope))
+    }
+
+    /// Reads the whole shard into `blocks` (one per chunk, each holding at
+    /// least the chunk rounded up to [`crate::io::ALIGN`]), verifying every
+    /// chunk; returns them with their length set to the chunk's.
+    pub async fn read_all_into(
+        self,
+        blocks: Vec<AlignedBuf>,
+    ) -> Result<Vec<AlignedBuf>, StoreError> {
+        let len = self.entry.meta.len;
+        let mut stream = self.stream(0, len, Buffers::Given(blocks.into()));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.push(chunk?.buf);
+        }
+        Ok(out)
+    }
+
+    fn stream(self, offset: u64, len: u64, buffers: Buffers) -> ChunkStream {
         let chunk_size = self.entry.layout.chunk_size as u64;
         let end = offset + len;
         let (first, last) = if len == 0 {
@@ -91,7 +111,7 @@ impl ShardReader {
         };
         ChunkStream {
             reader: self,
-            scope,
+            buffers,
             offset,
             end,
             next: first,
@@ -102,11 +122,20 @@ impl ShardReader {
     }
 }
 
+/// Where a stream's chunk buffers come from.
+#[derive(Debug)]
+enum Buffers {
+    /// The buffer pool, under a budget.
+    Pool(BufferScope),
+    /// Given up front, one per chunk (arena blocks).
+    Given(VecDeque<AlignedBuf>),
+}
+
 /// Verified chunks of a byte range, in order.
 #[derive(Debug)]
 pub struct ChunkStream {
     reader: ShardReader,
-    scope: BufferScope,
+    buffers: Buffers,
     offset: u64,
     end: u64,
     /// Next chunk index to submit.
@@ -143,14 +172,19 @@ impl ChunkStream {
         let layout = &self.reader.entry.layout;
         let chunk_size = layout.chunk_size as usize;
         while self.next <= self.last && self.in_flight.len() < depth {
-            let buffers = self.reader.store.buffers();
-            let buf = if self.in_flight.is_empty() {
-                buffers.take(&self.scope, chunk_size).await
-            } else {
-                match buffers.try_take(&self.scope, chunk_size) {
+            let pool = self.reader.store.buffers();
+            let buf = match &mut self.buffers {
+                Buffers::Given(given) => match given.pop_front() {
                     Some(buf) => buf,
                     None => break,
+                },
+                Buffers::Pool(scope) if self.in_flight.is_empty() => {
+                    pool.take(scope, chunk_size).await
                 }
+                Buffers::Pool(scope) => match pool.try_take(scope, chunk_size) {
+                    Some(buf) => buf,
+                    None => break,
+                },
             };
             let index = self.next;
             let chunk_len = layout.chunk_len(index, self.reader.entry.meta.len);

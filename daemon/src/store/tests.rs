@@ -69,6 +69,7 @@ async fn put(
             shape: vec![],
             len: data.len() as u64,
             crc32c: Some(crc32c::crc32c(data)),
+            newer_than: None,
         })
         .await?;
     // Room for two chunks only, fewer than the writes a put keeps in flight.
@@ -195,6 +196,7 @@ async fn versions_replace_atomically_and_old_files_do_not_pile_up() {
                 shape: vec![],
                 len: 3,
                 crc32c: Some(1),
+                newer_than: None,
             })
             .await
             .unwrap();
@@ -231,6 +233,7 @@ async fn shape_and_size_checks() {
         shape,
         len,
         crc32c: None,
+        newer_than: None,
     };
     let err = store
         .begin_put(spec(1001, DType::Raw, vec![]))

@@ -28,7 +28,7 @@ use super::dir::{self, FileId};
 use super::format::{self, ShardLayout};
 use super::index::ShardEntry;
 use super::{PutSpec, Store, StoreError};
-use crate::io::{AlignedBuf, Completion, fs};
+use crate::io::{AlignedBuf, Completion, SharedSlice, fs};
 
 /// A put in progress.
 #[derive(Debug)]
@@ -46,40 +46,20 @@ pub struct ShardWriter {
     full_chunk: CrcCombiner,
     received: u64,
     pending: VecDeque<Completion>,
+    /// With `keep_chunks`: the written chunk buffers, in order.
+    kept: Option<Vec<AlignedBuf>>,
     failed: Option<StoreError>,
     published: bool,
 }
 
+/// A condition checked under the key's lock right before publishing.
+pub type PublishCondition = Box<dyn FnOnce() -> bool + Send>;
+
 impl ShardWriter {
     pub(super) async fn begin(store: Store, spec: PutSpec) -> Result<ShardWriter, StoreError> {
+        let version = check_put(&store, &spec)?;
         let config = store.config();
-        if spec.len > config.max_shard_bytes {
-            return Err(StoreError::TooLarge(format!(
-                "shard of {} bytes exceeds the limit of {} bytes",
-                spec.len, config.max_shard_bytes
-            )));
-        }
-        spec.dtype
-            .check_shape(&spec.shape, spec.len)
-            .map_err(StoreError::BadRequest)?;
         let current = store.inner.index.get(&spec.namespace, &spec.key);
-        let current_version = current.as_ref().map(|e| e.meta.version);
-        let version = match (spec.version, current_version) {
-            (Some(v), Some(cur)) if v <= cur => {
-                return Err(version_conflict(&spec, cur, v));
-            }
-            (Some(0), None) => {
-                return Err(StoreError::BadRequest(
-                    "version 0 is reserved; versions start at 1".into(),
-                ));
-            }
-            (Some(v), _) => v,
-            (None, Some(cur)) => cur.checked_add(1).ok_or_else(|| {
-                StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))
-            })?,
-            (None, None) => 1,
-        };
-
         let chunk_size = config.chunk_size;
         let chunks = ShardLayout::chunk_count(spec.len, chunk_size);
         let meta_len = codec::encode(&meta_of(&spec, version, 0, 0))
@@ -138,6 +118,7 @@ impl ShardWriter {
             full_chunk: CrcCombiner::new(chunk_size as u64),
             received: 0,
             pending: VecDeque::new(),
+            kept: None,
             failed: None,
             published: false,
         })
@@ -171,23 +152,54 @@ impl ShardWriter {
         }
     }
 
+    /// Keeps the chunk buffers after they are written, for
+    /// [`Self::commit_keeping_chunks`] (a put into the arena keeps its
+    /// blocks as the cached copy).
+    pub fn keep_chunks(&mut self) {
+        self.kept = Some(Vec::new());
+    }
+
     /// Writes the next chunk: `buf` must hold exactly [`Self::next_chunk_len`]
     /// bytes (its capacity may be larger). After an error every further chunk
     /// is discarded and the error is returned again by [`Self::commit`].
     pub async fn write_chunk(&mut self, mut buf: AlignedBuf) -> Result<(), StoreError> {
+        let (offset, want) = self.account_chunk(buf.as_slice())?;
+        let padded = buf.zero_pad();
+        debug_assert!(padded >= want);
+        let completion = self.store.engine().write(&self.file, offset, buf, padded);
+        self.queue(completion).await
+    }
+
+    /// Writes the next chunk straight from shared memory (a cached shard):
+    /// the slice holds the chunk's bytes and then zeros up to the next
+    /// [`crate::io::ALIGN`] boundary.
+    pub async fn write_shared_chunk(&mut self, slice: SharedSlice) -> Result<(), StoreError> {
+        let want = self.next_chunk_len();
+        let (offset, _) = self.account_chunk(&slice.as_slice()[..want.min(slice.len())])?;
+        let padded = slice.len();
+        let completion = self
+            .store
+            .engine()
+            .write_shared(&self.file, offset, slice, padded);
+        self.queue(completion).await
+    }
+
+    /// Checks the chunk's length, folds its checksum in; returns where it
+    /// goes and its length.
+    fn account_chunk(&mut self, bytes: &[u8]) -> Result<(u64, usize), StoreError> {
         if let Some(e) = &self.failed {
             return Err(StoreError::BadRequest(format!("put already failed: {e}")));
         }
         let want = self.next_chunk_len();
-        if buf.len() != want || want == 0 {
+        if bytes.len() != want || want == 0 {
             let e = StoreError::BadRequest(format!(
                 "chunk of {} bytes where {want} were expected",
-                buf.len()
+                bytes.len()
             ));
             self.failed = Some(StoreError::BadRequest(e.to_string()));
             return Err(e);
         }
-        let chunk_crc = crc32c::crc32c(buf.as_slice());
+        let chunk_crc = crc32c::crc32c(bytes);
         self.layout.chunk_crcs.push(chunk_crc);
         let combiner = if want == self.layout.chunk_size as usize {
             self.full_chunk
@@ -197,8 +209,10 @@ impl ShardWriter {
         self.crc = combiner.combine(self.crc, chunk_crc);
         let offset = self.layout.payload_offset + self.received;
         self.received += want as u64;
-        let padded = buf.zero_pad();
-        let completion = self.store.engine().write(&self.file, offset, buf, padded);
+        Ok((offset, want))
+    }
+
+    async fn queue(&mut self, completion: Completion) -> Result<(), StoreError> {
         self.pending.push_back(completion);
         while self.pending.len() >= self.store.config().chunks_in_flight.max(1) {
             self.wait_oldest().await?;
@@ -210,7 +224,11 @@ impl ShardWriter {
         let Some(completion) = self.pending.pop_front() else {
             return Ok(());
         };
-        if let Err(e) = completion.await.result {
+        let outcome = completion.await;
+        if let Some(kept) = &mut self.kept {
+            kept.push(outcome.buf);
+        }
+        if let Err(e) = outcome.result {
             let context = format!("write {}", self.temp_path.display());
             self.failed = Some(StoreError::io(context.clone(), io_clone(&e)));
             return Err(StoreError::io(context, e));
@@ -219,7 +237,36 @@ impl ShardWriter {
     }
 
     /// Finishes the put: see the module documentation. Returns what is stored.
-    pub async fn commit(mut self) -> Result<ShardMeta, StoreError> {
+    pub async fn commit(self) -> Result<ShardMeta, StoreError> {
+        let (meta, _) = self.commit_keeping_chunks().await?;
+        Ok(meta)
+    }
+
+    /// Like [`Self::commit`], and returns the chunk buffers kept since
+    /// [`Self::keep_chunks`], in order, their lengths the chunks' lengths.
+    pub async fn commit_keeping_chunks(self) -> Result<(ShardMeta, Vec<AlignedBuf>), StoreError> {
+        self.finish(None).await?.ok_or_else(|| {
+            StoreError::io(
+                "publish",
+                std::io::Error::other("unconditional publish skipped"),
+            )
+        })
+    }
+
+    /// Like [`Self::commit`], but publishes only if `condition` holds when
+    /// checked under the key's lock (deletes and other puts of the key take
+    /// the same lock); `None` when it did not, and nothing was published.
+    pub async fn commit_if(
+        self,
+        condition: PublishCondition,
+    ) -> Result<Option<ShardMeta>, StoreError> {
+        Ok(self.finish(Some(condition)).await?.map(|(meta, _)| meta))
+    }
+
+    async fn finish(
+        mut self,
+        condition: Option<PublishCondition>,
+    ) -> Result<Option<(ShardMeta, Vec<AlignedBuf>)>, StoreError> {
         while !self.pending.is_empty() {
             // Keep waiting after an error: buffers must come back before the
             // temp file is removed.
@@ -261,13 +308,22 @@ impl ShardWriter {
             .await
             .result
             .map_err(|e| StoreError::io(format!("fdatasync {}", self.temp_path.display()), e))?;
-        self.publish(meta).await
+        self.publish(meta, condition).await
     }
 
     /// Renames the synced temp file into place and updates the index.
-    async fn publish(mut self, meta: ShardMeta) -> Result<ShardMeta, StoreError> {
+    async fn publish(
+        mut self,
+        meta: ShardMeta,
+        condition: Option<PublishCondition>,
+    ) -> Result<Option<(ShardMeta, Vec<AlignedBuf>)>, StoreError> {
         let store = self.store.clone();
         let _guard = store.lock_key(&meta.namespace, &meta.key).await;
+        if let Some(condition) = condition {
+            if !condition() {
+                return Ok(None);
+            }
+        }
         let current = store.inner.index.get(&meta.namespace, &meta.key);
         if let Some(current) = &current {
             if current.meta.version >= meta.version {
@@ -317,7 +373,39 @@ impl ShardWriter {
                 }
             }
         }
-        Ok(meta)
+        let kept = self.kept.take().unwrap_or_default();
+        Ok(Some((meta, kept)))
+    }
+}
+
+/// Checks a put against the limits, its shape and the stored version;
+/// returns the version it stores.
+pub(super) fn check_put(store: &Store, spec: &PutSpec) -> Result<u64, StoreError> {
+    let config = store.config();
+    if spec.len > config.max_shard_bytes {
+        return Err(StoreError::TooLarge(format!(
+            "shard of {} bytes exceeds the limit of {} bytes",
+            spec.len, config.max_shard_bytes
+        )));
+    }
+    spec.dtype
+        .check_shape(&spec.shape, spec.len)
+        .map_err(StoreError::BadRequest)?;
+    let current = store.inner.index.get(&spec.namespace, &spec.key);
+    let current_version = current
+        .as_ref()
+        .map(|e| e.meta.version)
+        .max(spec.newer_than);
+    match (spec.version, current_version) {
+        (Some(v), Some(cur)) if v <= cur => Err(version_conflict(spec, cur, v)),
+        (Some(0), None) => Err(StoreError::BadRequest(
+            "version 0 is reserved; versions start at 1".into(),
+        )),
+        (Some(v), _) => Ok(v),
+        (None, Some(cur)) => cur.checked_add(1).ok_or_else(|| {
+            StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))
+        }),
+        (None, None) => Ok(1),
     }
 }
 

@@ -18,7 +18,11 @@ impl Process {
     /// no TCP) with `engine`, and waits until it accepts connections.
     pub fn start(dir: &Path, engine: &str) -> Process {
         let config = dir.join("shardd.toml");
-        std::fs::write(&config, "[storage]\nmin_free = 0\n").unwrap();
+        std::fs::write(
+            &config,
+            "[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n",
+        )
+        .unwrap();
         let socket = dir.join("shardd.sock");
         let data = dir.join("data");
         let child = Command::new(env!("CARGO_BIN_EXE_shardd"))

@@ -1,0 +1,182 @@
+//! The arena's memory: a memfd (so it can be handed to local clients),
+//! mapped shared and read-write, locked into RAM as far as the memlock
+//! limit allows.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Huge pages for the arena.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HugePages {
+    /// Normal 4 KiB pages.
+    #[default]
+    Off,
+    /// Ask for transparent huge pages (`madvise`); the kernel decides.
+    Transparent,
+    /// Pages from the hugetlb pool (`vm.nr_hugepages`); start fails if the
+    /// pool cannot hold the arena.
+    Hugetlb,
+}
+
+/// How much of the arena is locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Locked {
+    /// Bytes locked in RAM.
+    pub bytes: u64,
+    /// RLIMIT_MEMLOCK (soft), in bytes; `u64::MAX` for unlimited.
+    pub limit: u64,
+}
+
+/// The mapped memfd.
+#[derive(Debug)]
+pub struct ArenaMemory {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    len: usize,
+    locked: Locked,
+}
+
+// SAFETY: the mapping is plain shared memory; `ArenaMemory` only hands out
+// raw pointers, whose use is governed by the allocator's exclusive blocks.
+unsafe impl Send for ArenaMemory {}
+// SAFETY: as above; no method mutates through `&self`.
+unsafe impl Sync for ArenaMemory {}
+
+impl ArenaMemory {
+    /// Creates, maps and locks `len` bytes (a multiple of the page size).
+    pub fn create(len: usize, huge: HugePages) -> anyhow::Result<ArenaMemory> {
+        let name = CString::new("shardd-arena").unwrap_or_default();
+        let mut flags = libc::MFD_CLOEXEC;
+        if huge == HugePages::Hugetlb {
+            flags |= libc::MFD_HUGETLB;
+        }
+        // SAFETY: plain syscall with a valid NUL-terminated name; checked below.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("create the arena's memfd");
+        }
+        // SAFETY: `raw` is a fresh descriptor that we own from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let file = std::fs::File::from(fd);
+        file.set_len(len as u64)
+            .with_context(|| format!("size the arena to {len} bytes"))?;
+        let fd = OwnedFd::from(file);
+        // SAFETY: a new shared mapping of our memfd; the kernel picks the
+        // address. The result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            if huge == HugePages::Hugetlb {
+                anyhow::bail!(
+                    "map a {len}-byte arena of huge pages: {e}; reserve enough huge pages \
+                     (vm.nr_hugepages) or set arena.huge_pages = \"off\""
+                );
+            }
+            return Err(e).context(format!("map a {len}-byte arena"));
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).context("mmap returned a null arena")?;
+        if huge == HugePages::Transparent {
+            // SAFETY: advice on our own mapping; failure only means no huge pages.
+            let rc = unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+            if rc != 0 {
+                tracing::info!(error = %io::Error::last_os_error(), "transparent huge pages unavailable for the arena");
+            }
+        }
+        let locked = lock(base, len);
+        Ok(ArenaMemory {
+            fd,
+            base,
+            len,
+            locked,
+        })
+    }
+
+    /// Start of the mapping.
+    pub fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    /// Length of the mapping.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: an arena has at least one block).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How much is locked.
+    pub fn locked(&self) -> Locked {
+        self.locked
+    }
+
+    /// The memfd, to hand to local clients.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for ArenaMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once; no block outlives the arena
+        // (blocks hold an `Arc` of it).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes (`u64::MAX` when unlimited).
+fn memlock_limit() -> u64 {
+    // SAFETY: zeroed rlimit is a valid out-parameter.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid resource and out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        limit.rlim_cur
+    }
+}
+
+/// Locks the whole mapping if allowed (a process with CAP_IPC_LOCK, or a
+/// large enough limit), else as much of its start as the limit allows.
+fn lock(base: NonNull<u8>, len: usize) -> Locked {
+    let limit = memlock_limit();
+    let try_lock = |bytes: usize| -> bool {
+        // SAFETY: `base..base+bytes` lies inside our mapping.
+        bytes > 0 && unsafe { libc::mlock(base.as_ptr().cast(), bytes) } == 0
+    };
+    if try_lock(len) {
+        return Locked {
+            bytes: len as u64,
+            limit,
+        };
+    }
+    // Leave a little of the limit to what else the process locks.
+    let page = 4096usize;
+    let partial = (limit.saturating_sub(1 << 20) as usize).min(len) / page * page;
+    if partial > 0 && try_lock(partial) {
+        return Locked {
+            bytes: partial as u64,
+            limit,
+        };
+    }
+    Locked { bytes: 0, limit }
+}

@@ -1,0 +1,774 @@
+//! The hot tier: shards held in the pinned arena, in front of the NVMe store.
+//!
+//! * A fetch of a resident shard is served from the arena (a hit). A miss
+//!   reads the shard once into arena blocks, verifying every chunk, and keeps
+//!   it; concurrent fetches of the same shard, and a fetch of a shard being
+//!   prefetched, wait for that one load.
+//! * A put can keep its bytes in the arena after writing them (durable), or
+//!   be acknowledged once they are in the arena and flushed in the
+//!   background (write-back); a failed flush is reported by later stats and
+//!   fetches of the shard and counted.
+//! * Under memory pressure the policy ([`policy`]) picks shards to evict.
+//!   Shards under a lease (being sent, or mapped by a local client) and
+//!   dirty shards are never evicted, and a shard's memory is only reused
+//!   once nothing holds it.
+//! * Prefetch hints load shards ahead of use, most urgent first, within a
+//!   byte budget.
+//!
+//! # Layout
+//!
+//! * [`shard`]: a cached shard and leases on it.
+//! * [`policy`]: eviction policies.
+//! * [`prefetch`]: the prefetch queue.
+
+pub mod policy;
+pub mod prefetch;
+pub mod shard;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use shardd_protocol::{ArenaStatus, EvictMode, EvictResponse, Key, Namespace, ShardMeta, Status};
+use tokio::sync::{Semaphore, watch};
+
+use crate::arena::Arena;
+use crate::io::{ALIGN, AlignedBuf, align_up};
+use crate::store::format::ShardLayout;
+use crate::store::{PutSpec, Store, StoreError};
+use policy::{Policy, PolicyKind, ShardId};
+pub use shard::{CachedShard, Lease, WriteBack};
+
+/// Settings of the hot tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Eviction policy.
+    pub policy: PolicyKind,
+    /// Bytes of prefetch loads in flight at most.
+    pub prefetch_memory: u64,
+    /// Bytes of write-back shards not yet on the drive, at most; beyond it a
+    /// write-back put is written through (acknowledged once durable).
+    pub write_back_memory: u64,
+    /// Write-back flushes running at once.
+    pub flush_concurrency: usize,
+}
+
+/// What a fetch gets.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The shard is in the arena, held by this lease.
+    Resident(Lease),
+    /// The shard is not cached and cannot be (larger than the arena, or the
+    /// arena is full of shards in use): read it from the drive directly.
+    Bypass(String),
+}
+
+/// Counters of the hot tier.
+#[derive(Debug, Default)]
+struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypassed: AtomicU64,
+    evictions: AtomicU64,
+    demoted: AtomicU64,
+    prefetch_queued: AtomicU64,
+    prefetch_completed: AtomicU64,
+    prefetch_late: AtomicU64,
+    prefetch_unused: AtomicU64,
+    write_back_puts: AtomicU64,
+    flush_failures: AtomicU64,
+}
+
+type LoadResult = Result<Arc<CachedShard>, LoadFailure>;
+
+/// Why a load did not produce a cached shard (cloneable for every waiter).
+#[derive(Clone, Debug)]
+enum LoadFailure {
+    Bypass(String),
+    Error { status: Status, message: String },
+}
+
+impl LoadFailure {
+    fn from_store(e: &StoreError) -> LoadFailure {
+        LoadFailure::Error {
+            status: e.status(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A load in progress; waiters watch for its result.
+#[derive(Debug)]
+struct Loading {
+    done: watch::Sender<Option<LoadResult>>,
+    by_prefetch: bool,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Loading(Arc<Loading>),
+    Ready(Arc<CachedShard>),
+}
+
+#[derive(Debug)]
+struct State {
+    entries: HashMap<ShardId, Slot>,
+    policy: Policy,
+    dirty_bytes: u64,
+}
+
+/// The hot tier. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    arena: Arena,
+    store: Store,
+    config: CacheConfig,
+    state: Mutex<State>,
+    stats: Stats,
+    flushes: Semaphore,
+    prefetch: Arc<prefetch::Queue>,
+}
+
+impl Cache {
+    /// A hot tier over `arena` in front of `store`; starts its prefetcher.
+    pub fn new(arena: Arena, store: Store, config: CacheConfig) -> Cache {
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                prefetch: Arc::new(prefetch::Queue::new(config.prefetch_memory)),
+                flushes: Semaphore::new(config.flush_concurrency.max(1)),
+                state: Mutex::new(State {
+                    entries: HashMap::new(),
+                    policy: Policy::new(config.policy),
+                    dirty_bytes: 0,
+                }),
+                stats: Stats::default(),
+                arena,
+                store,
+                config,
+            }),
+        };
+        prefetch::spawn_worker(cache.clone());
+        cache
+    }
+
+    /// The arena.
+    pub fn arena(&self) -> &Arena {
+        &self.inner.arena
+    }
+
+    /// The store behind the tier.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shard for a fetch: resident (loading it first on a miss), or to
+    /// be read from the drive directly.
+    pub async fn fetch(&self, namespace: &Namespace, key: &Key) -> Result<Lookup, StoreError> {
+        let id: ShardId = (namespace.clone(), key.clone());
+        let stats = &self.inner.stats;
+        enum Next {
+            Join(watch::Receiver<Option<LoadResult>>),
+            Load(Arc<Loading>),
+        }
+        let next = {
+            let mut state = self.state();
+            state.policy.accessed(&id);
+            match state.entries.get(&id) {
+                Some(Slot::Ready(shard)) => {
+                    if let WriteBack::Failed { status, reason } = shard.write_back() {
+                        return Err(flush_failed(&shard.meta, status, &reason));
+                    }
+                    stats.hits.fetch_add(1, Ordering::Relaxed);
+                    shard.take_prefetched();
+                    return Ok(Lookup::Resident(Lease::new(shard.clone())));
+                }
+                Some(Slot::Loading(loading)) => {
+                    if loading.by_prefetch {
+                        stats.prefetch_late.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Next::Join(loading.done.subscribe())
+                }
+                None => {
+                    stats.misses.fetch_add(1, Ordering::Relaxed);
+                    let loading = Arc::new(Loading {
+                        done: watch::channel(None).0,
+                        by_prefetch: false,
+                    });
+                    state
+                        .entries
+                        .insert(id.clone(), Slot::Loading(loading.clone()));
+                    Next::Load(loading)
+                }
+            }
+        };
+        let result = match next {
+            Next::Load(loading) => self.load(id, loading).await,
+            Next::Join(mut rx) => match rx.wait_for(Option::is_some).await {
+                Ok(result) => result
+                    .clone()
+                    .unwrap_or_else(|| Err(LoadFailure::Bypass("load abandoned".into()))),
+                Err(_) => Err(LoadFailure::Bypass("load abandoned".into())),
+            },
+        };
+        match result {
+            Ok(shard) => {
+                shard.take_prefetched();
+                Ok(Lookup::Resident(Lease::new(shard)))
+            }
+            Err(LoadFailure::Bypass(reason)) => {
+                stats.bypassed.fetch_add(1, Ordering::Relaxed);
+                Ok(Lookup::Bypass(reason))
+            }
+            Err(LoadFailure::Error { status, message }) => {
+                Err(StoreError::Other { status, message })
+            }
+        }
+    }
+
+    /// Loads a shard into the arena for the `loading` slot of `id`, then
+    /// installs it (if the slot is still this load's) and wakes the waiters.
+    async fn load(&self, id: ShardId, loading: Arc<Loading>) -> LoadResult {
+        let result = self.read_into_arena(&id).await;
+        if let (Ok(shard), true) = (&result, loading.by_prefetch) {
+            // Before any waiter sees it: a fetch that joined clears the mark.
+            shard.mark_prefetched();
+        }
+        let replaced = {
+            let mut state = self.state();
+            let ours = matches!(state.entries.get(&id), Some(Slot::Loading(l)) if Arc::ptr_eq(l, &loading));
+            if ours {
+                match &result {
+                    Ok(shard) => {
+                        state.entries.insert(id.clone(), Slot::Ready(shard.clone()));
+                        state.policy.inserted(id);
+                    }
+                    Err(_) => {
+                        state.entries.remove(&id);
+                    }
+                }
+            }
+            ours
+        };
+        if !replaced {
+            tracing::debug!("a newer version replaced the shard while it loaded");
+        }
+        loading.done.send_replace(Some(result.clone()));
+        result
+    }
+
+    async fn read_into_arena(&self, id: &ShardId) -> LoadResult {
+        let store = &self.inner.store;
+        let reader = store
+            .open_reader(&id.0, &id.1)
+            .await
+            .map_err(|e| LoadFailure::from_store(&e))?;
+        let meta = reader.meta().clone();
+        let chunk_size = reader.chunk_size();
+        let blocks = self.alloc_blocks(meta.len, chunk_size)?;
+        let chunks = reader
+            .read_all_into(blocks)
+            .await
+            .map_err(|e| LoadFailure::from_store(&e))?;
+        Ok(Arc::new(CachedShard::new(
+            meta,
+            chunk_size,
+            chunks,
+            WriteBack::Clean,
+        )))
+    }
+
+    /// Arena blocks for a `len`-byte shard in chunks of `chunk_size`,
+    /// evicting what the policy allows until they fit.
+    fn alloc_blocks(&self, len: u64, chunk_size: u32) -> Result<Vec<AlignedBuf>, LoadFailure> {
+        let arena = &self.inner.arena;
+        if chunk_size > arena.max_block() {
+            return Err(LoadFailure::Bypass(format!(
+                "chunks of {chunk_size} bytes exceed the arena's blocks of {}",
+                arena.max_block()
+            )));
+        }
+        let chunks = ShardLayout::chunk_count(len, chunk_size);
+        let needed: u64 = (0..chunks)
+            .map(|i| align_up((len - i * chunk_size as u64).min(chunk_size as u64)))
+            .sum();
+        if needed > arena.capacity() {
+            return Err(LoadFailure::Bypass(format!(
+                "the shard ({len} bytes) is larger than the arena ({} bytes)",
+                arena.capacity()
+            )));
+        }
+        let mut blocks = Vec::with_capacity(chunks as usize);
+        for i in 0..chunks {
+            let size = align_up((len - i * chunk_size as u64).min(chunk_size as u64))
+                .max(ALIGN as u64) as u32;
+            loop {
+                match arena.alloc(size) {
+                    Ok(block) => {
+                        blocks.push(block);
+                        break;
+                    }
+                    Err(_) => {
+                        if !self.evict_one() {
+                            return Err(LoadFailure::Bypass(
+                                "the arena is full of shards in use or not yet flushed".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Evicts the policy's victim among shards that may go; returns whether
+    /// one went.
+    fn evict_one(&self) -> bool {
+        let victim = {
+            let mut state = self.state();
+            let State {
+                entries, policy, ..
+            } = &mut *state;
+            let victim = policy.victim(|id| match entries.get(id) {
+                Some(Slot::Ready(shard)) => shard.leases() == 0 && shard.is_clean(),
+                _ => false,
+            });
+            let Some(id) = victim else {
+                return false;
+            };
+            policy.removed(&id);
+            match entries.remove(&id) {
+                Some(Slot::Ready(shard)) => shard,
+                _ => return false,
+            }
+        };
+        self.inner.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        if victim.take_prefetched() {
+            self.inner
+                .stats
+                .prefetch_unused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // Dropped here, outside the state lock: its blocks go back to the arena.
+        drop(victim);
+        true
+    }
+
+    /// Arena blocks to receive a put of `len` bytes into (so that they stay
+    /// cached after it), or `None` if the arena cannot hold it now.
+    pub fn blocks_for_put(&self, len: u64) -> Option<Vec<AlignedBuf>> {
+        let chunk_size = self.inner.store.config().chunk_size;
+        self.alloc_blocks(len, chunk_size).ok()
+    }
+
+    /// Makes `chunks` (arena blocks, as written by a durable put) the cached
+    /// copy of the version `meta` describes.
+    pub fn install(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
+        let chunk_size = self.inner.store.config().chunk_size;
+        let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Clean));
+        self.replace(shard);
+    }
+
+    fn replace(&self, shard: Arc<CachedShard>) {
+        let id = (shard.meta.namespace.clone(), shard.meta.key.clone());
+        let old = {
+            let mut state = self.state();
+            let old = state.entries.insert(id.clone(), Slot::Ready(shard));
+            state.policy.inserted(id);
+            if let Some(Slot::Ready(old)) = &old {
+                if !old.is_clean() {
+                    state.dirty_bytes = state.dirty_bytes.saturating_sub(old.meta.len);
+                }
+            }
+            old
+        };
+        drop(old);
+    }
+
+    /// Forgets a key (after it was deleted from the store, or to drop it).
+    /// Returns the removed shard.
+    fn forget(&self, namespace: &Namespace, key: &Key) -> Option<Arc<CachedShard>> {
+        let id = (namespace.clone(), key.clone());
+        let mut state = self.state();
+        state.policy.removed(&id);
+        match state.entries.remove(&id) {
+            Some(Slot::Ready(shard)) => {
+                if !shard.is_clean() {
+                    state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+                }
+                Some(shard)
+            }
+            _ => None,
+        }
+    }
+
+    /// Drops the cached copy of a key if it is older than `version` (a newer
+    /// version was written to the drive without going through the arena).
+    pub fn forget_older(&self, namespace: &Namespace, key: &Key, version: u64) {
+        let id = (namespace.clone(), key.clone());
+        let removed = {
+            let mut state = self.state();
+            let older = match state.entries.get(&id) {
+                Some(Slot::Ready(shard)) => shard.meta.version < version,
+                // A load of what was there before: it must not be installed.
+                Some(Slot::Loading(_)) => true,
+                None => false,
+            };
+            if !older {
+                return;
+            }
+            state.policy.removed(&id);
+            let removed = state.entries.remove(&id);
+            if let Some(Slot::Ready(shard)) = &removed {
+                if !shard.is_clean() {
+                    state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+                }
+            }
+            removed
+        };
+        drop(removed);
+    }
+
+    /// The version a new put must exceed beyond the drive's: that of a
+    /// shard acknowledged from memory and not yet on the drive.
+    pub fn unflushed_version(&self, namespace: &Namespace, key: &Key) -> Option<u64> {
+        let state = self.state();
+        match state.entries.get(&(namespace.clone(), key.clone())) {
+            Some(Slot::Ready(shard)) if !shard.is_clean() => Some(shard.meta.version),
+            _ => None,
+        }
+    }
+
+    /// Whether a write-back put of `len` bytes fits the write-back budget now.
+    pub fn admits_write_back(&self, len: u64) -> bool {
+        self.state().dirty_bytes + len <= self.inner.config.write_back_memory
+    }
+
+    /// Installs a write-back shard (its bytes only in the arena) and starts
+    /// flushing it to the drive.
+    pub fn install_dirty(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
+        let chunk_size = self.inner.store.config().chunk_size;
+        let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty));
+        self.inner
+            .stats
+            .write_back_puts
+            .fetch_add(1, Ordering::Relaxed);
+        self.replace(shard.clone());
+        self.state().dirty_bytes += shard.meta.len;
+        let cache = self.clone();
+        tokio::spawn(async move { cache.flush(shard).await });
+    }
+
+    /// Whether `shard` is still the cached version of its key.
+    fn is_current(&self, shard: &Arc<CachedShard>) -> bool {
+        let id = (shard.meta.namespace.clone(), shard.meta.key.clone());
+        matches!(self.state().entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, shard))
+    }
+
+    /// Writes a write-back shard to the drive, straight from the arena.
+    async fn flush(&self, shard: Arc<CachedShard>) {
+        let _permit = self.inner.flushes.acquire().await;
+        let meta = &shard.meta;
+        let result = self.write_out(&shard).await;
+        let current = self.is_current(&shard);
+        match result {
+            Ok(Some(_)) => {
+                shard.set_write_back(WriteBack::Clean);
+                if current {
+                    let mut state = self.state();
+                    state.dirty_bytes = state.dirty_bytes.saturating_sub(meta.len);
+                }
+                tracing::debug!(namespace = %meta.namespace, key = %meta.key, version = meta.version, "write-back flushed");
+            }
+            // Replaced or deleted meanwhile: nothing to keep.
+            Ok(None) => {}
+            Err(_) if !current => {}
+            Err(e) => {
+                self.inner
+                    .stats
+                    .flush_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    namespace = %meta.namespace, key = %meta.key, version = meta.version, error = %e,
+                    "write-back flush failed; the shard is only in memory"
+                );
+                shard.set_write_back(WriteBack::Failed {
+                    status: e.status(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    async fn write_out(&self, shard: &Arc<CachedShard>) -> Result<Option<ShardMeta>, StoreError> {
+        let meta = &shard.meta;
+        let spec = PutSpec {
+            namespace: meta.namespace.clone(),
+            key: meta.key.clone(),
+            version: Some(meta.version),
+            dtype: meta.dtype,
+            shape: meta.shape.clone(),
+            len: meta.len,
+            crc32c: Some(meta.crc32c),
+            newer_than: None,
+        };
+        let mut writer = self.inner.store.begin_put(spec).await?;
+        for (i, chunk) in shard.chunks().iter().enumerate() {
+            let padded = align_up(shard.chunk_len(i) as u64) as usize;
+            let slice = self.inner.arena.shared_slice(chunk, padded, shard.clone());
+            writer.write_shared_chunk(slice).await?;
+        }
+        let cache = self.clone();
+        let this = shard.clone();
+        writer
+            .commit_if(Box::new(move || cache.is_current(&this)))
+            .await
+    }
+
+    /// Metadata of a key's newest version: the cached one if it is not on the
+    /// drive yet, else the store's; and the tier's state of it.
+    pub fn stat(
+        &self,
+        namespace: &Namespace,
+        key: &Key,
+    ) -> Result<(ShardMeta, shardd_protocol::CacheState), StoreError> {
+        let cached = match self.state().entries.get(&(namespace.clone(), key.clone())) {
+            Some(Slot::Ready(shard)) => Some(shard.clone()),
+            _ => None,
+        };
+        match cached {
+            Some(shard) if !shard.is_clean() => Ok((shard.meta.clone(), cache_state(&shard))),
+            cached => {
+                let meta = self.inner.store.stat(namespace, key)?;
+                let state = match cached {
+                    Some(shard) if shard.meta.version == meta.version => cache_state(&shard),
+                    _ => shardd_protocol::CacheState::default(),
+                };
+                Ok((meta, state))
+            }
+        }
+    }
+
+    /// Shards of `namespace` acknowledged from memory and not yet on the
+    /// drive, for listings.
+    pub fn unflushed(&self, namespace: &Namespace) -> Vec<ShardMeta> {
+        self.state()
+            .entries
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .filter_map(|(_, slot)| match slot {
+                Slot::Ready(shard) if !shard.is_clean() => Some(shard.meta.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Deletes a key everywhere; returns the version removed.
+    pub async fn delete(
+        &self,
+        namespace: &Namespace,
+        key: &Key,
+        expected: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        if let Some(version) = self.unflushed_version(namespace, key) {
+            if let Some(expected) = expected.filter(|&v| v != version) {
+                return Err(StoreError::VersionConflict {
+                    namespace: namespace.clone(),
+                    key: key.clone(),
+                    current: version,
+                    message: format!(
+                        "delete expected version {expected}, the stored version is {version}"
+                    ),
+                });
+            }
+            self.forget(namespace, key);
+            // An older version may be on the drive.
+            match self.inner.store.delete(namespace, key, None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(version),
+                Err(e) => return Err(e),
+            }
+        }
+        let version = self.inner.store.delete(namespace, key, expected).await?;
+        self.forget(namespace, key);
+        Ok(version)
+    }
+
+    /// Explicit eviction: `Demote` frees the arena copy and keeps the
+    /// drive's (flushing first if needed); `Drop` deletes the keys.
+    pub async fn evict(
+        &self,
+        namespace: &Namespace,
+        keys: &[Key],
+        mode: EvictMode,
+    ) -> EvictResponse {
+        let mut response = EvictResponse::default();
+        for key in keys {
+            match mode {
+                EvictMode::Drop => match self.delete(namespace, key, None).await {
+                    Ok(_) => response.evicted.push(key.clone()),
+                    Err(StoreError::NotFound { .. }) => response.not_resident.push(key.clone()),
+                    Err(e) => response.failed.push((key.clone(), e.to_string())),
+                },
+                EvictMode::Demote => match self.demote(namespace, key).await {
+                    Demoted::Yes => response.evicted.push(key.clone()),
+                    Demoted::NotResident => response.not_resident.push(key.clone()),
+                    Demoted::Leased => response.busy.push(key.clone()),
+                    Demoted::Failed(reason) => response.failed.push((key.clone(), reason)),
+                },
+            }
+        }
+        response
+    }
+
+    async fn demote(&self, namespace: &Namespace, key: &Key) -> Demoted {
+        let id = (namespace.clone(), key.clone());
+        let shard = match self.state().entries.get(&id) {
+            Some(Slot::Ready(shard)) => shard.clone(),
+            Some(Slot::Loading(_)) => return Demoted::Leased,
+            None => return Demoted::NotResident,
+        };
+        if shard.write_back() == WriteBack::Dirty {
+            // Make the drive's copy first: flush now and wait for it.
+            match self.write_out(&shard).await {
+                Ok(Some(_)) => {
+                    shard.set_write_back(WriteBack::Clean);
+                    let mut state = self.state();
+                    state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+                }
+                Ok(None) => return Demoted::NotResident,
+                // A concurrent background flush may have published it already.
+                Err(StoreError::VersionConflict { current, .. })
+                    if current >= shard.meta.version =>
+                {
+                    shard.set_write_back(WriteBack::Clean);
+                }
+                Err(e) => return Demoted::Failed(e.to_string()),
+            }
+        }
+        if let WriteBack::Failed { reason, .. } = shard.write_back() {
+            return Demoted::Failed(format!("the shard is not on the drive: {reason}"));
+        }
+        let mut state = self.state();
+        if shard.leases() > 0 {
+            return Demoted::Leased;
+        }
+        if matches!(state.entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, &shard)) {
+            state.entries.remove(&id);
+            state.policy.removed(&id);
+            self.inner.stats.demoted.fetch_add(1, Ordering::Relaxed);
+        }
+        Demoted::Yes
+    }
+
+    /// Registers the step order of `namespace` for the schedule policy.
+    pub fn set_schedule(&self, namespace: Namespace, order: &[Key]) {
+        self.state().policy.set_schedule(namespace, order);
+    }
+
+    /// Queues prefetches (see [`prefetch`]).
+    pub fn prefetch(
+        &self,
+        namespace: &Namespace,
+        items: Vec<shardd_protocol::PrefetchItem>,
+    ) -> shardd_protocol::PrefetchResponse {
+        prefetch::enqueue(self, namespace, items)
+    }
+
+    /// Whether `id` is resident or loading.
+    fn present(&self, id: &ShardId) -> bool {
+        self.state().entries.contains_key(id)
+    }
+
+    /// Starts loading `id` for a prefetch unless it is present; returns the
+    /// load to run, if any.
+    fn begin_prefetch(&self, id: &ShardId) -> Option<Arc<Loading>> {
+        let mut state = self.state();
+        if state.entries.contains_key(id) {
+            return None;
+        }
+        let loading = Arc::new(Loading {
+            done: watch::channel(None).0,
+            by_prefetch: true,
+        });
+        state
+            .entries
+            .insert(id.clone(), Slot::Loading(loading.clone()));
+        Some(loading)
+    }
+
+    /// The tier's counters and sizes.
+    pub fn status(&self) -> ArenaStatus {
+        let (resident_shards, resident_bytes, dirty_bytes) = {
+            let state = self.state();
+            let ready = state.entries.values().filter_map(|slot| match slot {
+                Slot::Ready(shard) => Some(shard),
+                Slot::Loading(_) => None,
+            });
+            let (n, bytes) = ready.fold((0u64, 0u64), |(n, b), s| (n + 1, b + s.meta.len));
+            (n, bytes, state.dirty_bytes)
+        };
+        let arena = &self.inner.arena;
+        let stats = &self.inner.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ArenaStatus {
+            capacity_bytes: arena.capacity(),
+            used_bytes: arena.used(),
+            locked_bytes: arena.locked().bytes,
+            policy: self.inner.config.policy.name().to_string(),
+            resident_shards,
+            resident_bytes,
+            dirty_bytes,
+            hits: get(&stats.hits),
+            misses: get(&stats.misses),
+            bypassed: get(&stats.bypassed),
+            evictions: get(&stats.evictions),
+            demoted: get(&stats.demoted),
+            prefetch_queued: get(&stats.prefetch_queued),
+            prefetch_completed: get(&stats.prefetch_completed),
+            prefetch_late: get(&stats.prefetch_late),
+            prefetch_unused: get(&stats.prefetch_unused),
+            write_back_puts: get(&stats.write_back_puts),
+            flush_failures: get(&stats.flush_failures),
+        }
+    }
+}
+
+enum Demoted {
+    Yes,
+    NotResident,
+    Leased,
+    Failed(String),
+}
+
+fn cache_state(shard: &CachedShard) -> shardd_protocol::CacheState {
+    let (dirty, flush_error) = match shard.write_back() {
+        WriteBack::Clean => (false, None),
+        WriteBack::Dirty => (true, None),
+        WriteBack::Failed { reason, .. } => (true, Some(reason)),
+    };
+    shardd_protocol::CacheState {
+        resident: true,
+        dirty,
+        flush_error,
+    }
+}
+
+fn flush_failed(meta: &ShardMeta, status: Status, reason: &str) -> StoreError {
+    StoreError::Other {
+        status,
+        message: format!(
+            "{}/{} version {}: the write-back to the drive failed ({reason}); put the shard again",
+            meta.namespace, meta.key, meta.version
+        ),
+    }
+}

@@ -1,0 +1,172 @@
+//! A shard held in the arena, and leases on it.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use shardd_protocol::{ShardMeta, Status};
+
+use crate::io::AlignedBuf;
+
+/// Whether a shard's bytes are on the drive yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteBack {
+    /// On the drive (or loaded from it).
+    Clean,
+    /// Acknowledged from memory; the flush to the drive has not finished.
+    Dirty,
+    /// The flush failed; the bytes are only in memory.
+    Failed {
+        /// Status of the failure.
+        status: Status,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// One shard version in the arena: one block per chunk, immutable once
+/// built. Its memory goes back to the arena when the last holder (the cache
+/// map, a lease) drops it, so a reader never sees it reused.
+#[derive(Debug)]
+pub struct CachedShard {
+    /// Its metadata.
+    pub meta: ShardMeta,
+    chunk_size: u32,
+    chunks: Vec<AlignedBuf>,
+    leases: AtomicU64,
+    /// Loaded by a prefetch and not fetched since.
+    prefetched: AtomicBool,
+    write_back: Mutex<WriteBack>,
+}
+
+impl CachedShard {
+    /// A shard whose chunk `i` holds bytes `i * chunk_size ..` of the shard.
+    pub fn new(
+        meta: ShardMeta,
+        chunk_size: u32,
+        chunks: Vec<AlignedBuf>,
+        write_back: WriteBack,
+    ) -> CachedShard {
+        debug_assert_eq!(chunks.len() as u64, meta.len.div_ceil(chunk_size as u64));
+        CachedShard {
+            meta,
+            chunk_size,
+            chunks,
+            leases: AtomicU64::new(0),
+            prefetched: AtomicBool::new(false),
+            write_back: Mutex::new(write_back),
+        }
+    }
+
+    /// Bytes per chunk.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// The chunks' buffers (arena blocks).
+    pub fn chunks(&self) -> &[AlignedBuf] {
+        &self.chunks
+    }
+
+    /// Valid bytes of chunk `i`.
+    pub fn chunk_len(&self, i: usize) -> usize {
+        let start = i as u64 * self.chunk_size as u64;
+        (self.meta.len - start).min(self.chunk_size as u64) as usize
+    }
+
+    /// The pieces of `[offset, offset + len)`: (chunk, range within it).
+    pub fn pieces(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+        let end = offset + len;
+        let cs = self.chunk_size as u64;
+        let (first, last) = if len == 0 {
+            (1, 0)
+        } else {
+            (offset / cs, (end - 1) / cs)
+        };
+        (first..=last).map(move |i| {
+            let start = i * cs;
+            let from = offset.max(start) - start;
+            let to = end.min(start + self.chunk_len(i as usize) as u64) - start;
+            (i as usize, from as usize..to as usize)
+        })
+    }
+
+    /// Bytes of arena memory it holds.
+    pub fn arena_bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.capacity() as u64).sum()
+    }
+
+    /// Leases held now.
+    pub fn leases(&self) -> u64 {
+        self.leases.load(Ordering::Acquire)
+    }
+
+    /// Its write-back state.
+    pub fn write_back(&self) -> WriteBack {
+        self.write_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_write_back(&self, state: WriteBack) {
+        *self.write_back.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// Whether the bytes are on the drive.
+    pub fn is_clean(&self) -> bool {
+        self.write_back() == WriteBack::Clean
+    }
+
+    pub(super) fn mark_prefetched(&self) {
+        self.prefetched.store(true, Ordering::Release);
+    }
+
+    /// Clears the prefetched mark; returns whether it was set.
+    pub(super) fn take_prefetched(&self) -> bool {
+        self.prefetched.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// A reader's hold on a cached shard: while any lease exists the shard is
+/// not evicted, and its memory is not reused while anything holds it.
+#[derive(Debug)]
+pub struct Lease {
+    shard: Arc<CachedShard>,
+}
+
+impl Lease {
+    /// A new lease on `shard`.
+    pub fn new(shard: Arc<CachedShard>) -> Lease {
+        shard.leases.fetch_add(1, Ordering::AcqRel);
+        Lease { shard }
+    }
+
+    /// The shard, as a shared owner (for views that outlive the lease's scope).
+    pub fn shard(&self) -> &Arc<CachedShard> {
+        &self.shard
+    }
+}
+
+impl Clone for Lease {
+    fn clone(&self) -> Lease {
+        Lease::new(self.shard.clone())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.shard.leases.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = CachedShard;
+    fn deref(&self) -> &CachedShard {
+        &self.shard
+    }
+}
