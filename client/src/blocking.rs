@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shardd_protocol::{ByteRange, ListResponse, ShardMeta, StatusResponse};
+use shardd_protocol::{
+    ByteRange, EvictMode, EvictResponse, ListResponse, PrefetchItem, PrefetchResponse, ShardMeta,
+    StatResponse, StatusResponse,
+};
 
-use crate::ClientError;
 use crate::client::{ClientOptions, FetchInfo, PutOptions, Shard};
 use crate::connection::FetchBuf;
+use crate::{ClientError, ShardView};
 
 /// A blocking client. Cheap to clone; clones share the connection and the
 /// runtime, and may be used from several threads at once (their requests
@@ -96,8 +99,45 @@ impl Client {
     }
 
     /// See [`crate::Client::stat`].
-    pub fn stat(&self, namespace: &str, key: &str) -> Result<ShardMeta, ClientError> {
+    pub fn stat(&self, namespace: &str, key: &str) -> Result<StatResponse, ClientError> {
         self.runtime.block_on(self.inner.stat(namespace, key))
+    }
+
+    /// See [`crate::Client::fetch_view`].
+    pub fn fetch_view(
+        &self,
+        namespace: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ShardView, ClientError> {
+        self.runtime
+            .block_on(self.inner.fetch_view(namespace, key, range))
+    }
+
+    /// See [`crate::Client::prefetch`].
+    pub fn prefetch(
+        &self,
+        namespace: &str,
+        items: Vec<PrefetchItem>,
+    ) -> Result<PrefetchResponse, ClientError> {
+        self.runtime.block_on(self.inner.prefetch(namespace, items))
+    }
+
+    /// See [`crate::Client::evict`].
+    pub fn evict(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+        mode: EvictMode,
+    ) -> Result<EvictResponse, ClientError> {
+        self.runtime
+            .block_on(self.inner.evict(namespace, keys, mode))
+    }
+
+    /// See [`crate::Client::set_schedule`].
+    pub fn set_schedule(&self, namespace: &str, keys: &[&str]) -> Result<(), ClientError> {
+        self.runtime
+            .block_on(self.inner.set_schedule(namespace, keys))
     }
 
     /// See [`crate::Client::list`].

@@ -8,14 +8,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
     ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability,
-    FetchRequest, HelloRequest, HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT,
-    Namespace, Opcode, PROTOCOL_VERSION, PutRequest, PutResponse, ShardMeta, StatRequest,
-    StatResponse, StatusResponse, codec,
+    EvictMode, EvictRequest, EvictResponse, FetchRequest, HelloRequest, HelloResponse, Key,
+    ListRequest, ListResponse, MAX_LIST_LIMIT, Namespace, Opcode, PROTOCOL_VERSION, PrefetchItem,
+    PrefetchRequest, PrefetchResponse, PutRequest, PutResponse, ScheduleRequest, ScheduleResponse,
+    ShardMeta, StatRequest, StatResponse, Status, StatusResponse, ViewResponse, codec,
 };
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::arena::{self, ArenaMap};
 use crate::connection::{Connection, Dest, FetchBuf, FetchDone};
-use crate::{ClientError, Endpoint};
+use crate::{ClientError, Endpoint, ShardView};
 
 /// Send buffer asked for on Unix-socket connections.
 const UNIX_SEND_BUFFER: usize = 4 << 20;
@@ -39,6 +41,10 @@ pub struct ClientOptions {
     pub max_fetch_alloc: u64,
     /// Name sent in the hello, shown in the daemon's logs.
     pub client_name: String,
+    /// Over a Unix socket, map the daemon's arena to read fetches in place
+    /// (zero copy): `fetch_into` then copies once, from the arena into the
+    /// caller's buffer, and `fetch_view` reads without any copy.
+    pub zero_copy: bool,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +56,7 @@ impl Default for ClientOptions {
             verify_checksums: true,
             max_fetch_alloc: DEFAULT_MAX_PAYLOAD_LEN,
             client_name: format!("shardd-client {}", env!("CARGO_PKG_VERSION")),
+            zero_copy: true,
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct Client {
     conn: Arc<Connection>,
     server: Arc<HelloResponse>,
     options: Arc<ClientOptions>,
+    /// The daemon's arena, when mapped (Unix socket, zero copy granted).
+    arena: Option<Arc<ArenaMap>>,
 }
 
 fn names(namespace: &str, key: &str) -> Result<(Namespace, Key), ClientError> {
@@ -140,37 +149,42 @@ impl Client {
             source,
         };
         let max_alloc = options.max_fetch_alloc;
-        let conn = match &endpoint {
-            Endpoint::Unix(path) => {
-                let stream = UnixStream::connect(path).await.map_err(connect_error)?;
-                // Large puts move in large pieces; the kernel caps the size.
-                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER);
-                let (r, w) = stream.into_split();
-                Connection::start(name.clone(), r, w, max_alloc, options.io_timeout)
-            }
-            Endpoint::Tcp(addr) => {
-                let stream = TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(connect_error)?;
-                stream.set_nodelay(true).map_err(connect_error)?;
-                let (r, w) = stream.into_split();
-                Connection::start(name.clone(), r, w, max_alloc, options.io_timeout)
-            }
-        };
         let hello = HelloRequest {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: options.client_name.clone(),
-            want_arena: false,
+            want_arena: options.zero_copy,
         };
-        let control = encode(&hello)?;
-        let reply = conn.call(Opcode::Hello, control, None, None).await?;
-        let server: HelloResponse = decode(&conn, &reply.control)?;
-        conn.set_inflight_limit(server.limits.max_inflight_requests.max(1));
+        let (conn, server, arena) = match &endpoint {
+            Endpoint::Unix(path) => {
+                let mut stream = UnixStream::connect(path).await.map_err(connect_error)?;
+                // Large puts move in large pieces; the kernel caps the size.
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER);
+                let (server, arena) = arena::hello_unix(&mut stream, &hello, &name).await?;
+                let (r, w) = stream.into_split();
+                let limit = server.limits.max_inflight_requests;
+                let conn =
+                    Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
+                (conn, server, arena.map(Arc::new))
+            }
+            Endpoint::Tcp(addr) => {
+                let mut stream = TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(connect_error)?;
+                stream.set_nodelay(true).map_err(connect_error)?;
+                let server = arena::hello_tcp(&mut stream, &hello, &name).await?;
+                let (r, w) = stream.into_split();
+                let limit = server.limits.max_inflight_requests;
+                let conn =
+                    Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
+                (conn, server, None)
+            }
+        };
         Ok(Client {
             conn: Arc::new(conn),
             server: Arc::new(server),
             options: Arc::new(options),
+            arena,
         })
     }
 
@@ -274,6 +288,31 @@ impl Client {
         range: Option<ByteRange>,
     ) -> Result<Shard, ClientError> {
         let (namespace, key) = names(namespace, key)?;
+        let verify = range.is_none() && self.options.verify_checksums;
+        let request = FetchRequest {
+            namespace,
+            key,
+            range,
+            max_len: Some(self.options.max_fetch_alloc),
+        };
+        if self.arena.is_some() {
+            match self.view(request.clone()).await {
+                Ok(view) => {
+                    let mut data = vec![0u8; view.len() as usize];
+                    let crc = view.copy_to(&mut data, verify);
+                    check_crc(view.meta(), crc)?;
+                    return Ok(Shard {
+                        meta: view.meta().clone(),
+                        offset: view.offset(),
+                        data,
+                    });
+                }
+                // Not placeable in the arena now: read it over the socket.
+                Err(e) if view_unavailable(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let FetchRequest { namespace, key, .. } = request;
         let request = FetchRequest {
             namespace,
             key,
@@ -281,7 +320,6 @@ impl Client {
             max_len: Some(self.options.max_fetch_alloc),
         };
         let control = encode(&request)?;
-        let verify = range.is_none() && self.options.verify_checksums;
         let FetchDone { dest, result } = self
             .conn
             .fetch(
@@ -321,11 +359,28 @@ impl Client {
             range,
             max_len: Some(capacity),
         };
+        let verify = range.is_none() && self.options.verify_checksums;
+        if self.arena.is_some() {
+            // Read in place from the arena; the one copy goes into `buf`.
+            match self.view(request.clone()).await {
+                Ok(view) => {
+                    let crc = view.copy_to(buf.as_mut(), verify);
+                    let result = check_crc(view.meta(), crc).map(|()| FetchInfo {
+                        meta: view.meta().clone(),
+                        offset: view.offset(),
+                        len: view.len(),
+                    });
+                    return (buf, result);
+                }
+                // Not placeable in the arena now: read it over the socket.
+                Err(e) if view_unavailable(&e) => {}
+                Err(e) => return (buf, Err(e)),
+            }
+        }
         let control = match encode(&request) {
             Ok(control) => control,
             Err(e) => return (buf, Err(e)),
         };
-        let verify = range.is_none() && self.options.verify_checksums;
         let FetchDone { dest, result } = self
             .conn
             .fetch(
@@ -346,13 +401,105 @@ impl Client {
         (buf, result)
     }
 
-    /// Metadata of a shard.
-    pub async fn stat(&self, namespace: &str, key: &str) -> Result<ShardMeta, ClientError> {
+    /// Metadata of a shard, and its state in the daemon's arena.
+    pub async fn stat(&self, namespace: &str, key: &str) -> Result<StatResponse, ClientError> {
         let (namespace, key) = names(namespace, key)?;
-        let response: StatResponse = self
-            .call(Opcode::Stat, Some(&StatRequest { namespace, key }))
-            .await?;
-        Ok(response.meta)
+        self.call(Opcode::Stat, Some(&StatRequest { namespace, key }))
+            .await
+    }
+
+    /// Whether fetches read in place from the daemon's mapped arena.
+    pub fn zero_copy(&self) -> bool {
+        self.arena.is_some()
+    }
+
+    /// A zero-copy view of a shard (or `range` of it) in the daemon's arena.
+    /// Needs a Unix-socket connection with the arena mapped; the daemon
+    /// answers `busy` when its arena cannot hold the shard now.
+    pub async fn fetch_view(
+        &self,
+        namespace: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ShardView, ClientError> {
+        let (namespace, key) = names(namespace, key)?;
+        self.view(FetchRequest {
+            namespace,
+            key,
+            range,
+            max_len: None,
+        })
+        .await
+    }
+
+    async fn view(&self, request: FetchRequest) -> Result<ShardView, ClientError> {
+        let Some(arena) = &self.arena else {
+            return Err(ClientError::ZeroCopyUnavailable);
+        };
+        let answer: ViewResponse = self.call(Opcode::FetchView, Some(&request)).await?;
+        let lease = answer.lease;
+        ShardView::new(
+            answer.meta,
+            answer.offset,
+            answer.len,
+            answer.extents,
+            lease,
+            arena.clone(),
+            self.conn.clone(),
+        )
+        .ok_or_else(|| ClientError::Remote {
+            status: Status::Internal,
+            message: format!("the daemon described a view outside its arena (lease {lease})"),
+            current_version: None,
+        })
+    }
+
+    /// Hints that shards will be needed soon: the daemon loads them into its
+    /// arena in the background, most urgent first.
+    pub async fn prefetch(
+        &self,
+        namespace: &str,
+        items: Vec<PrefetchItem>,
+    ) -> Result<PrefetchResponse, ClientError> {
+        let request = PrefetchRequest {
+            namespace: Namespace::new(namespace)?,
+            items,
+        };
+        self.call(Opcode::Prefetch, Some(&request)).await
+    }
+
+    /// Frees the arena copies of shards (`Demote`, the drive keeps them) or
+    /// deletes the shards (`Drop`).
+    pub async fn evict(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+        mode: EvictMode,
+    ) -> Result<EvictResponse, ClientError> {
+        let request = EvictRequest {
+            namespace: Namespace::new(namespace)?,
+            keys: keys
+                .iter()
+                .map(|k| Key::new(*k))
+                .collect::<Result<_, _>>()?,
+            mode,
+        };
+        self.call(Opcode::Evict, Some(&request)).await
+    }
+
+    /// Registers the order in which a training step uses shards (repeated
+    /// every step); the daemon's schedule policy then evicts the shard used
+    /// furthest in the future. An empty order removes it.
+    pub async fn set_schedule(&self, namespace: &str, keys: &[&str]) -> Result<(), ClientError> {
+        let request = ScheduleRequest {
+            namespace: Namespace::new(namespace)?,
+            keys: keys
+                .iter()
+                .map(|k| Key::new(*k))
+                .collect::<Result<_, _>>()?,
+        };
+        let _: ScheduleResponse = self.call(Opcode::Schedule, Some(&request)).await?;
+        Ok(())
     }
 
     /// One page of the shards of `namespace` whose keys start with `prefix`,
@@ -416,6 +563,24 @@ impl Client {
     /// The daemon's state.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         self.call::<(), StatusResponse>(Opcode::Status, None).await
+    }
+}
+
+/// Whether a zero-copy fetch failed only because the daemon's arena cannot
+/// hold the shard (now or ever): the bytes can still come over the socket.
+fn view_unavailable(e: &ClientError) -> bool {
+    matches!(e.status(), Some(Status::Busy) | Some(Status::TooLarge))
+}
+
+/// Checks a whole-shard checksum computed while copying.
+fn check_crc(meta: &ShardMeta, actual: Option<u32>) -> Result<(), ClientError> {
+    match actual {
+        Some(actual) if actual != meta.crc32c => Err(ClientError::ChecksumMismatch {
+            shard: format!("{}/{}", meta.namespace, meta.key),
+            expected: meta.crc32c,
+            actual,
+        }),
+        _ => Ok(()),
     }
 }
 

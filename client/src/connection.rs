@@ -179,6 +179,7 @@ impl Shared {
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Outgoing>,
+    runtime: tokio::runtime::Handle,
     next_id: AtomicU64,
     inflight: Arc<Semaphore>,
 }
@@ -200,6 +201,7 @@ impl Connection {
         writer: W,
         max_alloc: u64,
         io_timeout: Duration,
+        max_inflight: u32,
     ) -> Connection
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -229,15 +231,10 @@ impl Connection {
         Connection {
             shared,
             tx,
+            runtime: tokio::runtime::Handle::current(),
             next_id: AtomicU64::new(1),
-            // Raised to the daemon's limit after the hello.
-            inflight: Arc::new(Semaphore::new(1)),
+            inflight: Arc::new(Semaphore::new(max_inflight.max(1) as usize)),
         }
-    }
-
-    /// Allows `n` requests in flight (the daemon's announced limit).
-    pub(crate) fn set_inflight_limit(&self, n: u32) {
-        self.inflight.add_permits((n as usize).saturating_sub(1));
     }
 
     pub(crate) fn endpoint(&self) -> &str {
@@ -274,6 +271,26 @@ impl Connection {
             // The reader already failed it.
         }
         Ok(id)
+    }
+
+    /// Sends a request whose answer nobody waits for (it is skipped when it
+    /// arrives). Best effort: a closed connection drops it.
+    pub(crate) fn send_oneway(&self, op: Opcode, control: Vec<u8>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let header = FrameHeader::request(op, id, control.len() as u32, 0).encode();
+        let out = Outgoing {
+            header,
+            control,
+            payload: None,
+        };
+        // Callable from any thread (a view dropped outside the runtime): a
+        // full queue hands the frame to a task on the connection's runtime.
+        if let Err(mpsc::error::TrySendError::Full(out)) = self.tx.try_send(out) {
+            let tx = self.tx.clone();
+            self.runtime.spawn(async move {
+                let _ = tx.send(out).await;
+            });
+        }
     }
 
     /// Sends a request and waits for its (single-frame) answer, at most

@@ -52,6 +52,10 @@ pub enum ClientError {
         /// The error.
         source: ProtocolError,
     },
+    /// Zero-copy fetches need a Unix-socket connection to a daemon that has
+    /// an arena and shares it (`server.zero_copy`); use `fetch_into`.
+    #[error("zero-copy fetches are not available on this connection")]
+    ZeroCopyUnavailable,
     /// The shard is larger than the daemon accepts (it said so in the
     /// handshake); nothing was sent. Split it, or raise the daemon's
     /// `storage.max_shard_size`.

@@ -24,19 +24,27 @@
 //!
 //! * [`client`]: the async [`Client`] and its options.
 //! * [`blocking`]: the same API, blocking.
+//! * [`view`]: zero-copy views of shards in the daemon's arena.
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
 //! * `connection`: pipelining: the reader and writer tasks of a connection.
+//! * `arena`: the hello, and mapping the daemon's arena (Unix socket).
 //! * [`error`]: the error type, [`ClientError`].
 
+mod arena;
 pub mod blocking;
 pub mod client;
 mod connection;
 pub mod endpoint;
 pub mod error;
+pub mod view;
 
 pub use client::{Client, ClientOptions, FetchInfo, PutOptions, Shard};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;
 pub use error::ClientError;
 pub use shardd_protocol as protocol;
-pub use shardd_protocol::{ByteRange, DType, Durability, ShardMeta, Status};
+pub use shardd_protocol::{
+    ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem,
+    PrefetchResponse, ShardMeta, StatResponse, Status,
+};
+pub use view::ShardView;

@@ -58,9 +58,15 @@ pub struct CacheConfig {
 pub enum Lookup {
     /// The shard is in the arena, held by this lease.
     Resident(Lease),
-    /// The shard is not cached and cannot be (larger than the arena, or the
-    /// arena is full of shards in use): read it from the drive directly.
-    Bypass(String),
+    /// The shard is not cached and cannot be: read it from the drive
+    /// directly.
+    Bypass {
+        /// Why.
+        reason: String,
+        /// It never fits (larger than the arena); otherwise the arena is
+        /// full of shards in use right now.
+        too_large: bool,
+    },
 }
 
 /// Counters of the hot tier.
@@ -84,8 +90,22 @@ type LoadResult = Result<Arc<CachedShard>, LoadFailure>;
 /// Why a load did not produce a cached shard (cloneable for every waiter).
 #[derive(Clone, Debug)]
 enum LoadFailure {
-    Bypass(String),
+    Bypass { reason: String, too_large: bool },
     Error { status: Status, message: String },
+}
+
+fn full(reason: impl Into<String>) -> LoadFailure {
+    LoadFailure::Bypass {
+        reason: reason.into(),
+        too_large: false,
+    }
+}
+
+fn too_large(reason: String) -> LoadFailure {
+    LoadFailure::Bypass {
+        reason,
+        too_large: true,
+    }
 }
 
 impl LoadFailure {
@@ -217,8 +237,8 @@ impl Cache {
             Next::Join(mut rx) => match rx.wait_for(Option::is_some).await {
                 Ok(result) => result
                     .clone()
-                    .unwrap_or_else(|| Err(LoadFailure::Bypass("load abandoned".into()))),
-                Err(_) => Err(LoadFailure::Bypass("load abandoned".into())),
+                    .unwrap_or_else(|| Err(full("load abandoned"))),
+                Err(_) => Err(full("load abandoned")),
             },
         };
         match result {
@@ -226,9 +246,9 @@ impl Cache {
                 shard.take_prefetched();
                 Ok(Lookup::Resident(Lease::new(shard)))
             }
-            Err(LoadFailure::Bypass(reason)) => {
+            Err(LoadFailure::Bypass { reason, too_large }) => {
                 stats.bypassed.fetch_add(1, Ordering::Relaxed);
-                Ok(Lookup::Bypass(reason))
+                Ok(Lookup::Bypass { reason, too_large })
             }
             Err(LoadFailure::Error { status, message }) => {
                 Err(StoreError::Other { status, message })
@@ -293,7 +313,7 @@ impl Cache {
     fn alloc_blocks(&self, len: u64, chunk_size: u32) -> Result<Vec<AlignedBuf>, LoadFailure> {
         let arena = &self.inner.arena;
         if chunk_size > arena.max_block() {
-            return Err(LoadFailure::Bypass(format!(
+            return Err(too_large(format!(
                 "chunks of {chunk_size} bytes exceed the arena's blocks of {}",
                 arena.max_block()
             )));
@@ -303,7 +323,7 @@ impl Cache {
             .map(|i| align_up((len - i * chunk_size as u64).min(chunk_size as u64)))
             .sum();
         if needed > arena.capacity() {
-            return Err(LoadFailure::Bypass(format!(
+            return Err(too_large(format!(
                 "the shard ({len} bytes) is larger than the arena ({} bytes)",
                 arena.capacity()
             )));
@@ -320,8 +340,8 @@ impl Cache {
                     }
                     Err(_) => {
                         if !self.evict_one() {
-                            return Err(LoadFailure::Bypass(
-                                "the arena is full of shards in use or not yet flushed".into(),
+                            return Err(full(
+                                "the arena is full of shards in use or not yet flushed",
                             ));
                         }
                     }

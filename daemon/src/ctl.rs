@@ -17,7 +17,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shardd_client::{ByteRange, Client, ClientError, DType, PutOptions};
+use shardd_client::protocol::Key;
+use shardd_client::{
+    ByteRange, Client, ClientError, DType, Durability, EvictMode, PrefetchItem, PutOptions,
+};
+
+/// Some prefetched keys do not exist (reported one per line).
+#[derive(Debug, thiserror::Error)]
+#[error("some shards were not found")]
+struct NotAllFound;
 
 /// The endpoint when neither `--endpoint` nor `SHARDD_ENDPOINT` says otherwise:
 /// the daemon's default Unix socket.
@@ -55,6 +63,10 @@ pub enum Command {
         /// Shape, comma separated, e.g. 4096,1024.
         #[arg(long, value_delimiter = ',')]
         shape: Vec<u64>,
+        /// Acknowledge once in the daemon's memory; it writes the shard to
+        /// the drive in the background (lost if the daemon dies first).
+        #[arg(long)]
+        write_back: bool,
     },
     /// Read a shard into a file, or to standard output ("-" or no file).
     Get {
@@ -91,6 +103,25 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Load shards into the daemon's pinned arena ahead of use, in the order given.
+    Prefetch {
+        /// Namespace.
+        namespace: String,
+        /// Keys, most urgent first.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Free the arena copies of shards (the drive keeps them), or with --drop delete them.
+    Evict {
+        /// Namespace.
+        namespace: String,
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Delete the shards instead of only freeing their memory.
+        #[arg(long)]
+        drop: bool,
     },
     /// Remove a shard.
     Rm {
@@ -133,7 +164,8 @@ pub fn main() -> ExitCode {
             eprintln!("shardctl: {e:#}");
             let not_found = e
                 .downcast_ref::<ClientError>()
-                .is_some_and(ClientError::is_not_found);
+                .is_some_and(ClientError::is_not_found)
+                || e.downcast_ref::<NotAllFound>().is_some();
             if not_found {
                 ExitCode::from(3)
             } else {
@@ -156,13 +188,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             version,
             dtype,
             shape,
+            write_back,
         } => {
             let data = read_input(&file)?;
             let options = PutOptions {
                 version,
                 dtype,
                 shape,
-                ..PutOptions::default()
+                durability: if write_back {
+                    Durability::WriteBack
+                } else {
+                    Durability::Durable
+                },
             };
             let meta = client.put(&namespace, &key, data, options).await?;
             println!(
@@ -197,11 +234,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
             key,
             json,
         } => {
-            let meta = client.stat(&namespace, &key).await?;
+            let stat = client.stat(&namespace, &key).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&meta)?);
+                println!("{}", serde_json::to_string_pretty(&stat)?);
             } else {
-                print!("{}", show::meta(&meta));
+                print!("{}", show::stat(&stat));
+            }
+        }
+        Command::Prefetch { namespace, keys } => {
+            let items = keys
+                .iter()
+                .enumerate()
+                .map(|(order, key)| {
+                    Ok(PrefetchItem {
+                        key: Key::new(key.as_str())?,
+                        order: order as u32,
+                        deadline_unix_ms: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, ClientError>>()?;
+            let answer = client.prefetch(&namespace, items).await?;
+            println!(
+                "queued {}, already in the arena {}, not found {}",
+                answer.queued,
+                answer.resident,
+                answer.not_found.len()
+            );
+            for key in &answer.not_found {
+                eprintln!("shardctl: shard {namespace}/{key} not found");
+            }
+            if !answer.not_found.is_empty() {
+                return Err(NotAllFound.into());
+            }
+        }
+        Command::Evict {
+            namespace,
+            keys,
+            drop,
+        } => {
+            let mode = if drop {
+                EvictMode::Drop
+            } else {
+                EvictMode::Demote
+            };
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let answer = client.evict(&namespace, &keys, mode).await?;
+            print!("{}", show::evicted(&answer, drop));
+            if !answer.failed.is_empty() || !answer.busy.is_empty() {
+                anyhow::bail!(
+                    "{} shards could not be evicted",
+                    answer.failed.len() + answer.busy.len()
+                );
             }
         }
         Command::Ls {

@@ -191,7 +191,7 @@ fn shardctl_session_against_a_running_daemon() {
             .output()
             .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(json["len"], 12);
+        assert_eq!(json["meta"]["len"], 12);
 
         let out = shardctl(&endpoint).args(["ls", "job"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

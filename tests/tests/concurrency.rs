@@ -56,7 +56,7 @@ async fn many_requests_pipelined_on_one_connection() {
                     .unwrap();
                 assert_eq!(client.fetch("job", &key).await.unwrap().data, data);
                 assert_eq!(
-                    client.stat("job", &key).await.unwrap().len,
+                    client.stat("job", &key).await.unwrap().meta.len,
                     data.len() as u64
                 );
             });

@@ -177,7 +177,7 @@ async fn metadata_versions_listing_and_delete() {
             (meta.version, meta.dtype, meta.shape.clone()),
             (100, DType::BF16, vec![4, 8])
         );
-        assert_eq!(client.stat("job", "emb#0/2").await.unwrap(), meta);
+        assert_eq!(client.stat("job", "emb#0/2").await.unwrap().meta, meta);
 
         // Older or equal versions are refused and say what is stored.
         let err = client

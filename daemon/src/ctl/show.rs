@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use shardd_protocol::{ShardMeta, StatusResponse};
+use shardd_protocol::{EvictResponse, ShardMeta, StatResponse, StatusResponse};
 
 /// Bytes with a binary unit, e.g. `1.5 GiB`.
 pub fn bytes(n: u64) -> String {
@@ -64,6 +64,49 @@ pub fn meta(meta: &ShardMeta) -> String {
     )
 }
 
+/// `shardctl stat`: metadata and where the shard is.
+pub fn stat(stat: &StatResponse) -> String {
+    let cache = &stat.cache;
+    let drive = match (&cache.flush_error, cache.dirty) {
+        (Some(error), _) => format!("NOT WRITTEN: {error}"),
+        (None, true) => "not yet (write-back pending)".to_string(),
+        (None, false) => "yes".to_string(),
+    };
+    format!(
+        "{}in arena {}\non drive {}\n",
+        meta(&stat.meta),
+        if cache.resident { "yes" } else { "no" },
+        drive
+    )
+}
+
+/// `shardctl evict`.
+pub fn evicted(answer: &EvictResponse, dropped: bool) -> String {
+    let mut out = String::new();
+    let verb = if dropped { "deleted" } else { "evicted" };
+    for key in &answer.evicted {
+        let _ = writeln!(out, "{verb} {key}");
+    }
+    for key in &answer.not_resident {
+        let _ = writeln!(
+            out,
+            "{key}: {}",
+            if dropped {
+                "not found"
+            } else {
+                "not in the arena"
+            }
+        );
+    }
+    for key in &answer.busy {
+        let _ = writeln!(out, "{key}: in use, not evicted");
+    }
+    for (key, reason) in &answer.failed {
+        let _ = writeln!(out, "{key}: failed: {reason}");
+    }
+    out
+}
+
 /// `shardctl ls`: one line per shard.
 pub fn listing(shards: &[ShardMeta]) -> String {
     let width = shards
@@ -104,6 +147,48 @@ pub fn status(s: &StatusResponse) -> String {
         s.quarantined,
         s.connections
     );
+    if let Some(a) = &s.arena {
+        let lookups = a.hits + a.misses;
+        let ratio = if lookups == 0 {
+            0.0
+        } else {
+            a.hits as f64 / lookups as f64 * 100.0
+        };
+        let _ = writeln!(
+            out,
+            "arena        {} used of {}, {} locked in RAM, {} shards ({}), {} not on drive yet",
+            bytes(a.used_bytes),
+            bytes(a.capacity_bytes),
+            bytes(a.locked_bytes),
+            a.resident_shards,
+            bytes(a.resident_bytes),
+            bytes(a.dirty_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "hits         {} of {} fetches ({ratio:.1}%), {} read from the drive uncached",
+            a.hits, lookups, a.bypassed
+        );
+        let _ = writeln!(
+            out,
+            "evictions    {} under pressure ({} policy), {} on request",
+            a.evictions, a.policy, a.demoted
+        );
+        let _ = writeln!(
+            out,
+            "prefetches   {} queued, {} loaded, {} late, {} unused",
+            a.prefetch_queued, a.prefetch_completed, a.prefetch_late, a.prefetch_unused
+        );
+        if a.write_back_puts > 0 || a.flush_failures > 0 {
+            let _ = writeln!(
+                out,
+                "write-back   {} puts, {} failed flushes",
+                a.write_back_puts, a.flush_failures
+            );
+        }
+    } else {
+        out.push_str("arena        none (arena.size = 0)\n");
+    }
     for d in &s.data_dirs {
         let _ = writeln!(
             out,

@@ -240,7 +240,7 @@ async fn fetch(
     let source = match &ctx.cache {
         Some(cache) => match cache.fetch(&req.namespace, &req.key).await {
             Ok(Lookup::Resident(lease)) => Ok(Source::Arena(lease)),
-            Ok(Lookup::Bypass(reason)) => {
+            Ok(Lookup::Bypass { reason, .. }) => {
                 tracing::debug!(%reason, "reading straight from the drive");
                 ctx.store
                     .open_reader(&req.namespace, &req.key)
@@ -341,11 +341,17 @@ async fn fetch_view(
     }
     let lease = match cache.fetch(&req.namespace, &req.key).await? {
         Lookup::Resident(lease) => lease,
-        Lookup::Bypass(reason) => {
+        Lookup::Bypass { reason, too_large } => {
+            // Too large never fits; otherwise the arena is full of shards in use.
+            let (status, when) = if too_large {
+                (Status::TooLarge, "")
+            } else {
+                (Status::Busy, " now")
+            };
             return Err(StoreError::Other {
-                status: Status::Busy,
+                status,
                 message: format!(
-                    "{}/{} cannot be placed in the arena now: {reason}",
+                    "{}/{} cannot be placed in the arena{when}: {reason}",
                     req.namespace, req.key
                 ),
             });

@@ -1,0 +1,256 @@
+//! The hello exchange and, over a Unix socket, the daemon's arena: its
+//! memfd arrives with the hello answer (SCM_RIGHTS) and is mapped read-only,
+//! so that zero-copy fetches read shards where the daemon keeps them.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use shardd_protocol::{
+    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, MAX_CONTROL_LEN, Opcode,
+    Status, codec,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::ClientError;
+
+/// The daemon's arena, mapped read-only.
+#[derive(Debug)]
+pub(crate) struct ArenaMap {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a read-only shared mapping; nothing is mutated through it.
+unsafe impl Send for ArenaMap {}
+// SAFETY: as above.
+unsafe impl Sync for ArenaMap {}
+
+impl ArenaMap {
+    fn map(fd: OwnedFd, len: usize) -> io::Result<ArenaMap> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the daemon granted an empty arena",
+            ));
+        }
+        // SAFETY: a new read-only shared mapping of the memfd the daemon
+        // sent; the kernel picks the address; checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // The mapping keeps the memory; the descriptor can go.
+        drop(fd);
+        Ok(ArenaMap { base, len })
+    }
+
+    /// The `len` bytes at `offset`, if they lie inside the arena.
+    ///
+    /// # Safety
+    /// The caller must hold a lease on these bytes: while it does, the
+    /// daemon neither frees nor writes them, so they do not change under
+    /// the returned slice.
+    pub(crate) unsafe fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: inside the mapping (checked above), readable, and stable
+        // for the lease's duration (the caller's contract).
+        Some(unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), len as usize)
+        })
+    }
+}
+
+impl Drop for ArenaMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once; views hold an `Arc` of it.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Sends the hello and reads its answer on the raw stream, before the
+/// connection starts pipelining. Over a Unix socket the answer may carry
+/// the arena's memfd, which is then mapped.
+pub(crate) async fn hello_unix(
+    stream: &mut UnixStream,
+    hello: &HelloRequest,
+    endpoint: &str,
+) -> Result<(HelloResponse, Option<ArenaMap>), ClientError> {
+    send_hello(stream, hello, endpoint).await?;
+    let socket = stream.as_raw_fd();
+    let mut bytes = Vec::new();
+    let mut fd: Option<OwnedFd> = None;
+    let mut want = HEADER_LEN;
+    while bytes.len() < want {
+        stream
+            .readable()
+            .await
+            .map_err(|e| disconnected(endpoint, &e))?;
+        let mut chunk = vec![0u8; want - bytes.len()];
+        match stream.try_io(Interest::READABLE, || recv_with_fd(socket, &mut chunk)) {
+            Ok((0, _)) => return Err(disconnected(endpoint, &io::ErrorKind::UnexpectedEof.into())),
+            Ok((n, received)) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                if let Some(received) = received {
+                    fd = Some(received);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(disconnected(endpoint, &e)),
+        }
+        if bytes.len() == HEADER_LEN && want == HEADER_LEN {
+            want += control_len(&bytes, endpoint)?;
+        }
+    }
+    let response = parse_answer(&bytes, endpoint)?;
+    let arena = match (response.arena, fd) {
+        (Some(grant), Some(fd)) => Some(ArenaMap::map(fd, grant.size as usize).map_err(
+            |source| ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            },
+        )?),
+        _ => None,
+    };
+    Ok((response, arena))
+}
+
+/// The hello over TCP (no arena).
+pub(crate) async fn hello_tcp(
+    stream: &mut TcpStream,
+    hello: &HelloRequest,
+    endpoint: &str,
+) -> Result<HelloResponse, ClientError> {
+    send_hello(stream, hello, endpoint).await?;
+    let mut bytes = vec![0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|e| disconnected(endpoint, &e))?;
+    let control = control_len(&bytes, endpoint)?;
+    bytes.resize(HEADER_LEN + control, 0);
+    stream
+        .read_exact(&mut bytes[HEADER_LEN..])
+        .await
+        .map_err(|e| disconnected(endpoint, &e))?;
+    parse_answer(&bytes, endpoint)
+}
+
+async fn send_hello<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    hello: &HelloRequest,
+    endpoint: &str,
+) -> Result<(), ClientError> {
+    let control = codec::encode(hello).map_err(|source| ClientError::Protocol {
+        endpoint: endpoint.to_string(),
+        source,
+    })?;
+    let header = FrameHeader::request(Opcode::Hello, 1, control.len() as u32, 0);
+    let mut frame = header.encode().to_vec();
+    frame.extend_from_slice(&control);
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| disconnected(endpoint, &e))
+}
+
+fn disconnected(endpoint: &str, e: &io::Error) -> ClientError {
+    ClientError::Disconnected {
+        endpoint: endpoint.to_string(),
+        reason: format!("during the hello: {e}"),
+    }
+}
+
+fn header(bytes: &[u8], endpoint: &str) -> Result<FrameHeader, ClientError> {
+    let mut fixed = [0u8; HEADER_LEN];
+    fixed.copy_from_slice(&bytes[..HEADER_LEN]);
+    FrameHeader::decode(&fixed).map_err(|source| ClientError::Protocol {
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+/// The control length of the answer, checked before anything is reserved.
+fn control_len(bytes: &[u8], endpoint: &str) -> Result<usize, ClientError> {
+    let header = header(bytes, endpoint)?;
+    if header.control_len > MAX_CONTROL_LEN || header.payload_len != 0 {
+        return Err(ClientError::Disconnected {
+            endpoint: endpoint.to_string(),
+            reason: "the hello answer has an impossible length".into(),
+        });
+    }
+    Ok(header.control_len as usize)
+}
+
+fn parse_answer(bytes: &[u8], endpoint: &str) -> Result<HelloResponse, ClientError> {
+    let header = header(bytes, endpoint)?;
+    let control = &bytes[HEADER_LEN..];
+    if header.status != Status::Ok {
+        let message = codec::decode::<ErrorResponse>(control)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| header.status.to_string());
+        return Err(ClientError::Remote {
+            status: header.status,
+            message,
+            current_version: None,
+        });
+    }
+    codec::decode(control).map_err(|source| ClientError::Protocol {
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+/// One `recvmsg` into `buf`; returns bytes read and a descriptor that came
+/// with them, if any.
+fn recv_with_fd(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point to
+    // live locals for the duration of the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: a valid socket and msghdr; MSG_CMSG_CLOEXEC marks received
+    // descriptors close-on-exec.
+    let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled `msg.msg_control` with `msg_controllen`
+    // bytes of well-formed cmsg headers; we walk them with the CMSG macros
+    // and read each descriptor unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                // We own every descriptor the kernel installed for us.
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, fd))
+}
