@@ -75,6 +75,7 @@ struct Stats {
     hits: AtomicU64,
     misses: AtomicU64,
     bypassed: AtomicU64,
+    loads: AtomicU64,
     evictions: AtomicU64,
     demoted: AtomicU64,
     prefetch_queued: AtomicU64,
@@ -296,6 +297,7 @@ impl Cache {
         let meta = reader.meta().clone();
         let chunk_size = reader.chunk_size();
         let blocks = self.alloc_blocks(meta.len, chunk_size)?;
+        self.inner.stats.loads.fetch_add(1, Ordering::Relaxed);
         let chunks = reader
             .read_all_into(blocks)
             .await
@@ -751,6 +753,7 @@ impl Cache {
             hits: get(&stats.hits),
             misses: get(&stats.misses),
             bypassed: get(&stats.bypassed),
+            loads: get(&stats.loads),
             evictions: get(&stats.evictions),
             demoted: get(&stats.demoted),
             prefetch_queued: get(&stats.prefetch_queued),

@@ -294,3 +294,142 @@ fn a_second_daemon_on_the_same_socket_or_data_dir_is_refused() {
         stderr_of(&out)
     );
 }
+
+/// Whether this process may lock memory beyond RLIMIT_MEMLOCK (root keeps
+/// CAP_IPC_LOCK); then the test drops the capability with setpriv.
+fn drop_ipc_lock() -> Option<Vec<String>> {
+    // SAFETY: plain syscall with no arguments.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        return Some(Vec::new());
+    }
+    let setpriv = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output();
+    if setpriv.is_ok_and(|o| o.status.success()) {
+        Some(
+            [
+                "setpriv",
+                "--inh-caps=-ipc_lock",
+                "--bounding-set=-ipc_lock",
+                "--",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+    } else {
+        None
+    }
+}
+
+#[test]
+fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
+    let Some(prefix) = drop_ipc_lock() else {
+        eprintln!("skipping: running as root without setpriv, so mlock is not limited here");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let log = dir.path().join("stderr.log");
+    let command = format!(
+        "ulimit -l 8192 && exec {} '{}' --data-dir '{}' --socket '{}' --tcp off --pinned-memory 64MiB",
+        prefix.join(" "),
+        env!("CARGO_BIN_EXE_shardd"),
+        dir.path().join("data").display(),
+        socket.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let endpoint = format!("unix://{}", socket.display());
+    let out = shardctl(&endpoint)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let arena = &status["arena"];
+    assert_eq!(arena["capacity_bytes"], 64 << 20);
+    let locked = arena["locked_bytes"].as_u64().unwrap();
+    assert!(
+        locked <= 8 << 20,
+        "locked {locked} bytes with an 8 MiB limit"
+    );
+    // It still serves.
+    shardctl(&endpoint)
+        .args(["put", "job", "k", "-"])
+        .write_stdin("still works")
+        .assert()
+        .success();
+    let out = shardctl(&endpoint)
+        .args(["get", "job", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"still works");
+    let text = shardctl(&endpoint).arg("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("locked in RAM"));
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("LimitMEMLOCK=infinity"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, saying how to fix it: {stderr}"
+    );
+    assert!(
+        warnings[0].contains(&format!("only {locked} of {} bytes are locked", 64 << 20)),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn hugetlb_pages_that_are_not_there_are_a_clear_error() {
+    let reserved = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap_or_default();
+    if reserved.trim() != "0" {
+        eprintln!(
+            "skipping: this machine reserves huge pages ({})",
+            reserved.trim()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[arena]\nsize = \"64MiB\"\nhuge_pages = \"hugetlb\"\n",
+    )
+    .unwrap();
+    let out = shardd()
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .args(["--tcp", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("vm.nr_hugepages") && err.contains("huge_pages"),
+        "{err}"
+    );
+}

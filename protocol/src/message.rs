@@ -292,6 +292,9 @@ pub struct ArenaStatus {
     pub misses: u64,
     /// Misses read straight from the drive without caching.
     pub bypassed: u64,
+    /// Shards read from the drive into the arena (by fetches and prefetches;
+    /// concurrent requests for one shard share one load).
+    pub loads: u64,
     /// Shards evicted under memory pressure.
     pub evictions: u64,
     /// Shards evicted on request (demote).

@@ -18,6 +18,8 @@ pub struct Setup {
     pub engine: EngineKind,
     /// Whether the client uses TCP (else the Unix socket).
     pub tcp: bool,
+    /// Over the Unix socket: whether the client maps the arena (zero copy).
+    pub zero_copy: bool,
 }
 
 /// The engines this machine can run; io_uring is skipped, with a printed
@@ -32,11 +34,18 @@ pub fn engines() -> Vec<EngineKind> {
     }
 }
 
-/// Every engine with every transport.
+/// Every engine with every transport: the Unix socket with zero-copy
+/// fetches, the Unix socket with copying fetches, and TCP.
 pub fn setups() -> Vec<Setup> {
     engines()
         .into_iter()
-        .flat_map(|engine| [Setup { engine, tcp: false }, Setup { engine, tcp: true }])
+        .flat_map(|engine| {
+            [(false, true), (false, false), (true, false)].map(|(tcp, zero_copy)| Setup {
+                engine,
+                tcp,
+                zero_copy,
+            })
+        })
         .collect()
 }
 
@@ -98,11 +107,28 @@ impl TestDaemon {
         }
     }
 
-    /// A connected client.
+    /// A connected client (zero copy over the Unix socket).
     pub async fn client(&self, tcp: bool) -> Client {
         Client::connect(&self.endpoint(tcp))
             .await
             .expect("client connects")
+    }
+
+    /// A client connected the way `setup` says.
+    pub async fn connect(&self, setup: Setup) -> Client {
+        let options = shardd_client::ClientOptions {
+            zero_copy: setup.zero_copy,
+            ..Default::default()
+        };
+        let client = Client::connect_with(&self.endpoint(setup.tcp), options)
+            .await
+            .expect("client connects");
+        assert_eq!(
+            client.zero_copy(),
+            setup.zero_copy && !setup.tcp,
+            "{setup:?}"
+        );
+        client
     }
 
     /// Stops gracefully.
@@ -136,7 +162,9 @@ impl TestDaemon {
 
 fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
     // Test dirs live on whatever disk the machine has: keep no reserve.
-    let mut text = if extra.contains("[storage]\n") {
+    let mut text = if extra.contains("min_free") {
+        extra.to_string()
+    } else if extra.contains("[storage]\n") {
         extra.replacen("[storage]\n", "[storage]\nmin_free = 0\n", 1)
     } else {
         format!("{extra}\n[storage]\nmin_free = 0\n")

@@ -15,7 +15,7 @@ async fn concurrent_clients_each_get_their_own_bytes() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
         let mut tasks = JoinSet::new();
         for c in 0..8u64 {
-            let client = daemon.client(setup.tcp).await;
+            let client = daemon.connect(setup).await;
             tasks.spawn(async move {
                 for i in 0..10u64 {
                     let size = ((c * 10 + i) * 37_111 % (3 << 20)) as usize;
@@ -33,7 +33,7 @@ async fn concurrent_clients_each_get_their_own_bytes() {
         while let Some(done) = tasks.join_next().await {
             done.unwrap();
         }
-        let status = daemon.client(setup.tcp).await.status().await.unwrap();
+        let status = daemon.connect(setup).await.status().await.unwrap();
         assert_eq!(status.shards, 80, "{setup:?}");
         daemon.stop().await;
     }
@@ -43,7 +43,7 @@ async fn concurrent_clients_each_get_their_own_bytes() {
 async fn many_requests_pipelined_on_one_connection() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let mut tasks = JoinSet::new();
         for i in 0..200u64 {
             let client = client.clone();
@@ -79,7 +79,7 @@ async fn answers_overtake_a_large_fetch() {
     let config = "[server]\nconnection_buffer_memory = \"4MiB\"";
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, config).await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         client
             .put("job", "big", pattern(256 << 20, 1), PutOptions::default())
             .await

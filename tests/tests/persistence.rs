@@ -7,7 +7,7 @@ use shardd_tests::{TestDaemon, files_under, pattern, setups};
 async fn shards_survive_a_restart() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let shards: Vec<(String, Vec<u8>)> = (0..30)
             .map(|i| (format!("layers.{i}"), pattern(i * 50_000, i as u64)))
             .collect();
@@ -25,7 +25,7 @@ async fn shards_survive_a_restart() {
         drop(client);
 
         daemon.restart().await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let status = client.status().await.unwrap();
         assert_eq!(status.shards, 29, "{setup:?}");
         let shard = client.fetch("job", "layers.0").await.unwrap();
@@ -67,7 +67,7 @@ fn flip_payload_byte(data_dir: &std::path::Path, key: &str, at: usize) {
 async fn a_flipped_payload_byte_is_detected_and_never_served() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let data = pattern(3 << 20, 1);
         client
             .put("job", "victim", data.clone(), PutOptions::default())
@@ -82,7 +82,7 @@ async fn a_flipped_payload_byte_is_detected_and_never_served() {
         flip_payload_byte(&daemon.data_dir(), "victim", (2 << 20) + 5);
 
         daemon.restart().await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let err = client.fetch("job", "victim").await.unwrap_err();
         assert_eq!(
             err.status(),
@@ -104,7 +104,7 @@ async fn a_flipped_payload_byte_is_detected_and_never_served() {
         // Still quarantined after a restart; a new put replaces it.
         drop(client);
         daemon.restart().await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         assert_eq!(
             client.stat("job", "victim").await.unwrap_err().status(),
             Some(Status::ChecksumMismatch)

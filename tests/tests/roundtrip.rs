@@ -20,7 +20,7 @@ const SIZES: [usize; 9] = [
 async fn byte_exact_round_trips_of_many_sizes() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         for (i, size) in SIZES.into_iter().enumerate() {
             let data = pattern(size, i as u64);
             let key = format!("layers.{i}.w");
@@ -50,7 +50,7 @@ async fn byte_exact_round_trips_of_many_sizes() {
 async fn buffered_data_dirs_round_trip_and_recover() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "[storage]\ndirect_io = \"off\"").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let status = client.status().await.unwrap();
         assert!(!status.data_dirs[0].direct_io, "{setup:?}");
         let sizes = [0, 1, 4097, (1 << 20) + 3, 5 << 20];
@@ -64,7 +64,7 @@ async fn buffered_data_dirs_round_trip_and_recover() {
         }
         drop(client);
         daemon.restart().await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         for (i, size) in sizes.into_iter().enumerate() {
             let shard = client
                 .fetch_range("job", &format!("b{i}"), 0, size as u64)
@@ -80,7 +80,7 @@ async fn buffered_data_dirs_round_trip_and_recover() {
 async fn a_256_mib_shard_round_trips_into_a_caller_buffer() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let data = pattern(256 << 20, 9);
         client
             .put("job", "big", data.clone(), PutOptions::default())
@@ -99,7 +99,7 @@ async fn a_256_mib_shard_round_trips_into_a_caller_buffer() {
 async fn ranges_read_exactly_the_bytes_asked_for() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "[storage]\nchunk_size = \"64KiB\"").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let data = pattern((5 << 16) + 123, 3);
         client
             .put("job", "r", data.clone(), PutOptions::default())
@@ -162,7 +162,7 @@ async fn ranges_read_exactly_the_bytes_asked_for() {
 async fn metadata_versions_listing_and_delete() {
     for setup in setups() {
         let mut daemon = TestDaemon::start(setup.engine, "").await;
-        let client = daemon.client(setup.tcp).await;
+        let client = daemon.connect(setup).await;
         let options = PutOptions {
             version: Some(100),
             dtype: DType::BF16,

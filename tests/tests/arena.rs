@@ -1,0 +1,533 @@
+//! The pinned-memory tier through the real daemon: hits and misses, one
+//! load for concurrent fetches, shards larger than the arena, write-back,
+//! prefetch, eviction policies, leases and zero-copy views.
+
+use std::time::Duration;
+
+use shardd_client::{
+    Client, ClientError, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions, Status,
+};
+use shardd_protocol::{ArenaStatus, Key};
+use shardd_tests::{TestDaemon, engines, pattern};
+use tokio::task::JoinSet;
+
+const MIB: usize = 1 << 20;
+
+async fn arena(client: &Client) -> ArenaStatus {
+    client
+        .status()
+        .await
+        .unwrap()
+        .arena
+        .expect("the daemon has an arena")
+}
+
+fn write_back() -> PutOptions {
+    PutOptions {
+        durability: Durability::WriteBack,
+        ..PutOptions::default()
+    }
+}
+
+/// Waits until `check` holds for the arena's status.
+async fn wait_for(client: &Client, what: &str, check: impl Fn(&ArenaStatus) -> bool) {
+    for _ in 0..500 {
+        if check(&arena(client).await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}: {:?}", arena(client).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_stay_resident_and_fetches_hit() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"32MiB\"").await;
+        let client = daemon.client(false).await;
+        let data = pattern(3 * MIB + 5, 1);
+        client
+            .put("job", "w", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            client.stat("job", "w").await.unwrap().cache.resident,
+            "a put leaves its shard in the arena"
+        );
+        assert_eq!(client.fetch("job", "w").await.unwrap().data, data);
+        let status = arena(&client).await;
+        assert_eq!(
+            (status.hits, status.misses, status.loads),
+            (1, 0, 0),
+            "{status:?}"
+        );
+
+        // Demoted: gone from the arena, still on the drive; the next fetch loads it once.
+        let evicted = client
+            .evict("job", &["w"], EvictMode::Demote)
+            .await
+            .unwrap();
+        assert_eq!(evicted.evicted, [Key::new("w").unwrap()]);
+        assert!(!client.stat("job", "w").await.unwrap().cache.resident);
+        let copying = Client::connect_with(
+            &daemon.unix_endpoint(),
+            ClientOptions {
+                zero_copy: false,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(copying.fetch("job", "w").await.unwrap().data, data);
+        assert_eq!(client.fetch("job", "w").await.unwrap().data, data);
+        let status = arena(&client).await;
+        assert_eq!(
+            (status.hits, status.misses, status.loads),
+            (2, 1, 1),
+            "{status:?}"
+        );
+        assert_eq!(status.demoted, 1);
+        // A new version replaces the cached one at once.
+        client
+            .put("job", "w", vec![7u8; 100], PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(client.fetch("job", "w").await.unwrap().data, vec![7u8; 100]);
+        daemon.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_of_a_cold_shard_share_one_read() {
+    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"64MiB\"").await;
+    let client = daemon.client(false).await;
+    let data = pattern(24 * MIB, 2);
+    client
+        .put("job", "cold", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    drop(client);
+    daemon.restart().await; // nothing resident
+    let mut fetches = JoinSet::new();
+    for i in 0..8 {
+        let zero_copy = i % 2 == 0;
+        let client = Client::connect_with(
+            &daemon.unix_endpoint(),
+            ClientOptions {
+                zero_copy,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        fetches.spawn(async move { client.fetch("job", "cold").await.unwrap().data });
+    }
+    while let Some(bytes) = fetches.join_next().await {
+        assert!(bytes.unwrap() == data);
+    }
+    let status = arena(&daemon.client(false).await).await;
+    assert_eq!(
+        status.loads, 1,
+        "eight fetches, one read of the drive: {status:?}"
+    );
+    assert_eq!(status.hits + status.misses, 8);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_larger_than_the_arena_is_streamed_from_the_drive() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"8MiB\"").await;
+        let client = daemon.client(false).await;
+        let data = pattern(20 * MIB + 3, 3);
+        client
+            .put("job", "huge", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(!client.stat("job", "huge").await.unwrap().cache.resident);
+        // Zero copy is impossible, the client falls back to the socket.
+        let err = client.fetch_view("job", "huge", None).await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::TooLarge), "{err}");
+        assert!(err.to_string().contains("larger than the arena"), "{err}");
+        assert!(client.fetch("job", "huge").await.unwrap().data == data);
+        let (buf, info) = client
+            .fetch_into("job", "huge", None, vec![0u8; 21 * MIB])
+            .await;
+        assert_eq!(info.unwrap().len, data.len() as u64);
+        assert!(buf[..data.len()] == data[..]);
+        assert!(arena(&client).await.bypassed >= 2);
+        daemon.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_puts_are_served_at_once_and_reach_the_drive() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"32MiB\"").await;
+        let client = daemon.client(false).await;
+        let data = pattern(5 * MIB + 77, 4);
+        let meta = client
+            .put("job", "wb", data.clone(), write_back())
+            .await
+            .unwrap();
+        assert_eq!(meta.crc32c, crc32c::crc32c(&data));
+        assert_eq!(client.fetch("job", "wb").await.unwrap().data, data);
+        wait_for(&client, "the flush", |a| a.dirty_bytes == 0).await;
+        let stat = client.stat("job", "wb").await.unwrap();
+        assert!(
+            stat.cache.resident && !stat.cache.dirty && stat.cache.flush_error.is_none(),
+            "{stat:?}"
+        );
+        assert_eq!(arena(&client).await.write_back_puts, 1);
+        drop(client);
+        daemon.restart().await;
+        let client = daemon.client(false).await;
+        let shard = client.fetch("job", "wb").await.unwrap();
+        assert_eq!(
+            (shard.meta.version, shard.data == data),
+            (1, true),
+            "{engine:?}"
+        );
+        daemon.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_is_reported_by_stat_and_fetch() {
+    // A data dir that always lacks room: durable writes fail with no space.
+    let config = "[storage]\nmin_free = \"1000TiB\"\n[arena]\nsize = \"32MiB\"";
+    let mut daemon = TestDaemon::start(engines()[0], config).await;
+    let client = daemon.client(false).await;
+    let err = client
+        .put("job", "d", vec![1u8; 1000], PutOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::NoSpace));
+    client
+        .put("job", "wb", vec![2u8; 1000], write_back())
+        .await
+        .unwrap();
+    wait_for(&client, "the failed flush", |a| a.flush_failures == 1).await;
+    let stat = client.stat("job", "wb").await.unwrap();
+    let error = stat
+        .cache
+        .flush_error
+        .expect("the stat says the flush failed");
+    assert!(error.contains("no space"), "{error}");
+    let err = client.fetch("job", "wb").await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::NoSpace), "{err}");
+    assert!(
+        err.to_string().contains("write-back to the drive failed"),
+        "{err}"
+    );
+    // The key is listed (it is acknowledged), and deleting it clears the failure.
+    assert_eq!(client.list("job", "").await.unwrap().len(), 1);
+    client.delete("job", "wb", None).await.unwrap();
+    assert!(client.fetch("job", "wb").await.unwrap_err().is_not_found());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_loads_ahead_of_fetches() {
+    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"64MiB\"").await;
+    let client = daemon.client(false).await;
+    for i in 0..6 {
+        client
+            .put(
+                "job",
+                &format!("layers.{i}"),
+                pattern(2 * MIB, i),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    drop(client);
+    daemon.restart().await;
+    let client = daemon.client(false).await;
+    let items = (0..6)
+        .map(|i| PrefetchItem {
+            key: Key::new(format!("layers.{i}")).unwrap(),
+            order: i,
+            deadline_unix_ms: None,
+        })
+        .chain([PrefetchItem {
+            key: Key::new("layers.missing").unwrap(),
+            order: 9,
+            deadline_unix_ms: None,
+        }])
+        .collect();
+    let answer = client.prefetch("job", items).await.unwrap();
+    assert_eq!((answer.queued, answer.resident), (6, 0));
+    assert_eq!(answer.not_found, [Key::new("layers.missing").unwrap()]);
+    wait_for(&client, "the prefetches", |a| a.prefetch_completed == 6).await;
+    // Resident before any fetch asked for them: every fetch is a hit.
+    for i in 0..6 {
+        assert!(
+            client
+                .stat("job", &format!("layers.{i}"))
+                .await
+                .unwrap()
+                .cache
+                .resident
+        );
+        assert_eq!(
+            client
+                .fetch("job", &format!("layers.{i}"))
+                .await
+                .unwrap()
+                .data,
+            pattern(2 * MIB, i)
+        );
+    }
+    let status = arena(&client).await;
+    assert_eq!(
+        (status.hits, status.misses, status.loads),
+        (6, 0, 6),
+        "{status:?}"
+    );
+    // Prefetching what is resident queues nothing.
+    let again = client
+        .prefetch(
+            "job",
+            vec![PrefetchItem {
+                key: Key::new("layers.0").unwrap(),
+                order: 0,
+                deadline_unix_ms: None,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.queued, again.resident), (0, 1));
+    daemon.stop().await;
+}
+
+/// Replays `steps` passes of a cyclic layer order through a daemon whose
+/// arena holds fewer shards than the order; returns the hit ratio after
+/// the first pass.
+async fn cyclic_hit_ratio(policy: &str) -> f64 {
+    let config = format!("[arena]\nsize = \"8MiB\"\neviction = \"{policy}\"");
+    let mut daemon = TestDaemon::start(engines()[0], &config).await;
+    let client = daemon.client(false).await;
+    let keys: Vec<String> = (0..10).map(|i| format!("layers.{i}")).collect();
+    for key in &keys {
+        client
+            .put("job", key, vec![1u8; MIB], PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    client.evict("job", &refs, EvictMode::Demote).await.unwrap();
+    client.set_schedule("job", &refs).await.unwrap();
+    for key in &keys {
+        client.fetch("job", key).await.unwrap();
+    }
+    let before = arena(&client).await;
+    for _ in 0..5 {
+        for key in &keys {
+            client.fetch("job", key).await.unwrap();
+        }
+    }
+    let after = arena(&client).await;
+    daemon.stop().await;
+    let hits = after.hits - before.hits;
+    let misses = after.misses - before.misses;
+    hits as f64 / (hits + misses) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_policy_beats_lru_on_a_cyclic_layer_order() {
+    let lru = cyclic_hit_ratio("lru").await;
+    let schedule = cyclic_hit_ratio("schedule").await;
+    println!(
+        "10 layers of 1 MiB cycling through an 8 MiB arena: hit ratio LRU {lru:.2}, schedule-aware {schedule:.2}"
+    );
+    assert!(schedule > lru, "schedule {schedule} vs lru {lru}");
+    assert_eq!(lru, 0.0, "a cyclic scan makes LRU thrash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
+    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"4MiB\"").await;
+    let client = daemon.client(false).await;
+    assert!(client.zero_copy());
+    for i in 0..5 {
+        client
+            .put(
+                "job",
+                &format!("s{i}"),
+                pattern(MIB, 10 + i),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // Hold views of four shards: the arena is full of leased shards.
+    let mut views = Vec::new();
+    for i in 0..4 {
+        let view = client
+            .fetch_view("job", &format!("s{i}"), None)
+            .await
+            .unwrap();
+        assert_eq!(view.to_vec(), pattern(MIB, 10 + i));
+        views.push(view);
+    }
+    let err = client.fetch_view("job", "s4", None).await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::Busy), "{err}");
+    // A copying fetch still works (read from the drive), and nothing hangs.
+    assert_eq!(
+        client.fetch("job", "s4").await.unwrap().data,
+        pattern(MIB, 14)
+    );
+    let evict = client
+        .evict("job", &["s0"], EvictMode::Demote)
+        .await
+        .unwrap();
+    assert_eq!(evict.busy, [Key::new("s0").unwrap()]);
+    // A newer version of a viewed shard does not change the view's bytes.
+    client
+        .put("job", "s0", vec![0u8; MIB], PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(views[0].to_vec(), pattern(MIB, 10));
+    // Giving leases back makes room.
+    views.clear();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let view = client.fetch_view("job", "s4", None).await.unwrap();
+    assert_eq!(view.to_vec(), pattern(MIB, 14));
+    daemon.stop().await;
+}
+
+/// A client that takes zero-copy views and dies without releasing them
+/// (here: a raw connection that is dropped) gives its leases back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_dies_gives_its_leases_back() {
+    use shardd_protocol::{
+        FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Namespace, Opcode, codec,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"2MiB\"").await;
+    let writer = daemon.client(true).await;
+    writer
+        .put("job", "a", pattern(MIB, 1), PutOptions::default())
+        .await
+        .unwrap();
+    writer
+        .put("job", "b", pattern(MIB, 2), PutOptions::default())
+        .await
+        .unwrap();
+    writer
+        .put("job", "c", pattern(MIB, 3), PutOptions::default())
+        .await
+        .unwrap();
+
+    let path = daemon
+        .unix_endpoint()
+        .trim_start_matches("unix://")
+        .to_string();
+    let mut raw = tokio::net::UnixStream::connect(path).await.unwrap();
+    let send = async |raw: &mut tokio::net::UnixStream, op: Opcode, id: u64, control: Vec<u8>| {
+        let header = FrameHeader::request(op, id, control.len() as u32, 0);
+        raw.write_all(&header.encode()).await.unwrap();
+        raw.write_all(&control).await.unwrap();
+        let mut bytes = [0u8; HEADER_LEN];
+        raw.read_exact(&mut bytes).await.unwrap();
+        let answer = FrameHeader::decode(&bytes).unwrap();
+        let mut rest = vec![0u8; answer.control_len as usize];
+        raw.read_exact(&mut rest).await.unwrap();
+        answer.status
+    };
+    let hello = HelloRequest {
+        min_version: 1,
+        max_version: 1,
+        client: "dies".into(),
+        want_arena: true,
+    };
+    // A plain read discards the memfd that comes with the answer.
+    assert_eq!(
+        send(&mut raw, Opcode::Hello, 1, codec::encode(&hello).unwrap()).await,
+        Status::Ok
+    );
+    for (id, key) in [(2, "a"), (3, "b")] {
+        let fetch = FetchRequest {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new(key).unwrap(),
+            range: None,
+            max_len: None,
+        };
+        assert_eq!(
+            send(
+                &mut raw,
+                Opcode::FetchView,
+                id,
+                codec::encode(&fetch).unwrap()
+            )
+            .await,
+            Status::Ok
+        );
+    }
+    let other = daemon.client(false).await;
+    let err = other.fetch_view("job", "c", None).await.unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(Status::Busy),
+        "a and b are leased: {err}"
+    );
+
+    drop(raw); // dies holding two leases
+    let mut got = None;
+    for _ in 0..100 {
+        match other.fetch_view("job", "c", None).await {
+            Ok(view) => {
+                got = Some(view.to_vec());
+                break;
+            }
+            Err(ClientError::Remote {
+                status: Status::Busy,
+                ..
+            }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        got.expect("the dead client's leases were released"),
+        pattern(MIB, 3)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_views_of_ranges_across_chunks() {
+    let mut daemon = TestDaemon::start(
+        engines()[0],
+        "[storage]\nchunk_size = \"64KiB\"\n[arena]\nsize = \"8MiB\"",
+    )
+    .await;
+    let client = daemon.client(false).await;
+    let data = pattern(5 * 65536 + 10, 5);
+    client
+        .put("job", "r", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let view = client
+        .fetch_view(
+            "job",
+            "r",
+            Some(shardd_client::ByteRange {
+                offset: 65530,
+                len: 3 * 65536,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(view.pieces().count(), 4, "the range spans four chunks");
+    assert_eq!(view.to_vec(), &data[65530..65530 + 3 * 65536]);
+    let whole = client.fetch_view("job", "r", None).await.unwrap();
+    let mut copy = vec![0u8; data.len()];
+    let crc = whole.copy_to(&mut copy, true);
+    assert_eq!(crc, Some(crc32c::crc32c(&data)));
+    daemon.stop().await;
+}
