@@ -7,8 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use shardd_protocol::{
-    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, MAX_CONTROL_LEN, Opcode,
-    Status, codec,
+    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, MAX_CONTROL_LEN, Opcode, Status, codec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
@@ -50,8 +49,7 @@ impl ArenaMap {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         // The mapping keeps the memory; the descriptor can go.
         drop(fd);
         Ok(ArenaMap { base, len })
@@ -70,9 +68,7 @@ impl ArenaMap {
         }
         // SAFETY: inside the mapping (checked above), readable, and stable
         // for the lease's duration (the caller's contract).
-        Some(unsafe {
-            std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), len as usize)
-        })
+        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), len as usize) })
     }
 }
 
@@ -97,10 +93,7 @@ pub(crate) async fn hello_unix(
     let mut fd: Option<OwnedFd> = None;
     let mut want = HEADER_LEN;
     while bytes.len() < want {
-        stream
-            .readable()
-            .await
-            .map_err(|e| disconnected(endpoint, &e))?;
+        stream.readable().await.map_err(|e| disconnected(endpoint, &e))?;
         let mut chunk = vec![0u8; want - bytes.len()];
         match stream.try_io(Interest::READABLE, || recv_with_fd(socket, &mut chunk)) {
             Ok((0, _)) => return Err(disconnected(endpoint, &io::ErrorKind::UnexpectedEof.into())),
@@ -119,12 +112,14 @@ pub(crate) async fn hello_unix(
     }
     let response = parse_answer(&bytes, endpoint)?;
     let arena = match (response.arena, fd) {
-        (Some(grant), Some(fd)) => Some(ArenaMap::map(fd, grant.size as usize).map_err(
-            |source| ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                source,
-            },
-        )?),
+        (Some(grant), Some(fd)) => {
+            Some(
+                ArenaMap::map(fd, grant.size as usize).map_err(|source| ClientError::Connect {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?,
+            )
+        }
         _ => None,
     };
     Ok((response, arena))
@@ -163,10 +158,7 @@ async fn send_hello<S: tokio::io::AsyncWrite + Unpin>(
     let header = FrameHeader::request(Opcode::Hello, 1, control.len() as u32, 0);
     let mut frame = header.encode().to_vec();
     frame.extend_from_slice(&control);
-    stream
-        .write_all(&frame)
-        .await
-        .map_err(|e| disconnected(endpoint, &e))
+    stream.write_all(&frame).await.map_err(|e| disconnected(endpoint, &e))
 }
 
 fn disconnected(endpoint: &str, e: &io::Error) -> ClientError {

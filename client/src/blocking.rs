@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shardd_protocol::{
-    ByteRange, EvictMode, EvictResponse, ListResponse, PrefetchItem, PrefetchResponse, ShardMeta,
-    StatResponse, StatusResponse,
+    ByteRange, EvictMode, EvictResponse, ListResponse, PrefetchItem, PrefetchResponse, ShardMeta, StatResponse,
+    StatusResponse,
 };
 
 use crate::client::{ClientOptions, FetchInfo, PutOptions, Shard};
@@ -65,8 +65,7 @@ impl Client {
         data: impl Into<Bytes>,
         options: PutOptions,
     ) -> Result<ShardMeta, ClientError> {
-        self.runtime
-            .block_on(self.inner.put(namespace, key, data, options))
+        self.runtime.block_on(self.inner.put(namespace, key, data, options))
     }
 
     /// See [`crate::Client::fetch`].
@@ -75,13 +74,7 @@ impl Client {
     }
 
     /// See [`crate::Client::fetch_range`].
-    pub fn fetch_range(
-        &self,
-        namespace: &str,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Shard, ClientError> {
+    pub fn fetch_range(&self, namespace: &str, key: &str, offset: u64, len: u64) -> Result<Shard, ClientError> {
         self.runtime
             .block_on(self.inner.fetch_range(namespace, key, offset, len))
     }
@@ -94,8 +87,7 @@ impl Client {
         range: Option<ByteRange>,
         buf: B,
     ) -> (B, Result<FetchInfo, ClientError>) {
-        self.runtime
-            .block_on(self.inner.fetch_into(namespace, key, range, buf))
+        self.runtime.block_on(self.inner.fetch_into(namespace, key, range, buf))
     }
 
     /// See [`crate::Client::stat`].
@@ -104,40 +96,23 @@ impl Client {
     }
 
     /// See [`crate::Client::fetch_view`].
-    pub fn fetch_view(
-        &self,
-        namespace: &str,
-        key: &str,
-        range: Option<ByteRange>,
-    ) -> Result<ShardView, ClientError> {
-        self.runtime
-            .block_on(self.inner.fetch_view(namespace, key, range))
+    pub fn fetch_view(&self, namespace: &str, key: &str, range: Option<ByteRange>) -> Result<ShardView, ClientError> {
+        self.runtime.block_on(self.inner.fetch_view(namespace, key, range))
     }
 
     /// See [`crate::Client::prefetch`].
-    pub fn prefetch(
-        &self,
-        namespace: &str,
-        items: Vec<PrefetchItem>,
-    ) -> Result<PrefetchResponse, ClientError> {
+    pub fn prefetch(&self, namespace: &str, items: Vec<PrefetchItem>) -> Result<PrefetchResponse, ClientError> {
         self.runtime.block_on(self.inner.prefetch(namespace, items))
     }
 
     /// See [`crate::Client::evict`].
-    pub fn evict(
-        &self,
-        namespace: &str,
-        keys: &[&str],
-        mode: EvictMode,
-    ) -> Result<EvictResponse, ClientError> {
-        self.runtime
-            .block_on(self.inner.evict(namespace, keys, mode))
+    pub fn evict(&self, namespace: &str, keys: &[&str], mode: EvictMode) -> Result<EvictResponse, ClientError> {
+        self.runtime.block_on(self.inner.evict(namespace, keys, mode))
     }
 
     /// See [`crate::Client::set_schedule`].
     pub fn set_schedule(&self, namespace: &str, keys: &[&str]) -> Result<(), ClientError> {
-        self.runtime
-            .block_on(self.inner.set_schedule(namespace, keys))
+        self.runtime.block_on(self.inner.set_schedule(namespace, keys))
     }
 
     /// See [`crate::Client::list`].
@@ -158,14 +133,8 @@ impl Client {
     }
 
     /// See [`crate::Client::delete`].
-    pub fn delete(
-        &self,
-        namespace: &str,
-        key: &str,
-        version: Option<u64>,
-    ) -> Result<u64, ClientError> {
-        self.runtime
-            .block_on(self.inner.delete(namespace, key, version))
+    pub fn delete(&self, namespace: &str, key: &str, version: Option<u64>) -> Result<u64, ClientError> {
+        self.runtime.block_on(self.inner.delete(namespace, key, version))
     }
 
     /// See [`crate::Client::status`].

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability,
-    EvictMode, EvictRequest, EvictResponse, FetchRequest, HelloRequest, HelloResponse, Key,
-    ListRequest, ListResponse, MAX_LIST_LIMIT, Namespace, Opcode, PROTOCOL_VERSION, PrefetchItem,
-    PrefetchRequest, PrefetchResponse, PutRequest, PutResponse, ScheduleRequest, ScheduleResponse,
-    ShardMeta, StatRequest, StatResponse, Status, StatusResponse, ViewResponse, codec,
+    ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability, EvictMode, EvictRequest,
+    EvictResponse, FetchRequest, HelloRequest, HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT,
+    Namespace, Opcode, PROTOCOL_VERSION, PrefetchItem, PrefetchRequest, PrefetchResponse, PutRequest, PutResponse,
+    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, ViewRequest,
+    ViewResponse, codec,
 };
 use tokio::net::{TcpStream, UnixStream};
 
@@ -33,10 +33,14 @@ pub struct ClientOptions {
     /// Longest wait for progress inside an answer frame; a daemon that
     /// stalls longer is considered gone and the connection is closed.
     pub io_timeout: Duration,
-    /// Check whole-shard fetches against the shard's CRC32C as the bytes
-    /// arrive (end to end, on top of the daemon's own check of every chunk
-    /// it reads from the drive).
+    /// Check whole-shard fetches that come over the socket against the
+    /// shard's CRC32C as the bytes arrive (end to end, on top of the
+    /// daemon's own check of every chunk it reads from the drive).
     pub verify_checksums: bool,
+    /// Also check whole-shard fetches read from the mapped arena. Off by
+    /// default: those bytes never crossed a socket, and the daemon verified
+    /// every chunk when it read it from the drive.
+    pub verify_views: bool,
     /// Largest answer an owned fetch ([`Client::fetch`]) allocates for.
     pub max_fetch_alloc: u64,
     /// Name sent in the hello, shown in the daemon's logs.
@@ -54,6 +58,7 @@ impl Default for ClientOptions {
             request_timeout: None,
             io_timeout: Duration::from_secs(60),
             verify_checksums: true,
+            verify_views: false,
             max_fetch_alloc: DEFAULT_MAX_PAYLOAD_LEN,
             client_name: format!("shardd-client {}", env!("CARGO_PKG_VERSION")),
             zero_copy: true,
@@ -120,10 +125,7 @@ impl Client {
     }
 
     /// Connects and performs the version handshake.
-    pub async fn connect_with(
-        endpoint: &str,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
+    pub async fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let parsed = Endpoint::parse(endpoint)?;
         let name = parsed.to_string();
         let limit = options.connect_timeout;
@@ -131,19 +133,12 @@ impl Client {
             Ok(result) => result,
             Err(_) => Err(ClientError::Connect {
                 endpoint: name,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {limit:?}"),
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {limit:?}")),
             }),
         }
     }
 
-    async fn establish(
-        endpoint: Endpoint,
-        name: String,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
+    async fn establish(endpoint: Endpoint, name: String, options: ClientOptions) -> Result<Client, ClientError> {
         let connect_error = |source| ClientError::Connect {
             endpoint: name.clone(),
             source,
@@ -163,20 +158,16 @@ impl Client {
                 let (server, arena) = arena::hello_unix(&mut stream, &hello, &name).await?;
                 let (r, w) = stream.into_split();
                 let limit = server.limits.max_inflight_requests;
-                let conn =
-                    Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
+                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
                 (conn, server, arena.map(Arc::new))
             }
             Endpoint::Tcp(addr) => {
-                let mut stream = TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(connect_error)?;
+                let mut stream = TcpStream::connect(addr.as_str()).await.map_err(connect_error)?;
                 stream.set_nodelay(true).map_err(connect_error)?;
                 let server = arena::hello_tcp(&mut stream, &hello, &name).await?;
                 let (r, w) = stream.into_split();
                 let limit = server.limits.max_inflight_requests;
-                let conn =
-                    Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
+                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
                 (conn, server, None)
             }
         };
@@ -207,10 +198,7 @@ impl Client {
             Some(r) => encode(r)?,
             None => Vec::new(),
         };
-        let reply = self
-            .conn
-            .call(op, control, None, self.options.request_timeout)
-            .await?;
+        let reply = self.conn.call(op, control, None, self.options.request_timeout).await?;
         decode(&self.conn, &reply.control)
     }
 
@@ -253,12 +241,7 @@ impl Client {
         let control = encode(&request)?;
         let reply = self
             .conn
-            .call(
-                Opcode::Put,
-                control,
-                Some(data),
-                self.options.request_timeout,
-            )
+            .call(Opcode::Put, control, Some(data), self.options.request_timeout)
             .await?;
         let response: PutResponse = decode(&self.conn, &reply.control)?;
         Ok(response.meta)
@@ -270,23 +253,11 @@ impl Client {
     }
 
     /// Fetches `len` bytes at `offset` of a shard into a new buffer.
-    pub async fn fetch_range(
-        &self,
-        namespace: &str,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Shard, ClientError> {
-        self.fetch_owned(namespace, key, Some(ByteRange { offset, len }))
-            .await
+    pub async fn fetch_range(&self, namespace: &str, key: &str, offset: u64, len: u64) -> Result<Shard, ClientError> {
+        self.fetch_owned(namespace, key, Some(ByteRange { offset, len })).await
     }
 
-    async fn fetch_owned(
-        &self,
-        namespace: &str,
-        key: &str,
-        range: Option<ByteRange>,
-    ) -> Result<Shard, ClientError> {
+    async fn fetch_owned(&self, namespace: &str, key: &str, range: Option<ByteRange>) -> Result<Shard, ClientError> {
         let (namespace, key) = names(namespace, key)?;
         let verify = range.is_none() && self.options.verify_checksums;
         let request = FetchRequest {
@@ -299,7 +270,7 @@ impl Client {
             match self.view(request.clone()).await {
                 Ok(view) => {
                     let mut data = vec![0u8; view.len() as usize];
-                    let crc = view.copy_to(&mut data, verify);
+                    let crc = view.copy_to(&mut data, verify && self.options.verify_views);
                     check_crc(view.meta(), crc)?;
                     return Ok(Shard {
                         meta: view.meta().clone(),
@@ -322,12 +293,7 @@ impl Client {
         let control = encode(&request)?;
         let FetchDone { dest, result } = self
             .conn
-            .fetch(
-                control,
-                Dest::Alloc(None),
-                verify,
-                self.options.request_timeout,
-            )
+            .fetch(control, Dest::Alloc(None), verify, self.options.request_timeout)
             .await;
         let head = result?;
         let data = dest.into_vec();
@@ -364,7 +330,7 @@ impl Client {
             // Read in place from the arena; the one copy goes into `buf`.
             match self.view(request.clone()).await {
                 Ok(view) => {
-                    let crc = view.copy_to(buf.as_mut(), verify);
+                    let crc = view.copy_to(buf.as_mut(), verify && self.options.verify_views);
                     let result = check_crc(view.meta(), crc).map(|()| FetchInfo {
                         meta: view.meta().clone(),
                         offset: view.offset(),
@@ -383,12 +349,7 @@ impl Client {
         };
         let FetchDone { dest, result } = self
             .conn
-            .fetch(
-                control,
-                Dest::caller(buf),
-                verify,
-                self.options.request_timeout,
-            )
+            .fetch(control, Dest::caller(buf), verify, self.options.request_timeout)
             .await;
         let Some(buf) = dest.into_caller::<B>() else {
             unreachable!("a fetch always returns the caller's buffer");
@@ -404,8 +365,7 @@ impl Client {
     /// Metadata of a shard, and its state in the daemon's arena.
     pub async fn stat(&self, namespace: &str, key: &str) -> Result<StatResponse, ClientError> {
         let (namespace, key) = names(namespace, key)?;
-        self.call(Opcode::Stat, Some(&StatRequest { namespace, key }))
-            .await
+        self.call(Opcode::Stat, Some(&StatRequest { namespace, key })).await
     }
 
     /// Whether fetches read in place from the daemon's mapped arena.
@@ -436,6 +396,10 @@ impl Client {
         let Some(arena) = &self.arena else {
             return Err(ClientError::ZeroCopyUnavailable);
         };
+        let request = ViewRequest {
+            fetch: request,
+            release: self.conn.take_releases(),
+        };
         let answer: ViewResponse = self.call(Opcode::FetchView, Some(&request)).await?;
         let lease = answer.lease;
         ShardView::new(
@@ -456,11 +420,7 @@ impl Client {
 
     /// Hints that shards will be needed soon: the daemon loads them into its
     /// arena in the background, most urgent first.
-    pub async fn prefetch(
-        &self,
-        namespace: &str,
-        items: Vec<PrefetchItem>,
-    ) -> Result<PrefetchResponse, ClientError> {
+    pub async fn prefetch(&self, namespace: &str, items: Vec<PrefetchItem>) -> Result<PrefetchResponse, ClientError> {
         let request = PrefetchRequest {
             namespace: Namespace::new(namespace)?,
             items,
@@ -470,20 +430,14 @@ impl Client {
 
     /// Frees the arena copies of shards (`Demote`, the drive keeps them) or
     /// deletes the shards (`Drop`).
-    pub async fn evict(
-        &self,
-        namespace: &str,
-        keys: &[&str],
-        mode: EvictMode,
-    ) -> Result<EvictResponse, ClientError> {
+    pub async fn evict(&self, namespace: &str, keys: &[&str], mode: EvictMode) -> Result<EvictResponse, ClientError> {
         let request = EvictRequest {
             namespace: Namespace::new(namespace)?,
-            keys: keys
-                .iter()
-                .map(|k| Key::new(*k))
-                .collect::<Result<_, _>>()?,
+            keys: keys.iter().map(|k| Key::new(*k)).collect::<Result<_, _>>()?,
             mode,
         };
+        // Views already dropped must not keep these shards busy.
+        self.conn.flush_releases();
         self.call(Opcode::Evict, Some(&request)).await
     }
 
@@ -493,10 +447,7 @@ impl Client {
     pub async fn set_schedule(&self, namespace: &str, keys: &[&str]) -> Result<(), ClientError> {
         let request = ScheduleRequest {
             namespace: Namespace::new(namespace)?,
-            keys: keys
-                .iter()
-                .map(|k| Key::new(*k))
-                .collect::<Result<_, _>>()?,
+            keys: keys.iter().map(|k| Key::new(*k)).collect::<Result<_, _>>()?,
         };
         let _: ScheduleResponse = self.call(Opcode::Schedule, Some(&request)).await?;
         Ok(())
@@ -544,12 +495,7 @@ impl Client {
 
     /// Removes a shard (only if `version` is the stored one, when given);
     /// returns the version removed.
-    pub async fn delete(
-        &self,
-        namespace: &str,
-        key: &str,
-        version: Option<u64>,
-    ) -> Result<u64, ClientError> {
+    pub async fn delete(&self, namespace: &str, key: &str, version: Option<u64>) -> Result<u64, ClientError> {
         let (namespace, key) = names(namespace, key)?;
         let request = DeleteRequest {
             namespace,

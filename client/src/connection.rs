@@ -10,18 +10,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shardd_protocol::{
-    ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode,
-    ProtocolError, Status, codec,
+    ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode, ProtocolError, Status,
+    codec,
 };
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
-};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ClientError;
 
 /// Bytes of the buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
+
+/// How long a dropped view's lease may wait for a view request to carry it
+/// back before it is released by itself.
+pub(crate) const RELEASE_DELAY: Duration = Duration::from_millis(1);
 
 /// A caller's buffer for [`crate::Client::fetch_into`]: any owned byte
 /// storage that can travel to the connection's reader task and back.
@@ -168,10 +170,7 @@ impl Shared {
     }
 
     fn closed_reason(&self) -> Option<String> {
-        self.closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -180,6 +179,9 @@ pub(crate) struct Connection {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Outgoing>,
     runtime: tokio::runtime::Handle,
+    /// Leases of dropped views, given back with the next view request (or
+    /// by a `release` shortly after, if none comes).
+    releases: Mutex<Vec<u64>>,
     next_id: AtomicU64,
     inflight: Arc<Semaphore>,
 }
@@ -232,6 +234,7 @@ impl Connection {
             shared,
             tx,
             runtime: tokio::runtime::Handle::current(),
+            releases: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             inflight: Arc::new(Semaphore::new(max_inflight.max(1) as usize)),
         }
@@ -261,16 +264,48 @@ impl Connection {
             payload,
         };
         if self.tx.send(out).await.is_err() {
-            let reason = self
-                .shared
-                .closed_reason()
-                .unwrap_or_else(|| "writer stopped".into());
+            let reason = self.shared.closed_reason().unwrap_or_else(|| "writer stopped".into());
             if let Some(pending) = self.shared.lock().remove(&id) {
                 return Err((pending, self.shared.disconnected(&reason)));
             }
             // The reader already failed it.
         }
         Ok(id)
+    }
+
+    /// Gives a view's lease back: with the next view request, or after
+    /// [`RELEASE_DELAY`] by itself if no view request comes by then.
+    pub(crate) fn defer_release(self: &Arc<Self>, lease: u64) {
+        let first = {
+            let mut releases = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+            releases.push(lease);
+            releases.len() == 1
+        };
+        if first {
+            let conn = Arc::downgrade(self);
+            self.runtime.spawn(async move {
+                tokio::time::sleep(RELEASE_DELAY).await;
+                if let Some(conn) = conn.upgrade() {
+                    conn.flush_releases();
+                }
+            });
+        }
+    }
+
+    /// The leases waiting to be given back (for a view request to carry).
+    pub(crate) fn take_releases(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Gives back the leases waiting for a view request now.
+    pub(crate) fn flush_releases(&self) {
+        let leases = self.take_releases();
+        if leases.is_empty() {
+            return;
+        }
+        if let Ok(control) = codec::encode(&shardd_protocol::ReleaseRequest { leases }) {
+            self.send_oneway(Opcode::Release, control);
+        }
     }
 
     /// Sends a request whose answer nobody waits for (it is skipped when it
@@ -304,10 +339,7 @@ impl Connection {
     ) -> Result<Reply, ClientError> {
         let _permit = self.inflight.acquire().await;
         let (reply, rx) = oneshot::channel();
-        let id = match self
-            .send(op, control, payload, Pending::Simple(reply))
-            .await
-        {
+        let id = match self.send(op, control, payload, Pending::Simple(reply)).await {
             Ok(id) => id,
             Err((_, e)) => return Err(e),
         };
@@ -318,10 +350,7 @@ impl Connection {
                 Err(_) => {
                     // Forget the request; its answer, if it comes, is skipped.
                     self.shared.lock().remove(&id);
-                    return Err(ClientError::Timeout {
-                        op: op.name(),
-                        after,
-                    });
+                    return Err(ClientError::Timeout { op: op.name(), after });
                 }
             },
         };
@@ -354,12 +383,7 @@ impl Connection {
             reply,
         };
         let id = match self
-            .send(
-                Opcode::Fetch,
-                control,
-                None,
-                Pending::Fetch(Box::new(state)),
-            )
+            .send(Opcode::Fetch, control, None, Pending::Fetch(Box::new(state)))
             .await
         {
             Ok(id) => id,
@@ -407,11 +431,7 @@ impl Connection {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    shared: Arc<Shared>,
-    writer: W,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, writer: W, mut rx: mpsc::Receiver<Outgoing>) {
     let mut out = BufWriter::with_capacity(SOCKET_BUFFER, writer);
     while let Some(frame) = rx.recv().await {
         let result = async {
@@ -454,27 +474,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         match tokio::time::timeout(self.io_timeout, self.reader.read_exact(buf)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "the daemon stalled inside a frame for {:?}",
-                self.io_timeout
-            )),
+            Err(_) => Err(format!("the daemon stalled inside a frame for {:?}", self.io_timeout)),
         }
     }
 
     /// Reads and drops `len` bytes.
     async fn skip(&mut self, mut len: u64) -> Result<(), String> {
         while len > 0 {
-            let available =
-                match tokio::time::timeout(self.io_timeout, self.reader.fill_buf()).await {
-                    Ok(Ok(bytes)) => bytes.len(),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => {
-                        return Err(format!(
-                            "the daemon stalled inside a frame for {:?}",
-                            self.io_timeout
-                        ));
-                    }
-                };
+            let available = match tokio::time::timeout(self.io_timeout, self.reader.fill_buf()).await {
+                Ok(Ok(bytes)) => bytes.len(),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => {
+                    return Err(format!("the daemon stalled inside a frame for {:?}", self.io_timeout));
+                }
+            };
             if available == 0 {
                 return Err("the connection ended inside a frame".into());
             }
@@ -494,27 +507,16 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut frames: FrameR
     shared.close(reason);
 }
 
-async fn read_frames<R: AsyncRead + Unpin>(
-    shared: &Shared,
-    frames: &mut FrameReader<R>,
-) -> Result<(), String> {
+async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, frames: &mut FrameReader<R>) -> Result<(), String> {
     loop {
         // Between frames the connection may idle as long as it likes.
-        if frames
-            .reader
-            .fill_buf()
-            .await
-            .map_err(|e| e.to_string())?
-            .is_empty()
-        {
+        if frames.reader.fill_buf().await.map_err(|e| e.to_string())?.is_empty() {
             return Ok(());
         }
         let mut bytes = [0u8; HEADER_LEN];
         frames.read_exact(&mut bytes).await?;
         let header = FrameHeader::decode(&bytes).map_err(|e| protocol(shared, e))?;
-        header
-            .check_limits(&frames.limits)
-            .map_err(|e| protocol(shared, e))?;
+        header.check_limits(&frames.limits).map_err(|e| protocol(shared, e))?;
         if !header.is_response() {
             return Err("the daemon sent a request frame".into());
         }
@@ -544,9 +546,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 let _ = reply.send(result);
             }
             Some(Pending::Fetch(mut state)) => {
-                if let Err(e) =
-                    take_fetch_frame(shared, frames, &header, &control, &mut state).await
-                {
+                if let Err(e) = take_fetch_frame(shared, frames, &header, &control, &mut state).await {
                     // Hand the destination back before the connection closes.
                     let _ = state.reply.send(FetchDone {
                         dest: state.dest,
@@ -555,9 +555,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     return Err(e);
                 }
                 if header.has_more() && header.status == Status::Ok {
-                    shared
-                        .lock()
-                        .insert(header.request_id, Pending::Fetch(state));
+                    shared.lock().insert(header.request_id, Pending::Fetch(state));
                 } else {
                     finish_fetch(*state, &header, &control);
                 }
@@ -626,9 +624,7 @@ async fn take_fetch_frame<R: AsyncRead + Unpin>(
     let total = state.head.as_ref().map_or(0, |h| h.len);
     let end = state.filled + header.payload_len;
     if end > total {
-        return Err(format!(
-            "the daemon sent {end} bytes for a {total}-byte answer"
-        ));
+        return Err(format!("the daemon sent {end} bytes for a {total}-byte answer"));
     }
     if state.error.is_some() {
         return frames.skip(header.payload_len).await;
@@ -659,10 +655,7 @@ fn finish_fetch(state: FetchState, header: &FrameHeader, control: &[u8]) {
             },
             Some(head) => Err(ClientError::Remote {
                 status: Status::Internal,
-                message: format!(
-                    "the answer ended after {} of {} bytes",
-                    state.filled, head.len
-                ),
+                message: format!("the answer ended after {} of {} bytes", state.filled, head.len),
                 current_version: None,
             }),
             None => Err(ClientError::Remote {

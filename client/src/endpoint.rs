@@ -101,9 +101,6 @@ mod tests {
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            Endpoint::parse("unix:///a.sock").unwrap().to_string(),
-            "unix:///a.sock"
-        );
+        assert_eq!(Endpoint::parse("unix:///a.sock").unwrap().to_string(), "unix:///a.sock");
     }
 }

@@ -76,9 +76,7 @@ pub enum ClientError {
     },
     /// The bytes received do not match the shard's checksum; nothing
     /// returned may be used. Fetch again.
-    #[error(
-        "the received bytes of {shard} have CRC32C {actual:#010x}, the daemon stored {expected:#010x}"
-    )]
+    #[error("the received bytes of {shard} have CRC32C {actual:#010x}, the daemon stored {expected:#010x}")]
     ChecksumMismatch {
         /// namespace/key.
         shard: String,

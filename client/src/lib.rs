@@ -44,7 +44,7 @@ pub use endpoint::Endpoint;
 pub use error::ClientError;
 pub use shardd_protocol as protocol;
 pub use shardd_protocol::{
-    ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem,
-    PrefetchResponse, ShardMeta, StatResponse, Status,
+    ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem, PrefetchResponse, ShardMeta,
+    StatResponse, Status,
 };
 pub use view::ShardView;

@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use shardd_protocol::{Extent, Opcode, ReleaseRequest, ShardMeta, codec};
+use shardd_protocol::{Extent, ShardMeta};
 
 use crate::arena::ArenaMap;
 use crate::connection::Connection;
 
 /// A shard (or a range of one) read in place from the daemon's arena,
 /// without a copy. The daemon keeps the bytes where they are, unchanged,
-/// until the view is dropped (which gives its lease back).
+/// until the view is dropped; its lease goes back with the connection's
+/// next zero-copy fetch, or within a millisecond by itself.
 #[derive(Debug)]
 pub struct ShardView {
     meta: ShardMeta,
@@ -112,10 +113,6 @@ impl ShardView {
 
 impl Drop for ShardView {
     fn drop(&mut self) {
-        if let Ok(control) = codec::encode(&ReleaseRequest {
-            leases: vec![self.lease],
-        }) {
-            self.conn.send_oneway(Opcode::Release, control);
-        }
+        self.conn.defer_release(self.lease);
     }
 }

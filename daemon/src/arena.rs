@@ -72,10 +72,7 @@ impl Arena {
     pub fn create(config: ArenaConfig) -> anyhow::Result<Arena> {
         let block = config.max_block as u64;
         let size = config.size / block * block;
-        anyhow::ensure!(
-            size > 0,
-            "the arena must hold at least one block of {block} bytes"
-        );
+        anyhow::ensure!(size > 0, "the arena must hold at least one block of {block} bytes");
         let memory = ArenaMemory::create(size as usize, config.huge_pages)?;
         let locked = memory.locked();
         if locked.bytes < size {
@@ -239,10 +236,7 @@ mod tests {
         assert_eq!(offset % 4096, 0);
         assert_eq!(arena.used(), 8192);
         let whole: Vec<AlignedBuf> = (0..7).map(|_| arena.alloc(1 << 20).unwrap()).collect();
-        assert!(
-            arena.alloc(1 << 20).is_err(),
-            "one superblock holds the small block"
-        );
+        assert!(arena.alloc(1 << 20).is_err(), "one superblock holds the small block");
         drop(a);
         assert!(
             arena.alloc(1 << 20).is_ok(),

@@ -191,6 +191,25 @@ impl Cache {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The shard for a fetch if it is resident now: `None` when it is not
+    /// (the caller then uses [`Cache::fetch`], which loads it). Never waits.
+    pub fn try_hit(&self, namespace: &Namespace, key: &Key) -> Option<Result<Lease, StoreError>> {
+        let id: ShardId = (namespace.clone(), key.clone());
+        let mut state = self.state();
+        let Some(Slot::Ready(shard)) = state.entries.get(&id) else {
+            return None;
+        };
+        if let WriteBack::Failed { status, reason } = shard.write_back() {
+            return Some(Err(flush_failed(&shard.meta, status, &reason)));
+        }
+        let lease = Lease::new(shard.clone());
+        state.policy.accessed(&id);
+        drop(state);
+        self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        lease.take_prefetched();
+        Some(Ok(lease))
+    }
+
     /// The shard for a fetch: resident (loading it first on a miss), or to
     /// be read from the drive directly.
     pub async fn fetch(&self, namespace: &Namespace, key: &Key) -> Result<Lookup, StoreError> {
@@ -200,16 +219,16 @@ impl Cache {
             Join(watch::Receiver<Option<LoadResult>>),
             Load(Arc<Loading>),
         }
+        if let Some(hit) = self.try_hit(namespace, key) {
+            return hit.map(Lookup::Resident);
+        }
         let next = {
             let mut state = self.state();
             state.policy.accessed(&id);
             match state.entries.get(&id) {
+                // Became resident just now.
                 Some(Slot::Ready(shard)) => {
-                    if let WriteBack::Failed { status, reason } = shard.write_back() {
-                        return Err(flush_failed(&shard.meta, status, &reason));
-                    }
                     stats.hits.fetch_add(1, Ordering::Relaxed);
-                    shard.take_prefetched();
                     return Ok(Lookup::Resident(Lease::new(shard.clone())));
                 }
                 Some(Slot::Loading(loading)) => {
@@ -226,9 +245,7 @@ impl Cache {
                         done: watch::channel(None).0,
                         by_prefetch: false,
                     });
-                    state
-                        .entries
-                        .insert(id.clone(), Slot::Loading(loading.clone()));
+                    state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
                     Next::Load(loading)
                 }
             }
@@ -236,9 +253,7 @@ impl Cache {
         let result = match next {
             Next::Load(loading) => self.load(id, loading).await,
             Next::Join(mut rx) => match rx.wait_for(Option::is_some).await {
-                Ok(result) => result
-                    .clone()
-                    .unwrap_or_else(|| Err(full("load abandoned"))),
+                Ok(result) => result.clone().unwrap_or_else(|| Err(full("load abandoned"))),
                 Err(_) => Err(full("load abandoned")),
             },
         };
@@ -251,9 +266,7 @@ impl Cache {
                 stats.bypassed.fetch_add(1, Ordering::Relaxed);
                 Ok(Lookup::Bypass { reason, too_large })
             }
-            Err(LoadFailure::Error { status, message }) => {
-                Err(StoreError::Other { status, message })
-            }
+            Err(LoadFailure::Error { status, message }) => Err(StoreError::Other { status, message }),
         }
     }
 
@@ -302,12 +315,7 @@ impl Cache {
             .read_all_into(blocks)
             .await
             .map_err(|e| LoadFailure::from_store(&e))?;
-        Ok(Arc::new(CachedShard::new(
-            meta,
-            chunk_size,
-            chunks,
-            WriteBack::Clean,
-        )))
+        Ok(Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Clean)))
     }
 
     /// Arena blocks for a `len`-byte shard in chunks of `chunk_size`,
@@ -332,8 +340,7 @@ impl Cache {
         }
         let mut blocks = Vec::with_capacity(chunks as usize);
         for i in 0..chunks {
-            let size = align_up((len - i * chunk_size as u64).min(chunk_size as u64))
-                .max(ALIGN as u64) as u32;
+            let size = align_up((len - i * chunk_size as u64).min(chunk_size as u64)).max(ALIGN as u64) as u32;
             loop {
                 match arena.alloc(size) {
                     Ok(block) => {
@@ -342,9 +349,7 @@ impl Cache {
                     }
                     Err(_) => {
                         if !self.evict_one() {
-                            return Err(full(
-                                "the arena is full of shards in use or not yet flushed",
-                            ));
+                            return Err(full("the arena is full of shards in use or not yet flushed"));
                         }
                     }
                 }
@@ -358,9 +363,7 @@ impl Cache {
     fn evict_one(&self) -> bool {
         let victim = {
             let mut state = self.state();
-            let State {
-                entries, policy, ..
-            } = &mut *state;
+            let State { entries, policy, .. } = &mut *state;
             let victim = policy.victim(|id| match entries.get(id) {
                 Some(Slot::Ready(shard)) => shard.leases() == 0 && shard.is_clean(),
                 _ => false,
@@ -376,10 +379,7 @@ impl Cache {
         };
         self.inner.stats.evictions.fetch_add(1, Ordering::Relaxed);
         if victim.take_prefetched() {
-            self.inner
-                .stats
-                .prefetch_unused
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.prefetch_unused.fetch_add(1, Ordering::Relaxed);
         }
         // Dropped here, outside the state lock: its blocks go back to the arena.
         drop(victim);
@@ -481,10 +481,7 @@ impl Cache {
     pub fn install_dirty(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
         let chunk_size = self.inner.store.config().chunk_size;
         let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty));
-        self.inner
-            .stats
-            .write_back_puts
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.write_back_puts.fetch_add(1, Ordering::Relaxed);
         self.replace(shard.clone());
         self.state().dirty_bytes += shard.meta.len;
         let cache = self.clone();
@@ -516,10 +513,7 @@ impl Cache {
             Ok(None) => {}
             Err(_) if !current => {}
             Err(e) => {
-                self.inner
-                    .stats
-                    .flush_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     namespace = %meta.namespace, key = %meta.key, version = meta.version, error = %e,
                     "write-back flush failed; the shard is only in memory"
@@ -552,9 +546,7 @@ impl Cache {
         }
         let cache = self.clone();
         let this = shard.clone();
-        writer
-            .commit_if(Box::new(move || cache.is_current(&this)))
-            .await
+        writer.commit_if(Box::new(move || cache.is_current(&this))).await
     }
 
     /// Metadata of a key's newest version: the cached one if it is not on the
@@ -596,21 +588,14 @@ impl Cache {
     }
 
     /// Deletes a key everywhere; returns the version removed.
-    pub async fn delete(
-        &self,
-        namespace: &Namespace,
-        key: &Key,
-        expected: Option<u64>,
-    ) -> Result<u64, StoreError> {
+    pub async fn delete(&self, namespace: &Namespace, key: &Key, expected: Option<u64>) -> Result<u64, StoreError> {
         if let Some(version) = self.unflushed_version(namespace, key) {
             if let Some(expected) = expected.filter(|&v| v != version) {
                 return Err(StoreError::VersionConflict {
                     namespace: namespace.clone(),
                     key: key.clone(),
                     current: version,
-                    message: format!(
-                        "delete expected version {expected}, the stored version is {version}"
-                    ),
+                    message: format!("delete expected version {expected}, the stored version is {version}"),
                 });
             }
             self.forget(namespace, key);
@@ -627,12 +612,7 @@ impl Cache {
 
     /// Explicit eviction: `Demote` frees the arena copy and keeps the
     /// drive's (flushing first if needed); `Drop` deletes the keys.
-    pub async fn evict(
-        &self,
-        namespace: &Namespace,
-        keys: &[Key],
-        mode: EvictMode,
-    ) -> EvictResponse {
+    pub async fn evict(&self, namespace: &Namespace, keys: &[Key], mode: EvictMode) -> EvictResponse {
         let mut response = EvictResponse::default();
         for key in keys {
             match mode {
@@ -669,9 +649,7 @@ impl Cache {
                 }
                 Ok(None) => return Demoted::NotResident,
                 // A concurrent background flush may have published it already.
-                Err(StoreError::VersionConflict { current, .. })
-                    if current >= shard.meta.version =>
-                {
+                Err(StoreError::VersionConflict { current, .. }) if current >= shard.meta.version => {
                     shard.set_write_back(WriteBack::Clean);
                 }
                 Err(e) => return Demoted::Failed(e.to_string()),
@@ -722,9 +700,7 @@ impl Cache {
             done: watch::channel(None).0,
             by_prefetch: true,
         });
-        state
-            .entries
-            .insert(id.clone(), Slot::Loading(loading.clone()));
+        state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
         Some(loading)
     }
 

@@ -187,15 +187,10 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
         let file = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("read config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    anyhow::anyhow!(
-                        "config file {}: {}",
-                        path.display(),
-                        e.to_string().trim_end()
-                    )
-                })?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_end()))?
             }
             None => FileConfig::default(),
         };
@@ -204,8 +199,7 @@ impl Config {
 
     /// Parses config text (for tests and `--check-config`).
     pub fn from_toml(text: &str, overrides: Overrides) -> anyhow::Result<Config> {
-        let file = toml::from_str::<FileConfig>(text)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let file = toml::from_str::<FileConfig>(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         Config::resolve(file, overrides)
     }
 
@@ -226,10 +220,7 @@ impl Config {
         };
         let socket = endpoint_or_off(socket).map(PathBuf::from);
         if socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err(invalid(
-                socket_key,
-                "empty path (use off to disable the Unix socket)",
-            ));
+            return Err(invalid(socket_key, "empty path (use off to disable the Unix socket)"));
         }
         let (tcp_key, tcp) = match (flags.tcp, server.tcp) {
             (Some(flag), _) => ("--tcp", flag),
@@ -273,10 +264,7 @@ impl Config {
         }
         for (i, a) in data_dirs.iter().enumerate() {
             if data_dirs[..i].contains(a) {
-                return Err(invalid(
-                    "storage.data_dirs",
-                    format!("{} is listed twice", a.display()),
-                ));
+                return Err(invalid("storage.data_dirs", format!("{} is listed twice", a.display())));
             }
         }
         let chunk_size = storage.chunk_size.map_or(1 << 20, |s| s.0);
@@ -293,9 +281,7 @@ impl Config {
                 format!("{chunks_in_flight}; use 1 to 256"),
             ));
         }
-        let max_shard_bytes = storage
-            .max_shard_size
-            .map_or(DEFAULT_MAX_PAYLOAD_LEN, |s| s.0);
+        let max_shard_bytes = storage.max_shard_size.map_or(DEFAULT_MAX_PAYLOAD_LEN, |s| s.0);
         if max_shard_bytes == 0 {
             return Err(invalid("storage.max_shard_size", "must be above 0"));
         }
@@ -326,9 +312,7 @@ impl Config {
         if arena_size != 0 && arena_size < chunk_size {
             return Err(invalid(
                 "arena.size",
-                format!(
-                    "{arena_size} bytes; use 0 (no arena) or at least one chunk ({chunk_size} bytes)"
-                ),
+                format!("{arena_size} bytes; use 0 (no arena) or at least one chunk ({chunk_size} bytes)"),
             ));
         }
         let write_back_memory = arena.write_back_memory.map_or(arena_size / 2, |s| s.0);
@@ -350,41 +334,27 @@ impl Config {
             huge_pages: arena.huge_pages.unwrap_or_default(),
             cache: CacheConfig {
                 policy: arena.eviction.unwrap_or_default(),
-                prefetch_memory: arena
-                    .prefetch_memory
-                    .map_or(256 << 20, |s| s.0)
-                    .max(ALIGN as u64),
+                prefetch_memory: arena.prefetch_memory.map_or(256 << 20, |s| s.0).max(ALIGN as u64),
                 write_back_memory,
                 flush_concurrency,
             },
         };
 
         let engine = match flags.io_engine {
-            Some(flag) => flag
-                .parse::<EngineKind>()
-                .map_err(|e| invalid("--io-engine", e))?,
+            Some(flag) => flag.parse::<EngineKind>().map_err(|e| invalid("--io-engine", e))?,
             None => io.engine.unwrap_or_default(),
         };
         let queue_depth = io.queue_depth.unwrap_or(128);
         if !(2..=4096).contains(&queue_depth) {
-            return Err(invalid(
-                "io.queue_depth",
-                format!("{queue_depth}; use 2 to 4096"),
-            ));
+            return Err(invalid("io.queue_depth", format!("{queue_depth}; use 2 to 4096")));
         }
         let uring_threads = io.uring_threads.unwrap_or(1);
         if !(1..=64).contains(&uring_threads) {
-            return Err(invalid(
-                "io.uring_threads",
-                format!("{uring_threads}; use 1 to 64"),
-            ));
+            return Err(invalid("io.uring_threads", format!("{uring_threads}; use 1 to 64")));
         }
         let psync_threads = io.psync_threads.unwrap_or(16);
         if !(1..=1024).contains(&psync_threads) {
-            return Err(invalid(
-                "io.psync_threads",
-                format!("{psync_threads}; use 1 to 1024"),
-            ));
+            return Err(invalid("io.psync_threads", format!("{psync_threads}; use 1 to 1024")));
         }
 
         let max_connections = server.max_connections.unwrap_or(1024);
@@ -398,30 +368,25 @@ impl Config {
                 format!("{max_inflight_requests}; use 1 to 65536"),
             ));
         }
-        let positive =
-            |key: &str, span: Option<Span>, default: Duration| -> anyhow::Result<Duration> {
-                let d = span.map_or(default, |s| s.0);
-                if d.is_zero() {
-                    return Err(invalid(key, "must be above 0"));
-                }
-                Ok(d)
-            };
+        let positive = |key: &str, span: Option<Span>, default: Duration| -> anyhow::Result<Duration> {
+            let d = span.map_or(default, |s| s.0);
+            if d.is_zero() {
+                return Err(invalid(key, "must be above 0"));
+            }
+            Ok(d)
+        };
 
         let level = flags
             .log_level
             .or_else(|| std::env::var("SHARDD_LOG").ok())
             .or(log.level)
             .unwrap_or_else(|| "info".to_string());
-        tracing_subscriber::EnvFilter::try_new(&level)
-            .map_err(|e| invalid("log.level", format!("{level:?}: {e}")))?;
+        tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| invalid("log.level", format!("{level:?}: {e}")))?;
         let format = match flags.log_format.as_deref() {
             Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(invalid(
-                    "--log-format",
-                    format!("{other:?}; use human or json"),
-                ));
+                return Err(invalid("--log-format", format!("{other:?}; use human or json")));
             }
             None => log.format.unwrap_or_default(),
         };
@@ -430,19 +395,13 @@ impl Config {
             server: ServerConfig {
                 socket,
                 socket_mode,
-                unix_send_buffer: server
-                    .socket_send_buffer
-                    .map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
+                unix_send_buffer: server.socket_send_buffer.map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
                 zero_copy: server.zero_copy.unwrap_or(true),
                 tcp,
                 max_connections,
                 max_inflight_requests,
                 connection_buffer_memory,
-                io_timeout: positive(
-                    "server.io_timeout",
-                    server.io_timeout,
-                    Duration::from_secs(30),
-                )?,
+                io_timeout: positive("server.io_timeout", server.io_timeout, Duration::from_secs(30))?,
                 handshake_timeout: positive(
                     "server.handshake_timeout",
                     server.handshake_timeout,
@@ -476,20 +435,14 @@ impl Config {
     }
 }
 
-const _: () = assert!(
-    ALIGN <= 64 << 10,
-    "the smallest chunk size must be a multiple of ALIGN"
-);
+const _: () = assert!(ALIGN <= 64 << 10, "the smallest chunk size must be a multiple of ALIGN");
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        format!(
-            "{:#}",
-            Config::from_toml(text, Overrides::default()).unwrap_err()
-        )
+        format!("{:#}", Config::from_toml(text, Overrides::default()).unwrap_err())
     }
 
     #[test]
@@ -507,10 +460,7 @@ mod tests {
     fn the_example_config_spells_out_the_defaults() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/shardd.toml");
         let from_file = Config::load(Some(&example), Overrides::default()).unwrap();
-        assert_eq!(
-            from_file,
-            Config::from_toml("", Overrides::default()).unwrap()
-        );
+        assert_eq!(from_file, Config::from_toml("", Overrides::default()).unwrap());
         let text = std::fs::read_to_string(&example).unwrap();
         for key in [
             "socket_mode",
@@ -535,10 +485,7 @@ mod tests {
             "level",
             "format",
         ] {
-            assert!(
-                text.contains(&format!("\n{key} = ")),
-                "deploy/shardd.toml lacks {key}"
-            );
+            assert!(text.contains(&format!("\n{key} = ")), "deploy/shardd.toml lacks {key}");
         }
     }
 
@@ -570,10 +517,7 @@ mod tests {
         assert_eq!(config.store.data_dirs, [PathBuf::from("/scratch")]);
         assert_eq!(config.server.tcp, None);
         assert_eq!(config.io.engine, EngineKind::Uring);
-        assert_eq!(
-            config.server.socket,
-            Some(PathBuf::from("/run/shardd/shardd.sock"))
-        );
+        assert_eq!(config.server.socket, Some(PathBuf::from("/run/shardd/shardd.sock")));
     }
 
     #[test]
@@ -588,9 +532,7 @@ mod tests {
         assert!(err("[storage]\ndata_dirs = []").contains("storage.data_dirs"));
         assert!(err("[storage]\ndata_dirs = [\"/a\", \"/a\"]").contains("listed twice"));
         assert!(err("[storage]\nbogus = 1").contains("bogus"));
-        assert!(
-            err("[server]\ntcp = \"off\"\nsocket = \"off\"").contains("nothing would be served")
-        );
+        assert!(err("[server]\ntcp = \"off\"\nsocket = \"off\"").contains("nothing would be served"));
         assert!(err("[log]\nlevel = \"[[[\"").contains("log.level"));
         let e = Config::from_toml(
             "",

@@ -18,9 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardd_client::protocol::Key;
-use shardd_client::{
-    ByteRange, Client, ClientError, DType, Durability, EvictMode, PrefetchItem, PutOptions,
-};
+use shardd_client::{ByteRange, Client, ClientError, DType, Durability, EvictMode, PrefetchItem, PutOptions};
 
 /// Some prefetched keys do not exist (reported one per line).
 #[derive(Debug, thiserror::Error)]
@@ -141,17 +139,18 @@ pub enum Command {
     },
     /// Measure the round trip to the daemon.
     Ping,
-    /// Measure cold fetch and durable put throughput, beside fio.
-    Bench(bench::BenchArgs),
+    /// Benchmarks, each beside a baseline measured in the same run.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 /// `shardctl`'s main.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("shardctl: cannot start the async runtime: {e}");
@@ -162,9 +161,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardctl: {e:#}");
-            let not_found = e
-                .downcast_ref::<ClientError>()
-                .is_some_and(ClientError::is_not_found)
+            let not_found = e.downcast_ref::<ClientError>().is_some_and(ClientError::is_not_found)
                 || e.downcast_ref::<NotAllFound>().is_some();
             if not_found {
                 ExitCode::from(3)
@@ -176,8 +173,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Command::Bench(bench) = &args.command {
-        return bench::run(&args.endpoint, bench).await;
+    if let Command::Bench { command } = &args.command {
+        return bench::run(&args.endpoint, command).await;
     }
     let client = Client::connect(&args.endpoint).await?;
     match args.command {
@@ -221,19 +218,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         offset: offset.unwrap_or(0),
                         len,
                     };
-                    client
-                        .fetch_range(&namespace, &key, range.offset, range.len)
-                        .await?
+                    client.fetch_range(&namespace, &key, range.offset, range.len).await?
                 }
                 (Some(_), None) => anyhow::bail!("--offset needs --len"),
             };
             write_output(file.as_deref(), &shard.data)?;
         }
-        Command::Stat {
-            namespace,
-            key,
-            json,
-        } => {
+        Command::Stat { namespace, key, json } => {
             let stat = client.stat(&namespace, &key).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stat)?);
@@ -267,16 +258,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 return Err(NotAllFound.into());
             }
         }
-        Command::Evict {
-            namespace,
-            keys,
-            drop,
-        } => {
-            let mode = if drop {
-                EvictMode::Drop
-            } else {
-                EvictMode::Demote
-            };
+        Command::Evict { namespace, keys, drop } => {
+            let mode = if drop { EvictMode::Drop } else { EvictMode::Demote };
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let answer = client.evict(&namespace, &keys, mode).await?;
             print!("{}", show::evicted(&answer, drop));
@@ -323,7 +306,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rtt.as_secs_f64() * 1e6
             );
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -331,9 +314,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
     let mut data = Vec::new();
     if file == "-" {
-        std::io::stdin()
-            .read_to_end(&mut data)
-            .context("read standard input")?;
+        std::io::stdin().read_to_end(&mut data).context("read standard input")?;
     } else {
         let path = PathBuf::from(file);
         data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;

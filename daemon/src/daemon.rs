@@ -41,8 +41,8 @@ impl Daemon {
                 .context("create the pinned-memory arena")?,
             ),
         };
-        let engine = IoEngine::start(&config.io, arena.as_ref().map(Arena::fixed_memory))
-            .context("start the I/O engine")?;
+        let engine =
+            IoEngine::start(&config.io, arena.as_ref().map(Arena::fixed_memory)).context("start the I/O engine")?;
         tracing::info!(engine = engine.name(), "I/O engine started");
         let store = Store::open(config.store.clone(), Arc::new(engine))
             .await
@@ -52,6 +52,12 @@ impl Daemon {
         let listeners = Listeners::bind(&ctx).await?;
         let tcp_addr = listeners.tcp_addr();
         let socket_path = listeners.socket_path().map(|p| p.to_path_buf());
+        let listen = socket_path
+            .iter()
+            .map(|p| format!("unix://{}", p.display()))
+            .chain(tcp_addr.map(|a| format!("tcp://{a}")))
+            .collect();
+        let _ = ctx.listen.set(listen);
         tracing::info!(
             socket = socket_path.as_ref().map(|p| p.display().to_string()),
             tcp = tcp_addr.map(|a| a.to_string()),
@@ -90,10 +96,7 @@ impl Daemon {
         let _ = self.acceptor.await;
         self.ctx.tasks.close();
         let budget = self.ctx.config.shutdown_timeout;
-        if tokio::time::timeout(budget, self.ctx.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(budget, self.ctx.tasks.wait()).await.is_err() {
             tracing::warn!(
                 remaining = self.ctx.tasks.len(),
                 "requests still running after {budget:?}; stopping without them"

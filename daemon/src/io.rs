@@ -51,9 +51,7 @@ impl std::str::FromStr for EngineKind {
             "auto" => Ok(EngineKind::Auto),
             "uring" | "io_uring" => Ok(EngineKind::Uring),
             "psync" => Ok(EngineKind::Psync),
-            other => Err(format!(
-                "unknown I/O engine {other:?}; expected auto, uring or psync"
-            )),
+            other => Err(format!("unknown I/O engine {other:?}; expected auto, uring or psync")),
         }
     }
 }
@@ -243,13 +241,10 @@ impl IoEngine {
     /// why it is slower.
     pub fn start(config: &IoConfig, fixed: Option<FixedMemory>) -> anyhow::Result<IoEngine> {
         let inner = match config.engine {
-            EngineKind::Psync => {
-                EngineImpl::Psync(psync::PsyncEngine::start(config.psync_threads)?)
-            }
+            EngineKind::Psync => EngineImpl::Psync(psync::PsyncEngine::start(config.psync_threads)?),
             EngineKind::Uring => {
-                uring::probe().map_err(|e| {
-                    anyhow::anyhow!("io_uring is unavailable ({e}); use --io-engine psync or auto")
-                })?;
+                uring::probe()
+                    .map_err(|e| anyhow::anyhow!("io_uring is unavailable ({e}); use --io-engine psync or auto"))?;
                 EngineImpl::Uring(uring::UringEngine::start(
                     config.queue_depth,
                     config.uring_threads,
@@ -287,14 +282,7 @@ impl IoEngine {
         }
     }
 
-    fn submit(
-        &self,
-        kind: OpKind,
-        file: &Arc<File>,
-        offset: u64,
-        buf: OpBuf,
-        want: usize,
-    ) -> Completion {
+    fn submit(&self, kind: OpKind, file: &Arc<File>, offset: u64, buf: OpBuf, want: usize) -> Completion {
         let (reply, rx) = oneshot::channel();
         let op = Op {
             kind,
@@ -346,31 +334,15 @@ impl IoEngine {
     ///
     /// # Panics
     /// If `len` exceeds the slice.
-    pub fn write_shared(
-        &self,
-        file: &Arc<File>,
-        offset: u64,
-        src: SharedSlice,
-        len: usize,
-    ) -> Completion {
-        assert!(
-            len <= src.len(),
-            "write of {len} from a {} byte slice",
-            src.len()
-        );
+    pub fn write_shared(&self, file: &Arc<File>, offset: u64, src: SharedSlice, len: usize) -> Completion {
+        assert!(len <= src.len(), "write of {len} from a {} byte slice", src.len());
         self.submit(OpKind::Write, file, offset, OpBuf::Shared(src), len)
     }
 
     /// `fdatasync`: the file's data and the metadata needed to read it back
     /// are on stable storage when this completes without error.
     pub fn sync_data(&self, file: &Arc<File>) -> Completion {
-        self.submit(
-            OpKind::SyncData,
-            file,
-            0,
-            OpBuf::Owned(AlignedBuf::empty()),
-            0,
-        )
+        self.submit(OpKind::SyncData, file, 0, OpBuf::Owned(AlignedBuf::empty()), 0)
     }
 }
 

@@ -13,11 +13,7 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
         .with_writer(std::io::stderr);
     let result = match config.format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("install the log subscriber: {e}"))
 }

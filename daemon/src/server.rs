@@ -69,6 +69,8 @@ pub struct ServerContext {
     pub started: Instant,
     /// Connections open now.
     pub connections: AtomicU64,
+    /// Where it listens, set once the listeners are bound.
+    pub listen: std::sync::OnceLock<Vec<String>>,
     /// Ids for connection log spans.
     pub next_connection_id: AtomicU64,
     /// Payload bytes stored by puts.
@@ -93,6 +95,7 @@ impl ServerContext {
             server_name: format!("shardd {}", env!("CARGO_PKG_VERSION")),
             started: Instant::now(),
             connections: AtomicU64::new(0),
+            listen: std::sync::OnceLock::new(),
             next_connection_id: AtomicU64::new(1),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),

@@ -151,9 +151,7 @@ impl StoreError {
     pub fn status(&self) -> Status {
         match self {
             StoreError::NotFound { .. } => Status::NotFound,
-            StoreError::Quarantined { .. } | StoreError::ChecksumMismatch(_) => {
-                Status::ChecksumMismatch
-            }
+            StoreError::Quarantined { .. } | StoreError::ChecksumMismatch(_) => Status::ChecksumMismatch,
             StoreError::VersionConflict { .. } => Status::VersionConflict,
             StoreError::NoSpace(_) => Status::NoSpace,
             StoreError::TooLarge(_) => Status::TooLarge,
@@ -309,11 +307,7 @@ impl Store {
     }
 
     /// Opens the current version of a shard for reading.
-    pub async fn open_reader(
-        &self,
-        namespace: &Namespace,
-        key: &Key,
-    ) -> Result<ShardReader, StoreError> {
+    pub async fn open_reader(&self, namespace: &Namespace, key: &Key) -> Result<ShardReader, StoreError> {
         let entry = self.current(namespace, key)?;
         ShardReader::open(self.clone(), entry).await
     }
@@ -328,9 +322,7 @@ impl Store {
             return Ok(entry);
         }
         match self.inner.index.quarantined(namespace, key) {
-            Some(Quarantined {
-                version, reason, ..
-            }) => Err(StoreError::Quarantined {
+            Some(Quarantined { version, reason, .. }) => Err(StoreError::Quarantined {
                 namespace: namespace.clone(),
                 key: key.clone(),
                 version,
@@ -357,12 +349,7 @@ impl Store {
 
     /// Removes the current version of a shard (only `expected`, if given);
     /// returns the version removed. Also clears a quarantine record.
-    pub async fn delete(
-        &self,
-        namespace: &Namespace,
-        key: &Key,
-        expected: Option<u64>,
-    ) -> Result<u64, StoreError> {
+    pub async fn delete(&self, namespace: &Namespace, key: &Key, expected: Option<u64>) -> Result<u64, StoreError> {
         let _guard = self.lock_key(namespace, key).await;
         let Some(entry) = self.inner.index.get(namespace, key) else {
             return match self.inner.index.clear_quarantined(namespace, key) {
@@ -501,8 +488,7 @@ impl Store {
         let from = dir.shard_path(namespace, entry.file_id);
         let quarantine_dir = dir.quarantine_dir();
         let name = format!("{namespace}.{}.shard", entry.file_id);
-        let moved =
-            fs::blocking(move || recovery::move_to_quarantine(&from, &quarantine_dir, &name)).await;
+        let moved = fs::blocking(move || recovery::move_to_quarantine(&from, &quarantine_dir, &name)).await;
         if moved.is_ok() {
             self.inner.quarantined_files.fetch_add(1, Ordering::Relaxed);
         }

@@ -28,6 +28,7 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
             "--endpoint",
             &daemon.endpoint(),
             "bench",
+            "cold",
             "--json",
             "--runs",
             "2",
@@ -45,26 +46,16 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
         .args(["--fio", if fio { "on" } else { "off" }])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 4);
     for case in cases {
         assert!(case["put_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
-        assert!(
-            case["fetch_bytes_per_sec"].as_f64().unwrap() > 0.0,
-            "{case}"
-        );
+        assert!(case["fetch_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert_eq!(case["put_vs_fio"].is_number(), fio, "{case}");
     }
-    let shards: Vec<u64> = cases
-        .iter()
-        .map(|c| c["shards"].as_u64().unwrap())
-        .collect();
+    let shards: Vec<u64> = cases.iter().map(|c| c["shards"].as_u64().unwrap()).collect();
     assert_eq!(shards, [8, 8, 2, 3]);
     if fio {
         assert!(report["fio"]["read_bytes_per_sec"].as_f64().unwrap() > 0.0);
@@ -84,4 +75,66 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
         .filter(|e| e.file_name().to_string_lossy().contains("fio"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Process::start_with(dir.path(), "auto", "127.0.0.1:0");
+    let installed = |p: &str| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let iperf3 = installed("iperf3");
+    let redis = installed("redis-server") && installed("redis-benchmark");
+    if !iperf3 || !redis {
+        eprintln!("iperf3 or redis is not installed: checking the benchmark without those baselines");
+    }
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .env_remove("SHARDD_ENDPOINT")
+        .args([
+            "--endpoint",
+            &daemon.endpoint(),
+            "bench",
+            "hot",
+            "--json",
+            "--runs",
+            "1",
+        ])
+        .args(["--sizes", "1MiB", "--total", "16MiB", "--small-requests", "400"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let size = &report["sizes"][0];
+    assert!(size["memcpy_bytes_per_sec"].as_f64().unwrap() > 0.0);
+    let modes: Vec<&str> = size["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["zero_copy_unix", "copying_unix", "tcp"]);
+    assert!(
+        size["modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m[1].as_f64().unwrap() > 0.0)
+    );
+    let small = report["small"].as_array().unwrap();
+    assert_eq!(small.len(), 4, "two concurrencies, two Unix modes");
+    for s in small {
+        assert!(
+            s["ops_per_sec"].as_f64().unwrap() > 0.0 && s["p50_us"].as_f64().unwrap() > 0.0,
+            "{s}"
+        );
+        assert!(s["p99_us"].as_f64().unwrap() >= s["p50_us"].as_f64().unwrap());
+    }
+    assert_eq!(report["arena_misses"], 0, "every fetch was an arena hit");
+    assert_eq!(report["iperf3_bytes_per_sec"].is_number(), iperf3);
+    assert_eq!(report["redis"].as_array().unwrap().len(), if redis { 2 } else { 0 });
 }

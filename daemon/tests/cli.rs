@@ -12,9 +12,7 @@ fn shardd() -> Command {
 
 fn shardctl(endpoint: &str) -> Command {
     let mut cmd = Command::cargo_bin("shardctl").unwrap();
-    cmd.env_remove("SHARDD_ENDPOINT")
-        .arg("--endpoint")
-        .arg(endpoint);
+    cmd.env_remove("SHARDD_ENDPOINT").arg("--endpoint").arg(endpoint);
     cmd
 }
 
@@ -51,11 +49,7 @@ fn bad_flags_and_config_files_are_refused_with_the_key_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("auto, uring or psync"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert!(stderr_of(&out).contains("auto, uring or psync"), "{}", stderr_of(&out));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[storage]\nchunk_size = \"3KiB\"\n").unwrap();
@@ -66,11 +60,7 @@ fn bad_flags_and_config_files_are_refused_with_the_key_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("storage.chunk_size"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert!(stderr_of(&out).contains("storage.chunk_size"), "{}", stderr_of(&out));
 
     std::fs::write(&bad, "[server]\nsokcet = \"/tmp/x.sock\"\n").unwrap();
     let out = shardd()
@@ -88,11 +78,7 @@ fn bad_flags_and_config_files_are_refused_with_the_key_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("missing.toml"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert!(stderr_of(&out).contains("missing.toml"), "{}", stderr_of(&out));
 
     // Nothing was created by the refused starts.
     assert!(!dir.path().join("shardd-data").exists());
@@ -120,10 +106,7 @@ fn a_foreign_data_dir_is_refused_and_nothing_is_served() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("not empty"), "{}", stderr_of(&out));
     assert!(!dir.path().join("s.sock").exists());
-    assert_eq!(
-        std::fs::read_to_string(data.join("notes.txt")).unwrap(),
-        "keep me"
-    );
+    assert_eq!(std::fs::read_to_string(data.join("notes.txt")).unwrap(), "keep me");
 }
 
 #[test]
@@ -137,15 +120,7 @@ fn shardctl_session_against_a_running_daemon() {
         std::fs::write(&file, &data).unwrap();
 
         let out = shardctl(&endpoint)
-            .args([
-                "put",
-                "job",
-                "layers.0.w#0/2",
-                "--dtype",
-                "f32",
-                "--shape",
-                "1310720",
-            ])
+            .args(["put", "job", "layers.0.w#0/2", "--dtype", "f32", "--shape", "1310720"])
             .arg(&file)
             .output()
             .unwrap();
@@ -166,10 +141,7 @@ fn shardctl_session_against_a_running_daemon() {
             .write_stdin("hello shardd")
             .assert()
             .success();
-        let out = shardctl(&endpoint)
-            .args(["get", "job", "small"])
-            .output()
-            .unwrap();
+        let out = shardctl(&endpoint).args(["get", "job", "small"]).output().unwrap();
         assert_eq!(out.stdout, b"hello shardd");
         let out = shardctl(&endpoint)
             .args(["get", "job", "small", "-", "--offset", "6", "--len", "6"])
@@ -200,32 +172,20 @@ fn shardctl_session_against_a_running_daemon() {
             "{text}"
         );
 
-        let out = shardctl(&endpoint)
-            .args(["status", "--json"])
-            .output()
-            .unwrap();
+        let out = shardctl(&endpoint).args(["status", "--json"]).output().unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["shards"], 2);
         assert_eq!(json["io_engine"], engine);
 
         // A missing shard says so, on one line, with exit status 3.
-        let out = shardctl(&endpoint)
-            .args(["get", "job", "nope"])
-            .output()
-            .unwrap();
+        let out = shardctl(&endpoint).args(["get", "job", "nope"]).output().unwrap();
         assert_eq!(out.status.code(), Some(3));
         let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains("job/nope not found"), "{err}");
 
-        shardctl(&endpoint)
-            .args(["rm", "job", "small"])
-            .assert()
-            .success();
-        let out = shardctl(&endpoint)
-            .args(["rm", "job", "small"])
-            .output()
-            .unwrap();
+        shardctl(&endpoint).args(["rm", "job", "small"]).assert().success();
+        let out = shardctl(&endpoint).args(["rm", "job", "small"]).output().unwrap();
         assert_eq!(out.status.code(), Some(3));
         let out = shardctl(&endpoint)
             .args(["put", "job", "bad key", "-"])
@@ -233,19 +193,12 @@ fn shardctl_session_against_a_running_daemon() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
-        assert!(
-            stderr_of(&out).contains("key \"bad key\""),
-            "{}",
-            stderr_of(&out)
-        );
+        assert!(stderr_of(&out).contains("key \"bad key\""), "{}", stderr_of(&out));
 
         // SIGTERM: a clean exit that removes the socket.
         let status = daemon.terminate();
         assert!(status.success(), "{status:?}");
-        assert!(
-            !daemon.socket.exists(),
-            "the socket file is removed on shutdown"
-        );
+        assert!(!daemon.socket.exists(), "the socket file is removed on shutdown");
     }
 }
 
@@ -275,10 +228,7 @@ fn shardctl_errors_are_one_line() {
 fn a_second_daemon_on_the_same_socket_or_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Process::start(dir.path(), "psync");
-    let out = shardd_on(
-        &dir.path().join("other-data"),
-        &dir.path().join("shardd.sock"),
-    );
+    let out = shardd_on(&dir.path().join("other-data"), &dir.path().join("shardd.sock"));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr_of(&out).contains("another daemon is serving"),
@@ -303,19 +253,12 @@ fn drop_ipc_lock() -> Option<Vec<String>> {
     if !root {
         return Some(Vec::new());
     }
-    let setpriv = std::process::Command::new("setpriv")
-        .arg("--version")
-        .output();
+    let setpriv = std::process::Command::new("setpriv").arg("--version").output();
     if setpriv.is_ok_and(|o| o.status.success()) {
         Some(
-            [
-                "setpriv",
-                "--inh-caps=-ipc_lock",
-                "--bounding-set=-ipc_lock",
-                "--",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--"]
+                .map(String::from)
+                .to_vec(),
         )
     } else {
         None
@@ -353,28 +296,19 @@ fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let endpoint = format!("unix://{}", socket.display());
-    let out = shardctl(&endpoint)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
+    let out = shardctl(&endpoint).args(["status", "--json"]).output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let arena = &status["arena"];
     assert_eq!(arena["capacity_bytes"], 64 << 20);
     let locked = arena["locked_bytes"].as_u64().unwrap();
-    assert!(
-        locked <= 8 << 20,
-        "locked {locked} bytes with an 8 MiB limit"
-    );
+    assert!(locked <= 8 << 20, "locked {locked} bytes with an 8 MiB limit");
     // It still serves.
     shardctl(&endpoint)
         .args(["put", "job", "k", "-"])
         .write_stdin("still works")
         .assert()
         .success();
-    let out = shardctl(&endpoint)
-        .args(["get", "job", "k"])
-        .output()
-        .unwrap();
+    let out = shardctl(&endpoint).args(["get", "job", "k"]).output().unwrap();
     assert_eq!(out.stdout, b"still works");
     let text = shardctl(&endpoint).arg("status").output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("locked in RAM"));
@@ -383,15 +317,8 @@ fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     let stderr = std::fs::read_to_string(&log).unwrap();
-    let warnings: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("LimitMEMLOCK=infinity"))
-        .collect();
-    assert_eq!(
-        warnings.len(),
-        1,
-        "one warning, saying how to fix it: {stderr}"
-    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("LimitMEMLOCK=infinity")).collect();
+    assert_eq!(warnings.len(), 1, "one warning, saying how to fix it: {stderr}");
     assert!(
         warnings[0].contains(&format!("only {locked} of {} bytes are locked", 64 << 20)),
         "{}",
@@ -403,19 +330,12 @@ fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
 fn hugetlb_pages_that_are_not_there_are_a_clear_error() {
     let reserved = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap_or_default();
     if reserved.trim() != "0" {
-        eprintln!(
-            "skipping: this machine reserves huge pages ({})",
-            reserved.trim()
-        );
+        eprintln!("skipping: this machine reserves huge pages ({})", reserved.trim());
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        "[arena]\nsize = \"64MiB\"\nhuge_pages = \"hugetlb\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[arena]\nsize = \"64MiB\"\nhuge_pages = \"hugetlb\"\n").unwrap();
     let out = shardd()
         .arg("--config")
         .arg(&config)
@@ -428,8 +348,5 @@ fn hugetlb_pages_that_are_not_there_are_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
-    assert!(
-        err.contains("vm.nr_hugepages") && err.contains("huge_pages"),
-        "{err}"
-    );
+    assert!(err.contains("vm.nr_hugepages") && err.contains("huge_pages"), "{err}");
 }

@@ -74,17 +74,11 @@ fn acknowledged_puts_survive_kill_9() {
                 "{engine} round {round}: only {} puts before the kill",
                 acked.len()
             );
-            eprintln!(
-                "{engine} round {round}: killed after {} acknowledged puts",
-                acked.len()
-            );
+            eprintln!("{engine} round {round}: killed after {} acknowledged puts", acked.len());
 
             let daemon = Process::start(dir.path(), engine);
             let leftovers = std::fs::read_dir(daemon.data.join("tmp")).unwrap().count();
-            assert_eq!(
-                leftovers, 0,
-                "{engine}: temp files of interrupted puts are removed"
-            );
+            assert_eq!(leftovers, 0, "{engine}: temp files of interrupted puts are removed");
             runtime.block_on(async {
                 let client = Client::connect(&daemon.endpoint()).await.unwrap();
                 for (key, (version, seed)) in &acked {
@@ -94,10 +88,7 @@ fn acknowledged_puts_survive_kill_9() {
                     // A newer, unacknowledged version may have landed; it must be whole.
                     assert!(shard.meta.version >= *version, "{key} went back in time");
                     if shard.meta.version == *version {
-                        assert!(
-                            shard.data == pattern(size_of(*seed), *seed),
-                            "{key} v{version} corrupt"
-                        );
+                        assert!(shard.data == pattern(size_of(*seed), *seed), "{key} v{version} corrupt");
                     }
                 }
                 // Every shard that is visible, acknowledged or not, is whole
@@ -106,10 +97,7 @@ fn acknowledged_puts_survive_kill_9() {
                     client.fetch("job", meta.key.as_str()).await.unwrap();
                 }
                 let status = client.status().await.unwrap();
-                assert_eq!(
-                    status.quarantined, 0,
-                    "{engine}: nothing half-written was found"
-                );
+                assert_eq!(status.quarantined, 0, "{engine}: nothing half-written was found");
             });
         }
     }

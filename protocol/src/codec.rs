@@ -19,8 +19,7 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a control message.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
-    let bytes = bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let bytes = bincode::serde::encode_to_vec(value, config()).map_err(|e| ProtocolError::Encode(e.to_string()))?;
     if bytes.len() > MAX_CONTROL_LEN as usize {
         return Err(ProtocolError::Encode(format!(
             "{} bytes exceed the control limit of {MAX_CONTROL_LEN}",
@@ -32,8 +31,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
 
 /// Decodes a control message; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| ProtocolError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(ProtocolError::Decode(format!(
             "{} trailing bytes after the message",

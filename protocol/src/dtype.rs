@@ -137,13 +137,10 @@ impl std::str::FromStr for DType {
     type Err = String;
     fn from_str(s: &str) -> Result<DType, String> {
         let lower = s.to_ascii_lowercase();
-        DType::ALL
-            .into_iter()
-            .find(|d| d.name() == lower)
-            .ok_or_else(|| {
-                let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-                format!("unknown dtype {s:?}; known: {}", names.join(", "))
-            })
+        DType::ALL.into_iter().find(|d| d.name() == lower).ok_or_else(|| {
+            let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+            format!("unknown dtype {s:?}; known: {}", names.join(", "))
+        })
     }
 }
 
@@ -166,12 +163,7 @@ mod tests {
         assert_eq!(DType::Raw.check_shape(&[2, 3], 5), Ok(()));
         assert_eq!(DType::BF16.check_shape(&[], 5), Ok(()));
         assert!(DType::F64.check_shape(&[u64::MAX, 2], 0).is_err());
-        assert!(
-            DType::Raw
-                .check_shape(&[1; 33], 1)
-                .unwrap_err()
-                .contains("at most 32")
-        );
+        assert!(DType::Raw.check_shape(&[1; 33], 1).unwrap_err().contains("at most 32"));
         assert_eq!(DType::U8.check_shape(&[1; 32], 1), Ok(()));
     }
 }

@@ -143,18 +143,14 @@ impl FrameHeader {
     /// the request id and lengths, so a server can skip the frame and answer it.
     pub fn decode(bytes: &[u8; HEADER_LEN]) -> Result<FrameHeader, ProtocolError> {
         let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
+        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[at..at + 8]);
             u64::from_le_bytes(b)
         };
         if bytes[0..4] != MAGIC {
-            return Err(ProtocolError::BadMagic([
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ]));
+            return Err(ProtocolError::BadMagic([bytes[0], bytes[1], bytes[2], bytes[3]]));
         }
         let version = u16_at(4);
         if version != PROTOCOL_VERSION {
@@ -250,24 +246,15 @@ mod tests {
     fn rejects_bad_magic_version_and_flags() {
         let mut bytes = FrameHeader::request(Opcode::Ping, 1, 0, 0).encode();
         bytes[0] = b'X';
-        assert!(matches!(
-            FrameHeader::decode(&bytes),
-            Err(ProtocolError::BadMagic(_))
-        ));
+        assert!(matches!(FrameHeader::decode(&bytes), Err(ProtocolError::BadMagic(_))));
 
         let mut bytes = FrameHeader::request(Opcode::Ping, 1, 0, 0).encode();
         bytes[4] = 9;
-        assert_eq!(
-            FrameHeader::decode(&bytes),
-            Err(ProtocolError::UnsupportedVersion(9))
-        );
+        assert_eq!(FrameHeader::decode(&bytes), Err(ProtocolError::UnsupportedVersion(9)));
 
         let mut bytes = FrameHeader::request(Opcode::Ping, 1, 0, 0).encode();
         bytes[9] = 0x80;
-        assert_eq!(
-            FrameHeader::decode(&bytes),
-            Err(ProtocolError::UnknownFlags(0x8000))
-        );
+        assert_eq!(FrameHeader::decode(&bytes), Err(ProtocolError::UnknownFlags(0x8000)));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | prefetch | [`PrefetchRequest`] | [`PrefetchResponse`] | none |
 //! | evict  | [`EvictRequest`]  | [`EvictResponse`]  | none |
 //! | schedule | [`ScheduleRequest`] | [`ScheduleResponse`] | none |
-//! | fetch_view | [`FetchRequest`] | [`ViewResponse`] | none |
+//! | fetch_view | [`ViewRequest`] | [`ViewResponse`] | none |
 //! | release | [`ReleaseRequest`] | [`ReleaseResponse`] | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
@@ -263,6 +263,8 @@ pub struct StatusResponse {
     pub quarantined: u64,
     /// Client connections open now.
     pub connections: u64,
+    /// Where it listens: `unix://PATH`, `tcp://ADDR`.
+    pub listen: Vec<String>,
     /// One entry per data directory.
     pub data_dirs: Vec<DataDirStatus>,
     /// The pinned-memory tier, if the daemon has one.
@@ -407,6 +409,16 @@ pub struct Extent {
     pub len: u64,
 }
 
+/// A zero-copy fetch; it also gives back leases of views the client is
+/// done with (saving a `release` request per view).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRequest {
+    /// What to fetch.
+    pub fetch: FetchRequest,
+    /// Leases to give back first.
+    pub release: Vec<u64>,
+}
+
 /// Answer to a zero-copy fetch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewResponse {
@@ -516,9 +528,7 @@ mod tests {
         let bytes = codec::encode(&stat).unwrap();
         assert_eq!(
             bytes,
-            [
-                2, 0, 0, 0, 0, 0, 0, 0, b'n', b's', 1, 0, 0, 0, 0, 0, 0, 0, b'k'
-            ]
+            [2, 0, 0, 0, 0, 0, 0, 0, b'n', b's', 1, 0, 0, 0, 0, 0, 0, 0, b'k']
         );
         let delete = DeleteRequest {
             namespace: Namespace::new("ns").unwrap(),
@@ -532,9 +542,7 @@ mod tests {
     #[test]
     fn invalid_names_and_trailing_bytes_do_not_decode() {
         // A stat request whose key contains a space.
-        let bytes = [
-            2, 0, 0, 0, 0, 0, 0, 0, b'n', b's', 1, 0, 0, 0, 0, 0, 0, 0, b' ',
-        ];
+        let bytes = [2, 0, 0, 0, 0, 0, 0, 0, b'n', b's', 1, 0, 0, 0, 0, 0, 0, 0, b' '];
         let err = codec::decode::<StatRequest>(&bytes).unwrap_err();
         assert!(err.to_string().contains("key"), "{err}");
 

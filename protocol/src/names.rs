@@ -56,9 +56,7 @@ pub enum NameError {
     #[error("namespace {0:?} must start with a letter or digit")]
     BadNamespaceStart(String),
     /// A `#I/N` suffix that does not parse or is out of range.
-    #[error(
-        "key {key:?} has a bad shard suffix: {reason} (expected #I/N with 0 <= I < N <= 65535)"
-    )]
+    #[error("key {key:?} has a bad shard suffix: {reason} (expected #I/N with 0 <= I < N <= 65535)")]
     BadShardSuffix {
         /// The key.
         key: String,
@@ -261,30 +259,17 @@ mod tests {
         for ok in ["job1", "llama-70b.run_3", "A", &"a".repeat(64)] {
             assert!(Namespace::new(ok).is_ok(), "{ok}");
         }
-        assert_eq!(
-            Namespace::new(""),
-            Err(NameError::Empty { what: "namespace" })
-        );
+        assert_eq!(Namespace::new(""), Err(NameError::Empty { what: "namespace" }));
         assert!(matches!(
             Namespace::new("a".repeat(65)),
             Err(NameError::TooLong { len: 65, .. })
         ));
         assert!(matches!(
             Namespace::new("a/b"),
-            Err(NameError::BadChar {
-                found: '/',
-                at: 1,
-                ..
-            })
+            Err(NameError::BadChar { found: '/', at: 1, .. })
         ));
-        assert!(matches!(
-            Namespace::new(".."),
-            Err(NameError::BadNamespaceStart(_))
-        ));
-        assert!(matches!(
-            Namespace::new("-x"),
-            Err(NameError::BadNamespaceStart(_))
-        ));
+        assert!(matches!(Namespace::new(".."), Err(NameError::BadNamespaceStart(_))));
+        assert!(matches!(Namespace::new("-x"), Err(NameError::BadNamespaceStart(_))));
     }
 
     #[test]
@@ -312,22 +297,12 @@ mod tests {
                 Key::new(bad)
             );
         }
-        assert!(matches!(
-            Key::new("a b"),
-            Err(NameError::BadChar { found: ' ', .. })
-        ));
+        assert!(matches!(Key::new("a b"), Err(NameError::BadChar { found: ' ', .. })));
         assert!(matches!(
             Key::new("é"),
-            Err(NameError::BadChar {
-                found: 'é',
-                at: 0,
-                ..
-            })
+            Err(NameError::BadChar { found: 'é', at: 0, .. })
         ));
         assert!(Key::new("k".repeat(256)).is_ok());
-        assert!(matches!(
-            Key::new("k".repeat(257)),
-            Err(NameError::TooLong { .. })
-        ));
+        assert!(matches!(Key::new("k".repeat(257)), Err(NameError::TooLong { .. })));
     }
 }

@@ -25,7 +25,7 @@ pub enum Opcode {
     Evict,
     /// Register the access order of a training step: `ScheduleRequest`.
     Schedule,
-    /// Zero-copy fetch over the Unix socket: `FetchRequest`, answered with
+    /// Zero-copy fetch over the Unix socket: `ViewRequest`, answered with
     /// where the bytes are in the shared arena (`ViewResponse`) and a lease.
     FetchView,
     /// Give back leases of zero-copy views: `ReleaseRequest`.

@@ -40,11 +40,7 @@ pub fn setups() -> Vec<Setup> {
     engines()
         .into_iter()
         .flat_map(|engine| {
-            [(false, true), (false, false), (true, false)].map(|(tcp, zero_copy)| Setup {
-                engine,
-                tcp,
-                zero_copy,
-            })
+            [(false, true), (false, false), (true, false)].map(|(tcp, zero_copy)| Setup { engine, tcp, zero_copy })
         })
         .collect()
 }
@@ -87,10 +83,7 @@ impl TestDaemon {
 
     /// `unix://...` of the socket.
     pub fn unix_endpoint(&self) -> String {
-        format!(
-            "unix://{}",
-            self.daemon().socket_path().expect("socket").display()
-        )
+        format!("unix://{}", self.daemon().socket_path().expect("socket").display())
     }
 
     /// `tcp://127.0.0.1:PORT`.
@@ -100,18 +93,12 @@ impl TestDaemon {
 
     /// The endpoint for `tcp` or not.
     pub fn endpoint(&self, tcp: bool) -> String {
-        if tcp {
-            self.tcp_endpoint()
-        } else {
-            self.unix_endpoint()
-        }
+        if tcp { self.tcp_endpoint() } else { self.unix_endpoint() }
     }
 
     /// A connected client (zero copy over the Unix socket).
     pub async fn client(&self, tcp: bool) -> Client {
-        Client::connect(&self.endpoint(tcp))
-            .await
-            .expect("client connects")
+        Client::connect(&self.endpoint(tcp)).await.expect("client connects")
     }
 
     /// A client connected the way `setup` says.
@@ -123,11 +110,7 @@ impl TestDaemon {
         let client = Client::connect_with(&self.endpoint(setup.tcp), options)
             .await
             .expect("client connects");
-        assert_eq!(
-            client.zero_copy(),
-            setup.zero_copy && !setup.tcp,
-            "{setup:?}"
-        );
+        assert_eq!(client.zero_copy(), setup.zero_copy && !setup.tcp, "{setup:?}");
         client
     }
 
@@ -141,22 +124,14 @@ impl TestDaemon {
     /// Stops and starts again on the same data dir (a new TCP port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.daemon = Some(
-            Daemon::start(self.config.clone())
-                .await
-                .expect("daemon restarts"),
-        );
+        self.daemon = Some(Daemon::start(self.config.clone()).await.expect("daemon restarts"));
     }
 
     /// Restarts with a changed config (same dirs).
     pub async fn restart_with(&mut self, extra: &str) {
         self.stop().await;
         self.config = test_config(self.dir.path(), self.config.io.engine, extra);
-        self.daemon = Some(
-            Daemon::start(self.config.clone())
-                .await
-                .expect("daemon restarts"),
-        );
+        self.daemon = Some(Daemon::start(self.config.clone()).await.expect("daemon restarts"));
     }
 }
 

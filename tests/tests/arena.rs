@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use shardd_client::{
-    Client, ClientError, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions, Status,
-};
+use shardd_client::{Client, ClientError, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions, Status};
 use shardd_protocol::{ArenaStatus, Key};
 use shardd_tests::{TestDaemon, engines, pattern};
 use tokio::task::JoinSet;
@@ -14,12 +12,7 @@ use tokio::task::JoinSet;
 const MIB: usize = 1 << 20;
 
 async fn arena(client: &Client) -> ArenaStatus {
-    client
-        .status()
-        .await
-        .unwrap()
-        .arena
-        .expect("the daemon has an arena")
+    client.status().await.unwrap().arena.expect("the daemon has an arena")
 }
 
 fn write_back() -> PutOptions {
@@ -56,17 +49,10 @@ async fn puts_stay_resident_and_fetches_hit() {
         );
         assert_eq!(client.fetch("job", "w").await.unwrap().data, data);
         let status = arena(&client).await;
-        assert_eq!(
-            (status.hits, status.misses, status.loads),
-            (1, 0, 0),
-            "{status:?}"
-        );
+        assert_eq!((status.hits, status.misses, status.loads), (1, 0, 0), "{status:?}");
 
         // Demoted: gone from the arena, still on the drive; the next fetch loads it once.
-        let evicted = client
-            .evict("job", &["w"], EvictMode::Demote)
-            .await
-            .unwrap();
+        let evicted = client.evict("job", &["w"], EvictMode::Demote).await.unwrap();
         assert_eq!(evicted.evicted, [Key::new("w").unwrap()]);
         assert!(!client.stat("job", "w").await.unwrap().cache.resident);
         let copying = Client::connect_with(
@@ -81,11 +67,7 @@ async fn puts_stay_resident_and_fetches_hit() {
         assert_eq!(copying.fetch("job", "w").await.unwrap().data, data);
         assert_eq!(client.fetch("job", "w").await.unwrap().data, data);
         let status = arena(&client).await;
-        assert_eq!(
-            (status.hits, status.misses, status.loads),
-            (2, 1, 1),
-            "{status:?}"
-        );
+        assert_eq!((status.hits, status.misses, status.loads), (2, 1, 1), "{status:?}");
         assert_eq!(status.demoted, 1);
         // A new version replaces the cached one at once.
         client
@@ -126,10 +108,7 @@ async fn concurrent_fetches_of_a_cold_shard_share_one_read() {
         assert!(bytes.unwrap() == data);
     }
     let status = arena(&daemon.client(false).await).await;
-    assert_eq!(
-        status.loads, 1,
-        "eight fetches, one read of the drive: {status:?}"
-    );
+    assert_eq!(status.loads, 1, "eight fetches, one read of the drive: {status:?}");
     assert_eq!(status.hits + status.misses, 8);
     daemon.stop().await;
 }
@@ -150,9 +129,7 @@ async fn a_shard_larger_than_the_arena_is_streamed_from_the_drive() {
         assert_eq!(err.status(), Some(Status::TooLarge), "{err}");
         assert!(err.to_string().contains("larger than the arena"), "{err}");
         assert!(client.fetch("job", "huge").await.unwrap().data == data);
-        let (buf, info) = client
-            .fetch_into("job", "huge", None, vec![0u8; 21 * MIB])
-            .await;
+        let (buf, info) = client.fetch_into("job", "huge", None, vec![0u8; 21 * MIB]).await;
         assert_eq!(info.unwrap().len, data.len() as u64);
         assert!(buf[..data.len()] == data[..]);
         assert!(arena(&client).await.bypassed >= 2);
@@ -166,10 +143,7 @@ async fn write_back_puts_are_served_at_once_and_reach_the_drive() {
         let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"32MiB\"").await;
         let client = daemon.client(false).await;
         let data = pattern(5 * MIB + 77, 4);
-        let meta = client
-            .put("job", "wb", data.clone(), write_back())
-            .await
-            .unwrap();
+        let meta = client.put("job", "wb", data.clone(), write_back()).await.unwrap();
         assert_eq!(meta.crc32c, crc32c::crc32c(&data));
         assert_eq!(client.fetch("job", "wb").await.unwrap().data, data);
         wait_for(&client, "the flush", |a| a.dirty_bytes == 0).await;
@@ -183,11 +157,7 @@ async fn write_back_puts_are_served_at_once_and_reach_the_drive() {
         daemon.restart().await;
         let client = daemon.client(false).await;
         let shard = client.fetch("job", "wb").await.unwrap();
-        assert_eq!(
-            (shard.meta.version, shard.data == data),
-            (1, true),
-            "{engine:?}"
-        );
+        assert_eq!((shard.meta.version, shard.data == data), (1, true), "{engine:?}");
         daemon.stop().await;
     }
 }
@@ -203,23 +173,14 @@ async fn a_failed_flush_is_reported_by_stat_and_fetch() {
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::NoSpace));
-    client
-        .put("job", "wb", vec![2u8; 1000], write_back())
-        .await
-        .unwrap();
+    client.put("job", "wb", vec![2u8; 1000], write_back()).await.unwrap();
     wait_for(&client, "the failed flush", |a| a.flush_failures == 1).await;
     let stat = client.stat("job", "wb").await.unwrap();
-    let error = stat
-        .cache
-        .flush_error
-        .expect("the stat says the flush failed");
+    let error = stat.cache.flush_error.expect("the stat says the flush failed");
     assert!(error.contains("no space"), "{error}");
     let err = client.fetch("job", "wb").await.unwrap_err();
     assert_eq!(err.status(), Some(Status::NoSpace), "{err}");
-    assert!(
-        err.to_string().contains("write-back to the drive failed"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("write-back to the drive failed"), "{err}");
     // The key is listed (it is acknowledged), and deleting it clears the failure.
     assert_eq!(client.list("job", "").await.unwrap().len(), 1);
     client.delete("job", "wb", None).await.unwrap();
@@ -263,29 +224,14 @@ async fn prefetch_loads_ahead_of_fetches() {
     wait_for(&client, "the prefetches", |a| a.prefetch_completed == 6).await;
     // Resident before any fetch asked for them: every fetch is a hit.
     for i in 0..6 {
-        assert!(
-            client
-                .stat("job", &format!("layers.{i}"))
-                .await
-                .unwrap()
-                .cache
-                .resident
-        );
+        assert!(client.stat("job", &format!("layers.{i}")).await.unwrap().cache.resident);
         assert_eq!(
-            client
-                .fetch("job", &format!("layers.{i}"))
-                .await
-                .unwrap()
-                .data,
+            client.fetch("job", &format!("layers.{i}")).await.unwrap().data,
             pattern(2 * MIB, i)
         );
     }
     let status = arena(&client).await;
-    assert_eq!(
-        (status.hits, status.misses, status.loads),
-        (6, 0, 6),
-        "{status:?}"
-    );
+    assert_eq!((status.hits, status.misses, status.loads), (6, 0, 6), "{status:?}");
     // Prefetching what is resident queues nothing.
     let again = client
         .prefetch(
@@ -339,9 +285,7 @@ async fn cyclic_hit_ratio(policy: &str) -> f64 {
 async fn the_schedule_policy_beats_lru_on_a_cyclic_layer_order() {
     let lru = cyclic_hit_ratio("lru").await;
     let schedule = cyclic_hit_ratio("schedule").await;
-    println!(
-        "10 layers of 1 MiB cycling through an 8 MiB arena: hit ratio LRU {lru:.2}, schedule-aware {schedule:.2}"
-    );
+    println!("10 layers of 1 MiB cycling through an 8 MiB arena: hit ratio LRU {lru:.2}, schedule-aware {schedule:.2}");
     assert!(schedule > lru, "schedule {schedule} vs lru {lru}");
     assert_eq!(lru, 0.0, "a cyclic scan makes LRU thrash");
 }
@@ -353,36 +297,22 @@ async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
     assert!(client.zero_copy());
     for i in 0..5 {
         client
-            .put(
-                "job",
-                &format!("s{i}"),
-                pattern(MIB, 10 + i),
-                PutOptions::default(),
-            )
+            .put("job", &format!("s{i}"), pattern(MIB, 10 + i), PutOptions::default())
             .await
             .unwrap();
     }
     // Hold views of four shards: the arena is full of leased shards.
     let mut views = Vec::new();
     for i in 0..4 {
-        let view = client
-            .fetch_view("job", &format!("s{i}"), None)
-            .await
-            .unwrap();
+        let view = client.fetch_view("job", &format!("s{i}"), None).await.unwrap();
         assert_eq!(view.to_vec(), pattern(MIB, 10 + i));
         views.push(view);
     }
     let err = client.fetch_view("job", "s4", None).await.unwrap_err();
     assert_eq!(err.status(), Some(Status::Busy), "{err}");
     // A copying fetch still works (read from the drive), and nothing hangs.
-    assert_eq!(
-        client.fetch("job", "s4").await.unwrap().data,
-        pattern(MIB, 14)
-    );
-    let evict = client
-        .evict("job", &["s0"], EvictMode::Demote)
-        .await
-        .unwrap();
+    assert_eq!(client.fetch("job", "s4").await.unwrap().data, pattern(MIB, 14));
+    let evict = client.evict("job", &["s0"], EvictMode::Demote).await.unwrap();
     assert_eq!(evict.busy, [Key::new("s0").unwrap()]);
     // A newer version of a viewed shard does not change the view's bytes.
     client
@@ -402,9 +332,7 @@ async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
 /// (here: a raw connection that is dropped) gives its leases back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_dies_gives_its_leases_back() {
-    use shardd_protocol::{
-        FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Namespace, Opcode, codec,
-    };
+    use shardd_protocol::{FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Namespace, Opcode, ViewRequest, codec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"2MiB\"").await;
@@ -422,10 +350,7 @@ async fn a_client_that_dies_gives_its_leases_back() {
         .await
         .unwrap();
 
-    let path = daemon
-        .unix_endpoint()
-        .trim_start_matches("unix://")
-        .to_string();
+    let path = daemon.unix_endpoint().trim_start_matches("unix://").to_string();
     let mut raw = tokio::net::UnixStream::connect(path).await.unwrap();
     let send = async |raw: &mut tokio::net::UnixStream, op: Opcode, id: u64, control: Vec<u8>| {
         let header = FrameHeader::request(op, id, control.len() as u32, 0);
@@ -456,24 +381,15 @@ async fn a_client_that_dies_gives_its_leases_back() {
             range: None,
             max_len: None,
         };
+        let view = ViewRequest { fetch, release: vec![] };
         assert_eq!(
-            send(
-                &mut raw,
-                Opcode::FetchView,
-                id,
-                codec::encode(&fetch).unwrap()
-            )
-            .await,
+            send(&mut raw, Opcode::FetchView, id, codec::encode(&view).unwrap()).await,
             Status::Ok
         );
     }
     let other = daemon.client(false).await;
     let err = other.fetch_view("job", "c", None).await.unwrap_err();
-    assert_eq!(
-        err.status(),
-        Some(Status::Busy),
-        "a and b are leased: {err}"
-    );
+    assert_eq!(err.status(), Some(Status::Busy), "a and b are leased: {err}");
 
     drop(raw); // dies holding two leases
     let mut got = None;
@@ -484,18 +400,14 @@ async fn a_client_that_dies_gives_its_leases_back() {
                 break;
             }
             Err(ClientError::Remote {
-                status: Status::Busy,
-                ..
+                status: Status::Busy, ..
             }) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(
-        got.expect("the dead client's leases were released"),
-        pattern(MIB, 3)
-    );
+    assert_eq!(got.expect("the dead client's leases were released"), pattern(MIB, 3));
     daemon.stop().await;
 }
 

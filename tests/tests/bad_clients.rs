@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use shardd_client::PutOptions;
 use shardd_protocol::{
-    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION,
-    PutRequest, StatRequest, Status, codec,
+    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION, PutRequest,
+    StatRequest, Status, codec,
 };
 use shardd_tests::{TestDaemon, engines, eventually, files_under, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,10 +19,7 @@ struct Raw {
 
 impl Raw {
     async fn connect(daemon: &TestDaemon) -> Raw {
-        let addr = daemon
-            .tcp_endpoint()
-            .trim_start_matches("tcp://")
-            .to_string();
+        let addr = daemon.tcp_endpoint().trim_start_matches("tcp://").to_string();
         Raw {
             stream: TcpStream::connect(addr).await.unwrap(),
         }
@@ -36,8 +33,7 @@ impl Raw {
             client: "raw test".into(),
             want_arena: false,
         };
-        raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[])
-            .await;
+        raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[]).await;
         let (header, _) = raw.recv().await.expect("hello answer");
         assert_eq!(header.status, Status::Ok);
         raw
@@ -53,8 +49,7 @@ impl Raw {
     /// The next frame (header and control; payload skipped), or `None` at EOF.
     async fn recv(&mut self) -> Option<(FrameHeader, Vec<u8>)> {
         let mut bytes = [0u8; HEADER_LEN];
-        let read =
-            tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut bytes)).await;
+        let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut bytes)).await;
         read.expect("an answer or EOF within 10 s").ok()?;
         let header = FrameHeader::decode(&bytes).unwrap();
         let mut control = vec![0u8; header.control_len as usize];
@@ -67,24 +62,12 @@ impl Raw {
     async fn expect_error(&mut self, status: Status, id: u64, needle: &str) {
         let (header, control) = self.recv().await.expect("an error frame");
         let body: ErrorResponse = codec::decode(&control).unwrap();
-        assert_eq!(
-            (header.status, header.request_id),
-            (status, id),
-            "{}",
-            body.message
-        );
-        assert!(
-            body.message.contains(needle),
-            "{:?} lacks {needle:?}",
-            body.message
-        );
+        assert_eq!((header.status, header.request_id), (status, id), "{}", body.message);
+        assert!(body.message.contains(needle), "{:?} lacks {needle:?}", body.message);
     }
 
     async fn expect_closed(&mut self) {
-        assert!(
-            self.recv().await.is_none(),
-            "the daemon should close the connection"
-        );
+        assert!(self.recv().await.is_none(), "the daemon should close the connection");
     }
 }
 
@@ -123,8 +106,7 @@ async fn garbage_bad_versions_and_requests_before_hello_close_the_connection() {
     let mut header = FrameHeader::request(Opcode::Hello, 1, 0, 0).encode();
     header[4] = 7; // protocol version 7
     raw.stream.write_all(&header).await.unwrap();
-    raw.expect_error(Status::UnsupportedVersion, 0, "version 7")
-        .await;
+    raw.expect_error(Status::UnsupportedVersion, 0, "version 7").await;
     raw.expect_closed().await;
 
     let mut raw = Raw::connect(&daemon).await;
@@ -140,10 +122,8 @@ async fn garbage_bad_versions_and_requests_before_hello_close_the_connection() {
         client: "future".into(),
         want_arena: false,
     };
-    raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[])
-        .await;
-    raw.expect_error(Status::UnsupportedVersion, 1, "2..=3")
-        .await;
+    raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[]).await;
+    raw.expect_error(Status::UnsupportedVersion, 1, "2..=3").await;
     raw.expect_closed().await;
 
     still_serves(&daemon).await;
@@ -157,8 +137,7 @@ async fn oversized_lengths_are_refused_before_anything_is_allocated() {
     let mut raw = Raw::hello(&daemon).await;
     let header = FrameHeader::request(Opcode::Stat, 9, u32::MAX, 0);
     raw.stream.write_all(&header.encode()).await.unwrap();
-    raw.expect_error(Status::TooLarge, 9, "control message")
-        .await;
+    raw.expect_error(Status::TooLarge, 9, "control message").await;
     raw.expect_closed().await;
 
     let mut raw = Raw::hello(&daemon).await;
@@ -171,18 +150,10 @@ async fn oversized_lengths_are_refused_before_anything_is_allocated() {
     // before it is sent, and the connection stays usable.
     let client = daemon.client(false).await;
     let err = client
-        .put(
-            "job",
-            "huge",
-            vec![0u8; (64 << 20) + 1],
-            PutOptions::default(),
-        )
+        .put("job", "huge", vec![0u8; (64 << 20) + 1], PutOptions::default())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, shardd_client::ClientError::TooLarge { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, shardd_client::ClientError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("limit of 67108864"), "{err}");
     client.ping().await.unwrap();
 
@@ -199,16 +170,13 @@ async fn unknown_opcodes_malformed_controls_and_stray_payloads_keep_the_connecti
     header[6] = 0x77; // opcode 0x77
     raw.stream.write_all(&header).await.unwrap();
     raw.stream.write_all(b"abcdefgh").await.unwrap();
-    raw.expect_error(Status::BadRequest, 20, "unknown opcode 119")
-        .await;
+    raw.expect_error(Status::BadRequest, 20, "unknown opcode 119").await;
 
     raw.send(Opcode::Stat, 21, b"\xff\xff\xff", &[]).await;
     raw.expect_error(Status::BadRequest, 21, "malformed").await;
 
-    raw.send(Opcode::Stat, 22, &stat_control("k"), b"stray payload")
-        .await;
-    raw.expect_error(Status::BadRequest, 22, "takes no payload")
-        .await;
+    raw.send(Opcode::Stat, 22, &stat_control("k"), b"stray payload").await;
+    raw.expect_error(Status::BadRequest, 22, "takes no payload").await;
 
     // A put whose control does not decode: the payload is skipped, the answer says why.
     raw.send(Opcode::Put, 23, b"nonsense", &[1u8; 1000]).await;
@@ -222,8 +190,7 @@ async fn unknown_opcodes_malformed_controls_and_stray_payloads_keep_the_connecti
     let mut bad = FrameHeader::request(Opcode::Ping, 25, 0, 0);
     bad.flags = shardd_protocol::header::Flags::RESPONSE;
     raw.stream.write_all(&bad.encode()).await.unwrap();
-    raw.expect_error(Status::BadRequest, 25, "requests only")
-        .await;
+    raw.expect_error(Status::BadRequest, 25, "requests only").await;
     raw.expect_closed().await;
 
     still_serves(&daemon).await;
@@ -319,24 +286,13 @@ async fn a_client_that_never_reads_its_answers_harms_only_itself() {
     for i in 0..5 {
         let data = pattern(1 << 20, i);
         client
-            .put(
-                "job",
-                &format!("ok{i}"),
-                data.clone(),
-                PutOptions::default(),
-            )
+            .put("job", &format!("ok{i}"), data.clone(), PutOptions::default())
             .await
             .unwrap();
-        assert_eq!(
-            client.fetch("job", &format!("ok{i}")).await.unwrap().data,
-            data
-        );
+        assert_eq!(client.fetch("job", &format!("ok{i}")).await.unwrap().data, data);
     }
     let other = daemon.client(true).await;
-    assert_eq!(
-        other.fetch("job", "big").await.unwrap().data.len(),
-        64 << 20
-    );
+    assert_eq!(other.fetch("job", "big").await.unwrap().data.len(), 64 << 20);
 
     // After the I/O timeout the stuck connection is closed and released:
     // what is left are `client`, `other` and the one asking.
@@ -377,9 +333,7 @@ async fn silent_connections_and_connection_floods_are_bounded() {
     let _b = daemon.client(true).await;
     let _c = daemon.client(false).await;
     let mut fourth = Raw::connect(&daemon).await;
-    fourth
-        .expect_error(Status::Busy, 0, "at most 3 connections")
-        .await;
+    fourth.expect_error(Status::Busy, 0, "at most 3 connections").await;
     fourth.expect_closed().await;
     a.ping().await.unwrap();
     daemon.stop().await;

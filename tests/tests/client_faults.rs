@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use shardd_client::{Client, ClientError, ClientOptions};
 use shardd_protocol::{
-    DType, FetchResponse, FrameHeader, HEADER_LEN, HelloResponse, Key, Namespace, Opcode,
-    ServerLimits, ShardMeta, Status, codec,
+    DType, FetchResponse, FrameHeader, HEADER_LEN, HelloResponse, Key, Namespace, Opcode, ServerLimits, ShardMeta,
+    Status, codec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,22 +34,8 @@ async fn read_request(stream: &mut TcpStream) -> Option<FrameHeader> {
     Some(header)
 }
 
-async fn send(
-    stream: &mut TcpStream,
-    op: Opcode,
-    id: u64,
-    more: bool,
-    control: &[u8],
-    payload: &[u8],
-) {
-    let header = FrameHeader::response(
-        op,
-        id,
-        Status::Ok,
-        more,
-        control.len() as u32,
-        payload.len() as u64,
-    );
+async fn send(stream: &mut TcpStream, op: Opcode, id: u64, more: bool, control: &[u8], payload: &[u8]) {
+    let header = FrameHeader::response(op, id, Status::Ok, more, control.len() as u32, payload.len() as u64);
     stream.write_all(&header.encode()).await.unwrap();
     stream.write_all(control).await.unwrap();
     stream.write_all(payload).await.unwrap();
@@ -137,14 +123,8 @@ async fn fake_daemon(fault: Fault) -> String {
                 )
                 .await;
                 // Half of the next frame, then gone.
-                let header = FrameHeader::response(
-                    Opcode::Fetch,
-                    fetch.request_id,
-                    Status::Ok,
-                    false,
-                    0,
-                    (LEN / 2) as u64,
-                );
+                let header =
+                    FrameHeader::response(Opcode::Fetch, fetch.request_id, Status::Ok, false, 0, (LEN / 2) as u64);
                 stream.write_all(&header.encode()).await.unwrap();
                 stream.write_all(&data[..1000]).await.unwrap();
             }
@@ -158,12 +138,8 @@ async fn fake_daemon(fault: Fault) -> String {
 
 #[tokio::test]
 async fn corrupt_bytes_are_reported_not_returned() {
-    let client = Client::connect(&fake_daemon(Fault::CorruptBytes).await)
-        .await
-        .unwrap();
-    let (buf, result) = client
-        .fetch_into("job", "k", None, vec![0u8; 2 * LEN])
-        .await;
+    let client = Client::connect(&fake_daemon(Fault::CorruptBytes).await).await.unwrap();
+    let (buf, result) = client.fetch_into("job", "k", None, vec![0u8; 2 * LEN]).await;
     assert_eq!(buf.len(), 2 * LEN, "the buffer comes back");
     match result {
         Err(ClientError::ChecksumMismatch {
@@ -182,9 +158,7 @@ async fn corrupt_bytes_are_reported_not_returned() {
 
 #[tokio::test]
 async fn a_connection_cut_inside_an_answer_fails_the_fetch_cleanly() {
-    let client = Client::connect(&fake_daemon(Fault::CutMidAnswer).await)
-        .await
-        .unwrap();
+    let client = Client::connect(&fake_daemon(Fault::CutMidAnswer).await).await.unwrap();
     let (buf, result) = client.fetch_into("job", "k", None, vec![0u8; LEN]).await;
     assert_eq!(buf.len(), LEN);
     let err = result.unwrap_err();
@@ -212,8 +186,5 @@ async fn a_silent_daemon_hits_the_request_timeout_and_the_buffer_comes_back() {
     assert_eq!(buf, vec![7u8; 64]);
     assert!(started.elapsed() < Duration::from_secs(5));
     let err = client.stat("job", "k").await.unwrap_err();
-    assert!(
-        matches!(err, ClientError::Timeout { op: "stat", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ClientError::Timeout { op: "stat", .. }), "{err:?}");
 }

@@ -2,8 +2,7 @@
 
 use shardd_client::PutOptions;
 use shardd_protocol::{
-    FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION,
-    Status, codec,
+    FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION, Status, codec,
 };
 use shardd_tests::{TestDaemon, pattern, setups};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,10 +54,7 @@ async fn many_requests_pipelined_on_one_connection() {
                     .await
                     .unwrap();
                 assert_eq!(client.fetch("job", &key).await.unwrap().data, data);
-                assert_eq!(
-                    client.stat("job", &key).await.unwrap().meta.len,
-                    data.len() as u64
-                );
+                assert_eq!(client.stat("job", &key).await.unwrap().meta.len, data.len() as u64);
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -130,24 +126,12 @@ impl RawConnection {
             Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
         ) = if tcp {
-            let addr = daemon
-                .tcp_endpoint()
-                .trim_start_matches("tcp://")
-                .to_string();
-            let (r, w) = tokio::net::TcpStream::connect(addr)
-                .await
-                .unwrap()
-                .into_split();
+            let addr = daemon.tcp_endpoint().trim_start_matches("tcp://").to_string();
+            let (r, w) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
             (Box::new(r), Box::new(w))
         } else {
-            let path = daemon
-                .unix_endpoint()
-                .trim_start_matches("unix://")
-                .to_string();
-            let (r, w) = tokio::net::UnixStream::connect(path)
-                .await
-                .unwrap()
-                .into_split();
+            let path = daemon.unix_endpoint().trim_start_matches("unix://").to_string();
+            let (r, w) = tokio::net::UnixStream::connect(path).await.unwrap().into_split();
             (Box::new(r), Box::new(w))
         };
         let mut conn = RawConnection { reader, writer };
@@ -178,8 +162,7 @@ impl RawConnection {
             range: None,
             max_len: None,
         };
-        self.send(Opcode::Fetch, id, &codec::encode(&request).unwrap())
-            .await;
+        self.send(Opcode::Fetch, id, &codec::encode(&request).unwrap()).await;
     }
 
     /// The next frame's header; its control message and payload are skipped.
@@ -210,10 +193,7 @@ async fn concurrent_puts_to_one_key_leave_one_whole_version() {
                 version: Some(v),
                 ..PutOptions::default()
             };
-            client
-                .put("job", "hot", data, options)
-                .await
-                .map(|m| m.version)
+            client.put("job", "hot", data, options).await.map(|m| m.version)
         });
     }
     let mut stored = Vec::new();
@@ -224,15 +204,8 @@ async fn concurrent_puts_to_one_key_leave_one_whole_version() {
     }
     let shard = client.fetch("job", "hot").await.unwrap();
     let v = shard.meta.version;
-    assert_eq!(
-        v,
-        *stored.iter().max().unwrap(),
-        "the newest acknowledged version wins"
-    );
-    assert!(
-        shard.data.iter().all(|&b| b == v as u8),
-        "no mix of versions"
-    );
+    assert_eq!(v, *stored.iter().max().unwrap(), "the newest acknowledged version wins");
+    assert!(shard.data.iter().all(|&b| b == v as u8), "no mix of versions");
     let files = shardd_tests::files_under(&daemon.data_dir().join("shards"));
     assert_eq!(files.len(), 1, "old versions do not pile up: {files:?}");
     daemon.stop().await;

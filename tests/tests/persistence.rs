@@ -30,19 +30,9 @@ async fn shards_survive_a_restart() {
         assert_eq!(status.shards, 29, "{setup:?}");
         let shard = client.fetch("job", "layers.0").await.unwrap();
         assert_eq!((shard.meta.version, shard.data), (2, vec![9u8; 10]));
-        assert!(
-            client
-                .fetch("job", "layers.1")
-                .await
-                .unwrap_err()
-                .is_not_found()
-        );
+        assert!(client.fetch("job", "layers.1").await.unwrap_err().is_not_found());
         for (key, data) in &shards[2..] {
-            assert_eq!(
-                &client.fetch("job", key).await.unwrap().data,
-                data,
-                "{setup:?} {key}"
-            );
+            assert_eq!(&client.fetch("job", key).await.unwrap().data, data, "{setup:?} {key}");
         }
         daemon.stop().await;
     }
@@ -84,17 +74,10 @@ async fn a_flipped_payload_byte_is_detected_and_never_served() {
         daemon.restart().await;
         let client = daemon.connect(setup).await;
         let err = client.fetch("job", "victim").await.unwrap_err();
-        assert_eq!(
-            err.status(),
-            Some(Status::ChecksumMismatch),
-            "{setup:?}: {err}"
-        );
+        assert_eq!(err.status(), Some(Status::ChecksumMismatch), "{setup:?}: {err}");
         assert!(err.to_string().contains("quarantined"), "{err}");
         // A range that avoids the bad chunk is still refused: the shard is quarantined.
-        let err = client
-            .fetch_range("job", "victim", 0, 10)
-            .await
-            .unwrap_err();
+        let err = client.fetch_range("job", "victim", 0, 10).await.unwrap_err();
         assert_eq!(err.status(), Some(Status::ChecksumMismatch));
         let status = client.status().await.unwrap();
         assert_eq!((status.quarantined, status.shards), (1, 1));
@@ -113,10 +96,7 @@ async fn a_flipped_payload_byte_is_detected_and_never_served() {
             .put("job", "victim", vec![1, 2, 3], PutOptions::default())
             .await
             .unwrap();
-        assert_eq!(
-            client.fetch("job", "victim").await.unwrap().data,
-            vec![1, 2, 3]
-        );
+        assert_eq!(client.fetch("job", "victim").await.unwrap().data, vec![1, 2, 3]);
         daemon.stop().await;
     }
 }
@@ -133,9 +113,7 @@ async fn full_verification_at_start_finds_corruption_before_any_fetch() {
     drop(client);
     daemon.stop().await;
     flip_payload_byte(&daemon.data_dir(), "v", 99_999);
-    daemon
-        .restart_with("[storage]\nverify_on_start = \"full\"")
-        .await;
+    daemon.restart_with("[storage]\nverify_on_start = \"full\"").await;
     let client = daemon.client(false).await;
     let status = client.status().await.unwrap();
     assert_eq!((status.shards, status.quarantined), (0, 1));
@@ -149,9 +127,7 @@ async fn shards_spread_over_several_data_dirs_and_survive_restart() {
     let config = Config::from_toml(
         "[storage]\nmin_free = 0",
         Overrides {
-            data_dirs: (0..3)
-                .map(|i| tmp.path().join(format!("nvme{i}")))
-                .collect(),
+            data_dirs: (0..3).map(|i| tmp.path().join(format!("nvme{i}"))).collect(),
             socket: Some(tmp.path().join("s.sock").display().to_string()),
             tcp: Some("off".into()),
             ..Overrides::default()

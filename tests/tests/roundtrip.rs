@@ -4,17 +4,7 @@
 use shardd_client::{ByteRange, ClientError, DType, PutOptions, Status};
 use shardd_tests::{TestDaemon, pattern, setups};
 
-const SIZES: [usize; 9] = [
-    0,
-    1,
-    4095,
-    4096,
-    4097,
-    (1 << 20) - 1,
-    1 << 20,
-    (3 << 20) + 7,
-    64 << 20,
-];
+const SIZES: [usize; 9] = [0, 1, 4095, 4096, 4097, (1 << 20) - 1, 1 << 20, (3 << 20) + 7, 64 << 20];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_exact_round_trips_of_many_sizes() {
@@ -28,18 +18,11 @@ async fn byte_exact_round_trips_of_many_sizes() {
                 .put("job", &key, data.clone(), PutOptions::default())
                 .await
                 .unwrap();
-            assert_eq!(
-                (meta.len, meta.version),
-                (size as u64, 1),
-                "{setup:?} size {size}"
-            );
+            assert_eq!((meta.len, meta.version), (size as u64, 1), "{setup:?} size {size}");
             assert_eq!(meta.crc32c, crc32c::crc32c(&data));
             let shard = client.fetch("job", &key).await.unwrap();
             assert_eq!(shard.meta, meta);
-            assert!(
-                shard.data == data,
-                "{setup:?}: {size} bytes came back different"
-            );
+            assert!(shard.data == data, "{setup:?}: {size} bytes came back different");
         }
         daemon.stop().await;
     }
@@ -86,9 +69,7 @@ async fn a_256_mib_shard_round_trips_into_a_caller_buffer() {
             .put("job", "big", data.clone(), PutOptions::default())
             .await
             .unwrap();
-        let (buf, info) = client
-            .fetch_into("job", "big", None, vec![0u8; 256 << 20])
-            .await;
+        let (buf, info) = client.fetch_into("job", "big", None, vec![0u8; 256 << 20]).await;
         assert_eq!(info.unwrap().len, 256 << 20);
         assert!(buf == data, "{setup:?}: 256 MiB came back different");
         daemon.stop().await;
@@ -126,34 +107,22 @@ async fn ranges_read_exactly_the_bytes_asked_for() {
             );
         }
         // Into a caller buffer larger than the range: only the range's bytes are written.
-        let range = Some(ByteRange {
-            offset: 10,
-            len: 20,
-        });
+        let range = Some(ByteRange { offset: 10, len: 20 });
         let (buf, info) = client.fetch_into("job", "r", range, vec![0xAAu8; 64]).await;
         assert_eq!(info.unwrap().len, 20);
         assert_eq!(&buf[..20], &data[10..30]);
         assert!(buf[20..].iter().all(|&b| b == 0xAA));
 
         // A range past the end is a clear error, and the connection goes on.
-        let err = client
-            .fetch_range("job", "r", len - 1, 2)
-            .await
-            .unwrap_err();
+        let err = client.fetch_range("job", "r", len - 1, 2).await.unwrap_err();
         assert_eq!(err.status(), Some(Status::BadRequest));
         assert!(err.to_string().contains("outside"), "{err}");
-        let err = client
-            .fetch_range("job", "r", u64::MAX, 2)
-            .await
-            .unwrap_err();
+        let err = client.fetch_range("job", "r", u64::MAX, 2).await.unwrap_err();
         assert_eq!(err.status(), Some(Status::BadRequest));
         // A buffer too small for the answer is refused before any byte is sent.
         let (_, info) = client.fetch_into("job", "r", None, vec![0u8; 100]).await;
         assert_eq!(info.unwrap_err().status(), Some(Status::TooLarge));
-        assert_eq!(
-            client.fetch_range("job", "r", 0, 3).await.unwrap().data,
-            &data[..3]
-        );
+        assert_eq!(client.fetch_range("job", "r", 0, 3).await.unwrap().data, &data[..3]);
         daemon.stop().await;
     }
 }
@@ -169,10 +138,7 @@ async fn metadata_versions_listing_and_delete() {
             shape: vec![4, 8],
             ..PutOptions::default()
         };
-        let meta = client
-            .put("job", "emb#0/2", vec![1u8; 64], options)
-            .await
-            .unwrap();
+        let meta = client.put("job", "emb#0/2", vec![1u8; 64], options).await.unwrap();
         assert_eq!(
             (meta.version, meta.dtype, meta.shape.clone()),
             (100, DType::BF16, vec![4, 8])
@@ -198,17 +164,11 @@ async fn metadata_versions_listing_and_delete() {
                 current_version,
                 ..
             } => {
-                assert_eq!(
-                    (*status, *current_version),
-                    (Status::VersionConflict, Some(100))
-                );
+                assert_eq!((*status, *current_version), (Status::VersionConflict, Some(100)));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            client.fetch("job", "emb#0/2").await.unwrap().data,
-            vec![1u8; 64]
-        );
+        assert_eq!(client.fetch("job", "emb#0/2").await.unwrap().data, vec![1u8; 64]);
 
         // A shape that does not match the length is a bad request.
         let bad_shape = PutOptions {
@@ -216,20 +176,12 @@ async fn metadata_versions_listing_and_delete() {
             shape: vec![3],
             ..PutOptions::default()
         };
-        let err = client
-            .put("job", "x", vec![0u8; 10], bad_shape)
-            .await
-            .unwrap_err();
+        let err = client.put("job", "x", vec![0u8; 10], bad_shape).await.unwrap_err();
         assert_eq!(err.status(), Some(Status::BadRequest));
 
         for i in 0..25 {
             client
-                .put(
-                    "job",
-                    &format!("layers.{i:02}"),
-                    vec![i as u8],
-                    PutOptions::default(),
-                )
+                .put("job", &format!("layers.{i:02}"), vec![i as u8], PutOptions::default())
                 .await
                 .unwrap();
         }
@@ -240,38 +192,17 @@ async fn metadata_versions_listing_and_delete() {
         let all = client.list("job", "layers.").await.unwrap();
         assert_eq!(all.len(), 25);
         assert!(all.windows(2).all(|w| w[0].key < w[1].key), "key order");
-        let page = client
-            .list_page("job", "layers.", Some("layers.09"), 5)
-            .await
-            .unwrap();
+        let page = client.list_page("job", "layers.", Some("layers.09"), 5).await.unwrap();
         let keys: Vec<_> = page.shards.iter().map(|m| m.key.to_string()).collect();
-        assert_eq!(
-            keys,
-            [
-                "layers.10",
-                "layers.11",
-                "layers.12",
-                "layers.13",
-                "layers.14"
-            ]
-        );
+        assert_eq!(keys, ["layers.10", "layers.11", "layers.12", "layers.13", "layers.14"]);
         assert!(page.more);
         assert!(client.list("nobody", "").await.unwrap().is_empty());
 
-        assert_eq!(
-            client.delete("job", "emb#0/2", Some(100)).await.unwrap(),
-            100
-        );
+        assert_eq!(client.delete("job", "emb#0/2", Some(100)).await.unwrap(), 100);
         let err = client.fetch("job", "emb#0/2").await.unwrap_err();
         assert!(err.is_not_found(), "{err}");
         assert!(err.to_string().contains("not found"), "{err}");
-        assert!(
-            client
-                .delete("job", "emb#0/2", None)
-                .await
-                .unwrap_err()
-                .is_not_found()
-        );
+        assert!(client.delete("job", "emb#0/2", None).await.unwrap_err().is_not_found());
 
         // Invalid names never reach the daemon.
         assert!(matches!(

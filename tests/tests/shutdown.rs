@@ -19,10 +19,7 @@ async fn in_flight_requests_finish_and_late_ones_hear_why() {
         .unwrap();
 
     // A raw connection, handshaken, to send a request at a chosen moment.
-    let socket = daemon
-        .unix_endpoint()
-        .trim_start_matches("unix://")
-        .to_string();
+    let socket = daemon.unix_endpoint().trim_start_matches("unix://").to_string();
     let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let hello = codec::encode(&HelloRequest {
         min_version: PROTOCOL_VERSION,
@@ -58,10 +55,7 @@ async fn in_flight_requests_finish_and_late_ones_hear_why() {
         .unwrap();
     raw.read_exact(&mut header).await.unwrap();
     let answer = FrameHeader::decode(&header).unwrap();
-    assert_eq!(
-        (answer.request_id, answer.status),
-        (2, Status::ShuttingDown)
-    );
+    assert_eq!((answer.request_id, answer.status), (2, Status::ShuttingDown));
 
     let shard = fetch.await.unwrap().expect("the fetch in flight completes");
     assert!(shard.data == data);

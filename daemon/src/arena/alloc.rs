@@ -64,10 +64,7 @@ impl SlabAllocator {
     /// bytes (a multiple of [`PAGE`], at most 256 MiB); the capacity is
     /// rounded down to whole superblocks.
     pub fn new(capacity: u64, superblock: u32) -> SlabAllocator {
-        assert!(
-            superblock >= PAGE && superblock % PAGE == 0,
-            "superblock {superblock}"
-        );
+        assert!(superblock >= PAGE && superblock % PAGE == 0, "superblock {superblock}");
         let count = (capacity / superblock as u64) as u32;
         SlabAllocator {
             superblock,
@@ -107,10 +104,7 @@ impl SlabAllocator {
 
     fn class_of(&self, size: u32) -> Option<u8> {
         let size = size.max(1);
-        self.classes
-            .iter()
-            .position(|&c| c >= size)
-            .map(|c| c as u8)
+        self.classes.iter().position(|&c| c >= size).map(|c| c as u8)
     }
 
     fn slots(&self, class: u8) -> u16 {
@@ -242,11 +236,7 @@ mod tests {
     fn blocks_do_not_overlap_and_superblocks_come_back() {
         let mut a = SlabAllocator::new(8 * MIB as u64, MIB);
         let small: Vec<Block> = (0..300).map(|_| a.alloc(5000).unwrap()).collect();
-        assert!(
-            small
-                .iter()
-                .all(|b| b.size == 8192 && b.offset % PAGE as u64 == 0)
-        );
+        assert!(small.iter().all(|b| b.size == 8192 && b.offset % PAGE as u64 == 0));
         let mut offsets: Vec<u64> = small.iter().map(|b| b.offset).collect();
         offsets.sort();
         offsets.dedup();
@@ -295,11 +285,7 @@ mod tests {
             } else if fill < 0.10 {
                 filling = true;
             }
-            let grow = if filling {
-                next() % 10 < 7
-            } else {
-                next() % 10 < 3
-            };
+            let grow = if filling { next() % 10 < 7 } else { next() % 10 < 3 };
             if grow || live.is_empty() {
                 // Mixed sizes: tails and small shards (4 KiB to 1 MiB) and whole chunks.
                 let r = next();

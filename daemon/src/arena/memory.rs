@@ -98,12 +98,7 @@ impl ArenaMemory {
             }
         }
         let locked = lock(base, len);
-        Ok(ArenaMemory {
-            fd,
-            base,
-            len,
-            locked,
-        })
+        Ok(ArenaMemory { fd, base, len, locked })
     }
 
     /// Start of the mapping.

@@ -189,13 +189,7 @@ mod tests {
 
     /// Replays `steps` passes of `order` through a cache of `capacity`
     /// shards; returns the hit ratio of all but the first pass.
-    fn replay(
-        kind: PolicyKind,
-        order: &[Key],
-        capacity: usize,
-        steps: usize,
-        register: bool,
-    ) -> f64 {
+    fn replay(kind: PolicyKind, order: &[Key], capacity: usize, steps: usize, register: bool) -> f64 {
         let ns = Namespace::new("job").unwrap();
         let mut policy = Policy::new(kind);
         if register {
@@ -227,9 +221,7 @@ mod tests {
     }
 
     fn layers(n: usize) -> Vec<Key> {
-        (0..n)
-            .map(|i| Key::new(format!("layers.{i}")).unwrap())
-            .collect()
+        (0..n).map(|i| Key::new(format!("layers.{i}")).unwrap()).collect()
     }
 
     #[test]
@@ -237,9 +229,7 @@ mod tests {
         let order = layers(10);
         let lru = replay(PolicyKind::Lru, &order, 8, 20, true);
         let schedule = replay(PolicyKind::Schedule, &order, 8, 20, true);
-        eprintln!(
-            "cyclic scan of 10 shards through 8 slots: LRU hit ratio {lru:.2}, schedule {schedule:.2}"
-        );
+        eprintln!("cyclic scan of 10 shards through 8 slots: LRU hit ratio {lru:.2}, schedule {schedule:.2}");
         assert_eq!(lru, 0.0);
         assert!(schedule >= 0.65, "{schedule}");
         // Without a registered order the schedule policy is LRU.
@@ -252,11 +242,7 @@ mod tests {
     fn forward_then_backward_order_is_no_worse_than_lru() {
         // Forward 0..8 then backward 7..0: each layer occurs twice per step.
         let fwd = layers(8);
-        let order: Vec<Key> = fwd
-            .iter()
-            .cloned()
-            .chain(fwd.iter().rev().cloned())
-            .collect();
+        let order: Vec<Key> = fwd.iter().cloned().chain(fwd.iter().rev().cloned()).collect();
         let lru = replay(PolicyKind::Lru, &order, 5, 10, true);
         let schedule = replay(PolicyKind::Schedule, &order, 5, 10, true);
         eprintln!("forward+backward over 8 layers, 5 slots: LRU {lru:.2}, schedule {schedule:.2}");

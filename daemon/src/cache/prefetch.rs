@@ -148,11 +148,7 @@ async fn start_load(cache: &Cache, id: ShardId) {
     let cache = cache.clone();
     tokio::spawn(async move {
         if cache.load(id, loading).await.is_ok() {
-            cache
-                .inner
-                .stats
-                .prefetch_completed
-                .fetch_add(1, Ordering::Relaxed);
+            cache.inner.stats.prefetch_completed.fetch_add(1, Ordering::Relaxed);
         }
         drop(permit);
     });

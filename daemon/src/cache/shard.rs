@@ -41,12 +41,7 @@ pub struct CachedShard {
 
 impl CachedShard {
     /// A shard whose chunk `i` holds bytes `i * chunk_size ..` of the shard.
-    pub fn new(
-        meta: ShardMeta,
-        chunk_size: u32,
-        chunks: Vec<AlignedBuf>,
-        write_back: WriteBack,
-    ) -> CachedShard {
+    pub fn new(meta: ShardMeta, chunk_size: u32, chunks: Vec<AlignedBuf>, write_back: WriteBack) -> CachedShard {
         debug_assert_eq!(chunks.len() as u64, meta.len.div_ceil(chunk_size as u64));
         CachedShard {
             meta,
@@ -75,11 +70,7 @@ impl CachedShard {
     }
 
     /// The pieces of `[offset, offset + len)`: (chunk, range within it).
-    pub fn pieces(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
         let end = offset + len;
         let cs = self.chunk_size as u64;
         let (first, last) = if len == 0 {
@@ -107,10 +98,7 @@ impl CachedShard {
 
     /// Its write-back state.
     pub fn write_back(&self) -> WriteBack {
-        self.write_back
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.write_back.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(super) fn set_write_back(&self, state: WriteBack) {

@@ -11,18 +11,12 @@ use serde::{Deserialize, Deserializer};
 /// spaces allowed between number and unit.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size (examples: 4096, 64KiB, 1MiB, 64GiB)"
-        ));
+        return Err(format!("{text:?} is not a size (examples: 4096, 64KiB, 1MiB, 64GiB)"));
     }
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is too large"))?;
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is too large"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -47,9 +41,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a duration: an integer with a unit `ms`, `s`, `m` or `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
@@ -92,9 +84,7 @@ pub struct Span(pub Duration);
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(Span)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&text).map(Span).map_err(serde::de::Error::custom)
     }
 }
 
@@ -111,16 +101,8 @@ mod tests {
         assert_eq!(parse_size("3MB"), Ok(3_000_000));
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("1.5GiB").is_err());
-        assert!(
-            parse_size("1 parsec")
-                .unwrap_err()
-                .contains("unknown size unit")
-        );
-        assert!(
-            parse_size("99999999999TiB")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_size("1 parsec").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
     }
 
     #[test]

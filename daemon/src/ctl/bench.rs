@@ -1,239 +1,34 @@
-//! `shardctl bench`: durable put and cold fetch throughput through a running
-//! daemon, for several shard sizes and concurrencies, beside `fio` on the
-//! same data directories in the same run.
+//! `shardctl bench`: benchmarks of a running daemon, each printed beside a
+//! baseline measured in the same run.
 //!
-//! Each case stores `total` bytes as shards of one size from `concurrency`
-//! workers (durable puts), then fetches them all back into reused buffers.
-//! Every case runs `runs` times; the medians are reported. The daemon reads
-//! with O_DIRECT and caches nothing, so fetches come from the drive (where a
-//! data dir is on a file system without O_DIRECT the report says so).
-//!
-//! The fio baseline: `fio --direct=1 --ioengine=io_uring --bs=1M
-//! --iodepth=32`, a sequential write of a new file (with a final fsync)
-//! then a sequential read of it, one job per data dir at once. Runs are
-//! interleaved: fio, then every case once, then again, so that a drive
-//! whose speed drifts affects both alike; medians are reported.
+//! * [`cold`]: durable puts and cold fetches (data on the drive), beside fio.
+//! * [`hot`]: fetches of shards in the pinned arena over zero-copy Unix,
+//!   copying Unix and TCP, beside memcpy and iperf3; and 4 KiB fetches
+//!   (latency and ops/s) beside redis-benchmark.
+//! * [`baselines`]: running fio, iperf3, redis-benchmark and a memcpy loop.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
+pub mod baselines;
+pub mod cold;
+pub mod hot;
 
-use anyhow::Context;
-use bytes::Bytes;
-use clap::Args;
-use serde::Serialize;
-use shardd_client::{Client, ClientOptions, PutOptions};
-use tokio::task::JoinSet;
+use clap::Subcommand;
 
-use crate::config::units::parse_size;
-use crate::ctl::show;
-
-/// Options of `shardctl bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Shard sizes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "1MiB,4MiB,16MiB,64MiB,256MiB", value_parser = parse_size)]
-    pub sizes: Vec<u64>,
-    /// Concurrent requests, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
-    pub concurrency: Vec<usize>,
-    /// Bytes stored and fetched per case and run.
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    pub total: u64,
-    /// Runs per case; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Connections to the daemon (requests are spread over them).
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-    /// Namespace for the benchmark's shards (removed afterwards).
-    #[arg(long, default_value = "shardctl-bench")]
-    pub namespace: String,
-    /// Run fio on the daemon's data dirs: auto (if installed), on, off.
-    #[arg(long, default_value = "auto")]
-    pub fio: String,
-    /// Bytes fio writes and reads per data dir.
-    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
-    pub fio_size: u64,
-    /// Skip the client's end-to-end CRC32C check of each fetched shard
-    /// (the daemon verifies every chunk it reads either way).
-    #[arg(long)]
-    pub no_client_verify: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable put and cold fetch throughput, beside fio.
+    Cold(cold::ColdArgs),
+    /// Hot fetch throughput and small-fetch latency, beside memcpy, iperf3
+    /// and redis-benchmark.
+    Hot(hot::HotArgs),
 }
 
-/// fio's sequential bandwidth, bytes per second.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct FioBaseline {
-    /// Sequential read.
-    pub read_bytes_per_sec: f64,
-    /// Sequential write (with the final fsync).
-    pub write_bytes_per_sec: f64,
-}
-
-/// One case's medians.
-#[derive(Clone, Debug, Serialize)]
-pub struct CaseResult {
-    /// Shard size.
-    pub shard_bytes: u64,
-    /// Concurrent requests.
-    pub concurrency: usize,
-    /// Shards per run.
-    pub shards: u64,
-    /// Durable put throughput, bytes per second.
-    pub put_bytes_per_sec: f64,
-    /// Cold fetch throughput, bytes per second.
-    pub fetch_bytes_per_sec: f64,
-    /// put / fio write.
-    pub put_vs_fio: Option<f64>,
-    /// fetch / fio read.
-    pub fetch_vs_fio: Option<f64>,
-}
-
-/// The whole report.
-#[derive(Clone, Debug, Serialize)]
-pub struct BenchReport {
-    /// Daemon endpoint.
-    pub endpoint: String,
-    /// Daemon version.
-    pub server: String,
-    /// I/O engine of the daemon.
-    pub io_engine: String,
-    /// Data dirs and whether they use O_DIRECT.
-    pub data_dirs: Vec<(String, bool)>,
-    /// Runs per case.
-    pub runs: usize,
-    /// fio's figures, if it ran.
-    pub fio: Option<FioBaseline>,
-    /// Per case.
-    pub cases: Vec<CaseResult>,
-}
-
-/// Runs the benchmark and prints the report.
-pub async fn run(endpoint: &str, args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
-    anyhow::ensure!(
-        args.concurrency.iter().all(|&c| c > 0),
-        "--concurrency values must be at least 1"
-    );
-    let options = ClientOptions {
-        verify_checksums: !args.no_client_verify,
-        ..ClientOptions::default()
-    };
-    let mut clients = Vec::new();
-    for _ in 0..args.connections {
-        clients.push(Client::connect_with(endpoint, options.clone()).await?);
+/// Runs a benchmark against the daemon at `endpoint`.
+pub async fn run(endpoint: &str, command: &BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Cold(args) => cold::run(endpoint, args).await,
+        BenchCommand::Hot(args) => hot::run(endpoint, args).await,
     }
-    let status = clients[0].status().await?;
-    let data_dirs: Vec<(String, bool)> = status
-        .data_dirs
-        .iter()
-        .map(|d| (d.path.clone(), d.direct_io))
-        .collect();
-
-    let fio_dirs: Option<Vec<PathBuf>> = match args.fio.as_str() {
-        "off" => None,
-        "auto" if !fio_installed() => {
-            eprintln!(
-                "shardctl bench: fio is not installed; no baseline (install fio, or --fio off)"
-            );
-            None
-        }
-        "on" | "auto" => Some(data_dirs.iter().map(|(p, _)| PathBuf::from(p)).collect()),
-        other => anyhow::bail!("--fio {other:?}: use auto, on or off"),
-    };
-    for &size in &args.sizes {
-        anyhow::ensure!(size > 0, "--sizes values must be above 0");
-    }
-
-    // Runs are interleaved (fio, then every case once, then again), so that
-    // a drive whose speed drifts during the benchmark affects both alike.
-    let cases_of: Vec<(u64, usize)> = args
-        .sizes
-        .iter()
-        .flat_map(|&size| args.concurrency.iter().map(move |&c| (size, c)))
-        .collect();
-    let mut puts = vec![Vec::new(); cases_of.len()];
-    let mut fetches = vec![Vec::new(); cases_of.len()];
-    let mut fio_reads = Vec::new();
-    let mut fio_writes = Vec::new();
-    for run in 0..args.runs {
-        if let Some(dirs) = &fio_dirs {
-            let (write, read) = fio_once(dirs, args.fio_size)?;
-            if !args.json {
-                eprintln!(
-                    "run {}: fio write {:.2} GB/s, read {:.2} GB/s",
-                    run + 1,
-                    write / 1e9,
-                    read / 1e9
-                );
-            }
-            fio_writes.push(write);
-            fio_reads.push(read);
-        }
-        for (n, &(size, concurrency)) in cases_of.iter().enumerate() {
-            let data = Bytes::from(pattern(size as usize, size));
-            let shards = (args.total / size).max(concurrency as u64);
-            let put =
-                put_phase(&clients, &args.namespace, size, shards, concurrency, &data).await?;
-            let fetch = fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?;
-            cleanup(&clients[0], &args.namespace, size, shards).await?;
-            if !args.json {
-                eprintln!(
-                    "run {}: {} x{concurrency}: put {:.2} GB/s, fetch {:.2} GB/s",
-                    run + 1,
-                    show::bytes(size),
-                    put / 1e9,
-                    fetch / 1e9
-                );
-            }
-            puts[n].push(put);
-            fetches[n].push(fetch);
-        }
-    }
-    let fio = (!fio_reads.is_empty()).then(|| FioBaseline {
-        read_bytes_per_sec: median(fio_reads),
-        write_bytes_per_sec: median(fio_writes),
-    });
-    let cases = cases_of
-        .iter()
-        .zip(puts.into_iter().zip(fetches))
-        .map(|(&(size, concurrency), (puts, fetches))| {
-            let put = median(puts);
-            let fetch = median(fetches);
-            CaseResult {
-                shard_bytes: size,
-                concurrency,
-                shards: (args.total / size).max(concurrency as u64),
-                put_bytes_per_sec: put,
-                fetch_bytes_per_sec: fetch,
-                put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
-                fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
-            }
-        })
-        .collect();
-    let report = BenchReport {
-        endpoint: endpoint.to_string(),
-        server: status.server,
-        io_engine: status.io_engine,
-        data_dirs,
-        runs: args.runs,
-        fio,
-        cases,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
-}
-
-fn key(size: u64, i: u64) -> String {
-    format!("bench/{size}/{i}")
 }
 
 /// Deterministic, incompressible-looking bytes: an xorshift stream from
@@ -252,97 +47,8 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Splits `shards` keys over `concurrency` workers; each worker uses the
-/// connection `worker % connections`. Returns bytes per second.
-async fn put_phase(
-    clients: &[Client],
-    namespace: &str,
-    size: u64,
-    shards: u64,
-    concurrency: usize,
-    data: &Bytes,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut workers = JoinSet::new();
-    for w in 0..concurrency {
-        let client = clients[w % clients.len()].clone();
-        let namespace = namespace.to_string();
-        let data = data.clone();
-        workers.spawn(async move {
-            let mut i = w as u64;
-            while i < shards {
-                client
-                    .put(
-                        &namespace,
-                        &key(size, i),
-                        data.clone(),
-                        PutOptions::default(),
-                    )
-                    .await
-                    .with_context(|| format!("put {}", key(size, i)))?;
-                i += concurrency as u64;
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    while let Some(result) = workers.join_next().await {
-        result??;
-    }
-    Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
-}
-
-async fn fetch_phase(
-    clients: &[Client],
-    namespace: &str,
-    size: u64,
-    shards: u64,
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    // Destination buffers are allocated and touched before the clock starts,
-    // as a trainer's pinned buffers would be.
-    let buffers: Vec<Vec<u8>> = (0..concurrency).map(|_| vec![1u8; size as usize]).collect();
-    let start = Instant::now();
-    let mut workers = JoinSet::new();
-    for (w, mut buf) in buffers.into_iter().enumerate() {
-        let client = clients[w % clients.len()].clone();
-        let namespace = namespace.to_string();
-        workers.spawn(async move {
-            let mut i = w as u64;
-            while i < shards {
-                let (back, result) = client
-                    .fetch_into(&namespace, &key(size, i), None, buf)
-                    .await;
-                buf = back;
-                let info = result.with_context(|| format!("fetch {}", key(size, i)))?;
-                anyhow::ensure!(
-                    info.len == size,
-                    "fetch {} returned {} bytes",
-                    key(size, i),
-                    info.len
-                );
-                i += concurrency as u64;
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    while let Some(result) = workers.join_next().await {
-        result??;
-    }
-    Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
-}
-
-async fn cleanup(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
-    for i in 0..shards {
-        match client.delete(namespace, &key(size, i), None).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e).context("remove benchmark shards"),
-        }
-    }
-    Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median (mean of the middle two for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {
@@ -352,117 +58,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn fio_installed() -> bool {
-    Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// One fio round on every data dir at once: a sequential write to a new
-/// file (as every put writes a new file) with a final fsync, then a
-/// sequential read of it. Returns (write, read) aggregate bytes per second.
-fn fio_once(dirs: &[PathBuf], size: u64) -> anyhow::Result<(f64, f64)> {
-    let files: Vec<PathBuf> = dirs.iter().map(|d| d.join("shardctl-bench.fio")).collect();
-    for f in &files {
-        let _ = std::fs::remove_file(f);
+/// The `q` quantile (0 to 1) of `sorted` values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
     }
-    let result =
-        fio_job(&files, "write", size).and_then(|w| Ok((w, fio_job(&files, "read", size)?)));
-    for f in &files {
-        let _ = std::fs::remove_file(f);
-    }
-    result
-}
-
-fn fio_job(files: &[PathBuf], rw: &str, size: u64) -> anyhow::Result<f64> {
-    let mut cmd = Command::new("fio");
-    cmd.args([
-        "--direct=1",
-        "--ioengine=io_uring",
-        "--bs=1M",
-        "--iodepth=32",
-        "--group_reporting",
-        "--output-format=json",
-        &format!("--rw={rw}"),
-        &format!("--size={size}"),
-    ]);
-    if rw == "write" {
-        cmd.arg("--end_fsync=1");
-    }
-    for (n, file) in files.iter().enumerate() {
-        cmd.arg(format!("--name=shardctl-bench-{n}"));
-        cmd.arg(format!("--filename={}", file.display()));
-    }
-    let output = cmd.output().context("run fio")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "fio failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parse fio's JSON output")?;
-    json["jobs"][0][rw]["bw_bytes"]
-        .as_f64()
-        .filter(|bw| *bw > 0.0)
-        .ok_or_else(|| anyhow::anyhow!("fio's output has no {rw} bandwidth"))
-}
-
-fn render(report: &BenchReport) -> String {
-    use std::fmt::Write;
-    let dirs: Vec<String> = report
-        .data_dirs
-        .iter()
-        .map(|(p, direct)| {
-            format!(
-                "{p} ({})",
-                if *direct {
-                    "O_DIRECT"
-                } else {
-                    "buffered: fetches may hit the page cache"
-                }
-            )
-        })
-        .collect();
-    let mut out = format!(
-        "{} at {}, engine {}, data dirs: {}\nmedians of {} runs; GB/s = 10^9 bytes per second\n",
-        report.server,
-        report.endpoint,
-        report.io_engine,
-        dirs.join(", "),
-        report.runs
-    );
-    match report.fio {
-        Some(f) => {
-            let _ = writeln!(
-                out,
-                "fio (io_uring, O_DIRECT, bs=1M, iodepth=32) on the same dirs: read {:.2} GB/s, write {:.2} GB/s",
-                f.read_bytes_per_sec / 1e9,
-                f.write_bytes_per_sec / 1e9
-            );
-        }
-        None => out.push_str("fio: not run\n"),
-    }
-    let _ = writeln!(
-        out,
-        "\n{:>9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>10}",
-        "shard", "conc", "shards", "put GB/s", "put/fio", "fetch GB/s", "fetch/fio"
-    );
-    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
-    for c in &report.cases {
-        let _ = writeln!(
-            out,
-            "{:>9} {:>5} {:>7} {:>9.2} {:>8} {:>11.2} {:>10}",
-            show::bytes(c.shard_bytes),
-            c.concurrency,
-            c.shards,
-            c.put_bytes_per_sec / 1e9,
-            ratio(c.put_vs_fio),
-            c.fetch_bytes_per_sec / 1e9,
-            ratio(c.fetch_vs_fio)
-        );
-    }
-    out
+    let at = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
 }
 
 #[cfg(test)]
@@ -470,9 +72,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians() {
+    fn medians_and_percentiles() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 0.5), 51.0);
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
     }
 
     #[test]

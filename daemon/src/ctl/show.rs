@@ -88,15 +88,7 @@ pub fn evicted(answer: &EvictResponse, dropped: bool) -> String {
         let _ = writeln!(out, "{verb} {key}");
     }
     for key in &answer.not_resident {
-        let _ = writeln!(
-            out,
-            "{key}: {}",
-            if dropped {
-                "not found"
-            } else {
-                "not in the arena"
-            }
-        );
+        let _ = writeln!(out, "{key}: {}", if dropped { "not found" } else { "not in the arena" });
     }
     for key in &answer.busy {
         let _ = writeln!(out, "{key}: in use, not evicted");
@@ -109,12 +101,7 @@ pub fn evicted(answer: &EvictResponse, dropped: bool) -> String {
 
 /// `shardctl ls`: one line per shard.
 pub fn listing(shards: &[ShardMeta]) -> String {
-    let width = shards
-        .iter()
-        .map(|m| m.key.as_str().len())
-        .max()
-        .unwrap_or(3)
-        .max(3);
+    let width = shards.iter().map(|m| m.key.as_str().len()).max().unwrap_or(3).max(3);
     let mut out = format!(
         "{:width$}  {:>8}  {:>14}  {:6}  SHAPE\n",
         "KEY", "VERSION", "BYTES", "DTYPE"
@@ -198,11 +185,7 @@ pub fn status(s: &StatusResponse) -> String {
             bytes(d.bytes),
             bytes(d.free_bytes),
             bytes(d.capacity_bytes),
-            if d.direct_io {
-                "O_DIRECT"
-            } else {
-                "buffered I/O"
-            }
+            if d.direct_io { "O_DIRECT" } else { "buffered I/O" }
         );
     }
     out

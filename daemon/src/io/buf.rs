@@ -382,10 +382,7 @@ impl PoolShared {
         if cap != self.buf_size {
             return false;
         }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() >= self.max_idle {
             return false;
         }
@@ -396,11 +393,7 @@ impl PoolShared {
 
 impl Drop for PoolShared {
     fn drop(&mut self) {
-        let idle = std::mem::take(
-            self.idle
-                .get_mut()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()));
         for IdleBuf(ptr) in idle {
             // SAFETY: every idle pointer came from `alloc_zeroed` with this
             // layout and is owned by the pool alone.

@@ -51,20 +51,13 @@ async fn direct_write_then_read_back_and_short_read_at_eof() {
         drop(file);
 
         let file = Arc::new(fs::open_read(&path, direct).unwrap());
-        let out = engine
-            .read(&file, ALIGN as u64, AlignedBuf::new(ALIGN), ALIGN)
-            .await;
+        let out = engine.read(&file, ALIGN as u64, AlignedBuf::new(ALIGN), ALIGN).await;
         assert_eq!(out.result.unwrap(), ALIGN);
         assert_eq!(out.buf.as_slice(), &data[ALIGN..2 * ALIGN]);
 
         // Asking for more than the file holds stops at end of file.
         let out = engine
-            .read(
-                &file,
-                2 * ALIGN as u64,
-                AlignedBuf::new(4 * ALIGN),
-                4 * ALIGN,
-            )
+            .read(&file, 2 * ALIGN as u64, AlignedBuf::new(4 * ALIGN), 4 * ALIGN)
             .await;
         assert_eq!(out.result.unwrap(), ALIGN, "{}", engine.name());
         assert_eq!(out.buf.as_slice(), &data[2 * ALIGN..]);
@@ -80,12 +73,7 @@ async fn errors_come_back_with_the_buffer() {
         let file = Arc::new(fs::create_new(&path, false).unwrap());
         let out = engine.read(&file, 0, AlignedBuf::new(ALIGN), ALIGN).await;
         let err = out.result.unwrap_err();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(libc::EBADF),
-            "{}: {err}",
-            engine.name()
-        );
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{}: {err}", engine.name());
         assert_eq!(out.buf.capacity(), ALIGN);
     }
 }

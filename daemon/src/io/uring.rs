@@ -26,8 +26,7 @@ pub(super) fn probe() -> io::Result<()> {
     let mut ring = IoUring::new(2)?;
     let nop = opcode::Nop::new().build().user_data(1);
     // SAFETY: a no-op references no memory.
-    unsafe { ring.submission().push(&nop) }
-        .map_err(|_| io::Error::other("submission queue full"))?;
+    unsafe { ring.submission().push(&nop) }.map_err(|_| io::Error::other("submission queue full"))?;
     ring.submit_and_wait(1)?;
     let cqe = ring
         .completion()
@@ -54,11 +53,7 @@ struct RingHandle {
 }
 
 impl UringEngine {
-    pub(super) fn start(
-        queue_depth: u32,
-        threads: usize,
-        fixed: Option<FixedMemory>,
-    ) -> anyhow::Result<UringEngine> {
+    pub(super) fn start(queue_depth: u32, threads: usize, fixed: Option<FixedMemory>) -> anyhow::Result<UringEngine> {
         let fixed = fixed.map(Arc::new);
         let mut rings = Vec::with_capacity(threads.max(1));
         for n in 0..threads.max(1) {
@@ -72,10 +67,7 @@ impl UringEngine {
             // SAFETY: plain syscall; the result is checked.
             let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
             if efd < 0 {
-                return Err(anyhow::anyhow!(
-                    "create eventfd: {}",
-                    io::Error::last_os_error()
-                ));
+                return Err(anyhow::anyhow!("create eventfd: {}", io::Error::last_os_error()));
             }
             // SAFETY: `efd` is a fresh descriptor we own.
             let wake = unsafe { OwnedFd::from_raw_fd(efd) };
@@ -288,9 +280,7 @@ impl RingThread {
                 // SAFETY: `done < want <= capacity`, so the pointer stays in the buffer.
                 let ptr = unsafe { entry.op.buf.read_ptr().add(done) };
                 match fixed {
-                    Some(index) => opcode::ReadFixed::new(fd, ptr, remaining, index)
-                        .offset(offset)
-                        .build(),
+                    Some(index) => opcode::ReadFixed::new(fd, ptr, remaining, index).offset(offset).build(),
                     None => opcode::Read::new(fd, ptr, remaining).offset(offset).build(),
                 }
             }
@@ -301,14 +291,10 @@ impl RingThread {
                     Some(index) => opcode::WriteFixed::new(fd, ptr, remaining, index)
                         .offset(offset)
                         .build(),
-                    None => opcode::Write::new(fd, ptr, remaining)
-                        .offset(offset)
-                        .build(),
+                    None => opcode::Write::new(fd, ptr, remaining).offset(offset).build(),
                 }
             }
-            OpKind::SyncData => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
+            OpKind::SyncData => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
         };
         let sqe = sqe.user_data(slot as u64);
         // SAFETY: the buffer and the file referenced by the entry are owned by
@@ -332,8 +318,7 @@ impl RingThread {
             .user_data(WAKE_TOKEN);
         // SAFETY: a poll references no memory; the eventfd outlives the ring's use of it
         // (both are dropped together when the thread exits).
-        unsafe { self.ring.submission().push(&poll) }
-            .map_err(|_| io::Error::other("submission queue full"))
+        unsafe { self.ring.submission().push(&poll) }.map_err(|_| io::Error::other("submission queue full"))
     }
 
     fn reap(&mut self) {
@@ -396,10 +381,9 @@ impl RingThread {
             OpKind::Write => {
                 if n == 0 {
                     if let Some(entry) = self.take_slot(slot) {
-                        entry.op.complete(Err(io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            "write returned 0 bytes",
-                        )));
+                        entry
+                            .op
+                            .complete(Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes")));
                     }
                     return;
                 }

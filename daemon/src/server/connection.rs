@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use shardd_protocol::{
-    Durability, FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, ShardMeta, Status,
-    codec,
+    Durability, FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, ShardMeta, Status, codec,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -72,13 +71,8 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
         let (reader, writer) = stream.split();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let broken = CancellationToken::new();
-        let writer_task = tokio::spawn(
-            write_loop(writer, rx, ctx.config.io_timeout, broken.clone()).in_current_span(),
-        );
-        let scope = ctx
-            .store
-            .buffers()
-            .scope(ctx.config.connection_buffer_memory);
+        let writer_task = tokio::spawn(write_loop(writer, rx, ctx.config.io_timeout, broken.clone()).in_current_span());
+        let scope = ctx.store.buffers().scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
             shared: Arc::new(ConnShared::new(scope, hello.arena_mapped)),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
@@ -196,8 +190,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             if header.check_limits(&self.ctx.limits()).is_err() {
                 return Err(shutting_down());
             }
-            self.discard(header.control_len as u64 + header.payload_len)
-                .await?;
+            self.discard(header.control_len as u64 + header.payload_len).await?;
             self.answer_error(
                 header.opcode,
                 header.request_id,
@@ -209,10 +202,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     }
 
     /// Takes in one frame whose header bytes have arrived.
-    async fn take_frame(
-        &mut self,
-        bytes: &[u8; shardd_protocol::HEADER_LEN],
-    ) -> Result<(), Closed> {
+    async fn take_frame(&mut self, bytes: &[u8; shardd_protocol::HEADER_LEN]) -> Result<(), Closed> {
         let limits = self.ctx.limits();
         let header = match FrameHeader::decode(bytes) {
             Ok(header) => header,
@@ -223,8 +213,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 payload_len,
             }) => {
                 // Well formed but from a newer client: skip it and say so.
-                let probe =
-                    FrameHeader::request(Opcode::Ping, request_id, control_len, payload_len);
+                let probe = FrameHeader::request(Opcode::Ping, request_id, control_len, payload_len);
                 if let Err(e) = probe.check_limits(&limits) {
                     return self
                         .fatal(Opcode::Hello, request_id, Status::TooLarge, e.to_string())
@@ -242,9 +231,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                     .await;
             }
             Err(e) => {
-                return self
-                    .fatal(Opcode::Hello, 0, Status::BadRequest, e.to_string())
-                    .await;
+                return self.fatal(Opcode::Hello, 0, Status::BadRequest, e.to_string()).await;
             }
         };
         let id = header.request_id;
@@ -273,6 +260,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         if op == Opcode::Hello {
             self.answer_error(op, id, Status::BadRequest, "hello was already sent".into())
                 .await;
+            return Ok(());
+        }
+        // Requests that need no waiting are answered right here: no task.
+        if let Some(frames) = handlers::answer_now(&self.ctx, op, id, &control, &self.shared) {
+            for frame in frames {
+                self.responder.send(frame).await;
+            }
             return Ok(());
         }
         let permit = self.permit().await?;
@@ -330,21 +324,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         if let (Durability::WriteBack, Some(cache)) = (request.durability, &cache) {
             if cache.admits_write_back(len) {
                 if let Some(blocks) = cache.blocks_for_put(len) {
-                    return self
-                        .take_write_back(id, spec, blocks)
-                        .instrument(span)
-                        .await;
+                    return self.take_write_back(id, spec, blocks).instrument(span).await;
                 }
             }
             tracing::debug!("write-back put does not fit the arena now; writing it through");
         }
-        let mut writer = match self
-            .ctx
-            .store
-            .begin_put(spec)
-            .instrument(span.clone())
-            .await
-        {
+        let mut writer = match self.ctx.store.begin_put(spec).instrument(span.clone()).await {
             Ok(writer) => writer,
             Err(e) => {
                 self.discard(len).await?;
@@ -380,8 +365,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                     break;
                 }
             };
-            let read =
-                frame::read_exact(&mut self.reader, &mut buf.as_mut_capacity()[..n], timeout).await;
+            let read = frame::read_exact(&mut self.reader, &mut buf.as_mut_capacity()[..n], timeout).await;
             if let Err(e) = read {
                 // The client vanished mid-payload: the writer's drop removes the temp file.
                 return Err(format!(
@@ -419,12 +403,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
 
     /// A write-back put: the payload goes into arena blocks, is checked, and
     /// the put is acknowledged; the cache writes it to the drive later.
-    async fn take_write_back(
-        &mut self,
-        id: u64,
-        spec: PutSpec,
-        blocks: Vec<AlignedBuf>,
-    ) -> Result<(), Closed> {
+    async fn take_write_back(&mut self, id: u64, spec: PutSpec, blocks: Vec<AlignedBuf>) -> Result<(), Closed> {
         let len = spec.len;
         let chunk_size = self.ctx.store.config().chunk_size as u64;
         let version = match self.ctx.store.check_put(&spec) {
@@ -441,13 +420,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let mut received = 0u64;
         for mut block in blocks {
             let n = (len - received).min(chunk_size) as usize;
-            let read =
-                frame::read_exact(&mut self.reader, &mut block.as_mut_capacity()[..n], timeout)
-                    .await;
+            let read = frame::read_exact(&mut self.reader, &mut block.as_mut_capacity()[..n], timeout).await;
             if let Err(e) = read {
-                return Err(format!(
-                    "put payload ended after {received} of {len} bytes: {e}"
-                ));
+                return Err(format!("put payload ended after {received} of {len} bytes: {e}"));
             }
             block.set_len(n);
             // Zeros after the bytes: the block is written out whole-page.
@@ -501,13 +476,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     }
 
     /// Answers a frame the connection cannot continue after, and closes it.
-    async fn fatal(
-        &mut self,
-        op: Opcode,
-        id: u64,
-        status: Status,
-        message: String,
-    ) -> Result<(), Closed> {
+    async fn fatal(&mut self, op: Opcode, id: u64, status: Status, message: String) -> Result<(), Closed> {
         self.responder
             .send(OutFrame::error(op, id, status, message.clone(), None))
             .await;

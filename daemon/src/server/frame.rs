@@ -31,11 +31,7 @@ impl Payload {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Chunk(chunk) => chunk.bytes(),
-            Payload::Cached {
-                lease,
-                chunk,
-                range,
-            } => &lease.chunks()[*chunk].as_slice()[range.clone()],
+            Payload::Cached { lease, chunk, range } => &lease.chunks()[*chunk].as_slice()[range.clone()],
         }
     }
 }
@@ -59,14 +55,7 @@ impl OutFrame {
         payload: Option<Payload>,
     ) -> OutFrame {
         let payload_len = payload.as_ref().map_or(0, |p| p.bytes().len() as u64);
-        let header = FrameHeader::response(
-            opcode,
-            request_id,
-            status,
-            more,
-            control.len() as u32,
-            payload_len,
-        );
+        let header = FrameHeader::response(opcode, request_id, status, more, control.len() as u32, payload_len);
         OutFrame {
             header: header.encode(),
             control,
@@ -134,10 +123,7 @@ pub enum NextFrame {
 
 /// Waits (without a time limit) for the first byte of the next frame, then
 /// reads the rest of the header, each read bounded by `timeout`.
-pub async fn read_header<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    timeout: Duration,
-) -> io::Result<NextFrame> {
+pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, timeout: Duration) -> io::Result<NextFrame> {
     if reader.fill_buf().await?.is_empty() {
         return Ok(NextFrame::Closed);
     }

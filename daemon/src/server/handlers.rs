@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    DeleteRequest, DeleteResponse, EvictRequest, Extent, FetchRequest, FetchResponse, ListRequest,
-    ListResponse, MAX_CONTROL_LEN, MAX_LIST_LIMIT, Opcode, PrefetchRequest, PutResponse,
-    ReleaseRequest, ReleaseResponse, ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest,
-    StatResponse, Status, StatusResponse, ViewResponse, codec,
+    DeleteRequest, DeleteResponse, EvictRequest, Extent, FetchRequest, FetchResponse, ListRequest, ListResponse,
+    MAX_CONTROL_LEN, MAX_LIST_LIMIT, Opcode, PrefetchRequest, PutResponse, ReleaseRequest, ReleaseResponse,
+    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, ViewRequest,
+    ViewResponse, codec,
 };
 use tracing::Instrument;
 
@@ -19,7 +19,7 @@ use super::ServerContext;
 use super::connection::Responder;
 use super::frame::{OutFrame, Payload};
 use crate::cache::{Cache, Lease, Lookup};
-use crate::store::{BufferScope, ShardReader, ShardWriter, StoreError};
+use crate::store::{BufferScope, ShardWriter, StoreError};
 
 /// What a connection's requests share.
 #[derive(Debug)]
@@ -72,8 +72,7 @@ pub async fn handle(
         Opcode::List => decode::<ListRequest>(control).map(|req| answer(op, id, &list(ctx, req))),
         Opcode::Delete => match decode::<DeleteRequest>(control) {
             Ok(req) => {
-                let span =
-                    tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
+                let span = tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
                 delete(ctx, &req)
                     .instrument(span)
                     .await
@@ -83,15 +82,18 @@ pub async fn handle(
         },
         Opcode::Fetch => match decode::<FetchRequest>(control) {
             Ok(req) => {
-                let span =
-                    tracing::debug_span!("fetch", id, namespace = %req.namespace, key = %req.key);
+                let span = tracing::debug_span!("fetch", id, namespace = %req.namespace, key = %req.key);
                 fetch(ctx, id, req, responder, conn).instrument(span).await;
                 return;
             }
             Err(e) => Err(e),
         },
-        Opcode::FetchView => match decode::<FetchRequest>(control) {
-            Ok(req) => {
+        Opcode::FetchView => match decode::<ViewRequest>(control) {
+            Ok(ViewRequest {
+                fetch: req,
+                release: done,
+            }) => {
+                release_leases(conn, &done);
                 let span = tracing::debug_span!("fetch_view", id, namespace = %req.namespace, key = %req.key);
                 fetch_view(ctx, req, conn)
                     .instrument(span)
@@ -100,31 +102,13 @@ pub async fn handle(
             }
             Err(e) => Err(e),
         },
-        Opcode::Release => decode::<ReleaseRequest>(control).map(|req| {
-            let mut leases = conn.leases();
-            let released = req
-                .leases
-                .iter()
-                .filter(|l| leases.remove(l).is_some())
-                .count();
-            answer(
-                op,
-                id,
-                &ReleaseResponse {
-                    released: released as u32,
-                },
-            )
-        }),
+        Opcode::Release => decode::<ReleaseRequest>(control).map(|req| answer(op, id, &release(conn, &req))),
         Opcode::Prefetch => match (decode::<PrefetchRequest>(control), cache(ctx)) {
             (Ok(req), Ok(cache)) => Ok(answer(op, id, &cache.prefetch(&req.namespace, req.items))),
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
         Opcode::Evict => match (decode::<EvictRequest>(control), cache(ctx)) {
-            (Ok(req), Ok(cache)) => Ok(answer(
-                op,
-                id,
-                &cache.evict(&req.namespace, &req.keys, req.mode).await,
-            )),
+            (Ok(req), Ok(cache)) => Ok(answer(op, id, &cache.evict(&req.namespace, &req.keys, req.mode).await)),
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
         Opcode::Schedule => match (decode::<ScheduleRequest>(control), cache(ctx)) {
@@ -162,9 +146,9 @@ fn decode<T: DeserializeOwned>(control: &[u8]) -> Result<T, StoreError> {
 }
 
 fn cache(ctx: &ServerContext) -> Result<&Cache, StoreError> {
-    ctx.cache.as_ref().ok_or_else(|| {
-        StoreError::BadRequest("this daemon has no pinned-memory arena (arena.size = 0)".into())
-    })
+    ctx.cache
+        .as_ref()
+        .ok_or_else(|| StoreError::BadRequest("this daemon has no pinned-memory arena (arena.size = 0)".into()))
 }
 
 fn stat(ctx: &ServerContext, req: &StatRequest) -> Result<StatResponse, StoreError> {
@@ -183,26 +167,7 @@ fn stat(ctx: &ServerContext, req: &StatRequest) -> Result<StatResponse, StoreErr
 async fn delete(ctx: &ServerContext, req: &DeleteRequest) -> Result<u64, StoreError> {
     match &ctx.cache {
         Some(cache) => cache.delete(&req.namespace, &req.key, req.version).await,
-        None => {
-            ctx.store
-                .delete(&req.namespace, &req.key, req.version)
-                .await
-        }
-    }
-}
-
-/// Where a fetch's bytes come from.
-enum Source {
-    Arena(Lease),
-    Drive(ShardReader),
-}
-
-impl Source {
-    fn meta(&self) -> &ShardMeta {
-        match self {
-            Source::Arena(lease) => &lease.meta,
-            Source::Drive(reader) => reader.meta(),
-        }
+        None => ctx.store.delete(&req.namespace, &req.key, req.version).await,
     }
 }
 
@@ -229,42 +194,37 @@ fn fetch_range(meta: &ShardMeta, req: &FetchRequest) -> Result<(u64, u64), Store
     }
 }
 
-async fn fetch(
-    ctx: &ServerContext,
-    id: u64,
-    req: FetchRequest,
-    responder: &Responder,
-    conn: &ConnShared,
-) {
+async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Responder, conn: &ConnShared) {
     let op = Opcode::Fetch;
-    let source = match &ctx.cache {
+    let reader = match &ctx.cache {
         Some(cache) => match cache.fetch(&req.namespace, &req.key).await {
-            Ok(Lookup::Resident(lease)) => Ok(Source::Arena(lease)),
+            Ok(Lookup::Resident(lease)) => {
+                let frames = cached_frames(ctx, id, &req, lease).unwrap_or_else(|e| vec![error_frame(ctx, op, id, &e)]);
+                for frame in frames {
+                    if !responder.send(frame).await {
+                        return; // the connection is gone
+                    }
+                }
+                return;
+            }
             Ok(Lookup::Bypass { reason, .. }) => {
                 tracing::debug!(%reason, "reading straight from the drive");
-                ctx.store
-                    .open_reader(&req.namespace, &req.key)
-                    .await
-                    .map(Source::Drive)
+                ctx.store.open_reader(&req.namespace, &req.key).await
             }
             Err(e) => Err(e),
         },
-        None => ctx
-            .store
-            .open_reader(&req.namespace, &req.key)
-            .await
-            .map(Source::Drive),
+        None => ctx.store.open_reader(&req.namespace, &req.key).await,
     };
-    let source = match source {
-        Ok(source) => source,
+    let reader = match reader {
+        Ok(reader) => reader,
         Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
     };
-    let (offset, len) = match fetch_range(source.meta(), &req) {
+    let (offset, len) = match fetch_range(reader.meta(), &req) {
         Ok(range) => range,
         Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
     };
     let head = match codec::encode(&FetchResponse {
-        meta: source.meta().clone(),
+        meta: reader.meta().clone(),
         offset,
         len,
     }) {
@@ -283,44 +243,17 @@ async fn fetch(
     // The first frame carries the FetchResponse; the rest only bytes.
     let mut head = Some(head);
     let mut sent = 0u64;
-    let mut send = async |payload: Payload| {
-        sent += payload.bytes().len() as u64;
+    let mut chunks = reader.chunks(offset, len, conn.scope.clone());
+    while let Some(next) = chunks.next().await {
+        let chunk = match next {
+            Ok(chunk) => chunk,
+            Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        };
+        sent += chunk.range.len() as u64;
         let control = head.take().unwrap_or_default();
-        responder
-            .send(OutFrame::new(
-                op,
-                id,
-                Status::Ok,
-                sent < len,
-                control,
-                Some(payload),
-            ))
-            .await
-    };
-    match source {
-        Source::Arena(lease) => {
-            for (chunk, range) in lease.pieces(offset, len) {
-                let payload = Payload::Cached {
-                    lease: lease.clone(),
-                    chunk,
-                    range,
-                };
-                if !send(payload).await {
-                    return; // the connection is gone
-                }
-            }
-        }
-        Source::Drive(reader) => {
-            let mut chunks = reader.chunks(offset, len, conn.scope.clone());
-            while let Some(next) = chunks.next().await {
-                let chunk = match next {
-                    Ok(chunk) => chunk,
-                    Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
-                };
-                if !send(Payload::Chunk(chunk)).await {
-                    return;
-                }
-            }
+        let frame = OutFrame::new(op, id, Status::Ok, sent < len, control, Some(Payload::Chunk(chunk)));
+        if !responder.send(frame).await {
+            return; // the connection is gone
         }
     }
     ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
@@ -328,17 +261,9 @@ async fn fetch(
 
 /// A zero-copy fetch: the shard is made resident and leased to the
 /// connection; the answer says where its bytes are in the shared arena.
-async fn fetch_view(
-    ctx: &ServerContext,
-    req: FetchRequest,
-    conn: &ConnShared,
-) -> Result<ViewResponse, StoreError> {
+async fn fetch_view(ctx: &ServerContext, req: FetchRequest, conn: &ConnShared) -> Result<ViewResponse, StoreError> {
     let cache = cache(ctx)?;
-    if !conn.arena_mapped {
-        return Err(StoreError::BadRequest(
-            "zero-copy fetches need the arena mapped: ask for it in the hello, over the Unix socket".into(),
-        ));
-    }
+    require_mapped(conn)?;
     let lease = match cache.fetch(&req.namespace, &req.key).await? {
         Lookup::Resident(lease) => lease,
         Lookup::Bypass { reason, too_large } => {
@@ -357,7 +282,23 @@ async fn fetch_view(
             });
         }
     };
-    let (offset, len) = fetch_range(&lease.meta, &req)?;
+    view(cache, &req, conn, lease)
+}
+
+fn require_mapped(conn: &ConnShared) -> Result<(), StoreError> {
+    if conn.arena_mapped {
+        return Ok(());
+    }
+    Err(StoreError::BadRequest(
+        "zero-copy fetches need the arena mapped: ask for it in the hello, over the Unix socket".into(),
+    ))
+}
+
+/// A view of a leased shard: where its bytes are in the arena; the lease
+/// goes to the connection until released.
+fn view(cache: &Cache, req: &FetchRequest, conn: &ConnShared, lease: Lease) -> Result<ViewResponse, StoreError> {
+    require_mapped(conn)?;
+    let (offset, len) = fetch_range(&lease.meta, req)?;
     let arena = cache.arena();
     let extents = lease
         .pieces(offset, len)
@@ -385,12 +326,9 @@ fn encoded_meta_len(meta: &ShardMeta) -> usize {
 
 fn list(ctx: &ServerContext, req: ListRequest) -> ListResponse {
     let limit = req.limit.clamp(1, MAX_LIST_LIMIT) as usize;
-    let (mut shards, mut more) = ctx.store.list(
-        &req.namespace,
-        &req.prefix,
-        req.start_after.as_deref(),
-        limit,
-    );
+    let (mut shards, mut more) = ctx
+        .store
+        .list(&req.namespace, &req.prefix, req.start_after.as_deref(), limit);
     // Shards acknowledged from memory and not on the drive yet are listed
     // too, in place of the drive's older version.
     if let Some(cache) = &ctx.cache {
@@ -398,11 +336,7 @@ fn list(ctx: &ServerContext, req: ListRequest) -> ListResponse {
             .unflushed(&req.namespace)
             .into_iter()
             .filter(|m| m.key.as_str().starts_with(&req.prefix))
-            .filter(|m| {
-                req.start_after
-                    .as_deref()
-                    .is_none_or(|after| m.key.as_str() > after)
-            })
+            .filter(|m| req.start_after.as_deref().is_none_or(|after| m.key.as_str() > after))
             .collect();
         if !unflushed.is_empty() {
             shards.retain(|m| !unflushed.iter().any(|u| u.key == m.key));
@@ -442,6 +376,7 @@ async fn status(ctx: &ServerContext) -> StatusResponse {
         bytes: store.bytes,
         quarantined: store.quarantined,
         connections: ctx.connections.load(Ordering::Relaxed),
+        listen: ctx.listen.get().cloned().unwrap_or_default(),
         data_dirs: store.data_dirs,
         arena: ctx.cache.as_ref().map(Cache::status),
     }
@@ -450,13 +385,7 @@ async fn status(ctx: &ServerContext) -> StatusResponse {
 /// Finishes a put whose payload has been read and answers it. A put into
 /// arena blocks keeps them as the cached copy; otherwise a cached older
 /// version is dropped.
-pub async fn commit_put(
-    ctx: &ServerContext,
-    responder: &Responder,
-    id: u64,
-    writer: ShardWriter,
-    kept: bool,
-) {
+pub async fn commit_put(ctx: &ServerContext, responder: &Responder, id: u64, writer: ShardWriter, kept: bool) {
     let result = if kept {
         writer.commit_keeping_chunks().await.map(|(meta, chunks)| {
             if let Some(cache) = &ctx.cache {
@@ -485,13 +414,13 @@ pub async fn commit_put(
 
 /// Answers a failed request: maps the error to its status, logs it once
 /// at a level that fits, and sends the error frame.
-pub async fn answer_store_error(
-    ctx: &ServerContext,
-    responder: &Responder,
-    op: Opcode,
-    id: u64,
-    e: &StoreError,
-) {
+pub async fn answer_store_error(ctx: &ServerContext, responder: &Responder, op: Opcode, id: u64, e: &StoreError) {
+    responder.send(error_frame(ctx, op, id, e)).await;
+}
+
+/// The one place where an error becomes a status: logged once at a level
+/// that fits, counted, and turned into the error frame.
+fn error_frame(ctx: &ServerContext, op: Opcode, id: u64, e: &StoreError) -> OutFrame {
     let status = e.status();
     match status {
         Status::Internal => tracing::error!(%op, id, error = %e, "request failed"),
@@ -500,13 +429,104 @@ pub async fn answer_store_error(
         _ => tracing::debug!(%op, id, %status, error = %e, "request refused"),
     }
     ctx.errors.fetch_add(1, Ordering::Relaxed);
-    responder
-        .send(OutFrame::error(
-            op,
-            id,
-            status,
-            e.to_string(),
-            e.current_version(),
-        ))
-        .await;
+    OutFrame::error(op, id, status, e.to_string(), e.current_version())
+}
+
+/// Answers a request on the spot when that needs no waiting: a ping, a
+/// stat, a release, or a fetch of a shard that is in the arena. `None`
+/// means the request may wait (a load, the drive) and runs as its own task.
+pub fn answer_now(
+    ctx: &ServerContext,
+    op: Opcode,
+    id: u64,
+    control: &[u8],
+    conn: &ConnShared,
+) -> Option<Vec<OutFrame>> {
+    let result = match op {
+        Opcode::Ping => return Some(vec![OutFrame::empty_ok(op, id)]),
+        Opcode::Stat => decode::<StatRequest>(control)
+            .and_then(|req| stat(ctx, &req))
+            .map(|r| vec![answer(op, id, &r)]),
+        Opcode::Release => decode::<ReleaseRequest>(control).map(|req| vec![answer(op, id, &release(conn, &req))]),
+        Opcode::Fetch | Opcode::FetchView => {
+            let cache = ctx.cache.as_ref()?;
+            let decoded = if op == Opcode::Fetch {
+                decode::<FetchRequest>(control)
+            } else {
+                decode::<ViewRequest>(control).map(|view| {
+                    release_leases(conn, &view.release);
+                    view.fetch
+                })
+            };
+            let req = match decoded {
+                Ok(req) => req,
+                Err(e) => return Some(vec![error_frame(ctx, op, id, &e)]),
+            };
+            let lease = match cache.try_hit(&req.namespace, &req.key)? {
+                Ok(lease) => lease,
+                Err(e) => return Some(vec![error_frame(ctx, op, id, &e)]),
+            };
+            if op == Opcode::Fetch {
+                cached_frames(ctx, id, &req, lease)
+            } else {
+                view(cache, &req, conn, lease).map(|v| vec![answer(op, id, &v)])
+            }
+        }
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(|e| vec![error_frame(ctx, op, id, &e)]))
+}
+
+/// The frames of a fetch answered from the arena.
+fn cached_frames(ctx: &ServerContext, id: u64, req: &FetchRequest, lease: Lease) -> Result<Vec<OutFrame>, StoreError> {
+    let op = Opcode::Fetch;
+    let (offset, len) = fetch_range(&lease.meta, req)?;
+    let head = codec::encode(&FetchResponse {
+        meta: lease.meta.clone(),
+        offset,
+        len,
+    })
+    .map_err(|e| StoreError::io("encode fetch answer", std::io::Error::other(e)))?;
+    if len == 0 {
+        return Ok(vec![OutFrame::new(op, id, Status::Ok, false, head, None)]);
+    }
+    let mut head = Some(head);
+    let mut sent = 0;
+    let frames = lease
+        .pieces(offset, len)
+        .map(|(chunk, range)| {
+            sent += range.len() as u64;
+            let payload = Payload::Cached {
+                lease: lease.clone(),
+                chunk,
+                range,
+            };
+            OutFrame::new(
+                op,
+                id,
+                Status::Ok,
+                sent < len,
+                head.take().unwrap_or_default(),
+                Some(payload),
+            )
+        })
+        .collect();
+    ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
+    Ok(frames)
+}
+
+fn release(conn: &ConnShared, req: &ReleaseRequest) -> ReleaseResponse {
+    ReleaseResponse {
+        released: release_leases(conn, &req.leases),
+    }
+}
+
+/// Drops the connection's leases `ids` (unknown ids are ignored); returns
+/// how many it held.
+fn release_leases(conn: &ConnShared, ids: &[u64]) -> u32 {
+    if ids.is_empty() {
+        return 0;
+    }
+    let mut leases = conn.leases();
+    ids.iter().filter(|l| leases.remove(l).is_some()).count() as u32
 }

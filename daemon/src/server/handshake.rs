@@ -8,8 +8,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use shardd_protocol::{
-    ArenaGrant, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION,
-    ProtocolError, ServerLimits, Status, codec,
+    ArenaGrant, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, ProtocolError,
+    ServerLimits, Status, codec,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
@@ -30,11 +30,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Splits into halves for the reading and writing tasks.
     fn split(self) -> (Self::Reader, Self::Writer);
     /// Sends `bytes` with `fd` attached to the first of them.
-    fn send_with_fd(
-        &mut self,
-        bytes: &[u8],
-        fd: BorrowedFd<'_>,
-    ) -> impl Future<Output = io::Result<()>> + Send;
+    fn send_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 impl Transport for UnixStream {
@@ -125,10 +121,7 @@ pub struct Handshake {
 
 /// Reads the hello and answers it. On failure the client gets an error
 /// frame (where it can be sent) and the reason to close is returned.
-pub async fn handshake<S: Transport>(
-    ctx: &ServerContext,
-    stream: &mut S,
-) -> Result<Handshake, String> {
+pub async fn handshake<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<Handshake, String> {
     let limit = ctx.config.handshake_timeout;
     match tokio::time::timeout(limit, exchange(ctx, stream)).await {
         Ok(result) => result,
@@ -145,25 +138,11 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
     let header = match FrameHeader::decode(&bytes) {
         Ok(header) => header,
         Err(e @ ProtocolError::UnsupportedVersion(_)) => {
-            return refuse(
-                stream,
-                Opcode::Hello,
-                0,
-                Status::UnsupportedVersion,
-                e.to_string(),
-            )
-            .await;
+            return refuse(stream, Opcode::Hello, 0, Status::UnsupportedVersion, e.to_string()).await;
         }
         Err(ProtocolError::UnknownOpcode { request_id, .. }) => {
             let message = "the first request must be hello".to_string();
-            return refuse(
-                stream,
-                Opcode::Hello,
-                request_id,
-                Status::BadRequest,
-                message,
-            )
-            .await;
+            return refuse(stream, Opcode::Hello, request_id, Status::BadRequest, message).await;
         }
         Err(e) => return refuse(stream, Opcode::Hello, 0, Status::BadRequest, e.to_string()).await,
     };
@@ -195,19 +174,9 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
             "client speaks protocol versions {}..={}, this daemon speaks {PROTOCOL_VERSION}",
             hello.min_version, hello.max_version
         );
-        return refuse(
-            stream,
-            Opcode::Hello,
-            id,
-            Status::UnsupportedVersion,
-            message,
-        )
-        .await;
+        return refuse(stream, Opcode::Hello, id, Status::UnsupportedVersion, message).await;
     }
-    let cache = ctx
-        .cache
-        .as_ref()
-        .filter(|_| ctx.config.zero_copy && S::PASSES_FDS);
+    let cache = ctx.cache.as_ref().filter(|_| ctx.config.zero_copy && S::PASSES_FDS);
     let grant = cache.filter(|_| hello.want_arena);
     tracing::debug!(client = %hello.client, arena = grant.is_some(), "hello");
     let store = ctx.store.config();

@@ -33,8 +33,8 @@ impl Listeners {
         let unix = match &config.socket {
             Some(path) => {
                 remove_stale_socket(path).await?;
-                let listener = UnixListener::bind(path)
-                    .with_context(|| format!("bind Unix socket {}", path.display()))?;
+                let listener =
+                    UnixListener::bind(path).with_context(|| format!("bind Unix socket {}", path.display()))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
                     .with_context(|| format!("set permissions of {}", path.display()))?;
                 Some((listener, path.clone()))
@@ -42,11 +42,16 @@ impl Listeners {
             None => None,
         };
         let tcp = match config.tcp {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("bind TCP {addr}"))?,
-            ),
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    // Leave no socket file behind for a daemon that does not start.
+                    if let Some((_, path)) = &unix {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e).with_context(|| format!("bind TCP {addr}"));
+                }
+            },
             None => None,
         };
         Ok(Listeners { unix, tcp })
@@ -65,11 +70,9 @@ impl Listeners {
     /// Accepts until shutdown; then removes the socket file.
     pub async fn accept_until_shutdown(self, ctx: Arc<ServerContext>) {
         let Listeners { unix, tcp } = self;
-        let unix_task = unix.map(|(listener, path)| {
-            tokio::spawn(accept_loop(ctx.clone(), UnixAcceptor { listener, path }))
-        });
-        let tcp_task =
-            tcp.map(|listener| tokio::spawn(accept_loop(ctx.clone(), TcpAcceptor(listener))));
+        let unix_task =
+            unix.map(|(listener, path)| tokio::spawn(accept_loop(ctx.clone(), UnixAcceptor { listener, path })));
+        let tcp_task = tcp.map(|listener| tokio::spawn(accept_loop(ctx.clone(), TcpAcceptor(listener))));
         if let Some(task) = unix_task {
             let _ = task.await;
         }
@@ -84,10 +87,7 @@ trait Acceptor: Send + 'static {
     /// The connected stream it yields.
     type Stream: Transport;
     /// The next connection, set up, and a description of the peer.
-    fn accept(
-        &self,
-        ctx: &ServerContext,
-    ) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+    fn accept(&self, ctx: &ServerContext) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
 }
 
 /// The Unix listener; dropping it removes the socket file.
@@ -203,19 +203,12 @@ async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("inspect {}", path.display())),
     };
     if !meta.file_type().is_socket() {
-        anyhow::bail!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        );
+        anyhow::bail!("{} exists and is not a socket; refusing to replace it", path.display());
     }
     match tokio::net::UnixStream::connect(path).await {
         Ok(_) => anyhow::bail!("another daemon is serving on {}", path.display()),
-        Err(e)
-            if e.kind() == io::ErrorKind::ConnectionRefused
-                || e.kind() == io::ErrorKind::NotFound =>
-        {
-            std::fs::remove_file(path)
-                .with_context(|| format!("remove stale socket {}", path.display()))
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || e.kind() == io::ErrorKind::NotFound => {
+            std::fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("probe existing socket {}", path.display())),
     }

@@ -69,12 +69,7 @@ impl Buffers {
         Some(self.buffer(size, local, global))
     }
 
-    fn buffer(
-        &self,
-        size: usize,
-        local: OwnedSemaphorePermit,
-        global: OwnedSemaphorePermit,
-    ) -> AlignedBuf {
+    fn buffer(&self, size: usize, local: OwnedSemaphorePermit, global: OwnedSemaphorePermit) -> AlignedBuf {
         let mut buf = if size <= self.pool.buf_size() {
             self.pool.take()
         } else {
@@ -95,10 +90,7 @@ mod tests {
         let scope = buffers.scope(1 << 20);
         let a = buffers.take(&scope, 8192).await;
         let b = buffers.take(&scope, 8192).await;
-        assert!(
-            buffers.try_take(&scope, 8192).is_none(),
-            "global budget exhausted"
-        );
+        assert!(buffers.try_take(&scope, 8192).is_none(), "global budget exhausted");
         drop(a);
         let c = buffers.try_take(&scope, 8192).expect("budget released");
         assert_eq!(c.capacity(), 8192);
@@ -106,10 +98,7 @@ mod tests {
 
         let small_scope = buffers.scope(8192);
         let d = buffers.take(&small_scope, 8192).await;
-        assert!(
-            buffers.try_take(&small_scope, 4096).is_none(),
-            "scope exhausted"
-        );
+        assert!(buffers.try_take(&small_scope, 4096).is_none(), "scope exhausted");
         drop(d);
         assert!(buffers.try_take(&small_scope, 4096).is_some());
     }

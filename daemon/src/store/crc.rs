@@ -72,8 +72,7 @@ mod tests {
             .collect();
         for split in [0, 1, 7, 4096, 65_536, 199_999, 200_000] {
             let (a, b) = data.split_at(split);
-            let combined =
-                CrcCombiner::new(b.len() as u64).combine(crc32c::crc32c(a), crc32c::crc32c(b));
+            let combined = CrcCombiner::new(b.len() as u64).combine(crc32c::crc32c(a), crc32c::crc32c(b));
             assert_eq!(combined, crc32c::crc32c(&data), "split at {split}");
         }
     }

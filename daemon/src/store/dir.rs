@@ -64,8 +64,7 @@ impl DataDir {
     /// non-empty directory that shardd did not create, and one locked by
     /// another daemon.
     pub fn open(index: usize, path: &Path, allow_direct_io: bool) -> anyhow::Result<DataDir> {
-        std::fs::create_dir_all(path)
-            .with_context(|| format!("create data dir {}", path.display()))?;
+        std::fs::create_dir_all(path).with_context(|| format!("create data dir {}", path.display()))?;
         let path = path
             .canonicalize()
             .with_context(|| format!("resolve data dir {}", path.display()))?;

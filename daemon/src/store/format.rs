@@ -134,9 +134,7 @@ pub fn header_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
     }
     let payload_offset = u64_at(prefix, 16);
     if payload_offset % ALIGN as u64 != 0 || payload_offset == 0 || payload_offset > 1 << 30 {
-        return Err(FormatError::Corrupt(format!(
-            "payload offset {payload_offset}"
-        )));
+        return Err(FormatError::Corrupt(format!("payload offset {payload_offset}")));
     }
     Ok(payload_offset)
 }
@@ -167,8 +165,8 @@ pub fn decode_header(bytes: &[u8]) -> Result<(ShardMeta, ShardLayout), FormatErr
             "header checksum {actual_crc:#010x} does not match the stored {stored_crc:#010x}"
         )));
     }
-    let meta: ShardMeta = codec::decode(&bytes[FIXED_LEN..meta_end])
-        .map_err(|e| FormatError::Corrupt(e.to_string()))?;
+    let meta: ShardMeta =
+        codec::decode(&bytes[FIXED_LEN..meta_end]).map_err(|e| FormatError::Corrupt(e.to_string()))?;
     if chunk_size == 0 || chunk_size as usize % ALIGN != 0 {
         return Err(FormatError::Corrupt(format!("chunk size {chunk_size}")));
     }
@@ -235,10 +233,7 @@ mod tests {
             let (meta, layout) = sample(len, chunk);
             let bytes = encode_header(&meta, &layout).unwrap();
             assert_eq!(bytes.len() as u64, layout.payload_offset);
-            assert_eq!(
-                header_len_from_prefix(&bytes[..ALIGN]).unwrap(),
-                layout.payload_offset
-            );
+            assert_eq!(header_len_from_prefix(&bytes[..ALIGN]).unwrap(), layout.payload_offset);
             assert_eq!(decode_header(&bytes).unwrap(), (meta, layout));
         }
     }
@@ -251,10 +246,7 @@ mod tests {
         for at in 0..used {
             let mut bad = bytes.clone();
             bad[at] ^= 0x40;
-            assert!(
-                decode_header(&bad).is_err(),
-                "flip at byte {at} went unnoticed"
-            );
+            assert!(decode_header(&bad).is_err(), "flip at byte {at} went unnoticed");
         }
     }
 

@@ -49,15 +49,11 @@ pub struct Index {
 
 impl Index {
     fn read(&self) -> RwLockReadGuard<'_, Maps> {
-        self.maps
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.maps.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Maps> {
-        self.maps
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.maps.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The current version of a key.
@@ -67,10 +63,7 @@ impl Index {
 
     /// Why a key is quarantined, if it is.
     pub fn quarantined(&self, namespace: &Namespace, key: &Key) -> Option<Quarantined> {
-        self.read()
-            .quarantined
-            .get(&(namespace.clone(), key.clone()))
-            .cloned()
+        self.read().quarantined.get(&(namespace.clone(), key.clone())).cloned()
     }
 
     /// Makes `entry` current for its key; returns the entry it replaced.
@@ -107,9 +100,7 @@ impl Index {
 
     /// Forgets a quarantine record; returns it.
     pub fn clear_quarantined(&self, namespace: &Namespace, key: &Key) -> Option<Quarantined> {
-        self.write()
-            .quarantined
-            .remove(&(namespace.clone(), key.clone()))
+        self.write().quarantined.remove(&(namespace.clone(), key.clone()))
     }
 
     /// Up to `limit` shards of `namespace` whose keys start with `prefix`,

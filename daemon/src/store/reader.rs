@@ -41,10 +41,7 @@ impl Chunk {
 }
 
 impl ShardReader {
-    pub(super) async fn open(
-        store: Store,
-        entry: Arc<ShardEntry>,
-    ) -> Result<ShardReader, StoreError> {
+    pub(super) async fn open(store: Store, entry: Arc<ShardEntry>) -> Result<ShardReader, StoreError> {
         let dir = &store.inner.dirs[entry.dir];
         let path = dir.shard_path(&entry.meta.namespace, entry.file_id);
         let direct = dir.direct_io;
@@ -88,10 +85,7 @@ impl ShardReader {
     /// Reads the whole shard into `blocks` (one per chunk, each holding at
     /// least the chunk rounded up to [`crate::io::ALIGN`]), verifying every
     /// chunk; returns them with their length set to the chunk's.
-    pub async fn read_all_into(
-        self,
-        blocks: Vec<AlignedBuf>,
-    ) -> Result<Vec<AlignedBuf>, StoreError> {
+    pub async fn read_all_into(self, blocks: Vec<AlignedBuf>) -> Result<Vec<AlignedBuf>, StoreError> {
         let len = self.entry.meta.len;
         let mut stream = self.stream(0, len, Buffers::Given(blocks.into()));
         let mut out = Vec::new();
@@ -178,9 +172,7 @@ impl ChunkStream {
                     Some(buf) => buf,
                     None => break,
                 },
-                Buffers::Pool(scope) if self.in_flight.is_empty() => {
-                    pool.take(scope, chunk_size).await
-                }
+                Buffers::Pool(scope) if self.in_flight.is_empty() => pool.take(scope, chunk_size).await,
                 Buffers::Pool(scope) => match pool.try_take(scope, chunk_size) {
                     Some(buf) => buf,
                     None => break,
@@ -190,11 +182,11 @@ impl ChunkStream {
             let chunk_len = layout.chunk_len(index, self.reader.entry.meta.len);
             let file_offset = layout.payload_offset + index * layout.chunk_size as u64;
             let read_len = align_up(chunk_len) as usize;
-            let completion =
-                self.reader
-                    .store
-                    .engine()
-                    .read(&self.reader.file, file_offset, buf, read_len);
+            let completion = self
+                .reader
+                .store
+                .engine()
+                .read(&self.reader.file, file_offset, buf, read_len);
             self.in_flight.push_back((index, completion));
             self.next += 1;
         }
@@ -211,12 +203,8 @@ impl ChunkStream {
         let layout = &entry.layout;
         let chunk_len = layout.chunk_len(index, meta.len) as usize;
         let chunk_start = index * layout.chunk_size as u64;
-        let read = result.map_err(|e| {
-            StoreError::io(
-                format!("read {}/{} chunk {index}", meta.namespace, meta.key),
-                e,
-            )
-        })?;
+        let read =
+            result.map_err(|e| StoreError::io(format!("read {}/{} chunk {index}", meta.namespace, meta.key), e))?;
         let failure = if read < chunk_len {
             Some(format!(
                 "file ends inside chunk {index} (read {read} of {chunk_len} bytes)"

@@ -85,9 +85,7 @@ fn recover_blocking(store: &Store) -> anyhow::Result<RecoveryReport> {
                 let Some(dir) = dir else { continue };
                 let name = format!(
                     "{namespace_dir}.{}",
-                    path.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
+                    path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
                 );
                 match move_to_quarantine(&path, &dir.quarantine_dir(), &name) {
                     Ok(to) => tracing::error!(
@@ -119,8 +117,7 @@ fn recover_blocking(store: &Store) -> anyhow::Result<RecoveryReport> {
                 };
                 let dir = &dirs[loser.dir];
                 let path = dir.shard_path(&loser.meta.namespace, loser.file_id);
-                fs::remove_file(&path)
-                    .with_context(|| format!("remove superseded {}", path.display()))?;
+                fs::remove_file(&path).with_context(|| format!("remove superseded {}", path.display()))?;
                 tracing::info!(file = %path.display(), version = loser.meta.version, "removed a superseded shard version");
                 report.superseded_removed += 1;
             }
@@ -166,25 +163,19 @@ fn clean_tmp(dir: &DataDir) -> anyhow::Result<u64> {
 fn find_shards(dir: &DataDir) -> anyhow::Result<Vec<Found>> {
     let root = dir.shards_dir();
     let mut out = Vec::new();
-    for (ns_name, is_dir) in
-        fs::list_dir(&root).with_context(|| format!("list {}", root.display()))?
-    {
+    for (ns_name, is_dir) in fs::list_dir(&root).with_context(|| format!("list {}", root.display()))? {
         if !is_dir || Namespace::new(ns_name.as_str()).is_err() {
             tracing::warn!(path = %root.join(&ns_name).display(), "ignoring an unexpected entry in the shards directory");
             continue;
         }
         let ns_dir = root.join(&ns_name);
-        for (fan, is_dir) in
-            fs::list_dir(&ns_dir).with_context(|| format!("list {}", ns_dir.display()))?
-        {
+        for (fan, is_dir) in fs::list_dir(&ns_dir).with_context(|| format!("list {}", ns_dir.display()))? {
             let fan_dir = ns_dir.join(&fan);
             if !is_dir {
                 tracing::warn!(path = %fan_dir.display(), "ignoring an unexpected file in the shards directory");
                 continue;
             }
-            for (name, is_dir) in
-                fs::list_dir(&fan_dir).with_context(|| format!("list {}", fan_dir.display()))?
-            {
+            for (name, is_dir) in fs::list_dir(&fan_dir).with_context(|| format!("list {}", fan_dir.display()))? {
                 let path = fan_dir.join(&name);
                 let id = name.strip_suffix(".shard").and_then(FileId::parse);
                 match (is_dir, id) {
@@ -246,9 +237,7 @@ fn check(dirs: &[DataDir], found: &Found) -> Checked {
     }
     let need = ShardLayout::file_len(layout.payload_offset, meta.len);
     if file_len < need {
-        return bad(format!(
-            "file has {file_len} bytes, the header needs {need}"
-        ));
+        return bad(format!("file has {file_len} bytes, the header needs {need}"));
     }
     Checked::Good(ShardEntry {
         meta,
@@ -259,22 +248,15 @@ fn check(dirs: &[DataDir], found: &Found) -> Checked {
 }
 
 /// Reads and decodes a shard file's header; returns it and the file's length.
-pub(super) fn read_header(
-    path: &Path,
-    direct: bool,
-) -> Result<(shardd_protocol::ShardMeta, ShardLayout, u64), String> {
+pub(super) fn read_header(path: &Path, direct: bool) -> Result<(shardd_protocol::ShardMeta, ShardLayout, u64), String> {
     let file = fs::open_read(path, direct).map_err(|e| format!("cannot open: {e}"))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat: {e}"))?
-        .len();
+    let file_len = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
     let first = fs::read_at(&file, 0, ALIGN).map_err(|e| format!("cannot read header: {e}"))?;
     let header_len = format::header_len_from_prefix(first.as_slice()).map_err(|e| e.to_string())?;
     let header = if header_len as usize <= ALIGN {
         first
     } else {
-        fs::read_at(&file, 0, header_len as usize)
-            .map_err(|e| format!("cannot read header: {e}"))?
+        fs::read_at(&file, 0, header_len as usize).map_err(|e| format!("cannot read header: {e}"))?
     };
     let (meta, layout) = format::decode_header(header.as_slice()).map_err(|e| e.to_string())?;
     Ok((meta, layout, file_len))
@@ -282,11 +264,7 @@ pub(super) fn read_header(
 
 /// Moves `from` into `quarantine_dir` as `name` (with a numeric suffix if
 /// taken), fsyncing both directories. Returns the new path.
-pub(super) fn move_to_quarantine(
-    from: &Path,
-    quarantine_dir: &Path,
-    name: &str,
-) -> std::io::Result<PathBuf> {
+pub(super) fn move_to_quarantine(from: &Path, quarantine_dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     let mut attempt = 0;
     loop {
         let to = if attempt == 0 {
@@ -302,9 +280,7 @@ pub(super) fn move_to_quarantine(
                 }
                 return Ok(to);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => {
-                attempt += 1
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => attempt += 1,
             Err(e) => return Err(e),
         }
     }

@@ -54,12 +54,7 @@ fn key(s: &str) -> Key {
     Key::new(s).unwrap()
 }
 
-async fn put(
-    store: &Store,
-    k: &str,
-    data: &[u8],
-    version: Option<u64>,
-) -> Result<ShardMeta, StoreError> {
+async fn put(store: &Store, k: &str, data: &[u8], version: Option<u64>) -> Result<ShardMeta, StoreError> {
     let mut writer = store
         .begin_put(PutSpec {
             namespace: ns("job"),
@@ -137,9 +132,7 @@ async fn round_trips_of_awkward_sizes_and_ranges() {
             assert_eq!(meta.len, size as u64);
             assert_eq!(meta.version, 1);
             assert_eq!(meta.crc32c, crc32c::crc32c(&data));
-            let back = fetch(&store, &format!("k{i}"), 0, size as u64)
-                .await
-                .unwrap();
+            let back = fetch(&store, &format!("k{i}"), 0, size as u64).await.unwrap();
             assert!(back == data, "{kind:?}: size {size} differs");
         }
         let data = pattern(5 * CHUNK as usize - 3, 7);
@@ -172,11 +165,7 @@ async fn versions_replace_atomically_and_old_files_do_not_pile_up() {
         let meta = put(&store, "w", b"three", None).await.unwrap();
         assert_eq!(meta.version, 6);
         assert_eq!(fetch(&store, "w", 0, 5).await.unwrap(), b"three");
-        assert_eq!(
-            shard_files(tmp.path()).len(),
-            1,
-            "old versions are replaced, not kept"
-        );
+        assert_eq!(shard_files(tmp.path()).len(), 1, "old versions are replaced, not kept");
         assert_eq!(count_files(&tmp.path().join("tmp")), 0);
 
         // A reader that opened the old version keeps reading it.
@@ -200,16 +189,10 @@ async fn versions_replace_atomically_and_old_files_do_not_pile_up() {
             })
             .await
             .unwrap();
-        let mut buf = store
-            .buffers()
-            .take(&store.buffers().scope(1 << 20), 3)
-            .await;
+        let mut buf = store.buffers().take(&store.buffers().scope(1 << 20), 3).await;
         buf.fill_padded(b"bad");
         writer.write_chunk(buf).await.unwrap();
-        assert_eq!(
-            writer.commit().await.unwrap_err().status(),
-            Status::ChecksumMismatch
-        );
+        assert_eq!(writer.commit().await.unwrap_err().status(), Status::ChecksumMismatch);
         assert_eq!(store.stat(&ns("job"), &key("w")).unwrap().version, 10);
         assert_eq!(
             count_files(&tmp.path().join("tmp")),
@@ -235,15 +218,9 @@ async fn shape_and_size_checks() {
         crc32c: None,
         newer_than: None,
     };
-    let err = store
-        .begin_put(spec(1001, DType::Raw, vec![]))
-        .await
-        .unwrap_err();
+    let err = store.begin_put(spec(1001, DType::Raw, vec![])).await.unwrap_err();
     assert_eq!(err.status(), Status::TooLarge);
-    let err = store
-        .begin_put(spec(10, DType::F32, vec![3]))
-        .await
-        .unwrap_err();
+    let err = store.begin_put(spec(10, DType::F32, vec![3])).await.unwrap_err();
     assert_eq!(err.status(), Status::BadRequest);
     assert!(err.to_string().contains("needs 12 bytes"), "{err}");
     assert!(store.begin_put(spec(12, DType::F32, vec![3])).await.is_ok());
@@ -258,38 +235,22 @@ async fn list_pages_and_delete() {
     }
     let keys = |v: Vec<ShardMeta>| v.into_iter().map(|m| m.key.to_string()).collect::<Vec<_>>();
     let (page, more) = store.list(&ns("job"), "a.", None, 2);
-    assert_eq!(
-        (keys(page), more),
-        (vec!["a.1".to_string(), "a.2".to_string()], true)
-    );
+    assert_eq!((keys(page), more), (vec!["a.1".to_string(), "a.2".to_string()], true));
     let (page, more) = store.list(&ns("job"), "a.", Some("a.2"), 2);
     assert_eq!((keys(page), more), (vec!["a.3".to_string()], false));
     let (page, _) = store.list(&ns("job"), "", None, 10);
     assert_eq!(page.len(), 4);
     assert_eq!(store.list(&ns("other"), "", None, 10).0.len(), 0);
 
-    let err = store
-        .delete(&ns("job"), &key("a.1"), Some(7))
-        .await
-        .unwrap_err();
+    let err = store.delete(&ns("job"), &key("a.1"), Some(7)).await.unwrap_err();
     assert_eq!(err.status(), Status::VersionConflict);
-    assert_eq!(
-        store
-            .delete(&ns("job"), &key("a.1"), Some(1))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.delete(&ns("job"), &key("a.1"), Some(1)).await.unwrap(), 1);
     assert_eq!(
         store.stat(&ns("job"), &key("a.1")).unwrap_err().status(),
         Status::NotFound
     );
     assert_eq!(
-        store
-            .delete(&ns("job"), &key("a.1"), None)
-            .await
-            .unwrap_err()
-            .status(),
+        store.delete(&ns("job"), &key("a.1"), None).await.unwrap_err().status(),
         Status::NotFound
     );
     assert_eq!(shard_files(tmp.path()).len(), 3);
@@ -317,12 +278,7 @@ async fn reopen_recovers_index_and_removes_temp_files() {
         for (i, d) in data.iter().enumerate() {
             let meta = store.stat(&ns("job"), &key(&format!("s{i}"))).unwrap();
             assert_eq!(meta.version, 3);
-            assert_eq!(
-                &fetch(&store, &format!("s{i}"), 0, d.len() as u64)
-                    .await
-                    .unwrap(),
-                d
-            );
+            assert_eq!(&fetch(&store, &format!("s{i}"), 0, d.len() as u64).await.unwrap(), d);
         }
         assert!(store.stat(&ns("job"), &key("never")).is_err());
         let leftovers: usize = dirs.iter().map(|d| count_files(&d.join("tmp"))).sum();
@@ -363,9 +319,7 @@ async fn flipped_payload_byte_is_never_served_and_is_quarantined() {
         let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
         // The first chunks are intact; the range covering the flipped byte is refused.
         assert_eq!(fetch(&store, "bad", 0, 100).await.unwrap(), &data[..100]);
-        let err = fetch(&store, "bad", 0, data.len() as u64)
-            .await
-            .unwrap_err();
+        let err = fetch(&store, "bad", 0, data.len() as u64).await.unwrap_err();
         assert_eq!(err.status(), Status::ChecksumMismatch);
         assert!(err.to_string().contains("chunk 2"), "{err}");
         // From now on the shard is quarantined, also after a restart.
@@ -373,10 +327,7 @@ async fn flipped_payload_byte_is_never_served_and_is_quarantined() {
         assert_eq!(err.status(), Status::ChecksumMismatch);
         assert_eq!(store.status().await.quarantined, 1);
         assert_eq!(count_files(&tmp.path().join("quarantine")), 1);
-        assert_eq!(
-            fetch(&store, "good", 0, data.len() as u64).await.unwrap(),
-            data
-        );
+        assert_eq!(fetch(&store, "good", 0, data.len() as u64).await.unwrap(), data);
         drop(store);
         let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
         assert_eq!(
@@ -425,9 +376,7 @@ async fn broken_header_and_truncated_file_are_quarantined_at_start() {
     {
         let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
         put(&store, "h", &pattern(100, 1), None).await.unwrap();
-        put(&store, "t", &pattern(3 * CHUNK as usize, 2), None)
-            .await
-            .unwrap();
+        put(&store, "t", &pattern(3 * CHUNK as usize, 2), None).await.unwrap();
         put(&store, "ok", b"fine", None).await.unwrap();
     }
     for file in shard_files(tmp.path()) {
@@ -478,10 +427,7 @@ async fn a_second_daemon_cannot_use_the_same_dir_and_foreign_dirs_are_refused() 
     let err = Store::open(config(&[tmp.path().to_path_buf()]), engine.clone())
         .await
         .unwrap_err();
-    assert!(
-        err.to_string().contains("in use by another shardd"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("in use by another shardd"), "{err}");
 
     // A fresh file system's root (only lost+found) is fine.
     let mount_root = tempfile::tempdir().unwrap();

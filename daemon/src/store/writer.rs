@@ -78,8 +78,7 @@ impl ShardWriter {
             h.finish() as usize % dirs.len()
         });
         let min_free = config.min_free_bytes;
-        let candidates: Vec<(usize, PathBuf)> =
-            dirs.iter().map(|d| (d.index, d.path.clone())).collect();
+        let candidates: Vec<(usize, PathBuf)> = dirs.iter().map(|d| (d.index, d.path.clone())).collect();
         let dir = fs::blocking(move || choose_dir(&candidates, preferred, file_len, min_free))
             .await
             .map_err(|e| StoreError::io("read free space of the data dirs", e))?
@@ -177,10 +176,7 @@ impl ShardWriter {
         let want = self.next_chunk_len();
         let (offset, _) = self.account_chunk(&slice.as_slice()[..want.min(slice.len())])?;
         let padded = slice.len();
-        let completion = self
-            .store
-            .engine()
-            .write_shared(&self.file, offset, slice, padded);
+        let completion = self.store.engine().write_shared(&self.file, offset, slice, padded);
         self.queue(completion).await
     }
 
@@ -192,10 +188,7 @@ impl ShardWriter {
         }
         let want = self.next_chunk_len();
         if bytes.len() != want || want == 0 {
-            let e = StoreError::BadRequest(format!(
-                "chunk of {} bytes where {want} were expected",
-                bytes.len()
-            ));
+            let e = StoreError::BadRequest(format!("chunk of {} bytes where {want} were expected", bytes.len()));
             self.failed = Some(StoreError::BadRequest(e.to_string()));
             return Err(e);
         }
@@ -245,21 +238,15 @@ impl ShardWriter {
     /// Like [`Self::commit`], and returns the chunk buffers kept since
     /// [`Self::keep_chunks`], in order, their lengths the chunks' lengths.
     pub async fn commit_keeping_chunks(self) -> Result<(ShardMeta, Vec<AlignedBuf>), StoreError> {
-        self.finish(None).await?.ok_or_else(|| {
-            StoreError::io(
-                "publish",
-                std::io::Error::other("unconditional publish skipped"),
-            )
-        })
+        self.finish(None)
+            .await?
+            .ok_or_else(|| StoreError::io("publish", std::io::Error::other("unconditional publish skipped")))
     }
 
     /// Like [`Self::commit`], but publishes only if `condition` holds when
     /// checked under the key's lock (deletes and other puts of the key take
     /// the same lock); `None` when it did not, and nothing was published.
-    pub async fn commit_if(
-        self,
-        condition: PublishCondition,
-    ) -> Result<Option<ShardMeta>, StoreError> {
+    pub async fn commit_if(self, condition: PublishCondition) -> Result<Option<ShardMeta>, StoreError> {
         Ok(self.finish(Some(condition)).await?.map(|(meta, _)| meta))
     }
 
@@ -300,9 +287,8 @@ impl ShardWriter {
         buf.fill_padded(&header);
         let engine = self.store.engine();
         let out = engine.write(&self.file, 0, buf, header.len()).await;
-        out.result.map_err(|e| {
-            StoreError::io(format!("write header of {}", self.temp_path.display()), e)
-        })?;
+        out.result
+            .map_err(|e| StoreError::io(format!("write header of {}", self.temp_path.display()), e))?;
         engine
             .sync_data(&self.file)
             .await
@@ -327,11 +313,7 @@ impl ShardWriter {
         let current = store.inner.index.get(&meta.namespace, &meta.key);
         if let Some(current) = &current {
             if current.meta.version >= meta.version {
-                return Err(version_conflict(
-                    &self.spec,
-                    current.meta.version,
-                    meta.version,
-                ));
+                return Err(version_conflict(&self.spec, current.meta.version, meta.version));
             }
         }
         let dir = &store.inner.dirs[self.dir];
@@ -392,19 +374,16 @@ pub(super) fn check_put(store: &Store, spec: &PutSpec) -> Result<u64, StoreError
         .check_shape(&spec.shape, spec.len)
         .map_err(StoreError::BadRequest)?;
     let current = store.inner.index.get(&spec.namespace, &spec.key);
-    let current_version = current
-        .as_ref()
-        .map(|e| e.meta.version)
-        .max(spec.newer_than);
+    let current_version = current.as_ref().map(|e| e.meta.version).max(spec.newer_than);
     match (spec.version, current_version) {
         (Some(v), Some(cur)) if v <= cur => Err(version_conflict(spec, cur, v)),
         (Some(0), None) => Err(StoreError::BadRequest(
             "version 0 is reserved; versions start at 1".into(),
         )),
         (Some(v), _) => Ok(v),
-        (None, Some(cur)) => cur.checked_add(1).ok_or_else(|| {
-            StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))
-        }),
+        (None, Some(cur)) => cur
+            .checked_add(1)
+            .ok_or_else(|| StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))),
         (None, None) => Ok(1),
     }
 }

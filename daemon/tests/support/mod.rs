@@ -17,12 +17,13 @@ impl Process {
     /// Starts `shardd` on `dir` (data in `dir/data`, socket `dir/shardd.sock`,
     /// no TCP) with `engine`, and waits until it accepts connections.
     pub fn start(dir: &Path, engine: &str) -> Process {
+        Process::start_with(dir, engine, "off")
+    }
+
+    /// Like [`Process::start`], with TCP on `tcp` (`127.0.0.1:0` for any port).
+    pub fn start_with(dir: &Path, engine: &str, tcp: &str) -> Process {
         let config = dir.join("shardd.toml");
-        std::fs::write(
-            &config,
-            "[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n",
-        )
-        .unwrap();
+        std::fs::write(&config, "[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n").unwrap();
         let socket = dir.join("shardd.sock");
         let data = dir.join("data");
         let child = Command::new(env!("CARGO_BIN_EXE_shardd"))
@@ -32,17 +33,13 @@ impl Process {
             .arg(&data)
             .arg("--socket")
             .arg(&socket)
-            .args(["--tcp", "off", "--io-engine", engine, "--log-level", "warn"])
+            .args(["--tcp", tcp, "--io-engine", engine, "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let process = Process {
-            child,
-            socket,
-            data,
-        };
+        let process = Process { child, socket, data };
         process.wait_ready();
         process
     }
@@ -59,10 +56,7 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "shardd did not start listening on {}",
-            self.socket.display()
-        );
+        panic!("shardd did not start listening on {}", self.socket.display());
     }
 
     /// SIGKILL, then reap.

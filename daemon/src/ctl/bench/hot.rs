@@ -1,0 +1,527 @@
+//! `shardctl bench hot`: fetches of shards already in the daemon's pinned
+//! arena.
+//!
+//! * Throughput for shard sizes from 1 to 64 MiB over zero-copy Unix (the
+//!   client maps the arena and makes its one copy into its own buffer),
+//!   copying Unix and TCP, beside a memcpy loop over the same working set
+//!   and iperf3 on loopback, measured in the same run.
+//! * 4 KiB fetches over the Unix socket at 1 and 16 requests in flight:
+//!   p50/p99 latency and ops/s, beside redis-benchmark GETs of 4 KiB values
+//!   against a throwaway local redis-server.
+//!
+//! Every case runs `runs` times, interleaved with the baselines; medians
+//! are reported. The benchmark checks that the fetches were arena hits.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use serde::Serialize;
+use shardd_client::{Client, ClientOptions, Endpoint, PutOptions};
+use tokio::task::JoinSet;
+
+use super::baselines::{self, RedisGet};
+use super::{median, pattern, percentile};
+use crate::config::units::parse_size;
+use crate::ctl::show;
+
+/// Options of `shardctl bench hot`.
+#[derive(Debug, Args)]
+pub struct HotArgs {
+    /// Shard sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1MiB,4MiB,16MiB,64MiB", value_parser = parse_size)]
+    pub sizes: Vec<u64>,
+    /// Fetches in flight for the throughput runs.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Bytes fetched per case and run.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    pub total: u64,
+    /// Runs per case; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Connections per transport.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// 4 KiB fetches per run and concurrency.
+    #[arg(long, default_value_t = 50_000)]
+    pub small_requests: u64,
+    /// Requests in flight for the 4 KiB runs, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub small_concurrency: Vec<usize>,
+    /// The daemon's TCP endpoint (default: the one it reports).
+    #[arg(long)]
+    pub tcp: Option<String>,
+    /// Namespace for the benchmark's shards (removed afterwards).
+    #[arg(long, default_value = "shardctl-bench-hot")]
+    pub namespace: String,
+    /// Run iperf3 and redis-benchmark: auto (if installed), on, off.
+    #[arg(long, default_value = "auto")]
+    pub baselines: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One transport's way of fetching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Unix socket, arena mapped: one copy, from the arena into the buffer.
+    ZeroCopyUnix,
+    /// Unix socket, bytes through the socket.
+    CopyingUnix,
+    /// TCP.
+    Tcp,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::ZeroCopyUnix => "zero-copy unix",
+            Mode::CopyingUnix => "copying unix",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+/// Throughput of one shard size.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeResult {
+    /// Shard size.
+    pub shard_bytes: u64,
+    /// Shards in the working set.
+    pub shards: u64,
+    /// memcpy over the same working set, bytes per second.
+    pub memcpy_bytes_per_sec: f64,
+    /// Per mode: bytes per second.
+    pub modes: Vec<(Mode, f64)>,
+}
+
+/// 4 KiB fetches at one concurrency and mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct SmallResult {
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// How.
+    pub mode: Mode,
+    /// Requests per second.
+    pub ops_per_sec: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+}
+
+/// The report.
+#[derive(Clone, Debug, Serialize)]
+pub struct HotReport {
+    /// Runs per case.
+    pub runs: usize,
+    /// Fetches in flight for the throughput runs.
+    pub concurrency: usize,
+    /// Connections per transport (and iperf3 streams).
+    pub connections: usize,
+    /// iperf3 loopback TCP, bytes per second.
+    pub iperf3_bytes_per_sec: Option<f64>,
+    /// Per size.
+    pub sizes: Vec<SizeResult>,
+    /// 4 KiB fetches.
+    pub small: Vec<SmallResult>,
+    /// redis-benchmark GETs of 4 KiB.
+    pub redis: Vec<RedisGet>,
+    /// Arena hits and misses during the benchmark.
+    pub arena_hits: u64,
+    /// Misses (should be none: the shards are put into the arena first).
+    pub arena_misses: u64,
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.runs > 0 && args.connections > 0 && args.concurrency > 0,
+        "counts must be at least 1"
+    );
+    let probe = Client::connect(endpoint).await?;
+    let status = probe.status().await?;
+    let arena = status
+        .arena
+        .clone()
+        .context("the daemon has no pinned arena (arena.size = 0): nothing is hot")?;
+    let unix = match Endpoint::parse(endpoint)? {
+        Endpoint::Unix(_) => Some(endpoint.to_string()),
+        Endpoint::Tcp(_) => status.listen.iter().find(|e| e.starts_with("unix://")).cloned(),
+    };
+    let tcp = args
+        .tcp
+        .clone()
+        .or_else(|| status.listen.iter().find(|e| e.starts_with("tcp://")).cloned());
+    let mut modes: Vec<(Mode, Vec<Client>)> = Vec::new();
+    if let Some(unix) = &unix {
+        for (mode, zero_copy) in [(Mode::ZeroCopyUnix, true), (Mode::CopyingUnix, false)] {
+            let clients = connect(unix, zero_copy, args.connections).await?;
+            if zero_copy && !clients[0].zero_copy() {
+                eprintln!("shardctl bench: the daemon does not share its arena (server.zero_copy = false)");
+                continue;
+            }
+            modes.push((mode, clients));
+        }
+    }
+    match &tcp {
+        Some(tcp) => modes.push((Mode::Tcp, connect(tcp, false, args.connections).await?)),
+        None => eprintln!("shardctl bench: the daemon has no TCP endpoint; skipping TCP"),
+    }
+    anyhow::ensure!(!modes.is_empty(), "no way to reach the daemon");
+    let baselines_on = match args.baselines.as_str() {
+        "off" => false,
+        "on" | "auto" => true,
+        other => anyhow::bail!("--baselines {other:?}: use auto, on or off"),
+    };
+    let iperf3 = baselines_on && baselines::installed("iperf3");
+    if baselines_on && !iperf3 {
+        eprintln!("shardctl bench: iperf3 is not installed; no TCP baseline");
+    }
+
+    // The working set of each size: at most 40% of the arena, so it stays resident.
+    let mut sets = Vec::new();
+    for &size in &args.sizes {
+        anyhow::ensure!(size > 0, "--sizes values must be above 0");
+        let fit = (arena.capacity_bytes * 2 / 5 / size).min(64);
+        anyhow::ensure!(fit > 0, "a {size}-byte shard does not fit the arena's working set");
+        sets.push((size, fit));
+    }
+    let before = probe.status().await?.arena.unwrap_or_default();
+    let mut throughput: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); modes.len()]; sets.len()];
+    let mut memcpy: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
+    let mut iperf3_runs = Vec::new();
+    let any = &modes[0].1[0];
+    for run in 0..args.runs {
+        if iperf3 {
+            let streams = args.connections;
+            let rate = tokio::task::spawn_blocking(move || baselines::iperf3(3, streams)).await??;
+            iperf3_runs.push(rate);
+        }
+        for (n, &(size, shards)) in sets.iter().enumerate() {
+            put_set(any, &args.namespace, size, shards).await?;
+            let working_set = (size * shards) as usize;
+            let threads = args.concurrency;
+            memcpy[n].push(
+                tokio::task::spawn_blocking(move || {
+                    baselines::memcpy(size as usize, working_set, threads, Duration::from_millis(500))
+                })
+                .await?,
+            );
+            for (m, (mode, clients)) in modes.iter().enumerate() {
+                let rate = fetch_loop(clients, &args.namespace, size, shards, args.concurrency, args.total).await?;
+                if !args.json {
+                    eprintln!(
+                        "run {}: {} x{}: {} {:.2} GB/s",
+                        run + 1,
+                        show::bytes(size),
+                        args.concurrency,
+                        mode.label(),
+                        rate / 1e9
+                    );
+                }
+                throughput[n][m].push(rate);
+            }
+            remove_set(any, &args.namespace, size, shards).await?;
+        }
+    }
+    let after = probe.status().await?.arena.unwrap_or_default();
+
+    // 4 KiB fetches.
+    const SMALL: u64 = 4096;
+    const SMALL_SHARDS: u64 = 1024;
+    put_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
+    let mut small = Vec::new();
+    for &concurrency in &args.small_concurrency {
+        for (mode, clients) in modes.iter().filter(|(m, _)| *m != Mode::Tcp) {
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                runs.push(small_loop(clients, &args.namespace, concurrency, args.small_requests).await?);
+            }
+            runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            let mut result = runs.swap_remove(runs.len() / 2);
+            result.mode = *mode;
+            if !args.json {
+                eprintln!(
+                    "4 KiB x{concurrency} {}: {:.0} ops/s, p50 {:.0} us, p99 {:.0} us",
+                    mode.label(),
+                    result.ops_per_sec,
+                    result.p50_us,
+                    result.p99_us
+                );
+            }
+            small.push(result);
+        }
+    }
+    remove_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
+    let redis = if baselines_on && baselines::installed("redis-server") && baselines::installed("redis-benchmark") {
+        let dir = tempdir()?;
+        let concurrency = args.small_concurrency.clone();
+        let requests = args.small_requests.max(10_000);
+        let path = dir.clone();
+        let result =
+            tokio::task::spawn_blocking(move || baselines::redis(&path, SMALL as usize, &concurrency, requests))
+                .await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        result?
+    } else {
+        if baselines_on {
+            eprintln!("shardctl bench: redis-server or redis-benchmark is not installed; no small-request baseline");
+        }
+        Vec::new()
+    };
+
+    let report = HotReport {
+        runs: args.runs,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        iperf3_bytes_per_sec: (!iperf3_runs.is_empty()).then(|| median(iperf3_runs)),
+        sizes: sets
+            .iter()
+            .enumerate()
+            .map(|(n, &(size, shards))| SizeResult {
+                shard_bytes: size,
+                shards,
+                memcpy_bytes_per_sec: median(memcpy[n].clone()),
+                modes: modes
+                    .iter()
+                    .enumerate()
+                    .map(|(m, (mode, _))| (*mode, median(throughput[n][m].clone())))
+                    .collect(),
+            })
+            .collect(),
+        small,
+        redis,
+        arena_hits: after.hits - before.hits,
+        arena_misses: after.misses - before.misses,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("shardctl-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn connect(endpoint: &str, zero_copy: bool, connections: usize) -> anyhow::Result<Vec<Client>> {
+    let options = ClientOptions {
+        zero_copy,
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(Client::connect_with(endpoint, options.clone()).await?);
+    }
+    Ok(clients)
+}
+
+fn key(size: u64, i: u64) -> String {
+    format!("hot/{size}/{i}")
+}
+
+/// Stores the working set; puts leave their shards in the arena.
+async fn put_set(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+    let data = Bytes::from(pattern(size as usize, size));
+    for i in 0..shards {
+        client
+            .put(namespace, &key(size, i), data.clone(), PutOptions::default())
+            .await
+            .with_context(|| format!("put {}", key(size, i)))?;
+    }
+    Ok(())
+}
+
+async fn remove_set(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+    for i in 0..shards {
+        match client.delete(namespace, &key(size, i), None).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).context("remove benchmark shards"),
+        }
+    }
+    Ok(())
+}
+
+/// Fetches `total` bytes of the working set from `concurrency` workers;
+/// returns bytes per second.
+async fn fetch_loop(
+    clients: &[Client],
+    namespace: &str,
+    size: u64,
+    shards: u64,
+    concurrency: usize,
+    total: u64,
+) -> anyhow::Result<f64> {
+    let per_worker = (total / size / concurrency as u64).max(1);
+    // Buffers are allocated and touched before the clock starts.
+    let buffers: Vec<Vec<u8>> = (0..concurrency).map(|_| vec![1u8; size as usize]).collect();
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for (w, mut buf) in buffers.into_iter().enumerate() {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        workers.spawn(async move {
+            for n in 0..per_worker {
+                let i = (w as u64 + n * concurrency as u64) % shards;
+                let (back, result) = client.fetch_into(&namespace, &key(size, i), None, buf).await;
+                buf = back;
+                result.with_context(|| format!("fetch {}", key(size, i)))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    Ok((per_worker * concurrency as u64 * size) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `requests` fetches of 4 KiB shards from `concurrency` workers; latency
+/// of each and overall ops/s.
+async fn small_loop(
+    clients: &[Client],
+    namespace: &str,
+    concurrency: usize,
+    requests: u64,
+) -> anyhow::Result<SmallResult> {
+    let per_worker = (requests / concurrency as u64).max(1);
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for w in 0..concurrency {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        workers.spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut latencies = Vec::with_capacity(per_worker as usize);
+            for n in 0..per_worker {
+                let i = (w as u64 * 7919 + n * 104_729) % 1024;
+                let began = Instant::now();
+                let (back, result) = client.fetch_into(&namespace, &key(4096, i), None, buf).await;
+                buf = back;
+                result.with_context(|| format!("fetch {}", key(4096, i)))?;
+                latencies.push(began.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(result) = workers.join_next().await {
+        latencies.extend(result??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok(SmallResult {
+        concurrency,
+        mode: Mode::ZeroCopyUnix,
+        ops_per_sec: latencies.len() as f64 / elapsed,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+    })
+}
+
+fn render(report: &HotReport) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "hot fetch (shards in the arena): medians of {} runs, {} fetches in flight; GB/s = 10^9 bytes/s\n\
+         memcpy: as many threads as fetches in flight, over the same working set\n",
+        report.runs, report.concurrency
+    );
+    match report.iperf3_bytes_per_sec {
+        Some(rate) => {
+            let _ = writeln!(
+                out,
+                "iperf3 loopback TCP ({} streams, one per connection): {:.2} GB/s",
+                report.connections,
+                rate / 1e9
+            );
+        }
+        None => out.push_str("iperf3: not run\n"),
+    }
+    let modes: Vec<Mode> = report
+        .sizes
+        .first()
+        .map(|s| s.modes.iter().map(|(m, _)| *m).collect())
+        .unwrap_or_default();
+    let _ = write!(out, "\n{:>9} {:>7} {:>12}", "shard", "shards", "memcpy GB/s");
+    for mode in &modes {
+        let _ = write!(out, " {:>15}", mode.label());
+        match mode {
+            Mode::ZeroCopyUnix => {
+                let _ = write!(out, " {:>9}", "/memcpy");
+            }
+            Mode::Tcp => {
+                let _ = write!(out, " {:>9}", "/iperf3");
+            }
+            Mode::CopyingUnix => {}
+        }
+    }
+    out.push('\n');
+    for size in &report.sizes {
+        let _ = write!(
+            out,
+            "{:>9} {:>7} {:>12.2}",
+            show::bytes(size.shard_bytes),
+            size.shards,
+            size.memcpy_bytes_per_sec / 1e9
+        );
+        for (mode, rate) in &size.modes {
+            let _ = write!(out, " {:>15.2}", rate / 1e9);
+            match mode {
+                Mode::ZeroCopyUnix => {
+                    let _ = write!(out, " {:>8.2}x", rate / size.memcpy_bytes_per_sec);
+                }
+                Mode::Tcp => match report.iperf3_bytes_per_sec {
+                    Some(iperf) => {
+                        let _ = write!(out, " {:>8.2}x", rate / iperf);
+                    }
+                    None => {
+                        let _ = write!(out, " {:>9}", "-");
+                    }
+                },
+                Mode::CopyingUnix => {}
+            }
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\n4 KiB fetches over the Unix socket (median run), redis-benchmark GET of 4 KiB values beside:"
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>15} {:>10} {:>8} {:>8} {:>12} {:>10} {:>9}",
+        "conc", "mode", "ops/s", "p50 us", "p99 us", "redis ops/s", "redis p50", "/redis"
+    );
+    for s in &report.small {
+        let redis = report.redis.iter().find(|r| r.clients == s.concurrency);
+        let _ = writeln!(
+            out,
+            "{:>5} {:>15} {:>10.0} {:>8.0} {:>8.0} {:>12} {:>10} {:>9}",
+            s.concurrency,
+            s.mode.label(),
+            s.ops_per_sec,
+            s.p50_us,
+            s.p99_us,
+            redis.map_or("-".into(), |r| format!("{:.0}", r.ops_per_sec)),
+            redis.map_or("-".into(), |r| format!("{:.0} us", r.p50_ms * 1000.0)),
+            redis.map_or("-".into(), |r| format!("{:.2}x", s.ops_per_sec / r.ops_per_sec)),
+        );
+    }
+    let lookups = report.arena_hits + report.arena_misses;
+    let _ = writeln!(
+        out,
+        "\narena hits during the throughput runs: {} of {lookups} fetches",
+        report.arena_hits
+    );
+    out
+}
