@@ -178,12 +178,99 @@ impl Shared {
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Outgoing>,
-    runtime: tokio::runtime::Handle,
     /// Leases of dropped views, given back with the next view request (or
     /// by a `release` shortly after, if none comes).
-    releases: Mutex<Vec<u64>>,
-    next_id: AtomicU64,
+    releases: Arc<Releases>,
+    next_id: Arc<AtomicU64>,
     inflight: Arc<Semaphore>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.releases.close();
+    }
+}
+
+/// Leases of dropped views waiting to be given back, and the task that
+/// gives them back when no view request carries them within RELEASE_DELAY.
+struct Releases {
+    list: Mutex<Vec<u64>>,
+    wake: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+    /// Weak: the task must not keep the connection's writer open.
+    tx: mpsc::WeakSender<Outgoing>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Releases {
+    fn start(tx: mpsc::WeakSender<Outgoing>, next_id: Arc<AtomicU64>) -> Arc<Releases> {
+        let releases = Arc::new(Releases {
+            list: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            tx,
+            next_id,
+        });
+        let task = releases.clone();
+        tokio::spawn(async move {
+            while !task.closed.load(Ordering::Acquire) {
+                task.wake.notified().await;
+                tokio::time::sleep(RELEASE_DELAY).await;
+                task.flush();
+            }
+        });
+        releases
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, lease: u64) {
+        let first = {
+            let mut list = self.lock();
+            list.push(lease);
+            list.len() == 1
+        };
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Sends a `release` of what is waiting (its answer is skipped).
+    fn flush(&self) {
+        let leases = self.take();
+        if leases.is_empty() {
+            return;
+        }
+        let (Ok(control), Some(tx)) = (
+            codec::encode(&shardd_protocol::ReleaseRequest { leases }),
+            self.tx.upgrade(),
+        ) else {
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let header = FrameHeader::request(Opcode::Release, id, control.len() as u32, 0).encode();
+        let out = Outgoing {
+            header,
+            control,
+            payload: None,
+        };
+        if let Err(mpsc::error::TrySendError::Full(out)) = tx.try_send(out) {
+            tokio::spawn(async move {
+                let _ = tx.send(out).await;
+            });
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -230,12 +317,13 @@ impl Connection {
             io_timeout,
         };
         tokio::spawn(read_loop(shared.clone(), frames));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let releases = Releases::start(tx.downgrade(), next_id.clone());
         Connection {
             shared,
             tx,
-            runtime: tokio::runtime::Handle::current(),
-            releases: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(1),
+            releases,
+            next_id,
             inflight: Arc::new(Semaphore::new(max_inflight.max(1) as usize)),
         }
     }
@@ -275,57 +363,18 @@ impl Connection {
 
     /// Gives a view's lease back: with the next view request, or after
     /// [`RELEASE_DELAY`] by itself if no view request comes by then.
-    pub(crate) fn defer_release(self: &Arc<Self>, lease: u64) {
-        let first = {
-            let mut releases = self.releases.lock().unwrap_or_else(|p| p.into_inner());
-            releases.push(lease);
-            releases.len() == 1
-        };
-        if first {
-            let conn = Arc::downgrade(self);
-            self.runtime.spawn(async move {
-                tokio::time::sleep(RELEASE_DELAY).await;
-                if let Some(conn) = conn.upgrade() {
-                    conn.flush_releases();
-                }
-            });
-        }
+    pub(crate) fn defer_release(&self, lease: u64) {
+        self.releases.push(lease);
     }
 
     /// The leases waiting to be given back (for a view request to carry).
     pub(crate) fn take_releases(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()))
+        self.releases.take()
     }
 
     /// Gives back the leases waiting for a view request now.
     pub(crate) fn flush_releases(&self) {
-        let leases = self.take_releases();
-        if leases.is_empty() {
-            return;
-        }
-        if let Ok(control) = codec::encode(&shardd_protocol::ReleaseRequest { leases }) {
-            self.send_oneway(Opcode::Release, control);
-        }
-    }
-
-    /// Sends a request whose answer nobody waits for (it is skipped when it
-    /// arrives). Best effort: a closed connection drops it.
-    pub(crate) fn send_oneway(&self, op: Opcode, control: Vec<u8>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let header = FrameHeader::request(op, id, control.len() as u32, 0).encode();
-        let out = Outgoing {
-            header,
-            control,
-            payload: None,
-        };
-        // Callable from any thread (a view dropped outside the runtime): a
-        // full queue hands the frame to a task on the connection's runtime.
-        if let Err(mpsc::error::TrySendError::Full(out)) = self.tx.try_send(out) {
-            let tx = self.tx.clone();
-            self.runtime.spawn(async move {
-                let _ = tx.send(out).await;
-            });
-        }
+        self.releases.flush();
     }
 
     /// Sends a request and waits for its (single-frame) answer, at most
@@ -471,6 +520,12 @@ struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `read_exact` that fails if the daemon stalls inside a frame.
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
+        // Answers are often buffered already: no timer for those.
+        if self.reader.buffer().len() >= buf.len() {
+            buf.copy_from_slice(&self.reader.buffer()[..buf.len()]);
+            self.reader.consume(buf.len());
+            return Ok(());
+        }
         match tokio::time::timeout(self.io_timeout, self.reader.read_exact(buf)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

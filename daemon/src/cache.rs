@@ -152,6 +152,8 @@ struct Inner {
     state: Mutex<State>,
     stats: Stats,
     flushes: Semaphore,
+    /// Flush tasks, so that shutdown can wait for them.
+    flush_tasks: tokio_util::task::TaskTracker,
     prefetch: Arc<prefetch::Queue>,
 }
 
@@ -162,6 +164,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 prefetch: Arc::new(prefetch::Queue::new(config.prefetch_memory)),
                 flushes: Semaphore::new(config.flush_concurrency.max(1)),
+                flush_tasks: tokio_util::task::TaskTracker::new(),
                 state: Mutex::new(State {
                     entries: HashMap::new(),
                     policy: Policy::new(config.policy),
@@ -485,7 +488,40 @@ impl Cache {
         self.replace(shard.clone());
         self.state().dirty_bytes += shard.meta.len;
         let cache = self.clone();
-        tokio::spawn(async move { cache.flush(shard).await });
+        self.inner.flush_tasks.spawn(async move { cache.flush(shard).await });
+    }
+
+    /// At shutdown: waits up to `budget` for write-back shards to reach the
+    /// drive; logs what did not (it is lost when the daemon exits).
+    pub async fn finish_write_back(&self, budget: std::time::Duration) {
+        let tasks = &self.inner.flush_tasks;
+        tasks.close();
+        if tokio::time::timeout(budget, tasks.wait()).await.is_err() {
+            tracing::error!(
+                remaining = tasks.len(),
+                "write-back flushes still running after {budget:?}"
+            );
+        }
+        let unflushed: Vec<String> = {
+            let state = self.state();
+            state
+                .entries
+                .values()
+                .filter_map(|slot| match slot {
+                    Slot::Ready(shard) if !shard.is_clean() => Some(format!(
+                        "{}/{} v{}",
+                        shard.meta.namespace, shard.meta.key, shard.meta.version
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+        if !unflushed.is_empty() {
+            tracing::error!(
+                shards = ?unflushed,
+                "write-back shards never reached the drive and are lost at exit"
+            );
+        }
     }
 
     /// Whether `shard` is still the cached version of its key.
@@ -722,6 +758,7 @@ impl Cache {
             capacity_bytes: arena.capacity(),
             used_bytes: arena.used(),
             locked_bytes: arena.locked().bytes,
+            fixed_buffers: self.inner.store.engine().fixed_buffers(),
             policy: self.inner.config.policy.name().to_string(),
             resident_shards,
             resident_bytes,

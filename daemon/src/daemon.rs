@@ -102,6 +102,9 @@ impl Daemon {
                 "requests still running after {budget:?}; stopping without them"
             );
         }
+        if let Some(cache) = &self.ctx.cache {
+            cache.finish_write_back(budget).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

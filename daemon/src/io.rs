@@ -274,6 +274,15 @@ impl IoEngine {
         uring::probe()
     }
 
+    /// Whether the fixed memory given at start is registered with every
+    /// io_uring ring (always false for psync).
+    pub fn fixed_buffers(&self) -> bool {
+        match &self.inner {
+            EngineImpl::Uring(e) => e.fixed_buffers(),
+            EngineImpl::Psync(_) => false,
+        }
+    }
+
     /// `uring` or `psync`.
     pub fn name(&self) -> &'static str {
         match self.inner {

@@ -102,3 +102,44 @@ fn acknowledged_puts_survive_kill_9() {
         }
     }
 }
+
+/// Write-back shards acknowledged right before SIGTERM reach the drive
+/// before the daemon exits.
+#[test]
+fn sigterm_flushes_write_back_shards_before_exiting() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Process::start(dir.path(), "auto");
+    let endpoint = daemon.endpoint();
+    // Within the write-back budget (half of the test daemons' 64 MiB arena).
+    let sizes = [12 << 20, 10 << 20, 8 << 20, 1 << 20];
+    runtime.block_on(async {
+        let client = Client::connect(&endpoint).await.unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            let options = PutOptions {
+                durability: shardd_client::Durability::WriteBack,
+                ..PutOptions::default()
+            };
+            client
+                .put("job", &format!("wb{i}"), pattern(*size, i as u64), options)
+                .await
+                .unwrap();
+        }
+    });
+    assert!(daemon.terminate().success());
+    let daemon = Process::start(dir.path(), "auto");
+    runtime.block_on(async {
+        let client = Client::connect(&daemon.endpoint()).await.unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            let shard = client
+                .fetch("job", &format!("wb{i}"))
+                .await
+                .unwrap_or_else(|e| panic!("wb{i}: {e}"));
+            assert!(shard.data == pattern(*size, i as u64), "wb{i}");
+        }
+    });
+}

@@ -280,6 +280,8 @@ pub struct ArenaStatus {
     pub used_bytes: u64,
     /// Bytes locked in RAM.
     pub locked_bytes: u64,
+    /// Whether io_uring reads and writes it as registered (fixed) buffers.
+    pub fixed_buffers: bool,
     /// Eviction policy: `lru` or `schedule`.
     pub policy: String,
     /// Shards in the arena.

@@ -143,10 +143,15 @@ pub fn status(s: &StatusResponse) -> String {
         };
         let _ = writeln!(
             out,
-            "arena        {} used of {}, {} locked in RAM, {} shards ({}), {} not on drive yet",
+            "arena        {} used of {}, {} locked in RAM{}, {} shards ({}), {} not on drive yet",
             bytes(a.used_bytes),
             bytes(a.capacity_bytes),
             bytes(a.locked_bytes),
+            if a.fixed_buffers {
+                ", io_uring fixed buffers"
+            } else {
+                ""
+            },
             a.resident_shards,
             bytes(a.resident_bytes),
             bytes(a.dirty_bytes)

@@ -43,6 +43,7 @@ pub(super) fn probe() -> io::Result<()> {
 pub(super) struct UringEngine {
     rings: Vec<RingHandle>,
     next: AtomicUsize,
+    fixed_buffers: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +56,7 @@ struct RingHandle {
 impl UringEngine {
     pub(super) fn start(queue_depth: u32, threads: usize, fixed: Option<FixedMemory>) -> anyhow::Result<UringEngine> {
         let fixed = fixed.map(Arc::new);
+        let mut all_registered = fixed.is_some();
         let mut rings = Vec::with_capacity(threads.max(1));
         for n in 0..threads.max(1) {
             let ring = IoUring::builder()
@@ -64,6 +66,7 @@ impl UringEngine {
                 Some(memory) => register(&ring, memory, n == 0),
                 None => None,
             };
+            all_registered &= registered.is_some();
             // SAFETY: plain syscall; the result is checked.
             let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
             if efd < 0 {
@@ -86,7 +89,12 @@ impl UringEngine {
         Ok(UringEngine {
             rings,
             next: AtomicUsize::new(0),
+            fixed_buffers: all_registered,
         })
+    }
+
+    pub(super) fn fixed_buffers(&self) -> bool {
+        self.fixed_buffers
     }
 
     pub(super) fn submit(&self, op: Op) {

@@ -104,23 +104,31 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut out = BufWriter::with_capacity(SOCKET_BUFFER, writer);
     while let Some(frame) = rx.recv().await {
-        let result = tokio::time::timeout(timeout, async {
-            frame.write_to(&mut out).await?;
-            drop(frame);
-            if rx.is_empty() {
-                out.flush().await?;
+        // A frame that fits the buffer is only copied: no timer for it. A
+        // write that reaches the socket must make progress within `timeout`.
+        let fits = frame.len() <= SOCKET_BUFFER - out.buffer().len();
+        let flush = rx.is_empty();
+        let result = if fits && !flush {
+            frame.write_to(&mut out).await.map_err(|e| e.to_string())
+        } else {
+            let io = async {
+                frame.write_to(&mut out).await?;
+                if flush {
+                    out.flush().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            match tokio::time::timeout(timeout, io).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("the peer has not read its answers for {timeout:?}")),
             }
-            Ok::<(), std::io::Error>(())
-        })
-        .await;
-        let error = match result {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("the peer has not read its answers for {timeout:?}"),
         };
-        tracing::info!(reason = %error, "cannot write to the peer; closing the connection");
-        broken.cancel();
-        return;
+        drop(frame);
+        if let Err(error) = result {
+            tracing::info!(reason = %error, "cannot write to the peer; closing the connection");
+            broken.cancel();
+            return;
+        }
     }
     let _ = tokio::time::timeout(timeout, out.shutdown()).await;
 }

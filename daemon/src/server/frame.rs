@@ -99,6 +99,16 @@ impl OutFrame {
         OutFrame::new(opcode, request_id, status, false, control, None)
     }
 
+    /// Bytes of the whole frame.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.control.len() + self.payload.as_ref().map_or(0, |p| p.bytes().len())
+    }
+
+    /// Whether the frame is empty (never: a frame has a header).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// Writes the frame; the payload goes straight from its buffer.
     pub async fn write_to<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
         out.write_all(&self.header).await?;
@@ -138,6 +148,12 @@ pub async fn read_exact<R: AsyncRead + Unpin>(
     buf: &mut [u8],
     timeout: Duration,
 ) -> io::Result<()> {
+    // Pipelined requests are usually buffered already: no timer for those.
+    if reader.buffer().len() >= buf.len() {
+        buf.copy_from_slice(&reader.buffer()[..buf.len()]);
+        reader.consume(buf.len());
+        return Ok(());
+    }
     match tokio::time::timeout(timeout, reader.read_exact(buf)).await {
         Ok(result) => result.map(|_| ()),
         Err(_) => Err(io::Error::new(
