@@ -4,9 +4,10 @@
 //!
 //! Each case stores `total` bytes as shards of one size from `concurrency`
 //! workers (durable puts), then fetches them all back into reused buffers.
-//! Every case runs `runs` times; the medians are reported. The daemon reads
-//! with O_DIRECT and caches nothing, so fetches come from the drive (where a
-//! data dir is on a file system without O_DIRECT the report says so).
+//! Every case runs `runs` times; the medians are reported. Before the
+//! fetches the shards are demoted from the daemon's arena, and the daemon
+//! reads with O_DIRECT, so fetches come from the drive (where a data dir is
+//! on a file system without O_DIRECT the report says so).
 //!
 //! The fio baseline: `fio --direct=1 --ioengine=io_uring --bs=1M
 //! --iodepth=32`, a sequential write of a new file (with a final fsync)
@@ -21,7 +22,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
-use shardd_client::{Client, ClientOptions, PutOptions};
+use shardd_client::{Client, ClientOptions, EvictMode, PutOptions};
 use tokio::task::JoinSet;
 
 use super::{baselines, median, pattern};
@@ -128,6 +129,7 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
         clients.push(Client::connect_with(endpoint, options.clone()).await?);
     }
     let status = clients[0].status().await?;
+    let has_arena = status.arena.is_some();
     let data_dirs: Vec<(String, bool)> = status.data_dirs.iter().map(|d| (d.path.clone(), d.direct_io)).collect();
 
     let fio_dirs: Option<Vec<PathBuf>> = match args.fio.as_str() {
@@ -172,6 +174,10 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
             let data = Bytes::from(pattern(size as usize, size));
             let shards = (args.total / size).max(concurrency as u64);
             let put = put_phase(&clients, &args.namespace, size, shards, concurrency, &data).await?;
+            if has_arena {
+                // Puts leave shards in the arena: demote them so that fetches read the drive.
+                demote(&clients[0], &args.namespace, size, shards).await?;
+            }
             let fetch = fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?;
             cleanup(&clients[0], &args.namespace, size, shards).await?;
             if !args.json {
@@ -294,6 +300,19 @@ async fn fetch_phase(
         result??;
     }
     Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn demote(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+    let keys: Vec<String> = (0..shards).map(|i| key(size, i)).collect();
+    for batch in keys.chunks(1000) {
+        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        let answer = client.evict(namespace, &refs, EvictMode::Demote).await?;
+        anyhow::ensure!(
+            answer.busy.is_empty() && answer.failed.is_empty(),
+            "could not demote benchmark shards: {answer:?}"
+        );
+    }
+    Ok(())
 }
 
 async fn cleanup(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
