@@ -20,6 +20,12 @@
 //! many tasks at once: they are pipelined and answered as they complete.
 //! Trainers that are not async use [`blocking::Client`].
 //!
+//! Over a Unix socket the client maps the daemon's pinned arena (unless
+//! [`ClientOptions::zero_copy`] is off): [`Client::fetch_view`] then reads a
+//! shard in place, and [`Client::fetch_into`] makes one copy, from the arena
+//! into the caller's buffer. [`Client::prefetch`], [`Client::evict`] and
+//! [`Client::set_schedule`] steer what the daemon keeps in its arena.
+//!
 //! # Layout
 //!
 //! * [`client`]: the async [`Client`] and its options.

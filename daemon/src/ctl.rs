@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! * [`bench`]: `shardctl bench`, measured against `fio` in the same run.
+//! * [`bench`](mod@bench): `shardctl bench`, measured against `fio` in the same run.
 //! * [`show`]: human-readable rendering of metadata and status.
 
 pub mod bench;

@@ -4,8 +4,8 @@
 //!
 //! Two engines run the same operations:
 //!
-//! * [`uring`]: io_uring rings, each driven by a dedicated thread.
-//! * [`psync`]: a pool of threads doing `pread`/`pwrite`/`fdatasync`, for
+//! * `uring`: io_uring rings, each driven by a dedicated thread.
+//! * `psync`: a pool of threads doing `pread`/`pwrite`/`fdatasync`, for
 //!   kernels or sandboxes where io_uring is unavailable.
 //!
 //! Operations are submitted eagerly (the call returns once the operation is

@@ -1,16 +1,20 @@
 //! shardd: the per-node storage daemon for tensor shards.
 //!
-//! One daemon per training node owns the node's NVMe space and serves
-//! put / fetch / stat / list / delete requests for tensor shards to
-//! trainer processes, over a Unix socket (same node) and TCP (other nodes),
-//! speaking the protocol of the `shardd-protocol` crate.
+//! One daemon per training node owns the node's NVMe space and a pinned
+//! host-memory arena, and serves put / fetch / prefetch / evict requests for
+//! tensor shards to trainer processes, over a Unix socket (same node, with
+//! zero-copy fetches from the shared arena) and TCP (other nodes), speaking
+//! the protocol of the `shardd-protocol` crate.
 //!
 //! # Layout
 //!
 //! * [`daemon`]: start, serve, graceful stop ([`daemon::Daemon`], [`daemon::run`]).
 //! * [`config`]: defaults, the TOML file and flags, validated once.
 //! * [`cli`]: the `shardd` command line.
-//! * [`server`]: listeners, connections, request handlers.
+//! * [`server`]: listeners, the hello, connections, request handlers.
+//! * [`cache`]: the hot tier in the arena: hits, loads, write-back,
+//!   eviction, prefetch, leases.
+//! * [`arena`]: the pinned memory itself and its block allocator.
 //! * [`store`]: the NVMe tier: shard files, index, recovery.
 //! * [`io`]: the only door to files: io_uring and thread-pool engines.
 //! * [`logging`]: log output.

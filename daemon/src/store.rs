@@ -12,7 +12,7 @@
 //!
 //! # Layout
 //!
-//! * [`format`]: the shard file format.
+//! * [`format`](mod@format): the shard file format.
 //! * [`dir`]: a data directory and its layout.
 //! * [`index`]: the in-memory index.
 //! * [`buffers`]: chunk buffers under a memory budget.

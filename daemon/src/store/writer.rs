@@ -1,6 +1,6 @@
 //! The put path: stream chunks into a temp file, then publish it.
 //!
-//! 1. [`ShardWriter::begin`] validates the request, checks the version,
+//! 1. `ShardWriter::begin` validates the request, checks the version,
 //!    picks a data dir with room, creates `tmp/<id>.partial` and reserves
 //!    its full size (a full disk is reported before any byte is written).
 //! 2. [`ShardWriter::write_chunk`] checksums each chunk and writes it at
