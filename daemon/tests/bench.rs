@@ -54,12 +54,15 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
         assert!(case["put_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert!(case["fetch_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert_eq!(case["put_vs_fio"].is_number(), fio, "{case}");
+        assert_eq!(case["fetch_vs_fio_fixedbufs"].is_number(), fio, "{case}");
     }
     let shards: Vec<u64> = cases.iter().map(|c| c["shards"].as_u64().unwrap()).collect();
     assert_eq!(shards, [8, 8, 2, 3]);
     if fio {
         assert!(report["fio"]["read_bytes_per_sec"].as_f64().unwrap() > 0.0);
         assert!(report["fio"]["write_bytes_per_sec"].as_f64().unwrap() > 0.0);
+        assert!(report["fio"]["fixedbufs_read_bytes_per_sec"].as_f64().unwrap() > 0.0);
+        assert!(report["fio"]["fixedbufs_write_bytes_per_sec"].as_f64().unwrap() > 0.0);
     }
     // The benchmark cleans up after itself (shards and fio files).
     let status = Command::cargo_bin("shardctl")

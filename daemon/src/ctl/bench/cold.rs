@@ -11,9 +11,12 @@
 //!
 //! The fio baseline: `fio --direct=1 --ioengine=io_uring --bs=1M
 //! --iodepth=32`, a sequential write of a new file (with a final fsync)
-//! then a sequential read of it, one job per data dir at once. Runs are
-//! interleaved: fio, then every case once, then again, so that a drive
-//! whose speed drifts affects both alike; medians are reported.
+//! then a sequential read of it, one job per data dir at once; then the
+//! same with `--fixedbufs`: the daemon registers its arena with io_uring,
+//! which spares the kernel pinning pages on every I/O, so fio with
+//! registered buffers is the like-for-like figure. Runs are interleaved:
+//! fio, then every case once, then again, so that a drive whose speed
+//! drifts affects both alike; medians are reported.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -72,6 +75,10 @@ pub struct FioBaseline {
     pub read_bytes_per_sec: f64,
     /// Sequential write (with the final fsync).
     pub write_bytes_per_sec: f64,
+    /// Sequential read with registered buffers (`--fixedbufs`).
+    pub fixedbufs_read_bytes_per_sec: f64,
+    /// Sequential write with registered buffers (`--fixedbufs`).
+    pub fixedbufs_write_bytes_per_sec: f64,
 }
 
 /// One case's medians.
@@ -91,6 +98,10 @@ pub struct CaseResult {
     pub put_vs_fio: Option<f64>,
     /// fetch / fio read.
     pub fetch_vs_fio: Option<f64>,
+    /// put / fio write with registered buffers.
+    pub put_vs_fio_fixedbufs: Option<f64>,
+    /// fetch / fio read with registered buffers.
+    pub fetch_vs_fio_fixedbufs: Option<f64>,
 }
 
 /// The whole report.
@@ -156,19 +167,26 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
     let mut fetches = vec![Vec::new(); cases_of.len()];
     let mut fio_reads = Vec::new();
     let mut fio_writes = Vec::new();
+    let mut fixed_reads = Vec::new();
+    let mut fixed_writes = Vec::new();
     for run in 0..args.runs {
         if let Some(dirs) = &fio_dirs {
-            let (write, read) = baselines::fio(dirs, args.fio_size)?;
+            let (write, read) = baselines::fio(dirs, args.fio_size, false)?;
+            let (fixed_write, fixed_read) = baselines::fio(dirs, args.fio_size, true)?;
             if !args.json {
                 eprintln!(
-                    "run {}: fio write {:.2} GB/s, read {:.2} GB/s",
+                    "run {}: fio write {:.2} GB/s, read {:.2} GB/s; with --fixedbufs write {:.2} GB/s, read {:.2} GB/s",
                     run + 1,
                     write / 1e9,
-                    read / 1e9
+                    read / 1e9,
+                    fixed_write / 1e9,
+                    fixed_read / 1e9
                 );
             }
             fio_writes.push(write);
             fio_reads.push(read);
+            fixed_writes.push(fixed_write);
+            fixed_reads.push(fixed_read);
         }
         for (n, &(size, concurrency)) in cases_of.iter().enumerate() {
             let data = Bytes::from(pattern(size as usize, size));
@@ -196,6 +214,8 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
     let fio = (!fio_reads.is_empty()).then(|| FioBaseline {
         read_bytes_per_sec: median(fio_reads),
         write_bytes_per_sec: median(fio_writes),
+        fixedbufs_read_bytes_per_sec: median(fixed_reads),
+        fixedbufs_write_bytes_per_sec: median(fixed_writes),
     });
     let cases = cases_of
         .iter()
@@ -211,6 +231,8 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
                 fetch_bytes_per_sec: fetch,
                 put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
                 fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
+                put_vs_fio_fixedbufs: fio.map(|f| put / f.fixedbufs_write_bytes_per_sec),
+                fetch_vs_fio_fixedbufs: fio.map(|f| fetch / f.fixedbufs_read_bytes_per_sec),
             }
         })
         .collect();
@@ -354,30 +376,35 @@ fn render(report: &BenchReport) -> String {
         Some(f) => {
             let _ = writeln!(
                 out,
-                "fio (io_uring, O_DIRECT, bs=1M, iodepth=32) on the same dirs: read {:.2} GB/s, write {:.2} GB/s",
+                "fio (io_uring, O_DIRECT, bs=1M, iodepth=32) on the same dirs: read {:.2} GB/s, write {:.2} GB/s\n\
+                 the same with --fixedbufs (registered buffers, as the daemon's arena): read {:.2} GB/s, write {:.2} GB/s",
                 f.read_bytes_per_sec / 1e9,
-                f.write_bytes_per_sec / 1e9
+                f.write_bytes_per_sec / 1e9,
+                f.fixedbufs_read_bytes_per_sec / 1e9,
+                f.fixedbufs_write_bytes_per_sec / 1e9
             );
         }
         None => out.push_str("fio: not run\n"),
     }
     let _ = writeln!(
         out,
-        "\n{:>9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>10}",
-        "shard", "conc", "shards", "put GB/s", "put/fio", "fetch GB/s", "fetch/fio"
+        "\n{:>9} {:>5} {:>7} {:>9} {:>8} {:>10} {:>11} {:>10} {:>12}",
+        "shard", "conc", "shards", "put GB/s", "put/fio", "put/fixed", "fetch GB/s", "fetch/fio", "fetch/fixed"
     );
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
     for c in &report.cases {
         let _ = writeln!(
             out,
-            "{:>9} {:>5} {:>7} {:>9.2} {:>8} {:>11.2} {:>10}",
+            "{:>9} {:>5} {:>7} {:>9.2} {:>8} {:>10} {:>11.2} {:>10} {:>12}",
             show::bytes(c.shard_bytes),
             c.concurrency,
             c.shards,
             c.put_bytes_per_sec / 1e9,
             ratio(c.put_vs_fio),
+            ratio(c.put_vs_fio_fixedbufs),
             c.fetch_bytes_per_sec / 1e9,
-            ratio(c.fetch_vs_fio)
+            ratio(c.fetch_vs_fio),
+            ratio(c.fetch_vs_fio_fixedbufs)
         );
     }
     out
