@@ -267,7 +267,7 @@ impl Client {
             max_len: Some(self.options.max_fetch_alloc),
         };
         if self.arena.is_some() {
-            match self.view(request.clone()).await {
+            match self.view(request.clone(), true).await {
                 Ok(view) => {
                     let mut data = vec![0u8; view.len() as usize];
                     let crc = view.copy_to(&mut data, verify && self.options.verify_views);
@@ -278,7 +278,8 @@ impl Client {
                         data,
                     });
                 }
-                // Not placeable in the arena now: read it over the socket.
+                // Not in the arena now: read it over the socket (which follows
+                // the load into the arena, chunk by chunk).
                 Err(e) if view_unavailable(&e) => {}
                 Err(e) => return Err(e),
             }
@@ -328,7 +329,7 @@ impl Client {
         let verify = range.is_none() && self.options.verify_checksums;
         if self.arena.is_some() {
             // Read in place from the arena; the one copy goes into `buf`.
-            match self.view(request.clone()).await {
+            match self.view(request.clone(), true).await {
                 Ok(view) => {
                     let crc = view.copy_to(buf.as_mut(), verify && self.options.verify_views);
                     let result = check_crc(view.meta(), crc).map(|()| FetchInfo {
@@ -338,7 +339,8 @@ impl Client {
                     });
                     return (buf, result);
                 }
-                // Not placeable in the arena now: read it over the socket.
+                // Not in the arena now: read it over the socket (which follows
+                // the load into the arena, chunk by chunk).
                 Err(e) if view_unavailable(&e) => {}
                 Err(e) => return (buf, Err(e)),
             }
@@ -383,22 +385,25 @@ impl Client {
         range: Option<ByteRange>,
     ) -> Result<ShardView, ClientError> {
         let (namespace, key) = names(namespace, key)?;
-        self.view(FetchRequest {
+        let request = FetchRequest {
             namespace,
             key,
             range,
             max_len: None,
-        })
-        .await
+        };
+        self.view(request, false).await
     }
 
-    async fn view(&self, request: FetchRequest) -> Result<ShardView, ClientError> {
+    /// A view of `request`; with `if_resident`, only of a shard in the
+    /// arena now (else `busy` at once).
+    async fn view(&self, request: FetchRequest, if_resident: bool) -> Result<ShardView, ClientError> {
         let Some(arena) = &self.arena else {
             return Err(ClientError::ZeroCopyUnavailable);
         };
         let request = ViewRequest {
             fetch: request,
             release: self.conn.take_releases(),
+            if_resident,
         };
         let answer: ViewResponse = self.call(Opcode::FetchView, Some(&request)).await?;
         let lease = answer.lease;

@@ -26,7 +26,7 @@ pub mod prefetch;
 pub mod shard;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use shardd_protocol::{ArenaStatus, EvictMode, EvictResponse, Key, Namespace, ShardMeta, Status};
@@ -88,6 +88,13 @@ struct Stats {
 
 type LoadResult = Result<Arc<CachedShard>, LoadFailure>;
 
+/// How a fetch begins.
+enum Begin {
+    Hit(Lease),
+    Join(Arc<Loading>),
+    Load(ShardId, Arc<Loading>),
+}
+
 /// Why a load did not produce a cached shard (cloneable for every waiter).
 #[derive(Clone, Debug)]
 enum LoadFailure {
@@ -118,11 +125,127 @@ impl LoadFailure {
     }
 }
 
-/// A load in progress; waiters watch for its result.
+/// A load in progress; fetches watch its progress and result.
 #[derive(Debug)]
 struct Loading {
-    done: watch::Sender<Option<LoadResult>>,
+    progress: watch::Sender<Progress>,
     by_prefetch: bool,
+    /// A fetch has joined it (so a prefetched shard counts as used).
+    joined: AtomicBool,
+}
+
+impl Loading {
+    fn new(by_prefetch: bool) -> Arc<Loading> {
+        Arc::new(Loading {
+            progress: watch::channel(Progress::default()).0,
+            by_prefetch,
+            joined: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits for the load's result.
+    async fn result(mut rx: watch::Receiver<Progress>) -> LoadResult {
+        match rx.wait_for(|p| p.result.is_some()).await {
+            Ok(p) => p.result.clone().unwrap_or_else(|| Err(full("load abandoned"))),
+            Err(_) => Err(full("load abandoned")),
+        }
+    }
+}
+
+/// How far a load has got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The shard's metadata and chunk size, once its arena blocks are held.
+    started: Option<(ShardMeta, u32)>,
+    /// Chunks read and verified so far, in order.
+    chunks: Vec<Arc<AlignedBuf>>,
+    /// The outcome, once the load is over.
+    result: Option<LoadResult>,
+}
+
+/// What [`Cache::fetch_following`] gets.
+#[derive(Debug)]
+pub enum Followed {
+    /// The shard is in the arena, held by this lease.
+    Resident(Lease),
+    /// The shard is being read into the arena: follow the load to send each
+    /// chunk as soon as it is verified.
+    Loading(Follow),
+}
+
+/// How a followed load begins.
+#[derive(Debug)]
+pub enum Started {
+    /// The shard is being read into the arena: its metadata and chunk size.
+    Loading(ShardMeta, u32),
+    /// It will not be cached: read it from the drive directly.
+    Bypass {
+        /// Why.
+        reason: String,
+        /// It never fits (larger than the arena).
+        too_large: bool,
+    },
+}
+
+/// A fetch following a load into the arena. The load runs on its own, so a
+/// slow follower never holds it up for the others.
+#[derive(Debug)]
+pub struct Follow {
+    rx: watch::Receiver<Progress>,
+    cache: Cache,
+}
+
+impl Follow {
+    /// Waits until the load holds its arena blocks (or fails or is bypassed).
+    pub async fn started(&mut self) -> Result<Started, StoreError> {
+        let progress = self
+            .rx
+            .wait_for(|p| p.started.is_some() || p.result.is_some())
+            .await
+            .map_err(|_| load_abandoned())?;
+        if let Some((meta, chunk_size)) = &progress.started {
+            return Ok(Started::Loading(meta.clone(), *chunk_size));
+        }
+        match progress.result.clone() {
+            // A load that ends without starting fails or bypasses, except one
+            // that found nothing to read (it never publishes its start).
+            Some(Ok(shard)) => Ok(Started::Loading(shard.meta.clone(), shard.chunk_size())),
+            Some(Err(LoadFailure::Bypass { reason, too_large })) => {
+                self.cache.inner.stats.bypassed.fetch_add(1, Ordering::Relaxed);
+                Ok(Started::Bypass { reason, too_large })
+            }
+            Some(Err(LoadFailure::Error { status, message })) => Err(StoreError::Other { status, message }),
+            None => Err(load_abandoned()),
+        }
+    }
+
+    /// Chunk `index` once it is read and verified (its length is the
+    /// chunk's); an error if the load fails first.
+    pub async fn chunk(&mut self, index: usize) -> Result<Arc<AlignedBuf>, StoreError> {
+        let progress = self
+            .rx
+            .wait_for(|p| p.chunks.len() > index || p.result.is_some())
+            .await
+            .map_err(|_| load_abandoned())?;
+        if let Some(chunk) = progress.chunks.get(index) {
+            return Ok(chunk.clone());
+        }
+        match &progress.result {
+            Some(Ok(shard)) if index < shard.chunks().len() => Ok(shard.chunks()[index].clone()),
+            Some(Err(LoadFailure::Error { status, message })) => Err(StoreError::Other {
+                status: *status,
+                message: message.clone(),
+            }),
+            _ => Err(load_abandoned()),
+        }
+    }
+}
+
+fn load_abandoned() -> StoreError {
+    StoreError::Other {
+        status: Status::Internal,
+        message: "the load of the shard into the arena was abandoned".to_string(),
+    }
 }
 
 #[derive(Debug)]
@@ -216,77 +339,94 @@ impl Cache {
     /// The shard for a fetch: resident (loading it first on a miss), or to
     /// be read from the drive directly.
     pub async fn fetch(&self, namespace: &Namespace, key: &Key) -> Result<Lookup, StoreError> {
-        let id: ShardId = (namespace.clone(), key.clone());
-        let stats = &self.inner.stats;
-        enum Next {
-            Join(watch::Receiver<Option<LoadResult>>),
-            Load(Arc<Loading>),
-        }
-        if let Some(hit) = self.try_hit(namespace, key) {
-            return hit.map(Lookup::Resident);
-        }
-        let next = {
-            let mut state = self.state();
-            state.policy.accessed(&id);
-            match state.entries.get(&id) {
-                // Became resident just now.
-                Some(Slot::Ready(shard)) => {
-                    stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Lookup::Resident(Lease::new(shard.clone())));
-                }
-                Some(Slot::Loading(loading)) => {
-                    if loading.by_prefetch {
-                        stats.prefetch_late.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.misses.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Next::Join(loading.done.subscribe())
-                }
-                None => {
-                    stats.misses.fetch_add(1, Ordering::Relaxed);
-                    let loading = Arc::new(Loading {
-                        done: watch::channel(None).0,
-                        by_prefetch: false,
-                    });
-                    state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
-                    Next::Load(loading)
-                }
-            }
+        let (id, loading) = match self.begin_fetch(namespace, key)? {
+            Begin::Hit(lease) => return Ok(Lookup::Resident(lease)),
+            Begin::Join(loading) => (None, loading),
+            Begin::Load(id, loading) => (Some(id), loading),
         };
-        let result = match next {
-            Next::Load(loading) => self.load(id, loading).await,
-            Next::Join(mut rx) => match rx.wait_for(Option::is_some).await {
-                Ok(result) => result.clone().unwrap_or_else(|| Err(full("load abandoned"))),
-                Err(_) => Err(full("load abandoned")),
-            },
+        let result = match id {
+            Some(id) => self.load(id, loading).await,
+            None => Loading::result(loading.progress.subscribe()).await,
         };
         match result {
-            Ok(shard) => {
-                shard.take_prefetched();
-                Ok(Lookup::Resident(Lease::new(shard)))
-            }
+            Ok(shard) => Ok(Lookup::Resident(Lease::new(shard))),
             Err(LoadFailure::Bypass { reason, too_large }) => {
-                stats.bypassed.fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.bypassed.fetch_add(1, Ordering::Relaxed);
                 Ok(Lookup::Bypass { reason, too_large })
             }
             Err(LoadFailure::Error { status, message }) => Err(StoreError::Other { status, message }),
         }
     }
 
+    /// Like [`Cache::fetch`], but on a miss returns at once with the load to
+    /// follow, so that the caller can send each chunk as soon as it is read
+    /// instead of after the whole shard.
+    pub fn fetch_following(&self, namespace: &Namespace, key: &Key) -> Result<Followed, StoreError> {
+        let loading = match self.begin_fetch(namespace, key)? {
+            Begin::Hit(lease) => return Ok(Followed::Resident(lease)),
+            Begin::Join(loading) => loading,
+            Begin::Load(id, loading) => {
+                let cache = self.clone();
+                let load = loading.clone();
+                tokio::spawn(async move { cache.load(id, load).await });
+                loading
+            }
+        };
+        Ok(Followed::Loading(Follow {
+            rx: loading.progress.subscribe(),
+            cache: self.clone(),
+        }))
+    }
+
+    /// A hit, a load to join, or a new load to run (already in the map).
+    fn begin_fetch(&self, namespace: &Namespace, key: &Key) -> Result<Begin, StoreError> {
+        if let Some(hit) = self.try_hit(namespace, key) {
+            return hit.map(Begin::Hit);
+        }
+        let id: ShardId = (namespace.clone(), key.clone());
+        let stats = &self.inner.stats;
+        let mut state = self.state();
+        state.policy.accessed(&id);
+        match state.entries.get(&id) {
+            // Became resident just now.
+            Some(Slot::Ready(shard)) => {
+                stats.hits.fetch_add(1, Ordering::Relaxed);
+                shard.take_prefetched();
+                Ok(Begin::Hit(Lease::new(shard.clone())))
+            }
+            Some(Slot::Loading(loading)) => {
+                if loading.by_prefetch {
+                    stats.prefetch_late.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.misses.fetch_add(1, Ordering::Relaxed);
+                }
+                loading.joined.store(true, Ordering::Relaxed);
+                Ok(Begin::Join(loading.clone()))
+            }
+            None => {
+                stats.misses.fetch_add(1, Ordering::Relaxed);
+                let loading = Loading::new(false);
+                state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
+                Ok(Begin::Load(id, loading))
+            }
+        }
+    }
+
     /// Loads a shard into the arena for the `loading` slot of `id`, then
     /// installs it (if the slot is still this load's) and wakes the waiters.
     async fn load(&self, id: ShardId, loading: Arc<Loading>) -> LoadResult {
-        let result = self.read_into_arena(&id).await;
-        if let (Ok(shard), true) = (&result, loading.by_prefetch) {
-            // Before any waiter sees it: a fetch that joined clears the mark.
-            shard.mark_prefetched();
-        }
+        let result = self.read_into_arena(&id, &loading.progress).await;
         let replaced = {
             let mut state = self.state();
             let ours = matches!(state.entries.get(&id), Some(Slot::Loading(l)) if Arc::ptr_eq(l, &loading));
             if ours {
                 match &result {
                     Ok(shard) => {
+                        // Unused until a fetch comes; one that joined the load
+                        // was one (both decided under the lock).
+                        if loading.by_prefetch && !loading.joined.load(Ordering::Relaxed) {
+                            shard.mark_prefetched();
+                        }
                         state.entries.insert(id.clone(), Slot::Ready(shard.clone()));
                         state.policy.inserted(id);
                     }
@@ -300,11 +440,13 @@ impl Cache {
         if !replaced {
             tracing::debug!("a newer version replaced the shard while it loaded");
         }
-        loading.done.send_replace(Some(result.clone()));
+        loading.progress.send_modify(|p| p.result = Some(result.clone()));
         result
     }
 
-    async fn read_into_arena(&self, id: &ShardId) -> LoadResult {
+    /// Reads a shard into arena blocks, publishing each chunk to `progress`
+    /// as soon as it is verified.
+    async fn read_into_arena(&self, id: &ShardId, progress: &watch::Sender<Progress>) -> LoadResult {
         let store = &self.inner.store;
         let reader = store
             .open_reader(&id.0, &id.1)
@@ -314,10 +456,14 @@ impl Cache {
         let chunk_size = reader.chunk_size();
         let blocks = self.alloc_blocks(meta.len, chunk_size)?;
         self.inner.stats.loads.fetch_add(1, Ordering::Relaxed);
-        let chunks = reader
-            .read_all_into(blocks)
-            .await
-            .map_err(|e| LoadFailure::from_store(&e))?;
+        progress.send_modify(|p| p.started = Some((meta.clone(), chunk_size)));
+        let mut stream = reader.read_into(blocks);
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = Arc::new(chunk.map_err(|e| LoadFailure::from_store(&e))?.buf);
+            chunks.push(chunk.clone());
+            progress.send_modify(|p| p.chunks.push(chunk));
+        }
         Ok(Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Clean)))
     }
 
@@ -400,6 +546,7 @@ impl Cache {
     /// copy of the version `meta` describes.
     pub fn install(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
         let chunk_size = self.inner.store.config().chunk_size;
+        let chunks = chunks.into_iter().map(Arc::new).collect();
         let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Clean));
         self.replace(shard);
     }
@@ -483,6 +630,7 @@ impl Cache {
     /// flushing it to the drive.
     pub fn install_dirty(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
         let chunk_size = self.inner.store.config().chunk_size;
+        let chunks = chunks.into_iter().map(Arc::new).collect();
         let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty));
         self.inner.stats.write_back_puts.fetch_add(1, Ordering::Relaxed);
         self.replace(shard.clone());
@@ -732,10 +880,7 @@ impl Cache {
         if state.entries.contains_key(id) {
             return None;
         }
-        let loading = Arc::new(Loading {
-            done: watch::channel(None).0,
-            by_prefetch: true,
-        });
+        let loading = Loading::new(true);
         state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
         Some(loading)
     }

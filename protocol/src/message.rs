@@ -419,6 +419,11 @@ pub struct ViewRequest {
     pub fetch: FetchRequest,
     /// Leases to give back first.
     pub release: Vec<u64>,
+    /// Answer only from what is in the arena now: a shard that is not
+    /// resident is answered `busy` at once instead of being loaded first
+    /// (for a copying fetch, which then reads it over the socket while it
+    /// loads, rather than waiting for the whole load).
+    pub if_resident: bool,
 }
 
 /// Answer to a zero-copy fetch.

@@ -81,36 +81,57 @@ async fn puts_stay_resident_and_fetches_hit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_of_a_cold_shard_share_one_read() {
-    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"64MiB\"").await;
-    let client = daemon.client(false).await;
-    let data = pattern(24 * MIB, 2);
-    client
-        .put("job", "cold", data.clone(), PutOptions::default())
-        .await
-        .unwrap();
-    drop(client);
-    daemon.restart().await; // nothing resident
-    let mut fetches = JoinSet::new();
-    for i in 0..8 {
-        let zero_copy = i % 2 == 0;
-        let client = Client::connect_with(
-            &daemon.unix_endpoint(),
-            ClientOptions {
-                zero_copy,
-                ..ClientOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        fetches.spawn(async move { client.fetch("job", "cold").await.unwrap().data });
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"64MiB\"").await;
+        let client = daemon.client(false).await;
+        let data = pattern(24 * MIB + 7, 2);
+        client
+            .put("job", "cold", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        drop(client);
+        daemon.restart().await; // nothing resident
+        // Zero-copy views wait for the whole load; copying fetches (Unix and
+        // TCP, whole and ranges across chunks) follow it chunk by chunk.
+        let mut fetches = JoinSet::new();
+        for i in 0..10usize {
+            let client = match i % 3 {
+                0 => daemon.client(true).await,
+                zero_copy => Client::connect_with(
+                    &daemon.unix_endpoint(),
+                    ClientOptions {
+                        zero_copy: zero_copy == 1,
+                        ..ClientOptions::default()
+                    },
+                )
+                .await
+                .unwrap(),
+            };
+            let range = (i >= 5).then(|| (MIB as u64 * i as u64 + 4093, 3 * MIB as u64 + i as u64));
+            fetches.spawn(async move {
+                let got = match range {
+                    Some((offset, len)) => client.fetch_range("job", "cold", offset, len).await.unwrap(),
+                    None => client.fetch("job", "cold").await.unwrap(),
+                };
+                (range, got.data)
+            });
+        }
+        while let Some(answer) = fetches.join_next().await {
+            let (range, bytes) = answer.unwrap();
+            let expected = match range {
+                Some((offset, len)) => &data[offset as usize..(offset + len) as usize],
+                None => &data[..],
+            };
+            assert!(bytes == expected, "{engine:?} {range:?}");
+        }
+        let status = arena(&daemon.client(false).await).await;
+        assert_eq!(
+            status.loads, 1,
+            "{engine:?}: ten fetches, one read of the drive: {status:?}"
+        );
+        assert_eq!(status.hits + status.misses, 10);
+        daemon.stop().await;
     }
-    while let Some(bytes) = fetches.join_next().await {
-        assert!(bytes.unwrap() == data);
-    }
-    let status = arena(&daemon.client(false).await).await;
-    assert_eq!(status.loads, 1, "eight fetches, one read of the drive: {status:?}");
-    assert_eq!(status.hits + status.misses, 8);
-    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,6 +395,26 @@ async fn a_client_that_dies_gives_its_leases_back() {
         send(&mut raw, Opcode::Hello, 1, codec::encode(&hello).unwrap()).await,
         Status::Ok
     );
+    // Asked only for what is resident now, a cold shard is `busy` at once and
+    // not loaded.
+    writer.evict("job", &["a"], EvictMode::Demote).await.unwrap();
+    let loads = arena(&writer).await.loads;
+    let view = ViewRequest {
+        fetch: FetchRequest {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("a").unwrap(),
+            range: None,
+            max_len: None,
+        },
+        release: vec![],
+        if_resident: true,
+    };
+    assert_eq!(
+        send(&mut raw, Opcode::FetchView, 9, codec::encode(&view).unwrap()).await,
+        Status::Busy
+    );
+    assert_eq!(arena(&writer).await.loads, loads);
+
     for (id, key) in [(2, "a"), (3, "b")] {
         let fetch = FetchRequest {
             namespace: Namespace::new("job").unwrap(),
@@ -381,7 +422,11 @@ async fn a_client_that_dies_gives_its_leases_back() {
             range: None,
             max_len: None,
         };
-        let view = ViewRequest { fetch, release: vec![] };
+        let view = ViewRequest {
+            fetch,
+            release: vec![],
+            if_resident: false,
+        };
         assert_eq!(
             send(&mut raw, Opcode::FetchView, id, codec::encode(&view).unwrap()).await,
             Status::Ok

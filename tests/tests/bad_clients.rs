@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shardd_client::PutOptions;
+use shardd_client::{EvictMode, PutOptions};
 use shardd_protocol::{
     ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION, PutRequest,
     StatRequest, Status, codec,
@@ -259,6 +259,10 @@ async fn a_client_that_never_reads_its_answers_harms_only_itself() {
         .put("job", "big", pattern(64 << 20, 3), PutOptions::default())
         .await
         .unwrap();
+    // Off the arena, so that the greedy connection's first fetch is the one
+    // that loads it back: the load must not wait for it to read.
+    let demoted = client.evict("job", &["big"], EvictMode::Demote).await.unwrap();
+    assert_eq!(demoted.evicted, [Key::new("big").unwrap()]);
 
     // Ask for 64 MiB forty times over and never read a byte.
     let mut greedy = Raw::hello(&daemon).await;
@@ -293,6 +297,8 @@ async fn a_client_that_never_reads_its_answers_harms_only_itself() {
     }
     let other = daemon.client(true).await;
     assert_eq!(other.fetch("job", "big").await.unwrap().data.len(), 64 << 20);
+    let arena = other.status().await.unwrap().arena.unwrap();
+    assert_eq!(arena.loads, 1, "one load, shared by every fetch: {arena:?}");
 
     // After the I/O timeout the stuck connection is closed and released:
     // what is left are `client`, `other` and the one asking.

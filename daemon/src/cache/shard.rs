@@ -32,7 +32,9 @@ pub struct CachedShard {
     /// Its metadata.
     pub meta: ShardMeta,
     chunk_size: u32,
-    chunks: Vec<AlignedBuf>,
+    /// Shared, so that a fetch can send a chunk while the shard is still
+    /// loading (before this exists).
+    chunks: Vec<Arc<AlignedBuf>>,
     leases: AtomicU64,
     /// Loaded by a prefetch and not fetched since.
     prefetched: AtomicBool,
@@ -41,7 +43,7 @@ pub struct CachedShard {
 
 impl CachedShard {
     /// A shard whose chunk `i` holds bytes `i * chunk_size ..` of the shard.
-    pub fn new(meta: ShardMeta, chunk_size: u32, chunks: Vec<AlignedBuf>, write_back: WriteBack) -> CachedShard {
+    pub fn new(meta: ShardMeta, chunk_size: u32, chunks: Vec<Arc<AlignedBuf>>, write_back: WriteBack) -> CachedShard {
         debug_assert_eq!(chunks.len() as u64, meta.len.div_ceil(chunk_size as u64));
         CachedShard {
             meta,
@@ -59,7 +61,7 @@ impl CachedShard {
     }
 
     /// The chunks' buffers (arena blocks).
-    pub fn chunks(&self) -> &[AlignedBuf] {
+    pub fn chunks(&self) -> &[Arc<AlignedBuf>] {
         &self.chunks
     }
 
@@ -70,20 +72,8 @@ impl CachedShard {
     }
 
     /// The pieces of `[offset, offset + len)`: (chunk, range within it).
-    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
-        let end = offset + len;
-        let cs = self.chunk_size as u64;
-        let (first, last) = if len == 0 {
-            (1, 0)
-        } else {
-            (offset / cs, (end - 1) / cs)
-        };
-        (first..=last).map(move |i| {
-            let start = i * cs;
-            let from = offset.max(start) - start;
-            let to = end.min(start + self.chunk_len(i as usize) as u64) - start;
-            (i as usize, from as usize..to as usize)
-        })
+    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (usize, Range<usize>)> + use<> {
+        pieces(self.meta.len, self.chunk_size, offset, len)
     }
 
     /// Bytes of arena memory it holds.
@@ -118,6 +108,31 @@ impl CachedShard {
     pub(super) fn take_prefetched(&self) -> bool {
         self.prefetched.swap(false, Ordering::AcqRel)
     }
+}
+
+/// The pieces of bytes `[offset, offset + len)` of a `shard_len`-byte shard
+/// in chunks of `chunk_size`: (chunk, range within it). The range must lie
+/// within the shard.
+pub fn pieces(
+    shard_len: u64,
+    chunk_size: u32,
+    offset: u64,
+    len: u64,
+) -> impl Iterator<Item = (usize, Range<usize>)> + use<> {
+    let end = offset + len;
+    let cs = chunk_size as u64;
+    let (first, last) = if len == 0 {
+        (1, 0)
+    } else {
+        (offset / cs, (end - 1) / cs)
+    };
+    (first..=last).map(move |i| {
+        let start = i * cs;
+        let chunk_end = shard_len.min(start + cs);
+        let from = offset.max(start) - start;
+        let to = end.min(chunk_end) - start;
+        (i as usize, from as usize..to as usize)
+    })
 }
 
 /// A reader's hold on a cached shard: while any lease exists the shard is

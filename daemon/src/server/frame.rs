@@ -1,6 +1,7 @@
 //! Frames on their way out, and the reads a connection makes to take frames in.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -8,6 +9,7 @@ use shardd_protocol::{ErrorResponse, FrameHeader, HEADER_LEN, Opcode, Status, co
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::cache::Lease;
+use crate::io::AlignedBuf;
 use crate::store::Chunk;
 
 /// The bytes a response frame carries.
@@ -24,6 +26,13 @@ pub enum Payload {
         /// Which bytes of it.
         range: std::ops::Range<usize>,
     },
+    /// Part of a chunk just read into the arena for a shard still loading.
+    Loading {
+        /// The chunk's arena block, kept until sent.
+        block: Arc<AlignedBuf>,
+        /// Which bytes of it.
+        range: std::ops::Range<usize>,
+    },
 }
 
 impl Payload {
@@ -32,6 +41,7 @@ impl Payload {
         match self {
             Payload::Chunk(chunk) => chunk.bytes(),
             Payload::Cached { lease, chunk, range } => &lease.chunks()[*chunk].as_slice()[range.clone()],
+            Payload::Loading { block, range } => &block.as_slice()[range.clone()],
         }
     }
 }

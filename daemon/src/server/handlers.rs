@@ -18,7 +18,8 @@ use tracing::Instrument;
 use super::ServerContext;
 use super::connection::Responder;
 use super::frame::{OutFrame, Payload};
-use crate::cache::{Cache, Lease, Lookup};
+use crate::cache::shard::pieces;
+use crate::cache::{Cache, Follow, Followed, Lease, Lookup, Started};
 use crate::store::{BufferScope, ShardWriter, StoreError};
 
 /// What a connection's requests share.
@@ -92,10 +93,11 @@ pub async fn handle(
             Ok(ViewRequest {
                 fetch: req,
                 release: done,
+                if_resident,
             }) => {
                 release_leases(conn, &done);
                 let span = tracing::debug_span!("fetch_view", id, namespace = %req.namespace, key = %req.key);
-                fetch_view(ctx, req, conn)
+                fetch_view(ctx, req, if_resident, conn)
                     .instrument(span)
                     .await
                     .map(|view| answer(op, id, &view))
@@ -197,20 +199,22 @@ fn fetch_range(meta: &ShardMeta, req: &FetchRequest) -> Result<(u64, u64), Store
 async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Responder, conn: &ConnShared) {
     let op = Opcode::Fetch;
     let reader = match &ctx.cache {
-        Some(cache) => match cache.fetch(&req.namespace, &req.key).await {
-            Ok(Lookup::Resident(lease)) => {
+        Some(cache) => match cache.fetch_following(&req.namespace, &req.key) {
+            Ok(Followed::Resident(lease)) => {
                 let frames = cached_frames(ctx, id, &req, lease).unwrap_or_else(|e| vec![error_frame(ctx, op, id, &e)]);
-                for frame in frames {
-                    if !responder.send(frame).await {
-                        return; // the connection is gone
-                    }
-                }
+                send_all(responder, frames).await;
                 return;
             }
-            Ok(Lookup::Bypass { reason, .. }) => {
-                tracing::debug!(%reason, "reading straight from the drive");
-                ctx.store.open_reader(&req.namespace, &req.key).await
-            }
+            Ok(Followed::Loading(mut load)) => match load.started().await {
+                Ok(Started::Loading(meta, chunk_size)) => {
+                    return follow(ctx, id, &req, responder, load, meta, chunk_size).await;
+                }
+                Ok(Started::Bypass { reason, .. }) => {
+                    tracing::debug!(%reason, "reading straight from the drive");
+                    ctx.store.open_reader(&req.namespace, &req.key).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         None => ctx.store.open_reader(&req.namespace, &req.key).await,
@@ -223,16 +227,9 @@ async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Resp
         Ok(range) => range,
         Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
     };
-    let head = match codec::encode(&FetchResponse {
-        meta: reader.meta().clone(),
-        offset,
-        len,
-    }) {
-        Ok(control) => control,
-        Err(e) => {
-            let error = StoreError::io("encode fetch answer", std::io::Error::other(e));
-            return answer_store_error(ctx, responder, op, id, &error).await;
-        }
+    let head = match fetch_head(reader.meta(), offset, len) {
+        Ok(head) => head,
+        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
     };
     if len == 0 {
         responder
@@ -259,11 +256,89 @@ async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Resp
     ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
 }
 
+/// Answers a fetch from a shard loading into the arena, sending each chunk
+/// as soon as the load has read and verified it.
+async fn follow(
+    ctx: &ServerContext,
+    id: u64,
+    req: &FetchRequest,
+    responder: &Responder,
+    mut load: Follow,
+    meta: ShardMeta,
+    chunk_size: u32,
+) {
+    let op = Opcode::Fetch;
+    let (offset, len) = match fetch_range(&meta, req) {
+        Ok(range) => range,
+        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+    };
+    let mut head = match fetch_head(&meta, offset, len) {
+        Ok(head) => Some(head),
+        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+    };
+    if len == 0 {
+        let head = head.take().unwrap_or_default();
+        responder
+            .send(OutFrame::new(op, id, Status::Ok, false, head, None))
+            .await;
+        return;
+    }
+    let mut sent = 0u64;
+    for (chunk, range) in pieces(meta.len, chunk_size, offset, len) {
+        let block = match load.chunk(chunk).await {
+            Ok(block) => block,
+            Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        };
+        sent += range.len() as u64;
+        let control = head.take().unwrap_or_default();
+        let payload = Payload::Loading { block, range };
+        if !responder
+            .send(OutFrame::new(op, id, Status::Ok, sent < len, control, Some(payload)))
+            .await
+        {
+            return; // the connection is gone
+        }
+    }
+    ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
+}
+
+async fn send_all(responder: &Responder, frames: Vec<OutFrame>) {
+    for frame in frames {
+        if !responder.send(frame).await {
+            return; // the connection is gone
+        }
+    }
+}
+
+/// The control message of a fetch answer's first frame.
+fn fetch_head(meta: &ShardMeta, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    codec::encode(&FetchResponse {
+        meta: meta.clone(),
+        offset,
+        len,
+    })
+    .map_err(|e| StoreError::io("encode fetch answer", std::io::Error::other(e)))
+}
+
 /// A zero-copy fetch: the shard is made resident and leased to the
 /// connection; the answer says where its bytes are in the shared arena.
-async fn fetch_view(ctx: &ServerContext, req: FetchRequest, conn: &ConnShared) -> Result<ViewResponse, StoreError> {
+async fn fetch_view(
+    ctx: &ServerContext,
+    req: FetchRequest,
+    if_resident: bool,
+    conn: &ConnShared,
+) -> Result<ViewResponse, StoreError> {
     let cache = cache(ctx)?;
     require_mapped(conn)?;
+    if if_resident {
+        return match cache.try_hit(&req.namespace, &req.key) {
+            Some(lease) => view(cache, &req, conn, lease?),
+            None => Err(StoreError::Other {
+                status: Status::Busy,
+                message: format!("{}/{} is not in the arena now", req.namespace, req.key),
+            }),
+        };
+    }
     let lease = match cache.fetch(&req.namespace, &req.key).await? {
         Lookup::Resident(lease) => lease,
         Lookup::Bypass { reason, too_large } => {
@@ -481,12 +556,7 @@ pub fn answer_now(
 fn cached_frames(ctx: &ServerContext, id: u64, req: &FetchRequest, lease: Lease) -> Result<Vec<OutFrame>, StoreError> {
     let op = Opcode::Fetch;
     let (offset, len) = fetch_range(&lease.meta, req)?;
-    let head = codec::encode(&FetchResponse {
-        meta: lease.meta.clone(),
-        offset,
-        len,
-    })
-    .map_err(|e| StoreError::io("encode fetch answer", std::io::Error::other(e)))?;
+    let head = fetch_head(&lease.meta, offset, len)?;
     if len == 0 {
         return Ok(vec![OutFrame::new(op, id, Status::Ok, false, head, None)]);
     }

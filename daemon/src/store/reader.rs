@@ -82,17 +82,12 @@ impl ShardReader {
         self.stream(offset, len, Buffers::Pool(scope))
     }
 
-    /// Reads the whole shard into `blocks` (one per chunk, each holding at
-    /// least the chunk rounded up to [`crate::io::ALIGN`]), verifying every
-    /// chunk; returns them with their length set to the chunk's.
-    pub async fn read_all_into(self, blocks: Vec<AlignedBuf>) -> Result<Vec<AlignedBuf>, StoreError> {
+    /// Streams the whole shard's verified chunks read into `blocks` (one per
+    /// chunk, each holding at least the chunk rounded up to
+    /// [`crate::io::ALIGN`]), each with its length set to the chunk's.
+    pub fn read_into(self, blocks: Vec<AlignedBuf>) -> ChunkStream {
         let len = self.entry.meta.len;
-        let mut stream = self.stream(0, len, Buffers::Given(blocks.into()));
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            out.push(chunk?.buf);
-        }
-        Ok(out)
+        self.stream(0, len, Buffers::Given(blocks.into()))
     }
 
     fn stream(self, offset: u64, len: u64, buffers: Buffers) -> ChunkStream {
