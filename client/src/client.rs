@@ -46,8 +46,9 @@ pub struct ClientOptions {
     /// Name sent in the hello, shown in the daemon's logs.
     pub client_name: String,
     /// Over a Unix socket, map the daemon's arena to read fetches in place
-    /// (zero copy): `fetch_into` then copies once, from the arena into the
-    /// caller's buffer, and `fetch_view` reads without any copy.
+    /// (zero copy): `fetch_into` then copies a resident shard once, from the
+    /// arena into the caller's buffer (one not yet resident comes over the
+    /// socket while it loads), and `fetch_view` reads without any copy.
     pub zero_copy: bool,
 }
 

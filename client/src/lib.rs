@@ -23,7 +23,8 @@
 //! Over a Unix socket the client maps the daemon's pinned arena (unless
 //! [`ClientOptions::zero_copy`] is off): [`Client::fetch_view`] then reads a
 //! shard in place, and [`Client::fetch_into`] makes one copy, from the arena
-//! into the caller's buffer. [`Client::prefetch`], [`Client::evict`] and
+//! into the caller's buffer (a shard not yet in the arena comes over the
+//! socket while the daemon loads it). [`Client::prefetch`], [`Client::evict`] and
 //! [`Client::set_schedule`] steer what the daemon keeps in its arena.
 //!
 //! # Layout

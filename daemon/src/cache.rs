@@ -3,7 +3,9 @@
 //! * A fetch of a resident shard is served from the arena (a hit). A miss
 //!   reads the shard once into arena blocks, verifying every chunk, and keeps
 //!   it; concurrent fetches of the same shard, and a fetch of a shard being
-//!   prefetched, wait for that one load.
+//!   prefetched, share that one load. A fetch over the socket follows the
+//!   load ([`Cache::fetch_following`]), sending each chunk once it is read
+//!   and verified.
 //! * A put can keep its bytes in the arena after writing them (durable), or
 //!   be acknowledged once they are in the arena and flushed in the
 //!   background (write-back); a failed flush is reported by later stats and
