@@ -190,6 +190,18 @@ impl Client {
         self.conn.endpoint()
     }
 
+    /// Gives back at once the leases of dropped views still waiting to
+    /// travel with the next view request.
+    pub(crate) fn flush_releases(&self) {
+        self.conn.flush_releases();
+    }
+
+    /// Whether the connection is still up. Once it is down every request
+    /// fails with [`ClientError::Disconnected`]: connect again.
+    pub fn is_connected(&self) -> bool {
+        !self.conn.is_closed()
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         op: Opcode,

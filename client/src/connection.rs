@@ -332,6 +332,11 @@ impl Connection {
         &self.shared.endpoint
     }
 
+    /// Whether the connection has closed (its requests all fail).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed_reason().is_some()
+    }
+
     async fn send(
         &self,
         op: Opcode,

@@ -27,10 +27,21 @@
 //! socket while the daemon loads it). [`Client::prefetch`], [`Client::evict`] and
 //! [`Client::set_schedule`] steer what the daemon keeps in its arena.
 //!
+//! A job that spans nodes, one daemon each, uses a [`Cluster`]:
+//! [`Cluster::put_partitioned`] splits a tensor into one partition per node,
+//! and [`Cluster::gather`] reads a layer's tensors from every node at once
+//! into one buffer. A [`Trainer`] runs the step loop on top: it learns the
+//! order layers are used in, keeps prefetch hints flowing ahead of the layer
+//! in use, and reports the time each gather waited.
+//!
 //! # Layout
 //!
 //! * [`client`]: the async [`Client`] and its options.
 //! * [`blocking`]: the same API, blocking.
+//! * [`cluster`]: one daemon per node as one store: partitioned tensors and
+//!   layer gathers.
+//! * [`trainer`]: a training loop's gathers, with prefetch hints from a
+//!   recorded or declared layer order and stall accounting.
 //! * [`view`]: zero-copy views of shards in the daemon's arena.
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
 //! * `connection`: pipelining: the reader and writer tasks of a connection.
@@ -40,12 +51,15 @@
 mod arena;
 pub mod blocking;
 pub mod client;
+pub mod cluster;
 mod connection;
 pub mod endpoint;
 pub mod error;
+pub mod trainer;
 pub mod view;
 
 pub use client::{Client, ClientOptions, FetchInfo, PutOptions, Shard};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, GatheredTensor, Layer};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;
 pub use error::ClientError;
@@ -54,4 +68,5 @@ pub use shardd_protocol::{
     ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem, PrefetchResponse, ShardMeta,
     StatResponse, Status,
 };
+pub use trainer::{StepStats, Trainer, TrainerOptions};
 pub use view::ShardView;

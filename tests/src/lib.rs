@@ -51,6 +51,8 @@ pub struct TestDaemon {
     daemon: Option<Daemon>,
     config: Config,
     dir: tempfile::TempDir,
+    /// The TCP address it last listened on.
+    tcp_addr: Option<std::net::SocketAddr>,
 }
 
 impl TestDaemon {
@@ -61,6 +63,7 @@ impl TestDaemon {
         let config = test_config(dir.path(), engine, extra);
         let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
         TestDaemon {
+            tcp_addr: daemon.tcp_addr(),
             daemon: Some(daemon),
             config,
             dir,
@@ -121,17 +124,31 @@ impl TestDaemon {
         }
     }
 
+    async fn start_again(&mut self) {
+        let daemon = Daemon::start(self.config.clone()).await.expect("daemon restarts");
+        self.tcp_addr = daemon.tcp_addr();
+        self.daemon = Some(daemon);
+    }
+
     /// Stops and starts again on the same data dir (a new TCP port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.daemon = Some(Daemon::start(self.config.clone()).await.expect("daemon restarts"));
+        self.start_again().await;
+    }
+
+    /// Stops and starts again on the same data dir, socket and TCP port, as
+    /// a daemon restarted by its service manager comes back.
+    pub async fn restart_in_place(&mut self) {
+        self.stop().await;
+        self.config.server.tcp = self.tcp_addr;
+        self.start_again().await;
     }
 
     /// Restarts with a changed config (same dirs).
     pub async fn restart_with(&mut self, extra: &str) {
         self.stop().await;
         self.config = test_config(self.dir.path(), self.config.io.engine, extra);
-        self.daemon = Some(Daemon::start(self.config.clone()).await.expect("daemon restarts"));
+        self.start_again().await;
     }
 }
 

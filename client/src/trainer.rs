@@ -1,0 +1,372 @@
+//! The training loop's side of a cluster: gathers layer after layer while
+//! prefetch hints keep the following layers loading on every node, and
+//! accounts for the time each gather waited (stall).
+//!
+//! The order of a step (forward, then backward) is declared
+//! ([`Trainer::declare_order`]) or recorded during the first step and
+//! replayed. Every gather is checked against it: when the observed order
+//! departs, the trace is dropped, no more hints are sent on its word, and
+//! the step is recorded as the new order. While a trusted order runs, each
+//! gather sends hints for the layers after it, up to
+//! [`TrainerOptions::depth`] layers and [`TrainerOptions::budget_bytes`]
+//! bytes ahead (wrapping into the next step), to every node at once; the
+//! order is also registered with each daemon for schedule-aware eviction.
+//!
+//! # Layout
+//!
+//! * [`trace`]: the order of a step, recorded, replayed, invalidated.
+
+pub mod trace;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use crate::cluster::{Cluster, ClusterError, GatheredTensor, Layer};
+use crate::{EvictMode, FetchBuf, PrefetchItem};
+use shardd_protocol::Key;
+use trace::{Observed, StepEnd, Trace};
+
+/// Tries of a demotion whose shards are still leased.
+const DEMOTE_TRIES: u32 = 4;
+/// Wait between them: a view's lease goes back within a millisecond.
+const DEMOTE_RETRY: Duration = Duration::from_millis(5);
+
+/// How far ahead hints go, and what else the trainer does.
+#[derive(Clone, Debug)]
+pub struct TrainerOptions {
+    /// Send prefetch hints at all.
+    pub prefetch: bool,
+    /// Layers ahead of the one in use that hints cover.
+    pub depth: usize,
+    /// Bytes of hinted layers not yet gathered, at most (at least one layer
+    /// is always hinted).
+    pub budget_bytes: u64,
+    /// After a gather, demote the layer's partitions from the daemons'
+    /// arenas unless it is used again within the hint window (for models
+    /// much larger than the arenas: room for what comes next).
+    pub demote_after_use: bool,
+    /// Register a trusted order with every daemon for schedule-aware
+    /// eviction.
+    pub register_schedule: bool,
+}
+
+impl Default for TrainerOptions {
+    fn default() -> Self {
+        TrainerOptions {
+            prefetch: true,
+            depth: 2,
+            budget_bytes: 4 << 30,
+            demote_after_use: false,
+            register_schedule: true,
+        }
+    }
+}
+
+/// One gather's wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerStall {
+    /// The layer.
+    pub layer: String,
+    /// How long the gather took: the time the trainer waited for data.
+    pub stall: Duration,
+    /// Bytes gathered.
+    pub bytes: u64,
+}
+
+/// What one step cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepStats {
+    /// The step, from 0.
+    pub step: u64,
+    /// From the step's first gather to [`Trainer::end_step`].
+    pub elapsed: Duration,
+    /// Time spent in gathers.
+    pub stall: Duration,
+    /// Each gather, in order.
+    pub layers: Vec<LayerStall>,
+    /// Whether the step ran on a trusted order from start to end (so hints
+    /// were sent all along).
+    pub replayed: bool,
+}
+
+impl StepStats {
+    /// Stall as a share of the step's time, in percent.
+    pub fn stall_pct(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            100.0 * self.stall.as_secs_f64() / self.elapsed.as_secs_f64()
+        }
+    }
+}
+
+/// Gathers a job's layers step after step, prefetching ahead.
+#[derive(Debug)]
+pub struct Trainer {
+    cluster: Cluster,
+    namespace: String,
+    options: TrainerOptions,
+    layers: HashMap<String, Layer>,
+    trace: Trace,
+    /// Gathers since the trusted order was adopted: the position in it,
+    /// counting on across steps.
+    cursor: u64,
+    /// Positions below this have been hinted.
+    hinted: u64,
+    step: u64,
+    started: Option<Instant>,
+    current: Vec<LayerStall>,
+    history: Vec<StepStats>,
+}
+
+impl Trainer {
+    /// A trainer of `namespace`'s layers on `cluster`.
+    pub fn new(cluster: Cluster, namespace: &str, options: TrainerOptions) -> Trainer {
+        Trainer {
+            cluster,
+            namespace: namespace.to_string(),
+            options,
+            layers: HashMap::new(),
+            trace: Trace::new(),
+            cursor: 0,
+            hinted: 0,
+            step: 0,
+            started: None,
+            current: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Resolves a layer (see [`Cluster::layer`]) and adds it.
+    pub async fn add_layer(&mut self, name: &str, tensors: &[&str]) -> Result<&Layer, ClusterError> {
+        let layer = self.cluster.layer(&self.namespace, name, tensors).await?;
+        self.layers.insert(name.to_string(), layer);
+        Ok(&self.layers[name])
+    }
+
+    /// A layer added before.
+    pub fn layer(&self, name: &str) -> Option<&Layer> {
+        self.layers.get(name)
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Declares the order of a step (layer names; a layer used in the
+    /// forward and the backward pass appears twice), trusted until a gather
+    /// departs from it, and registers it with every daemon.
+    pub async fn declare_order(&mut self, order: &[&str]) -> Result<(), ClusterError> {
+        if let Some(unknown) = order.iter().find(|name| !self.layers.contains_key(**name)) {
+            return Err(ClusterError::Invalid(format!(
+                "layer {unknown} is in the order but was not added"
+            )));
+        }
+        self.trace.declare(order.iter().map(|s| s.to_string()).collect());
+        self.adopted();
+        self.register_schedule().await
+    }
+
+    /// The trusted order, while there is one.
+    pub fn trace(&self) -> Option<&[String]> {
+        self.trace.order()
+    }
+
+    /// Times the trusted order was found wrong and dropped.
+    pub fn invalidations(&self) -> u64 {
+        self.trace.invalidations()
+    }
+
+    /// Every finished step.
+    pub fn steps(&self) -> &[StepStats] {
+        &self.history
+    }
+
+    /// Gathers layer `name` into `buf` (see [`Cluster::gather`]), after
+    /// sending hints for the layers that follow it.
+    pub async fn gather<B: FetchBuf>(&mut self, name: &str, buf: B) -> (B, Result<Vec<GatheredTensor>, ClusterError>) {
+        let Some(layer) = self.layers.get(name).cloned() else {
+            let error = ClusterError::Invalid(format!("layer {name} was not added"));
+            return (buf, Err(error));
+        };
+        let started = Instant::now();
+        self.started.get_or_insert(started);
+        match self.trace.observe(name) {
+            Observed::Matches(_) => {
+                self.hint_ahead();
+            }
+            Observed::Departed { position, expected } => {
+                tracing::info!(
+                    layer = name,
+                    position,
+                    expected = expected.as_deref().unwrap_or("the end of the step"),
+                    "the layer order departed from the trace; recording it again"
+                );
+            }
+            Observed::Recording => {}
+        }
+        let (buf, result) = self.cluster.gather(&layer, buf).await;
+        self.current.push(LayerStall {
+            layer: name.to_string(),
+            stall: started.elapsed(),
+            bytes: layer.bytes(),
+        });
+        if self.trace.order().is_some() {
+            self.cursor += 1;
+        }
+        if result.is_ok() && self.options.demote_after_use && !self.used_again_soon(name) {
+            self.demote(&layer);
+        }
+        (buf, result)
+    }
+
+    /// Ends a step: checks the trace against it (adopting the step's order
+    /// if there was none or it was wrong) and returns what the step cost.
+    pub async fn end_step(&mut self) -> StepStats {
+        let replayed = self.trace.order().is_some() && self.trace.position() > 0;
+        let end = self.trace.end_step();
+        let layers = std::mem::take(&mut self.current);
+        let stats = StepStats {
+            step: self.step,
+            elapsed: self.started.take().map_or(Duration::ZERO, |s| s.elapsed()),
+            stall: layers.iter().map(|l| l.stall).sum(),
+            layers,
+            replayed: replayed && end == StepEnd::Replayed,
+        };
+        match end {
+            StepEnd::Replayed => {}
+            StepEnd::Adopted | StepEnd::EndedEarly { .. } => {
+                if let StepEnd::EndedEarly { observed, expected } = end {
+                    tracing::info!(
+                        observed,
+                        expected,
+                        "the step ended before its trace; recording it again"
+                    );
+                }
+                self.adopted();
+                if let Err(e) = self.register_schedule().await {
+                    tracing::warn!(error = %e, "could not register the step's order for schedule-aware eviction");
+                }
+            }
+        }
+        self.step += 1;
+        self.history.push(stats.clone());
+        stats
+    }
+
+    /// A new trusted order: positions count from its start.
+    fn adopted(&mut self) {
+        self.cursor = 0;
+        self.hinted = 0;
+    }
+
+    /// Sends hints for the layers after the current position, within the
+    /// depth and the byte budget, to every node at once (in the
+    /// background: the gather does not wait for them).
+    fn hint_ahead(&mut self) {
+        if !self.options.prefetch {
+            return;
+        }
+        let Some(order) = self.trace.order() else {
+            return;
+        };
+        let current = self.cursor;
+        self.hinted = self.hinted.max(current + 1);
+        let layer_at = |position: u64| &order[(position % order.len() as u64) as usize];
+        let mut outstanding: u64 = (current + 1..self.hinted)
+            .filter_map(|p| self.layers.get(layer_at(p)))
+            .map(Layer::bytes)
+            .sum();
+        let mut items: Vec<Vec<PrefetchItem>> = vec![Vec::new(); self.cluster.len()];
+        while self.hinted <= current + self.options.depth as u64 {
+            let Some(layer) = self.layers.get(layer_at(self.hinted)) else {
+                break;
+            };
+            if outstanding > 0 && outstanding + layer.bytes() > self.options.budget_bytes {
+                break;
+            }
+            outstanding += layer.bytes();
+            let urgency = (self.hinted - current) as u32;
+            for (node, list) in items.iter_mut().enumerate() {
+                list.extend(layer.keys_on(node).into_iter().filter_map(|key| {
+                    Some(PrefetchItem {
+                        key: Key::new(key).ok()?,
+                        order: urgency,
+                        deadline_unix_ms: None,
+                    })
+                }));
+            }
+            self.hinted += 1;
+        }
+        for (node, list) in items.into_iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+            let cluster = self.cluster.clone();
+            let namespace = self.namespace.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.prefetch_on(node, &namespace, list).await {
+                    tracing::warn!(error = %e, "a prefetch hint failed");
+                }
+            });
+        }
+    }
+
+    /// Whether layer `name` is used within the hint window after the
+    /// current position.
+    fn used_again_soon(&self, name: &str) -> bool {
+        let Some(order) = self.trace.order() else {
+            return false;
+        };
+        let current = self.cursor.saturating_sub(1);
+        (1..=self.options.depth as u64).any(|ahead| order[((current + ahead) % order.len() as u64) as usize] == name)
+    }
+
+    fn demote(&self, layer: &Layer) {
+        for node in 0..self.cluster.len() {
+            let keys = layer.keys_on(node);
+            if keys.is_empty() {
+                continue;
+            }
+            let cluster = self.cluster.clone();
+            let namespace = self.namespace.clone();
+            tokio::spawn(async move {
+                let mut keys = keys;
+                // A lease of this process's own view may still be on its way
+                // back: try the busy ones again shortly.
+                for attempt in 0..DEMOTE_TRIES {
+                    match cluster.evict_on(node, &namespace, &keys, EvictMode::Demote).await {
+                        Ok(answer) if answer.busy.is_empty() => return,
+                        Ok(answer) => keys = answer.busy.iter().map(|k| k.to_string()).collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "demoting a used layer failed");
+                            return;
+                        }
+                    }
+                    if attempt + 1 < DEMOTE_TRIES {
+                        tokio::time::sleep(DEMOTE_RETRY).await;
+                    }
+                }
+                tracing::debug!(?keys, "partitions of a used layer stay in the arena: still being read");
+            });
+        }
+    }
+
+    /// Registers the trusted order's keys with every daemon.
+    async fn register_schedule(&self) -> Result<(), ClusterError> {
+        let Some(order) = self.trace.order().filter(|_| self.options.register_schedule) else {
+            return Ok(());
+        };
+        let order: Vec<&Layer> = order.iter().filter_map(|name| self.layers.get(name)).collect();
+        let registrations = (0..self.cluster.len()).map(|node| {
+            let keys: Vec<String> = order.iter().flat_map(|layer| layer.keys_on(node)).collect();
+            let cluster = &self.cluster;
+            let namespace = &self.namespace;
+            async move { cluster.set_schedule_on(node, namespace, &keys).await }
+        });
+        for result in join_all(registrations).await {
+            result?;
+        }
+        Ok(())
+    }
+}
