@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, ClusterError, GatheredTensor, Layer};
 use crate::{EvictMode, FetchBuf, PrefetchItem};
@@ -50,6 +51,13 @@ pub struct TrainerOptions {
     /// Register a trusted order with every daemon for schedule-aware
     /// eviction.
     pub register_schedule: bool,
+    /// While a trusted order runs, gather the step's next layer in the
+    /// background into the buffer the previous gather was given, so that
+    /// the next gather finds it already there (double buffering, as
+    /// ZeRO-Infinity prefetches into GPU memory). Needs a buffer lent with
+    /// [`Trainer::lend`]. Never across the end of a step, where the
+    /// optimizer may store new versions.
+    pub gather_ahead: bool,
 }
 
 impl Default for TrainerOptions {
@@ -60,6 +68,7 @@ impl Default for TrainerOptions {
             budget_bytes: 4 << 30,
             demote_after_use: false,
             register_schedule: true,
+            gather_ahead: true,
         }
     }
 }
@@ -102,9 +111,19 @@ impl StepStats {
     }
 }
 
-/// Gathers a job's layers step after step, prefetching ahead.
+/// A gather of the step's next layer, running in the background.
 #[derive(Debug)]
-pub struct Trainer {
+struct Ahead<B> {
+    /// Its position in the step.
+    position: usize,
+    layer: String,
+    task: JoinHandle<(B, Result<Vec<GatheredTensor>, ClusterError>)>,
+}
+
+/// Gathers a job's layers step after step, prefetching ahead, into buffers
+/// of type `B` that the caller lends it.
+#[derive(Debug)]
+pub struct Trainer<B = Vec<u8>> {
     cluster: Cluster,
     namespace: String,
     options: TrainerOptions,
@@ -119,11 +138,14 @@ pub struct Trainer {
     started: Option<Instant>,
     current: Vec<LayerStall>,
     history: Vec<StepStats>,
+    ahead: Option<Ahead<B>>,
+    /// Buffers lent for gathers ahead.
+    spares: Vec<B>,
 }
 
-impl Trainer {
+impl<B: FetchBuf> Trainer<B> {
     /// A trainer of `namespace`'s layers on `cluster`.
-    pub fn new(cluster: Cluster, namespace: &str, options: TrainerOptions) -> Trainer {
+    pub fn new(cluster: Cluster, namespace: &str, options: TrainerOptions) -> Trainer<B> {
         Trainer {
             cluster,
             namespace: namespace.to_string(),
@@ -136,6 +158,8 @@ impl Trainer {
             started: None,
             current: Vec::new(),
             history: Vec::new(),
+            ahead: None,
+            spares: Vec::new(),
         }
     }
 
@@ -144,6 +168,14 @@ impl Trainer {
         let layer = self.cluster.layer(&self.namespace, name, tensors).await?;
         self.layers.insert(name.to_string(), layer);
         Ok(&self.layers[name])
+    }
+
+    /// Lends a buffer for gathering ahead ([`TrainerOptions::gather_ahead`]):
+    /// with one buffer lent besides the one passed to each gather, the next
+    /// layer is gathered while the current one is in use. The trainer keeps
+    /// it, and hands buffers back through [`Trainer::gather`].
+    pub fn lend(&mut self, buf: B) {
+        self.spares.push(buf);
     }
 
     /// A layer added before.
@@ -185,15 +217,19 @@ impl Trainer {
         &self.history
     }
 
-    /// Gathers layer `name` into `buf` (see [`Cluster::gather`]), after
-    /// sending hints for the layers that follow it.
-    pub async fn gather<B: FetchBuf>(&mut self, name: &str, buf: B) -> (B, Result<Vec<GatheredTensor>, ClusterError>) {
+    /// Gathers layer `name` (see [`Cluster::gather`]), after sending hints
+    /// for the layers that follow it. The buffer that comes back holds the
+    /// layer; with [`TrainerOptions::gather_ahead`] it may be another lent
+    /// buffer, filled in the background, and `buf` is kept for a later
+    /// layer (lend buffers of one size: the largest [`Layer::len`]).
+    pub async fn gather(&mut self, name: &str, buf: B) -> (B, Result<Vec<GatheredTensor>, ClusterError>) {
         let Some(layer) = self.layers.get(name).cloned() else {
             let error = ClusterError::Invalid(format!("layer {name} was not added"));
             return (buf, Err(error));
         };
         let started = Instant::now();
         self.started.get_or_insert(started);
+        let position = self.trace.position();
         match self.trace.observe(name) {
             Observed::Matches(_) => {
                 self.hint_ahead();
@@ -208,7 +244,19 @@ impl Trainer {
             }
             Observed::Recording => {}
         }
-        let (buf, result) = self.cluster.gather(&layer, buf).await;
+        let (buf, result) = match self.take_ahead(position, name).await {
+            Some((filled, Ok(tensors))) => {
+                self.spares.push(buf);
+                (filled, Ok(tensors))
+            }
+            // Failed in the background: try again here, and report this try.
+            Some((filled, Err(e))) => {
+                tracing::debug!(error = %e, "a gather ahead failed; gathering again");
+                self.spares.push(filled);
+                self.cluster.gather(&layer, buf).await
+            }
+            None => self.cluster.gather(&layer, buf).await,
+        };
         self.current.push(LayerStall {
             layer: name.to_string(),
             stall: started.elapsed(),
@@ -220,12 +268,74 @@ impl Trainer {
         if result.is_ok() && self.options.demote_after_use && !self.used_again_soon(name) {
             self.demote(&layer);
         }
+        self.gather_next(position + 1);
         (buf, result)
+    }
+
+    /// The gather ahead of `name` at `position`, if one ran; one of another
+    /// layer (the order departed) is awaited and its buffer kept as spare.
+    async fn take_ahead(
+        &mut self,
+        position: usize,
+        name: &str,
+    ) -> Option<(B, Result<Vec<GatheredTensor>, ClusterError>)> {
+        let ahead = self.ahead.take()?;
+        let matches = ahead.position == position && ahead.layer == name;
+        let outcome = match ahead.task.await {
+            Ok(outcome) => outcome,
+            // The task panicked or was cancelled: its buffer is gone.
+            Err(e) => {
+                tracing::warn!(error = %e, "a gather ahead did not finish");
+                return None;
+            }
+        };
+        if matches {
+            Some(outcome)
+        } else {
+            self.spares.push(outcome.0);
+            None
+        }
+    }
+
+    /// Starts gathering the step's layer at `position` into the spare
+    /// buffer, if the order is trusted that far and the buffer is large
+    /// enough.
+    fn gather_next(&mut self, position: usize) {
+        if !self.options.gather_ahead || self.ahead.is_some() {
+            return;
+        }
+        let Some(next) = self.trace.order().and_then(|order| order.get(position)) else {
+            return;
+        };
+        let Some(layer) = self.layers.get(next).cloned() else {
+            return;
+        };
+        let Some(at) = self
+            .spares
+            .iter_mut()
+            .position(|b| b.as_mut().len() as u64 >= layer.len())
+        else {
+            return;
+        };
+        let spare = self.spares.swap_remove(at);
+        let cluster = self.cluster.clone();
+        let task = tokio::spawn(async move { cluster.gather(&layer, spare).await });
+        self.ahead = Some(Ahead {
+            position,
+            layer: next.clone(),
+            task,
+        });
     }
 
     /// Ends a step: checks the trace against it (adopting the step's order
     /// if there was none or it was wrong) and returns what the step cost.
     pub async fn end_step(&mut self) -> StepStats {
+        // A gather ahead left over (the step ended early) is not used.
+        if let Some(ahead) = self.ahead.take()
+            && let Ok((buf, _)) = ahead.task.await
+        {
+            self.spares.push(buf);
+        }
         let replayed = self.trace.order().is_some() && self.trace.position() > 0;
         let end = self.trace.end_step();
         let layers = std::mem::take(&mut self.current);

@@ -145,3 +145,55 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     assert_eq!(report["iperf3_bytes_per_sec"].is_number(), iperf3);
     assert_eq!(report["redis"].as_array().unwrap().len(), if redis { 2 } else { 0 });
 }
+
+#[test]
+fn a_short_training_loop_over_two_daemons_reports_step_and_stall() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let daemons: Vec<Process> = dirs.iter().map(|d| Process::start(d.path(), "auto")).collect();
+    let endpoints = daemons.iter().map(Process::endpoint).collect::<Vec<_>>().join(",");
+    for prefetch in [true, false] {
+        let mut command = Command::cargo_bin("shardctl").unwrap();
+        command.env_remove("SHARDD_ENDPOINT").args([
+            "bench",
+            "train",
+            "--json",
+            "--endpoints",
+            &endpoints,
+            "--layers",
+            "3",
+            "--layer-bytes",
+            "1MiB",
+            "--compute-ms",
+            "20",
+            "--steps",
+            "3",
+        ]);
+        if !prefetch {
+            command.arg("--no-prefetch");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["endpoints"].as_array().unwrap().len(), 2);
+        assert_eq!(report["prefetch"], prefetch);
+        assert_eq!(report["compute_ms_per_step"].as_f64(), Some(120.0));
+        let step = report["step_ms"].as_f64().unwrap();
+        let stall = report["stall_ms"].as_f64().unwrap();
+        assert!(step >= 120.0, "a step lasts at least its compute: {report}");
+        assert!(stall > 0.0 && stall < step, "{report}");
+        assert!(report["stall_pct"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["gather_bytes_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // The benchmark leaves nothing behind.
+    for daemon in &daemons {
+        let out = Command::cargo_bin("shardctl")
+            .unwrap()
+            .env_remove("SHARDD_ENDPOINT")
+            .args(["--endpoint", &daemon.endpoint(), "ls", "shardctl-bench-train"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains("0 shards"), "{listing}");
+    }
+}

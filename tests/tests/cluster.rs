@@ -363,3 +363,34 @@ async fn prefetched_layers_are_resident_before_the_gather_asks() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gathering_ahead_hands_back_each_layer_in_a_lent_buffer() {
+    let daemons = start_nodes(EngineKind::Auto, 3).await;
+    let cluster = cluster(&daemons, small_pieces());
+    let layers = 4;
+    let bytes = 200 << 10;
+    let mut trainer = trainer_with_layers(&cluster, layers, bytes, TrainerOptions::default()).await;
+    let order = step_order(layers);
+    let order_refs: Vec<&str> = order.iter().map(String::as_str).collect();
+    trainer.declare_order(&order_refs).await.unwrap();
+    let len = trainer.layer("L0").unwrap().len() as usize;
+    trainer.lend(vec![0u8; len]);
+    let mut buf = vec![0u8; len];
+    let mut swapped = 0;
+    for _ in 0..2 {
+        for name in &order {
+            let given = buf.as_ptr();
+            let (back, result) = trainer.gather(name, buf).await;
+            buf = back;
+            result.unwrap();
+            swapped += usize::from(buf.as_ptr() != given);
+            let l: u64 = name[1..].parse().unwrap();
+            assert!(buf[..bytes] == pattern(bytes, l)[..], "{name} holds its own bytes");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        trainer.end_step().await;
+    }
+    // Every gather but the first of each step found its layer gathered ahead.
+    assert_eq!(swapped, 2 * (order.len() - 1));
+}

@@ -5,11 +5,14 @@
 //! * [`hot`]: fetches of shards in the pinned arena over zero-copy Unix,
 //!   copying Unix and TCP, beside memcpy and iperf3; and 4 KiB fetches
 //!   (latency and ops/s) beside redis-benchmark.
+//! * [`train`]: a simulated training loop over one or more daemons (one
+//!   per node): stall with and without prefetch, and gather throughput.
 //! * [`baselines`]: running fio, iperf3, redis-benchmark and a memcpy loop.
 
 pub mod baselines;
 pub mod cold;
 pub mod hot;
+pub mod train;
 
 use clap::Subcommand;
 
@@ -21,6 +24,9 @@ pub enum BenchCommand {
     /// Hot fetch throughput and small-fetch latency, beside memcpy, iperf3
     /// and redis-benchmark.
     Hot(hot::HotArgs),
+    /// A simulated training loop over one or more daemons: step time and
+    /// stall, with or without prefetch.
+    Train(train::TrainArgs),
 }
 
 /// Runs a benchmark against the daemon at `endpoint`.
@@ -28,6 +34,7 @@ pub async fn run(endpoint: &str, command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Cold(args) => cold::run(endpoint, args).await,
         BenchCommand::Hot(args) => hot::run(endpoint, args).await,
+        BenchCommand::Train(args) => train::run(endpoint, args).await,
     }
 }
 
