@@ -50,7 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Forward, then backward. The first step records this order; later
     // steps replay it, prefetching ahead.
-    let order: Vec<String> = (0..LAYERS).chain((0..LAYERS).rev()).map(|l| format!("layer{l}")).collect();
+    let order: Vec<String> = (0..LAYERS)
+        .chain((0..LAYERS).rev())
+        .map(|l| format!("layer{l}"))
+        .collect();
     for _ in 0..3 {
         for name in &order {
             let (back, gathered) = trainer.gather(name, buf).await;
@@ -69,7 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             step.elapsed.as_secs_f64() * 1e3,
             step.stall.as_secs_f64() * 1e3,
             step.stall_pct(),
-            if step.replayed { "" } else { " (recording the layer order)" }
+            if step.replayed {
+                ""
+            } else {
+                " (recording the layer order)"
+            }
         );
     }
     Ok(())
