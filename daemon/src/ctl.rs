@@ -147,6 +147,20 @@ pub enum Command {
     },
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message already holds (errors that quote their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// `shardctl`'s main.
 pub fn main() -> ExitCode {
     let args = Args::parse();
@@ -160,7 +174,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shardctl: {e:#}");
+            eprintln!("shardctl: {}", one_line(&e));
             let not_found = e.downcast_ref::<ClientError>().is_some_and(ClientError::is_not_found)
                 || e.downcast_ref::<NotAllFound>().is_some();
             if not_found {

@@ -211,6 +211,11 @@ fn shardctl_errors_are_one_line() {
     let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot connect to"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {err}"
+    );
 
     let out = shardctl("http://example").arg("status").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
