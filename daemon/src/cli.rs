@@ -26,6 +26,9 @@ pub struct Args {
     /// TCP listen address, or "off".
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
+    /// HTTP listen address for /metrics, /healthz, /readyz and /v1/status, or "off".
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// I/O engine: auto, uring or psync.
     #[arg(long = "io-engine", value_name = "ENGINE")]
     pub io_engine: Option<String>,
@@ -52,6 +55,7 @@ impl Args {
                 data_dirs: self.data_dirs.clone(),
                 socket: self.socket.clone(),
                 tcp: self.tcp.clone(),
+                http: self.http.clone(),
                 io_engine: self.io_engine.clone(),
                 pinned_memory: self.pinned_memory.clone(),
                 log_level: self.log_level.clone(),

@@ -29,6 +29,8 @@ pub const DEFAULT_DATA_DIR: &str = "./shardd-data";
 pub const DEFAULT_SOCKET: &str = "./shardd.sock";
 /// The TCP address when nothing else is configured.
 pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
+/// Default HTTP address (metrics, health, status): loopback only.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:9464";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -85,6 +87,8 @@ pub struct Overrides {
     pub socket: Option<String>,
     /// `--tcp ADDR|off`.
     pub tcp: Option<String>,
+    /// `--http ADDR|off`.
+    pub http: Option<String>,
     /// `--io-engine auto|uring|psync`.
     pub io_engine: Option<String>,
     /// `--pinned-memory SIZE`.
@@ -124,6 +128,7 @@ struct FileServer {
     socket_send_buffer: Option<Size>,
     zero_copy: Option<bool>,
     tcp: Option<String>,
+    http: Option<String>,
     max_connections: Option<usize>,
     max_inflight_requests: Option<u32>,
     connection_buffer_memory: Option<Size>,
@@ -232,6 +237,20 @@ impl Config {
                 invalid(
                     tcp_key,
                     format!("{addr:?} is not an address like 127.0.0.1:7070 or off ({e})"),
+                )
+            })?),
+            None => None,
+        };
+        let (http_key, http) = match (flags.http, server.http) {
+            (Some(flag), _) => ("--http", flag),
+            (None, Some(file)) => ("server.http", file),
+            (None, None) => ("server.http", DEFAULT_HTTP.to_string()),
+        };
+        let http = match endpoint_or_off(http) {
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    http_key,
+                    format!("{addr:?} is not an address like 127.0.0.1:9464 or off ({e})"),
                 )
             })?),
             None => None,
@@ -398,6 +417,7 @@ impl Config {
                 unix_send_buffer: server.socket_send_buffer.map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
                 zero_copy: server.zero_copy.unwrap_or(true),
                 tcp,
+                http,
                 max_connections,
                 max_inflight_requests,
                 connection_buffer_memory,
@@ -451,6 +471,7 @@ mod tests {
         assert_eq!(config.store.data_dirs, [PathBuf::from("./shardd-data")]);
         assert_eq!(config.server.socket, Some(PathBuf::from("./shardd.sock")));
         assert_eq!(config.server.tcp, Some("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(config.server.http, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config.io.engine, EngineKind::Auto);
         assert_eq!(config.store.chunk_size, 1 << 20);
     }
@@ -463,6 +484,7 @@ mod tests {
         assert_eq!(from_file, Config::from_toml("", Overrides::default()).unwrap());
         let text = std::fs::read_to_string(&example).unwrap();
         for key in [
+            "http",
             "socket_mode",
             "socket_send_buffer",
             "max_connections",

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use crate::arena::{Arena, ArenaConfig};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::http::HttpServer;
 use crate::io::IoEngine;
+use crate::notify;
 use crate::server::ServerContext;
 use crate::server::listener::Listeners;
 use crate::store::Store;
@@ -24,6 +26,8 @@ pub struct Daemon {
     tcp_addr: Option<SocketAddr>,
     socket_path: Option<PathBuf>,
     acceptor: JoinHandle<()>,
+    http: Option<HttpServer>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -64,13 +68,31 @@ impl Daemon {
             data_dirs = ?config.store.data_dirs,
             "serving"
         );
+        // A failure here drops the listeners: nothing was accepted yet.
+        let http = match config.server.http {
+            Some(addr) => {
+                let http = HttpServer::start(ctx.clone(), addr).await?;
+                tracing::info!(http = %http.addr(), "serving metrics and health");
+                Some(http)
+            }
+            None => None,
+        };
         let acceptor = tokio::spawn(listeners.accept_until_shutdown(ctx.clone()));
+        notify::ready();
+        let watchdog = notify::watchdog();
         Ok(Daemon {
             ctx,
             tcp_addr,
             socket_path,
             acceptor,
+            http,
+            watchdog,
         })
+    }
+
+    /// The HTTP address being served (metrics, health, status).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
     }
 
     /// The TCP address being served (with the real port when 0 was asked).
@@ -89,9 +111,11 @@ impl Daemon {
     }
 
     /// Graceful shutdown: stop accepting and reading new requests, let
-    /// in-flight requests finish (at most `shutdown_timeout`), then stop.
+    /// in-flight requests finish (at most `shutdown_timeout`), flush
+    /// write-back shards, then stop the HTTP endpoint.
     pub async fn stop(self) -> anyhow::Result<()> {
         tracing::info!("shutting down: no new requests; finishing those in flight");
+        notify::stopping();
         self.ctx.shutdown.cancel();
         let _ = self.acceptor.await;
         self.ctx.tasks.close();
@@ -104,6 +128,13 @@ impl Daemon {
         }
         if let Some(cache) = &self.ctx.cache {
             cache.finish_write_back(budget).await;
+        }
+        // Metrics and health last, so the stop can be watched to its end.
+        if let Some(http) = self.http {
+            http.stop().await;
+        }
+        if let Some(watchdog) = self.watchdog {
+            watchdog.abort();
         }
         tracing::info!("stopped");
         Ok(())

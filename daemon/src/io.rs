@@ -207,6 +207,14 @@ pub struct IoOutcome {
 #[derive(Debug)]
 pub struct Completion {
     rx: oneshot::Receiver<IoOutcome>,
+    submitted: std::time::Instant,
+}
+
+impl Completion {
+    /// When the operation was submitted (for latency metrics).
+    pub fn submitted(&self) -> std::time::Instant {
+        self.submitted
+    }
 }
 
 impl Future for Completion {
@@ -292,6 +300,7 @@ impl IoEngine {
     }
 
     fn submit(&self, kind: OpKind, file: &Arc<File>, offset: u64, buf: OpBuf, want: usize) -> Completion {
+        let submitted = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         let op = Op {
             kind,
@@ -305,7 +314,7 @@ impl IoEngine {
             EngineImpl::Uring(e) => e.submit(op),
             EngineImpl::Psync(e) => e.submit(op),
         }
-        Completion { rx }
+        Completion { rx, submitted }
     }
 
     /// Reads up to `len` bytes at `offset` into `buf` (from its start).

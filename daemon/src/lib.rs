@@ -18,6 +18,9 @@
 //! * [`store`]: the NVMe tier: shard files, index, recovery.
 //! * [`io`]: the only door to files: io_uring and thread-pool engines.
 //! * [`logging`]: log output.
+//! * [`metrics`]: the Prometheus metrics.
+//! * [`http`]: `/metrics`, `/healthz`, `/readyz`, `/v1/status`.
+//! * [`notify`]: readiness and watchdog for systemd (`Type=notify`).
 //! * [`ctl`]: the `shardctl` operator CLI and its benchmark.
 
 pub mod arena;
@@ -26,8 +29,11 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod http;
 pub mod io;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod store;
 

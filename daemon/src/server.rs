@@ -16,6 +16,7 @@ pub mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Settings of the listeners and connections.
@@ -40,6 +42,9 @@ pub struct ServerConfig {
     pub zero_copy: bool,
     /// TCP address; `None` disables TCP.
     pub tcp: Option<SocketAddr>,
+    /// HTTP address of /metrics, /healthz, /readyz and /v1/status; `None`
+    /// disables it.
+    pub http: Option<SocketAddr>,
     /// Open connections at most; more are answered `busy` and closed.
     pub max_connections: usize,
     /// Requests one connection may have in flight.
@@ -83,12 +88,20 @@ pub struct ServerContext {
     pub shutdown: CancellationToken,
     /// Every connection and request task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ServerContext {
     /// A context for `store` (with `cache` in front of it) and `config`.
     pub fn new(store: Store, cache: Option<Cache>, config: ServerConfig) -> ServerContext {
+        let metrics = Metrics::new(
+            store.metrics().collectors(),
+            store.engine().name(),
+            store.engine().fixed_buffers(),
+        );
         ServerContext {
+            metrics: Arc::new(metrics),
             store,
             cache,
             config,

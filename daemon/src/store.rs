@@ -20,12 +20,14 @@
 //! * [`writer`]: the put path.
 //! * [`reader`]: the fetch path.
 //! * [`recovery`]: rebuilding the index at start.
+//! * [`metrics`]: drive bytes, latency and errors per data dir.
 
 pub mod buffers;
 pub mod crc;
 pub mod dir;
 pub mod format;
 pub mod index;
+pub mod metrics;
 pub mod reader;
 pub mod recovery;
 pub mod writer;
@@ -233,6 +235,7 @@ struct Inner {
     /// Serialises commits, deletes and quarantines of the same key.
     key_locks: Box<[Mutex<()>]>,
     quarantined_files: AtomicU64,
+    metrics: metrics::StoreMetrics,
 }
 
 const KEY_LOCK_STRIPES: usize = 256;
@@ -253,6 +256,7 @@ impl Store {
         })
         .await??;
         let buffers = Buffers::new(config.chunk_size as usize, config.buffer_memory);
+        let dir_labels: Vec<String> = dirs.iter().map(|d| d.path.display().to_string()).collect();
         let store = Store {
             inner: Arc::new(Inner {
                 config,
@@ -262,6 +266,7 @@ impl Store {
                 buffers,
                 key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 quarantined_files: AtomicU64::new(0),
+                metrics: metrics::StoreMetrics::new(&dir_labels),
             }),
         };
         let report = recovery::recover(&store).await?;
@@ -293,6 +298,11 @@ impl Store {
     /// Chunk buffers and their memory budget.
     pub fn buffers(&self) -> &Buffers {
         &self.inner.buffers
+    }
+
+    /// Its metrics (registered by the daemon).
+    pub fn metrics(&self) -> &metrics::StoreMetrics {
+        &self.inner.metrics
     }
 
     /// Starts a put; the caller then writes the payload chunk by chunk and commits.

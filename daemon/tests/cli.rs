@@ -23,7 +23,7 @@ fn shardd_on(data: &std::path::Path, socket: &std::path::Path) -> std::process::
         .arg(data)
         .arg("--socket")
         .arg(socket)
-        .args(["--tcp", "off"])
+        .args(["--tcp", "off", "--http", "off"])
         .output()
         .unwrap()
 }
@@ -280,7 +280,7 @@ fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
     let socket = dir.path().join("s.sock");
     let log = dir.path().join("stderr.log");
     let command = format!(
-        "ulimit -l 8192 && exec {} '{}' --data-dir '{}' --socket '{}' --tcp off --pinned-memory 64MiB",
+        "ulimit -l 8192 && exec {} '{}' --data-dir '{}' --socket '{}' --tcp off --http off --pinned-memory 64MiB",
         prefix.join(" "),
         env!("CARGO_BIN_EXE_shardd"),
         dir.path().join("data").display(),
@@ -348,7 +348,7 @@ fn hugetlb_pages_that_are_not_there_are_a_clear_error() {
         .arg(dir.path().join("data"))
         .arg("--socket")
         .arg(dir.path().join("s.sock"))
-        .args(["--tcp", "off"])
+        .args(["--tcp", "off", "--http", "off"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -89,6 +89,11 @@ impl TestDaemon {
         format!("unix://{}", self.daemon().socket_path().expect("socket").display())
     }
 
+    /// `http://127.0.0.1:PORT` of metrics, health and status.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.daemon().http_addr().expect("http"))
+    }
+
     /// `tcp://127.0.0.1:PORT`.
     pub fn tcp_endpoint(&self) -> String {
         format!("tcp://{}", self.daemon().tcp_addr().expect("tcp"))
@@ -169,6 +174,7 @@ fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
         data_dirs: vec![dir.join("data")],
         socket: Some(dir.join("shardd.sock").display().to_string()),
         tcp: Some("127.0.0.1:0".into()),
+        http: Some("127.0.0.1:0".into()),
         io_engine: Some(
             match engine {
                 EngineKind::Uring => "uring",
@@ -213,4 +219,42 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A GET of `url` (`http://HOST:PORT/PATH`) over a plain HTTP/1.1
+/// connection: the status code and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connect to the HTTP endpoint");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read the answer");
+    let response = String::from_utf8(response).expect("a text answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers, then the body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "this helper reads only bodies with a length"
+    );
+    (status, body.to_string())
+}
+
+/// The value of the sample `series` (`name{label="value",...}` exactly as
+/// the text format writes it: labels sorted by name) in Prometheus text
+/// `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

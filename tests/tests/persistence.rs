@@ -130,6 +130,7 @@ async fn shards_spread_over_several_data_dirs_and_survive_restart() {
             data_dirs: (0..3).map(|i| tmp.path().join(format!("nvme{i}"))).collect(),
             socket: Some(tmp.path().join("s.sock").display().to_string()),
             tcp: Some("off".into()),
+            http: Some("off".into()),
             ..Overrides::default()
         },
     )

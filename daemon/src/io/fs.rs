@@ -158,6 +158,29 @@ pub fn space(path: &Path) -> io::Result<Space> {
     })
 }
 
+/// Whether the daemon may write in directory `path`: `Err` says why not
+/// (read-only filesystem, permissions, gone).
+pub fn check_writable(path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: zeroed statvfs is a valid value for the out-parameter.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid path string and `stat` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stat.f_flag & libc::ST_RDONLY != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::ReadOnlyFilesystem,
+            "read-only filesystem",
+        ));
+    }
+    // SAFETY: `c` is a valid path string; plain syscall, result checked.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Takes an exclusive, non-blocking `flock` on `path` (created if missing).
 /// The lock lasts as long as the returned file is open; `WouldBlock` means
 /// another process holds it.

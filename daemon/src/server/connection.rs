@@ -16,8 +16,10 @@
 //! without progress the connection is closed and everything it held,
 //! leases of zero-copy views included, is released.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use shardd_protocol::{
     Durability, FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, ShardMeta, Status, codec,
@@ -32,6 +34,7 @@ use super::frame::{self, NextFrame, OutFrame};
 use super::handlers::{self, ConnShared};
 use super::handshake::{self, Transport};
 use crate::io::AlignedBuf;
+use crate::metrics::RequestMetrics;
 use crate::store::{PutSpec, StoreError};
 
 /// Bytes of the read and write buffers around the socket.
@@ -45,12 +48,35 @@ const SHUTDOWN_QUIET: std::time::Duration = std::time::Duration::from_millis(200
 #[derive(Clone, Debug)]
 pub struct Responder {
     tx: mpsc::Sender<OutFrame>,
+    metrics: RequestMetrics,
 }
 
 impl Responder {
     /// Queues a frame; returns false if the connection is gone.
-    pub async fn send(&self, frame: OutFrame) -> bool {
+    pub async fn send(&self, mut frame: OutFrame) -> bool {
+        let payload = frame.payload_len() as u64;
+        if payload > 0 {
+            frame.track(self.metrics.inflight(payload));
+        }
         self.tx.send(frame).await.is_ok()
+    }
+}
+
+/// When each request in progress on a connection arrived, by request id
+/// (for the latency metric, taken when its answer's last frame is written).
+#[derive(Debug, Default)]
+struct Arrivals(Mutex<HashMap<u64, Instant>>);
+
+impl Arrivals {
+    fn arrived(&self, id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    fn take(&self, id: u64) -> Option<Instant> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 }
 
@@ -68,15 +94,29 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
                 return;
             }
         };
+        let metrics = ctx.metrics.for_transport(S::NAME);
+        let _open = metrics.connection();
+        let arrivals = Arc::new(Arrivals::default());
         let (reader, writer) = stream.split();
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let broken = CancellationToken::new();
-        let writer_task = tokio::spawn(write_loop(writer, rx, ctx.config.io_timeout, broken.clone()).in_current_span());
+        let out = Outbound {
+            timeout: ctx.config.io_timeout,
+            broken: broken.clone(),
+            metrics: metrics.clone(),
+            arrivals: arrivals.clone(),
+        };
+        let writer_task = tokio::spawn(write_loop(writer, rx, out).in_current_span());
         let scope = ctx.store.buffers().scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
             shared: Arc::new(ConnShared::new(scope, hello.arena_mapped)),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
-            responder: Responder { tx },
+            responder: Responder {
+                tx,
+                metrics: metrics.clone(),
+            },
+            metrics,
+            arrivals,
             reader: BufReader::with_capacity(SOCKET_BUFFER, reader),
             broken,
             ctx,
@@ -96,12 +136,21 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
     .await
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    writer: W,
-    mut rx: mpsc::Receiver<OutFrame>,
+/// What the writing side of a connection needs besides the socket.
+struct Outbound {
     timeout: std::time::Duration,
     broken: CancellationToken,
-) {
+    metrics: RequestMetrics,
+    arrivals: Arc<Arrivals>,
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<OutFrame>, outbound: Outbound) {
+    let Outbound {
+        timeout,
+        broken,
+        metrics,
+        arrivals,
+    } = outbound;
     let mut out = BufWriter::with_capacity(SOCKET_BUFFER, writer);
     while let Some(frame) = rx.recv().await {
         // A frame that fits the buffer is only copied: no timer for it. A
@@ -123,6 +172,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => Err(format!("the peer has not read its answers for {timeout:?}")),
             }
         };
+        if result.is_ok() {
+            metrics.sent(frame.payload_len() as u64);
+            if !frame.more {
+                metrics.answered(frame.opcode, frame.status, arrivals.take(frame.request_id));
+            }
+        }
         drop(frame);
         if let Err(error) = result {
             tracing::info!(reason = %error, "cannot write to the peer; closing the connection");
@@ -138,6 +193,8 @@ type Closed = String;
 
 struct Connection<R> {
     ctx: Arc<ServerContext>,
+    metrics: RequestMetrics,
+    arrivals: Arc<Arrivals>,
     reader: BufReader<R>,
     responder: Responder,
     shared: Arc<ConnShared>,
@@ -244,6 +301,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         };
         let id = header.request_id;
         let op = header.opcode;
+        self.arrivals.arrived(id);
         if header.is_response() || header.has_more() {
             let message = "clients send requests only (no RESPONSE or MORE flag)".to_string();
             return self.fatal(op, id, Status::BadRequest, message).await;
@@ -314,6 +372,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             }
         };
         let permit = self.permit().await?;
+        let inflight = self.metrics.inflight(len);
         let span = tracing::debug_span!("put", id, namespace = %request.namespace, key = %request.key, bytes = len);
         let cache = self.ctx.cache.clone();
         let spec = PutSpec {
@@ -381,6 +440,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                     len - remaining
                 ));
             }
+            self.metrics.received(n as u64);
             buf.set_len(n);
             remaining -= n as u64;
             if let Err(e) = writer.write_chunk(buf).await {
@@ -402,7 +462,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         self.ctx.tasks.spawn(
             async move {
                 handlers::commit_put(&ctx, &responder, id, writer, kept).await;
-                drop(permit);
+                drop((permit, inflight));
             }
             .instrument(span),
         );
@@ -432,6 +492,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             if let Err(e) = read {
                 return Err(format!("put payload ended after {received} of {len} bytes: {e}"));
             }
+            self.metrics.received(n as u64);
             block.set_len(n);
             // Zeros after the bytes: the block is written out whole-page.
             block.zero_pad();

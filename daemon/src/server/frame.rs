@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use crate::cache::Lease;
 use crate::io::AlignedBuf;
+use crate::metrics::Gauged;
 use crate::store::Chunk;
 
 /// The bytes a response frame carries.
@@ -52,6 +53,16 @@ pub struct OutFrame {
     header: [u8; HEADER_LEN],
     control: Vec<u8>,
     payload: Option<Payload>,
+    /// What it answers, for the metrics of the request it ends.
+    pub opcode: Opcode,
+    /// The request's id.
+    pub request_id: u64,
+    /// Its status.
+    pub status: Status,
+    /// Whether more frames of the answer follow.
+    pub more: bool,
+    /// Counts the payload as in flight until the frame is written or dropped.
+    inflight: Option<Gauged>,
 }
 
 impl OutFrame {
@@ -70,7 +81,22 @@ impl OutFrame {
             header: header.encode(),
             control,
             payload,
+            opcode,
+            request_id,
+            status,
+            more,
+            inflight: None,
         }
+    }
+
+    /// Bytes of payload it carries.
+    pub fn payload_len(&self) -> usize {
+        self.payload.as_ref().map_or(0, |p| p.bytes().len())
+    }
+
+    /// Counts its payload in `inflight` until it is written or dropped.
+    pub fn track(&mut self, inflight: Gauged) {
+        self.inflight = Some(inflight);
     }
 
     /// A final `ok` frame carrying `message`.

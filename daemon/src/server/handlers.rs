@@ -441,7 +441,8 @@ fn list(ctx: &ServerContext, req: ListRequest) -> ListResponse {
     ListResponse { shards, more }
 }
 
-async fn status(ctx: &ServerContext) -> StatusResponse {
+/// The daemon's status (also served as JSON over HTTP).
+pub async fn status(ctx: &ServerContext) -> StatusResponse {
     let store = ctx.store.status().await;
     StatusResponse {
         server: ctx.server_name.clone(),

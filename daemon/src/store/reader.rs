@@ -12,6 +12,7 @@ use shardd_protocol::ShardMeta;
 
 use super::buffers::BufferScope;
 use super::index::ShardEntry;
+use super::metrics::IoOp;
 use super::{Store, StoreError};
 use crate::io::{AlignedBuf, Completion, align_up, fs};
 
@@ -144,7 +145,13 @@ impl ChunkStream {
         }
         self.submit_more().await;
         let (index, completion) = self.in_flight.pop_front()?;
+        let submitted = completion.submitted();
         let outcome = completion.await;
+        let metrics = self.reader.store.metrics();
+        match &outcome.result {
+            Ok(read) => metrics.read(self.reader.entry.dir, *read, submitted),
+            Err(_) => metrics.error(self.reader.entry.dir, IoOp::Read),
+        }
         let result = self.verify(index, outcome.buf, outcome.result).await;
         if result.is_err() {
             self.done = true;
@@ -208,6 +215,9 @@ impl ChunkStream {
             buf.set_len(chunk_len);
             let actual = crc32c::crc32c(buf.as_slice());
             let expected = layout.chunk_crcs[index as usize];
+            if actual != expected {
+                self.reader.store.metrics().checksum_failure();
+            }
             (actual != expected).then(|| {
                 format!(
                     "chunk {index} (bytes {chunk_start}..{}) has CRC32C {actual:#010x}, expected {expected:#010x}",

@@ -27,6 +27,7 @@ use super::crc::CrcCombiner;
 use super::dir::{self, FileId};
 use super::format::{self, ShardLayout};
 use super::index::ShardEntry;
+use super::metrics::IoOp;
 use super::{PutSpec, Store, StoreError};
 use crate::io::{AlignedBuf, Completion, SharedSlice, fs};
 
@@ -217,7 +218,13 @@ impl ShardWriter {
         let Some(completion) = self.pending.pop_front() else {
             return Ok(());
         };
+        let submitted = completion.submitted();
         let outcome = completion.await;
+        let metrics = self.store.metrics();
+        match &outcome.result {
+            Ok(written) => metrics.written(self.dir, *written, submitted),
+            Err(_) => metrics.error(self.dir, IoOp::Write),
+        }
         if let Some(kept) = &mut self.kept {
             kept.push(outcome.buf);
         }
@@ -286,14 +293,20 @@ impl ShardWriter {
         let mut buf = AlignedBuf::new(header.len());
         buf.fill_padded(&header);
         let engine = self.store.engine();
-        let out = engine.write(&self.file, 0, buf, header.len()).await;
-        out.result
-            .map_err(|e| StoreError::io(format!("write header of {}", self.temp_path.display()), e))?;
-        engine
-            .sync_data(&self.file)
-            .await
+        let metrics = self.store.metrics();
+        let write = engine.write(&self.file, 0, buf, header.len());
+        let submitted = write.submitted();
+        let written = write.await.result.inspect_err(|_| metrics.error(self.dir, IoOp::Write));
+        let written =
+            written.map_err(|e| StoreError::io(format!("write header of {}", self.temp_path.display()), e))?;
+        metrics.written(self.dir, written, submitted);
+        let sync = engine.sync_data(&self.file);
+        let submitted = sync.submitted();
+        sync.await
             .result
+            .inspect_err(|_| metrics.error(self.dir, IoOp::Sync))
             .map_err(|e| StoreError::io(format!("fdatasync {}", self.temp_path.display()), e))?;
+        metrics.synced(self.dir, submitted);
         self.publish(meta, condition).await
     }
 

@@ -33,7 +33,16 @@ impl Process {
             .arg(&data)
             .arg("--socket")
             .arg(&socket)
-            .args(["--tcp", tcp, "--io-engine", engine, "--log-level", "warn"])
+            .args([
+                "--tcp",
+                tcp,
+                "--http",
+                "off",
+                "--io-engine",
+                engine,
+                "--log-level",
+                "warn",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -1,0 +1,371 @@
+//! The daemon's Prometheus metrics, documented in `docs/METRICS.md`.
+//!
+//! One [`Metrics`] per daemon holds every handle, created once against its
+//! own registry (tests get a fresh one with each daemon). The request path
+//! uses handles resolved up front ([`RequestMetrics`]), so it does no label
+//! lookups. Values that mirror state kept elsewhere (the arena's counters,
+//! data-dir space, quarantined shards) are brought up to date when
+//! `/metrics` is scraped ([`Metrics::refresh`]).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use shardd_protocol::{ArenaStatus, Opcode, Status, StatusResponse};
+
+/// Bucket bounds of request latency, in seconds: from a 4 KiB fetch of a
+/// shard in the arena over the Unix socket (tens of microseconds) to a
+/// durable put or cold fetch of a 256 MiB shard (seconds).
+pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Opcodes below this are looked up once per transport.
+const OPCODES: u16 = 32;
+
+/// The transports, as metric labels.
+pub const TRANSPORTS: [&str; 2] = ["unix", "tcp"];
+
+/// Every handle.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    transport_bytes: IntCounterVec,
+    connections: IntGaugeVec,
+    inflight_bytes: IntGauge,
+    arena_capacity: IntGauge,
+    arena_used: IntGauge,
+    arena_locked: IntGauge,
+    arena_dirty: IntGauge,
+    hits: IntCounterVec,
+    misses: IntCounterVec,
+    evictions: IntCounterVec,
+    prefetches: IntCounterVec,
+    write_back_puts: IntCounter,
+    flush_failures: IntCounter,
+    quarantined: IntGauge,
+    shards: IntGauge,
+    stored_bytes: IntGauge,
+    dir_capacity: IntGaugeVec,
+    dir_free: IntGaugeVec,
+    /// Serialises [`Metrics::refresh`] (it advances counters by differences).
+    refresh: Mutex<()>,
+}
+
+/// The handles of one transport's connections.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    requests: IntCounterVec,
+    /// `ok` answers by opcode (the common case, resolved up front).
+    ok: Vec<Option<IntCounter>>,
+    /// Latency by opcode.
+    seconds: Vec<Option<Histogram>>,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    connections: IntGauge,
+    inflight_bytes: IntGauge,
+    not_found: IntCounter,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric definition")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+impl Metrics {
+    /// Every handle, registered in a new registry with the store's
+    /// `store` collectors, the process collector, and the constant
+    /// `shardd_build_info` and `shardd_io_engine_info`.
+    pub fn new(store: Vec<Box<dyn Collector>>, io_engine: &str, fixed_buffers: bool) -> Metrics {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            requests: counter_vec(
+                "shardd_requests_total",
+                "Requests answered, by operation and status.",
+                &["op", "status"],
+            ),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "shardd_request_duration_seconds",
+                    "Time from a request's arrival to its answer's last byte handed to the socket.",
+                )
+                .buckets(REQUEST_SECONDS_BUCKETS.to_vec()),
+                &["op", "transport"],
+            )
+            .expect("valid metric definition"),
+            transport_bytes: counter_vec(
+                "shardd_transport_bytes_total",
+                "Payload bytes received (puts) and sent (fetches), by transport.",
+                &["transport", "direction"],
+            ),
+            connections: gauge_vec(
+                "shardd_connections",
+                "Open client connections, by transport.",
+                &["transport"],
+            ),
+            inflight_bytes: gauge(
+                "shardd_inflight_bytes",
+                "Payload bytes of requests in progress: puts being received and answers not yet sent.",
+            ),
+            arena_capacity: gauge("shardd_arena_capacity_bytes", "Bytes of the pinned-memory arena."),
+            arena_used: gauge("shardd_arena_used_bytes", "Bytes of the arena holding shards."),
+            arena_locked: gauge(
+                "shardd_arena_locked_bytes",
+                "Bytes of the arena locked in RAM (mlock); below capacity when RLIMIT_MEMLOCK is lower.",
+            ),
+            arena_dirty: gauge(
+                "shardd_arena_dirty_bytes",
+                "Bytes of write-back shards not yet on a drive.",
+            ),
+            hits: counter_vec(
+                "shardd_cache_hits_total",
+                "Fetches served by a tier: the arena, or a drive after the arena missed.",
+                &["tier"],
+            ),
+            misses: counter_vec(
+                "shardd_cache_misses_total",
+                "Fetches a tier could not serve: not in the arena, or on no drive (not found).",
+                &["tier"],
+            ),
+            evictions: counter_vec(
+                "shardd_arena_evictions_total",
+                "Shards removed from the arena: under memory pressure, or on request (evict).",
+                &["reason"],
+            ),
+            prefetches: counter_vec(
+                "shardd_prefetches_total",
+                "Prefetch hints: issued (queued loads), completed (loaded), late (a fetch came while \
+                 loading) and unused (evicted before any fetch).",
+                &["outcome"],
+            ),
+            write_back_puts: IntCounter::new(
+                "shardd_write_back_puts_total",
+                "Puts acknowledged from the arena before reaching a drive.",
+            )
+            .expect("valid metric definition"),
+            flush_failures: IntCounter::new(
+                "shardd_write_back_flush_failures_total",
+                "Write-back shards whose flush to a drive failed.",
+            )
+            .expect("valid metric definition"),
+            quarantined: gauge(
+                "shardd_quarantined_shards",
+                "Shard files moved aside as corrupt since start, at recovery or on read.",
+            ),
+            shards: gauge("shardd_shards", "Shards stored on the drives."),
+            stored_bytes: gauge(
+                "shardd_stored_bytes",
+                "Payload bytes of the shards stored on the drives.",
+            ),
+            dir_capacity: gauge_vec(
+                "shardd_data_dir_capacity_bytes",
+                "Size of the filesystem holding a data dir.",
+                &["dir"],
+            ),
+            dir_free: gauge_vec(
+                "shardd_data_dir_free_bytes",
+                "Bytes available to the daemon on the filesystem holding a data dir.",
+                &["dir"],
+            ),
+            refresh: Mutex::new(()),
+            registry,
+        };
+        let build = gauge_vec("shardd_build_info", "The daemon's version (always 1).", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let engine = gauge_vec(
+            "shardd_io_engine_info",
+            "The I/O engine in use and whether the arena is registered as io_uring fixed buffers (always 1).",
+            &["engine", "fixed_buffers"],
+        );
+        engine
+            .with_label_values(&[io_engine, if fixed_buffers { "true" } else { "false" }])
+            .set(1);
+        let mut collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_seconds.clone()),
+            Box::new(metrics.transport_bytes.clone()),
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.inflight_bytes.clone()),
+            Box::new(metrics.arena_capacity.clone()),
+            Box::new(metrics.arena_used.clone()),
+            Box::new(metrics.arena_locked.clone()),
+            Box::new(metrics.arena_dirty.clone()),
+            Box::new(metrics.hits.clone()),
+            Box::new(metrics.misses.clone()),
+            Box::new(metrics.evictions.clone()),
+            Box::new(metrics.prefetches.clone()),
+            Box::new(metrics.write_back_puts.clone()),
+            Box::new(metrics.flush_failures.clone()),
+            Box::new(metrics.quarantined.clone()),
+            Box::new(metrics.shards.clone()),
+            Box::new(metrics.stored_bytes.clone()),
+            Box::new(metrics.dir_capacity.clone()),
+            Box::new(metrics.dir_free.clone()),
+            Box::new(build),
+            Box::new(engine),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        collectors.extend(store);
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric names are unique");
+        }
+        // Every series exists from the start, so rates and alerts see zeros.
+        for transport in TRANSPORTS {
+            metrics.connections.with_label_values(&[transport]);
+            for direction in ["in", "out"] {
+                metrics.transport_bytes.with_label_values(&[transport, direction]);
+            }
+        }
+        for tier in ["arena", "nvme"] {
+            metrics.hits.with_label_values(&[tier]);
+            metrics.misses.with_label_values(&[tier]);
+        }
+        for reason in ["pressure", "request"] {
+            metrics.evictions.with_label_values(&[reason]);
+        }
+        for outcome in ["issued", "completed", "late", "unused"] {
+            metrics.prefetches.with_label_values(&[outcome]);
+        }
+        metrics
+    }
+
+    /// The handles of `transport`'s connections (`unix` or `tcp`).
+    pub fn for_transport(&self, transport: &str) -> RequestMetrics {
+        RequestMetrics {
+            requests: self.requests.clone(),
+            ok: (0..OPCODES)
+                .map(|code| Opcode::from_code(code).map(|op| self.requests.with_label_values(&[op.name(), "ok"])))
+                .collect(),
+            seconds: (0..OPCODES)
+                .map(|code| {
+                    Opcode::from_code(code).map(|op| self.request_seconds.with_label_values(&[op.name(), transport]))
+                })
+                .collect(),
+            bytes_in: self.transport_bytes.with_label_values(&[transport, "in"]),
+            bytes_out: self.transport_bytes.with_label_values(&[transport, "out"]),
+            connections: self.connections.with_label_values(&[transport]),
+            inflight_bytes: self.inflight_bytes.clone(),
+            not_found: self.misses.with_label_values(&["nvme"]),
+        }
+    }
+
+    /// Brings the gauges and mirrored counters up to date with `status`.
+    pub fn refresh(&self, status: &StatusResponse) {
+        let _serial = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        self.quarantined.set(status.quarantined as i64);
+        self.shards.set(status.shards as i64);
+        self.stored_bytes.set(status.bytes as i64);
+        for dir in &status.data_dirs {
+            self.dir_capacity
+                .with_label_values(&[&dir.path])
+                .set(dir.capacity_bytes as i64);
+            self.dir_free.with_label_values(&[&dir.path]).set(dir.free_bytes as i64);
+        }
+        if let Some(arena) = &status.arena {
+            self.refresh_arena(arena);
+        }
+    }
+
+    fn refresh_arena(&self, a: &ArenaStatus) {
+        self.arena_capacity.set(a.capacity_bytes as i64);
+        self.arena_used.set(a.used_bytes as i64);
+        self.arena_locked.set(a.locked_bytes as i64);
+        self.arena_dirty.set(a.dirty_bytes as i64);
+        let advance = |counter: IntCounter, to: u64| {
+            let now = counter.get();
+            if to > now {
+                counter.inc_by(to - now);
+            }
+        };
+        advance(self.hits.with_label_values(&["arena"]), a.hits);
+        advance(self.misses.with_label_values(&["arena"]), a.misses + a.bypassed);
+        advance(self.hits.with_label_values(&["nvme"]), a.loads + a.bypassed);
+        advance(self.evictions.with_label_values(&["pressure"]), a.evictions);
+        advance(self.evictions.with_label_values(&["request"]), a.demoted);
+        advance(self.prefetches.with_label_values(&["issued"]), a.prefetch_queued);
+        advance(self.prefetches.with_label_values(&["completed"]), a.prefetch_completed);
+        advance(self.prefetches.with_label_values(&["late"]), a.prefetch_late);
+        advance(self.prefetches.with_label_values(&["unused"]), a.prefetch_unused);
+        advance(self.write_back_puts.clone(), a.write_back_puts);
+        advance(self.flush_failures.clone(), a.flush_failures);
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+impl RequestMetrics {
+    /// A request answered with `status`; `started` when it arrived (if the
+    /// request was read far enough to know).
+    pub fn answered(&self, op: Opcode, status: Status, started: Option<Instant>) {
+        let code = op.code() as usize;
+        match self.ok.get(code).and_then(Option::as_ref) {
+            Some(ok) if status == Status::Ok => ok.inc(),
+            // Errors are rare: a label lookup is fine.
+            _ => self.requests.with_label_values(&[op.name(), status.name()]).inc(),
+        }
+        if let (Some(seconds), Some(started)) = (self.seconds.get(code).and_then(Option::as_ref), started) {
+            seconds.observe(started.elapsed().as_secs_f64());
+        }
+        if op == Opcode::Fetch && status == Status::NotFound {
+            self.not_found.inc();
+        }
+    }
+
+    /// Payload bytes received.
+    pub fn received(&self, bytes: u64) {
+        self.bytes_in.inc_by(bytes);
+    }
+
+    /// Payload bytes sent.
+    pub fn sent(&self, bytes: u64) {
+        self.bytes_out.inc_by(bytes);
+    }
+
+    /// A connection opened; it counts until the guard is dropped.
+    pub fn connection(&self) -> Gauged {
+        Gauged::new(self.connections.clone(), 1)
+    }
+
+    /// `bytes` in flight until the guard is dropped.
+    pub fn inflight(&self, bytes: u64) -> Gauged {
+        Gauged::new(self.inflight_bytes.clone(), bytes as i64)
+    }
+}
+
+/// Adds to a gauge while it lives.
+#[derive(Debug)]
+pub struct Gauged {
+    gauge: IntGauge,
+    by: i64,
+}
+
+impl Gauged {
+    fn new(gauge: IntGauge, by: i64) -> Gauged {
+        gauge.add(by);
+        Gauged { gauge, by }
+    }
+}
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        self.gauge.sub(self.by);
+    }
+}
