@@ -15,7 +15,11 @@
 //! # Layout
 //!
 //! * [`trace`]: the order of a step, recorded, replayed, invalidated.
+//! * `metrics` (feature `prometheus`): stall and gather latency for the
+//!   trainer's own Prometheus registry.
 
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 pub mod trace;
 
 use std::collections::HashMap;
@@ -141,6 +145,8 @@ pub struct Trainer<B = Vec<u8>> {
     ahead: Option<Ahead<B>>,
     /// Buffers lent for gathers ahead.
     spares: Vec<B>,
+    #[cfg(feature = "prometheus")]
+    metrics: Option<metrics::TrainerMetrics>,
 }
 
 impl<B: FetchBuf> Trainer<B> {
@@ -160,7 +166,16 @@ impl<B: FetchBuf> Trainer<B> {
             history: Vec::new(),
             ahead: None,
             spares: Vec::new(),
+            #[cfg(feature = "prometheus")]
+            metrics: None,
         }
+    }
+
+    /// Reports stall, gather latency and step time to `metrics` (registered
+    /// in the trainer's own registry).
+    #[cfg(feature = "prometheus")]
+    pub fn set_metrics(&mut self, metrics: metrics::TrainerMetrics) {
+        self.metrics = Some(metrics);
     }
 
     /// Resolves a layer (see [`Cluster::layer`]) and adds it.
@@ -257,9 +272,14 @@ impl<B: FetchBuf> Trainer<B> {
             }
             None => self.cluster.gather(&layer, buf).await,
         };
+        let stall = started.elapsed();
+        #[cfg(feature = "prometheus")]
+        if let Some(metrics) = &self.metrics {
+            metrics.gathered(stall);
+        }
         self.current.push(LayerStall {
             layer: name.to_string(),
-            stall: started.elapsed(),
+            stall,
             bytes: layer.bytes(),
         });
         if self.trace.order().is_some() {
@@ -363,6 +383,10 @@ impl<B: FetchBuf> Trainer<B> {
             }
         }
         self.step += 1;
+        #[cfg(feature = "prometheus")]
+        if let Some(metrics) = &self.metrics {
+            metrics.step(&stats, self.trace.invalidations());
+        }
         self.history.push(stats.clone());
         stats
     }

@@ -222,32 +222,37 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A GET of `url` (`http://HOST:PORT/PATH`) over a plain HTTP/1.1
-/// connection: the status code and the body.
+/// connection: the status code and the body. Panics if there is no answer.
 pub async fn http_get(url: &str) -> (u16, String) {
+    try_http_get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Like [`http_get`], with an error where nothing answers.
+pub async fn try_http_get(url: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let rest = url.strip_prefix("http://").ok_or_else(|| bad("not an http:// URL"))?;
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("connect to the HTTP endpoint");
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send the request");
+    stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read the answer");
-    let response = String::from_utf8(response).expect("a text answer");
-    let (head, body) = response.split_once("\r\n\r\n").expect("headers, then the body");
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8(response).map_err(|_| bad("the answer is not text"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
-        "this helper reads only bodies with a length"
-    );
-    (status, body.to_string())
+        .ok_or_else(|| bad("no status line"))?;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Err(bad("a chunked body (this helper reads only bodies with a length)"));
+    }
+    Ok((status, body.to_string()))
 }
 
 /// The value of the sample `series` (`name{label="value",...}` exactly as
