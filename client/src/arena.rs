@@ -87,7 +87,24 @@ pub(crate) async fn hello_unix(
     hello: &HelloRequest,
     endpoint: &str,
 ) -> Result<(HelloResponse, Option<ArenaMap>), ClientError> {
-    send_hello(stream, hello, endpoint).await?;
+    let sent = send_hello(stream, hello, endpoint).await;
+    first_reason(sent, read_hello_unix(stream, endpoint).await)
+}
+
+/// The answer, or why there is none. A daemon that refuses a connection
+/// (at its connection limit) answers and closes at once, so sending the
+/// hello may fail although the answer, saying why, is there to read.
+fn first_reason<T>(sent: Result<(), ClientError>, answer: Result<T, ClientError>) -> Result<T, ClientError> {
+    match (sent, answer) {
+        (Err(e), Err(ClientError::Disconnected { .. })) => Err(e),
+        (_, answer) => answer,
+    }
+}
+
+async fn read_hello_unix(
+    stream: &mut UnixStream,
+    endpoint: &str,
+) -> Result<(HelloResponse, Option<ArenaMap>), ClientError> {
     let socket = stream.as_raw_fd();
     let mut bytes = Vec::new();
     let mut fd: Option<OwnedFd> = None;
@@ -131,7 +148,11 @@ pub(crate) async fn hello_tcp(
     hello: &HelloRequest,
     endpoint: &str,
 ) -> Result<HelloResponse, ClientError> {
-    send_hello(stream, hello, endpoint).await?;
+    let sent = send_hello(stream, hello, endpoint).await;
+    first_reason(sent, read_hello_tcp(stream, endpoint).await)
+}
+
+async fn read_hello_tcp(stream: &mut TcpStream, endpoint: &str) -> Result<HelloResponse, ClientError> {
     let mut bytes = vec![0u8; HEADER_LEN];
     stream
         .read_exact(&mut bytes)

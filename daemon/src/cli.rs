@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{Config, Overrides};
+use crate::daemon::Daemon;
+use crate::logging::LogLevel;
 
 /// shardd: serves tensor shards from NVMe and pinned memory to training jobs.
 ///
@@ -79,10 +81,13 @@ pub fn main() -> std::process::ExitCode {
         println!("{config:#?}");
         return std::process::ExitCode::SUCCESS;
     }
-    if let Err(e) = crate::logging::init(&config.log) {
-        eprintln!("shardd: {e:#}");
-        return std::process::ExitCode::from(2);
-    }
+    let log_level = match crate::logging::init(&config.log) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("shardd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("shardd-worker")
@@ -94,13 +99,65 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
+    match runtime.block_on(serve(config, &args, &log_level)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("shardd: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, reloading on SIGHUP.
+async fn serve(config: Config, args: &Args, log_level: &LogLevel) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let daemon = Daemon::start(config).await?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler; reloading is off");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = async { hangup.as_mut()?.recv().await } => reload(&daemon, args, log_level),
+        }
+    }
+    daemon.stop().await
+}
+
+/// SIGHUP: reads the configuration again (same flags) and applies what can
+/// change safely; says what it applied and what needs a restart.
+fn reload(daemon: &Daemon, args: &Args, log_level: &LogLevel) {
+    tracing::info!("SIGHUP received: reloading the configuration");
+    let new = match args.config() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e:#}");
+            return;
+        }
+    };
+    let reloaded = daemon.reload(&new);
+    if reloaded.applied.iter().any(|a| a.starts_with("log.level"))
+        && let Err(e) = log_level.set(&new.log.level)
+    {
+        tracing::error!("reload could not change the log level: {e:#}");
+    }
+    if reloaded.applied.is_empty() {
+        tracing::info!("reloaded: nothing that can change while running has changed");
+    } else {
+        tracing::info!(applied = ?reloaded.applied, "reloaded");
+    }
+    if !reloaded.need_restart.is_empty() {
+        tracing::warn!(
+            sections = ?reloaded.need_restart,
+            "these settings changed but take effect only after a restart"
+        );
     }
 }
 

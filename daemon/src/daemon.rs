@@ -28,6 +28,17 @@ pub struct Daemon {
     acceptor: JoinHandle<()>,
     http: Option<HttpServer>,
     watchdog: Option<JoinHandle<()>>,
+    /// The configuration in force (a reload updates what it applies).
+    config: std::sync::Mutex<Config>,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings applied, as `key: old -> new`.
+    pub applied: Vec<String>,
+    /// Sections that changed but take effect only after a restart.
+    pub need_restart: Vec<&'static str>,
 }
 
 impl Daemon {
@@ -87,7 +98,48 @@ impl Daemon {
             acceptor,
             http,
             watchdog,
+            config: std::sync::Mutex::new(config),
         })
+    }
+
+    /// Applies what can change safely while running from `new` (the
+    /// connection limit; the log level is the caller's, see
+    /// [`crate::logging::LogLevel`]) and says what else changed.
+    pub fn reload(&self, new: &Config) -> Reloaded {
+        let mut current = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reloaded = Reloaded::default();
+        let (old_max, new_max) = (current.server.max_connections, new.server.max_connections);
+        if old_max != new_max {
+            self.ctx
+                .max_connections
+                .store(new_max, std::sync::atomic::Ordering::Relaxed);
+            current.server.max_connections = new_max;
+            reloaded
+                .applied
+                .push(format!("server.max_connections: {old_max} -> {new_max}"));
+        }
+        if current.log.level != new.log.level {
+            reloaded
+                .applied
+                .push(format!("log.level: {:?} -> {:?}", current.log.level, new.log.level));
+            current.log.level = new.log.level.clone();
+        }
+        if current.server != new.server {
+            reloaded.need_restart.push("server");
+        }
+        if current.store != new.store {
+            reloaded.need_restart.push("storage");
+        }
+        if current.arena != new.arena {
+            reloaded.need_restart.push("arena");
+        }
+        if current.io != new.io {
+            reloaded.need_restart.push("io");
+        }
+        if current.log.format != new.log.format {
+            reloaded.need_restart.push("log.format");
+        }
+        reloaded
     }
 
     /// The HTTP address being served (metrics, health, status).

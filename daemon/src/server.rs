@@ -90,6 +90,8 @@ pub struct ServerContext {
     pub tasks: TaskTracker,
     /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Open connections at most (from `config`, changed by a reload).
+    pub max_connections: std::sync::atomic::AtomicUsize,
 }
 
 impl ServerContext {
@@ -102,6 +104,7 @@ impl ServerContext {
         );
         ServerContext {
             metrics: Arc::new(metrics),
+            max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
             store,
             cache,
             config,

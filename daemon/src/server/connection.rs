@@ -328,8 +328,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .await;
             return Ok(());
         }
+        let span = tracing::debug_span!("request", id, op = op.name());
         // Requests that need no waiting are answered right here: no task.
-        if let Some(frames) = handlers::answer_now(&self.ctx, op, id, &control, &self.shared) {
+        let now = span.in_scope(|| handlers::answer_now(&self.ctx, op, id, &control, &self.shared));
+        if let Some(frames) = now {
             for frame in frames {
                 self.responder.send(frame).await;
             }
@@ -344,7 +346,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 handlers::handle(&ctx, op, id, &control, &responder, &shared).await;
                 drop(permit);
             }
-            .in_current_span(),
+            .instrument(span),
         );
         Ok(())
     }

@@ -83,7 +83,13 @@ pub async fn handle(
         },
         Opcode::Fetch => match decode::<FetchRequest>(control) {
             Ok(req) => {
-                let span = tracing::debug_span!("fetch", id, namespace = %req.namespace, key = %req.key);
+                let span = tracing::debug_span!(
+                    "fetch",
+                    id,
+                    namespace = %req.namespace,
+                    key = %req.key,
+                    bytes = tracing::field::Empty
+                );
                 fetch(ctx, id, req, responder, conn).instrument(span).await;
                 return;
             }
@@ -312,6 +318,7 @@ async fn send_all(responder: &Responder, frames: Vec<OutFrame>) {
 
 /// The control message of a fetch answer's first frame.
 fn fetch_head(meta: &ShardMeta, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    tracing::Span::current().record("bytes", len);
     codec::encode(&FetchResponse {
         meta: meta.clone(),
         offset,

@@ -152,8 +152,8 @@ async fn accept_failed(e: &io::Error) {
 fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer: String) {
     let open = ctx.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ConnectionCount(ctx.clone());
-    if open as usize >= ctx.config.max_connections {
-        let max = ctx.config.max_connections;
+    let max = ctx.max_connections.load(Ordering::Relaxed);
+    if open as usize >= max {
         tracing::warn!(transport = S::NAME, %peer, max, "connection limit reached; refusing a connection");
         ctx.tasks.spawn(async move {
             let frame = OutFrame::error(
