@@ -84,3 +84,55 @@ fn the_example_config_is_valid() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("9464"));
 }
+
+#[test]
+fn readiness_stopping_and_the_watchdog_reach_the_notify_socket() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardd"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "--tcp",
+            "off",
+            "--http",
+            "off",
+            "--pinned-memory",
+            "16MiB",
+            "--log-level",
+            "warn",
+        ])
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    // Ready means serving: the socket accepts.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1", "the watchdog keeps coming");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopping = loop {
+        let message = next();
+        if message != "WATCHDOG=1" {
+            break message;
+        }
+    };
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+    assert!(child.wait().unwrap().success());
+}
