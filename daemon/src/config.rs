@@ -182,6 +182,27 @@ fn invalid(key: &str, message: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// `off` disables an endpoint.
+/// A listen address from a flag, else the file, else `default`; `off`
+/// disables it. Errors name the flag or key it came from.
+fn listen_address(
+    flag: (&'static str, Option<String>),
+    file: (&'static str, Option<String>),
+    default: &str,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let (key, text) = match (flag, file) {
+        ((key, Some(text)), _) => (key, text),
+        (_, (key, Some(text))) => (key, text),
+        (_, (key, None)) => (key, default.to_string()),
+    };
+    match endpoint_or_off(text) {
+        Some(addr) => addr
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|e| invalid(key, format!("{addr:?} is not an address like {default} or off ({e})"))),
+        None => Ok(None),
+    }
+}
+
 fn endpoint_or_off(value: String) -> Option<String> {
     (value != "off").then_some(value)
 }
@@ -227,34 +248,8 @@ impl Config {
         if socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(invalid(socket_key, "empty path (use off to disable the Unix socket)"));
         }
-        let (tcp_key, tcp) = match (flags.tcp, server.tcp) {
-            (Some(flag), _) => ("--tcp", flag),
-            (None, Some(file)) => ("server.tcp", file),
-            (None, None) => ("server.tcp", DEFAULT_TCP.to_string()),
-        };
-        let tcp = match endpoint_or_off(tcp) {
-            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
-                invalid(
-                    tcp_key,
-                    format!("{addr:?} is not an address like 127.0.0.1:7070 or off ({e})"),
-                )
-            })?),
-            None => None,
-        };
-        let (http_key, http) = match (flags.http, server.http) {
-            (Some(flag), _) => ("--http", flag),
-            (None, Some(file)) => ("server.http", file),
-            (None, None) => ("server.http", DEFAULT_HTTP.to_string()),
-        };
-        let http = match endpoint_or_off(http) {
-            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
-                invalid(
-                    http_key,
-                    format!("{addr:?} is not an address like 127.0.0.1:9464 or off ({e})"),
-                )
-            })?),
-            None => None,
-        };
+        let tcp = listen_address(("--tcp", flags.tcp), ("server.tcp", server.tcp), DEFAULT_TCP)?;
+        let http = listen_address(("--http", flags.http), ("server.http", server.http), DEFAULT_HTTP)?;
         if socket.is_none() && tcp.is_none() {
             anyhow::bail!("both the Unix socket and TCP are off: nothing would be served");
         }
@@ -547,6 +542,7 @@ mod tests {
         assert!(err("[storage]\nchunk_size = \"3000\"").contains("storage.chunk_size"));
         assert!(err("[storage]\nchunk_size = \"1 parsec\"").contains("unknown size unit"));
         assert!(err("[server]\ntcp = \"localhost\"").contains("server.tcp"));
+        assert!(err("[server]\nhttp = \"localhost\"").contains("server.http"));
         assert!(err("[server]\nsocket_mode = \"999\"").contains("server.socket_mode"));
         assert!(err("[server]\nio_timeout = \"30\"").contains("needs a unit"));
         assert!(err("[io]\nengine = \"aio\"").contains("engine"));
