@@ -154,6 +154,32 @@ impl Loading {
     }
 }
 
+/// Ends a load that stopped before its result: removes its slot (if still
+/// its own) and sends its waiters to read the drive directly.
+struct AbandonedLoad<'a> {
+    cache: &'a Cache,
+    id: &'a ShardId,
+    loading: &'a Arc<Loading>,
+    armed: bool,
+}
+
+impl Drop for AbandonedLoad<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        {
+            let mut state = self.cache.state();
+            if matches!(state.entries.get(self.id), Some(Slot::Loading(l)) if Arc::ptr_eq(l, self.loading)) {
+                state.entries.remove(self.id);
+            }
+        }
+        self.loading
+            .progress
+            .send_modify(|p| p.result = Some(Err(full("the load into the arena was abandoned"))));
+    }
+}
+
 /// How far a load has got.
 #[derive(Debug, Default)]
 struct Progress {
@@ -417,7 +443,17 @@ impl Cache {
     /// Loads a shard into the arena for the `loading` slot of `id`, then
     /// installs it (if the slot is still this load's) and wakes the waiters.
     async fn load(&self, id: ShardId, loading: Arc<Loading>) -> LoadResult {
+        // Should the read never finish (the future dropped, a panic), the
+        // guard frees the slot and tells the waiters: no fetch hangs on it.
+        let mut guard = AbandonedLoad {
+            cache: self,
+            id: &id,
+            loading: &loading,
+            armed: true,
+        };
         let result = self.read_into_arena(&id, &loading.progress).await;
+        guard.armed = false;
+        drop(guard);
         let replaced = {
             let mut state = self.state();
             let ours = matches!(state.entries.get(&id), Some(Slot::Loading(l)) if Arc::ptr_eq(l, &loading));
