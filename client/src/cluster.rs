@@ -403,6 +403,16 @@ mod tests {
     }
 
     #[test]
+    fn a_hostfile_that_cannot_be_read_is_named() {
+        let error = Cluster::from_hostfile("/nonexistent/hosts", ClusterOptions::default()).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("/nonexistent/hosts") && message.contains("cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn bad_cluster_options_are_refused() {
         let bad = |options: ClusterOptions| Cluster::new(&["tcp://127.0.0.1:1"], options).unwrap_err().to_string();
         assert!(

@@ -64,7 +64,25 @@ impl Daemon {
             .context("open the shard store")?;
         let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache));
         let ctx = Arc::new(ServerContext::new(store, cache, config.server.clone()));
-        let listeners = Listeners::bind(&ctx).await?;
+        // HTTP first: it answers /healthz at once and /readyz "not ready"
+        // until the listeners are up, and a failure here leaves nothing bound.
+        let http = match config.server.http {
+            Some(addr) => {
+                let http = HttpServer::start(ctx.clone(), addr).await?;
+                tracing::info!(http = %http.addr(), "serving metrics and health");
+                Some(http)
+            }
+            None => None,
+        };
+        let listeners = match Listeners::bind(&ctx).await {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                if let Some(http) = http {
+                    http.stop().await;
+                }
+                return Err(e);
+            }
+        };
         let tcp_addr = listeners.tcp_addr();
         let socket_path = listeners.socket_path().map(|p| p.to_path_buf());
         let listen = socket_path
@@ -79,15 +97,6 @@ impl Daemon {
             data_dirs = ?config.store.data_dirs,
             "serving"
         );
-        // A failure here drops the listeners: nothing was accepted yet.
-        let http = match config.server.http {
-            Some(addr) => {
-                let http = HttpServer::start(ctx.clone(), addr).await?;
-                tracing::info!(http = %http.addr(), "serving metrics and health");
-                Some(http)
-            }
-            None => None,
-        };
         let acceptor = tokio::spawn(listeners.accept_until_shutdown(ctx.clone()));
         notify::ready();
         let watchdog = notify::watchdog();

@@ -355,3 +355,22 @@ fn hugetlb_pages_that_are_not_there_are_a_clear_error() {
     let err = stderr_of(&out);
     assert!(err.contains("vm.nr_hugepages") && err.contains("huge_pages"), "{err}");
 }
+
+#[test]
+fn an_http_address_in_use_stops_the_start_with_its_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = shardd()
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .args(["--tcp", "off", "--http", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("server.http") && err.contains(&addr), "{err}");
+    assert!(!dir.path().join("s.sock").exists(), "nothing is left serving");
+}

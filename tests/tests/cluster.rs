@@ -394,3 +394,48 @@ async fn gathering_ahead_hands_back_each_layer_in_a_lent_buffer() {
     // Every gather but the first of each step found its layer gathered ahead.
     assert_eq!(swapped, 2 * (order.len() - 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_torn_or_resized_tensor_is_refused_not_returned() {
+    let daemons = start_nodes(EngineKind::Auto, 2).await;
+    let cluster = cluster(&daemons, ClusterOptions::default());
+    let manifest = cluster
+        .put_partitioned(NS, "w", pattern(3 * 4096, 1), DType::U8, vec![])
+        .await
+        .unwrap();
+    let layer = cluster.layer(NS, "l", &["w"]).await.unwrap();
+    let node1 = daemons[1].client(true).await;
+    let part = manifest.part_key(1);
+    let part_len = manifest.partitioning.range(1).end - manifest.partitioning.range(1).start;
+
+    // Partition 1 stored again on its own, as by a put still in progress.
+    let newer = shardd_client::PutOptions {
+        version: Some(manifest.version + 1),
+        ..Default::default()
+    };
+    node1
+        .put(NS, &part, pattern(part_len as usize, 9), newer)
+        .await
+        .unwrap();
+    let (_, result) = cluster.gather(&layer, vec![0u8; layer.len() as usize]).await;
+    let error = result
+        .expect_err("partitions of two versions are not a tensor")
+        .to_string();
+    assert!(
+        error.contains("different versions") && error.contains("job/w"),
+        "{error}"
+    );
+
+    // Partition 1 stored with another length: the layer no longer fits it.
+    let resized = shardd_client::PutOptions {
+        version: Some(manifest.version + 2),
+        ..Default::default()
+    };
+    node1.put(NS, &part, pattern(100, 9), resized).await.unwrap();
+    let (_, result) = cluster.gather(&layer, vec![0u8; layer.len() as usize]).await;
+    let error = result.expect_err("a resized partition is refused").to_string();
+    assert!(
+        error.contains("node 1") && error.contains("resolve the layer again"),
+        "{error}"
+    );
+}
