@@ -78,12 +78,6 @@ pub struct ServerContext {
     pub listen: std::sync::OnceLock<Vec<String>>,
     /// Ids for connection log spans.
     pub next_connection_id: AtomicU64,
-    /// Payload bytes stored by puts.
-    pub bytes_in: AtomicU64,
-    /// Payload bytes sent by fetches.
-    pub bytes_out: AtomicU64,
-    /// Requests answered with an error status.
-    pub errors: AtomicU64,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
     /// Every connection and request task, so shutdown can wait for them.
@@ -113,9 +107,6 @@ impl ServerContext {
             connections: AtomicU64::new(0),
             listen: std::sync::OnceLock::new(),
             next_connection_id: AtomicU64::new(1),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }

@@ -402,7 +402,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             Ok(writer) => writer,
             Err(e) => {
                 self.discard(len).await?;
-                handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e)
+                handlers::answer_store_error(&self.responder, Opcode::Put, id, &e)
                     .instrument(span)
                     .await;
                 return Ok(());
@@ -453,7 +453,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         if let Some(e) = failed {
             self.discard(remaining).await?;
             drop(writer);
-            handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e)
+            handlers::answer_store_error(&self.responder, Opcode::Put, id, &e)
                 .instrument(span)
                 .await;
             return Ok(());
@@ -480,7 +480,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             Ok(version) => version,
             Err(e) => {
                 self.discard(len).await?;
-                handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e).await;
+                handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
                 return Ok(());
             }
         };
@@ -507,7 +507,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 "{}/{}: the sender's CRC32C {expected:#010x} does not match the received bytes' {crc:#010x}",
                 spec.namespace, spec.key
             ));
-            handlers::answer_store_error(&self.ctx, &self.responder, Opcode::Put, id, &e).await;
+            handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
             return Ok(());
         }
         let meta = ShardMeta {
@@ -526,7 +526,6 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         if let Some(cache) = &self.ctx.cache {
             cache.install_dirty(meta.clone(), chunks);
         }
-        self.ctx.bytes_in.fetch_add(len, Ordering::Relaxed);
         self.responder
             .send(OutFrame::ok(Opcode::Put, id, &PutResponse { meta }))
             .await;

@@ -141,7 +141,7 @@ pub async fn handle(
         Ok(frame) => {
             responder.send(frame).await;
         }
-        Err(e) => answer_store_error(ctx, responder, op, id, &e).await,
+        Err(e) => answer_store_error(responder, op, id, &e).await,
     }
 }
 
@@ -207,13 +207,13 @@ async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Resp
     let reader = match &ctx.cache {
         Some(cache) => match cache.fetch_following(&req.namespace, &req.key) {
             Ok(Followed::Resident(lease)) => {
-                let frames = cached_frames(ctx, id, &req, lease).unwrap_or_else(|e| vec![error_frame(ctx, op, id, &e)]);
+                let frames = cached_frames(id, &req, lease).unwrap_or_else(|e| vec![error_frame(op, id, &e)]);
                 send_all(responder, frames).await;
                 return;
             }
             Ok(Followed::Loading(mut load)) => match load.started().await {
                 Ok(Started::Loading(meta, chunk_size)) => {
-                    return follow(ctx, id, &req, responder, load, meta, chunk_size).await;
+                    return follow(id, &req, responder, load, meta, chunk_size).await;
                 }
                 Ok(Started::Bypass { reason, .. }) => {
                     tracing::debug!(%reason, "reading straight from the drive");
@@ -227,15 +227,15 @@ async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Resp
     };
     let reader = match reader {
         Ok(reader) => reader,
-        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        Err(e) => return answer_store_error(responder, op, id, &e).await,
     };
     let (offset, len) = match fetch_range(reader.meta(), &req) {
         Ok(range) => range,
-        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        Err(e) => return answer_store_error(responder, op, id, &e).await,
     };
     let head = match fetch_head(reader.meta(), offset, len) {
         Ok(head) => head,
-        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        Err(e) => return answer_store_error(responder, op, id, &e).await,
     };
     if len == 0 {
         responder
@@ -250,7 +250,7 @@ async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Resp
     while let Some(next) = chunks.next().await {
         let chunk = match next {
             Ok(chunk) => chunk,
-            Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+            Err(e) => return answer_store_error(responder, op, id, &e).await,
         };
         sent += chunk.range.len() as u64;
         let control = head.take().unwrap_or_default();
@@ -259,13 +259,11 @@ async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Resp
             return; // the connection is gone
         }
     }
-    ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
 }
 
 /// Answers a fetch from a shard loading into the arena, sending each chunk
 /// as soon as the load has read and verified it.
 async fn follow(
-    ctx: &ServerContext,
     id: u64,
     req: &FetchRequest,
     responder: &Responder,
@@ -276,11 +274,11 @@ async fn follow(
     let op = Opcode::Fetch;
     let (offset, len) = match fetch_range(&meta, req) {
         Ok(range) => range,
-        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        Err(e) => return answer_store_error(responder, op, id, &e).await,
     };
     let mut head = match fetch_head(&meta, offset, len) {
         Ok(head) => Some(head),
-        Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+        Err(e) => return answer_store_error(responder, op, id, &e).await,
     };
     if len == 0 {
         let head = head.take().unwrap_or_default();
@@ -293,7 +291,7 @@ async fn follow(
     for (chunk, range) in pieces(meta.len, chunk_size, offset, len) {
         let block = match load.chunk(chunk).await {
             Ok(block) => block,
-            Err(e) => return answer_store_error(ctx, responder, op, id, &e).await,
+            Err(e) => return answer_store_error(responder, op, id, &e).await,
         };
         sent += range.len() as u64;
         let control = head.take().unwrap_or_default();
@@ -305,7 +303,6 @@ async fn follow(
             return; // the connection is gone
         }
     }
-    ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
 }
 
 async fn send_all(responder: &Responder, frames: Vec<OutFrame>) {
@@ -485,25 +482,24 @@ pub async fn commit_put(ctx: &ServerContext, responder: &Responder, id: u64, wri
     };
     match result {
         Ok(meta) => {
-            ctx.bytes_in.fetch_add(meta.len, Ordering::Relaxed);
             tracing::debug!(version = meta.version, "stored");
             responder
                 .send(OutFrame::ok(Opcode::Put, id, &PutResponse { meta }))
                 .await;
         }
-        Err(e) => answer_store_error(ctx, responder, Opcode::Put, id, &e).await,
+        Err(e) => answer_store_error(responder, Opcode::Put, id, &e).await,
     }
 }
 
 /// Answers a failed request: maps the error to its status, logs it once
 /// at a level that fits, and sends the error frame.
-pub async fn answer_store_error(ctx: &ServerContext, responder: &Responder, op: Opcode, id: u64, e: &StoreError) {
-    responder.send(error_frame(ctx, op, id, e)).await;
+pub async fn answer_store_error(responder: &Responder, op: Opcode, id: u64, e: &StoreError) {
+    responder.send(error_frame(op, id, e)).await;
 }
 
 /// The one place where an error becomes a status: logged once at a level
 /// that fits, counted, and turned into the error frame.
-fn error_frame(ctx: &ServerContext, op: Opcode, id: u64, e: &StoreError) -> OutFrame {
+fn error_frame(op: Opcode, id: u64, e: &StoreError) -> OutFrame {
     let status = e.status();
     match status {
         Status::Internal => tracing::error!(%op, id, error = %e, "request failed"),
@@ -511,7 +507,6 @@ fn error_frame(ctx: &ServerContext, op: Opcode, id: u64, e: &StoreError) -> OutF
         // Quarantines are logged where they happen; the rest is the client's business.
         _ => tracing::debug!(%op, id, %status, error = %e, "request refused"),
     }
-    ctx.errors.fetch_add(1, Ordering::Relaxed);
     OutFrame::error(op, id, status, e.to_string(), e.current_version())
 }
 
@@ -543,25 +538,25 @@ pub fn answer_now(
             };
             let req = match decoded {
                 Ok(req) => req,
-                Err(e) => return Some(vec![error_frame(ctx, op, id, &e)]),
+                Err(e) => return Some(vec![error_frame(op, id, &e)]),
             };
             let lease = match cache.try_hit(&req.namespace, &req.key)? {
                 Ok(lease) => lease,
-                Err(e) => return Some(vec![error_frame(ctx, op, id, &e)]),
+                Err(e) => return Some(vec![error_frame(op, id, &e)]),
             };
             if op == Opcode::Fetch {
-                cached_frames(ctx, id, &req, lease)
+                cached_frames(id, &req, lease)
             } else {
                 view(cache, &req, conn, lease).map(|v| vec![answer(op, id, &v)])
             }
         }
         _ => return None,
     };
-    Some(result.unwrap_or_else(|e| vec![error_frame(ctx, op, id, &e)]))
+    Some(result.unwrap_or_else(|e| vec![error_frame(op, id, &e)]))
 }
 
 /// The frames of a fetch answered from the arena.
-fn cached_frames(ctx: &ServerContext, id: u64, req: &FetchRequest, lease: Lease) -> Result<Vec<OutFrame>, StoreError> {
+fn cached_frames(id: u64, req: &FetchRequest, lease: Lease) -> Result<Vec<OutFrame>, StoreError> {
     let op = Opcode::Fetch;
     let (offset, len) = fetch_range(&lease.meta, req)?;
     let head = fetch_head(&lease.meta, offset, len)?;
@@ -589,7 +584,6 @@ fn cached_frames(ctx: &ServerContext, id: u64, req: &FetchRequest, lease: Lease)
             )
         })
         .collect();
-    ctx.bytes_out.fetch_add(len, Ordering::Relaxed);
     Ok(frames)
 }
 
