@@ -43,6 +43,11 @@ use shardd_protocol::StatusResponse;
 pub use gather::{GatheredTensor, Layer};
 pub use partition::{Partitioning, TensorManifest};
 
+/// Tries of a demotion whose shards are still leased ([`Cluster::demote_on`]).
+const DEMOTE_TRIES: u32 = 4;
+/// Wait between them: a view's lease goes back within a millisecond.
+const DEMOTE_RETRY: Duration = Duration::from_millis(5);
+
 /// Port of a hostfile entry that gives none: the daemon's default TCP port.
 pub const DEFAULT_PORT: u16 = 7070;
 
@@ -303,6 +308,35 @@ impl Cluster {
             async move { client.evict(namespace, keys, mode).await }
         })
         .await
+    }
+
+    /// Demotes `keys` from node `node`'s arena (they stay on its drives).
+    /// The leases of this cluster's own views of them travel back within a
+    /// millisecond, so keys found busy are tried again a few times; the
+    /// answer gathers every try, with what is still busy (read by others).
+    pub async fn demote_on(
+        &self,
+        node: usize,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<EvictResponse, ClusterError> {
+        let mut total = EvictResponse::default();
+        let mut keys = keys.to_vec();
+        for attempt in 0..DEMOTE_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(DEMOTE_RETRY).await;
+            }
+            let answer = self.evict_on(node, namespace, &keys, EvictMode::Demote).await?;
+            total.evicted.extend(answer.evicted);
+            total.not_resident.extend(answer.not_resident);
+            total.failed.extend(answer.failed);
+            keys = answer.busy.iter().map(|k| k.to_string()).collect();
+            total.busy = answer.busy;
+            if keys.is_empty() {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// Registers with node `node` the order in which a training step uses

@@ -29,14 +29,9 @@ use futures_util::future::join_all;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, ClusterError, GatheredTensor, Layer};
-use crate::{EvictMode, FetchBuf, PrefetchItem};
+use crate::{FetchBuf, PrefetchItem};
 use shardd_protocol::Key;
 use trace::{Observed, StepEnd, Trace};
-
-/// Tries of a demotion whose shards are still leased.
-const DEMOTE_TRIES: u32 = 4;
-/// Wait between them: a view's lease goes back within a millisecond.
-const DEMOTE_RETRY: Duration = Duration::from_millis(5);
 
 /// How far ahead hints go, and what else the trainer does.
 #[derive(Clone, Debug)]
@@ -465,23 +460,14 @@ impl<B: FetchBuf> Trainer<B> {
             let cluster = self.cluster.clone();
             let namespace = self.namespace.clone();
             tokio::spawn(async move {
-                let mut keys = keys;
-                // A lease of this process's own view may still be on its way
-                // back: try the busy ones again shortly.
-                for attempt in 0..DEMOTE_TRIES {
-                    match cluster.evict_on(node, &namespace, &keys, EvictMode::Demote).await {
-                        Ok(answer) if answer.busy.is_empty() => return,
-                        Ok(answer) => keys = answer.busy.iter().map(|k| k.to_string()).collect(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "demoting a used layer failed");
-                            return;
-                        }
-                    }
-                    if attempt + 1 < DEMOTE_TRIES {
-                        tokio::time::sleep(DEMOTE_RETRY).await;
-                    }
+                match cluster.demote_on(node, &namespace, &keys).await {
+                    Ok(answer) if !answer.busy.is_empty() => tracing::debug!(
+                        busy = ?answer.busy,
+                        "partitions of a used layer stay in the arena: still being read"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "demoting a used layer failed"),
                 }
-                tracing::debug!(?keys, "partitions of a used layer stay in the arena: still being read");
             });
         }
     }

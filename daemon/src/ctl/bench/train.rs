@@ -20,7 +20,7 @@ use clap::Args;
 use serde::Serialize;
 use shardd_client::cluster::ClusterOptions;
 use shardd_client::trainer::TrainerOptions;
-use shardd_client::{Cluster, DType, EvictMode, Layer, StepStats, Trainer};
+use shardd_client::{Cluster, DType, Layer, StepStats, Trainer};
 
 use super::{median, pattern};
 use crate::config::units::parse_size;
@@ -230,25 +230,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Demotes every partition of `layers` from every node's arena (trying
-/// again shortly while the leases of the last views travel back).
+/// Demotes every partition of `layers` from every node's arena.
 async fn demote_all(cluster: &Cluster, ns: &str, layers: &[Layer]) -> anyhow::Result<()> {
     for node in 0..cluster.len() {
-        let mut keys: Vec<String> = layers.iter().flat_map(|l| l.keys_on(node)).collect();
-        for _ in 0..20 {
-            if keys.is_empty() {
-                break;
-            }
-            let answer = cluster.evict_on(node, ns, &keys, EvictMode::Demote).await?;
-            anyhow::ensure!(
-                answer.failed.is_empty(),
-                "could not demote the benchmark's layers on node {node}: {:?}",
-                answer.failed
-            );
-            keys = answer.busy.iter().map(|k| k.to_string()).collect();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        anyhow::ensure!(keys.is_empty(), "layers stay leased on node {node}: {keys:?}");
+        let keys: Vec<String> = layers.iter().flat_map(|l| l.keys_on(node)).collect();
+        let answer = cluster.demote_on(node, ns, &keys).await?;
+        anyhow::ensure!(
+            answer.failed.is_empty() && answer.busy.is_empty(),
+            "could not demote the benchmark's layers on node {node}: busy {:?}, failed {:?}",
+            answer.busy,
+            answer.failed
+        );
     }
     Ok(())
 }
