@@ -4,20 +4,14 @@
 mod support;
 
 use assert_cmd::Command;
+use shardd::ctl::bench::baselines::installed;
 use support::Process;
-
-fn fio_installed() -> bool {
-    std::process::Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 #[test]
 fn a_short_benchmark_reports_every_case_beside_fio() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Process::start(dir.path(), "auto");
-    let fio = fio_installed();
+    let fio = installed("fio");
     if !fio {
         eprintln!("fio is not installed: checking the benchmark without its baseline");
     }
@@ -88,12 +82,6 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
 fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Process::start_with(dir.path(), "auto", "127.0.0.1:0");
-    let installed = |p: &str| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
     let iperf3 = installed("iperf3");
     let redis = installed("redis-server") && installed("redis-benchmark");
     if !iperf3 || !redis {

@@ -5,15 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use shardd::ctl::bench::baselines::installed;
+
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn installed(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn run(command: &mut Command) -> (bool, String) {

@@ -1,15 +1,9 @@
 //! The HTTP endpoint: metrics that count what clients did, health and
 //! readiness, the JSON status, and `promtool check metrics` on the output.
 
+use shardd::ctl::bench::baselines::installed;
 use shardd_client::PutOptions;
 use shardd_tests::{TestDaemon, engines, http_get, sample, try_http_get};
-
-fn promtool_installed() -> bool {
-    std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_bytes_and_drive_io_on_both_transports() {
@@ -74,7 +68,7 @@ async fn metrics_count_requests_bytes_and_drive_io_on_both_transports() {
         );
         assert!(text.contains("process_start_time_seconds"));
 
-        if promtool_installed() {
+        if installed("promtool") {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("metrics.txt");
             std::fs::write(&file, &text).unwrap();
@@ -258,11 +252,10 @@ async fn dashboards_alerts_and_docs_name_only_metrics_that_exist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_daemon() {
-    let Ok(version) = std::process::Command::new("prometheus").arg("--version").output() else {
+    if !installed("prometheus") {
         eprintln!("prometheus is not installed (Debian package prometheus): skipping the end-to-end scrape");
         return;
-    };
-    assert!(version.status.success());
+    }
     let daemon = TestDaemon::start(engines()[0], "").await;
     let target = daemon.http_url().trim_start_matches("http://").to_string();
     let dir = tempfile::tempdir().unwrap();
