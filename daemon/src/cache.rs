@@ -991,3 +991,6 @@ fn flush_failed(meta: &ShardMeta, status: Status, reason: &str) -> StoreError {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;
