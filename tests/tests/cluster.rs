@@ -332,9 +332,13 @@ async fn prefetched_layers_are_resident_before_the_gather_asks() {
     let order_refs: Vec<&str> = order.iter().map(String::as_str).collect();
     // Every layer is demoted after use, so without prefetch each gather reads the drives.
     for prefetch in [true, false] {
+        // Without gathering ahead, each gather comes after a layer's compute:
+        // it shows whether the daemons' hints had the data there by then (a
+        // gather ahead starts at once and may join a hinted load still running).
         let options = TrainerOptions {
             prefetch,
             demote_after_use: true,
+            gather_ahead: false,
             ..TrainerOptions::default()
         };
         let mut trainer = trainer_with_layers(&cluster, layers, 512 << 10, options).await;
