@@ -581,28 +581,36 @@ impl Cache {
     }
 
     /// Makes `chunks` (arena blocks, as written by a durable put) the cached
-    /// copy of the version `meta` describes.
+    /// copy of the version `meta` describes, unless the arena holds a newer
+    /// version of the key already.
     pub fn install(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
         let chunk_size = self.inner.store.config().chunk_size;
         let chunks = chunks.into_iter().map(Arc::new).collect();
         let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Clean));
-        self.replace(shard);
+        let mut state = self.state();
+        if let Err(newer) = self.replace(&mut state, shard) {
+            tracing::debug!(version = newer, "the arena already holds a newer version; not kept");
+        }
     }
 
-    fn replace(&self, shard: Arc<CachedShard>) {
+    /// Puts `shard` in place of what the key has in the arena, unless that
+    /// is a newer version (a put that overlapped with this one and was
+    /// installed first); returns the version that stays if so.
+    fn replace(&self, state: &mut State, shard: Arc<CachedShard>) -> Result<(), u64> {
         let id = (shard.meta.namespace.clone(), shard.meta.key.clone());
-        let old = {
-            let mut state = self.state();
-            let old = state.entries.insert(id.clone(), Slot::Ready(shard));
-            state.policy.inserted(id);
-            if let Some(Slot::Ready(old)) = &old {
-                if !old.is_clean() {
-                    state.dirty_bytes = state.dirty_bytes.saturating_sub(old.meta.len);
-                }
+        if let Some(Slot::Ready(current)) = state.entries.get(&id) {
+            if current.meta.version >= shard.meta.version {
+                return Err(current.meta.version);
             }
-            old
-        };
-        drop(old);
+        }
+        let old = state.entries.insert(id.clone(), Slot::Ready(shard));
+        state.policy.inserted(id);
+        if let Some(Slot::Ready(old)) = &old {
+            if !old.is_clean() {
+                state.dirty_bytes = state.dirty_bytes.saturating_sub(old.meta.len);
+            }
+        }
+        Ok(())
     }
 
     /// Forgets a key (after it was deleted from the store, or to drop it).
@@ -665,16 +673,39 @@ impl Cache {
     }
 
     /// Installs a write-back shard (its bytes only in the arena) and starts
-    /// flushing it to the drive.
-    pub fn install_dirty(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) {
+    /// flushing it to the drive; refused with a version conflict if a put
+    /// that overlapped with it stored a newer version first.
+    pub fn install_dirty(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) -> Result<(), StoreError> {
         let chunk_size = self.inner.store.config().chunk_size;
         let chunks = chunks.into_iter().map(Arc::new).collect();
         let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty));
+        {
+            let mut state = self.state();
+            // A put that overlapped with this one may have stored a newer
+            // version meanwhile, on the drive or in the arena: this one must
+            // not shadow it.
+            let stored = self.inner.store.stat(&shard.meta.namespace, &shard.meta.key).ok();
+            let newer = match stored.map(|m| m.version).filter(|&v| v >= shard.meta.version) {
+                Some(version) => Err(version),
+                None => self.replace(&mut state, shard.clone()),
+            };
+            if let Err(current) = newer {
+                return Err(StoreError::VersionConflict {
+                    namespace: shard.meta.namespace.clone(),
+                    key: shard.meta.key.clone(),
+                    current,
+                    message: format!(
+                        "version {} is not newer than version {current}, which a concurrent put stored first",
+                        shard.meta.version
+                    ),
+                });
+            }
+            state.dirty_bytes += shard.meta.len;
+        }
         self.inner.stats.write_back_puts.fetch_add(1, Ordering::Relaxed);
-        self.replace(shard.clone());
-        self.state().dirty_bytes += shard.meta.len;
         let cache = self.clone();
         self.inner.flush_tasks.spawn(async move { cache.flush(shard).await });
+        Ok(())
     }
 
     /// At shutdown: waits up to `budget` for write-back shards to reach the

@@ -30,6 +30,7 @@ pub mod index;
 pub mod metrics;
 pub mod reader;
 pub mod recovery;
+pub mod versions;
 pub mod writer;
 
 use std::hash::{Hash, Hasher};
@@ -234,6 +235,8 @@ struct Inner {
     buffers: Buffers,
     /// Serialises commits, deletes and quarantines of the same key.
     key_locks: Box<[Mutex<()>]>,
+    /// Versions of puts in progress.
+    reservations: versions::Reservations,
     quarantined_files: AtomicU64,
     metrics: metrics::StoreMetrics,
 }
@@ -265,6 +268,7 @@ impl Store {
                 engine,
                 buffers,
                 key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                reservations: versions::Reservations::default(),
                 quarantined_files: AtomicU64::new(0),
                 metrics: metrics::StoreMetrics::new(&dir_labels),
             }),
@@ -312,7 +316,7 @@ impl Store {
 
     /// Checks a put without starting it (limits, shape, version); returns
     /// the version it would store.
-    pub fn check_put(&self, spec: &PutSpec) -> Result<u64, StoreError> {
+    pub fn check_put(&self, spec: &PutSpec) -> Result<versions::Reservation, StoreError> {
         writer::check_put(self, spec)
     }
 

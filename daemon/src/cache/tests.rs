@@ -96,3 +96,69 @@ async fn a_fetch_dropped_while_loading_leaves_no_load_behind_to_hang_on() {
     let bytes: Vec<u8> = lease.chunks().iter().flat_map(|c| c.as_slice().to_vec()).collect();
     assert!(bytes == data, "the arena holds the shard's bytes");
 }
+
+/// Arena blocks holding `data`, as a put leaves them, and its metadata.
+fn shard(cache: &Cache, version: u64, data: &[u8]) -> (ShardMeta, Vec<AlignedBuf>) {
+    let mut blocks = cache.blocks_for_put(data.len() as u64).unwrap();
+    for (block, piece) in blocks.iter_mut().zip(data.chunks(CHUNK as usize)) {
+        block.as_mut_capacity()[..piece.len()].copy_from_slice(piece);
+        block.set_len(piece.len());
+        block.zero_pad();
+    }
+    let meta = ShardMeta {
+        namespace: Namespace::new("job").unwrap(),
+        key: Key::new("wb").unwrap(),
+        version,
+        dtype: DType::U8,
+        shape: vec![],
+        len: data.len() as u64,
+        crc32c: crc32c::crc32c(data),
+        created_unix_ms: 0,
+    };
+    (meta, blocks)
+}
+
+fn resident(cache: &Cache) -> (u64, Vec<u8>) {
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    let lease = cache.try_hit(&ns, &key).expect("resident").unwrap();
+    let bytes = lease.chunks().iter().flat_map(|c| c.as_slice().to_vec()).collect();
+    (lease.meta.version, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let (newer, older) = (pattern(100_000, 3), pattern(100_000, 2));
+
+    // Two overlapping write-back puts, the newer installed first.
+    let (meta, blocks) = shard(&cache, 3, &newer);
+    cache.install_dirty(meta, blocks).unwrap();
+    let (meta, blocks) = shard(&cache, 2, &older);
+    let err = cache.install_dirty(meta, blocks).unwrap_err();
+    assert_eq!(err.status(), Status::VersionConflict);
+    assert_eq!(err.current_version(), Some(3));
+    assert!(resident(&cache) == (3, newer.clone()), "version 3 stays");
+
+    // A durable put of an older version that ends now is not cached over it.
+    let (meta, blocks) = shard(&cache, 2, &older);
+    cache.install(meta, blocks);
+    assert!(resident(&cache) == (3, newer.clone()), "version 3 stays");
+
+    // Once version 3 is on the drive, a write-back put below it is refused
+    // even when the arena no longer holds it.
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    let flushed = async {
+        while cache.inner.store.stat(&ns, &key).map(|m| m.version).ok() != Some(3) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), flushed)
+        .await
+        .expect("version 3 is flushed");
+    cache.evict(&ns, std::slice::from_ref(&key), EvictMode::Demote).await;
+    let (meta, blocks) = shard(&cache, 3, &older);
+    let err = cache.install_dirty(meta, blocks).unwrap_err();
+    assert_eq!(err.current_version(), Some(3));
+    assert!(cache.try_hit(&ns, &key).is_none(), "nothing was installed");
+}

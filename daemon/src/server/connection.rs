@@ -476,8 +476,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     async fn take_write_back(&mut self, id: u64, spec: PutSpec, blocks: Vec<AlignedBuf>) -> Result<(), Closed> {
         let len = spec.len;
         let chunk_size = self.ctx.store.config().chunk_size as u64;
-        let version = match self.ctx.store.check_put(&spec) {
-            Ok(version) => version,
+        // Held until the shard is installed: from then on the cache's copy
+        // keeps later puts of the key above its version.
+        let reservation = match self.ctx.store.check_put(&spec) {
+            Ok(reservation) => reservation,
             Err(e) => {
                 self.discard(len).await?;
                 handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
@@ -513,7 +515,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let meta = ShardMeta {
             namespace: spec.namespace,
             key: spec.key,
-            version,
+            version: reservation.version(),
             dtype: spec.dtype,
             shape: spec.shape,
             len,
@@ -523,8 +525,14 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
-        if let Some(cache) = &self.ctx.cache {
-            cache.install_dirty(meta.clone(), chunks);
+        let installed = match &self.ctx.cache {
+            Some(cache) => cache.install_dirty(meta.clone(), chunks),
+            None => Err(StoreError::BadRequest("write-back needs the pinned arena".into())),
+        };
+        drop(reservation);
+        if let Err(e) = installed {
+            handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
+            return Ok(());
         }
         self.responder
             .send(OutFrame::ok(Opcode::Put, id, &PutResponse { meta }))

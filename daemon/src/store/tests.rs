@@ -202,6 +202,60 @@ async fn versions_replace_atomically_and_old_files_do_not_pile_up() {
     }
 }
 
+/// Starts a put of `data` with an automatic version; returns the writer
+/// with every chunk written, ready to commit.
+async fn begin_automatic(store: &Store, k: &str, data: &[u8]) -> writer::ShardWriter {
+    let mut writer = store
+        .begin_put(PutSpec {
+            namespace: ns("job"),
+            key: key(k),
+            version: None,
+            dtype: DType::Raw,
+            shape: vec![],
+            len: data.len() as u64,
+            crc32c: None,
+            newer_than: None,
+        })
+        .await
+        .unwrap();
+    let scope = store.buffers().scope(1 << 20);
+    let mut buf = store.buffers().take(&scope, data.len()).await;
+    buf.fill_padded(data);
+    writer.write_chunk(buf).await.unwrap();
+    writer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_puts_with_automatic_versions_never_share_a_version() {
+    for kind in engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(kind, config(&[tmp.path().to_path_buf()])).await;
+        put(&store, "o", b"zero", None).await.unwrap();
+
+        // Both begin before either is stored.
+        let first = begin_automatic(&store, "o", b"first").await;
+        let second = begin_automatic(&store, "o", b"second").await;
+        assert_eq!((first.version(), second.version()), (2, 3));
+        assert_eq!(second.commit().await.unwrap().version, 3);
+        // The older one ends after the newer: refused, and said why.
+        let err = first.commit().await.unwrap_err();
+        assert_eq!(err.status(), Status::VersionConflict);
+        assert_eq!(err.current_version(), Some(3));
+        assert_eq!(fetch(&store, "o", 0, 6).await.unwrap(), b"second");
+
+        // In order, both are stored, each under its own version.
+        let third = begin_automatic(&store, "o", b"third").await;
+        let fourth = begin_automatic(&store, "o", b"fourth").await;
+        assert_eq!(third.commit().await.unwrap().version, 4);
+        assert_eq!(fourth.commit().await.unwrap().version, 5);
+
+        // An abandoned put gives its version back once nothing overlaps it.
+        drop(begin_automatic(&store, "o", b"dropped").await);
+        assert_eq!(put(&store, "o", b"sixth", None).await.unwrap().version, 6);
+        assert_eq!(count_files(&tmp.path().join("tmp")), 0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shape_and_size_checks() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! The put path: stream chunks into a temp file, then publish it.
 //!
-//! 1. `ShardWriter::begin` validates the request, checks the version,
-//!    picks a data dir with room, creates `tmp/<id>.partial` and reserves
+//! 1. `ShardWriter::begin` validates the request, checks the version and
+//!    reserves it until the put ends (see [`super::versions`]), picks a data dir with room, creates `tmp/<id>.partial` and reserves
 //!    its full size (a full disk is reported before any byte is written).
 //! 2. [`ShardWriter::write_chunk`] checksums each chunk and writes it at
 //!    its place, keeping a few writes in flight.
@@ -28,6 +28,7 @@ use super::dir::{self, FileId};
 use super::format::{self, ShardLayout};
 use super::index::ShardEntry;
 use super::metrics::IoOp;
+use super::versions::Reservation;
 use super::{PutSpec, Store, StoreError};
 use crate::io::{AlignedBuf, Completion, SharedSlice, fs};
 
@@ -37,6 +38,8 @@ pub struct ShardWriter {
     store: Store,
     spec: PutSpec,
     version: u64,
+    /// Holds `version` for this put until it is dropped.
+    _reservation: Reservation,
     dir: usize,
     file_id: FileId,
     temp_path: PathBuf,
@@ -58,7 +61,8 @@ pub type PublishCondition = Box<dyn FnOnce() -> bool + Send>;
 
 impl ShardWriter {
     pub(super) async fn begin(store: Store, spec: PutSpec) -> Result<ShardWriter, StoreError> {
-        let version = check_put(&store, &spec)?;
+        let reservation = check_put(&store, &spec)?;
+        let version = reservation.version();
         let config = store.config();
         let current = store.inner.index.get(&spec.namespace, &spec.key);
         let chunk_size = config.chunk_size;
@@ -105,6 +109,7 @@ impl ShardWriter {
             store,
             spec,
             version,
+            _reservation: reservation,
             dir,
             file_id,
             temp_path,
@@ -373,9 +378,12 @@ impl ShardWriter {
     }
 }
 
-/// Checks a put against the limits, its shape and the stored version;
-/// returns the version it stores.
-pub(super) fn check_put(store: &Store, spec: &PutSpec) -> Result<u64, StoreError> {
+/// Checks a put against the limits, its shape and the stored version, and
+/// reserves the version it stores. An automatic version is one above the
+/// stored version, `newer_than` and every version reserved by puts of the
+/// key in progress; an explicit one must be above the first two (puts that
+/// overlap with it are ordered when they publish).
+pub(super) fn check_put(store: &Store, spec: &PutSpec) -> Result<Reservation, StoreError> {
     let config = store.config();
     if spec.len > config.max_shard_bytes {
         return Err(StoreError::TooLarge(format!(
@@ -386,19 +394,25 @@ pub(super) fn check_put(store: &Store, spec: &PutSpec) -> Result<u64, StoreError
     spec.dtype
         .check_shape(&spec.shape, spec.len)
         .map_err(StoreError::BadRequest)?;
-    let current = store.inner.index.get(&spec.namespace, &spec.key);
-    let current_version = current.as_ref().map(|e| e.meta.version).max(spec.newer_than);
-    match (spec.version, current_version) {
-        (Some(v), Some(cur)) if v <= cur => Err(version_conflict(spec, cur, v)),
-        (Some(0), None) => Err(StoreError::BadRequest(
-            "version 0 is reserved; versions start at 1".into(),
-        )),
-        (Some(v), _) => Ok(v),
-        (None, Some(cur)) => cur
-            .checked_add(1)
-            .ok_or_else(|| StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))),
-        (None, None) => Ok(1),
-    }
+    store
+        .inner
+        .reservations
+        .reserve(&spec.namespace, &spec.key, |in_progress| {
+            // Read under the reservations' lock: a put publishing now holds its
+            // reservation until the index has its version.
+            let current = store.inner.index.get(&spec.namespace, &spec.key);
+            let current_version = current.as_ref().map(|e| e.meta.version).max(spec.newer_than);
+            match (spec.version, current_version) {
+                (Some(v), Some(cur)) if v <= cur => Err(version_conflict(spec, cur, v)),
+                (Some(0), None) => Err(StoreError::BadRequest(
+                    "version 0 is reserved; versions start at 1".into(),
+                )),
+                (Some(v), _) => Ok(v),
+                (None, cur) => cur.max(in_progress).unwrap_or(0).checked_add(1).ok_or_else(|| {
+                    StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))
+                }),
+            }
+        })
 }
 
 impl Drop for ShardWriter {
