@@ -130,6 +130,11 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
         assert!(s["p99_us"].as_f64().unwrap() >= s["p50_us"].as_f64().unwrap());
     }
     assert_eq!(report["arena_misses"], 0, "every fetch was an arena hit");
+    let floor = &report["round_trip"];
+    assert!(
+        floor["per_sec"].as_f64().unwrap() > 0.0 && floor["p50_us"].as_f64().unwrap() > 0.0,
+        "{floor}"
+    );
     assert_eq!(report["iperf3_bytes_per_sec"].is_number(), iperf3);
     assert_eq!(report["redis"].as_array().unwrap().len(), if redis { 2 } else { 0 });
 }

@@ -1,5 +1,6 @@
 //! Baselines measured beside shardd in the same run: fio (drive), a memcpy
-//! loop (memory), iperf3 (loopback TCP) and redis-benchmark (small requests).
+//! loop (memory), iperf3 (loopback TCP), redis-benchmark (small requests)
+//! and a bare Unix socket round trip (the floor under one request at a time).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -101,6 +102,52 @@ pub fn memcpy(piece: usize, working_set: usize, threads: usize, min_time: Durati
         workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
     });
     copied as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A bare round trip over a Unix socket pair between two threads.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RoundTrip {
+    /// Round trips per second, one at a time.
+    pub per_sec: f64,
+    /// Median round trip, microseconds.
+    pub p50_us: f64,
+}
+
+/// `count` round trips, one at a time, over a Unix socket pair: a 64-byte
+/// request, answered with `answer_bytes` by a thread that blocks in `read`,
+/// as any server that sleeps while idle does. Each one costs two wake-ups
+/// of a sleeping thread and four system calls, which is the floor under a
+/// request at a time for shardd and redis alike.
+pub fn socket_round_trip(answer_bytes: usize, count: usize) -> anyhow::Result<RoundTrip> {
+    use std::io::{Read, Write};
+    let (mut client, mut server) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
+    let echo = std::thread::spawn(move || {
+        let mut request = [0u8; 64];
+        let answer = vec![7u8; answer_bytes];
+        while server.read_exact(&mut request).is_ok() {
+            if server.write_all(&answer).is_err() {
+                break;
+            }
+        }
+    });
+    let request = [1u8; 64];
+    let mut answer = vec![0u8; answer_bytes];
+    let mut times = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count.max(1) {
+        let began = Instant::now();
+        client.write_all(&request).context("write to the socket pair")?;
+        client.read_exact(&mut answer).context("read from the socket pair")?;
+        times.push(began.elapsed().as_secs_f64() * 1e6);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(client);
+    let _ = echo.join();
+    times.sort_by(f64::total_cmp);
+    Ok(RoundTrip {
+        per_sec: times.len() as f64 / elapsed,
+        p50_us: super::percentile(&times, 0.5),
+    })
 }
 
 /// Whether `program` runs here.

@@ -7,7 +7,8 @@
 //!   (40% of the arena) and iperf3 on loopback, measured in the same run.
 //! * 4 KiB fetches over the Unix socket at 1 and 16 requests in flight:
 //!   p50/p99 latency and ops/s, beside redis-benchmark GETs of 4 KiB values
-//!   against a throwaway local redis-server.
+//!   against a throwaway local redis-server, and a bare Unix socket round
+//!   trip between two threads (the floor under one request at a time).
 //!
 //! Every case runs `runs` times, interleaved with the baselines; medians
 //! are reported. The benchmark checks that the fetches were arena hits.
@@ -21,7 +22,7 @@ use serde::Serialize;
 use shardd_client::{Client, ClientOptions, Endpoint, PutOptions};
 use tokio::task::JoinSet;
 
-use super::baselines::{self, RedisGet};
+use super::baselines::{self, RedisGet, RoundTrip};
 use super::{median, pattern, percentile};
 use crate::config::units::parse_size;
 use crate::ctl::show;
@@ -131,6 +132,8 @@ pub struct HotReport {
     pub small: Vec<SmallResult>,
     /// redis-benchmark GETs of 4 KiB.
     pub redis: Vec<RedisGet>,
+    /// A bare Unix socket round trip with a 4 KiB answer (median run).
+    pub round_trip: RoundTrip,
     /// Arena hits and misses during the benchmark.
     pub arena_hits: u64,
     /// Misses (should be none: the shards are put into the arena first).
@@ -260,6 +263,14 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         }
     }
     remove_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
+    let count = (args.small_requests / 2).clamp(1_000, 20_000) as usize;
+    let mut round_trips = Vec::new();
+    for _ in 0..args.runs {
+        round_trips
+            .push(tokio::task::spawn_blocking(move || baselines::socket_round_trip(SMALL as usize, count)).await??);
+    }
+    round_trips.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    let round_trip = round_trips.swap_remove(round_trips.len() / 2);
     let redis = if baselines_on && baselines::installed("redis-server") && baselines::installed("redis-benchmark") {
         let dir = tempdir()?;
         let concurrency = args.small_concurrency.clone();
@@ -298,6 +309,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             .collect(),
         small,
         redis,
+        round_trip,
         arena_hits: after.hits - before.hits,
         arena_misses: after.misses - before.misses,
     };
@@ -498,6 +510,12 @@ fn render(report: &HotReport) -> String {
     let _ = writeln!(
         out,
         "\n4 KiB fetches over the Unix socket (median run), redis-benchmark GET of 4 KiB values beside:"
+    );
+    let _ = writeln!(
+        out,
+        "(floor for 1 in flight: a bare Unix socket round trip between two threads that block in read,\n \
+         64-byte request, 4 KiB answer: {:.0}/s, p50 {:.0} us)",
+        report.round_trip.per_sec, report.round_trip.p50_us
     );
     let _ = writeln!(
         out,
