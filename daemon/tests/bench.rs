@@ -106,6 +106,7 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let size = &report["sizes"][0];
     assert!(size["memcpy_bytes_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(size["views_held_bytes_per_sec"].as_f64().unwrap() > 0.0);
     let modes: Vec<&str> = size["modes"]
         .as_array()
         .unwrap()

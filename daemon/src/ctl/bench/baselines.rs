@@ -1,6 +1,6 @@
 //! Baselines measured beside shardd in the same run: fio (drive), a memcpy
 //! loop (memory), iperf3 (loopback TCP), redis-benchmark (small requests)
-//! and a bare Unix socket round trip (the floor under one request at a time).
+//! and a bare Unix socket round trip (one request at a time, no server work).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,8 +116,8 @@ pub struct RoundTrip {
 /// `count` round trips, one at a time, over a Unix socket pair: a 64-byte
 /// request, answered with `answer_bytes` by a thread that blocks in `read`,
 /// as any server that sleeps while idle does. Each one costs two wake-ups
-/// of a sleeping thread and four system calls, which is the floor under a
-/// request at a time for shardd and redis alike.
+/// of a sleeping thread and four system calls: what a request at a time
+/// costs on the machine before any server work, for shardd and redis alike.
 pub fn socket_round_trip(answer_bytes: usize, count: usize) -> anyhow::Result<RoundTrip> {
     use std::io::{Read, Write};
     let (mut client, mut server) = std::os::unix::net::UnixStream::pair().context("socketpair")?;

@@ -4,11 +4,14 @@
 //! * Throughput for shard sizes from 1 to 64 MiB over zero-copy Unix (the
 //!   client maps the arena and makes its one copy into its own buffer),
 //!   copying Unix and TCP, beside a memcpy loop over the same working set
-//!   (40% of the arena) and iperf3 on loopback, measured in the same run.
+//!   (40% of the arena) and iperf3 on loopback, measured in the same run;
+//!   and copies out of zero-copy views of the working set held throughout
+//!   (the client's copy without a request per fetch).
 //! * 4 KiB fetches over the Unix socket at 1 and 16 requests in flight:
 //!   p50/p99 latency and ops/s, beside redis-benchmark GETs of 4 KiB values
 //!   against a throwaway local redis-server, and a bare Unix socket round
-//!   trip between two threads (the floor under one request at a time).
+//!   trip between two threads (what one request at a time costs here before
+//!   any server work).
 //!
 //! Every case runs `runs` times, interleaved with the baselines; medians
 //! are reported. The benchmark checks that the fetches were arena hits.
@@ -98,6 +101,9 @@ pub struct SizeResult {
     pub memcpy_bytes_per_sec: f64,
     /// Per mode: bytes per second.
     pub modes: Vec<(Mode, f64)>,
+    /// Zero-copy views of the whole working set taken once and then only
+    /// copied from, bytes per second: the copy without the requests.
+    pub views_held_bytes_per_sec: Option<f64>,
 }
 
 /// 4 KiB fetches at one concurrency and mode.
@@ -199,6 +205,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
     let before = probe.status().await?.arena.unwrap_or_default();
     let mut throughput: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); modes.len()]; sets.len()];
     let mut memcpy: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
+    let mut views_held: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
     let mut iperf3_runs = Vec::new();
     let any = &modes[0].1[0];
     for run in 0..args.runs {
@@ -230,6 +237,11 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                     );
                 }
                 throughput[n][m].push(rate);
+                if *mode == Mode::ZeroCopyUnix {
+                    let rate =
+                        copy_loop(&clients[0], &args.namespace, size, shards, args.concurrency, args.total).await?;
+                    views_held[n].push(rate);
+                }
             }
             remove_set(any, &args.namespace, size, shards).await?;
         }
@@ -305,6 +317,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                     .enumerate()
                     .map(|(m, (mode, _))| (*mode, median(throughput[n][m].clone())))
                     .collect(),
+                views_held_bytes_per_sec: (!views_held[n].is_empty()).then(|| median(views_held[n].clone())),
             })
             .collect(),
         small,
@@ -400,6 +413,46 @@ async fn fetch_loop(
     Ok((per_worker * concurrency as u64 * size) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Takes zero-copy views of the whole working set once, then copies
+/// `total` bytes out of them from `concurrency` threads, as the fetch
+/// workers do but without a request per fetch; returns bytes per second.
+async fn copy_loop(
+    client: &Client,
+    namespace: &str,
+    size: u64,
+    shards: u64,
+    concurrency: usize,
+    total: u64,
+) -> anyhow::Result<f64> {
+    let mut views = Vec::new();
+    for i in 0..shards {
+        let view = client
+            .fetch_view(namespace, &key(size, i), None)
+            .await
+            .with_context(|| format!("view of {}", key(size, i)))?;
+        views.push(view);
+    }
+    let per_worker = (total / size / concurrency as u64).max(1);
+    let views = &views;
+    let start = Instant::now();
+    // Threads, as the memcpy baseline uses; the runtime carries on meanwhile.
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            for w in 0..concurrency {
+                s.spawn(move || {
+                    let mut buf = vec![1u8; size as usize];
+                    for n in 0..per_worker {
+                        let i = (w as u64 + n * concurrency as u64) % shards;
+                        views[i as usize].copy_to(&mut buf, false);
+                        std::hint::black_box(&buf);
+                    }
+                });
+            }
+        })
+    });
+    Ok((per_worker * concurrency as u64 * size) as f64 / start.elapsed().as_secs_f64())
+}
+
 /// `requests` fetches of 4 KiB shards from `concurrency` workers; latency
 /// of each and overall ops/s.
 async fn small_loop(
@@ -447,7 +500,8 @@ fn render(report: &HotReport) -> String {
     use std::fmt::Write;
     let mut out = format!(
         "hot fetch (shards in the arena): medians of {} runs, {} fetches in flight; GB/s = 10^9 bytes/s\n\
-         memcpy: as many threads as fetches in flight, over the same working set\n",
+         memcpy: as many threads as fetches in flight, over the same working set\n\
+         views held: zero-copy views of the working set taken once, then only copied from (no requests)\n",
         report.runs, report.concurrency
     );
     match report.iperf3_bytes_per_sec {
@@ -471,7 +525,7 @@ fn render(report: &HotReport) -> String {
         let _ = write!(out, " {:>15}", mode.label());
         match mode {
             Mode::ZeroCopyUnix => {
-                let _ = write!(out, " {:>9}", "/memcpy");
+                let _ = write!(out, " {:>9} {:>12}", "/memcpy", "views held");
             }
             Mode::Tcp => {
                 let _ = write!(out, " {:>9}", "/iperf3");
@@ -493,6 +547,14 @@ fn render(report: &HotReport) -> String {
             match mode {
                 Mode::ZeroCopyUnix => {
                     let _ = write!(out, " {:>8.2}x", rate / size.memcpy_bytes_per_sec);
+                    match size.views_held_bytes_per_sec {
+                        Some(held) => {
+                            let _ = write!(out, " {:>12.2}", held / 1e9);
+                        }
+                        None => {
+                            let _ = write!(out, " {:>12}", "-");
+                        }
+                    }
                 }
                 Mode::Tcp => match report.iperf3_bytes_per_sec {
                     Some(iperf) => {
@@ -513,8 +575,8 @@ fn render(report: &HotReport) -> String {
     );
     let _ = writeln!(
         out,
-        "(floor for 1 in flight: a bare Unix socket round trip between two threads that block in read,\n \
-         64-byte request, 4 KiB answer: {:.0}/s, p50 {:.0} us)",
+        "(a bare Unix socket round trip between two threads that sleep in read, 64-byte request,\n \
+         4 KiB answer, one at a time: {:.0}/s, p50 {:.0} us: what 1 in flight costs here before any server work)",
         report.round_trip.per_sec, report.round_trip.p50_us
     );
     let _ = writeln!(
