@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::arena::Arena;
 use crate::io::{ALIGN, AlignedBuf, align_up};
 use crate::store::format::ShardLayout;
+use crate::store::versions::Reservation;
 use crate::store::{PutSpec, Store, StoreError};
 use policy::{Policy, PolicyKind, ShardId};
 pub use shard::{CachedShard, Lease, WriteBack};
@@ -674,8 +675,15 @@ impl Cache {
 
     /// Installs a write-back shard (its bytes only in the arena) and starts
     /// flushing it to the drive; refused with a version conflict if a put
-    /// that overlapped with it stored a newer version first.
-    pub fn install_dirty(&self, meta: ShardMeta, chunks: Vec<AlignedBuf>) -> Result<(), StoreError> {
+    /// that overlapped with it stored a newer version first. The put's
+    /// version stays reserved until the flush ends, so that a put of the key
+    /// that read the arena's versions before this install still ends above.
+    pub fn install_dirty(
+        &self,
+        meta: ShardMeta,
+        chunks: Vec<AlignedBuf>,
+        reservation: Reservation,
+    ) -> Result<(), StoreError> {
         let chunk_size = self.inner.store.config().chunk_size;
         let chunks = chunks.into_iter().map(Arc::new).collect();
         let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty));
@@ -704,7 +712,10 @@ impl Cache {
         }
         self.inner.stats.write_back_puts.fetch_add(1, Ordering::Relaxed);
         let cache = self.clone();
-        self.inner.flush_tasks.spawn(async move { cache.flush(shard).await });
+        self.inner.flush_tasks.spawn(async move {
+            cache.flush(shard).await;
+            drop(reservation);
+        });
         Ok(())
     }
 

@@ -315,7 +315,7 @@ impl Store {
     }
 
     /// Checks a put without starting it (limits, shape, version); returns
-    /// the version it would store.
+    /// the version it stores, reserved until the reservation is dropped.
     pub fn check_put(&self, spec: &PutSpec) -> Result<versions::Reservation, StoreError> {
         writer::check_put(self, spec)
     }

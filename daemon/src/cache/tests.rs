@@ -97,6 +97,24 @@ async fn a_fetch_dropped_while_loading_leaves_no_load_behind_to_hang_on() {
     assert!(bytes == data, "the arena holds the shard's bytes");
 }
 
+/// Reserves `version` as a put with that version does.
+fn reserve(cache: &Cache, version: u64, len: usize) -> crate::store::versions::Reservation {
+    cache
+        .inner
+        .store
+        .check_put(&PutSpec {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("wb").unwrap(),
+            version: Some(version),
+            dtype: DType::U8,
+            shape: vec![],
+            len: len as u64,
+            crc32c: None,
+            newer_than: None,
+        })
+        .unwrap()
+}
+
 /// Arena blocks holding `data`, as a put leaves them, and its metadata.
 fn shard(cache: &Cache, version: u64, data: &[u8]) -> (ShardMeta, Vec<AlignedBuf>) {
     let mut blocks = cache.blocks_for_put(data.len() as u64).unwrap();
@@ -131,11 +149,17 @@ async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
     let cache = cache(dir.path()).await;
     let (newer, older) = (pattern(100_000, 3), pattern(100_000, 2));
 
-    // Two overlapping write-back puts, the newer installed first.
+    // Two overlapping write-back puts, the newer installed first. (A third
+    // reserves version 3 too, for the end of the test.)
+    let (last, first, second) = (
+        reserve(&cache, 3, 100_000),
+        reserve(&cache, 3, 100_000),
+        reserve(&cache, 2, 100_000),
+    );
     let (meta, blocks) = shard(&cache, 3, &newer);
-    cache.install_dirty(meta, blocks).unwrap();
+    cache.install_dirty(meta, blocks, first).unwrap();
     let (meta, blocks) = shard(&cache, 2, &older);
-    let err = cache.install_dirty(meta, blocks).unwrap_err();
+    let err = cache.install_dirty(meta, blocks, second).unwrap_err();
     assert_eq!(err.status(), Status::VersionConflict);
     assert_eq!(err.current_version(), Some(3));
     assert!(resident(&cache) == (3, newer.clone()), "version 3 stays");
@@ -158,7 +182,7 @@ async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
         .expect("version 3 is flushed");
     cache.evict(&ns, std::slice::from_ref(&key), EvictMode::Demote).await;
     let (meta, blocks) = shard(&cache, 3, &older);
-    let err = cache.install_dirty(meta, blocks).unwrap_err();
+    let err = cache.install_dirty(meta, blocks, last).unwrap_err();
     assert_eq!(err.current_version(), Some(3));
     assert!(cache.try_hit(&ns, &key).is_none(), "nothing was installed");
 }

@@ -476,8 +476,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     async fn take_write_back(&mut self, id: u64, spec: PutSpec, blocks: Vec<AlignedBuf>) -> Result<(), Closed> {
         let len = spec.len;
         let chunk_size = self.ctx.store.config().chunk_size as u64;
-        // Held until the shard is installed: from then on the cache's copy
-        // keeps later puts of the key above its version.
+        // Held until the shard is on the drive (the cache keeps it).
         let reservation = match self.ctx.store.check_put(&spec) {
             Ok(reservation) => reservation,
             Err(e) => {
@@ -526,10 +525,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .unwrap_or(0),
         };
         let installed = match &self.ctx.cache {
-            Some(cache) => cache.install_dirty(meta.clone(), chunks),
+            Some(cache) => cache.install_dirty(meta.clone(), chunks, reservation),
             None => Err(StoreError::BadRequest("write-back needs the pinned arena".into())),
         };
-        drop(reservation);
         if let Err(e) = installed {
             handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
             return Ok(());

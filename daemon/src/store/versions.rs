@@ -6,8 +6,8 @@
 //! both be given the stored version plus one: two acknowledged puts, two
 //! different contents, one version. Each put therefore holds a
 //! [`Reservation`] from the moment its version is chosen until it is
-//! published or abandoned, and automatic versions start above every
-//! reservation of the key.
+//! published or abandoned (a write-back put: until its flush ends), and
+//! automatic versions start above every reservation of the key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

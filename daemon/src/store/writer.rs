@@ -1,8 +1,9 @@
 //! The put path: stream chunks into a temp file, then publish it.
 //!
 //! 1. `ShardWriter::begin` validates the request, checks the version and
-//!    reserves it until the put ends (see [`super::versions`]), picks a data dir with room, creates `tmp/<id>.partial` and reserves
-//!    its full size (a full disk is reported before any byte is written).
+//!    reserves it until the put ends (see [`super::versions`]), picks a
+//!    data dir with room, creates `tmp/<id>.partial` and reserves its full
+//!    size (a full disk is reported before any byte is written).
 //! 2. [`ShardWriter::write_chunk`] checksums each chunk and writes it at
 //!    its place, keeping a few writes in flight.
 //! 3. [`ShardWriter::commit`] waits for the writes, checks the sender's
