@@ -71,7 +71,8 @@ impl Default for ClientOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutOptions {
     /// Version to store (must be newer than the stored one); `None` stores
-    /// the stored version + 1.
+    /// the next version, above the stored one and above those of puts of
+    /// the key still in progress.
     pub version: Option<u64>,
     /// Element type.
     pub dtype: DType,

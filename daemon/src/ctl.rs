@@ -52,7 +52,7 @@ pub enum Command {
         key: String,
         /// File to store, or "-" for standard input.
         file: String,
-        /// Version to store (default: the stored version + 1).
+        /// Version to store (default: the next one, above the stored version).
         #[arg(long)]
         version: Option<u64>,
         /// Element type (raw, f32, bf16, ...).
