@@ -46,6 +46,20 @@ async fn cache(dir: &std::path::Path) -> Cache {
     Cache::new(arena, store, config)
 }
 
+/// A put of `len` bytes to job/`key`.
+fn spec(key: &str, version: Option<u64>, len: usize) -> PutSpec {
+    PutSpec {
+        namespace: Namespace::new("job").unwrap(),
+        key: Key::new(key).unwrap(),
+        version,
+        dtype: DType::U8,
+        shape: vec![],
+        len: len as u64,
+        crc32c: None,
+        newer_than: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_dropped_while_loading_leaves_no_load_behind_to_hang_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,19 +67,7 @@ async fn a_fetch_dropped_while_loading_leaves_no_load_behind_to_hang_on() {
     let (ns, key) = (Namespace::new("job").unwrap(), Key::new("w").unwrap());
     let data = pattern(300_000, 1);
     let store = cache.inner.store.clone();
-    let mut writer = store
-        .begin_put(PutSpec {
-            namespace: ns.clone(),
-            key: key.clone(),
-            version: None,
-            dtype: DType::U8,
-            shape: vec![],
-            len: data.len() as u64,
-            crc32c: None,
-            newer_than: None,
-        })
-        .await
-        .unwrap();
+    let mut writer = store.begin_put(spec("w", None, data.len())).await.unwrap();
     let mut at = 0;
     while at < data.len() {
         let n = writer.next_chunk_len();
@@ -99,20 +101,7 @@ async fn a_fetch_dropped_while_loading_leaves_no_load_behind_to_hang_on() {
 
 /// Reserves `version` as a put with that version does.
 fn reserve(cache: &Cache, version: u64, len: usize) -> crate::store::versions::Reservation {
-    cache
-        .inner
-        .store
-        .check_put(&PutSpec {
-            namespace: Namespace::new("job").unwrap(),
-            key: Key::new("wb").unwrap(),
-            version: Some(version),
-            dtype: DType::U8,
-            shape: vec![],
-            len: len as u64,
-            crc32c: None,
-            newer_than: None,
-        })
-        .unwrap()
+    cache.inner.store.check_put(&spec("wb", Some(version), len)).unwrap()
 }
 
 /// Arena blocks holding `data`, as a put leaves them, and its metadata.
