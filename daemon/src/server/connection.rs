@@ -33,6 +33,7 @@ use super::ServerContext;
 use super::frame::{self, NextFrame, OutFrame};
 use super::handlers::{self, ConnShared};
 use super::handshake::{self, Transport};
+use crate::cache::Cache;
 use crate::io::AlignedBuf;
 use crate::metrics::RequestMetrics;
 use crate::store::{PutSpec, StoreError};
@@ -393,7 +394,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         if let (Durability::WriteBack, Some(cache)) = (request.durability, &cache) {
             if cache.admits_write_back(len) {
                 if let Some(blocks) = cache.blocks_for_put(len) {
-                    return self.take_write_back(id, spec, blocks).instrument(span).await;
+                    return self.take_write_back(id, spec, cache, blocks).instrument(span).await;
                 }
             }
             tracing::debug!("write-back put does not fit the arena now; writing it through");
@@ -473,7 +474,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
 
     /// A write-back put: the payload goes into arena blocks, is checked, and
     /// the put is acknowledged; the cache writes it to the drive later.
-    async fn take_write_back(&mut self, id: u64, spec: PutSpec, blocks: Vec<AlignedBuf>) -> Result<(), Closed> {
+    async fn take_write_back(
+        &mut self,
+        id: u64,
+        spec: PutSpec,
+        cache: &Cache,
+        blocks: Vec<AlignedBuf>,
+    ) -> Result<(), Closed> {
         let len = spec.len;
         let chunk_size = self.ctx.store.config().chunk_size as u64;
         // Held until the shard is on the drive (the cache keeps it).
@@ -524,11 +531,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
-        let installed = match &self.ctx.cache {
-            Some(cache) => cache.install_dirty(meta.clone(), chunks, reservation),
-            None => Err(StoreError::BadRequest("write-back needs the pinned arena".into())),
-        };
-        if let Err(e) = installed {
+        if let Err(e) = cache.install_dirty(meta.clone(), chunks, reservation) {
             handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
             return Ok(());
         }
