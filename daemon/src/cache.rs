@@ -27,7 +27,6 @@ pub mod policy;
 pub mod prefetch;
 pub mod shard;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,7 +38,7 @@ use crate::io::{ALIGN, AlignedBuf, align_up};
 use crate::store::format::ShardLayout;
 use crate::store::versions::Reservation;
 use crate::store::{PutSpec, Store, StoreError};
-use policy::{Policy, PolicyKind, ShardId};
+use policy::{IdMap, Policy, PolicyKind, ShardId, ShardRef};
 pub use shard::{CachedShard, Lease, WriteBack};
 
 /// Settings of the hot tier.
@@ -285,7 +284,7 @@ enum Slot {
 
 #[derive(Debug)]
 struct State {
-    entries: HashMap<ShardId, Slot>,
+    entries: IdMap<Slot>,
     policy: Policy,
     dirty_bytes: u64,
 }
@@ -318,7 +317,7 @@ impl Cache {
                 flushes: Semaphore::new(config.flush_concurrency.max(1)),
                 flush_tasks: tokio_util::task::TaskTracker::new(),
                 state: Mutex::new(State {
-                    entries: HashMap::new(),
+                    entries: IdMap::default(),
                     policy: Policy::new(config.policy),
                     dirty_bytes: 0,
                 }),
@@ -349,7 +348,7 @@ impl Cache {
     /// The shard for a fetch if it is resident now: `None` when it is not
     /// (the caller then uses [`Cache::fetch`], which loads it). Never waits.
     pub fn try_hit(&self, namespace: &Namespace, key: &Key) -> Option<Result<Lease, StoreError>> {
-        let id: ShardId = (namespace.clone(), key.clone());
+        let id = ShardRef(namespace, key);
         let mut state = self.state();
         let Some(Slot::Ready(shard)) = state.entries.get(&id) else {
             return None;
@@ -358,7 +357,7 @@ impl Cache {
             return Some(Err(flush_failed(&shard.meta, status, &reason)));
         }
         let lease = Lease::new(shard.clone());
-        state.policy.accessed(&id);
+        state.policy.accessed(id);
         drop(state);
         self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
         lease.take_prefetched();
@@ -415,7 +414,7 @@ impl Cache {
         let id: ShardId = (namespace.clone(), key.clone());
         let stats = &self.inner.stats;
         let mut state = self.state();
-        state.policy.accessed(&id);
+        state.policy.accessed((&id).into());
         match state.entries.get(&id) {
             // Became resident just now.
             Some(Slot::Ready(shard)) => {
@@ -662,7 +661,7 @@ impl Cache {
     /// shard acknowledged from memory and not yet on the drive.
     pub fn unflushed_version(&self, namespace: &Namespace, key: &Key) -> Option<u64> {
         let state = self.state();
-        match state.entries.get(&(namespace.clone(), key.clone())) {
+        match state.entries.get(&ShardRef(namespace, key)) {
             Some(Slot::Ready(shard)) if !shard.is_clean() => Some(shard.meta.version),
             _ => None,
         }
@@ -820,7 +819,7 @@ impl Cache {
         namespace: &Namespace,
         key: &Key,
     ) -> Result<(ShardMeta, shardd_protocol::CacheState), StoreError> {
-        let cached = match self.state().entries.get(&(namespace.clone(), key.clone())) {
+        let cached = match self.state().entries.get(&ShardRef(namespace, key)) {
             Some(Slot::Ready(shard)) => Some(shard.clone()),
             _ => None,
         };

@@ -17,9 +17,16 @@ fn config() -> impl bincode::config::Config {
         .with_limit::<{ MAX_CONTROL_LEN as usize }>()
 }
 
+/// Room reserved up front for an encoded message: most requests and
+/// answers fit, so encoding one costs a single allocation instead of a
+/// series of regrowths.
+const TYPICAL_CONTROL_LEN: usize = 256;
+
 /// Encodes a control message.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
-    let bytes = bincode::serde::encode_to_vec(value, config()).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(TYPICAL_CONTROL_LEN);
+    bincode::serde::encode_into_std_write(value, &mut bytes, config())
+        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
     if bytes.len() > MAX_CONTROL_LEN as usize {
         return Err(ProtocolError::Encode(format!(
             "{} bytes exceed the control limit of {MAX_CONTROL_LEN}",

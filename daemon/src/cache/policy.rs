@@ -12,12 +12,35 @@
 //! when a step starts late or skips a key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::RandomState;
 
 use serde::Deserialize;
 use shardd_protocol::{Key, Namespace};
 
 /// A shard's identity in the cache.
 pub type ShardId = (Namespace, Key);
+
+/// A shard's identity borrowed from a request, to look up an [`IdMap`]
+/// without cloning the names (the hit path does this on every fetch). It
+/// hashes exactly as the [`ShardId`] it stands for.
+#[derive(Clone, Copy, Debug, Hash)]
+pub struct ShardRef<'a>(pub &'a Namespace, pub &'a Key);
+
+impl<'a> From<&'a ShardId> for ShardRef<'a> {
+    fn from(id: &'a ShardId) -> ShardRef<'a> {
+        ShardRef(&id.0, &id.1)
+    }
+}
+
+impl hashbrown::Equivalent<ShardId> for ShardRef<'_> {
+    fn equivalent(&self, id: &ShardId) -> bool {
+        *self.0 == id.0 && *self.1 == id.1
+    }
+}
+
+/// A map keyed by [`ShardId`] that a [`ShardRef`] can look up too. The
+/// standard library's keyed hasher, as keys come from clients.
+pub type IdMap<V> = hashbrown::HashMap<ShardId, V, RandomState>;
 
 /// The eviction policy in use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -87,7 +110,7 @@ impl Schedule {
 pub struct Policy {
     kind: PolicyKind,
     tick: u64,
-    last_use: HashMap<ShardId, u64>,
+    last_use: IdMap<u64>,
     by_age: BTreeMap<u64, ShardId>,
     schedules: HashMap<Namespace, Schedule>,
 }
@@ -98,7 +121,7 @@ impl Policy {
         Policy {
             kind,
             tick: 0,
-            last_use: HashMap::new(),
+            last_use: IdMap::default(),
             by_age: BTreeMap::new(),
             schedules: HashMap::new(),
         }
@@ -121,21 +144,23 @@ impl Policy {
 
     /// A fetch used `id`: it becomes the most recently used, and its
     /// namespace's position moves to it.
-    pub fn accessed(&mut self, id: &ShardId) {
-        if let Some(schedule) = self.schedules.get_mut(&id.0) {
-            schedule.advance_to(&id.1);
+    pub fn accessed(&mut self, id: ShardRef<'_>) {
+        if let Some(schedule) = self.schedules.get_mut(id.0) {
+            schedule.advance_to(id.1);
         }
-        if self.last_use.contains_key(id) {
-            self.mark_used(id.clone());
+        // The hot path of every hit: the id moves to its new age without
+        // being cloned.
+        if let Some(last) = self.last_use.get_mut(&id) {
+            self.tick += 1;
+            let old = std::mem::replace(last, self.tick);
+            if let Some(moved) = self.by_age.remove(&old) {
+                self.by_age.insert(self.tick, moved);
+            }
         }
     }
 
     /// `id` became resident.
     pub fn inserted(&mut self, id: ShardId) {
-        self.mark_used(id);
-    }
-
-    fn mark_used(&mut self, id: ShardId) {
         self.tick += 1;
         if let Some(old) = self.last_use.insert(id.clone(), self.tick) {
             self.by_age.remove(&old);
@@ -200,7 +225,7 @@ mod tests {
         for step in 0..steps {
             for key in order {
                 let shard = (ns.clone(), key.clone());
-                policy.accessed(&shard);
+                policy.accessed((&shard).into());
                 let hit = resident.contains(&shard);
                 if step > 0 {
                     total += 1;
@@ -250,6 +275,36 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_id_finds_what_its_owned_id_stored() {
+        let mut map: IdMap<u32> = IdMap::default();
+        map.insert(id("job", "layers.0"), 0);
+        map.insert(id("job", "layers.1"), 1);
+        let (ns, key) = (Namespace::new("job").unwrap(), Key::new("layers.1").unwrap());
+        assert_eq!(map.get(&ShardRef(&ns, &key)), Some(&1));
+        let other = Namespace::new("other").unwrap();
+        assert_eq!(map.get(&ShardRef(&other, &key)), None);
+    }
+
+    #[test]
+    fn an_access_makes_a_shard_the_most_recently_used() {
+        let mut policy = Policy::new(PolicyKind::Lru);
+        for key in ["a", "b", "c"] {
+            policy.inserted(id("job", key));
+        }
+        assert_eq!(policy.victim(|_| true), Some(id("job", "a")));
+        policy.accessed((&id("job", "a")).into());
+        assert_eq!(policy.victim(|_| true), Some(id("job", "b")));
+        policy.accessed((&id("job", "b")).into());
+        policy.removed(&id("job", "c"));
+        assert_eq!(policy.victim(|_| true), Some(id("job", "a")));
+        // A shard that is not resident is not tracked by an access.
+        policy.accessed((&id("job", "gone")).into());
+        policy.removed(&id("job", "a"));
+        policy.removed(&id("job", "b"));
+        assert_eq!(policy.victim(|_| true), None);
+    }
+
+    #[test]
     fn distance_and_unscheduled_shards_go_first() {
         let order = layers(4);
         let mut policy = Policy::new(PolicyKind::Schedule);
@@ -258,7 +313,7 @@ mod tests {
             policy.inserted(id("job", &format!("layers.{i}")));
         }
         policy.inserted(id("other", "x"));
-        policy.accessed(&id("job", "layers.1"));
+        policy.accessed((&id("job", "layers.1")).into());
         // The unscheduled shard goes first, then the one used just now (next use a full step away).
         assert_eq!(policy.victim(|_| true), Some(id("other", "x")));
         policy.removed(&id("other", "x"));
