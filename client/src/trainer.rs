@@ -11,6 +11,8 @@
 //! [`TrainerOptions::depth`] layers and [`TrainerOptions::budget_bytes`]
 //! bytes ahead (wrapping into the next step), to every node at once; the
 //! order is also registered with each daemon for schedule-aware eviction.
+//! Hints and demotes after use go to each node through one queue, in the
+//! order they were made.
 //!
 //! # Layout
 //!
@@ -26,6 +28,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, ClusterError, GatheredTensor, Layer};
@@ -110,6 +113,44 @@ impl StepStats {
     }
 }
 
+/// What the trainer tells a node besides gathering, in the background.
+#[derive(Debug)]
+enum Notice {
+    /// Load these shards into the arena ahead of use.
+    Prefetch(Vec<PrefetchItem>),
+    /// Free the arena copies of these shards (a layer just used).
+    Demote(Vec<String>),
+}
+
+/// Starts the task that delivers a node's notices one after another, in the
+/// order they were made: a demote of a layer that took a while (its
+/// partitions still being read, tried again) must not land after a later
+/// hint of the same layer, or it would evict what the hint loaded.
+fn courier_for(cluster: Cluster, namespace: String, node: usize) -> mpsc::UnboundedSender<Notice> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(notice) = rx.recv().await {
+            match notice {
+                Notice::Prefetch(items) => {
+                    if let Err(e) = cluster.prefetch_on(node, &namespace, items).await {
+                        tracing::warn!(node, error = %e, "a prefetch hint failed");
+                    }
+                }
+                Notice::Demote(keys) => match cluster.demote_on(node, &namespace, &keys).await {
+                    Ok(answer) if !answer.busy.is_empty() => tracing::debug!(
+                        node,
+                        busy = ?answer.busy,
+                        "partitions of a used layer stay in the arena: still being read"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(node, error = %e, "demoting a used layer failed"),
+                },
+            }
+        }
+    });
+    tx
+}
+
 /// A gather of the step's next layer, running in the background.
 #[derive(Debug)]
 struct Ahead<B> {
@@ -140,6 +181,8 @@ pub struct Trainer<B = Vec<u8>> {
     ahead: Option<Ahead<B>>,
     /// Buffers lent for gathers ahead.
     spares: Vec<B>,
+    /// Per node, the task that delivers hints and demotes in order.
+    couriers: Vec<Option<mpsc::UnboundedSender<Notice>>>,
     #[cfg(feature = "prometheus")]
     metrics: Option<metrics::TrainerMetrics>,
 }
@@ -161,6 +204,7 @@ impl<B: FetchBuf> Trainer<B> {
             history: Vec::new(),
             ahead: None,
             spares: Vec::new(),
+            couriers: Vec::new(),
             #[cfg(feature = "prometheus")]
             metrics: None,
         }
@@ -431,13 +475,7 @@ impl<B: FetchBuf> Trainer<B> {
             self.hinted += 1;
         }
         for (node, list) in items.into_iter().enumerate().filter(|(_, l)| !l.is_empty()) {
-            let cluster = self.cluster.clone();
-            let namespace = self.namespace.clone();
-            tokio::spawn(async move {
-                if let Err(e) = cluster.prefetch_on(node, &namespace, list).await {
-                    tracing::warn!(error = %e, "a prefetch hint failed");
-                }
-            });
+            self.notify(node, Notice::Prefetch(list));
         }
     }
 
@@ -451,25 +489,33 @@ impl<B: FetchBuf> Trainer<B> {
         (1..=self.options.depth as u64).any(|ahead| order[((current + ahead) % order.len() as u64) as usize] == name)
     }
 
-    fn demote(&self, layer: &Layer) {
+    fn demote(&mut self, layer: &Layer) {
         for node in 0..self.cluster.len() {
             let keys = layer.keys_on(node);
-            if keys.is_empty() {
-                continue;
+            if !keys.is_empty() {
+                self.notify(node, Notice::Demote(keys));
             }
-            let cluster = self.cluster.clone();
-            let namespace = self.namespace.clone();
-            tokio::spawn(async move {
-                match cluster.demote_on(node, &namespace, &keys).await {
-                    Ok(answer) if !answer.busy.is_empty() => tracing::debug!(
-                        busy = ?answer.busy,
-                        "partitions of a used layer stay in the arena: still being read"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "demoting a used layer failed"),
-                }
-            });
         }
+    }
+
+    /// Hands `notice` to node `node`'s courier, starting it if need be.
+    fn notify(&mut self, node: usize, notice: Notice) {
+        if self.couriers.len() < self.cluster.len() {
+            self.couriers.resize_with(self.cluster.len(), || None);
+        }
+        let courier = &mut self.couriers[node];
+        let notice = match courier {
+            Some(tx) => match tx.send(notice) {
+                Ok(()) => return,
+                // Its task is gone (the runtime that ran it shut down): start anew.
+                Err(mpsc::error::SendError(notice)) => notice,
+            },
+            None => notice,
+        };
+        let tx = courier_for(self.cluster.clone(), self.namespace.clone(), node);
+        // A new channel's receiver is alive until its task ends.
+        let _ = tx.send(notice);
+        *courier = Some(tx);
     }
 
     /// Registers the trusted order's keys with every daemon.

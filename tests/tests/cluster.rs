@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shardd::io::EngineKind;
 use shardd_client::cluster::ClusterOptions;
 use shardd_client::trainer::TrainerOptions;
-use shardd_client::{Cluster, ClusterError, DType, Trainer};
+use shardd_client::{Client, Cluster, ClusterError, DType, Trainer};
 use shardd_tests::{TestDaemon, engines, pattern};
 
 const NS: &str = "job";
@@ -374,6 +374,76 @@ async fn prefetched_layers_are_resident_before_the_gather_asks() {
             }
         }
     }
+}
+
+/// Whether `key` is in node `client`'s arena.
+async fn resident(client: &Client, key: &str) -> bool {
+    client.stat(NS, key).await.unwrap().cache.resident
+}
+
+/// Polls `resident` until it says `want` or `within` passes; what it last said.
+async fn settles(client: &Client, key: &str, want: bool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = resident(client, key).await;
+        if now == want || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The trainer demotes a layer after use and, one gather later, hints it
+/// for the next step. When the demote has to wait (another reader holds the
+/// partition, so it is tried again), the hint must still land after it:
+/// the layer ends up in the arena, not evicted by a demote that came late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hint_made_after_a_demote_lands_after_it() {
+    let daemons = start_nodes(EngineKind::Auto, 2).await;
+    let cluster = cluster(&daemons, ClusterOptions::default());
+    let options = TrainerOptions {
+        prefetch: true,
+        depth: 2,
+        demote_after_use: true,
+        gather_ahead: false,
+        ..TrainerOptions::default()
+    };
+    let mut trainer = trainer_with_layers(&cluster, 3, 64 << 10, options).await;
+    // L0 is demoted after its gather and hinted again at the next one (two ahead of L1).
+    trainer.declare_order(&["L0", "L1", "L2"]).await.unwrap();
+    let l0 = trainer.layer("L0").unwrap().keys_on(0).remove(0);
+    let l1 = trainer.layer("L1").unwrap().keys_on(0).remove(0);
+    let node0 = Client::connect(&daemons[0].unix_endpoint()).await.unwrap();
+    assert!(resident(&node0, &l0).await, "puts leave partitions in the arena");
+
+    let reader = Client::connect(&daemons[0].unix_endpoint()).await.unwrap();
+    let view = reader.fetch_view(NS, &l0, None).await.unwrap();
+    let mut buf = vec![0u8; trainer.layer("L0").unwrap().len() as usize];
+    for name in ["L0", "L1"] {
+        let (back, result) = trainer.gather(name, buf).await;
+        buf = back;
+        result.unwrap();
+    }
+    // The reader lets go while the demote of L0 is still trying.
+    tokio::time::sleep(Duration::from_millis(8)).await;
+    drop(view);
+    drop(reader);
+
+    // L1's demote was made after L0's hint: once it has landed, so has the
+    // hint (and the demote before it). Then give a demote that came late
+    // time to show.
+    assert!(
+        !settles(&node0, &l1, false, Duration::from_secs(10)).await,
+        "L1 is demoted"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        settles(&node0, &l0, true, Duration::from_secs(10)).await,
+        "L0 was hinted after its demote: it is loaded again, not left evicted"
+    );
+    let node1 = daemons[1].client(true).await;
+    let l0_on_1 = trainer.layer("L0").unwrap().keys_on(1).remove(0);
+    assert!(settles(&node1, &l0_on_1, true, Duration::from_secs(10)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
