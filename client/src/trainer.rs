@@ -11,8 +11,8 @@
 //! [`TrainerOptions::depth`] layers and [`TrainerOptions::budget_bytes`]
 //! bytes ahead (wrapping into the next step), to every node at once; the
 //! order is also registered with each daemon for schedule-aware eviction.
-//! Hints and demotes after use go to each node through one queue, in the
-//! order they were made.
+//! Hints and demotes after use go to each node through one queue: a hint
+//! of a partition whose demote is still running waits for it.
 //!
 //! # Layout
 //!
@@ -122,29 +122,46 @@ enum Notice {
     Demote(Vec<String>),
 }
 
-/// Starts the task that delivers a node's notices one after another, in the
-/// order they were made: a demote of a layer that took a while (its
-/// partitions still being read, tried again) must not land after a later
-/// hint of the same layer, or it would evict what the hint loaded.
+/// Starts the task that delivers a node's notices in the order they were
+/// made. A demote runs in the background (it can take a while: a partition
+/// still being read is tried again, a partition not yet on the drive is
+/// flushed first); a later hint that names one of its partitions waits for
+/// it, or the demote could land after the hint and evict what the hint
+/// loaded. Hints of other partitions go at once.
 fn courier_for(cluster: Cluster, namespace: String, node: usize) -> mpsc::UnboundedSender<Notice> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let mut demotes: Vec<(Vec<String>, JoinHandle<()>)> = Vec::new();
         while let Some(notice) = rx.recv().await {
+            demotes.retain(|(_, task)| !task.is_finished());
             match notice {
                 Notice::Prefetch(items) => {
+                    let (before, others): (Vec<_>, Vec<_>) = demotes
+                        .drain(..)
+                        .partition(|(keys, _)| items.iter().any(|item| keys.iter().any(|k| k == item.key.as_str())));
+                    demotes = others;
+                    for (_, demote) in before {
+                        let _ = demote.await;
+                    }
                     if let Err(e) = cluster.prefetch_on(node, &namespace, items).await {
                         tracing::warn!(node, error = %e, "a prefetch hint failed");
                     }
                 }
-                Notice::Demote(keys) => match cluster.demote_on(node, &namespace, &keys).await {
-                    Ok(answer) if !answer.busy.is_empty() => tracing::debug!(
-                        node,
-                        busy = ?answer.busy,
-                        "partitions of a used layer stay in the arena: still being read"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(node, error = %e, "demoting a used layer failed"),
-                },
+                Notice::Demote(keys) => {
+                    let (cluster, namespace, task_keys) = (cluster.clone(), namespace.clone(), keys.clone());
+                    let task = tokio::spawn(async move {
+                        match cluster.demote_on(node, &namespace, &task_keys).await {
+                            Ok(answer) if !answer.busy.is_empty() => tracing::debug!(
+                                node,
+                                busy = ?answer.busy,
+                                "partitions of a used layer stay in the arena: still being read"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(node, error = %e, "demoting a used layer failed"),
+                        }
+                    });
+                    demotes.push((keys, task));
+                }
             }
         }
     });
