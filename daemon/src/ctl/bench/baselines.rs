@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-/// Whether `fio` runs here.
-pub fn fio_installed() -> bool {
-    Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// One fio round on every data dir at once: a sequential write to a new
 /// file (as every put writes a new file) with a final fsync, then a
 /// sequential read of it. With `fixed_buffers`, fio registers its buffers

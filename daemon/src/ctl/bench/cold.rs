@@ -145,7 +145,7 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
 
     let fio_dirs: Option<Vec<PathBuf>> = match args.fio.as_str() {
         "off" => None,
-        "auto" if !baselines::fio_installed() => {
+        "auto" if !baselines::installed("fio") => {
             eprintln!("shardctl bench: fio is not installed; no baseline (install fio, or --fio off)");
             None
         }

@@ -434,13 +434,14 @@ async fn copy_loop(
     }
     let per_worker = (total / size / concurrency as u64).max(1);
     let views = &views;
+    // Buffers are allocated and touched before the clock starts, as in `fetch_loop`.
+    let buffers: Vec<Vec<u8>> = (0..concurrency).map(|_| vec![1u8; size as usize]).collect();
     let start = Instant::now();
     // Threads, as the memcpy baseline uses; the runtime carries on meanwhile.
     tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
-            for w in 0..concurrency {
+            for (w, mut buf) in buffers.into_iter().enumerate() {
                 s.spawn(move || {
-                    let mut buf = vec![1u8; size as usize];
                     for n in 0..per_worker {
                         let i = (w as u64 + n * concurrency as u64) % shards;
                         views[i as usize].copy_to(&mut buf, false);
