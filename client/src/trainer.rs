@@ -208,6 +208,7 @@ impl<B: FetchBuf> Trainer<B> {
     /// A trainer of `namespace`'s layers on `cluster`.
     pub fn new(cluster: Cluster, namespace: &str, options: TrainerOptions) -> Trainer<B> {
         Trainer {
+            couriers: (0..cluster.len()).map(|_| None).collect(),
             cluster,
             namespace: namespace.to_string(),
             options,
@@ -221,7 +222,6 @@ impl<B: FetchBuf> Trainer<B> {
             history: Vec::new(),
             ahead: None,
             spares: Vec::new(),
-            couriers: Vec::new(),
             #[cfg(feature = "prometheus")]
             metrics: None,
         }
@@ -517,9 +517,6 @@ impl<B: FetchBuf> Trainer<B> {
 
     /// Hands `notice` to node `node`'s courier, starting it if need be.
     fn notify(&mut self, node: usize, notice: Notice) {
-        if self.couriers.len() < self.cluster.len() {
-            self.couriers.resize_with(self.cluster.len(), || None);
-        }
         let courier = &mut self.couriers[node];
         let notice = match courier {
             Some(tx) => match tx.send(notice) {
