@@ -1,10 +1,13 @@
 //! The hello exchange and, over a Unix socket, the daemon's arena: its
 //! memfd arrives with the hello answer (SCM_RIGHTS) and is mapped read-only,
-//! so that zero-copy fetches read shards where the daemon keeps them.
+//! so that zero-copy fetches read shards where the daemon keeps them. All
+//! connections of a process to one daemon share one mapping.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, Weak};
 
 use shardd_protocol::{
     ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, MAX_CONTROL_LEN, Opcode, Status, codec,
@@ -26,7 +29,47 @@ unsafe impl Send for ArenaMap {}
 // SAFETY: as above.
 unsafe impl Sync for ArenaMap {}
 
+/// A live mapping, by the identity of the memfd it maps.
+struct Mapped {
+    dev: u64,
+    ino: u64,
+    len: usize,
+    map: Weak<ArenaMap>,
+}
+
+/// The arenas this process has mapped. A mapping keeps its memfd's inode
+/// alive, so while one can be upgraded no other memfd has its number.
+static MAPPED: Mutex<Vec<Mapped>> = Mutex::new(Vec::new());
+
 impl ArenaMap {
+    /// The arena behind `fd`, `len` bytes: a mapping this process already
+    /// has of the same memfd (made for another connection to the daemon),
+    /// else a new one. One mapping per arena spends page tables and TLB
+    /// reach once however many connections read it: with 4 KiB pages a
+    /// 64 GiB arena takes 128 MiB of page tables per mapping.
+    fn shared(fd: OwnedFd, len: usize) -> io::Result<Arc<ArenaMap>> {
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata()?;
+        let (dev, ino) = (meta.dev(), meta.ino());
+        let mut mapped = MAPPED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        mapped.retain(|m| m.map.strong_count() > 0);
+        let live = mapped
+            .iter()
+            .filter(|m| m.dev == dev && m.ino == ino && m.len == len)
+            .find_map(|m| m.map.upgrade());
+        if let Some(map) = live {
+            return Ok(map);
+        }
+        let map = Arc::new(ArenaMap::map(OwnedFd::from(file), len)?);
+        mapped.push(Mapped {
+            dev,
+            ino,
+            len,
+            map: Arc::downgrade(&map),
+        });
+        Ok(map)
+    }
+
     fn map(fd: OwnedFd, len: usize) -> io::Result<ArenaMap> {
         if len == 0 {
             return Err(io::Error::new(
@@ -86,7 +129,7 @@ pub(crate) async fn hello_unix(
     stream: &mut UnixStream,
     hello: &HelloRequest,
     endpoint: &str,
-) -> Result<(HelloResponse, Option<ArenaMap>), ClientError> {
+) -> Result<(HelloResponse, Option<Arc<ArenaMap>>), ClientError> {
     let sent = send_hello(stream, hello, endpoint).await;
     first_reason(sent, read_hello_unix(stream, endpoint).await)
 }
@@ -104,7 +147,7 @@ fn first_reason<T>(sent: Result<(), ClientError>, answer: Result<T, ClientError>
 async fn read_hello_unix(
     stream: &mut UnixStream,
     endpoint: &str,
-) -> Result<(HelloResponse, Option<ArenaMap>), ClientError> {
+) -> Result<(HelloResponse, Option<Arc<ArenaMap>>), ClientError> {
     let socket = stream.as_raw_fd();
     let mut bytes = Vec::new();
     let mut fd: Option<OwnedFd> = None;
@@ -131,7 +174,7 @@ async fn read_hello_unix(
     let arena = match (response.arena, fd) {
         (Some(grant), Some(fd)) => {
             Some(
-                ArenaMap::map(fd, grant.size as usize).map_err(|source| ClientError::Connect {
+                ArenaMap::shared(fd, grant.size as usize).map_err(|source| ClientError::Connect {
                     endpoint: endpoint.to_string(),
                     source,
                 })?,

@@ -161,7 +161,7 @@ impl Client {
                 let (r, w) = stream.into_split();
                 let limit = server.limits.max_inflight_requests;
                 let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
-                (conn, server, arena.map(Arc::new))
+                (conn, server, arena)
             }
             Endpoint::Tcp(addr) => {
                 let mut stream = TcpStream::connect(addr.as_str()).await.map_err(connect_error)?;

@@ -21,7 +21,8 @@
 //! Trainers that are not async use [`blocking::Client`].
 //!
 //! Over a Unix socket the client maps the daemon's pinned arena (unless
-//! [`ClientOptions::zero_copy`] is off): [`Client::fetch_view`] then reads a
+//! [`ClientOptions::zero_copy`] is off; once per process and daemon, however
+//! many connections): [`Client::fetch_view`] then reads a
 //! shard in place, and [`Client::fetch_into`] makes one copy, from the arena
 //! into the caller's buffer (a shard not yet in the arena comes over the
 //! socket while the daemon loads it). [`Client::prefetch`], [`Client::evict`] and

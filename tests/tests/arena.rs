@@ -488,3 +488,42 @@ async fn zero_copy_views_of_ranges_across_chunks() {
     assert_eq!(crc, Some(crc32c::crc32c(&data)));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_one_daemon_share_one_mapping_of_its_arena() {
+    let config = "[arena]\nsize = \"8MiB\"";
+    let mut one = TestDaemon::start(engines()[0], config).await;
+    let mut other = TestDaemon::start(engines()[0], config).await;
+    let data = pattern(MIB, 7);
+    let first = one.client(false).await;
+    let second = one.client(false).await;
+    let elsewhere = other.client(false).await;
+    assert!(first.zero_copy() && second.zero_copy() && elsewhere.zero_copy());
+    first
+        .put("job", "s", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    elsewhere
+        .put("job", "s", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+
+    let address = |view: &shardd_client::ShardView| view.pieces().next().expect("one piece").as_ptr();
+    let a = first.fetch_view("job", "s", None).await.unwrap();
+    let b = second.fetch_view("job", "s", None).await.unwrap();
+    let c = elsewhere.fetch_view("job", "s", None).await.unwrap();
+    assert_eq!(address(&a), address(&b), "two connections, one mapping");
+    assert_ne!(address(&a), address(&c), "another daemon's arena is mapped apart");
+    assert_eq!(a.to_vec(), data);
+    assert_eq!(b.to_vec(), data);
+    assert_eq!(c.to_vec(), data);
+
+    // With every client and view of a daemon gone, the next client maps its
+    // arena again and reads it as before.
+    drop((a, b, first, second));
+    let again = one.client(false).await;
+    assert_eq!(again.fetch_view("job", "s", None).await.unwrap().to_vec(), data);
+    drop((c, elsewhere, again));
+    one.stop().await;
+    other.stop().await;
+}
