@@ -94,7 +94,9 @@ impl ArenaMemory {
             // SAFETY: advice on our own mapping; failure only means no huge pages.
             let rc = unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
             if rc != 0 {
-                tracing::info!(error = %io::Error::last_os_error(), "transparent huge pages unavailable for the arena");
+                tracing::warn!(error = %io::Error::last_os_error(), "transparent huge pages unavailable for the arena");
+            } else {
+                warn_if_shmem_thp_off(std::fs::read_to_string(SHMEM_THP).ok().as_deref());
             }
         }
         let locked = lock(base, len);
@@ -133,6 +135,35 @@ impl Drop for ArenaMemory {
         // (blocks hold an `Arc` of it).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
+}
+
+/// Where the kernel says whether shared memory (the arena's memfd) may get
+/// transparent huge pages.
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// The selected mode in the contents of [`SHMEM_THP`], e.g.
+/// `always within_size advise [never] deny force` gives `never`.
+fn selected_mode(contents: &str) -> Option<&str> {
+    contents
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// Says once, at start, when `huge_pages = "transparent"` cannot take effect:
+/// the advice on a memfd mapping is ignored unless the kernel allows huge
+/// pages for shared memory, which many distributions do not by default.
+fn warn_if_shmem_thp_off(contents: Option<&str>) -> bool {
+    let mode = contents.and_then(selected_mode);
+    let off = matches!(mode, None | Some("never") | Some("deny"));
+    if off {
+        tracing::warn!(
+            shmem_enabled = mode.unwrap_or("unknown"),
+            "arena.huge_pages = \"transparent\", but the kernel gives shared memory no transparent huge \
+             pages: the arena has 4 KiB pages; write `advise` to {SHMEM_THP}, or use \
+             arena.huge_pages = \"hugetlb\""
+        );
+    }
+    off
 }
 
 /// The soft RLIMIT_MEMLOCK in bytes (`u64::MAX` when unlimited).
@@ -174,4 +205,42 @@ fn lock(base: NonNull<u8>, len: usize) -> Locked {
         };
     }
     Locked { bytes: 0, limit }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_selected_shmem_huge_page_mode_is_the_bracketed_one() {
+        assert_eq!(
+            selected_mode("always within_size advise [never] deny force\n"),
+            Some("never")
+        );
+        assert_eq!(
+            selected_mode("always within_size [advise] never deny force"),
+            Some("advise")
+        );
+        assert_eq!(selected_mode("always never"), None);
+    }
+
+    #[test]
+    fn transparent_huge_pages_warn_unless_the_kernel_allows_them_for_shared_memory() {
+        assert!(warn_if_shmem_thp_off(Some(
+            "always within_size advise [never] deny force"
+        )));
+        assert!(warn_if_shmem_thp_off(Some(
+            "always within_size advise never [deny] force"
+        )));
+        assert!(warn_if_shmem_thp_off(None));
+        assert!(!warn_if_shmem_thp_off(Some(
+            "always within_size [advise] never deny force"
+        )));
+        assert!(!warn_if_shmem_thp_off(Some(
+            "[always] within_size advise never deny force"
+        )));
+        assert!(!warn_if_shmem_thp_off(Some(
+            "always [within_size] advise never deny force"
+        )));
+    }
 }
