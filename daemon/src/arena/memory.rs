@@ -10,6 +10,9 @@ use std::ptr::NonNull;
 use anyhow::Context;
 use serde::Deserialize;
 
+/// The arena memfd's name (`/memfd:shardd-arena` in a process's maps).
+pub const MEMFD_NAME: &str = "shardd-arena";
+
 /// Huge pages for the arena.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +54,7 @@ unsafe impl Sync for ArenaMemory {}
 impl ArenaMemory {
     /// Creates, maps and locks `len` bytes (a multiple of the page size).
     pub fn create(len: usize, huge: HugePages) -> anyhow::Result<ArenaMemory> {
-        let name = CString::new("shardd-arena").unwrap_or_default();
+        let name = CString::new(MEMFD_NAME).unwrap_or_default();
         let mut flags = libc::MFD_CLOEXEC;
         if huge == HugePages::Hugetlb {
             flags |= libc::MFD_HUGETLB;

@@ -121,6 +121,18 @@ pub struct SmallResult {
     pub p99_us: f64,
 }
 
+/// The pages of the arena as this process maps it: copies out of it run
+/// faster with huge pages, so the figures depend on them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ArenaPages {
+    /// Page size of the mapping (2 MiB for a hugetlb arena).
+    pub page_bytes: u64,
+    /// Bytes of the mapping in memory (touched by this process).
+    pub resident_bytes: u64,
+    /// Of those, bytes mapped as transparent huge pages.
+    pub transparent_huge_bytes: u64,
+}
+
 /// The report.
 #[derive(Clone, Debug, Serialize)]
 pub struct HotReport {
@@ -140,6 +152,8 @@ pub struct HotReport {
     pub redis: Vec<RedisGet>,
     /// A bare Unix socket round trip with a 4 KiB answer (median run).
     pub round_trip: RoundTrip,
+    /// How this process mapped the daemon's arena (zero-copy clients).
+    pub arena_pages: Option<ArenaPages>,
     /// Arena hits and misses during the benchmark.
     pub arena_hits: u64,
     /// Misses (should be none: the shards are put into the arena first).
@@ -247,6 +261,9 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         }
     }
     let after = probe.status().await?.arena.unwrap_or_default();
+    let arena_pages = std::fs::read_to_string("/proc/self/smaps")
+        .ok()
+        .and_then(|smaps| arena_pages(&smaps));
 
     // 4 KiB fetches.
     const SMALL: u64 = 4096;
@@ -323,6 +340,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         small,
         redis,
         round_trip,
+        arena_pages,
         arena_hits: after.hits - before.hits,
         arena_misses: after.misses - before.misses,
     };
@@ -497,6 +515,40 @@ async fn small_loop(
     })
 }
 
+/// The arena's mappings in `smaps` (this process's `/proc/self/smaps`),
+/// added up; `None` if it maps no arena.
+fn arena_pages(smaps: &str) -> Option<ArenaPages> {
+    let name = format!("/memfd:{}", crate::arena::memory::MEMFD_NAME);
+    let mut pages: Option<ArenaPages> = None;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        // A mapping starts with its address range; its fields follow.
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line.contains(&name);
+            if inside {
+                pages.get_or_insert_with(ArenaPages::default);
+            }
+            continue;
+        }
+        let Some(entry) = pages.as_mut().filter(|_| inside) else {
+            continue;
+        };
+        // Fields are in kB.
+        let Some(value) = words.next().and_then(|n| n.parse::<u64>().ok()).map(|k| k * 1024) else {
+            continue;
+        };
+        match first {
+            "KernelPageSize:" => entry.page_bytes = entry.page_bytes.max(value),
+            "Rss:" | "Shared_Hugetlb:" | "Private_Hugetlb:" => entry.resident_bytes += value,
+            "ShmemPmdMapped:" => entry.transparent_huge_bytes += value,
+            _ => {}
+        }
+    }
+    pages
+}
+
 fn render(report: &HotReport) -> String {
     use std::fmt::Write;
     let mut out = format!(
@@ -515,6 +567,23 @@ fn render(report: &HotReport) -> String {
             );
         }
         None => out.push_str("iperf3: not run\n"),
+    }
+    if let Some(pages) = &report.arena_pages {
+        let _ = write!(
+            out,
+            "arena pages, as this client maps them: {}",
+            show::bytes(pages.page_bytes)
+        );
+        if pages.page_bytes <= 4096 {
+            let huge = pages.transparent_huge_bytes as f64 / pages.resident_bytes.max(1) as f64;
+            let _ = write!(
+                out,
+                ", {:.0}% of the {} touched in transparent huge pages",
+                huge * 100.0,
+                show::bytes(pages.resident_bytes)
+            );
+        }
+        out.push('\n');
     }
     let modes: Vec<Mode> = report
         .sizes
@@ -607,4 +676,65 @@ fn render(report: &HotReport) -> String {
         report.arena_hits
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d1c0a00000-55d1c0a21000 r--p 00000000 fd:01 1234                       /usr/bin/shardctl
+Size:                132 kB
+KernelPageSize:        4 kB
+Rss:                 132 kB
+ShmemPmdMapped:        0 kB
+7f0000000000-7f0040000000 r--s 00000000 00:01 25696                      /memfd:shardd-arena (deleted)
+Size:            1048576 kB
+KernelPageSize:        4 kB
+MMUPageSize:           4 kB
+Rss:              419840 kB
+ShmemPmdMapped:   409600 kB
+Shared_Hugetlb:        0 kB
+Private_Hugetlb:       0 kB
+VmFlags: rd sh mr mw me ms sd
+7f0040000000-7f0040021000 rw-p 00000000 00:00 0
+Size:                132 kB
+KernelPageSize:        4 kB
+Rss:                  64 kB
+ShmemPmdMapped:        0 kB
+";
+
+    #[test]
+    fn the_arena_mapping_is_found_among_the_others() {
+        let pages = arena_pages(SMAPS).expect("an arena mapping");
+        assert_eq!(
+            pages,
+            ArenaPages {
+                page_bytes: 4096,
+                resident_bytes: 419840 * 1024,
+                transparent_huge_bytes: 409600 * 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn a_hugetlb_arena_counts_its_huge_pages_as_resident() {
+        let smaps = "\
+7f0000000000-7f0040000000 r--s 00000000 00:0f 4321                       /memfd:shardd-arena (deleted)
+Size:            1048576 kB
+KernelPageSize:     2048 kB
+Rss:                   0 kB
+ShmemPmdMapped:        0 kB
+Shared_Hugetlb:   419840 kB
+Private_Hugetlb:       0 kB
+";
+        let pages = arena_pages(smaps).expect("an arena mapping");
+        assert_eq!(pages.page_bytes, 2 << 20);
+        assert_eq!(pages.resident_bytes, 419840 * 1024);
+    }
+
+    #[test]
+    fn no_arena_mapping_is_none() {
+        assert_eq!(arena_pages(&SMAPS.replace("shardd-arena", "other")), None);
+    }
 }
