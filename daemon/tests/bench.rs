@@ -131,6 +131,10 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
         assert!(s["p99_us"].as_f64().unwrap() >= s["p50_us"].as_f64().unwrap());
     }
     assert_eq!(report["arena_misses"], 0, "every fetch was an arena hit");
+    // The zero-copy fetches mapped the arena; the report says with what pages.
+    let pages = &report["arena_pages"];
+    assert!(pages["page_bytes"].as_u64().unwrap() >= 4096, "{pages}");
+    assert!(pages["resident_bytes"].as_u64().unwrap() >= 1 << 20, "{pages}");
     let floor = &report["round_trip"];
     assert!(
         floor["per_sec"].as_f64().unwrap() > 0.0 && floor["p50_us"].as_f64().unwrap() > 0.0,
