@@ -230,6 +230,12 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         }
         for (n, &(size, shards)) in sets.iter().enumerate() {
             put_set(any, &args.namespace, size, shards).await?;
+            let sweep = Sweep {
+                size,
+                shards,
+                concurrency: args.concurrency,
+                total: args.total,
+            };
             let working_set = (size * shards) as usize;
             let threads = args.concurrency;
             memcpy[n].push(
@@ -239,7 +245,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 .await?,
             );
             for (m, (mode, clients)) in modes.iter().enumerate() {
-                let rate = fetch_loop(clients, &args.namespace, size, shards, args.concurrency, args.total).await?;
+                let rate = fetch_loop(clients, &args.namespace, sweep).await?;
                 if !args.json {
                     eprintln!(
                         "run {}: {} x{}: {} {:.2} GB/s",
@@ -252,8 +258,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 }
                 throughput[n][m].push(rate);
                 if *mode == Mode::ZeroCopyUnix {
-                    let rate =
-                        copy_loop(&clients[0], &args.namespace, size, shards, args.concurrency, args.total).await?;
+                    let rate = copy_loop(&clients[0], &args.namespace, sweep).await?;
                     views_held[n].push(rate);
                 }
             }
@@ -397,30 +402,54 @@ async fn remove_set(client: &Client, namespace: &str, size: u64, shards: u64) ->
     Ok(())
 }
 
-/// Fetches `total` bytes of the working set from `concurrency` workers;
-/// returns bytes per second.
-async fn fetch_loop(
-    clients: &[Client],
-    namespace: &str,
+/// One throughput case: `concurrency` workers each take every
+/// `concurrency`-th shard of a working set of `shards` shards of `size`
+/// bytes, in turn, until `total` bytes are fetched (or copied) altogether.
+#[derive(Clone, Copy, Debug)]
+struct Sweep {
     size: u64,
     shards: u64,
     concurrency: usize,
     total: u64,
-) -> anyhow::Result<f64> {
-    let per_worker = (total / size / concurrency as u64).max(1);
-    // Buffers are allocated and touched before the clock starts.
-    let buffers: Vec<Vec<u8>> = (0..concurrency).map(|_| vec![1u8; size as usize]).collect();
+}
+
+impl Sweep {
+    /// Shards each worker takes.
+    fn per_worker(&self) -> u64 {
+        (self.total / self.size / self.concurrency as u64).max(1)
+    }
+
+    /// The shard worker `w` takes `n`-th.
+    fn shard(&self, w: usize, n: u64) -> u64 {
+        (w as u64 + n * self.concurrency as u64) % self.shards
+    }
+
+    /// One destination buffer per worker, allocated and touched before the
+    /// clock starts.
+    fn buffers(&self) -> Vec<Vec<u8>> {
+        (0..self.concurrency).map(|_| vec![1u8; self.size as usize]).collect()
+    }
+
+    /// Bytes per second, for the whole sweep done in `elapsed`.
+    fn rate(&self, elapsed: Duration) -> f64 {
+        (self.per_worker() * self.concurrency as u64 * self.size) as f64 / elapsed.as_secs_f64()
+    }
+}
+
+/// Fetches the sweep's bytes of the working set; returns bytes per second.
+async fn fetch_loop(clients: &[Client], namespace: &str, sweep: Sweep) -> anyhow::Result<f64> {
+    let buffers = sweep.buffers();
     let start = Instant::now();
     let mut workers = JoinSet::new();
     for (w, mut buf) in buffers.into_iter().enumerate() {
         let client = clients[w % clients.len()].clone();
         let namespace = namespace.to_string();
         workers.spawn(async move {
-            for n in 0..per_worker {
-                let i = (w as u64 + n * concurrency as u64) % shards;
-                let (back, result) = client.fetch_into(&namespace, &key(size, i), None, buf).await;
+            for n in 0..sweep.per_worker() {
+                let key = key(sweep.size, sweep.shard(w, n));
+                let (back, result) = client.fetch_into(&namespace, &key, None, buf).await;
                 buf = back;
-                result.with_context(|| format!("fetch {}", key(size, i)))?;
+                result.with_context(|| format!("fetch {key}"))?;
             }
             Ok::<(), anyhow::Error>(())
         });
@@ -428,48 +457,39 @@ async fn fetch_loop(
     while let Some(result) = workers.join_next().await {
         result??;
     }
-    Ok((per_worker * concurrency as u64 * size) as f64 / start.elapsed().as_secs_f64())
+    Ok(sweep.rate(start.elapsed()))
 }
 
-/// Takes zero-copy views of the whole working set once, then copies
-/// `total` bytes out of them from `concurrency` threads, as the fetch
+/// Takes zero-copy views of the whole working set once, then copies the
+/// sweep's bytes out of them from one thread per worker, as the fetch
 /// workers do but without a request per fetch; returns bytes per second.
-async fn copy_loop(
-    client: &Client,
-    namespace: &str,
-    size: u64,
-    shards: u64,
-    concurrency: usize,
-    total: u64,
-) -> anyhow::Result<f64> {
+async fn copy_loop(client: &Client, namespace: &str, sweep: Sweep) -> anyhow::Result<f64> {
     let mut views = Vec::new();
-    for i in 0..shards {
+    for i in 0..sweep.shards {
+        let key = key(sweep.size, i);
         let view = client
-            .fetch_view(namespace, &key(size, i), None)
+            .fetch_view(namespace, &key, None)
             .await
-            .with_context(|| format!("view of {}", key(size, i)))?;
+            .with_context(|| format!("view of {key}"))?;
         views.push(view);
     }
-    let per_worker = (total / size / concurrency as u64).max(1);
     let views = &views;
-    // Buffers are allocated and touched before the clock starts, as in `fetch_loop`.
-    let buffers: Vec<Vec<u8>> = (0..concurrency).map(|_| vec![1u8; size as usize]).collect();
+    let buffers = sweep.buffers();
     let start = Instant::now();
     // Threads, as the memcpy baseline uses; the runtime carries on meanwhile.
     tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
             for (w, mut buf) in buffers.into_iter().enumerate() {
                 s.spawn(move || {
-                    for n in 0..per_worker {
-                        let i = (w as u64 + n * concurrency as u64) % shards;
-                        views[i as usize].copy_to(&mut buf, false);
+                    for n in 0..sweep.per_worker() {
+                        views[sweep.shard(w, n) as usize].copy_to(&mut buf, false);
                         std::hint::black_box(&buf);
                     }
                 });
             }
         })
     });
-    Ok((per_worker * concurrency as u64 * size) as f64 / start.elapsed().as_secs_f64())
+    Ok(sweep.rate(start.elapsed()))
 }
 
 /// `requests` fetches of 4 KiB shards from `concurrency` workers; latency
