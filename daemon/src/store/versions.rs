@@ -17,7 +17,7 @@ use shardd_protocol::{Key, Namespace};
 /// The reservations of every key with a put in progress.
 #[derive(Debug, Default)]
 pub struct Reservations {
-    keys: Arc<Mutex<HashMap<(Namespace, Key), Reserved>>>,
+    keys: Arc<Keys>,
 }
 
 /// One key's reservations.
@@ -29,11 +29,15 @@ struct Reserved {
     puts: u32,
 }
 
-impl Reservations {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(Namespace, Key), Reserved>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
-    }
+type Keys = Mutex<HashMap<(Namespace, Key), Reserved>>;
 
+/// The map, also after a panic elsewhere held its lock (each change to it
+/// is a single step, so it is never left half-done).
+fn lock(keys: &Keys) -> MutexGuard<'_, HashMap<(Namespace, Key), Reserved>> {
+    keys.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Reservations {
     /// Chooses a version with `choose` (given the highest version reserved
     /// by puts of the key in progress, if any) and reserves it, atomically
     /// with respect to other puts of the key.
@@ -44,7 +48,7 @@ impl Reservations {
         choose: impl FnOnce(Option<u64>) -> Result<u64, E>,
     ) -> Result<Reservation, E> {
         let id = (namespace.clone(), key.clone());
-        let mut keys = self.lock();
+        let mut keys = lock(&self.keys);
         let version = choose(keys.get(&id).map(|r| r.highest))?;
         let reserved = keys.entry(id.clone()).or_insert(Reserved { highest: 0, puts: 0 });
         reserved.highest = reserved.highest.max(version);
@@ -59,14 +63,14 @@ impl Reservations {
     /// Keys with puts in progress (for tests).
     #[cfg(test)]
     pub fn keys_in_progress(&self) -> usize {
-        self.lock().len()
+        lock(&self.keys).len()
     }
 }
 
 /// A version held for a put until it is published or abandoned (dropped).
 #[derive(Debug)]
 pub struct Reservation {
-    keys: Arc<Mutex<HashMap<(Namespace, Key), Reserved>>>,
+    keys: Arc<Keys>,
     id: (Namespace, Key),
     version: u64,
 }
@@ -80,7 +84,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys = lock(&self.keys);
         if let Some(reserved) = keys.get_mut(&self.id) {
             reserved.puts -= 1;
             if reserved.puts == 0 {
