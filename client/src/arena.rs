@@ -2,6 +2,12 @@
 //! memfd arrives with the hello answer (SCM_RIGHTS) and is mapped read-only,
 //! so that zero-copy fetches read shards where the daemon keeps them. All
 //! connections of a process to one daemon share one mapping.
+//!
+//! Before mapping, the client checks what it received: exactly one
+//! descriptor, nothing cut off, a memfd of the announced size sealed
+//! against resizing and writes (so a mapping of it can never fault nor
+//! change under a lease). Anything else is refused with the reason, and the
+//! connection fetches by copy instead.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -47,9 +53,12 @@ impl ArenaMap {
     /// else a new one. One mapping per arena spends page tables and TLB
     /// reach once however many connections read it: with 4 KiB pages a
     /// 64 GiB arena takes 128 MiB of page tables per mapping.
-    fn shared(fd: OwnedFd, len: usize) -> io::Result<Arc<ArenaMap>> {
+    fn shared(fd: OwnedFd, len: usize) -> Result<Arc<ArenaMap>, String> {
         let file = std::fs::File::from(fd);
-        let meta = file.metadata()?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("the arena's descriptor cannot be examined ({e})"))?;
+        check_arena(&meta, seals(&file), len as u64)?;
         let (dev, ino) = (meta.dev(), meta.ino());
         let mut mapped = MAPPED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         mapped.retain(|m| m.map.strong_count() > 0);
@@ -60,7 +69,9 @@ impl ArenaMap {
         if let Some(map) = live {
             return Ok(map);
         }
-        let map = Arc::new(ArenaMap::map(OwnedFd::from(file), len)?);
+        let map = ArenaMap::map(OwnedFd::from(file), len)
+            .map_err(|e| format!("the arena ({len} bytes) cannot be mapped ({e})"))?;
+        let map = Arc::new(map);
         mapped.push(Mapped {
             dev,
             ino,
@@ -71,12 +82,6 @@ impl ArenaMap {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<ArenaMap> {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the daemon granted an empty arena",
-            ));
-        }
         // SAFETY: a new read-only shared mapping of the memfd the daemon
         // sent; the kernel picks the address; checked against MAP_FAILED.
         let ptr = unsafe {
@@ -122,14 +127,62 @@ impl Drop for ArenaMap {
     }
 }
 
+/// The seals a memfd must carry for this process to map it: without
+/// them the daemon (or anyone holding a writable descriptor) could shrink it
+/// under the mapping, which then faults (SIGBUS), or change leased bytes.
+const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+/// One of these: nobody can write to it but through a mapping made before
+/// the seal (the daemon's own).
+const WRITE_SEALS: libc::c_int = libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE;
+
+/// The seals of `file`, or why there are none (not a memfd).
+fn seals(file: &std::fs::File) -> Result<libc::c_int, String> {
+    // SAFETY: fcntl on a descriptor `file` owns; no pointers involved.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        let e = io::Error::last_os_error();
+        return Err(format!("the arena's descriptor is not a sealable memfd ({e})"));
+    }
+    Ok(seals)
+}
+
+/// Whether a received descriptor (its `meta` and `seals`) is the arena the
+/// daemon announced (`len` bytes), safe to map.
+fn check_arena(meta: &std::fs::Metadata, seals: Result<libc::c_int, String>, len: u64) -> Result<(), String> {
+    if len == 0 {
+        return Err("the daemon announced an empty arena".into());
+    }
+    if !meta.file_type().is_file() {
+        return Err("the arena's descriptor is not a memory file".into());
+    }
+    if meta.len() != len {
+        return Err(format!(
+            "the arena's memfd holds {} bytes, the daemon announced {len}",
+            meta.len()
+        ));
+    }
+    let seals = seals?;
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS || seals & WRITE_SEALS == 0 {
+        return Err(format!(
+            "the arena's memfd is not sealed against resizing and writes (seals {seals:#x}); \
+             the daemon may be older than this client"
+        ));
+    }
+    Ok(())
+}
+
+/// The arena a daemon offered with its hello: mapped, or why not (the
+/// connection then fetches by copy).
+pub(crate) type ArenaOffer = Option<Result<Arc<ArenaMap>, String>>;
+
 /// Sends the hello and reads its answer on the raw stream, before the
 /// connection starts pipelining. Over a Unix socket the answer may carry
-/// the arena's memfd, which is then mapped.
+/// the arena's memfd, which is then checked and mapped.
 pub(crate) async fn hello_unix(
     stream: &mut UnixStream,
     hello: &HelloRequest,
     endpoint: &str,
-) -> Result<(HelloResponse, Option<Arc<ArenaMap>>), ClientError> {
+) -> Result<(HelloResponse, ArenaOffer), ClientError> {
     let sent = send_hello(stream, hello, endpoint).await;
     first_reason(sent, read_hello_unix(stream, endpoint).await)
 }
@@ -144,25 +197,17 @@ fn first_reason<T>(sent: Result<(), ClientError>, answer: Result<T, ClientError>
     }
 }
 
-async fn read_hello_unix(
-    stream: &mut UnixStream,
-    endpoint: &str,
-) -> Result<(HelloResponse, Option<Arc<ArenaMap>>), ClientError> {
+async fn read_hello_unix(stream: &mut UnixStream, endpoint: &str) -> Result<(HelloResponse, ArenaOffer), ClientError> {
     let socket = stream.as_raw_fd();
     let mut bytes = Vec::new();
-    let mut fd: Option<OwnedFd> = None;
+    let mut received = Received::default();
     let mut want = HEADER_LEN;
     while bytes.len() < want {
         stream.readable().await.map_err(|e| disconnected(endpoint, &e))?;
         let mut chunk = vec![0u8; want - bytes.len()];
-        match stream.try_io(Interest::READABLE, || recv_with_fd(socket, &mut chunk)) {
-            Ok((0, _)) => return Err(disconnected(endpoint, &io::ErrorKind::UnexpectedEof.into())),
-            Ok((n, received)) => {
-                bytes.extend_from_slice(&chunk[..n]);
-                if let Some(received) = received {
-                    fd = Some(received);
-                }
-            }
+        match stream.try_io(Interest::READABLE, || recv_with_fds(socket, &mut chunk, &mut received)) {
+            Ok(0) => return Err(disconnected(endpoint, &io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(disconnected(endpoint, &e)),
         }
@@ -171,18 +216,38 @@ async fn read_hello_unix(
         }
     }
     let response = parse_answer(&bytes, endpoint)?;
-    let arena = match (response.arena, fd) {
-        (Some(grant), Some(fd)) => {
-            Some(
-                ArenaMap::shared(fd, grant.size as usize).map_err(|source| ClientError::Connect {
-                    endpoint: endpoint.to_string(),
-                    source,
-                })?,
-            )
+    let offer = response.arena.map(|grant| {
+        let fd = received.the_one()?;
+        let len = usize::try_from(grant.size).map_err(|_| format!("an arena of {} bytes", grant.size))?;
+        ArenaMap::shared(fd, len)
+    });
+    Ok((response, offer))
+}
+
+/// The descriptors that came with the hello answer.
+#[derive(Debug, Default)]
+struct Received {
+    fds: Vec<OwnedFd>,
+    /// The kernel cut some off (more than the room given for them).
+    truncated: bool,
+}
+
+impl Received {
+    /// The one descriptor of the arena, or what was wrong.
+    fn the_one(self) -> Result<OwnedFd, String> {
+        if self.truncated {
+            return Err("the descriptors sent with the hello answer were cut off (MSG_CTRUNC)".into());
         }
-        _ => None,
-    };
-    Ok((response, arena))
+        let count = self.fds.len();
+        let mut fds = self.fds.into_iter();
+        match (fds.next(), count) {
+            (Some(fd), 1) => Ok(fd),
+            (None, _) => Err("the daemon offered its arena but sent no descriptor".into()),
+            (_, n) => Err(format!(
+                "the daemon sent {n} descriptors with the hello answer, where one was expected"
+            )),
+        }
+    }
 }
 
 /// The hello over TCP (no arena).
@@ -272,10 +337,13 @@ fn parse_answer(bytes: &[u8], endpoint: &str) -> Result<HelloResponse, ClientErr
     })
 }
 
-/// One `recvmsg` into `buf`; returns bytes read and a descriptor that came
-/// with them, if any.
-fn recv_with_fd(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    let mut control = [0u64; 4];
+/// One `recvmsg` into `buf`; returns the bytes read, and adds the
+/// descriptors that came with them (all of them, each owned, so none leaks)
+/// to `received`.
+fn recv_with_fds(socket: RawFd, buf: &mut [u8], received: &mut Received) -> io::Result<usize> {
+    // Room for a few descriptors: more than the one expected, so that a
+    // surplus is seen (and closed) rather than silently cut off.
+    let mut control = [0u64; 8];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -293,20 +361,88 @@ fn recv_with_fd(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Owne
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut fd = None;
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        received.truncated = true;
+    }
+    let fd_len = std::mem::size_of::<RawFd>();
     // SAFETY: the kernel filled `msg.msg_control` with `msg_controllen`
     // bytes of well-formed cmsg headers; we walk them with the CMSG macros
-    // and read each descriptor unaligned.
+    // and read each descriptor unaligned, within its header's length.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                // We own every descriptor the kernel installed for us.
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                let data = libc::CMSG_DATA(cmsg);
+                let header = data.offset_from(cmsg.cast::<u8>()) as usize;
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(header) / fd_len;
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(data.add(i * fd_len).cast::<RawFd>());
+                    // We own every descriptor the kernel installed for us.
+                    received.fds.push(OwnedFd::from_raw_fd(raw));
+                }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok((n as usize, fd))
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn memfd(len: u64, seals: libc::c_int) -> std::fs::File {
+        let name = std::ffi::CString::new("test-arena").unwrap();
+        // SAFETY: plain syscall with a valid name; checked below.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        assert!(raw >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: a fresh descriptor, ours.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        file.set_len(len).unwrap();
+        // SAFETY: fcntl on our descriptor.
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) }, 0);
+        file
+    }
+
+    fn check(file: &std::fs::File, len: u64) -> Result<(), String> {
+        check_arena(&file.metadata().unwrap(), seals(file), len)
+    }
+
+    #[test]
+    fn only_a_sealed_memfd_of_the_announced_size_is_mapped() {
+        let sealed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE;
+        assert_eq!(check(&memfd(8192, sealed), 8192), Ok(()));
+        let small = check(&memfd(4096, sealed), 8192).unwrap_err();
+        assert!(small.contains("holds 4096 bytes, the daemon announced 8192"), "{small}");
+        let unsealed = check(&memfd(8192, 0), 8192).unwrap_err();
+        assert!(unsealed.contains("not sealed"), "{unsealed}");
+        let shrinkable = check(&memfd(8192, libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE), 8192).unwrap_err();
+        assert!(shrinkable.contains("not sealed"), "{shrinkable}");
+        let writable = check(&memfd(8192, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW), 8192).unwrap_err();
+        assert!(writable.contains("not sealed"), "{writable}");
+        assert!(check(&memfd(0, sealed), 0).unwrap_err().contains("empty"));
+
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[0u8; 8192]).unwrap();
+        let plain = check(&file, 8192).unwrap_err();
+        assert!(plain.contains("not a sealable memfd"), "{plain}");
+    }
+
+    #[test]
+    fn one_descriptor_is_expected_with_the_arena() {
+        let none = Received::default().the_one().unwrap_err();
+        assert!(none.contains("no descriptor"), "{none}");
+        let two = Received {
+            fds: vec![memfd(1, 0).into(), memfd(1, 0).into()],
+            truncated: false,
+        };
+        assert!(two.the_one().unwrap_err().contains("2 descriptors"));
+        let cut = Received {
+            fds: vec![memfd(1, 0).into()],
+            truncated: true,
+        };
+        assert!(cut.the_one().unwrap_err().contains("MSG_CTRUNC"));
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shardd_protocol::{
     ByteRange, EvictMode, EvictResponse, ListResponse, PrefetchItem, PrefetchResponse, ShardMeta, StatResponse,
-    StatusResponse,
+    StatusResponse, VerifyResponse,
 };
 
 use crate::client::{ClientOptions, FetchInfo, PutOptions, Shard};
@@ -98,6 +98,11 @@ impl Client {
     /// See [`crate::Client::fetch_view`].
     pub fn fetch_view(&self, namespace: &str, key: &str, range: Option<ByteRange>) -> Result<ShardView, ClientError> {
         self.runtime.block_on(self.inner.fetch_view(namespace, key, range))
+    }
+
+    /// See [`crate::Client::verify`].
+    pub fn verify(&self, namespace: &str, key: &str, version: Option<u64>) -> Result<VerifyResponse, ClientError> {
+        self.runtime.block_on(self.inner.verify(namespace, key, version))
     }
 
     /// See [`crate::Client::prefetch`].

@@ -10,8 +10,8 @@ use shardd_protocol::{
     ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability, EvictMode, EvictRequest,
     EvictResponse, FetchRequest, HelloRequest, HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT,
     Namespace, Opcode, PROTOCOL_VERSION, PrefetchItem, PrefetchRequest, PrefetchResponse, PutRequest, PutResponse,
-    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, ViewRequest,
-    ViewResponse, codec,
+    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, VerifyRequest,
+    VerifyResponse, ViewRequest, ViewResponse, codec,
 };
 use tokio::net::{TcpStream, UnixStream};
 
@@ -114,6 +114,8 @@ pub struct Client {
     options: Arc<ClientOptions>,
     /// The daemon's arena, when mapped (Unix socket, zero copy granted).
     arena: Option<Arc<ArenaMap>>,
+    /// Why the arena the daemon offered was not mapped.
+    arena_refused: Option<Arc<str>>,
 }
 
 fn names(namespace: &str, key: &str) -> Result<(Namespace, Key), ClientError> {
@@ -173,11 +175,23 @@ impl Client {
                 (conn, server, None)
             }
         };
+        let (arena, arena_refused) = match arena {
+            Some(Ok(map)) => (Some(map), None),
+            Some(Err(reason)) => {
+                tracing::warn!(
+                    endpoint = %name,
+                    "zero-copy fetches are off on this connection, fetches copy over the socket: {reason}"
+                );
+                (None, Some(Arc::from(reason)))
+            }
+            None => (None, None),
+        };
         Ok(Client {
             conn: Arc::new(conn),
             server: Arc::new(server),
             options: Arc::new(options),
             arena,
+            arena_refused,
         })
     }
 
@@ -271,12 +285,29 @@ impl Client {
         self.fetch_owned(namespace, key, Some(ByteRange { offset, len })).await
     }
 
+    /// A fetch into a new buffer; one that does not match the shard's
+    /// checksum is reported to the daemon and made once more.
     async fn fetch_owned(&self, namespace: &str, key: &str, range: Option<ByteRange>) -> Result<Shard, ClientError> {
         let (namespace, key) = names(namespace, key)?;
+        match self.fetch_owned_once(&namespace, &key, range).await {
+            Err(ClientError::ChecksumMismatch { version, .. }) => {
+                self.report_mismatch(&namespace, &key, version).await;
+                self.fetch_owned_once(&namespace, &key, range).await
+            }
+            result => result,
+        }
+    }
+
+    async fn fetch_owned_once(
+        &self,
+        namespace: &Namespace,
+        key: &Key,
+        range: Option<ByteRange>,
+    ) -> Result<Shard, ClientError> {
         let verify = range.is_none() && self.options.verify_checksums;
         let request = FetchRequest {
-            namespace,
-            key,
+            namespace: namespace.clone(),
+            key: key.clone(),
             range,
             max_len: Some(self.options.max_fetch_alloc),
         };
@@ -284,7 +315,7 @@ impl Client {
             match self.view(request.clone(), true).await {
                 Ok(view) => {
                     let mut data = vec![0u8; view.len() as usize];
-                    let crc = view.copy_to(&mut data, verify && self.options.verify_views);
+                    let crc = view.copy_to(&mut data, verify && self.options.verify_views)?;
                     check_crc(view.meta(), crc)?;
                     return Ok(Shard {
                         meta: view.meta().clone(),
@@ -321,22 +352,40 @@ impl Client {
 
     /// Fetches a shard (or `range` of it) straight into the caller's buffer,
     /// from its start, without an intermediate copy. The buffer comes back
-    /// in every case; on error its contents are unspecified.
+    /// in every case; on error its contents are unspecified. A whole shard
+    /// that does not match its checksum is reported to the daemon and
+    /// fetched once more.
     pub async fn fetch_into<B: FetchBuf>(
         &self,
         namespace: &str,
         key: &str,
         range: Option<ByteRange>,
-        mut buf: B,
+        buf: B,
     ) -> (B, Result<FetchInfo, ClientError>) {
         let (namespace, key) = match names(namespace, key) {
             Ok(names) => names,
             Err(e) => return (buf, Err(e)),
         };
+        match self.fetch_into_once(&namespace, &key, range, buf).await {
+            (buf, Err(ClientError::ChecksumMismatch { version, .. })) => {
+                self.report_mismatch(&namespace, &key, version).await;
+                self.fetch_into_once(&namespace, &key, range, buf).await
+            }
+            done => done,
+        }
+    }
+
+    async fn fetch_into_once<B: FetchBuf>(
+        &self,
+        namespace: &Namespace,
+        key: &Key,
+        range: Option<ByteRange>,
+        mut buf: B,
+    ) -> (B, Result<FetchInfo, ClientError>) {
         let capacity = buf.as_mut().len() as u64;
         let request = FetchRequest {
-            namespace,
-            key,
+            namespace: namespace.clone(),
+            key: key.clone(),
             range,
             max_len: Some(capacity),
         };
@@ -346,7 +395,7 @@ impl Client {
             match self.view(request.clone(), true).await {
                 Ok(view) => {
                     let crc = view.copy_to(buf.as_mut(), verify && self.options.verify_views);
-                    let result = check_crc(view.meta(), crc).map(|()| FetchInfo {
+                    let result = crc.and_then(|crc| check_crc(view.meta(), crc)).map(|()| FetchInfo {
                         meta: view.meta().clone(),
                         offset: view.offset(),
                         len: view.len(),
@@ -387,6 +436,14 @@ impl Client {
     /// Whether fetches read in place from the daemon's mapped arena.
     pub fn zero_copy(&self) -> bool {
         self.arena.is_some()
+    }
+
+    /// Why the arena the daemon offered was not mapped (it was not the
+    /// sealed memory file of the size announced, or could not be mapped);
+    /// fetches then copy over the socket. `None` if it was mapped, or not
+    /// offered.
+    pub fn zero_copy_refused(&self) -> Option<&str> {
+        self.arena_refused.as_deref()
     }
 
     /// A zero-copy view of a shard (or `range` of it) in the daemon's arena.
@@ -435,6 +492,43 @@ impl Client {
             message: format!("the daemon described a view outside its arena (lease {lease})"),
             current_version: None,
         })
+    }
+
+    /// Asks the daemon to check its copy in memory of a shard (of
+    /// `version`, if given) against the shard's CRC32C again. A copy that
+    /// fails is dropped and never served again: the next fetch reads the
+    /// drive (a write-back shard not on the drive yet is lost). Fetches
+    /// call it themselves when a whole shard they read does not match.
+    pub async fn verify(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<VerifyResponse, ClientError> {
+        let (namespace, key) = names(namespace, key)?;
+        let request = VerifyRequest {
+            namespace,
+            key,
+            version,
+        };
+        self.call(Opcode::Verify, Some(&request)).await
+    }
+
+    /// Reports a whole-shard read that did not match the shard's checksum,
+    /// so that the daemon checks (and drops) its copy in memory before the
+    /// read is made again.
+    async fn report_mismatch(&self, namespace: &Namespace, key: &Key, version: u64) {
+        let shard = format!("{namespace}/{key}");
+        match self.verify(namespace.as_str(), key.as_str(), Some(version)).await {
+            Ok(answer) => tracing::warn!(
+                %shard, version, outcome = ?answer.outcome,
+                "a fetch did not match the shard's checksum; the daemon checked its copy in memory; fetching again"
+            ),
+            Err(e) => tracing::warn!(
+                %shard, version, error = %e,
+                "a fetch did not match the shard's checksum and the daemon could not check its copy; fetching again"
+            ),
+        }
     }
 
     /// Hints that shards will be needed soon: the daemon loads them into its
@@ -542,6 +636,7 @@ fn check_crc(meta: &ShardMeta, actual: Option<u32>) -> Result<(), ClientError> {
     match actual {
         Some(actual) if actual != meta.crc32c => Err(ClientError::ChecksumMismatch {
             shard: format!("{}/{}", meta.namespace, meta.key),
+            version: meta.version,
             expected: meta.crc32c,
             actual,
         }),

@@ -128,6 +128,9 @@ struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
     /// Why the connection is closed, once it is.
     closed: Mutex<Option<String>>,
+    /// Cleared once it is closed: from then on the daemon no longer holds
+    /// the leases of this connection's views (checked on every view read).
+    open: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -148,6 +151,7 @@ impl Shared {
         if closed.is_none() {
             *closed = Some(reason);
         }
+        self.open.store(false, Ordering::SeqCst);
     }
 
     /// Marks the connection closed and fails every pending request.
@@ -300,6 +304,7 @@ impl Connection {
             endpoint,
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
+            open: std::sync::atomic::AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(write_loop(shared.clone(), writer, rx));
@@ -334,7 +339,21 @@ impl Connection {
 
     /// Whether the connection has closed (its requests all fail).
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.closed_reason().is_some()
+        !self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Why the leases of this connection's views are gone, if they are:
+    /// the daemon drops them when the connection ends, and may then reuse
+    /// their memory.
+    pub(crate) fn leases_lost(&self) -> Option<String> {
+        if !self.is_closed() {
+            return None;
+        }
+        Some(
+            self.shared
+                .closed_reason()
+                .unwrap_or_else(|| "the connection closed".into()),
+        )
     }
 
     async fn send(
@@ -708,6 +727,7 @@ fn finish_fetch(state: FetchState, header: &FrameHeader, control: &[u8]) {
             Some(head) if state.filled == head.len => match state.crc {
                 Some(actual) if actual != head.meta.crc32c => Err(ClientError::ChecksumMismatch {
                     shard: format!("{}/{}", head.meta.namespace, head.meta.key),
+                    version: head.meta.version,
                     expected: head.meta.crc32c,
                     actual,
                 }),

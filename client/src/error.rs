@@ -75,15 +75,36 @@ pub enum ClientError {
         capacity: u64,
     },
     /// The bytes received do not match the shard's checksum; nothing
-    /// returned may be used. Fetch again.
-    #[error("the received bytes of {shard} have CRC32C {actual:#010x}, the daemon stored {expected:#010x}")]
+    /// returned may be used. Fetch again. (The client's fetches have already
+    /// reported it to the daemon, which checks its copy in memory and drops
+    /// it if it is the culprit, and fetched once more.)
+    #[error(
+        "the received bytes of {shard} version {version} have CRC32C {actual:#010x}, the daemon stored {expected:#010x}"
+    )]
     ChecksumMismatch {
         /// namespace/key.
         shard: String,
+        /// The version read.
+        version: u64,
         /// What the daemon recorded.
         expected: u32,
         /// What arrived.
         actual: u32,
+    },
+    /// A zero-copy view can no longer be read: its connection closed, and
+    /// with it the daemon dropped the view's lease, so its memory may hold
+    /// other bytes by now. Nothing read from it since may be used; fetch
+    /// the shard again (on a new connection).
+    #[error(
+        "the view of {shard} can no longer be read: the daemon dropped its lease with the connection to {endpoint} ({reason})"
+    )]
+    LeaseLost {
+        /// namespace/key.
+        shard: String,
+        /// The endpoint.
+        endpoint: String,
+        /// Why the connection ended.
+        reason: String,
     },
     /// The request took longer than the configured timeout; its connection
     /// is still usable.

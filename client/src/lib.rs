@@ -27,6 +27,14 @@
 //! into the caller's buffer (a shard not yet in the arena comes over the
 //! socket while the daemon loads it). [`Client::prefetch`], [`Client::evict`] and
 //! [`Client::set_schedule`] steer what the daemon keeps in its arena.
+//! The arena is mapped only if the daemon sent it as a sealed, read-only
+//! memory file of the size it announced ([`Client::zero_copy_refused`] says
+//! why not otherwise), and a [`ShardView`] fails every read once its
+//! connection has ended, since the daemon then drops its lease.
+//!
+//! A whole shard read that does not match its checksum is reported to the
+//! daemon ([`Client::verify`]), which drops its copy in memory if that is
+//! what went bad, and is read once more.
 //!
 //! A job that spans nodes, one daemon each, uses a [`Cluster`]:
 //! [`Cluster::put_partitioned`] splits a tensor into one partition per node,
@@ -67,7 +75,7 @@ pub use error::ClientError;
 pub use shardd_protocol as protocol;
 pub use shardd_protocol::{
     ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem, PrefetchResponse, ShardMeta,
-    StatResponse, Status,
+    StatResponse, Status, VerifyOutcome, VerifyResponse,
 };
 pub use trainer::{StepStats, Trainer, TrainerOptions};
 pub use view::ShardView;

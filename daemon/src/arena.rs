@@ -2,11 +2,12 @@
 //! the memlock limit allows, carved into 4 KiB-aligned blocks for cached
 //! shard chunks. It is registered with io_uring as fixed buffers, so NVMe
 //! reads land in it and writes go out from it with no bounce copy, and its
-//! memfd can be handed to local clients, who then read shards in place.
+//! memfd, sealed and read-only, can be handed to local clients, who then
+//! read shards in place.
 //!
 //! # Layout
 //!
-//! * [`memory`]: the memfd mapping and locking.
+//! * [`memory`]: the memfd: mapping, locking, sealing.
 //! * [`alloc`]: the block allocator.
 
 pub mod alloc;
@@ -204,9 +205,10 @@ impl Arena {
         }
     }
 
-    /// The memfd, to hand to local clients.
-    pub fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.shared.memory.fd()
+    /// The descriptor to hand to local clients: the sealed memfd, read
+    /// only; or why the arena cannot be shared.
+    pub fn shared_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, &str> {
+        self.shared.memory.shared_fd()
     }
 
     /// The largest request that would succeed now.

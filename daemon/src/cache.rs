@@ -16,6 +16,11 @@
 //!   once nothing holds it.
 //! * Prefetch hints load shards ahead of use, most urgent first, within a
 //!   byte budget.
+//! * A copy found not to match its CRC32C when checked again
+//!   ([`Cache::verify`], on a client's report; or by a write-back flush,
+//!   which checks every byte it writes) is never served again: a clean one
+//!   leaves the arena and the next fetch reads the drive, one not yet on
+//!   the drive answers every fetch with the error.
 //!
 //! # Layout
 //!
@@ -30,7 +35,9 @@ pub mod shard;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shardd_protocol::{ArenaStatus, EvictMode, EvictResponse, Key, Namespace, ShardMeta, Status};
+use shardd_protocol::{
+    ArenaStatus, EvictMode, EvictResponse, Key, Namespace, ShardMeta, Status, VerifyOutcome, VerifyResponse,
+};
 use tokio::sync::{Semaphore, watch};
 
 use crate::arena::Arena;
@@ -86,6 +93,7 @@ struct Stats {
     prefetch_unused: AtomicU64,
     write_back_puts: AtomicU64,
     flush_failures: AtomicU64,
+    checksum_failures: AtomicU64,
 }
 
 type LoadResult = Result<Arc<CachedShard>, LoadFailure>;
@@ -418,6 +426,9 @@ impl Cache {
         match state.entries.get(&id) {
             // Became resident just now.
             Some(Slot::Ready(shard)) => {
+                if let WriteBack::Failed { status, reason } = shard.write_back() {
+                    return Err(flush_failed(&shard.meta, status, &reason));
+                }
                 stats.hits.fetch_add(1, Ordering::Relaxed);
                 shard.take_prefetched();
                 Ok(Begin::Hit(Lease::new(shard.clone())))
@@ -770,11 +781,23 @@ impl Cache {
                     let mut state = self.state();
                     state.dirty_bytes = state.dirty_bytes.saturating_sub(meta.len);
                 }
+                // Found corrupt after its bytes were written (and checked): the
+                // drive has the good copy.
+                if shard.is_corrupt() {
+                    self.discard_corrupt(&shard, None);
+                }
                 tracing::debug!(namespace = %meta.namespace, key = %meta.key, version = meta.version, "write-back flushed");
             }
             // Replaced or deleted meanwhile: nothing to keep.
             Ok(None) => {}
             Err(_) if !current => {}
+            Err(StoreError::ChecksumMismatch(reason)) => {
+                // What was written is not what was acknowledged: the arena's
+                // copy changed since the put (the writer checks every byte
+                // it writes against the put's CRC32C).
+                self.inner.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+                self.discard_corrupt(&shard, Some(&reason));
+            }
             Err(e) => {
                 self.inner.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
@@ -787,6 +810,99 @@ impl Cache {
                 });
             }
         }
+    }
+
+    /// Checks the arena's copy of a key (of `version`, if given) against
+    /// its CRC32C again; a copy that fails is never served again.
+    pub async fn verify(&self, namespace: &Namespace, key: &Key, version: Option<u64>) -> VerifyResponse {
+        let shard = match self.state().entries.get(&ShardRef(namespace, key)) {
+            Some(Slot::Ready(shard)) if version.is_none_or(|v| v == shard.meta.version) => shard.clone(),
+            _ => {
+                return VerifyResponse {
+                    version: None,
+                    outcome: VerifyOutcome::NotResident,
+                };
+            }
+        };
+        let version = Some(shard.meta.version);
+        // A whole shard at memory speed: milliseconds, off the runtime's threads.
+        let check = shard.clone();
+        let actual = tokio::task::spawn_blocking(move || check.crc32c())
+            .await
+            .unwrap_or_else(|_| shard.crc32c());
+        if actual == shard.meta.crc32c && !shard.is_corrupt() {
+            return VerifyResponse {
+                version,
+                outcome: VerifyOutcome::Intact,
+            };
+        }
+        let reason = format!(
+            "its bytes in memory have CRC32C {actual:#010x}, not {:#010x}",
+            shard.meta.crc32c
+        );
+        VerifyResponse {
+            version,
+            outcome: self.discard_corrupt(&shard, Some(&reason)),
+        }
+    }
+
+    /// Takes a copy that failed its checksum out of service: a clean one
+    /// leaves the arena (the next fetch reads the drive again); one not on
+    /// the drive yet is marked failed, so that fetches answer with the error
+    /// instead of its bytes. Counted and logged once per copy.
+    fn discard_corrupt(&self, shard: &Arc<CachedShard>, reason: Option<&str>) -> VerifyOutcome {
+        let meta = &shard.meta;
+        if shard.mark_corrupt() {
+            self.inner.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                namespace = %meta.namespace, key = %meta.key, version = meta.version,
+                reason = reason.unwrap_or("unknown"),
+                "the arena's copy of a shard failed its checksum (memory corruption); it is not served again"
+            );
+        }
+        let id = (meta.namespace.clone(), meta.key.clone());
+        let removed = {
+            let mut state = self.state();
+            if !shard.is_clean() {
+                shard.set_write_back(WriteBack::Failed {
+                    status: Status::ChecksumMismatch,
+                    reason: "its copy in memory failed its checksum before it reached the drive".into(),
+                });
+                return VerifyOutcome::Lost;
+            }
+            if !matches!(state.entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, shard)) {
+                return VerifyOutcome::Dropped;
+            }
+            state.policy.removed(&id);
+            state.entries.remove(&id)
+        };
+        // Its blocks go back once the last lease on it ends.
+        drop(removed);
+        VerifyOutcome::Dropped
+    }
+
+    /// Flips every bit of the byte at `offset` of the arena's copy of a key,
+    /// as failing memory would; returns whether the arena holds a copy.
+    /// For tests of what follows.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn corrupt_for_tests(&self, namespace: &Namespace, key: &Key, offset: u64) -> bool {
+        let shard = match self.state().entries.get(&ShardRef(namespace, key)) {
+            Some(Slot::Ready(shard)) => shard.clone(),
+            _ => return false,
+        };
+        let chunk = (offset / shard.chunk_size() as u64) as usize;
+        let within = (offset % shard.chunk_size() as u64) as usize;
+        let Some(block) = shard.chunks().get(chunk).filter(|_| within < shard.chunk_len(chunk)) else {
+            return false;
+        };
+        // SAFETY: the byte lies inside the block (checked above), which the
+        // shard holds, in the daemon's own writable mapping of the arena; it
+        // is changed atomically, so a reader sees the old or the new value.
+        unsafe {
+            let byte = block.as_ptr().cast_mut().add(within);
+            std::sync::atomic::AtomicU8::from_ptr(byte).fetch_xor(0xff, Ordering::SeqCst);
+        }
+        true
     }
 
     async fn write_out(&self, shard: &Arc<CachedShard>) -> Result<Option<ShardMeta>, StoreError> {
@@ -999,6 +1115,7 @@ impl Cache {
             prefetch_unused: get(&stats.prefetch_unused),
             write_back_puts: get(&stats.write_back_puts),
             flush_failures: get(&stats.flush_failures),
+            checksum_failures: get(&stats.checksum_failures),
         }
     }
 }

@@ -18,7 +18,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardd_client::protocol::Key;
-use shardd_client::{ByteRange, Client, ClientError, DType, Durability, EvictMode, PrefetchItem, PutOptions};
+use shardd_client::{
+    ByteRange, Client, ClientError, ClientOptions, DType, Durability, EvictMode, PrefetchItem, PutOptions,
+    VerifyOutcome,
+};
 
 /// Some prefetched keys do not exist (reported one per line).
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,17 @@ pub enum Command {
         #[arg(long)]
         drop: bool,
     },
+    /// Check the daemon's copy of a shard in memory against its checksum
+    /// again; a copy that fails is dropped and read again from the drive.
+    Verify {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
     /// Remove a shard.
     Rm {
         /// Namespace.
@@ -190,7 +204,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Command::Bench { command } = &args.command {
         return bench::run(&args.endpoint, command).await;
     }
-    let client = Client::connect(&args.endpoint).await?;
+    // An operator's reads are checked end to end, also those read in place.
+    let options = ClientOptions {
+        verify_views: true,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&args.endpoint, options).await?;
     match args.command {
         Command::Put {
             namespace,
@@ -294,6 +313,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&shards)?);
             } else {
                 print!("{}", show::listing(&shards));
+            }
+        }
+        Command::Verify {
+            namespace,
+            key,
+            version,
+        } => {
+            let checked = client.verify(&namespace, &key, version).await?;
+            let shard = match checked.version {
+                Some(version) => format!("{namespace}/{key} version {version}"),
+                None => format!("{namespace}/{key}"),
+            };
+            match checked.outcome {
+                VerifyOutcome::NotResident => println!(
+                    "{shard}: not in the arena (nothing to check; the drive's copy is checked whenever it is read)"
+                ),
+                VerifyOutcome::Intact => println!("{shard}: the arena's copy matches its checksum"),
+                VerifyOutcome::Dropped => anyhow::bail!(
+                    "{shard}: the arena's copy did not match its checksum and was dropped; the next fetch reads \
+                     the drive (check the node's memory)"
+                ),
+                VerifyOutcome::Lost => anyhow::bail!(
+                    "{shard}: the arena's copy did not match its checksum before it reached the drive; that \
+                     version is lost, put the shard again (check the node's memory)"
+                ),
             }
         }
         Command::Rm {

@@ -56,6 +56,9 @@ impl Daemon {
                 .context("create the pinned-memory arena")?,
             ),
         };
+        if let Some(Err(reason)) = arena.as_ref().filter(|_| config.server.zero_copy).map(Arena::shared_fd) {
+            tracing::warn!("zero-copy fetches are off: {reason}; local clients get copies over the socket");
+        }
         let engine =
             IoEngine::start(&config.io, arena.as_ref().map(Arena::fixed_memory)).context("start the I/O engine")?;
         tracing::info!(engine = engine.name(), "I/O engine started");
@@ -169,6 +172,23 @@ impl Daemon {
     /// The store (for tests and tools in the same process).
     pub fn store(&self) -> &Store {
         &self.ctx.store
+    }
+
+    /// Flips every bit of the byte at `offset` of the arena's copy of a
+    /// shard, as failing memory would; returns whether the arena holds one.
+    /// For tests of how the daemon and its clients notice.
+    #[cfg(feature = "testing")]
+    pub fn corrupt_arena_copy(&self, namespace: &str, key: &str, offset: u64) -> bool {
+        let (Ok(namespace), Ok(key)) = (
+            shardd_protocol::Namespace::new(namespace),
+            shardd_protocol::Key::new(key),
+        ) else {
+            return false;
+        };
+        self.ctx
+            .cache
+            .as_ref()
+            .is_some_and(|cache| cache.corrupt_for_tests(&namespace, &key, offset))
     }
 
     /// Graceful shutdown: stop accepting and reading new requests, let

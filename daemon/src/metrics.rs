@@ -49,6 +49,7 @@ pub struct Metrics {
     prefetches: IntCounterVec,
     write_back_puts: IntCounter,
     flush_failures: IntCounter,
+    arena_checksum_failures: IntCounter,
     quarantined: IntGauge,
     shards: IntGauge,
     stored_bytes: IntGauge,
@@ -161,6 +162,12 @@ impl Metrics {
                 "Write-back shards whose flush to a drive failed.",
             )
             .expect("valid metric definition"),
+            arena_checksum_failures: IntCounter::new(
+                "shardd_arena_checksum_failures_total",
+                "Copies in the arena that no longer matched their CRC32C when checked again (memory \
+                 corruption); dropped, never served again.",
+            )
+            .expect("valid metric definition"),
             quarantined: gauge(
                 "shardd_quarantined_shards",
                 "Shard files moved aside as corrupt since start, at recovery or on read.",
@@ -209,6 +216,7 @@ impl Metrics {
             Box::new(metrics.prefetches.clone()),
             Box::new(metrics.write_back_puts.clone()),
             Box::new(metrics.flush_failures.clone()),
+            Box::new(metrics.arena_checksum_failures.clone()),
             Box::new(metrics.quarantined.clone()),
             Box::new(metrics.shards.clone()),
             Box::new(metrics.stored_bytes.clone()),
@@ -301,6 +309,7 @@ impl Metrics {
         advance(self.prefetches.with_label_values(&["unused"]), a.prefetch_unused);
         advance(self.write_back_puts.clone(), a.write_back_puts);
         advance(self.flush_failures.clone(), a.flush_failures);
+        advance(self.arena_checksum_failures.clone(), a.checksum_failures);
     }
 
     /// Every metric in the Prometheus text format.

@@ -165,6 +165,28 @@ fn shardctl_session_against_a_running_daemon() {
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["meta"]["len"], 12);
 
+        // The arena's copy checks out; once demoted there is none to check.
+        let out = shardctl(&endpoint)
+            .args(["verify", "job", "layers.0.w#0/2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("job/layers.0.w#0/2 version 1: the arena's copy matches its checksum"),
+            "{text}"
+        );
+        shardctl(&endpoint)
+            .args(["evict", "job", "layers.0.w#0/2"])
+            .assert()
+            .success();
+        let out = shardctl(&endpoint)
+            .args(["verify", "job", "layers.0.w#0/2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("not in the arena"));
+
         let out = shardctl(&endpoint).args(["ls", "job"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -18,6 +18,7 @@
 //! | schedule | [`ScheduleRequest`] | [`ScheduleResponse`] | none |
 //! | fetch_view | [`ViewRequest`] | [`ViewResponse`] | none |
 //! | release | [`ReleaseRequest`] | [`ReleaseResponse`] | none |
+//! | verify | [`VerifyRequest`] | [`VerifyResponse`] | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -315,6 +316,10 @@ pub struct ArenaStatus {
     pub write_back_puts: u64,
     /// Write-back flushes that failed.
     pub flush_failures: u64,
+    /// Copies in the arena found not to match their CRC32C when checked
+    /// again (on a client's report, or before a write-back reached the
+    /// drive): dropped, never served again. Memory corruption.
+    pub checksum_failures: u64,
 }
 
 /// One shard to prefetch, and how urgently.
@@ -454,6 +459,46 @@ pub struct ReleaseRequest {
 pub struct ReleaseResponse {
     /// Leases given back (unknown ids are ignored).
     pub released: u32,
+}
+
+/// Check the arena's copy of a shard against its CRC32C again. A client
+/// sends it when the bytes it read did not match; an operator with
+/// `shardctl verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Key.
+    pub key: Key,
+    /// Only this version (the one the client read); `None` checks whichever
+    /// version the arena holds.
+    pub version: Option<u64>,
+}
+
+/// What checking an arena copy found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VerifyOutcome {
+    /// The arena holds no copy (of that version): nothing to check; fetches
+    /// read the drive, whose chunks are checked as they are read.
+    NotResident,
+    /// The copy matches its CRC32C.
+    Intact,
+    /// The copy did not match and was dropped; the next fetch reads the
+    /// shard from the drive again.
+    Dropped,
+    /// The copy did not match and was not on the drive yet (a write-back
+    /// put): that version is lost, and fetches of it answer `checksum
+    /// mismatch` until the shard is put again.
+    Lost,
+}
+
+/// Answer to a verify.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    /// The version checked, when the arena held one.
+    pub version: Option<u64>,
+    /// What the check found.
+    pub outcome: VerifyOutcome,
 }
 
 /// State of one data directory.

@@ -30,11 +30,15 @@ pub enum Opcode {
     FetchView,
     /// Give back leases of zero-copy views: `ReleaseRequest`.
     Release,
+    /// Check the arena's copy of a shard against its CRC32C again (a client
+    /// saw a mismatch, or an operator asks): `VerifyRequest`. A copy that
+    /// fails is never served again.
+    Verify,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 13] = [
+    pub const ALL: [Opcode; 14] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -48,6 +52,7 @@ impl Opcode {
         Opcode::Schedule,
         Opcode::FetchView,
         Opcode::Release,
+        Opcode::Verify,
     ];
 
     /// The wire code.
@@ -66,6 +71,7 @@ impl Opcode {
             Opcode::Schedule => 11,
             Opcode::FetchView => 12,
             Opcode::Release => 13,
+            Opcode::Verify => 14,
         }
     }
 
@@ -90,6 +96,7 @@ impl Opcode {
             Opcode::Schedule => "schedule",
             Opcode::FetchView => "fetch_view",
             Opcode::Release => "release",
+            Opcode::Verify => "verify",
         }
     }
 }
@@ -107,11 +114,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=13).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=14).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(14), None);
+        assert_eq!(Opcode::from_code(15), None);
     }
 }

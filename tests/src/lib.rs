@@ -122,6 +122,17 @@ impl TestDaemon {
         client
     }
 
+    /// Flips every bit of the byte at `offset` of the arena's copy of a
+    /// shard, as failing memory would; whether the arena holds one.
+    pub fn corrupt_arena_copy(&self, namespace: &str, key: &str, offset: u64) -> bool {
+        self.daemon().corrupt_arena_copy(namespace, key, offset)
+    }
+
+    /// The Unix socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.daemon().socket_path().expect("socket").to_path_buf()
+    }
+
     /// Stops gracefully.
     pub async fn stop(&mut self) {
         if let Some(daemon) = self.daemon.take() {

@@ -326,7 +326,7 @@ async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
     let mut views = Vec::new();
     for i in 0..4 {
         let view = client.fetch_view("job", &format!("s{i}"), None).await.unwrap();
-        assert_eq!(view.to_vec(), pattern(MIB, 10 + i));
+        assert_eq!(view.to_vec().unwrap(), pattern(MIB, 10 + i));
         views.push(view);
     }
     let err = client.fetch_view("job", "s4", None).await.unwrap_err();
@@ -340,12 +340,12 @@ async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
         .put("job", "s0", vec![0u8; MIB], PutOptions::default())
         .await
         .unwrap();
-    assert_eq!(views[0].to_vec(), pattern(MIB, 10));
+    assert_eq!(views[0].to_vec().unwrap(), pattern(MIB, 10));
     // Giving leases back makes room.
     views.clear();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let view = client.fetch_view("job", "s4", None).await.unwrap();
-    assert_eq!(view.to_vec(), pattern(MIB, 14));
+    assert_eq!(view.to_vec().unwrap(), pattern(MIB, 14));
     daemon.stop().await;
 }
 
@@ -441,7 +441,7 @@ async fn a_client_that_dies_gives_its_leases_back() {
     for _ in 0..100 {
         match other.fetch_view("job", "c", None).await {
             Ok(view) => {
-                got = Some(view.to_vec());
+                got = Some(view.to_vec().unwrap());
                 break;
             }
             Err(ClientError::Remote {
@@ -480,11 +480,11 @@ async fn zero_copy_views_of_ranges_across_chunks() {
         )
         .await
         .unwrap();
-    assert_eq!(view.pieces().count(), 4, "the range spans four chunks");
-    assert_eq!(view.to_vec(), &data[65530..65530 + 3 * 65536]);
+    assert_eq!(view.pieces().unwrap().count(), 4, "the range spans four chunks");
+    assert_eq!(view.to_vec().unwrap(), &data[65530..65530 + 3 * 65536]);
     let whole = client.fetch_view("job", "r", None).await.unwrap();
     let mut copy = vec![0u8; data.len()];
-    let crc = whole.copy_to(&mut copy, true);
+    let crc = whole.copy_to(&mut copy, true).unwrap();
     assert_eq!(crc, Some(crc32c::crc32c(&data)));
     daemon.stop().await;
 }
@@ -508,21 +508,24 @@ async fn connections_to_one_daemon_share_one_mapping_of_its_arena() {
         .await
         .unwrap();
 
-    let address = |view: &shardd_client::ShardView| view.pieces().next().expect("one piece").as_ptr();
+    let address = |view: &shardd_client::ShardView| view.pieces().unwrap().next().expect("one piece").as_ptr();
     let a = first.fetch_view("job", "s", None).await.unwrap();
     let b = second.fetch_view("job", "s", None).await.unwrap();
     let c = elsewhere.fetch_view("job", "s", None).await.unwrap();
     assert_eq!(address(&a), address(&b), "two connections, one mapping");
     assert_ne!(address(&a), address(&c), "another daemon's arena is mapped apart");
-    assert_eq!(a.to_vec(), data);
-    assert_eq!(b.to_vec(), data);
-    assert_eq!(c.to_vec(), data);
+    assert_eq!(a.to_vec().unwrap(), data);
+    assert_eq!(b.to_vec().unwrap(), data);
+    assert_eq!(c.to_vec().unwrap(), data);
 
     // With every client and view of a daemon gone, the next client maps its
     // arena again and reads it as before.
     drop((a, b, first, second));
     let again = one.client(false).await;
-    assert_eq!(again.fetch_view("job", "s", None).await.unwrap().to_vec(), data);
+    assert_eq!(
+        again.fetch_view("job", "s", None).await.unwrap().to_vec().unwrap(),
+        data
+    );
     drop((c, elsewhere, again));
     one.stop().await;
     other.stop().await;

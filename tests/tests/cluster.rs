@@ -521,3 +521,24 @@ async fn a_torn_or_resized_tensor_is_refused_not_returned() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_corrupt_in_a_nodes_arena_is_reported_and_gathered_again() {
+    let daemons = start_nodes(engines()[0], 2).await;
+    let cluster = cluster(&daemons, small_pieces());
+    let data = pattern(3 << 20, 77);
+    let manifest = cluster
+        .put_partitioned(NS, "w", data.clone(), DType::U8, vec![data.len() as u64])
+        .await
+        .unwrap();
+    // Node 1's partition, read in 64 KiB ranges, goes bad in its arena.
+    let key = manifest.part_key(1);
+    assert!(daemons[1].corrupt_arena_copy(NS, &key, 200_000));
+    let layer = cluster.layer(NS, "l", &["w"]).await.unwrap();
+    let (buf, result) = cluster.gather(&layer, vec![0u8; layer.len() as usize]).await;
+    result.expect("gathered again after the report");
+    assert!(buf[..data.len()] == data[..], "the gathered bytes are the tensor's");
+    let node = daemons[1].client(true).await;
+    let arena = node.status().await.unwrap().arena.unwrap();
+    assert_eq!((arena.checksum_failures, arena.loads), (1, 1), "{arena:?}");
+}

@@ -194,7 +194,11 @@ impl Cluster {
             match self.check(layer, &pieces, &results) {
                 Ok(tensors) => return (buf, Ok(tensors)),
                 Err(Check::Torn(_)) if attempt == 0 => continue,
-                Err(Check::Torn(e) | Check::Failed(e)) => return (buf, Err(e)),
+                Err(Check::Corrupt { node, key, version, .. }) if attempt == 0 => {
+                    self.report_mismatch(node, &layer.namespace, &key, version).await;
+                    continue;
+                }
+                Err(Check::Torn(e) | Check::Corrupt { error: e, .. }) => return (buf, Err(e)),
             }
         }
         unreachable!("the second attempt returns")
@@ -283,6 +287,29 @@ impl Cluster {
         }
     }
 
+    /// Reports a partition that did not match its checksum to its node, so
+    /// that the daemon checks (and drops) its copy in memory before the
+    /// partition is read again.
+    async fn report_mismatch(&self, node: usize, namespace: &str, key: &str, version: u64) {
+        let what = format!("verify {namespace}/{key}");
+        let checked = self
+            .node(node)
+            .call(&what, |client| async move {
+                client.verify(namespace, key, Some(version)).await
+            })
+            .await;
+        match checked {
+            Ok(answer) => tracing::warn!(
+                node, shard = %format!("{namespace}/{key}"), version, outcome = ?answer.outcome,
+                "a gathered partition did not match its checksum; the daemon checked its copy in memory; gathering again"
+            ),
+            Err(e) => tracing::warn!(
+                node, error = %e,
+                "a gathered partition did not match its checksum and its daemon could not check its copy; gathering again"
+            ),
+        }
+    }
+
     /// Checks that each tensor's partitions agree on a version and that
     /// partitions read in ranges match their checksums.
     fn check(&self, layer: &Layer, pieces: &[Piece], done: &[PieceDone]) -> Result<Vec<GatheredTensor>, Check> {
@@ -318,14 +345,21 @@ impl Cluster {
                 && actual != done[n].shard_crc
             {
                 let node = self.node(piece.node);
-                return Err(Check::Failed(node.error(
+                let error = node.error(
                     &format!("fetch {}/{}", layer.namespace, piece.key),
                     ClientError::ChecksumMismatch {
                         shard: format!("{}/{}", layer.namespace, piece.key),
+                        version: done[n].version,
                         expected: done[n].shard_crc,
                         actual,
                     },
-                )));
+                );
+                return Err(Check::Corrupt {
+                    node: piece.node,
+                    key: piece.key.clone(),
+                    version: done[n].version,
+                    error,
+                });
             }
             match versions[piece.tensor] {
                 Some(v) if v != done[n].version => {
@@ -356,6 +390,13 @@ impl Cluster {
 enum Check {
     /// Partitions of two versions: worth reading again.
     Torn(ClusterError),
-    /// Anything else.
-    Failed(ClusterError),
+    /// A partition read in ranges does not match its checksum: worth
+    /// reporting to its node (which checks its copy in memory) and reading
+    /// again.
+    Corrupt {
+        node: usize,
+        key: String,
+        version: u64,
+        error: ClusterError,
+    },
 }

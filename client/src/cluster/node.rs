@@ -94,5 +94,5 @@ impl Node {
 
 /// Whether the error means the connection broke (so a new one may work).
 pub(crate) fn connection_lost(e: &ClientError) -> bool {
-    matches!(e, ClientError::Disconnected { .. })
+    matches!(e, ClientError::Disconnected { .. } | ClientError::LeaseLost { .. })
 }

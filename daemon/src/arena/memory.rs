@@ -1,10 +1,17 @@
 //! The arena's memory: a memfd (so it can be handed to local clients),
 //! mapped shared and read-write, locked into RAM as far as the memlock
 //! limit allows.
+//!
+//! Clients get a read-only descriptor of it and nothing more: once mapped,
+//! the memfd is sealed against shrinking, growing and any new write access
+//! (`F_SEAL_FUTURE_WRITE`: no `write`, no writable shared mapping, no hole
+//! punching, whatever descriptor is used, even one reopened read-write
+//! through `/proc`). The daemon's own mapping, made before the seal, stays
+//! the only way to change the arena.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use anyhow::Context;
@@ -39,7 +46,9 @@ pub struct Locked {
 /// The mapped memfd.
 #[derive(Debug)]
 pub struct ArenaMemory {
-    fd: OwnedFd,
+    /// The descriptor for clients: the sealed memfd reopened read-only; or
+    /// why the arena cannot be shared.
+    shared_fd: Result<OwnedFd, String>,
     base: NonNull<u8>,
     len: usize,
     locked: Locked,
@@ -54,18 +63,7 @@ unsafe impl Sync for ArenaMemory {}
 impl ArenaMemory {
     /// Creates, maps and locks `len` bytes (a multiple of the page size).
     pub fn create(len: usize, huge: HugePages) -> anyhow::Result<ArenaMemory> {
-        let name = CString::new(MEMFD_NAME).unwrap_or_default();
-        let mut flags = libc::MFD_CLOEXEC;
-        if huge == HugePages::Hugetlb {
-            flags |= libc::MFD_HUGETLB;
-        }
-        // SAFETY: plain syscall with a valid NUL-terminated name; checked below.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("create the arena's memfd");
-        }
-        // SAFETY: `raw` is a fresh descriptor that we own from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = memfd(huge).context("create the arena's memfd")?;
         let file = std::fs::File::from(fd);
         file.set_len(len as u64)
             .with_context(|| format!("size the arena to {len} bytes"))?;
@@ -78,7 +76,7 @@ impl ArenaMemory {
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                fd.as_raw_fd(),
                 0,
             )
         };
@@ -103,7 +101,15 @@ impl ArenaMemory {
             }
         }
         let locked = lock(base, len);
-        Ok(ArenaMemory { fd, base, len, locked })
+        // Sealed only now: the daemon's writable mapping exists, and no
+        // other can be made from here on.
+        let shared_fd = seal(&fd).and_then(|()| reopen_read_only(&fd));
+        Ok(ArenaMemory {
+            shared_fd,
+            base,
+            len,
+            locked,
+        })
     }
 
     /// Start of the mapping.
@@ -126,10 +132,67 @@ impl ArenaMemory {
         self.locked
     }
 
-    /// The memfd, to hand to local clients.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The read-only descriptor of the sealed memfd, to hand to local
+    /// clients; or why there is none (the arena cannot be shared safely).
+    pub fn shared_fd(&self) -> Result<BorrowedFd<'_>, &str> {
+        self.shared_fd.as_ref().map(|fd| fd.as_fd()).map_err(String::as_str)
     }
+}
+
+/// The seals clients can rely on: the arena never changes size (so a
+/// mapping of it never faults) and nobody but the daemon's own mapping
+/// writes to it.
+const SHARED_SEALS: libc::c_int =
+    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+
+/// A new memfd that can be sealed; not executable where the kernel knows
+/// how to say so (`MFD_NOEXEC_SEAL`, Linux 6.3, required where
+/// `vm.memfd_noexec = 2`).
+fn memfd(huge: HugePages) -> io::Result<OwnedFd> {
+    let name = CString::new(MEMFD_NAME).unwrap_or_default();
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    if huge == HugePages::Hugetlb {
+        flags |= libc::MFD_HUGETLB;
+    }
+    let create = |flags: libc::c_uint| {
+        // SAFETY: plain syscall with a valid NUL-terminated name; checked below.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that we own from here on.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    match create(flags | libc::MFD_NOEXEC_SEAL) {
+        // Older kernels refuse the flag they do not know.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => create(flags),
+        created => created,
+    }
+}
+
+/// Seals the memfd with [`SHARED_SEALS`].
+fn seal(fd: &OwnedFd) -> Result<(), String> {
+    // SAFETY: fcntl on a descriptor we own; no pointers involved.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SHARED_SEALS) };
+    if rc != 0 {
+        return Err(format!(
+            "the arena's memfd cannot be sealed against writes and resizing ({}; \
+             F_SEAL_FUTURE_WRITE needs Linux 5.1)",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// The memfd opened again, read-only, through `/proc/self/fd`: the
+/// descriptor clients get, so they hold no write access at all.
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, String> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    std::fs::OpenOptions::new()
+        .read(true)
+        .open(&path)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("the arena's memfd cannot be reopened read-only through {path} ({e})"))
 }
 
 impl Drop for ArenaMemory {

@@ -38,6 +38,8 @@ pub struct CachedShard {
     leases: AtomicU64,
     /// Loaded by a prefetch and not fetched since.
     prefetched: AtomicBool,
+    /// Found not to match its CRC32C: never served again.
+    corrupt: AtomicBool,
     write_back: Mutex<WriteBack>,
 }
 
@@ -51,6 +53,7 @@ impl CachedShard {
             chunks,
             leases: AtomicU64::new(0),
             prefetched: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
             write_back: Mutex::new(write_back),
         }
     }
@@ -74,6 +77,23 @@ impl CachedShard {
     /// The pieces of `[offset, offset + len)`: (chunk, range within it).
     pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (usize, Range<usize>)> + use<> {
         pieces(self.meta.len, self.chunk_size, offset, len)
+    }
+
+    /// The CRC32C of its bytes as they are in the arena now.
+    pub fn crc32c(&self) -> u32 {
+        self.chunks.iter().enumerate().fold(0, |crc, (i, chunk)| {
+            crc32c::crc32c_append(crc, &chunk.as_capacity()[..self.chunk_len(i)])
+        })
+    }
+
+    /// Marks it as failing its checksum; returns whether it was not yet.
+    pub(super) fn mark_corrupt(&self) -> bool {
+        !self.corrupt.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether it failed its checksum.
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt.load(Ordering::SeqCst)
     }
 
     /// Bytes of arena memory it holds.

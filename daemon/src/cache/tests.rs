@@ -66,18 +66,7 @@ async fn a_fetch_dropped_while_loading_leaves_no_load_behind_to_hang_on() {
     let cache = cache(dir.path()).await;
     let (ns, key) = (Namespace::new("job").unwrap(), Key::new("w").unwrap());
     let data = pattern(300_000, 1);
-    let store = cache.inner.store.clone();
-    let mut writer = store.begin_put(spec("w", None, data.len())).await.unwrap();
-    let mut at = 0;
-    while at < data.len() {
-        let n = writer.next_chunk_len();
-        let mut buf = writer.next_buffer(&store.buffers().scope(16 << 20)).await.unwrap();
-        buf.as_mut_capacity()[..n].copy_from_slice(&data[at..at + n]);
-        buf.set_len(n);
-        writer.write_chunk(buf).await.unwrap();
-        at += n;
-    }
-    writer.commit().await.unwrap();
+    put_on_drive(&cache, "w", &data).await;
 
     // The fetch starts the load (one poll), then is dropped before it finishes.
     let mut fetch = Box::pin(cache.fetch(&ns, &key));
@@ -174,4 +163,106 @@ async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
     let err = cache.install_dirty(meta, blocks, last).unwrap_err();
     assert_eq!(err.current_version(), Some(3));
     assert!(cache.try_hit(&ns, &key).is_none(), "nothing was installed");
+}
+
+/// Writes `data` to the drive as job/`key`, as a durable put does.
+async fn put_on_drive(cache: &Cache, key: &str, data: &[u8]) {
+    let store = cache.inner.store.clone();
+    let mut writer = store.begin_put(spec(key, None, data.len())).await.unwrap();
+    let mut at = 0;
+    while at < data.len() {
+        let n = writer.next_chunk_len();
+        let mut buf = writer.next_buffer(&store.buffers().scope(16 << 20)).await.unwrap();
+        buf.as_mut_capacity()[..n].copy_from_slice(&data[at..at + n]);
+        buf.set_len(n);
+        writer.write_chunk(buf).await.unwrap();
+        at += n;
+    }
+    writer.commit().await.unwrap();
+}
+
+/// The bytes of job/`key` a fetch gets from the arena (loading it if needed).
+async fn fetched(cache: &Cache, key: &str) -> Vec<u8> {
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new(key).unwrap());
+    let Lookup::Resident(lease) = cache.fetch(&ns, &key).await.unwrap() else {
+        panic!("the shard fits the arena");
+    };
+    let len = lease.meta.len as usize;
+    let mut bytes: Vec<u8> = lease.chunks().iter().flat_map(|c| c.as_slice().to_vec()).collect();
+    bytes.truncate(len);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_copy_that_fails_its_checksum_leaves_the_arena_and_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("w").unwrap());
+    let data = pattern(200_000, 4);
+    put_on_drive(&cache, "w", &data).await;
+    assert!(fetched(&cache, "w").await == data);
+    let intact = cache.verify(&ns, &key, None).await;
+    assert_eq!((intact.version, intact.outcome), (Some(1), VerifyOutcome::Intact));
+    let other = cache.verify(&ns, &key, Some(7)).await;
+    assert_eq!(other.outcome, VerifyOutcome::NotResident, "only the version asked for");
+
+    assert!(cache.corrupt_for_tests(&ns, &key, 100_000));
+    let checked = cache.verify(&ns, &key, Some(1)).await;
+    assert_eq!((checked.version, checked.outcome), (Some(1), VerifyOutcome::Dropped));
+    assert!(cache.try_hit(&ns, &key).is_none(), "the corrupt copy is not served");
+    let loads = cache.status().loads;
+    assert!(fetched(&cache, "w").await == data, "read again from the drive");
+    let status = cache.status();
+    assert_eq!((status.loads, status.checksum_failures), (loads + 1, 1));
+    assert_eq!(cache.verify(&ns, &key, None).await.outcome, VerifyOutcome::Intact);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_copy_that_fails_its_checksum_is_lost_not_served_nor_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    // Hold the only flush slot, so the copy is corrupted before its flush.
+    let slot = cache.inner.flushes.acquire().await.unwrap();
+    let (meta, blocks) = shard(&cache, 1, &pattern(150_000, 5));
+    cache.install_dirty(meta, blocks, reserve(&cache, 1, 150_000)).unwrap();
+    assert!(cache.corrupt_for_tests(&ns, &key, 7));
+    let checked = cache.verify(&ns, &key, None).await;
+    assert_eq!(checked.outcome, VerifyOutcome::Lost);
+    let err = cache.try_hit(&ns, &key).expect("still listed").unwrap_err();
+    assert_eq!(err.status(), Status::ChecksumMismatch, "{err}");
+    assert!(err.to_string().contains("failed its checksum"), "{err}");
+    let stat = cache.stat(&ns, &key).unwrap().1;
+    assert!(stat.dirty && stat.flush_error.is_some(), "{stat:?}");
+
+    // The flush that runs now finds the bytes changed and publishes nothing.
+    drop(slot);
+    cache.finish_write_back(Duration::from_secs(10)).await;
+    assert!(
+        cache.inner.store.stat(&ns, &key).is_err(),
+        "nothing corrupt reached the drive"
+    );
+    let status = cache.status();
+    assert_eq!((status.checksum_failures, status.flush_failures), (1, 1), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_finds_the_copy_changed_stops_it_being_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    let slot = cache.inner.flushes.acquire().await.unwrap();
+    let (meta, blocks) = shard(&cache, 1, &pattern(150_000, 6));
+    cache.install_dirty(meta, blocks, reserve(&cache, 1, 150_000)).unwrap();
+    // Nobody reports it: the flush's own check finds it.
+    assert!(cache.corrupt_for_tests(&ns, &key, 149_999));
+    drop(slot);
+    cache.finish_write_back(Duration::from_secs(10)).await;
+    let err = cache.try_hit(&ns, &key).expect("still listed").unwrap_err();
+    assert_eq!(err.status(), Status::ChecksumMismatch, "{err}");
+    assert!(
+        cache.inner.store.stat(&ns, &key).is_err(),
+        "nothing corrupt reached the drive"
+    );
+    assert_eq!(cache.status().checksum_failures, 1);
 }

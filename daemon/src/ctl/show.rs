@@ -171,6 +171,13 @@ pub fn status(s: &StatusResponse) -> String {
             "prefetches   {} queued, {} loaded, {} late, {} unused",
             a.prefetch_queued, a.prefetch_completed, a.prefetch_late, a.prefetch_unused
         );
+        if a.checksum_failures > 0 {
+            let _ = writeln!(
+                out,
+                "corrupt      {} copies in the arena failed their checksum and were dropped (check the RAM)",
+                a.checksum_failures
+            );
+        }
         if a.write_back_puts > 0 || a.flush_failures > 0 {
             let _ = writeln!(
                 out,

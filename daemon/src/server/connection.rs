@@ -13,8 +13,9 @@
 //! connection (the reader waits beyond that), and chunk buffers count
 //! against the connection's share of the buffer budget. A client that stops
 //! reading its answers stalls only its own connection; after `io_timeout`
-//! without progress the connection is closed and everything it held,
-//! leases of zero-copy views included, is released.
+//! without progress the connection is closed and everything it held is
+//! released: leases of zero-copy views [`LEASE_GRACE`] after the socket
+//! closed, so that the client can stop reading them first.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -42,6 +43,12 @@ use crate::store::{PutSpec, StoreError};
 const SOCKET_BUFFER: usize = 64 * 1024;
 /// Answers queued for the writer before handlers wait.
 const OUT_QUEUE: usize = 256;
+/// How long the blocks of a closed connection's leases stay untouched
+/// after its socket closed. The client marks its views void as soon as it
+/// reads the end of the connection, and a view checks that before and after
+/// every read; this covers a read already under way when the end arrives,
+/// and a client slow to be scheduled.
+pub const LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// At shutdown, how long a connection may be quiet before it is closed.
 const SHUTDOWN_QUIET: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -128,10 +135,13 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
             Err(reason) => tracing::info!(%reason, "closing connection"),
         }
         // Handlers still running hold clones of the sender; the writer ends
-        // once they have answered and the queue is drained. Leases go with
-        // the last reference to the connection's shared state.
+        // once they have answered and the queue is drained.
+        let shared = conn.shared.clone();
         drop(conn);
         let _ = writer_task.await;
+        // The socket is closed now, so the client learns that its views are
+        // void; their blocks are reused only after it had time to.
+        shared.retire_leases(LEASE_GRACE);
     }
     .instrument(span)
     .await

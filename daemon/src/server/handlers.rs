@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use shardd_protocol::{
     DeleteRequest, DeleteResponse, EvictRequest, Extent, FetchRequest, FetchResponse, ListRequest, ListResponse,
     MAX_CONTROL_LEN, MAX_LIST_LIMIT, Opcode, PrefetchRequest, PutResponse, ReleaseRequest, ReleaseResponse,
-    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, ViewRequest,
-    ViewResponse, codec,
+    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, VerifyRequest,
+    ViewRequest, ViewResponse, codec,
 };
 use tracing::Instrument;
 
@@ -29,8 +29,8 @@ pub struct ConnShared {
     pub scope: BufferScope,
     /// Whether the client mapped the arena (zero-copy fetches allowed).
     pub arena_mapped: bool,
-    /// Leases of zero-copy views the client holds, by id; all go when the
-    /// connection does.
+    /// Leases of zero-copy views the client holds, by id; all go
+    /// [`super::connection::LEASE_GRACE`] after the connection closed.
     pub leases: Mutex<HashMap<u64, Lease>>,
     next_lease: AtomicU64,
 }
@@ -48,6 +48,22 @@ impl ConnShared {
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lease>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives back every lease of a closed connection, `grace` from now.
+    pub fn retire_leases(&self, grace: std::time::Duration) {
+        let leases = std::mem::take(&mut *self.leases());
+        if leases.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            leases = leases.len(),
+            "leases of the closed connection end in {grace:?}"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            drop(leases);
+        });
     }
 }
 
@@ -129,6 +145,17 @@ pub async fn handle(
                         len: req.keys.len() as u32,
                     },
                 ))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Opcode::Verify => match (decode::<VerifyRequest>(control), cache(ctx)) {
+            (Ok(req), Ok(cache)) => {
+                let span = tracing::debug_span!("verify", id, namespace = %req.namespace, key = %req.key);
+                let checked = cache
+                    .verify(&req.namespace, &req.key, req.version)
+                    .instrument(span)
+                    .await;
+                Ok(answer(op, id, &checked))
             }
             (Err(e), _) | (_, Err(e)) => Err(e),
         },

@@ -1,7 +1,8 @@
 //! The hello: the first frame of every connection, answered before the
 //! connection starts pipelining. It negotiates the protocol version and,
-//! over a Unix socket, may hand the client the arena's memfd (SCM_RIGHTS
-//! ancillary data on the answer) for zero-copy fetches.
+//! over a Unix socket, may hand the client a read-only descriptor of the
+//! arena's sealed memfd (SCM_RIGHTS ancillary data on the answer) for
+//! zero-copy fetches.
 
 use std::future::Future;
 use std::io;
@@ -176,8 +177,12 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
         );
         return refuse(stream, Opcode::Hello, id, Status::UnsupportedVersion, message).await;
     }
-    let cache = ctx.cache.as_ref().filter(|_| ctx.config.zero_copy && S::PASSES_FDS);
-    let grant = cache.filter(|_| hello.want_arena);
+    let grant = match &ctx.cache {
+        Some(cache) if hello.want_arena && ctx.config.zero_copy && S::PASSES_FDS => {
+            cache.arena().shared_fd().ok().map(|fd| (fd, cache.arena().capacity()))
+        }
+        _ => None,
+    };
     tracing::debug!(client = %hello.client, arena = grant.is_some(), "hello");
     let store = ctx.store.config();
     let response = HelloResponse {
@@ -189,9 +194,7 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
             max_inflight_requests: ctx.config.max_inflight_requests,
             chunk_size: store.chunk_size,
         },
-        arena: grant.map(|cache| ArenaGrant {
-            size: cache.arena().capacity(),
-        }),
+        arena: grant.map(|(_, size)| ArenaGrant { size }),
     };
     let mut frame = Vec::new();
     OutFrame::ok(Opcode::Hello, id, &response)
@@ -199,7 +202,7 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
         .await
         .map_err(|e| e.to_string())?;
     let sent = match grant {
-        Some(cache) => stream.send_with_fd(&frame, cache.arena().memfd()).await,
+        Some((fd, _)) => stream.send_with_fd(&frame, fd).await,
         None => stream.write_all(&frame).await,
     };
     sent.map_err(|e| format!("answering the hello: {e}"))?;

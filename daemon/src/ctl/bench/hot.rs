@@ -479,16 +479,25 @@ async fn copy_loop(client: &Client, namespace: &str, sweep: Sweep) -> anyhow::Re
     // Threads, as the memcpy baseline uses; the runtime carries on meanwhile.
     tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
-            for (w, mut buf) in buffers.into_iter().enumerate() {
-                s.spawn(move || {
-                    for n in 0..sweep.per_worker() {
-                        views[sweep.shard(w, n) as usize].copy_to(&mut buf, false);
-                        std::hint::black_box(&buf);
-                    }
-                });
-            }
+            let workers: Vec<_> = buffers
+                .into_iter()
+                .enumerate()
+                .map(|(w, mut buf)| {
+                    s.spawn(move || {
+                        for n in 0..sweep.per_worker() {
+                            views[sweep.shard(w, n) as usize].copy_to(&mut buf, false)?;
+                            std::hint::black_box(&buf);
+                        }
+                        Ok::<(), shardd_client::ClientError>(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })
-    });
+    })
+    .context("copy out of views held")?;
     Ok(sweep.rate(start.elapsed()))
 }
 
