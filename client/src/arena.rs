@@ -28,6 +28,11 @@ use crate::ClientError;
 pub(crate) struct ArenaMap {
     base: NonNull<u8>,
     len: usize,
+    /// The memfd, kept to map pieces of it again side by side
+    /// ([`ArenaMap::map_pieces`]).
+    fd: OwnedFd,
+    /// Its page size (the huge page size of a hugetlb arena).
+    page: usize,
 }
 
 // SAFETY: a read-only shared mapping; nothing is mutated through it.
@@ -98,9 +103,75 @@ impl ArenaMap {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        // The mapping keeps the memory; the descriptor can go.
-        drop(fd);
-        Ok(ArenaMap { base, len })
+        // A hugetlb memfd reports its huge page size as its block size.
+        let page = std::fs::File::from(fd.try_clone()?).metadata()?.blksize().max(4096) as usize;
+        Ok(ArenaMap { base, len, fd, page })
+    }
+
+    /// Maps `pieces` (arena offset, length) of the arena next to each other
+    /// into one new read-only range of this process's address space: the
+    /// same pages, no copy. Every piece but the first must start on a page,
+    /// and every piece but the last must end on one; the first may start
+    /// inside a page (its mapping then starts at that page). Returns the
+    /// mapping and where the first piece's first byte is in it.
+    pub(crate) fn map_pieces(&self, pieces: &[(u64, u64)]) -> io::Result<(PiecesMap, usize)> {
+        let page = self.page as u64;
+        let unaligned = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        let Some(&(first, _)) = pieces.first() else {
+            return Err(unaligned("no pieces"));
+        };
+        let lead = first % page;
+        let mut at = 0u64;
+        let mut places = Vec::with_capacity(pieces.len());
+        for (i, &(offset, len)) in pieces.iter().enumerate() {
+            let start = if i == 0 { offset - lead } else { offset };
+            if start % page != 0 {
+                return Err(unaligned("a piece does not start on a page"));
+            }
+            let end = offset + len;
+            if i + 1 < pieces.len() && end % page != 0 {
+                return Err(unaligned("a piece does not end on a page"));
+            }
+            let span = end.next_multiple_of(page).min(self.len as u64) - start;
+            places.push((at, start, span));
+            at += span;
+        }
+        let total = at as usize;
+        // SAFETY: a new private anonymous reservation, inaccessible until
+        // the pieces are mapped over it; checked against MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = PiecesMap { base, len: total };
+        for (at, offset, span) in places {
+            // SAFETY: replaces a page-aligned part of our own reservation
+            // (`at + span <= total`) with a read-only shared mapping of the
+            // arena's memfd at a page-aligned offset inside it.
+            let placed = unsafe {
+                libc::mmap(
+                    base.cast::<u8>().add(at as usize).cast(),
+                    span as usize,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_POPULATE,
+                    self.fd.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if placed == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok((map, lead as usize))
     }
 
     /// The `len` bytes at `offset`, if they lie inside the arena.
@@ -117,6 +188,34 @@ impl ArenaMap {
         // SAFETY: inside the mapping (checked above), readable, and stable
         // for the lease's duration (the caller's contract).
         Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), len as usize) })
+    }
+}
+
+/// Pieces of an arena mapped side by side ([`ArenaMap::map_pieces`]);
+/// unmapped when dropped.
+#[derive(Debug)]
+pub(crate) struct PiecesMap {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a read-only mapping owned by this value; nothing in it depends on
+// the thread it is used from.
+unsafe impl Send for PiecesMap {}
+// SAFETY: as above; no method mutates through `&self`.
+unsafe impl Sync for PiecesMap {}
+
+impl PiecesMap {
+    /// Its first byte.
+    pub(crate) fn base(&self) -> *const u8 {
+        self.base.cast()
+    }
+}
+
+impl Drop for PiecesMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once.
+        unsafe { libc::munmap(self.base, self.len) };
     }
 }
 

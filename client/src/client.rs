@@ -419,11 +419,30 @@ impl Client {
         let Some(buf) = dest.into_caller::<B>() else {
             unreachable!("a fetch always returns the caller's buffer");
         };
-        let result = result.map(|head| FetchInfo {
-            meta: head.meta,
-            offset: head.offset,
-            len: head.len,
-        });
+        let result = match result {
+            Ok(head) => Ok(FetchInfo {
+                meta: head.meta,
+                offset: head.offset,
+                len: head.len,
+            }),
+            // The daemon refused to send more than the buffer holds: say so
+            // in the caller's terms, with the size it needs.
+            Err(e) if e.status() == Some(Status::TooLarge) => {
+                let needed = match range {
+                    Some(range) => Some(range.len),
+                    None => self
+                        .stat(namespace.as_str(), key.as_str())
+                        .await
+                        .ok()
+                        .map(|s| s.meta.len),
+                };
+                match needed {
+                    Some(needed) if needed > capacity => Err(ClientError::BufferTooSmall { needed, capacity }),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
         (buf, result)
     }
 

@@ -78,4 +78,4 @@ pub use shardd_protocol::{
     StatResponse, Status, VerifyOutcome, VerifyResponse,
 };
 pub use trainer::{StepStats, Trainer, TrainerOptions};
-pub use view::ShardView;
+pub use view::{ContiguousView, ShardView};

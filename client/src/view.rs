@@ -29,6 +29,8 @@ pub struct ShardView {
     len: u64,
     extents: Vec<Extent>,
     lease: u64,
+    /// The lease was given back ([`ShardView::release`]).
+    released: bool,
     arena: Arc<ArenaMap>,
     conn: Arc<Connection>,
 }
@@ -49,6 +51,7 @@ impl ShardView {
             len,
             extents,
             lease,
+            released: false,
             arena,
             conn,
         };
@@ -86,13 +89,24 @@ impl ShardView {
     /// connection it came from has ended. Call it after reading through
     /// [`Self::pieces`] to know that what was read is the shard's.
     pub fn check(&self) -> Result<(), ClientError> {
-        match self.conn.leases_lost() {
-            None => Ok(()),
-            Some(reason) => Err(ClientError::LeaseLost {
-                shard: format!("{}/{}", self.meta.namespace, self.meta.key),
-                endpoint: self.conn.endpoint().to_string(),
-                reason,
-            }),
+        let reason = match self.conn.leases_lost() {
+            None if !self.released => return Ok(()),
+            None => "the view was released".to_string(),
+            Some(reason) => reason,
+        };
+        Err(ClientError::LeaseLost {
+            shard: format!("{}/{}", self.meta.namespace, self.meta.key),
+            endpoint: self.conn.endpoint().to_string(),
+            reason,
+        })
+    }
+
+    /// Gives the lease back now, before the view is dropped; reads fail
+    /// from then on.
+    pub fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.conn.defer_release(self.lease);
         }
     }
 
@@ -143,8 +157,115 @@ impl ShardView {
     }
 }
 
+impl ShardView {
+    /// The view with its bytes in one run of memory, for callers that need
+    /// a single array: where the arena holds the pieces side by side
+    /// already, that run; otherwise the pieces mapped next to each other
+    /// into a new range of this process's address space (the same pages of
+    /// the arena, no copy). A view of a whole shard can always be laid out
+    /// so, except in a hugetlb arena whose huge pages are larger than the
+    /// daemon's chunks; a range must start on a chunk boundary or inside the
+    /// first chunk. Gives the view back with the error otherwise.
+    pub fn into_contiguous(self) -> Result<ContiguousView, Box<(ShardView, ClientError)>> {
+        if let Err(e) = self.check() {
+            return Err(Box::new((self, e)));
+        }
+        let pieces: Vec<(u64, u64)> = self.extents.iter().map(|e| (e.offset, e.len)).collect();
+        let adjacent = pieces.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0);
+        if adjacent {
+            let start = pieces.first().map_or(0, |p| p.0);
+            // SAFETY: only computes an address: `new` checked that every
+            // extent lies inside the mapping, and these are adjacent.
+            let ptr = unsafe { self.arena.bytes(start, 0) }.map_or(std::ptr::null(), <[u8]>::as_ptr);
+            return Ok(ContiguousView {
+                ptr,
+                view: self,
+                _map: None,
+            });
+        }
+        match self.arena.map_pieces(&pieces) {
+            Ok((map, lead)) => Ok(ContiguousView {
+                // SAFETY: `lead` is inside the new mapping's first page.
+                ptr: unsafe { map.base().add(lead) },
+                view: self,
+                _map: Some(map),
+            }),
+            Err(e) => {
+                let error = ClientError::Remote {
+                    status: shardd_protocol::Status::BadRequest,
+                    message: format!(
+                        "the view of {}/{} cannot be laid out in one run of memory ({e}); read it piece by piece \
+                         or copy it",
+                        self.meta.namespace, self.meta.key
+                    ),
+                    current_version: None,
+                };
+                Err(Box::new((self, error)))
+            }
+        }
+    }
+}
+
 impl Drop for ShardView {
     fn drop(&mut self) {
-        self.conn.defer_release(self.lease);
+        self.release();
+    }
+}
+
+/// A [`ShardView`] whose bytes are one run of memory
+/// ([`ShardView::into_contiguous`]). Like the view, it can be read only
+/// while its lease holds.
+#[derive(Debug)]
+pub struct ContiguousView {
+    ptr: *const u8,
+    view: ShardView,
+    _map: Option<crate::arena::PiecesMap>,
+}
+
+// SAFETY: `ptr` points into a read-only mapping that this value (or the
+// arena mapping its view holds) keeps; nothing depends on the thread.
+unsafe impl Send for ContiguousView {}
+// SAFETY: as above; no method mutates through `&self`.
+unsafe impl Sync for ContiguousView {}
+
+impl ContiguousView {
+    /// The view.
+    pub fn view(&self) -> &ShardView {
+        &self.view
+    }
+
+    /// Gives the lease back now (see [`ShardView::release`]); the memory
+    /// at [`Self::as_ptr`] stays readable while this value lives.
+    pub fn release(&mut self) {
+        self.view.release();
+    }
+
+    /// The first byte. The `len()` bytes from it are the view's while its
+    /// lease holds ([`ShardView::check`]); the address stays readable as
+    /// long as this value lives (after the lease ends it reads whatever
+    /// the arena holds there, never a fault).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// Bytes in the view.
+    pub fn len(&self) -> u64 {
+        self.view.len
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.view.len == 0
+    }
+
+    /// The bytes, while the lease holds (see [`ShardView::pieces`]).
+    pub fn bytes(&self) -> Result<&[u8], ClientError> {
+        self.view.check()?;
+        if self.view.len == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: `len` readable bytes at `ptr`, unchanged while the lease
+        // holds (checked above).
+        Ok(unsafe { std::slice::from_raw_parts(self.ptr, self.view.len as usize) })
     }
 }

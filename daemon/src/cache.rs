@@ -1082,14 +1082,16 @@ impl Cache {
 
     /// The tier's counters and sizes.
     pub fn status(&self) -> ArenaStatus {
-        let (resident_shards, resident_bytes, dirty_bytes) = {
+        let (resident_shards, resident_bytes, dirty_bytes, leased_shards) = {
             let state = self.state();
             let ready = state.entries.values().filter_map(|slot| match slot {
                 Slot::Ready(shard) => Some(shard),
                 Slot::Loading(_) => None,
             });
-            let (n, bytes) = ready.fold((0u64, 0u64), |(n, b), s| (n + 1, b + s.meta.len));
-            (n, bytes, state.dirty_bytes)
+            let (n, bytes, leased) = ready.fold((0u64, 0u64, 0u64), |(n, b, l), s| {
+                (n + 1, b + s.meta.len, l + u64::from(s.leases() > 0))
+            });
+            (n, bytes, state.dirty_bytes, leased)
         };
         let arena = &self.inner.arena;
         let stats = &self.inner.stats;
@@ -1103,6 +1105,7 @@ impl Cache {
             resident_shards,
             resident_bytes,
             dirty_bytes,
+            leased_shards,
             hits: get(&stats.hits),
             misses: get(&stats.misses),
             bypassed: get(&stats.bypassed),

@@ -43,6 +43,7 @@ pub struct Metrics {
     arena_used: IntGauge,
     arena_locked: IntGauge,
     arena_dirty: IntGauge,
+    arena_leased: IntGauge,
     hits: IntCounterVec,
     misses: IntCounterVec,
     evictions: IntCounterVec,
@@ -131,6 +132,10 @@ impl Metrics {
                 "shardd_arena_dirty_bytes",
                 "Bytes of write-back shards not yet on a drive.",
             ),
+            arena_leased: gauge(
+                "shardd_arena_leased_shards",
+                "Shards in the arena held by a lease (being sent, or viewed in place): not evictable.",
+            ),
             hits: counter_vec(
                 "shardd_cache_hits_total",
                 "Fetches served by a tier: the arena, or a drive after the arena missed.",
@@ -210,6 +215,7 @@ impl Metrics {
             Box::new(metrics.arena_used.clone()),
             Box::new(metrics.arena_locked.clone()),
             Box::new(metrics.arena_dirty.clone()),
+            Box::new(metrics.arena_leased.clone()),
             Box::new(metrics.hits.clone()),
             Box::new(metrics.misses.clone()),
             Box::new(metrics.evictions.clone()),
@@ -292,6 +298,7 @@ impl Metrics {
         self.arena_used.set(a.used_bytes as i64);
         self.arena_locked.set(a.locked_bytes as i64);
         self.arena_dirty.set(a.dirty_bytes as i64);
+        self.arena_leased.set(a.leased_shards as i64);
         let advance = |counter: IntCounter, to: u64| {
             let now = counter.get();
             if to > now {

@@ -291,6 +291,9 @@ pub struct ArenaStatus {
     pub resident_bytes: u64,
     /// Bytes acknowledged from memory and not on the drive yet.
     pub dirty_bytes: u64,
+    /// Shards held by a lease now (being sent, or viewed in place by a
+    /// local client): they are not evicted.
+    pub leased_shards: u64,
     /// Fetches served from the arena.
     pub hits: u64,
     /// Fetches that had to read the drive.

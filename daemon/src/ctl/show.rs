@@ -143,7 +143,7 @@ pub fn status(s: &StatusResponse) -> String {
         };
         let _ = writeln!(
             out,
-            "arena        {} used of {}, {} locked in RAM{}, {} shards ({}), {} not on drive yet",
+            "arena        {} used of {}, {} locked in RAM{}, {} shards ({}, {} leased), {} not on drive yet",
             bytes(a.used_bytes),
             bytes(a.capacity_bytes),
             bytes(a.locked_bytes),
@@ -154,6 +154,7 @@ pub fn status(s: &StatusResponse) -> String {
             },
             a.resident_shards,
             bytes(a.resident_bytes),
+            a.leased_shards,
             bytes(a.dirty_bytes)
         );
         let _ = writeln!(

@@ -1,0 +1,364 @@
+"""shardd for PyTorch trainers: tensors in and out of the node's shardd daemon
+(NVMe drives and pinned memory), with no copies the data does not need.
+
+Example::
+
+    import torch, shardd
+
+    with shardd.Client("unix:///run/shardd/shardd.sock") as client:
+        client.put("job", "layers.0.weight", torch.randn(4096, 4096))
+        weight = client.get_tensor("job", "layers.0.weight")     # a new tensor
+        client.fetch_into("job", "layers.0.weight", pinned)       # into yours
+        with client.view("job", "layers.0.weight") as view:       # in place
+            total = view.tensor().sum()
+
+Arrays and tensors cross as memory: numpy arrays, contiguous CPU torch
+tensors (pinned or not) and any object with the buffer protocol. Their
+element type and shape are stored with the shard. ``get`` returns numpy
+arrays (bf16 and fp8 through ``ml_dtypes`` when it is installed),
+``get_tensor`` torch tensors; torch is imported only by the calls that
+return tensors.
+
+Modules: :mod:`shardd.errors` (the exceptions), :mod:`shardd.cluster`
+(several nodes: partitioned tensors, layer gather, the trainer loop),
+:mod:`shardd.safetensors` (import and export of ``.safetensors`` files),
+:mod:`shardd.dcp` (``torch.distributed.checkpoint`` storage),
+:mod:`shardd.bench` (``python -m shardd.bench``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _buffers
+from ._native import Client as _NativeClient
+from ._native import ShardMeta, View as _NativeView, __version__
+from .errors import *  # noqa: F401,F403
+from .errors import BadRequest, BufferTooSmall, Error, NotFound
+
+from .errors import __all__ as _error_names
+
+__all__ = ["Client", "View", "ShardArray", "ShardMeta", "DEFAULT_ENDPOINT", "__version__", *_error_names]
+
+#: The daemon's default socket when it runs from the current directory.
+DEFAULT_ENDPOINT = "unix://./shardd.sock"
+
+
+class ShardArray(np.ndarray):
+    """A numpy array that came from a shard; ``meta`` is the shard's
+    :class:`ShardMeta`. Where numpy has no type for the shard's elements
+    (bf16 or fp8 without ``ml_dtypes``), the array holds their bits as
+    unsigned integers of the same width, and ``meta.dtype`` names them."""
+
+    meta: Optional[ShardMeta]
+
+    def __array_finalize__(self, obj):
+        self.meta = getattr(obj, "meta", None)
+
+
+def _as_shard_array(array: np.ndarray, meta: ShardMeta) -> ShardArray:
+    out = array.view(ShardArray)
+    out.meta = meta
+    return out
+
+
+class Client:
+    """One connection to a shardd daemon: ``unix://PATH`` on the same node
+    (zero-copy views and fetches out of the daemon's arena), or
+    ``tcp://HOST:PORT``. Safe to use from many threads at once (their
+    requests are pipelined on the one connection); the interpreter is
+    released while a request waits. Use it as a context manager, or call
+    :meth:`close`.
+
+    Options: ``connect_timeout`` (seconds, default 10), ``request_timeout``
+    (None: no limit), ``io_timeout`` (60), ``verify_checksums`` (check whole
+    shards fetched over the socket, default True), ``verify_views`` (also
+    those read from the arena, default False), ``zero_copy`` (map the
+    arena, default True), ``max_fetch_alloc`` (largest ``get`` in bytes),
+    ``client_name``.
+
+    >>> client = shardd.Client("unix://./shardd.sock", request_timeout=30)
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, **options: Any):
+        self._native = _NativeClient(endpoint, **options)
+
+    # -- connection ------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this client is connected to."""
+        return self._native.endpoint
+
+    @property
+    def server(self) -> str:
+        """The daemon's name and version, e.g. ``"shardd 0.1.0"``."""
+        return self._native.server
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether views and fetches read in place from the daemon's arena."""
+        return self._native.zero_copy
+
+    @property
+    def zero_copy_refused(self) -> Optional[str]:
+        """Why the arena the daemon offered was not mapped, if it was not."""
+        return self._native.zero_copy_refused
+
+    def is_connected(self) -> bool:
+        """Whether the connection is up."""
+        return self._native.is_connected()
+
+    def close(self) -> None:
+        """Closes the connection (views made from it keep their lease until
+        they are gone). Later calls raise :class:`Disconnected`."""
+        self._native.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ping(self) -> float:
+        """A round trip to the daemon, in seconds.
+
+        >>> client.ping() < 1
+        True
+        """
+        return self._native.ping()
+
+    # -- shards ----------------------------------------------------------
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        data: Any,
+        *,
+        durable: bool = True,
+        version: Optional[int] = None,
+        dtype: Optional[str] = None,
+        shape: Optional[Sequence[int]] = None,
+    ) -> ShardMeta:
+        """Stores ``data`` as the shard ``namespace/key`` and returns what is
+        stored. ``data`` is a numpy array, a contiguous CPU torch tensor or
+        any bytes-like object; its element type and shape are recorded
+        (``dtype``/``shape`` override them, e.g. for raw bytes). With
+        ``durable=False`` the daemon acknowledges once the bytes are in its
+        memory and writes them to the drive in the background. ``version``
+        must be newer than the stored one (default: the next one).
+
+        >>> client.put("job", "layers.0.weight", np.ones((2, 3), np.float32)).version
+        1
+        """
+        mem = _buffers.memory(data, writable=False)
+        dtype = dtype or mem.dtype or "raw"
+        shape = list(shape) if shape is not None else (mem.shape if mem.dtype else [])
+        return self._native.put(
+            namespace, key, mem.address, mem.nbytes, mem.owner, dtype, [int(d) for d in shape], durable, version
+        )
+
+    def get(self, namespace: str, key: str) -> ShardArray:
+        """The whole shard as a new numpy array of its element type and shape
+        (:class:`ShardArray`; ``.meta`` is its metadata). Raises
+        :class:`NotFound` (a ``KeyError``) if there is no such shard.
+
+        >>> client.get("job", "layers.0.weight").shape
+        (2, 3)
+        """
+        meta, raw = self._native.get(namespace, key)
+        array = _buffers.shaped(raw, _buffers.numpy_dtype(meta.dtype), meta.shape)
+        return _as_shard_array(array, meta)
+
+    def get_tensor(self, namespace: str, key: str):
+        """The whole shard as a new torch tensor of its element type and shape.
+
+        >>> client.get_tensor("job", "layers.0.weight").dtype
+        torch.float32
+        """
+        import torch
+
+        meta, raw = self._native.get(namespace, key)
+        tensor = torch.from_numpy(raw).view(_buffers.torch_dtype(meta.dtype))
+        if meta.shape and int(np.prod(meta.shape, dtype=np.int64)) == tensor.numel():
+            tensor = tensor.reshape(meta.shape)
+        return tensor
+
+    def fetch_into(
+        self,
+        namespace: str,
+        key: str,
+        out: Any,
+        offset: int = 0,
+        *,
+        range: Optional[Tuple[int, int]] = None,
+    ) -> ShardMeta:
+        """Fills ``out`` (any writable buffer: a numpy array, a CPU torch
+        tensor, pinned memory, a bytearray) with the shard, starting
+        ``offset`` bytes into ``out``, with no intermediate copy: from the
+        daemon's arena on the same node (one copy), else straight from the
+        socket. ``range=(start, length)`` reads that part of the shard only.
+        Returns the shard's metadata. Raises :class:`BufferTooSmall` if
+        ``out`` cannot hold it.
+
+        >>> out = torch.empty(2, 3).pin_memory()
+        >>> client.fetch_into("job", "layers.0.weight", out).nbytes
+        24
+        """
+        mem = _buffers.memory(out, writable=True)
+        if offset < 0 or offset > mem.nbytes:
+            raise BufferTooSmall(f"offset {offset} lies outside the {mem.nbytes}-byte destination")
+        meta, _ = self._native.fetch_into(
+            namespace, key, mem.address + offset, mem.nbytes - offset, mem.owner, range
+        )
+        return meta
+
+    def view(self, namespace: str, key: str, *, range: Optional[Tuple[int, int]] = None) -> "View":
+        """A zero-copy, read-only view of the shard in the daemon's arena (same
+        node): ``.numpy()`` and ``.tensor()`` make arrays over it without
+        copying. The daemon keeps the bytes in place until the view and
+        every array made from it are gone, or until the end of a ``with``
+        block. Raises :class:`ZeroCopyUnavailable` over TCP.
+
+        >>> with client.view("job", "layers.0.weight") as v:
+        ...     float(v.numpy().sum())
+        6.0
+        """
+        return View(self._native.view(namespace, key, range))
+
+    def stat(self, namespace: str, key: str) -> dict:
+        """Metadata of a shard and its state in the daemon's memory:
+        ``{"meta": ShardMeta, "resident": bool, "dirty": bool,
+        "flush_error": str | None}``."""
+        return self._native.stat(namespace, key)
+
+    def ls(self, namespace: str, prefix: str = "") -> list:
+        """Every shard of ``namespace`` whose key starts with ``prefix``, in
+        key order (:class:`ShardMeta` each)."""
+        return self._native.ls(namespace, prefix)
+
+    def rm(self, namespace: str, key: str, version: Optional[int] = None) -> int:
+        """Removes a shard (only if ``version`` is the stored one, when
+        given); returns the version removed."""
+        return self._native.rm(namespace, key, version)
+
+    # -- the daemon's memory ---------------------------------------------
+
+    def prefetch(self, namespace: str, keys: Iterable[Union[str, Tuple[str, int, Optional[int]]]]) -> dict:
+        """Hints that shards will be needed soon, most urgent first: each item
+        is a key (urgency by position) or ``(key, order, deadline_unix_ms)``.
+        The daemon loads them into its arena in the background."""
+        items = []
+        for position, item in enumerate(keys):
+            if isinstance(item, str):
+                items.append((item, position, None))
+            else:
+                key, order, deadline = item
+                items.append((key, int(order), None if deadline is None else int(deadline)))
+        return self._native.prefetch(namespace, items)
+
+    def evict(self, namespace: str, keys: Iterable[str], *, drop: bool = False) -> dict:
+        """Frees the daemon's in-memory copies of shards (the drive keeps
+        them), or with ``drop=True`` deletes the shards."""
+        return self._native.evict(namespace, list(keys), drop)
+
+    def set_schedule(self, namespace: str, keys: Iterable[str]) -> None:
+        """Registers the order a training step uses shards in (a key may occur
+        twice: forward and backward); the daemon then evicts the shard used
+        furthest in the future. An empty order removes it."""
+        self._native.set_schedule(namespace, list(keys))
+
+    def verify(self, namespace: str, key: str, version: Optional[int] = None) -> dict:
+        """Has the daemon check its in-memory copy of a shard against its
+        checksum again (a copy that fails is dropped and read again from
+        the drive): ``{"version": int | None, "outcome": "Intact" |
+        "Dropped" | "Lost" | "NotResident"}``."""
+        return self._native.verify(namespace, key, version)
+
+    def status(self) -> dict:
+        """The daemon's state, as ``shardctl status --json`` prints it."""
+        return self._native.status()
+
+
+class View:
+    """A shard read in place in the daemon's arena (:meth:`Client.view`).
+
+    Arrays made from it (:meth:`numpy`, :meth:`tensor`) are read-only and
+    hold the daemon's lease until they are all gone; leaving a ``with``
+    block, or :meth:`release`, gives the lease back at once, after which
+    such arrays must not be read (they no longer hold the shard). A view
+    whose connection ended can no longer be read: :meth:`check` raises
+    :class:`LeaseLost`.
+    """
+
+    def __init__(self, native: _NativeView):
+        self._native = native
+
+    @property
+    def meta(self) -> ShardMeta:
+        """The shard's metadata."""
+        return self._native.meta
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in the view."""
+        return self._native.nbytes
+
+    @property
+    def offset(self) -> int:
+        """Offset in the shard of the first byte (for a range)."""
+        return self._native.offset
+
+    def _whole(self) -> bool:
+        return self.offset == 0 and self.nbytes == self.meta.nbytes
+
+    def numpy(self) -> np.ndarray:
+        """A read-only numpy array over the bytes: the shard's element type
+        and shape for a whole shard, else uint8."""
+        self._native.check()
+        native = self._native
+        if self._whole():
+            dtype, shape = _buffers.numpy_dtype(self.meta.dtype), self.meta.shape
+        else:
+            dtype, shape = np.dtype(np.uint8), None
+        return _buffers.array_over(native.address, native.nbytes, native, dtype, shape, readonly=True)
+
+    def tensor(self):
+        """A torch tensor over the bytes, without a copy (torch has no
+        read-only tensors: do not write to it)."""
+        import torch
+
+        self._native.check()
+        raw = _buffers.array_over(
+            self._native.address, self._native.nbytes, self._native, np.dtype(np.uint8), None, readonly=True
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            tensor = torch.from_numpy(raw)
+        if not self._whole():
+            return tensor
+        tensor = tensor.view(_buffers.torch_dtype(self.meta.dtype))
+        if self.meta.shape and int(np.prod(self.meta.shape, dtype=np.int64)) == tensor.numel():
+            tensor = tensor.reshape(self.meta.shape)
+        return tensor
+
+    def check(self) -> None:
+        """Raises :class:`LeaseLost` if the bytes are no longer the shard's."""
+        self._native.check()
+
+    def release(self) -> None:
+        """Gives the daemon's lease back now."""
+        self._native.release()
+
+    def __enter__(self) -> "View":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<shardd.View {self.meta.namespace}/{self.meta.key} v{self.meta.version}, {self.nbytes} bytes>"

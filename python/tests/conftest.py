@@ -1,0 +1,111 @@
+"""Fixtures: a real shardd daemon on a temp dir, and clients of it.
+
+The daemon binary is ``$SHARDD_BIN`` (``cargo test`` sets it), else the
+one ``cargo build`` leaves in ``target/``. Tests that need torch skip,
+saying so, where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import shardd
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _binary(name: str) -> str:
+    env = os.environ.get(f"SHARDD_{'BIN' if name == 'shardd' else 'CTL'}")
+    if env:
+        return env
+    for profile in ("release", "debug"):
+        path = REPO / "target" / profile / name
+        if path.exists():
+            return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    pytest.skip(f"no {name} binary: run `cargo build` or set SHARDD_BIN")
+
+
+class Daemon:
+    """A shardd process on its own directory, on a Unix socket and loopback TCP."""
+
+    def __init__(self, root: pathlib.Path, config: str = ""):
+        self.root = root
+        self.socket = root / "shardd.sock"
+        (root / "shardd.toml").write_text("[storage]\nmin_free = 0\n[arena]\nsize = \"128MiB\"\n" + config)
+        self.process: subprocess.Popen | None = None
+        self.log = root / "shardd.log"
+        self.start()
+
+    def start(self) -> None:
+        command = [
+            _binary("shardd"),
+            "--config", str(self.root / "shardd.toml"),
+            "--data-dir", str(self.root / "data"),
+            "--socket", str(self.socket),
+            "--tcp", "127.0.0.1:0",
+            "--http", "off",
+            "--log-level", "warn",
+        ]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"shardd exited: {self.log.read_text()}")
+            try:
+                with shardd.Client(self.unix) as client:
+                    listen = client.status()["listen"]
+                self.tcp = next(e for e in listen if e.startswith("tcp://"))
+                return
+            except (shardd.ConnectError, shardd.Disconnected):
+                time.sleep(0.02)
+        raise RuntimeError("shardd did not start within 30 s")
+
+    @property
+    def unix(self) -> str:
+        return f"unix://{self.socket}"
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(daemon):
+    with shardd.Client(daemon.unix) as c:
+        yield c
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def any_client(request, daemon):
+    """A client over the Unix socket (zero copy) and one over TCP."""
+    endpoint = daemon.unix if request.param == "unix" else daemon.tcp
+    with shardd.Client(endpoint) as c:
+        yield c
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
