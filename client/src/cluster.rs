@@ -41,7 +41,7 @@ use node::Node;
 use shardd_protocol::StatusResponse;
 
 pub use gather::{GatheredTensor, Layer};
-pub use partition::{Partitioning, TensorManifest};
+pub use partition::{PartitionRead, Partitioning, TensorManifest};
 
 /// Tries of a demotion whose shards are still leased ([`Cluster::demote_on`]).
 const DEMOTE_TRIES: u32 = 4;

@@ -41,7 +41,19 @@ from .errors import BadRequest, BufferTooSmall, Error, NotFound
 
 from .errors import __all__ as _error_names
 
-__all__ = ["Client", "View", "ShardArray", "ShardMeta", "DEFAULT_ENDPOINT", "__version__", *_error_names]
+__all__ = [
+    "Client",
+    "View",
+    "ShardArray",
+    "ShardMeta",
+    "Cluster",
+    "Layer",
+    "Trainer",
+    "tensors_in",
+    "DEFAULT_ENDPOINT",
+    "__version__",
+    *_error_names,
+]
 
 #: The daemon's default socket when it runs from the current directory.
 DEFAULT_ENDPOINT = "unix://./shardd.sock"
@@ -362,3 +374,6 @@ class View:
 
     def __repr__(self) -> str:
         return f"<shardd.View {self.meta.namespace}/{self.meta.key} v{self.meta.version}, {self.nbytes} bytes>"
+
+
+from .cluster import Cluster, Layer, Trainer, tensors_in  # noqa: E402  (uses the names above)

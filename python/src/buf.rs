@@ -22,6 +22,9 @@ pub struct Lent {
 // reference to `owner` may be dropped from any thread (PyO3 defers the
 // decrement until a thread holds the interpreter).
 unsafe impl Send for Lent {}
+// SAFETY: through `&Lent` the memory is only read (`as_ref`); writes need
+// `&mut Lent`.
+unsafe impl Sync for Lent {}
 
 impl Lent {
     /// The memory of `owner` at `ptr`, `len` bytes.

@@ -12,9 +12,11 @@
 //! * [`meta`]: shard metadata and answers as Python values.
 //! * [`client`]: `Client`, one connection.
 //! * [`view`]: `View`, a shard read in place in the daemon's arena.
+//! * [`cluster`]: `Cluster`, `Layer`, `Trainer`: several nodes.
 
 pub mod buf;
 pub mod client;
+pub mod cluster;
 pub mod errors;
 pub mod meta;
 pub mod runtime;
@@ -30,5 +32,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::Client>()?;
     m.add_class::<view::View>()?;
     m.add_class::<meta::ShardMeta>()?;
+    m.add_class::<cluster::Cluster>()?;
+    m.add_class::<cluster::Layer>()?;
+    m.add_class::<cluster::Trainer>()?;
     Ok(())
 }

@@ -93,6 +93,19 @@ def daemon(tmp_path):
 
 
 @pytest.fixture
+def nodes(tmp_path):
+    """Three daemons: the nodes of a job."""
+    started = []
+    for i in range(3):
+        root = tmp_path / f"node{i}"
+        root.mkdir()
+        started.append(Daemon(root))
+    yield started
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
 def client(daemon):
     with shardd.Client(daemon.unix) as c:
         yield c

@@ -542,3 +542,36 @@ async fn a_partition_corrupt_in_a_nodes_arena_is_reported_and_gathered_again() {
     let arena = node.status().await.unwrap().arena.unwrap();
     assert_eq!((arena.checksum_failures, arena.loads), (1, 1), "{arena:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_rank_reads_its_own_partition_and_together_they_make_the_tensor() {
+    let daemons = start_nodes(engines()[0], 3).await;
+    let data = pattern(1_000_003, 9);
+    let writer = cluster(&daemons, ClusterOptions::default());
+    writer
+        .put_partitioned(NS, "w", data.clone(), DType::U8, vec![data.len() as u64])
+        .await
+        .unwrap();
+    let mut assembled = vec![0u8; data.len()];
+    for rank in 0..3 {
+        // Each rank's cluster has its own node as the local one.
+        let endpoints: Vec<String> = daemons.iter().map(|n| n.tcp_endpoint()).collect();
+        let options = ClusterOptions {
+            local: Some((rank, daemons[rank].unix_endpoint())),
+            ..ClusterOptions::default()
+        };
+        let mine = Cluster::new(&endpoints, options).unwrap();
+        let (buf, read) = mine.read_partition(NS, "w", rank, vec![0u8; data.len()]).await;
+        let read = read.unwrap();
+        assert_eq!(read.node, rank);
+        let len = (read.range.end - read.range.start) as usize;
+        assembled[read.range.start as usize..read.range.end as usize].copy_from_slice(&buf[..len]);
+    }
+    assert!(assembled == data, "the three partitions make the tensor");
+    let err = writer
+        .read_partition(NS, "missing", 0, vec![0u8; 8])
+        .await
+        .1
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+}

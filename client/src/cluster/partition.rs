@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use shardd_protocol::{DType, Durability, Key, Status, codec};
 
 use super::{Cluster, ClusterError};
-use crate::{ClientError, PutOptions};
+use crate::{ClientError, FetchBuf, PutOptions};
 use futures_util::future::join_all;
 
 /// First bytes of a manifest shard.
@@ -109,6 +109,17 @@ impl TensorManifest {
         }
         Ok(manifest)
     }
+}
+
+/// A partition read by [`Cluster::read_partition`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionRead {
+    /// The tensor's manifest (its dtype, shape and how it is cut).
+    pub manifest: TensorManifest,
+    /// The node whose partition it is.
+    pub node: usize,
+    /// Bytes of the tensor it holds (empty: that node holds none of it).
+    pub range: Range<u64>,
 }
 
 /// Key of partition `index` of `nodes` of tensor `name`.
@@ -250,6 +261,75 @@ impl Cluster {
                 }),
             Err(ClusterError::Node { source, .. }) if source.is_not_found() => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Reads node `node`'s partition of `tensor` from that node's daemon
+    /// into the start of `buf` (on the rank whose node it is, the local
+    /// daemon: one copy out of its arena). With `torch.distributed`, each
+    /// rank reads its own partition so and an all-gather assembles the
+    /// tensor. The buffer comes back in every case.
+    pub async fn read_partition<B: FetchBuf>(
+        &self,
+        namespace: &str,
+        tensor: &str,
+        node: usize,
+        mut buf: B,
+    ) -> (B, Result<PartitionRead, ClusterError>) {
+        let bad = |reason: String| ClusterError::Tensor {
+            namespace: namespace.to_string(),
+            tensor: tensor.to_string(),
+            reason,
+        };
+        let manifest = match self.manifest(namespace, tensor).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => return (buf, Err(bad("not found (store it with put_partitioned)".into()))),
+            Err(e) => return (buf, Err(e)),
+        };
+        if manifest.partitioning.nodes as usize != self.len() || node >= self.len() {
+            let reason = format!(
+                "stored across {} nodes; this cluster has {}, and node {node} was asked for",
+                manifest.partitioning.nodes,
+                self.len()
+            );
+            return (buf, Err(bad(reason)));
+        }
+        let range = manifest.partitioning.range(node as u32);
+        if range.is_empty() {
+            return (buf, Ok(PartitionRead { manifest, node, range }));
+        }
+        let key = manifest.part_key(node as u32);
+        let what = format!("fetch {namespace}/{key}");
+        let target = self.node(node);
+        let slot = target.next_slot();
+        let mut retried = false;
+        loop {
+            let (client, fresh) = match target.client(slot, &what).await {
+                Ok(client) => client,
+                Err(e) => return (buf, Err(e)),
+            };
+            let (back, result) = client.fetch_into(namespace, &key, None, buf).await;
+            buf = back;
+            let info = match result {
+                Ok(info) => info,
+                Err(e) if !fresh && !retried && super::node::connection_lost(&e) => {
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return (buf, Err(target.error(&what, e))),
+            };
+            if info.meta.version != manifest.version || info.len != range.end - range.start {
+                let reason = format!(
+                    "partition {node} holds version {} ({} bytes) where the manifest says version {} ({} bytes): \
+                     a put is in progress",
+                    info.meta.version,
+                    info.len,
+                    manifest.version,
+                    range.end - range.start
+                );
+                return (buf, Err(bad(reason)));
+            }
+            return (buf, Ok(PartitionRead { manifest, node, range }));
         }
     }
 
