@@ -17,6 +17,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::arena::{self, ArenaMap};
 use crate::connection::{Connection, Dest, FetchBuf, FetchDone};
+use crate::progress::Progress;
 use crate::{ClientError, Endpoint, ShardView};
 
 /// Send buffer asked for on Unix-socket connections.
@@ -248,8 +249,20 @@ impl Client {
         data: impl Into<Bytes>,
         options: PutOptions,
     ) -> Result<ShardMeta, ClientError> {
+        self.put_reporting(namespace, key, data.into(), options, None).await
+    }
+
+    /// [`Client::put`], telling `progress` of the bytes as they are sent
+    /// (for puts of large files).
+    pub async fn put_reporting(
+        &self,
+        namespace: &str,
+        key: &str,
+        data: Bytes,
+        options: PutOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<ShardMeta, ClientError> {
         let (namespace, key) = names(namespace, key)?;
-        let data: Bytes = data.into();
         let max = self.server.limits.max_payload_len;
         if data.len() as u64 > max {
             return Err(ClientError::TooLarge {
@@ -269,7 +282,7 @@ impl Client {
         let control = encode(&request)?;
         let reply = self
             .conn
-            .call(Opcode::Put, control, Some(data), self.options.request_timeout)
+            .call_reporting(Opcode::Put, control, Some(data), self.options.request_timeout, progress)
             .await?;
         let response: PutResponse = decode(&self.conn, &reply.control)?;
         Ok(response.meta)

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ClientError;
+use crate::progress::Progress;
 
 /// Bytes of the buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
@@ -121,7 +122,13 @@ struct Outgoing {
     header: [u8; HEADER_LEN],
     control: Vec<u8>,
     payload: Option<Bytes>,
+    /// Told of the payload's bytes as they are written.
+    progress: Option<Arc<dyn Progress>>,
 }
+
+/// A large payload is handed to the socket in pieces of this many bytes,
+/// each reported to the request's progress.
+const PROGRESS_PIECE: usize = 4 << 20;
 
 struct Shared {
     endpoint: String,
@@ -263,6 +270,7 @@ impl Releases {
             header,
             control,
             payload: None,
+            progress: None,
         };
         if let Err(mpsc::error::TrySendError::Full(out)) = tx.try_send(out) {
             tokio::spawn(async move {
@@ -361,6 +369,7 @@ impl Connection {
         op: Opcode,
         control: Vec<u8>,
         payload: Option<Bytes>,
+        progress: Option<Arc<dyn Progress>>,
         pending: Pending,
     ) -> Result<u64, (Pending, ClientError)> {
         if let Some(reason) = self.shared.closed_reason() {
@@ -374,6 +383,7 @@ impl Connection {
             header,
             control,
             payload,
+            progress,
         };
         if self.tx.send(out).await.is_err() {
             let reason = self.shared.closed_reason().unwrap_or_else(|| "writer stopped".into());
@@ -410,9 +420,22 @@ impl Connection {
         payload: Option<Bytes>,
         timeout: Option<Duration>,
     ) -> Result<Reply, ClientError> {
+        self.call_reporting(op, control, payload, timeout, None).await
+    }
+
+    /// [`Connection::call`], telling `progress` of the payload's bytes as
+    /// they are handed to the socket.
+    pub(crate) async fn call_reporting(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        payload: Option<Bytes>,
+        timeout: Option<Duration>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<Reply, ClientError> {
         let _permit = self.inflight.acquire().await;
         let (reply, rx) = oneshot::channel();
-        let id = match self.send(op, control, payload, Pending::Simple(reply)).await {
+        let id = match self.send(op, control, payload, progress, Pending::Simple(reply)).await {
             Ok(id) => id,
             Err((_, e)) => return Err(e),
         };
@@ -456,7 +479,7 @@ impl Connection {
             reply,
         };
         let id = match self
-            .send(Opcode::Fetch, control, None, Pending::Fetch(Box::new(state)))
+            .send(Opcode::Fetch, control, None, None, Pending::Fetch(Box::new(state)))
             .await
         {
             Ok(id) => id,
@@ -510,8 +533,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, writer: W, mut r
         let result = async {
             out.write_all(&frame.header).await?;
             out.write_all(&frame.control).await?;
-            if let Some(payload) = &frame.payload {
-                out.write_all(payload).await?;
+            match (&frame.payload, &frame.progress) {
+                (Some(payload), None) => out.write_all(payload).await?,
+                (Some(payload), Some(progress)) => {
+                    for piece in payload.chunks(PROGRESS_PIECE) {
+                        out.write_all(piece).await?;
+                        progress.advance(piece.len() as u64);
+                    }
+                }
+                (None, _) => {}
             }
             if rx.is_empty() {
                 out.flush().await?;

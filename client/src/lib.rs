@@ -55,6 +55,9 @@
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
 //! * `connection`: pipelining: the reader and writer tasks of a connection.
 //! * `arena`: the hello, and mapping the daemon's arena (Unix socket).
+//! * [`files`] (feature `files`): files in and out, `.safetensors` import
+//!   and export.
+//! * [`progress`]: progress of long transfers.
 //! * [`error`]: the error type, [`ClientError`].
 
 mod arena;
@@ -64,6 +67,9 @@ pub mod cluster;
 mod connection;
 pub mod endpoint;
 pub mod error;
+#[cfg(feature = "files")]
+pub mod files;
+pub mod progress;
 pub mod trainer;
 pub mod view;
 
@@ -72,6 +78,7 @@ pub use cluster::{Cluster, ClusterError, ClusterOptions, GatheredTensor, Layer};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;
 pub use error::ClientError;
+pub use progress::{NoProgress, Progress};
 pub use shardd_protocol as protocol;
 pub use shardd_protocol::{
     ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem, PrefetchResponse, ShardMeta,

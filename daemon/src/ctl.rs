@@ -7,19 +7,24 @@
 //!
 //! * [`bench`](mod@bench): `shardctl bench`, measured against `fio` in the same run.
 //! * [`show`]: human-readable rendering of metadata and status.
+//! * [`progress`]: the progress bar of transfers.
 
 pub mod bench;
+pub mod progress;
 pub mod show;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use progress::Shown;
+use shardd_client::files;
 use shardd_client::protocol::Key;
 use shardd_client::{
-    ByteRange, Client, ClientError, ClientOptions, DType, Durability, EvictMode, PrefetchItem, PutOptions,
+    ByteRange, Client, ClientError, ClientOptions, DType, Durability, EvictMode, PrefetchItem, Progress, PutOptions,
     VerifyOutcome,
 };
 
@@ -68,6 +73,29 @@ pub enum Command {
         /// the drive in the background (lost if the daemon dies first).
         #[arg(long)]
         write_back: bool,
+    },
+    /// Store every tensor of a .safetensors file as a shard (PREFIX + its name).
+    Import {
+        /// The .safetensors file.
+        file: PathBuf,
+        /// Namespace.
+        namespace: String,
+        /// Put before each tensor's name to make its key.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Write shards (those whose keys start with PREFIX, or --keys) to a .safetensors file.
+    Export {
+        /// Namespace.
+        namespace: String,
+        /// The .safetensors file to write.
+        file: PathBuf,
+        /// The keys start with this, which the tensors' names leave out.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only these keys (comma separated), named without the prefix.
+        #[arg(long, value_delimiter = ',')]
+        keys: Vec<String>,
     },
     /// Read a shard into a file, or to standard output ("-" or no file).
     Get {
@@ -190,6 +218,9 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("shardctl: {}", one_line(&e));
             let not_found = e.downcast_ref::<ClientError>().is_some_and(ClientError::is_not_found)
+                || e.downcast_ref::<files::FilesError>()
+                    .and_then(files::FilesError::client)
+                    .is_some_and(ClientError::is_not_found)
                 || e.downcast_ref::<NotAllFound>().is_some();
             if not_found {
                 ExitCode::from(3)
@@ -220,7 +251,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shape,
             write_back,
         } => {
-            let data = read_input(&file)?;
             let options = PutOptions {
                 version,
                 dtype,
@@ -231,10 +261,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Durability::Durable
                 },
             };
-            let meta = client.put(&namespace, &key, data, options).await?;
+            let meta = if file == "-" {
+                // Standard input has no size to announce: it is read whole.
+                client.put(&namespace, &key, read_stdin()?, options).await?
+            } else {
+                let shown = Arc::new(Shown::new(format!("put {namespace}/{key}")));
+                let progress: Arc<dyn Progress> = shown.clone();
+                let stored =
+                    files::put_file(&client, &namespace, &key, Path::new(&file), options, Some(progress)).await;
+                shown.finish();
+                stored?
+            };
             println!(
                 "stored {}/{} version {} ({} bytes, crc32c {:#010x})",
                 meta.namespace, meta.key, meta.version, meta.len, meta.crc32c
+            );
+        }
+        Command::Import {
+            file,
+            namespace,
+            prefix,
+        } => {
+            let shown = Arc::new(Shown::new(format!("import {}", file.display())));
+            let progress: Arc<dyn Progress> = shown.clone();
+            let imported = files::import_safetensors(&client, &file, &namespace, &prefix, Some(progress)).await;
+            shown.finish();
+            let imported = imported?;
+            println!(
+                "imported {} tensors ({}) from {} into {namespace}/{prefix}*",
+                imported.tensors,
+                show::bytes(imported.bytes),
+                file.display()
+            );
+        }
+        Command::Export {
+            namespace,
+            file,
+            prefix,
+            keys,
+        } => {
+            let shown = Arc::new(Shown::new(format!("export {}", file.display())));
+            let progress: Arc<dyn Progress> = shown.clone();
+            let keys = (!keys.is_empty()).then_some(keys);
+            let exported =
+                files::export_safetensors(&client, &namespace, &prefix, keys.as_deref(), &file, Some(progress)).await;
+            shown.finish();
+            let exported = exported?;
+            println!(
+                "exported {} tensors ({}) to {}{}",
+                exported.tensors,
+                show::bytes(exported.bytes),
+                file.display(),
+                if exported.original_header {
+                    ", with the header they were imported with"
+                } else {
+                    ""
+                }
             );
         }
         Command::Get {
@@ -243,20 +325,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             file,
             offset,
             len,
-        } => {
-            let shard = match (offset, len) {
-                (None, None) => client.fetch(&namespace, &key).await?,
-                (offset, Some(len)) => {
-                    let range = ByteRange {
-                        offset: offset.unwrap_or(0),
-                        len,
-                    };
-                    client.fetch_range(&namespace, &key, range.offset, range.len).await?
-                }
-                (Some(_), None) => anyhow::bail!("--offset needs --len"),
-            };
-            write_output(file.as_deref(), &shard.data)?;
-        }
+        } => match (offset, len) {
+            (None, None) => {
+                let output = match file.as_deref() {
+                    None | Some("-") => files::Output::Stdout,
+                    Some(path) => files::Output::File(PathBuf::from(path)),
+                };
+                let shown = Arc::new(Shown::new(format!("get {namespace}/{key}")));
+                let progress: Arc<dyn Progress> = shown.clone();
+                let fetched = files::get_file(&client, &namespace, &key, output, Some(progress)).await;
+                shown.finish();
+                fetched?;
+            }
+            (offset, Some(len)) => {
+                let range = ByteRange {
+                    offset: offset.unwrap_or(0),
+                    len,
+                };
+                let shard = client.fetch_range(&namespace, &key, range.offset, range.len).await?;
+                write_output(file.as_deref(), &shard.data)?;
+            }
+            (Some(_), None) => anyhow::bail!("--offset needs --len"),
+        },
         Command::Stat { namespace, key, json } => {
             let stat = client.stat(&namespace, &key).await?;
             if json {
@@ -369,14 +459,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
     let mut data = Vec::new();
-    if file == "-" {
-        std::io::stdin().read_to_end(&mut data).context("read standard input")?;
-    } else {
-        let path = PathBuf::from(file);
-        data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-    }
+    std::io::stdin().read_to_end(&mut data).context("read standard input")?;
     Ok(data)
 }
 

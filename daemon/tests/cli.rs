@@ -165,6 +165,39 @@ fn shardctl_session_against_a_running_daemon() {
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["meta"]["len"], 12);
 
+        // A .safetensors file in and out, byte for byte.
+        let model = dir.path().join("model.safetensors");
+        let header = br#"{"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"U8","shape":[3],"data_offsets":[8,11]}}"#;
+        let mut padded = header.to_vec();
+        padded.resize(header.len().next_multiple_of(8), b' ');
+        let mut file = (padded.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&padded);
+        file.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        std::fs::write(&model, &file).unwrap();
+        let out = shardctl(&endpoint)
+            .arg("import")
+            .arg(&model)
+            .args(["job", "--prefix", "model."])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 tensors"));
+        let exported = dir.path().join("exported.safetensors");
+        let out = shardctl(&endpoint)
+            .args(["export", "job"])
+            .arg(&exported)
+            .args(["--prefix", "model."])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert_eq!(std::fs::read(&exported).unwrap(), file);
+        let out = shardctl(&endpoint)
+            .args(["import", "nowhere.safetensors", "job"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr_of(&out).contains("nowhere.safetensors"), "{}", stderr_of(&out));
+
         // The arena's copy checks out; once demoted there is none to check.
         let out = shardctl(&endpoint)
             .args(["verify", "job", "layers.0.w#0/2"])
@@ -190,13 +223,13 @@ fn shardctl_session_against_a_running_daemon() {
         let out = shardctl(&endpoint).args(["ls", "job"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            text.contains("layers.0.w#0/2") && text.contains("small") && text.contains("2 shards"),
+            text.contains("layers.0.w#0/2") && text.contains("small") && text.contains("5 shards"),
             "{text}"
         );
 
         let out = shardctl(&endpoint).args(["status", "--json"]).output().unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(json["shards"], 2);
+        assert_eq!(json["shards"], 5);
         assert_eq!(json["io_engine"], engine);
 
         // A missing shard says so, on one line, with exit status 3.

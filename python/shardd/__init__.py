@@ -28,6 +28,7 @@ Modules: :mod:`shardd.errors` (the exceptions), :mod:`shardd.cluster`
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
@@ -50,6 +51,8 @@ __all__ = [
     "Layer",
     "Trainer",
     "tensors_in",
+    "import_safetensors",
+    "export_safetensors",
     "DEFAULT_ENDPOINT",
     "__version__",
     *_error_names,
@@ -258,6 +261,21 @@ class Client:
         given); returns the version removed."""
         return self._native.rm(namespace, key, version)
 
+    def put_file(self, namespace: str, key: str, path, *, durable: bool = True, version: Optional[int] = None) -> ShardMeta:
+        """Stores the file at ``path`` as one (raw) shard, straight from a
+        mapping of the file: no copy of it in memory. The file must not be
+        truncated while it is read."""
+        from . import _native
+
+        return _native.put_file(self._native, namespace, key, os.fspath(path), durable, version)
+
+    def get_file(self, namespace: str, key: str, path) -> ShardMeta:
+        """Writes a shard into the file at ``path``, in pieces through buffers
+        that are reused; the file appears only once complete and checked."""
+        from . import _native
+
+        return _native.get_file(self._native, namespace, key, os.fspath(path))
+
     # -- the daemon's memory ---------------------------------------------
 
     def prefetch(self, namespace: str, keys: Iterable[Union[str, Tuple[str, int, Optional[int]]]]) -> dict:
@@ -377,3 +395,4 @@ class View:
 
 
 from .cluster import Cluster, Layer, Trainer, tensors_in  # noqa: E402  (uses the names above)
+from .safetensors import export_safetensors, import_safetensors  # noqa: E402

@@ -40,6 +40,8 @@ __all__ = [
     "ZeroCopyUnavailable",
     "BufferTooSmall",
     "TensorError",
+    "FormatError",
+    "Changed",
 ]
 
 Error.status = None
@@ -135,3 +137,12 @@ class BufferTooSmall(Error, ValueError):
 class TensorError(Error):
     """A partitioned tensor is not what the request needs (another node
     count, torn by a concurrent put, ...)."""
+
+
+class FormatError(Error, ValueError):
+    """A file is not what it should be (a ``.safetensors`` file that does
+    not parse, a tensor name that is no valid key)."""
+
+
+class Changed(Error):
+    """A shard was replaced while it was read, again and again; read it again."""

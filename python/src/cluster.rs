@@ -97,6 +97,13 @@ fn lent(address: usize, nbytes: usize, owner: Py<PyAny>) -> Lent {
     unsafe { Lent::new(address, nbytes, owner) }
 }
 
+impl Cluster {
+    /// The cluster and the runtime it runs on.
+    pub(crate) fn parts(&self) -> (shardd_client::Cluster, Io) {
+        (self.inner.clone(), self.io.clone())
+    }
+}
+
 #[pymethods]
 impl Cluster {
     #[new]

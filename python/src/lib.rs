@@ -13,11 +13,13 @@
 //! * [`client`]: `Client`, one connection.
 //! * [`view`]: `View`, a shard read in place in the daemon's arena.
 //! * [`cluster`]: `Cluster`, `Layer`, `Trainer`: several nodes.
+//! * [`files`]: `.safetensors` import and export, files as shards.
 
 pub mod buf;
 pub mod client;
 pub mod cluster;
 pub mod errors;
+pub mod files;
 pub mod meta;
 pub mod runtime;
 pub mod view;
@@ -35,5 +37,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cluster::Cluster>()?;
     m.add_class::<cluster::Layer>()?;
     m.add_class::<cluster::Trainer>()?;
+    m.add_function(wrap_pyfunction!(files::import_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(files::import_safetensors_partitioned, m)?)?;
+    m.add_function(wrap_pyfunction!(files::export_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(files::put_file, m)?)?;
+    m.add_function(wrap_pyfunction!(files::get_file, m)?)?;
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! baseline measured in the same run.
 //!
 //! * [`cold`]: durable puts and cold fetches (data on the drive), beside fio.
+//! * [`files`]: put, get, import and export of files, beside the daemon's
+//!   own puts and fetches of shards of the same sizes.
 //! * [`hot`]: fetches of shards in the pinned arena over zero-copy Unix,
 //!   copying Unix and TCP, beside memcpy and iperf3; and 4 KiB fetches
 //!   (latency and ops/s) beside redis-benchmark.
@@ -11,6 +13,7 @@
 
 pub mod baselines;
 pub mod cold;
+pub mod files;
 pub mod hot;
 pub mod train;
 
@@ -21,6 +24,9 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Durable put and cold fetch throughput, beside fio.
     Cold(cold::ColdArgs),
+    /// Files moved as shardctl put, get, import and export move them,
+    /// beside puts and fetches of shards of the same sizes.
+    Files(files::FilesArgs),
     /// Hot fetch throughput and small-fetch latency, beside memcpy, iperf3
     /// and redis-benchmark.
     Hot(hot::HotArgs),
@@ -33,6 +39,7 @@ pub enum BenchCommand {
 pub async fn run(endpoint: &str, command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Cold(args) => cold::run(endpoint, args).await,
+        BenchCommand::Files(args) => files::run(endpoint, args).await,
         BenchCommand::Hot(args) => hot::run(endpoint, args).await,
         BenchCommand::Train(args) => train::run(endpoint, args).await,
     }

@@ -253,13 +253,13 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn key(size: u64, i: u64) -> String {
+pub(super) fn key(size: u64, i: u64) -> String {
     format!("bench/{size}/{i}")
 }
 
 /// Splits `shards` keys over `concurrency` workers; each worker uses the
 /// connection `worker % connections`. Returns bytes per second.
-async fn put_phase(
+pub(super) async fn put_phase(
     clients: &[Client],
     namespace: &str,
     size: u64,
@@ -291,7 +291,7 @@ async fn put_phase(
     Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn fetch_phase(
+pub(super) async fn fetch_phase(
     clients: &[Client],
     namespace: &str,
     size: u64,
@@ -324,7 +324,7 @@ async fn fetch_phase(
     Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn demote(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+pub(super) async fn demote(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
     let keys: Vec<String> = (0..shards).map(|i| key(size, i)).collect();
     for batch in keys.chunks(1000) {
         let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
@@ -337,7 +337,7 @@ async fn demote(client: &Client, namespace: &str, size: u64, shards: u64) -> any
     Ok(())
 }
 
-async fn cleanup(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+pub(super) async fn cleanup(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
     for i in 0..shards {
         match client.delete(namespace, &key(size, i), None).await {
             Ok(_) => {}

@@ -1,0 +1,207 @@
+//! Reading shards in pieces into a sink: [`PIECES_IN_FLIGHT`] ranged
+//! fetches of at most [`PIECE`] bytes run ahead into buffers that are
+//! reused, and each piece is written, in order, while the next ones
+//! arrive. Every piece must come from the same version of its shard, and
+//! the pieces of a shard together must match its CRC32C.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shardd_protocol::ByteRange;
+use tokio::task::JoinHandle;
+
+use super::FilesError;
+use crate::progress::Progress;
+use crate::{Client, ClientError, FetchInfo};
+
+/// Bytes of one piece.
+pub const PIECE: u64 = 16 << 20;
+/// Pieces fetched ahead of the one being written.
+pub const PIECES_IN_FLIGHT: usize = 4;
+
+/// Where a shard (or a file of shards) goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A file, written under a temporary name in its directory and renamed
+    /// once complete.
+    File(PathBuf),
+    /// Standard output, in order.
+    Stdout,
+}
+
+impl Output {
+    /// A sink for `len` bytes.
+    pub(crate) fn open(&self, len: u64) -> Result<Sink, FilesError> {
+        match self {
+            Output::Stdout => Ok(Sink::Stdout),
+            Output::File(path) => {
+                let dir = match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                let temp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}."))
+                    .suffix(".partial")
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                    .tempfile_in(dir)
+                    .map_err(|e| FilesError::io(path, e))?;
+                temp.as_file().set_len(len).map_err(|e| FilesError::io(path, e))?;
+                Ok(Sink::File {
+                    temp,
+                    path: path.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Where pieces are written.
+#[derive(Debug)]
+pub(crate) enum Sink {
+    File {
+        /// Removed if dropped before `finish`.
+        temp: tempfile::NamedTempFile,
+        path: PathBuf,
+    },
+    Stdout,
+}
+
+impl Sink {
+    /// Writes `bytes` at `offset` (standard output: in order, offsets ignored).
+    pub(crate) fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), FilesError> {
+        match self {
+            Sink::File { temp, path } => temp
+                .as_file()
+                .write_all_at(bytes, offset)
+                .map_err(|e| FilesError::io(path, e)),
+            Sink::Stdout => std::io::stdout()
+                .lock()
+                .write_all(bytes)
+                .map_err(|e| FilesError::io(Path::new("standard output"), e)),
+        }
+    }
+
+    /// Makes the output whole: renames the file into place, or flushes.
+    pub(crate) fn finish(self) -> Result<(), FilesError> {
+        match self {
+            Sink::File { temp, path } => temp
+                .persist(&path)
+                .map(drop)
+                .map_err(|e| FilesError::io(&path, e.error)),
+            Sink::Stdout => std::io::stdout()
+                .flush()
+                .map_err(|e| FilesError::io(Path::new("standard output"), e)),
+        }
+    }
+}
+
+/// One shard to read, and where its bytes go in the sink.
+#[derive(Clone, Debug)]
+pub(crate) struct Part {
+    pub key: String,
+    /// The version every piece must have.
+    pub version: u64,
+    /// What the whole shard must match.
+    pub crc32c: u32,
+    pub len: u64,
+    /// Offset in the sink of its first byte.
+    pub at: u64,
+}
+
+/// One ranged fetch.
+struct Piece {
+    part: usize,
+    range: ByteRange,
+}
+
+type Fetched = (Vec<u8>, Result<FetchInfo, ClientError>);
+
+/// Reads every part, piece by piece, into `sink`; returns the sink to be
+/// finished. Fails if a piece comes from another version than its part's,
+/// or a part does not match its CRC32C.
+pub(crate) async fn fetch(
+    client: &Client,
+    namespace: &str,
+    parts: &[Part],
+    mut sink: Sink,
+    progress: Option<Arc<dyn Progress>>,
+) -> Result<Sink, FilesError> {
+    let mut pieces = parts.iter().enumerate().flat_map(|(i, part)| {
+        (0..part.len.div_ceil(PIECE)).map(move |n| {
+            let offset = n * PIECE;
+            Piece {
+                part: i,
+                range: ByteRange {
+                    offset,
+                    len: PIECE.min(part.len - offset),
+                },
+            }
+        })
+    });
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut running: VecDeque<(Piece, JoinHandle<Fetched>)> = VecDeque::new();
+    let start = |piece: Piece, mut buf: Vec<u8>| {
+        buf.resize(piece.range.len as usize, 0);
+        let (client, namespace, key) = (client.clone(), namespace.to_string(), parts[piece.part].key.clone());
+        let range = piece.range;
+        let task = tokio::spawn(async move { client.fetch_into(&namespace, &key, Some(range), buf).await });
+        (piece, task)
+    };
+    for piece in pieces.by_ref().take(PIECES_IN_FLIGHT) {
+        running.push_back(start(piece, Vec::new()));
+    }
+    let mut crc = 0u32;
+    while let Some((piece, task)) = running.pop_front() {
+        let (buf, result) = task.await.map_err(|e| ClientError::Remote {
+            status: shardd_protocol::Status::Internal,
+            message: format!("a piece's fetch stopped: {e}"),
+            current_version: None,
+        })?;
+        let part = &parts[piece.part];
+        let info = result?;
+        if info.meta.version != part.version {
+            return Err(FilesError::Changed {
+                shard: format!("{namespace}/{}", part.key),
+                from: part.version,
+                to: info.meta.version,
+            });
+        }
+        // Write (and checksum) off the runtime's threads, while the
+        // following pieces arrive.
+        let at = part.at + piece.range.offset;
+        let (back, buf, running_crc, written) = tokio::task::spawn_blocking(move || {
+            let crc = crc32c::crc32c_append(crc, &buf);
+            let written = sink.write_at(at, &buf);
+            (sink, buf, crc, written)
+        })
+        .await
+        .map_err(|e| FilesError::io(Path::new("output"), std::io::Error::other(e)))?;
+        written?;
+        (sink, crc) = (back, running_crc);
+        if let Some(progress) = &progress {
+            progress.advance(piece.range.len);
+        }
+        if piece.range.offset + piece.range.len == part.len {
+            if crc != part.crc32c {
+                return Err(ClientError::ChecksumMismatch {
+                    shard: format!("{namespace}/{}", part.key),
+                    version: part.version,
+                    expected: part.crc32c,
+                    actual: crc,
+                }
+                .into());
+            }
+            crc = 0;
+        }
+        spare.push(buf);
+        if let Some(next) = pieces.next() {
+            let buf = spare.pop().unwrap_or_default();
+            running.push_back(start(next, buf));
+        }
+    }
+    Ok(sink)
+}
