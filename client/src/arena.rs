@@ -33,7 +33,16 @@ pub(crate) struct ArenaMap {
     fd: OwnedFd,
     /// Its page size (the huge page size of a hugetlb arena).
     page: usize,
+    /// Pieces mapped side by side lately, most recent last: a training
+    /// loop views the same shards step after step, and mapping them again
+    /// (and filling the new page tables) costs about as much as reading them.
+    laid_out: Mutex<Vec<Arc<PiecesMap>>>,
 }
+
+/// Layouts of pieces kept for reuse, at most.
+const LAID_OUT_KEPT: usize = 32;
+/// Bytes of address space they may span, at most.
+const LAID_OUT_BYTES: usize = 4 << 30;
 
 // SAFETY: a read-only shared mapping; nothing is mutated through it.
 unsafe impl Send for ArenaMap {}
@@ -105,7 +114,13 @@ impl ArenaMap {
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         // A hugetlb memfd reports its huge page size as its block size.
         let page = std::fs::File::from(fd.try_clone()?).metadata()?.blksize().max(4096) as usize;
-        Ok(ArenaMap { base, len, fd, page })
+        Ok(ArenaMap {
+            base,
+            len,
+            fd,
+            page,
+            laid_out: Mutex::new(Vec::new()),
+        })
     }
 
     /// Maps `pieces` (arena offset, length) of the arena next to each other
@@ -114,7 +129,23 @@ impl ArenaMap {
     /// and every piece but the last must end on one; the first may start
     /// inside a page (its mapping then starts at that page). Returns the
     /// mapping and where the first piece's first byte is in it.
-    pub(crate) fn map_pieces(&self, pieces: &[(u64, u64)]) -> io::Result<(PiecesMap, usize)> {
+    pub(crate) fn map_pieces(&self, pieces: &[(u64, u64)]) -> io::Result<(Arc<PiecesMap>, usize)> {
+        let mut kept = self.laid_out.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = kept.iter().position(|m| m.pieces == pieces) {
+            let map = kept.remove(at);
+            kept.push(map.clone());
+            return Ok((map.clone(), map.lead));
+        }
+        let map = Arc::new(self.map_pieces_anew(pieces)?);
+        kept.push(map.clone());
+        while kept.len() > LAID_OUT_KEPT || kept.iter().map(|m| m.len).sum::<usize>() > LAID_OUT_BYTES {
+            kept.remove(0);
+        }
+        let lead = map.lead;
+        Ok((map, lead))
+    }
+
+    fn map_pieces_anew(&self, pieces: &[(u64, u64)]) -> io::Result<PiecesMap> {
         let page = self.page as u64;
         let unaligned = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
         let Some(&(first, _)) = pieces.first() else {
@@ -152,7 +183,12 @@ impl ArenaMap {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let map = PiecesMap { base, len: total };
+        let map = PiecesMap {
+            base,
+            len: total,
+            pieces: pieces.to_vec(),
+            lead: lead as usize,
+        };
         for (at, offset, span) in places {
             // SAFETY: replaces a page-aligned part of our own reservation
             // (`at + span <= total`) with a read-only shared mapping of the
@@ -171,7 +207,7 @@ impl ArenaMap {
                 return Err(io::Error::last_os_error());
             }
         }
-        Ok((map, lead as usize))
+        Ok(map)
     }
 
     /// The `len` bytes at `offset`, if they lie inside the arena.
@@ -192,11 +228,16 @@ impl ArenaMap {
 }
 
 /// Pieces of an arena mapped side by side ([`ArenaMap::map_pieces`]);
-/// unmapped when dropped.
+/// unmapped when dropped. Its bytes are the arena's at those offsets,
+/// whatever shard holds them now: a view that uses it holds a lease on them.
 #[derive(Debug)]
 pub(crate) struct PiecesMap {
     base: *mut libc::c_void,
     len: usize,
+    /// What it maps: (arena offset, length) of each piece.
+    pieces: Vec<(u64, u64)>,
+    /// Where the first piece's first byte is in it.
+    lead: usize,
 }
 
 // SAFETY: a read-only mapping owned by this value; nothing in it depends on

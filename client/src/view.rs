@@ -219,7 +219,7 @@ impl Drop for ShardView {
 pub struct ContiguousView {
     ptr: *const u8,
     view: ShardView,
-    _map: Option<crate::arena::PiecesMap>,
+    _map: Option<Arc<crate::arena::PiecesMap>>,
 }
 
 // SAFETY: `ptr` points into a read-only mapping that this value (or the

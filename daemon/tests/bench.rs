@@ -13,7 +13,7 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
     let daemon = Process::start(dir.path(), "auto");
     let fio = installed("fio");
     if !fio {
-        eprintln!("fio is not installed: checking the benchmark without its baseline");
+        support::skipped("fio's baseline in the cold benchmark check: fio is not installed");
     }
     let out = Command::cargo_bin("shardctl")
         .unwrap()
@@ -85,7 +85,7 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     let iperf3 = installed("iperf3");
     let redis = installed("redis-server") && installed("redis-benchmark");
     if !iperf3 || !redis {
-        eprintln!("iperf3 or redis is not installed: checking the benchmark without those baselines");
+        support::skipped("iperf3's and redis's baselines in the hot benchmark check: they are not installed");
     }
     let out = Command::cargo_bin("shardctl")
         .unwrap()

@@ -328,7 +328,7 @@ fn drop_ipc_lock() -> Option<Vec<String>> {
 #[test]
 fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
     let Some(prefix) = drop_ipc_lock() else {
-        eprintln!("skipping: running as root without setpriv, so mlock is not limited here");
+        support::skipped("the memlock limit check: running as root without setpriv, so mlock is not limited here");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -390,7 +390,10 @@ fn an_arena_beyond_the_memlock_limit_runs_and_says_how_to_lock_it() {
 fn hugetlb_pages_that_are_not_there_are_a_clear_error() {
     let reserved = std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap_or_default();
     if reserved.trim() != "0" {
-        eprintln!("skipping: this machine reserves huge pages ({})", reserved.trim());
+        support::skipped(format!(
+            "the missing huge pages check: this machine reserves huge pages ({})",
+            reserved.trim()
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,8 @@
 //! scrape configuration load. Each check skips, saying so, where its tool
 //! is missing (`.ci/run` installs them).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,7 +26,7 @@ fn run(command: &mut Command) -> (bool, String) {
 #[test]
 fn the_systemd_unit_verifies() {
     if !installed("systemd-analyze") {
-        eprintln!("systemd-analyze is not installed (Debian package systemd): skipping the unit check");
+        support::skipped("the unit check: systemd-analyze is not installed (Debian package systemd)");
         return;
     }
     // The unit as installed, but starting the binary just built.
@@ -52,7 +54,7 @@ fn the_systemd_unit_verifies() {
 #[test]
 fn the_alert_rules_and_scrape_config_load() {
     if !installed("promtool") {
-        eprintln!("promtool is not installed (Debian package prometheus): skipping the rules check");
+        support::skipped("the rules check: promtool is not installed (Debian package prometheus)");
         return;
     }
     let (ok, text) = run(Command::new("promtool")

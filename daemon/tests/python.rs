@@ -7,6 +7,8 @@
 //! numpy (`.ci/run` makes a virtual environment with them, torch and the
 //! rest). Without them the suite is skipped, saying why.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,7 +55,7 @@ fn build_extension() -> PathBuf {
 fn the_python_suite_passes() {
     let python = python();
     if let Some(reason) = missing(&python) {
-        eprintln!("skipping the Python suite: {reason}");
+        support::skipped(format!("the Python suite: {reason}"));
         return;
     }
     let library = build_extension();

@@ -14,7 +14,9 @@
 //! * [`view`]: `View`, a shard read in place in the daemon's arena.
 //! * [`cluster`]: `Cluster`, `Layer`, `Trainer`: several nodes.
 //! * [`files`]: `.safetensors` import and export, files as shards.
+//! * [`bench`]: the Rust client's loops of `python -m shardd.bench`.
 
+pub mod bench;
 pub mod buf;
 pub mod client;
 pub mod cluster;
@@ -42,5 +44,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(files::export_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(files::put_file, m)?)?;
     m.add_function(wrap_pyfunction!(files::get_file, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::fetch_into_loop, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::view_loop, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::get_loop, m)?)?;
     Ok(())
 }

@@ -22,13 +22,21 @@ pub struct Setup {
     pub zero_copy: bool,
 }
 
+/// Says that part of a test was skipped, and why, where `cargo test` shows
+/// it even when the test passes (its capture takes only `print!` and
+/// `eprint!`, not writes to the standard error handle).
+pub fn skipped(reason: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}
+
 /// The engines this machine can run; io_uring is skipped, with a printed
 /// reason, where the kernel or sandbox refuses it.
 pub fn engines() -> Vec<EngineKind> {
     match IoEngine::uring_available() {
         Ok(()) => vec![EngineKind::Uring, EngineKind::Psync],
         Err(e) => {
-            eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})");
+            skipped(format!("the io_uring engine: io_uring is unavailable here ({e})"));
             vec![EngineKind::Psync]
         }
     }

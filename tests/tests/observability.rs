@@ -84,7 +84,7 @@ async fn metrics_count_requests_bytes_and_drive_io_on_both_transports() {
                 String::from_utf8_lossy(&out.stderr)
             );
         } else {
-            eprintln!("promtool is not installed (Debian package prometheus): skipping `promtool check metrics`");
+            shardd_tests::skipped("`promtool check metrics`: promtool is not installed (Debian package prometheus)");
         }
     }
 }
@@ -253,7 +253,7 @@ async fn dashboards_alerts_and_docs_name_only_metrics_that_exist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_daemon() {
     if !installed("prometheus") {
-        eprintln!("prometheus is not installed (Debian package prometheus): skipping the end-to-end scrape");
+        shardd_tests::skipped("the end-to-end scrape: prometheus is not installed (Debian package prometheus)");
         return;
     }
     let daemon = TestDaemon::start(engines()[0], "").await;

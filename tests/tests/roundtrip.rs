@@ -119,9 +119,13 @@ async fn ranges_read_exactly_the_bytes_asked_for() {
         assert!(err.to_string().contains("outside"), "{err}");
         let err = client.fetch_range("job", "r", u64::MAX, 2).await.unwrap_err();
         assert_eq!(err.status(), Some(Status::BadRequest));
-        // A buffer too small for the answer is refused before any byte is sent.
+        // A buffer too small for the answer is refused before any byte is
+        // sent, saying how large it must be.
         let (_, info) = client.fetch_into("job", "r", None, vec![0u8; 100]).await;
-        assert_eq!(info.unwrap_err().status(), Some(Status::TooLarge));
+        match info.unwrap_err() {
+            ClientError::BufferTooSmall { needed, capacity } => assert_eq!((needed, capacity), (len, 100)),
+            other => panic!("{setup:?}: expected BufferTooSmall, got {other}"),
+        }
         assert_eq!(client.fetch_range("job", "r", 0, 3).await.unwrap().data, &data[..3]);
         daemon.stop().await;
     }

@@ -94,8 +94,16 @@ pub fn engines() -> Vec<&'static str> {
     match shardd::io::IoEngine::uring_available() {
         Ok(()) => vec!["uring", "psync"],
         Err(e) => {
-            eprintln!("skipping the io_uring engine: io_uring is unavailable here ({e})");
+            skipped(format!("the io_uring engine: io_uring is unavailable here ({e})"));
             vec!["psync"]
         }
     }
+}
+
+/// Says that part of a test was skipped, and why, where `cargo test` shows
+/// it even when the test passes (its capture takes only `print!` and
+/// `eprint!`, not writes to the standard error handle).
+pub fn skipped(reason: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
 }
