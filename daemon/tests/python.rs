@@ -1,7 +1,8 @@
 //! The Python package's pytest suite (python/tests), run as part of
 //! `cargo test` against the shardd binary just built: the extension is
-//! built with cargo into its own target directory, laid out as the
-//! `shardd` package next to its Python sources, and pytest runs with it.
+//! built with cargo (cargo test has released its build lock by the time
+//! tests run), laid out as the `shardd` package next to its Python
+//! sources, and pytest runs with it.
 //!
 //! The interpreter is `$SHARDD_PYTHON`, else `python3`; it needs pytest and
 //! numpy (`.ci/run` makes a virtual environment with them, torch and the
@@ -39,7 +40,7 @@ fn missing(python: &str) -> Option<String> {
 
 /// Builds the extension; returns the shared library.
 fn build_extension() -> PathBuf {
-    let target = repo().join("target").join("python-tests");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--quiet", "-p", "shardd-python", "--target-dir"])
