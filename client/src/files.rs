@@ -5,8 +5,9 @@
 //!
 //! Files are read through a memory mapping (never into a buffer of their
 //! size): a file must not be truncated while it is read. Shards are read in
-//! pieces of [`PIECE`] bytes, a few in flight into buffers that are reused,
-//! each checked to be of the same version, the whole checked against the
+//! pieces of [`PIECE`] bytes, a few in flight (views of the daemon's arena
+//! on a Unix socket, else fetches into buffers that are reused), each
+//! checked to be of the same version, the whole checked against the
 //! shard's CRC32C; a file is written under a temporary name and renamed
 //! once complete, so a failed get never leaves a partial file behind.
 //!

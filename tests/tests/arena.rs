@@ -530,3 +530,56 @@ async fn connections_to_one_daemon_share_one_mapping_of_its_arena() {
     one.stop().await;
     other.stop().await;
 }
+
+/// A view of part of a shard still being read into the arena answers once
+/// that part is in, holds it in place even if the shard leaves the arena
+/// afterwards, and views of every part of a cold shard read it exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_of_a_loading_shard_hold_their_chunks_in_place() {
+    for engine in engines() {
+        let mut daemon =
+            TestDaemon::start(engine, "[storage]\nchunk_size = \"64KiB\"\n[arena]\nsize = \"16MiB\"").await;
+        let client = daemon.client(false).await;
+        let data = pattern(3 * MIB + 1000, 21);
+        client
+            .put("job", "cold", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        client.evict("job", &["cold"], EvictMode::Demote).await.unwrap();
+        // Views of pieces, all at once, while the shard loads.
+        let mut views = JoinSet::new();
+        for i in 0..7u64 {
+            let client = client.clone();
+            views.spawn(async move {
+                let offset = i * 500_000;
+                let len = 500_000.min(3 * MIB as u64 + 1000 - offset);
+                let range = shardd_client::ByteRange { offset, len };
+                (offset, client.fetch_view("job", "cold", Some(range)).await.unwrap())
+            });
+        }
+        let mut held = Vec::new();
+        while let Some(done) = views.join_next().await {
+            let (offset, view) = done.unwrap();
+            let bytes = view.to_vec().unwrap();
+            assert!(
+                bytes[..] == data[offset as usize..offset as usize + bytes.len()],
+                "{engine:?} at {offset}"
+            );
+            held.push((offset, view));
+        }
+        assert_eq!(arena(&client).await.loads, 1, "one read of the shard served every view");
+        // The shard leaves the arena and a newer version takes its place;
+        // the views still read the bytes they were given.
+        let _ = client.evict("job", &["cold"], EvictMode::Demote).await.unwrap();
+        client
+            .put("job", "cold", vec![0u8; 3 * MIB], PutOptions::default())
+            .await
+            .unwrap();
+        for (offset, view) in &held {
+            let bytes = view.to_vec().unwrap();
+            assert!(bytes[..] == data[*offset as usize..*offset as usize + bytes.len()]);
+        }
+        drop(held);
+        daemon.stop().await;
+    }
+}

@@ -1,8 +1,11 @@
 //! Reading shards in pieces into a sink: [`PIECES_IN_FLIGHT`] ranged
-//! fetches of at most [`PIECE`] bytes run ahead into buffers that are
-//! reused, and each piece is written, in order, while the next ones
-//! arrive. Every piece must come from the same version of its shard, and
-//! the pieces of a shard together must match its CRC32C.
+//! requests of at most [`PIECE`] bytes run ahead, and each piece is
+//! written, in order, while the next ones arrive. On a zero-copy
+//! connection a piece is a view of the daemon's arena, written out from
+//! there (one copy, nothing through the socket; a view of a shard still
+//! loading answers once its piece is in); otherwise it is fetched into a
+//! buffer that is reused. Every piece must come from the same version of
+//! its shard, and the pieces of a shard together must match its CRC32C.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -15,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::FilesError;
 use crate::progress::Progress;
-use crate::{Client, ClientError, FetchInfo};
+use crate::{Client, ClientError, FetchInfo, ShardView};
 
 /// Bytes of one piece.
 pub const PIECE: u64 = 16 << 20;
@@ -113,16 +116,66 @@ pub(crate) struct Part {
 }
 
 /// One ranged fetch.
+#[derive(Clone, Copy, Debug)]
 struct Piece {
     part: usize,
     range: ByteRange,
 }
 
-type Fetched = (Vec<u8>, Result<FetchInfo, ClientError>);
+/// A piece as it arrived: in a buffer, or in place in the daemon's arena.
+enum Arrived {
+    Copied(Vec<u8>, Result<FetchInfo, ClientError>),
+    /// A zero-copy view (Unix socket): written out straight from the arena.
+    Viewed(Result<ShardView, ClientError>),
+}
+
+impl Arrived {
+    fn version(&self) -> Result<u64, ClientError> {
+        match self {
+            Arrived::Copied(_, Ok(info)) => Ok(info.meta.version),
+            Arrived::Viewed(Ok(view)) => Ok(view.meta().version),
+            Arrived::Copied(_, Err(e)) | Arrived::Viewed(Err(e)) => Err(clone_error(e)),
+        }
+    }
+}
+
+/// Errors are not `Clone`; the ones a piece can end with are re-made.
+fn clone_error(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Remote {
+            status,
+            message,
+            current_version,
+        } => ClientError::Remote {
+            status: *status,
+            message: message.clone(),
+            current_version: *current_version,
+        },
+        other => ClientError::Remote {
+            status: shardd_protocol::Status::Internal,
+            message: other.to_string(),
+            current_version: None,
+        },
+    }
+}
+
+/// Whether a view's failure only means the arena cannot hold the shard:
+/// its pieces then come over the socket.
+fn unviewable(e: &ClientError) -> bool {
+    matches!(
+        e.status(),
+        Some(shardd_protocol::Status::TooLarge) | Some(shardd_protocol::Status::Busy)
+    )
+}
 
 /// Reads every part, piece by piece, into `sink`; returns the sink to be
 /// finished. Fails if a piece comes from another version than its part's,
 /// or a part does not match its CRC32C.
+///
+/// On a zero-copy connection each piece is a view of the daemon's arena
+/// (a shard still loading answers as soon as the piece's chunks are in),
+/// written out from there: one copy, and none through the socket. Pieces
+/// of shards the arena cannot hold come over the socket.
 pub(crate) async fn fetch(
     client: &Client,
     namespace: &str,
@@ -142,40 +195,68 @@ pub(crate) async fn fetch(
             }
         })
     });
+    let mut views = client.zero_copy();
     let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut running: VecDeque<(Piece, JoinHandle<Fetched>)> = VecDeque::new();
-    let start = |piece: Piece, mut buf: Vec<u8>| {
-        buf.resize(piece.range.len as usize, 0);
+    let mut running: VecDeque<(Piece, JoinHandle<Arrived>)> = VecDeque::new();
+    let start = |piece: Piece, mut buf: Vec<u8>, view: bool| {
         let (client, namespace, key) = (client.clone(), namespace.to_string(), parts[piece.part].key.clone());
         let range = piece.range;
-        let task = tokio::spawn(async move { client.fetch_into(&namespace, &key, Some(range), buf).await });
+        let task = tokio::spawn(async move {
+            if view {
+                return Arrived::Viewed(client.fetch_view(&namespace, &key, Some(range)).await);
+            }
+            buf.resize(range.len as usize, 0);
+            let (buf, result) = client.fetch_into(&namespace, &key, Some(range), buf).await;
+            Arrived::Copied(buf, result)
+        });
         (piece, task)
     };
     for piece in pieces.by_ref().take(PIECES_IN_FLIGHT) {
-        running.push_back(start(piece, Vec::new()));
+        running.push_back(start(piece, Vec::new(), views));
     }
     let mut crc = 0u32;
     while let Some((piece, task)) = running.pop_front() {
-        let (buf, result) = task.await.map_err(|e| ClientError::Remote {
+        let mut arrived = task.await.map_err(|e| ClientError::Remote {
             status: shardd_protocol::Status::Internal,
             message: format!("a piece's fetch stopped: {e}"),
             current_version: None,
         })?;
+        if let Arrived::Viewed(Err(e)) = &arrived
+            && unviewable(e)
+        {
+            // Not in the arena: this piece, and the rest, over the socket.
+            views = false;
+            let (_, task) = start(piece, spare.pop().unwrap_or_default(), false);
+            arrived = task
+                .await
+                .map_err(|e| FilesError::io(Path::new("output"), std::io::Error::other(e)))?;
+        }
         let part = &parts[piece.part];
-        let info = result?;
-        if info.meta.version != part.version {
+        let version = arrived.version()?;
+        if version != part.version {
             return Err(FilesError::Changed {
                 shard: format!("{namespace}/{}", part.key),
                 from: part.version,
-                to: info.meta.version,
+                to: version,
             });
         }
         // Write (and checksum) off the runtime's threads, while the
         // following pieces arrive.
         let at = part.at + piece.range.offset;
         let (back, buf, running_crc, written) = tokio::task::spawn_blocking(move || {
-            let crc = crc32c::crc32c_append(crc, &buf);
-            let written = sink.write_at(at, &buf);
+            let mut crc = crc;
+            let written = match &arrived {
+                Arrived::Copied(buf, _) => {
+                    crc = crc32c::crc32c_append(crc, buf);
+                    sink.write_at(at, buf)
+                }
+                Arrived::Viewed(Ok(view)) => write_view(&mut sink, at, view, &mut crc),
+                Arrived::Viewed(Err(_)) => Ok(()),
+            };
+            let buf = match arrived {
+                Arrived::Copied(buf, _) => Some(buf),
+                Arrived::Viewed(_) => None,
+            };
             (sink, buf, crc, written)
         })
         .await
@@ -197,11 +278,25 @@ pub(crate) async fn fetch(
             }
             crc = 0;
         }
-        spare.push(buf);
+        spare.extend(buf);
         if let Some(next) = pieces.next() {
             let buf = spare.pop().unwrap_or_default();
-            running.push_back(start(next, buf));
+            running.push_back(start(next, buf, views));
         }
     }
     Ok(sink)
+}
+
+/// Writes a view's bytes from the arena to `at`, folding them into `crc`;
+/// fails if the view's lease was lost meanwhile (what was written may not
+/// be the shard's).
+fn write_view(sink: &mut Sink, at: u64, view: &ShardView, crc: &mut u32) -> Result<(), FilesError> {
+    let mut offset = at;
+    for piece in view.pieces()? {
+        *crc = crc32c::crc32c_append(*crc, piece);
+        sink.write_at(offset, piece)?;
+        offset += piece.len() as u64;
+    }
+    view.check()?;
+    Ok(())
 }

@@ -20,7 +20,19 @@ use super::connection::Responder;
 use super::frame::{OutFrame, Payload};
 use crate::cache::shard::pieces;
 use crate::cache::{Cache, Follow, Followed, Lease, Lookup, Started};
+use crate::io::AlignedBuf;
 use crate::store::{BufferScope, ShardWriter, StoreError};
+
+/// What the lease of a zero-copy view holds.
+#[derive(Debug)]
+pub enum Held {
+    /// The whole shard, resident: it is not evicted while held.
+    Shard(Lease),
+    /// The chunks a view of a shard still loading covers, each read and
+    /// verified: their blocks are not reused while held (an eviction of
+    /// the shard, once loaded, leaves them where they are until then).
+    Chunks(Vec<Arc<AlignedBuf>>),
+}
 
 /// What a connection's requests share.
 #[derive(Debug)]
@@ -31,7 +43,7 @@ pub struct ConnShared {
     pub arena_mapped: bool,
     /// Leases of zero-copy views the client holds, by id; all go
     /// [`super::connection::LEASE_GRACE`] after the connection closed.
-    pub leases: Mutex<HashMap<u64, Lease>>,
+    pub leases: Mutex<HashMap<u64, Held>>,
     next_lease: AtomicU64,
 }
 
@@ -46,7 +58,7 @@ impl ConnShared {
         }
     }
 
-    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lease>> {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -370,25 +382,71 @@ async fn fetch_view(
             }),
         };
     }
-    let lease = match cache.fetch(&req.namespace, &req.key).await? {
-        Lookup::Resident(lease) => lease,
-        Lookup::Bypass { reason, too_large } => {
-            // Too large never fits; otherwise the arena is full of shards in use.
-            let (status, when) = if too_large {
-                (Status::TooLarge, "")
-            } else {
-                (Status::Busy, " now")
-            };
-            return Err(StoreError::Other {
-                status,
-                message: format!(
-                    "{}/{} cannot be placed in the arena{when}: {reason}",
-                    req.namespace, req.key
-                ),
-            });
+    let unplaceable = |reason: String, too_large: bool| {
+        // Too large never fits; otherwise the arena is full of shards in use.
+        let (status, when) = if too_large {
+            (Status::TooLarge, "")
+        } else {
+            (Status::Busy, " now")
+        };
+        StoreError::Other {
+            status,
+            message: format!(
+                "{}/{} cannot be placed in the arena{when}: {reason}",
+                req.namespace, req.key
+            ),
         }
     };
-    view(cache, &req, conn, lease)
+    if req.range.is_none() {
+        // A whole shard waits for its load, and its lease keeps it resident.
+        return match cache.fetch(&req.namespace, &req.key).await? {
+            Lookup::Resident(lease) => view(cache, &req, conn, lease),
+            Lookup::Bypass { reason, too_large } => Err(unplaceable(reason, too_large)),
+        };
+    }
+    match cache.fetch_following(&req.namespace, &req.key)? {
+        Followed::Resident(lease) => view(cache, &req, conn, lease),
+        Followed::Loading(mut load) => match load.started().await? {
+            Started::Loading(meta, chunk_size) => view_loading(cache, &req, conn, meta, chunk_size, load).await,
+            Started::Bypass { reason, too_large } => Err(unplaceable(reason, too_large)),
+        },
+    }
+}
+
+/// A view of a range of a shard still loading: answered as soon as the
+/// chunks it covers are read and verified (a view of the first piece of a
+/// large shard does not wait for the rest), its lease holding those chunks
+/// (the shard, once loaded, may leave the arena under it; the chunks stay).
+async fn view_loading(
+    cache: &Cache,
+    req: &FetchRequest,
+    conn: &ConnShared,
+    meta: ShardMeta,
+    chunk_size: u32,
+    mut load: Follow,
+) -> Result<ViewResponse, StoreError> {
+    require_mapped(conn)?;
+    let (offset, len) = fetch_range(&meta, req)?;
+    let arena = cache.arena();
+    let mut held = Vec::new();
+    let mut extents = Vec::new();
+    for (chunk, range) in pieces(meta.len, chunk_size, offset, len) {
+        let block = load.chunk(chunk).await?;
+        extents.push(Extent {
+            offset: arena.offset_of(block.as_ptr()) + range.start as u64,
+            len: range.len() as u64,
+        });
+        held.push(block);
+    }
+    let id = conn.next_lease.fetch_add(1, Ordering::Relaxed);
+    conn.leases().insert(id, Held::Chunks(held));
+    Ok(ViewResponse {
+        meta,
+        offset,
+        len,
+        lease: id,
+        extents,
+    })
 }
 
 fn require_mapped(conn: &ConnShared) -> Result<(), StoreError> {
@@ -415,7 +473,7 @@ fn view(cache: &Cache, req: &FetchRequest, conn: &ConnShared, lease: Lease) -> R
         .collect();
     let meta = lease.meta.clone();
     let id = conn.next_lease.fetch_add(1, Ordering::Relaxed);
-    conn.leases().insert(id, lease);
+    conn.leases().insert(id, Held::Shard(lease));
     Ok(ViewResponse {
         meta,
         offset,
