@@ -57,6 +57,11 @@ impl Client {
         self.runtime.block_on(self.inner.ping())
     }
 
+    /// See [`crate::Client::return_leases`].
+    pub fn return_leases(&self) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.return_leases())
+    }
+
     /// See [`crate::Client::put`].
     pub fn put(
         &self,

@@ -212,6 +212,19 @@ impl Client {
         self.conn.flush_releases();
     }
 
+    /// Gives back the leases of views already dropped and waits until the
+    /// daemon has taken them, so that their shards can be evicted at once
+    /// (views still alive keep theirs). A process about to exit calls this
+    /// last: the daemon holds the leases of a closed connection for
+    /// a moment longer, in case a view of it is still being read.
+    pub async fn return_leases(&self) -> Result<(), ClientError> {
+        if self.conn.send_releases().await {
+            // Releases are taken in order, before the ping is answered.
+            self.ping().await?;
+        }
+        Ok(())
+    }
+
     /// Whether the connection is still up. Once it is down every request
     /// fails with [`ClientError::Disconnected`]: connect again.
     pub fn is_connected(&self) -> bool {

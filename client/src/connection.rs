@@ -252,18 +252,15 @@ impl Releases {
         std::mem::take(&mut *self.lock())
     }
 
-    /// Sends a `release` of what is waiting (its answer is skipped).
-    fn flush(&self) {
+    /// The `release` frame of what is waiting (its answer is skipped), and
+    /// the writer's queue to send it on; none if nothing waits.
+    fn frame(&self) -> Option<(Outgoing, mpsc::Sender<Outgoing>)> {
         let leases = self.take();
         if leases.is_empty() {
-            return;
+            return None;
         }
-        let (Ok(control), Some(tx)) = (
-            codec::encode(&shardd_protocol::ReleaseRequest { leases }),
-            self.tx.upgrade(),
-        ) else {
-            return;
-        };
+        let control = codec::encode(&shardd_protocol::ReleaseRequest { leases }).ok()?;
+        let tx = self.tx.upgrade()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let header = FrameHeader::request(Opcode::Release, id, control.len() as u32, 0).encode();
         let out = Outgoing {
@@ -272,11 +269,29 @@ impl Releases {
             payload: None,
             progress: None,
         };
+        Some((out, tx))
+    }
+
+    /// Sends a `release` of what is waiting, without waiting for room in
+    /// the writer's queue.
+    fn flush(&self) {
+        let Some((out, tx)) = self.frame() else {
+            return;
+        };
         if let Err(mpsc::error::TrySendError::Full(out)) = tx.try_send(out) {
             tokio::spawn(async move {
                 let _ = tx.send(out).await;
             });
         }
+    }
+
+    /// Queues a `release` of what is waiting ahead of any later request;
+    /// whether there was any.
+    async fn send(&self) -> bool {
+        let Some((out, tx)) = self.frame() else {
+            return false;
+        };
+        tx.send(out).await.is_ok()
     }
 
     fn close(&self) {
@@ -409,6 +424,12 @@ impl Connection {
     /// Gives back the leases waiting for a view request now.
     pub(crate) fn flush_releases(&self) {
         self.releases.flush();
+    }
+
+    /// Queues a `release` of the leases waiting ahead of any request sent
+    /// after it returns; whether there were any.
+    pub(crate) async fn send_releases(&self) -> bool {
+        self.releases.send().await
     }
 
     /// Sends a request and waits for its (single-frame) answer, at most

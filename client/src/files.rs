@@ -89,6 +89,9 @@ impl FilesError {
     }
 }
 
+/// Files up to this size are read into memory as they are mapped.
+const POPULATE_UP_TO: u64 = 2 << 30;
+
 /// The file at `path`, mapped (empty files are not mapped).
 pub(crate) fn map_file(path: &Path) -> Result<Bytes, FilesError> {
     let file = std::fs::File::open(path).map_err(|e| FilesError::io(path, e))?;
@@ -96,10 +99,16 @@ pub(crate) fn map_file(path: &Path) -> Result<Bytes, FilesError> {
     if len == 0 {
         return Ok(Bytes::new());
     }
+    let mut options = memmap2::MmapOptions::new();
+    // Filling the page tables in one go costs less than a fault per page;
+    // a file too large to sit in memory is faulted in as it is read.
+    if len <= POPULATE_UP_TO {
+        options.populate();
+    }
     // SAFETY: a read-only private mapping of a file this process opened; the
     // module's contract (and the docs of every caller) say the file must not
     // be truncated while it is read, the one way this mapping could fault.
-    let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| FilesError::io(path, e))?;
+    let map = unsafe { options.map(&file) }.map_err(|e| FilesError::io(path, e))?;
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Bytes::from_owner(map))
 }

@@ -129,7 +129,10 @@ class Client:
 
     def close(self) -> None:
         """Closes the connection (views made from it keep their lease until
-        they are gone). Later calls raise :class:`Disconnected`."""
+        they are gone). Later calls raise :class:`Disconnected`.
+
+        >>> client.close()
+        """
         self._native.close()
 
     def __enter__(self) -> "Client":
@@ -248,30 +251,50 @@ class Client:
     def stat(self, namespace: str, key: str) -> dict:
         """Metadata of a shard and its state in the daemon's memory:
         ``{"meta": ShardMeta, "resident": bool, "dirty": bool,
-        "flush_error": str | None}``."""
+        "flush_error": str | None}``.
+
+        >>> client.stat("job", "layers.0.weight")["resident"]
+        True
+        """
         return self._native.stat(namespace, key)
 
     def ls(self, namespace: str, prefix: str = "") -> list:
         """Every shard of ``namespace`` whose key starts with ``prefix``, in
-        key order (:class:`ShardMeta` each)."""
+        key order (:class:`ShardMeta` each).
+
+        >>> [m.key for m in client.ls("job", "layers.")]
+        ['layers.0.weight']
+        """
         return self._native.ls(namespace, prefix)
 
     def rm(self, namespace: str, key: str, version: Optional[int] = None) -> int:
         """Removes a shard (only if ``version`` is the stored one, when
-        given); returns the version removed."""
+        given); returns the version removed.
+
+        >>> client.rm("job", "layers.0.weight")
+        1
+        """
         return self._native.rm(namespace, key, version)
 
     def put_file(self, namespace: str, key: str, path, *, durable: bool = True, version: Optional[int] = None) -> ShardMeta:
         """Stores the file at ``path`` as one (raw) shard, straight from a
         mapping of the file: no copy of it in memory. The file must not be
-        truncated while it is read."""
+        truncated while it is read.
+
+        >>> client.put_file("job", "blob", "weights.bin").nbytes
+        1073741824
+        """
         from . import _native
 
         return _native.put_file(self._native, namespace, key, os.fspath(path), durable, version)
 
     def get_file(self, namespace: str, key: str, path) -> ShardMeta:
         """Writes a shard into the file at ``path``, in pieces through buffers
-        that are reused; the file appears only once complete and checked."""
+        that are reused; the file appears only once complete and checked.
+
+        >>> client.get_file("job", "blob", "copy.bin").version
+        1
+        """
         from . import _native
 
         return _native.get_file(self._native, namespace, key, os.fspath(path))
@@ -281,7 +304,11 @@ class Client:
     def prefetch(self, namespace: str, keys: Iterable[Union[str, Tuple[str, int, Optional[int]]]]) -> dict:
         """Hints that shards will be needed soon, most urgent first: each item
         is a key (urgency by position) or ``(key, order, deadline_unix_ms)``.
-        The daemon loads them into its arena in the background."""
+        The daemon loads them into its arena in the background.
+
+        >>> client.prefetch("job", ["layers.1.weight", "layers.2.weight"])["queued"]
+        2
+        """
         items = []
         for position, item in enumerate(keys):
             if isinstance(item, str):
@@ -293,24 +320,39 @@ class Client:
 
     def evict(self, namespace: str, keys: Iterable[str], *, drop: bool = False) -> dict:
         """Frees the daemon's in-memory copies of shards (the drive keeps
-        them), or with ``drop=True`` deletes the shards."""
+        them), or with ``drop=True`` deletes the shards.
+
+        >>> client.evict("job", ["layers.0.weight"])["evicted"]
+        ['layers.0.weight']
+        """
         return self._native.evict(namespace, list(keys), drop)
 
     def set_schedule(self, namespace: str, keys: Iterable[str]) -> None:
         """Registers the order a training step uses shards in (a key may occur
         twice: forward and backward); the daemon then evicts the shard used
-        furthest in the future. An empty order removes it."""
+        furthest in the future. An empty order removes it.
+
+        >>> client.set_schedule("job", ["layers.0.weight", "layers.1.weight", "layers.0.weight"])
+        """
         self._native.set_schedule(namespace, list(keys))
 
     def verify(self, namespace: str, key: str, version: Optional[int] = None) -> dict:
         """Has the daemon check its in-memory copy of a shard against its
         checksum again (a copy that fails is dropped and read again from
         the drive): ``{"version": int | None, "outcome": "Intact" |
-        "Dropped" | "Lost" | "NotResident"}``."""
+        "Dropped" | "Lost" | "NotResident"}``.
+
+        >>> client.verify("job", "layers.0.weight")
+        {'version': 1, 'outcome': 'Intact'}
+        """
         return self._native.verify(namespace, key, version)
 
     def status(self) -> dict:
-        """The daemon's state, as ``shardctl status --json`` prints it."""
+        """The daemon's state, as ``shardctl status --json`` prints it.
+
+        >>> client.status()["arena"]["resident_shards"]
+        3
+        """
         return self._native.status()
 
 
@@ -348,7 +390,11 @@ class View:
 
     def numpy(self) -> np.ndarray:
         """A read-only numpy array over the bytes: the shard's element type
-        and shape for a whole shard, else uint8."""
+        and shape for a whole shard, else uint8.
+
+        >>> view.numpy().flags.writeable
+        False
+        """
         self._native.check()
         native = self._native
         if self._whole():
@@ -359,7 +405,11 @@ class View:
 
     def tensor(self):
         """A torch tensor over the bytes, without a copy (torch has no
-        read-only tensors: do not write to it)."""
+        read-only tensors: do not write to it).
+
+        >>> view.tensor().shape
+        torch.Size([2, 3])
+        """
         import torch
 
         self._native.check()
@@ -377,11 +427,17 @@ class View:
         return tensor
 
     def check(self) -> None:
-        """Raises :class:`LeaseLost` if the bytes are no longer the shard's."""
+        """Raises :class:`LeaseLost` if the bytes are no longer the shard's.
+
+        >>> view.check()
+        """
         self._native.check()
 
     def release(self) -> None:
-        """Gives the daemon's lease back now."""
+        """Gives the daemon's lease back now.
+
+        >>> view.release()
+        """
         self._native.release()
 
     def __enter__(self) -> "View":

@@ -97,7 +97,10 @@ class ShardWriter(StorageWriter):
     ``checkpoint`` its name (or pass ``checkpoint_id="shardd:NAME"`` to
     ``dcp.save``). ``durable=False`` acknowledges items once in the daemon's
     memory (the metadata is always written durably, last). Extra keyword
-    arguments go to :class:`shardd.Client`."""
+    arguments go to :class:`shardd.Client`.
+
+    >>> dcp.save(model.state_dict(), storage_writer=ShardWriter("unix:///run/shardd/shardd.sock", "job", "step-100"))
+    """
 
     def __init__(
         self,
@@ -171,7 +174,10 @@ class ShardWriter(StorageWriter):
 class ShardReader(StorageReader):
     """Loads a checkpoint saved by :class:`ShardWriter` (the same arguments).
     A checkpoint whose metadata is not stored (not finished) raises
-    :class:`shardd.NotFound`."""
+    :class:`shardd.NotFound`.
+
+    >>> dcp.load(state, storage_reader=ShardReader("unix:///run/shardd/shardd.sock", "job", "step-100"))
+    """
 
     def __init__(self, client: Union[str, Client], namespace: str, checkpoint: Optional[str] = None, **options: Any):
         super().__init__()

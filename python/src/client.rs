@@ -137,8 +137,14 @@ impl Client {
     }
 
     /// Closes the connection (once every view made from it is gone).
-    fn close(&self) {
-        self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
+    fn close(&self, py: Python<'_>) {
+        let client = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(client) = client {
+            // The leases of views already gone are given back first, so
+            // that their shards can be evicted at once; a connection that
+            // is down has none left to give back.
+            let _ = self.io.block(py, async move { client.return_leases().await });
+        }
     }
 
     /// A round trip to the daemon, in seconds.

@@ -94,18 +94,24 @@ def test_fetch_into_places_bytes_in_caller_memory_at_an_offset(any_client):
 def test_fetch_into_a_torch_tensor_in_locked_memory(any_client, torch):
     data = torch.randn(256, 256)
     any_client.put("job", "w", data)
-    # Page-locked memory, as pinned buffers are (within this machine's
-    # memlock limit), seen as a tensor.
+    # Page-locked memory, as pinned buffers are, seen as a tensor.
     region = mmap.mmap(-1, data.numel() * 4)
+    _lock(region)
     locked = torch.frombuffer(region, dtype=torch.float32).view(256, 256)
     any_client.fetch_into("job", "w", locked)
     assert torch.equal(locked, data)
     del locked
     region.close()
-    if torch.cuda.is_available():
-        pinned = torch.empty(256, 256).pin_memory()
-        any_client.fetch_into("job", "w", pinned)
-        assert torch.equal(pinned, data)
+
+
+def test_fetch_into_a_pinned_torch_tensor(any_client, torch):
+    if not torch.cuda.is_available():
+        pytest.skip("torch pins host memory only with a CUDA device, and this machine has none")
+    data = torch.randn(256, 256)
+    any_client.put("job", "w", data)
+    pinned = torch.empty(256, 256).pin_memory()
+    any_client.fetch_into("job", "w", pinned)
+    assert torch.equal(pinned, data)
 
 
 def test_a_view_reads_in_place_and_its_lease_ends_with_its_arrays(client, torch):
@@ -140,6 +146,17 @@ def test_a_view_in_a_with_block_gives_its_lease_back_at_the_end(client):
         view.check()
     with pytest.raises(shardd.LeaseLost):
         view.numpy()
+
+
+def test_closing_a_client_gives_its_dropped_views_back_at_once(client, daemon):
+    client.put("job", "w", sample(np.float32, (1024,)))
+    for _ in range(5):
+        with shardd.Client(daemon.unix) as reader:
+            with reader.view("job", "w") as view:
+                assert view.numpy()[0] == client.get("job", "w")[0]
+        # A process that exits now leaves nothing leased behind.
+        answer = client.evict("job", ["w"])
+        assert answer["evicted"] == ["w"] and not answer["busy"], answer
 
 
 def test_many_threads_share_one_client(any_client):
@@ -209,6 +226,15 @@ def test_a_closed_client_says_so(daemon):
     client.close()
     with pytest.raises(shardd.Disconnected, match="closed"):
         client.ping()
+
+
+def _lock(region: mmap.mmap) -> None:
+    """mlock()s an anonymous mapping (the memlock limit allows a few MiB)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    assert libc.mlock(ctypes.c_void_p(address), ctypes.c_size_t(len(region))) == 0, ctypes.get_errno()
 
 
 def _eventually(check, timeout=5.0):

@@ -349,6 +349,33 @@ async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
     daemon.stop().await;
 }
 
+/// A short-lived process (a `shardctl get`) that read through views and
+/// exits at once: the shards it read can be evicted by the next command,
+/// without waiting for the daemon to retire the closed connection's leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_given_back_before_exit_do_not_keep_shards_busy() {
+    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"4MiB\"").await;
+    let operator = daemon.client(false).await;
+    operator
+        .put("job", "w", pattern(MIB, 7), PutOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let reader = daemon.client(false).await;
+        assert!(reader.zero_copy());
+        let view = reader.fetch_view("job", "w", None).await.unwrap();
+        assert_eq!(view.to_vec().unwrap(), pattern(MIB, 7));
+        drop(view);
+        reader.return_leases().await.unwrap();
+        drop(reader);
+        let evicted = operator.evict("job", &["w"], EvictMode::Demote).await.unwrap();
+        assert_eq!(evicted.evicted, [Key::new("w").unwrap()], "{evicted:?}");
+        assert!(evicted.busy.is_empty(), "{evicted:?}");
+        // The next round's view loads it again.
+    }
+    daemon.stop().await;
+}
+
 /// A client that takes zero-copy views and dies without releasing them
 /// (here: a raw connection that is dropped) gives its leases back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
