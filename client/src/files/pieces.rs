@@ -3,8 +3,9 @@
 //! written, in order, while the next ones arrive. On a zero-copy
 //! connection a piece is a view of the daemon's arena, written out from
 //! there (one copy, nothing through the socket; a view of a shard still
-//! loading answers once its piece is in); otherwise it is fetched into a
-//! buffer that is reused. Every piece must come from the same version of
+//! loading answers once its piece is in), and the daemon is asked to load
+//! the next shards ahead; otherwise it is fetched into a buffer that is
+//! reused. Every piece must come from the same version of
 //! its shard, and the pieces of a shard together must match its CRC32C.
 
 use std::collections::VecDeque;
@@ -24,6 +25,10 @@ use crate::{Client, ClientError, FetchInfo, ShardView};
 pub const PIECE: u64 = 16 << 20;
 /// Pieces fetched ahead of the one being written.
 pub const PIECES_IN_FLIGHT: usize = 4;
+/// On a zero-copy connection, bytes of the shards after the one being read
+/// that the daemon is asked to load ahead (a prefetch hint), so that the
+/// drive reads the next shards while this one is written out.
+pub const LOAD_AHEAD: u64 = 384 << 20;
 
 /// Where a shard (or a file of shards) goes.
 #[derive(Clone, Debug)]
@@ -211,7 +216,34 @@ pub(crate) async fn fetch(
         });
         (piece, task)
     };
+    // Parts before `hinted` have been asked for or hinted.
+    let mut hinted = 1;
+    let mut hint = |part: usize, views: bool| {
+        if !views || hinted > part + 1 {
+            return;
+        }
+        let mut ahead = 0;
+        let mut items = Vec::new();
+        while hinted < parts.len() && ahead < LOAD_AHEAD {
+            ahead += parts[hinted].len;
+            if let Ok(key) = shardd_protocol::Key::new(parts[hinted].key.as_str()) {
+                items.push(shardd_protocol::PrefetchItem {
+                    key,
+                    order: items.len() as u32,
+                    deadline_unix_ms: None,
+                });
+            }
+            hinted += 1;
+        }
+        if !items.is_empty() {
+            let (client, namespace) = (client.clone(), namespace.to_string());
+            // Only a hint: pieces of a shard the daemon did not load ahead
+            // are served all the same.
+            tokio::spawn(async move { client.prefetch(&namespace, items).await });
+        }
+    };
     for piece in pieces.by_ref().take(PIECES_IN_FLIGHT) {
+        hint(piece.part, views);
         running.push_back(start(piece, Vec::new(), views));
     }
     let mut crc = 0u32;
@@ -280,6 +312,7 @@ pub(crate) async fn fetch(
         }
         spare.extend(buf);
         if let Some(next) = pieces.next() {
+            hint(next.part, views);
             let buf = spare.pop().unwrap_or_default();
             running.push_back(start(next, buf, views));
         }
