@@ -51,6 +51,10 @@ const OUT_QUEUE: usize = 256;
 pub const LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// At shutdown, how long a connection may be quiet before it is closed.
 const SHUTDOWN_QUIET: std::time::Duration = std::time::Duration::from_millis(200);
+/// At shutdown, how long a connection that holds leases is given to read
+/// its views and give them back (a fetch answered with a view is copied
+/// out by the client after its answer arrived).
+const SHUTDOWN_LEASES: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a request handler needs to answer.
 #[derive(Clone, Debug)]
@@ -243,15 +247,22 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
 
     /// At shutdown: answer `shutting down` to requests that still arrive
     /// (so clients learn why, rather than seeing a cut connection) until the
-    /// peer is quiet for a moment, while requests in flight finish.
+    /// peer is quiet for a moment, while requests in flight finish. A peer
+    /// that holds leases may first read its views and give them back (for
+    /// at most [`SHUTDOWN_LEASES`]).
     async fn refuse_until_quiet(&mut self) -> Result<(), Closed> {
         let broken = self.broken.clone();
         let shutting_down = || Closed::from("the daemon is shutting down");
+        let leases_until = Instant::now() + SHUTDOWN_LEASES;
         loop {
-            let wait = tokio::time::timeout(
-                SHUTDOWN_QUIET,
-                frame::read_header(&mut self.reader, self.ctx.config.io_timeout),
-            );
+            let quiet = if self.shared.holds_leases() {
+                leases_until
+                    .saturating_duration_since(Instant::now())
+                    .max(SHUTDOWN_QUIET)
+            } else {
+                SHUTDOWN_QUIET
+            };
+            let wait = tokio::time::timeout(quiet, frame::read_header(&mut self.reader, self.ctx.config.io_timeout));
             let next = tokio::select! {
                 biased;
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
@@ -265,6 +276,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             };
             if header.check_limits(&self.ctx.limits()).is_err() {
                 return Err(shutting_down());
+            }
+            if header.opcode == Opcode::Release {
+                // Views given back: taken as ever, answered at once.
+                self.take_frame(&bytes).await?;
+                continue;
             }
             self.discard(header.control_len as u64 + header.payload_len).await?;
             self.answer_error(

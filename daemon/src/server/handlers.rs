@@ -62,6 +62,11 @@ impl ConnShared {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the connection holds leases.
+    pub fn holds_leases(&self) -> bool {
+        !self.leases().is_empty()
+    }
+
     /// Gives back every lease of a closed connection, `grace` from now.
     pub fn retire_leases(&self, grace: std::time::Duration) {
         let leases = std::mem::take(&mut *self.leases());
