@@ -10,12 +10,18 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 import shardd
+
+# Tools installed beside this interpreter (ninja, for the DeepSpeed ops that
+# build at first use) are found even when the environment is not activated.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -37,8 +43,14 @@ def _binary(name: str) -> str:
 class Daemon:
     """A shardd process on its own directory, on a Unix socket and loopback TCP."""
 
-    def __init__(self, root: pathlib.Path, config: str = ""):
+    def __init__(self, root: pathlib.Path, config: str = "", http: bool = False):
         self.root = root
+        #: Where /metrics is served, if asked for.
+        self.http: str | None = None
+        if http:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.http = f"127.0.0.1:{s.getsockname()[1]}"
         self.socket = root / "shardd.sock"
         (root / "shardd.toml").write_text("[storage]\nmin_free = 0\n[arena]\nsize = \"128MiB\"\n" + config)
         self.process: subprocess.Popen | None = None
@@ -52,7 +64,7 @@ class Daemon:
             "--data-dir", str(self.root / "data"),
             "--socket", str(self.socket),
             "--tcp", "127.0.0.1:0",
-            "--http", "off",
+            "--http", self.http or "off",
             "--log-level", "warn",
         ]
         with open(self.log, "ab") as log:
@@ -88,6 +100,16 @@ class Daemon:
 @pytest.fixture
 def daemon(tmp_path):
     d = Daemon(tmp_path)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def http_daemon(tmp_path):
+    """A daemon that also serves /metrics (at ``.http``)."""
+    root = tmp_path / "http-node"
+    root.mkdir()
+    d = Daemon(root, http=True)
     yield d
     d.stop()
 
