@@ -1,0 +1,170 @@
+"""``python -m shardd.bench_deepspeed``: DeepSpeed-sized swap through
+:class:`shardd.deepspeed.SwapHandle` beside DeepSpeed's own aio handle and
+fio on the drive under ``--dir``, measured in the same run.
+
+For each buffer size, ``--in-flight`` buffers (locked, from each handle's
+``new_cpu_locked_tensor``) are swapped out with ``async_pwrite`` and one
+``wait``, then swapped in with ``async_pread`` and one ``wait``:
+
+* shardd, swap-out: write-back puts (acknowledged from the daemon's memory);
+* shardd, swap-in from the arena, and cold (the shards demoted first, so
+  they are read from the drive);
+* DeepSpeed's aio handle on files in ``--dir`` (O_DIRECT: always the drive);
+* fio sequential write and read of the same bytes in ``--dir`` (1 MiB
+  blocks, O_DIRECT, io_uring, the same depth).
+
+Medians of ``--runs`` runs, in GB/s (10^9 bytes per second). Targets:
+swap-in and swap-out at least DeepSpeed's aio handle, and 0.9x fio.
+
+    python -m shardd.bench_deepspeed --endpoint unix://./shardd.sock --dir /local/swap
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+from . import Client
+from .deepspeed import SwapHandle
+
+MIB = 1 << 20
+
+
+def _timed(start_all, wait) -> float:
+    start = time.perf_counter()
+    start_all()
+    wait()
+    return time.perf_counter() - start
+
+
+def _shardd_round(client, torch, size, count, dirname):
+    h = SwapHandle(1 << 20, 8, False, True, 1, client=client, namespace="bench-deepspeed.rank0", root=dirname)
+    buffers = [h.new_cpu_locked_tensor(size, torch.empty(0, dtype=torch.uint8)) for _ in range(count)]
+    for i, b in enumerate(buffers):
+        b.fill_(i + 1)
+    paths = [os.path.join(dirname, f"b{i}.swp") for i in range(count)]
+
+    def out():
+        for b, p in zip(buffers, paths):
+            assert h.async_pwrite(b, p) == 0
+
+    def into():
+        for b, p in zip(buffers, paths):
+            assert h.async_pread(b, p) == 0
+
+    write = _timed(out, h.wait)
+    hot = _timed(into, h.wait)
+    keys = [h.key(p) for p in paths]
+    # Demoting a shard not yet on the drive writes it first.
+    client.evict(h.namespace, keys)
+    cold = _timed(into, h.wait)
+    client.evict(h.namespace, keys, drop=True)
+    for b in buffers:
+        h.free_cpu_locked_tensor(b)
+    h.close()
+    total = size * count
+    return total / write, total / hot, total / cold
+
+
+def _deepspeed_round(op, torch, size, count, dirname):
+    h = op.aio_handle(1 << 20, 8, False, True, 1)
+    buffers = [h.new_cpu_locked_tensor(size, torch.empty(0, dtype=torch.uint8)) for _ in range(count)]
+    for i, b in enumerate(buffers):
+        b.fill_(i + 1)
+    paths = [os.path.join(dirname, f"ds{i}.swp") for i in range(count)]
+
+    def out():
+        for b, p in zip(buffers, paths):
+            assert h.async_pwrite(b, p) == 0
+
+    def into():
+        for b, p in zip(buffers, paths):
+            assert h.async_pread(b, p) == 0
+
+    write = _timed(out, h.wait)
+    read = _timed(into, h.wait)
+    for b in buffers:
+        h.free_cpu_locked_tensor(b)
+    for p in paths:
+        os.unlink(p)
+    total = size * count
+    return total / write, total / read
+
+
+def _fio(dirname, size, count, rw):
+    path = os.path.join(dirname, "fio.dat")
+    done = subprocess.run(
+        ["fio", "--name=swap", f"--filename={path}", f"--size={size * count}", f"--rw={rw}", "--bs=1M",
+         "--direct=1", "--ioengine=io_uring", "--iodepth=8", "--output-format=json"],
+        capture_output=True, text=True, check=True,
+    )
+    job = json.loads(done.stdout)["jobs"][0]
+    side = job["read" if rw == "read" else "write"]
+    return side["io_bytes"] / (side["runtime"] / 1000.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoint", default="unix://./shardd.sock")
+    parser.add_argument("--dir", default=".", help="where DeepSpeed's and fio's files go (the drive to compare)")
+    parser.add_argument("--sizes", default="64,256", help="buffer sizes in MiB, comma-separated")
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    try:
+        from deepspeed.ops.op_builder import AsyncIOBuilder
+
+        op = AsyncIOBuilder().load(verbose=False)
+    except Exception as e:  # noqa: BLE001 - the baseline is optional
+        op = None
+        print(f"DeepSpeed's aio handle is not available ({e}): its columns are left out")
+    has_fio = shutil.which("fio") is not None
+    if not has_fio:
+        print("fio is not installed: its columns are left out")
+
+    client = Client(args.endpoint)
+    rows = []
+    for mib in (int(s) for s in args.sizes.split(",")):
+        size = mib * MIB
+        samples = {k: [] for k in ("out", "in_hot", "in_cold", "ds_out", "ds_in", "fio_write", "fio_read")}
+        for _ in range(args.runs):
+            with tempfile.TemporaryDirectory(dir=args.dir) as d:
+                o, hot, cold = _shardd_round(client, torch, size, args.in_flight, d)
+                samples["out"].append(o)
+                samples["in_hot"].append(hot)
+                samples["in_cold"].append(cold)
+                if op is not None:
+                    w, r = _deepspeed_round(op, torch, size, args.in_flight, d)
+                    samples["ds_out"].append(w)
+                    samples["ds_in"].append(r)
+                if has_fio:
+                    samples["fio_write"].append(_fio(d, size, args.in_flight, "write"))
+                    samples["fio_read"].append(_fio(d, size, args.in_flight, "read"))
+        rows.append((mib, {k: statistics.median(v) / 1e9 if v else None for k, v in samples.items()}))
+
+    print(f"swap of {args.in_flight} buffers in flight, medians of {args.runs} runs, GB/s; files in {args.dir}")
+    print(f"{'buffer':>8} {'out':>7} {'in hot':>7} {'in cold':>8} {'ds out':>7} {'ds in':>7} "
+          f"{'fio wr':>7} {'fio rd':>7}  {'in cold/ds':>10} {'in cold/fio':>11} {'out/ds':>7}")
+    for mib, m in rows:
+        def f(v):
+            return f"{v:7.2f}" if v is not None else "     - "
+
+        def ratio(a, b):
+            return f"{a / b:.2f}x" if a is not None and b else "-"
+
+        print(f"{mib:>5}MiB {f(m['out'])} {f(m['in_hot'])} {f(m['in_cold']):>8} {f(m['ds_out'])} {f(m['ds_in'])} "
+              f"{f(m['fio_write'])} {f(m['fio_read'])}  {ratio(m['in_cold'], m['ds_in']):>10} "
+              f"{ratio(m['in_cold'], m['fio_read']):>11} {ratio(m['out'], m['ds_out']):>7}")
+
+
+if __name__ == "__main__":
+    main()
