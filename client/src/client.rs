@@ -23,6 +23,9 @@ use crate::{ClientError, Endpoint, ShardView};
 /// Send buffer asked for on Unix-socket connections.
 const UNIX_SEND_BUFFER: usize = 4 << 20;
 
+/// How long [`Client::return_leases`] waits for the daemon.
+pub const RETURN_LEASES_WAIT: Duration = Duration::from_secs(1);
+
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -217,12 +220,14 @@ impl Client {
     /// (views still alive keep theirs). A process about to exit calls this
     /// last: the daemon holds the leases of a closed connection for
     /// a moment longer, in case a view of it is still being read.
+    /// Waits at most [`RETURN_LEASES_WAIT`] (a daemon that does not answer
+    /// must not hold up a process's exit).
     pub async fn return_leases(&self) -> Result<(), ClientError> {
-        if self.conn.send_releases().await {
-            // Releases are taken in order, before the ping is answered.
-            self.ping().await?;
-        }
-        Ok(())
+        self.conn.send_releases().await;
+        // Frames are written in order, and the daemon takes releases before
+        // it answers the ping: also one already queued by the release task.
+        let ping = self.conn.call(Opcode::Ping, Vec::new(), None, Some(RETURN_LEASES_WAIT));
+        ping.await.map(drop)
     }
 
     /// Whether the connection is still up. Once it is down every request

@@ -285,13 +285,11 @@ impl Releases {
         }
     }
 
-    /// Queues a `release` of what is waiting ahead of any later request;
-    /// whether there was any.
-    async fn send(&self) -> bool {
-        let Some((out, tx)) = self.frame() else {
-            return false;
-        };
-        tx.send(out).await.is_ok()
+    /// Queues a `release` of what is waiting ahead of any later request.
+    async fn send(&self) {
+        if let Some((out, tx)) = self.frame() {
+            let _ = tx.send(out).await;
+        }
     }
 
     fn close(&self) {
@@ -427,9 +425,9 @@ impl Connection {
     }
 
     /// Queues a `release` of the leases waiting ahead of any request sent
-    /// after it returns; whether there were any.
-    pub(crate) async fn send_releases(&self) -> bool {
-        self.releases.send().await
+    /// after it returns.
+    pub(crate) async fn send_releases(&self) {
+        self.releases.send().await;
     }
 
     /// Sends a request and waits for its (single-frame) answer, at most
