@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shardd_protocol::{
     ArenaStatus, EvictMode, EvictResponse, Key, Namespace, ShardMeta, Status, VerifyOutcome, VerifyResponse,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::arena::Arena;
 use crate::io::{ALIGN, AlignedBuf, align_up};
@@ -311,6 +311,9 @@ struct Inner {
     state: Mutex<State>,
     stats: Stats,
     flushes: Semaphore,
+    /// Woken whenever the count of write-back bytes not yet on the drive
+    /// goes down (see [`Cache::room_for_write_back`]).
+    write_back_room: Notify,
     /// Flush tasks, so that shutdown can wait for them.
     flush_tasks: tokio_util::task::TaskTracker,
     prefetch: Arc<prefetch::Queue>,
@@ -323,6 +326,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 prefetch: Arc::new(prefetch::Queue::new(config.prefetch_memory)),
                 flushes: Semaphore::new(config.flush_concurrency.max(1)),
+                write_back_room: Notify::new(),
                 flush_tasks: tokio_util::task::TaskTracker::new(),
                 state: Mutex::new(State {
                     entries: IdMap::default(),
@@ -618,7 +622,7 @@ impl Cache {
         state.policy.inserted(id);
         if let Some(Slot::Ready(old)) = &old {
             if !old.is_clean() {
-                state.dirty_bytes = state.dirty_bytes.saturating_sub(old.meta.len);
+                self.undirty(state, old.meta.len);
             }
         }
         Ok(())
@@ -633,7 +637,7 @@ impl Cache {
         match state.entries.remove(&id) {
             Some(Slot::Ready(shard)) => {
                 if !shard.is_clean() {
-                    state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+                    self.undirty(&mut state, shard.meta.len);
                 }
                 Some(shard)
             }
@@ -660,7 +664,7 @@ impl Cache {
             let removed = state.entries.remove(&id);
             if let Some(Slot::Ready(shard)) = &removed {
                 if !shard.is_clean() {
-                    state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+                    self.undirty(&mut state, shard.meta.len);
                 }
             }
             removed
@@ -679,8 +683,48 @@ impl Cache {
     }
 
     /// Whether a write-back put of `len` bytes fits the write-back budget now.
-    pub fn admits_write_back(&self, len: u64) -> bool {
+    fn admits_write_back(&self, len: u64) -> bool {
         self.state().dirty_bytes + len <= self.inner.config.write_back_memory
+    }
+
+    /// Waits, at most `limit`, until a write-back put of `len` bytes fits
+    /// the write-back budget: flushes in progress free it at the drive's
+    /// pace. False at once when `len` is more than the whole budget or no
+    /// flush is running that could free it.
+    ///
+    /// Waiting is what keeps a stream of write-back puts (a trainer
+    /// swapping out more than the budget) at the drive's pace: writing the
+    /// overflow through instead would put its `fdatasync`ed writes on the
+    /// drive beside the flushes, each stream slowing the other.
+    pub async fn room_for_write_back(&self, len: u64, limit: std::time::Duration) -> bool {
+        if len > self.inner.config.write_back_memory {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let freed = self.inner.write_back_room.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a flush ending between the
+            // check and the wait still wakes it.
+            freed.as_mut().enable();
+            if self.admits_write_back(len) {
+                return true;
+            }
+            if self.inner.flush_tasks.is_empty() {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Takes `len` bytes off the count of write-back bytes not yet on the
+    /// drive (flushed, replaced or forgotten) and wakes puts waiting for
+    /// that room.
+    fn undirty(&self, state: &mut State, len: u64) {
+        state.dirty_bytes = state.dirty_bytes.saturating_sub(len);
+        self.inner.write_back_room.notify_waiters();
     }
 
     /// Installs a write-back shard (its bytes only in the arena) and starts
@@ -778,8 +822,7 @@ impl Cache {
             Ok(Some(_)) => {
                 shard.set_write_back(WriteBack::Clean);
                 if current {
-                    let mut state = self.state();
-                    state.dirty_bytes = state.dirty_bytes.saturating_sub(meta.len);
+                    self.undirty(&mut self.state(), meta.len);
                 }
                 // Found corrupt after its bytes were written (and checked): the
                 // drive has the good copy.
@@ -1023,8 +1066,7 @@ impl Cache {
             match self.write_out(&shard).await {
                 Ok(Some(_)) => {
                     shard.set_write_back(WriteBack::Clean);
-                    let mut state = self.state();
-                    state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+                    self.undirty(&mut self.state(), shard.meta.len);
                 }
                 Ok(None) => return Demoted::NotResident,
                 // A concurrent background flush may have published it already.

@@ -184,6 +184,48 @@ async fn write_back_puts_are_served_at_once_and_reach_the_drive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_puts_beyond_the_budget_wait_for_room_and_a_shard_larger_than_it_is_written_through() {
+    for engine in engines() {
+        let config = "[arena]\nsize = \"32MiB\"\nwrite_back_memory = \"8MiB\"";
+        let mut daemon = TestDaemon::start(engine, config).await;
+        let client = daemon.client(false).await;
+        // Three times the budget, as a trainer swapping out a layer's state.
+        let mut puts = JoinSet::new();
+        for i in 0..6 {
+            let client = client.clone();
+            puts.spawn(async move {
+                let data = pattern(4 * MIB + 3, i);
+                client.put("job", &format!("s{i}"), data, write_back()).await
+            });
+        }
+        while let Some(put) = puts.join_next().await {
+            put.unwrap().unwrap();
+        }
+        let status = arena(&client).await;
+        assert_eq!(
+            status.write_back_puts, 6,
+            "every put waited for room in memory: {status:?}"
+        );
+        assert!(status.dirty_bytes <= 8 * MIB as u64, "{status:?}");
+        // More than the whole budget: written through at once, not waiting.
+        let large = pattern(9 * MIB, 9);
+        let meta = client.put("job", "large", large.clone(), write_back()).await.unwrap();
+        assert_eq!(meta.crc32c, crc32c::crc32c(&large));
+        assert_eq!(arena(&client).await.write_back_puts, 6);
+        wait_for(&client, "the flushes", |a| a.dirty_bytes == 0).await;
+        drop(client);
+        daemon.restart().await;
+        let client = daemon.client(false).await;
+        for i in 0..6 {
+            let shard = client.fetch("job", &format!("s{i}")).await.unwrap();
+            assert!(shard.data == pattern(4 * MIB + 3, i), "{engine:?}: s{i}");
+        }
+        assert!(client.fetch("job", "large").await.unwrap().data == large);
+        daemon.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_flush_is_reported_by_stat_and_fetch() {
     // A data dir that always lacks room: durable writes fail with no space.
     let config = "[storage]\nmin_free = \"1000TiB\"\n[arena]\nsize = \"32MiB\"";

@@ -416,9 +416,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             len,
             crc32c: request.crc32c,
         };
-        // Write-back: acknowledged once in the arena, if the arena can take it.
+        // Write-back: acknowledged once in the arena, if the arena can take
+        // it. Over the write-back budget, the put waits for flushes to make
+        // room (its payload waits in the socket meanwhile), up to io_timeout.
         if let (Durability::WriteBack, Some(cache)) = (request.durability, &cache) {
-            if cache.admits_write_back(len) {
+            if cache.room_for_write_back(len, self.ctx.config.io_timeout).await {
                 if let Some(blocks) = cache.blocks_for_put(len) {
                     return self.take_write_back(id, spec, cache, blocks).instrument(span).await;
                 }
