@@ -93,6 +93,7 @@ struct Stats {
     prefetch_unused: AtomicU64,
     write_back_puts: AtomicU64,
     flush_failures: AtomicU64,
+    flushes_superseded: AtomicU64,
     checksum_failures: AtomicU64,
 }
 
@@ -816,6 +817,12 @@ impl Cache {
     async fn flush(&self, shard: Arc<CachedShard>) {
         let _permit = self.inner.flushes.acquire().await;
         let meta = &shard.meta;
+        if !self.is_current(&shard) {
+            // Replaced or deleted while waiting its turn: a swap rewritten
+            // every step need not reach the drive each time.
+            self.inner.stats.flushes_superseded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let result = self.write_out(&shard).await;
         let current = self.is_current(&shard);
         match result {
@@ -832,7 +839,9 @@ impl Cache {
                 tracing::debug!(namespace = %meta.namespace, key = %meta.key, version = meta.version, "write-back flushed");
             }
             // Replaced or deleted meanwhile: nothing to keep.
-            Ok(None) => {}
+            Ok(None) => {
+                self.inner.stats.flushes_superseded.fetch_add(1, Ordering::Relaxed);
+            }
             Err(_) if !current => {}
             Err(StoreError::ChecksumMismatch(reason)) => {
                 // What was written is not what was acknowledged: the arena's
@@ -962,6 +971,11 @@ impl Cache {
         };
         let mut writer = self.inner.store.begin_put(spec).await?;
         for (i, chunk) in shard.chunks().iter().enumerate() {
+            if i % 64 == 63 && !self.is_current(shard) {
+                // Replaced meanwhile: the rest is not worth writing (the
+                // writer's drop removes its temp file).
+                return Ok(None);
+            }
             let padded = align_up(shard.chunk_len(i) as u64) as usize;
             let slice = self.inner.arena.shared_slice(chunk, padded, shard.clone());
             writer.write_shared_chunk(slice).await?;
@@ -1160,6 +1174,7 @@ impl Cache {
             prefetch_unused: get(&stats.prefetch_unused),
             write_back_puts: get(&stats.write_back_puts),
             flush_failures: get(&stats.flush_failures),
+            flushes_superseded: get(&stats.flushes_superseded),
             checksum_failures: get(&stats.checksum_failures),
         }
     }

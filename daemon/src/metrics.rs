@@ -50,6 +50,7 @@ pub struct Metrics {
     prefetches: IntCounterVec,
     write_back_puts: IntCounter,
     flush_failures: IntCounter,
+    flushes_superseded: IntCounter,
     arena_checksum_failures: IntCounter,
     quarantined: IntGauge,
     shards: IntGauge,
@@ -162,6 +163,11 @@ impl Metrics {
                 "Puts acknowledged from the arena before reaching a drive.",
             )
             .expect("valid metric definition"),
+            flushes_superseded: IntCounter::new(
+                "shardd_write_back_superseded_total",
+                "Write-back shards replaced or deleted before their flush finished (not written, or written only in part).",
+            )
+            .expect("valid metric definition"),
             flush_failures: IntCounter::new(
                 "shardd_write_back_flush_failures_total",
                 "Write-back shards whose flush to a drive failed.",
@@ -222,6 +228,7 @@ impl Metrics {
             Box::new(metrics.prefetches.clone()),
             Box::new(metrics.write_back_puts.clone()),
             Box::new(metrics.flush_failures.clone()),
+            Box::new(metrics.flushes_superseded.clone()),
             Box::new(metrics.arena_checksum_failures.clone()),
             Box::new(metrics.quarantined.clone()),
             Box::new(metrics.shards.clone()),
@@ -316,6 +323,7 @@ impl Metrics {
         advance(self.prefetches.with_label_values(&["unused"]), a.prefetch_unused);
         advance(self.write_back_puts.clone(), a.write_back_puts);
         advance(self.flush_failures.clone(), a.flush_failures);
+        advance(self.flushes_superseded.clone(), a.flushes_superseded);
         advance(self.arena_checksum_failures.clone(), a.checksum_failures);
     }
 

@@ -319,6 +319,9 @@ pub struct ArenaStatus {
     pub write_back_puts: u64,
     /// Write-back flushes that failed.
     pub flush_failures: u64,
+    /// Write-back shards replaced or deleted before their flush finished:
+    /// not written to the drive, or the rest of their writing skipped.
+    pub flushes_superseded: u64,
     /// Copies in the arena found not to match their CRC32C when checked
     /// again (on a client's report, or before a write-back reached the
     /// drive): dropped, never served again. Memory corruption.

@@ -266,3 +266,70 @@ async fn a_flush_that_finds_the_copy_changed_stops_it_being_served() {
     );
     assert_eq!(cache.status().checksum_failures, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_version_replaced_before_its_flush_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    // The only flush slot is taken: version 1's flush waits its turn.
+    let slot = cache.inner.flushes.acquire().await.unwrap();
+    let (meta, blocks) = shard(&cache, 1, &pattern(150_000, 1));
+    cache.install_dirty(meta, blocks, reserve(&cache, 1, 150_000)).unwrap();
+    let (meta, blocks) = shard(&cache, 2, &pattern(150_000, 2));
+    cache.install_dirty(meta, blocks, reserve(&cache, 2, 150_000)).unwrap();
+    drop(slot);
+    cache.finish_write_back(Duration::from_secs(10)).await;
+    let status = cache.status();
+    assert_eq!((status.flushes_superseded, status.dirty_bytes), (1, 0), "{status:?}");
+    assert_eq!(cache.inner.store.stat(&ns, &key).unwrap().version, 2);
+    let written: f64 = cache
+        .inner
+        .store
+        .metrics()
+        .collectors()
+        .iter()
+        .flat_map(|c| c.collect())
+        .filter(|family| family.name().contains("written_bytes"))
+        .flat_map(|family| {
+            family
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(
+        (150_000.0..300_000.0).contains(&written),
+        "only version 2 was written: {written} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_put_over_the_budget_is_let_in_when_a_flush_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let len = 3 << 20;
+    let slot = cache.inner.flushes.acquire().await.unwrap();
+    let (meta, blocks) = shard(&cache, 1, &pattern(len, 1));
+    cache.install_dirty(meta, blocks, reserve(&cache, 1, len)).unwrap();
+    // 3 MiB of the 4 MiB budget are not on the drive, and cannot get there yet.
+    let wait = Duration::from_millis(50);
+    assert!(
+        !cache.room_for_write_back(2 << 20, wait).await,
+        "no room while the flush waits"
+    );
+    assert!(
+        !cache.room_for_write_back(5 << 20, Duration::from_secs(60)).await,
+        "more than the budget: no wait"
+    );
+    let waiting = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.room_for_write_back(2 << 20, Duration::from_secs(30)).await }
+    });
+    drop(slot);
+    assert!(waiting.await.unwrap(), "the flush made room");
+    cache.finish_write_back(Duration::from_secs(10)).await;
+    // Nothing left to flush: a put that does not fit is not kept waiting.
+    assert!(cache.room_for_write_back(4 << 20, Duration::from_secs(60)).await);
+}

@@ -182,8 +182,8 @@ pub fn status(s: &StatusResponse) -> String {
         if a.write_back_puts > 0 || a.flush_failures > 0 {
             let _ = writeln!(
                 out,
-                "write-back   {} puts, {} failed flushes",
-                a.write_back_puts, a.flush_failures
+                "write-back   {} puts, {} replaced before their flush, {} failed flushes",
+                a.write_back_puts, a.flushes_superseded, a.flush_failures
             );
         }
     } else {
