@@ -16,6 +16,12 @@ For each buffer size, ``--in-flight`` buffers (locked, from each handle's
 Medians of ``--runs`` runs, in GB/s (10^9 bytes per second). Targets:
 swap-in and swap-out at least DeepSpeed's aio handle, and 0.9x fio.
 
+Then ``--train-steps`` ZeRO stage 3 training steps (``shardd.ds_train``:
+parameters and optimizer state offloaded to NVMe, DeepSpeed's CPU
+accelerator) through shardd and through DeepSpeed's own swap in ``--dir``,
+alternated ``--runs`` times: the median seconds per step, the first step
+of each run left out (it allocates and fills the swap).
+
     python -m shardd.bench_deepspeed --endpoint unix://./shardd.sock --dir /local/swap
 """
 
@@ -27,6 +33,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -109,6 +116,36 @@ def _fio(dirname, size, count, rw):
     return side["io_bytes"] / (side["runtime"] / 1000.0)
 
 
+def _train(nvme, endpoint, namespace, steps, width, layers):
+    command = [sys.executable, "-m", "shardd.ds_train", "--nvme", nvme, "--steps", str(steps),
+               "--width", str(width), "--layers", str(layers), "--namespace", namespace]
+    if endpoint:
+        command += ["--endpoint", endpoint]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"training run failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _train_rows(args, client):
+    """Median seconds per step (after the first) through shardd and through
+    DeepSpeed's own swap, and whether their losses agreed."""
+    shardd_steps, own_steps, same = [], [], True
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+            namespace = f"bench-train-{os.getpid()}-{run}"
+            through = _train(os.path.join(d, "shardd"), args.endpoint, namespace, args.train_steps,
+                             args.train_width, args.train_layers)
+            own = _train(os.path.join(d, "own"), None, namespace, args.train_steps, args.train_width,
+                         args.train_layers)
+            keys = [m.key for m in client.ls(f"{namespace}.rank0")]
+            client.evict(f"{namespace}.rank0", keys, drop=True)
+        shardd_steps += through["step_seconds"][1:]
+        own_steps += own["step_seconds"][1:]
+        same = same and through["losses"] == own["losses"]
+    return statistics.median(shardd_steps), statistics.median(own_steps), same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint", default="unix://./shardd.sock")
@@ -116,7 +153,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,256", help="buffer sizes in MiB, comma-separated")
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=4, help="training steps per run (0: no training rows)")
+    parser.add_argument("--train-width", type=int, default=4096, help="the model's layer width")
+    parser.add_argument("--train-layers", type=int, default=4)
     args = parser.parse_args()
+    # DeepSpeed builds its ops with the environment's ninja.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
     import torch
 
@@ -164,6 +206,16 @@ def main() -> None:
         print(f"{mib:>5}MiB {f(m['out'])} {f(m['in_hot'])} {f(m['in_cold']):>8} {f(m['ds_out'])} {f(m['ds_in'])} "
               f"{f(m['fio_write'])} {f(m['fio_read'])}  {ratio(m['in_cold'], m['ds_in']):>10} "
               f"{ratio(m['in_cold'], m['fio_read']):>11} {ratio(m['out'], m['ds_out']):>7}")
+
+    if args.train_steps > 1 and op is not None:
+        through, own, same = _train_rows(args, client)
+        swapped = 4 * args.train_width * args.train_width * args.train_layers
+        print(f"ZeRO-3 step, {args.train_layers} layers of {args.train_width}x{args.train_width} "
+              f"(fp32 parameters {swapped / 1e6:.0f} MB), {args.train_steps} steps x {args.runs} runs, "
+              f"median seconds per step: shardd {through:.3f}, DeepSpeed's own swap {own:.3f} "
+              f"({own / through:.2f}x); losses {'equal' if same else 'DIFFER'}")
+    elif args.train_steps > 1:
+        print("training rows left out: DeepSpeed's aio handle is not available for the baseline")
 
 
 if __name__ == "__main__":

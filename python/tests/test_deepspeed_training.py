@@ -18,9 +18,6 @@ import pytest
 
 import shardd
 
-SCRIPT = pathlib.Path(__file__).with_name("ds_train.py")
-
-
 def _requirements():
     pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install deepspeed)")
@@ -33,7 +30,7 @@ def _requirements():
 
 
 def _train(nvme: pathlib.Path, endpoint: str | None = None, steps: int = 3, *more: str) -> dict:
-    command = [sys.executable, str(SCRIPT), "--nvme", str(nvme), "--steps", str(steps), "--width", "1024", *more]
+    command = [sys.executable, "-m", "shardd.ds_train", "--nvme", str(nvme), "--steps", str(steps), "--width", "1024", *more]
     if endpoint:
         command += ["--endpoint", endpoint]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
@@ -96,3 +93,29 @@ def test_a_checkpoint_of_state_swapped_to_shardd_saves_and_loads(tmp_path, http_
     # same resume through shardd must give what DeepSpeed's own gives.
     assert resumed["losses"] == own_resumed["losses"]
     assert resumed["files"] == []
+
+
+def test_the_deepspeed_benchmark_measures_both_swaps_and_training_steps(tmp_path, http_daemon):
+    _requirements()
+    command = [
+        sys.executable, "-m", "shardd.bench_deepspeed", "--endpoint", http_daemon.unix, "--dir", str(tmp_path),
+        "--sizes", "1,4", "--runs", "1", "--train-steps", "2", "--train-width", "256", "--train-layers", "2",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in done.stdout.splitlines()
+        if re.match(r"\s*\d+MiB ", line)
+    }
+    assert set(rows) == {"1MiB", "4MiB"}, done.stdout
+    for cells in rows.values():
+        # shardd out, in from the arena, in cold, DeepSpeed's out and in: all measured.
+        assert all(float(c) > 0 for c in cells[:5]), done.stdout
+    step = re.search(r"shardd ([0-9.]+), DeepSpeed's own swap ([0-9.]+) \(.*\); losses equal", done.stdout)
+    assert step and float(step[1]) > 0 and float(step[2]) > 0, done.stdout
+    # Nothing of the benchmark is left in the daemon.
+    with shardd.Client(http_daemon.unix) as client:
+        assert client.ls("bench-deepspeed.rank0") == []
+        status = client.status()
+    assert status["shards"] == 0, status

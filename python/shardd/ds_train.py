@@ -1,11 +1,14 @@
-"""A few ZeRO stage 3 training steps of a small model with parameters and
-optimizer state offloaded to NVMe, on DeepSpeed's CPU accelerator (gloo,
-bf16): through DeepSpeed's own file swap, or through shardd
-(``--endpoint``). Prints one JSON line: the losses, step by step, and the
-files left under ``--nvme``. Run by test_deepspeed_training.py (one
-process per run: DeepSpeed and torch.distributed keep global state).
+"""``python -m shardd.ds_train``: a few ZeRO stage 3 training steps of a
+small model with parameters and optimizer state offloaded to NVMe, on
+DeepSpeed's CPU accelerator (gloo, bf16): through DeepSpeed's own file
+swap, or through shardd (``--endpoint``). Prints one JSON line: the losses
+and the seconds of each step, and the files left under ``--nvme``.
 
-    python ds_train.py --nvme DIR [--endpoint unix://...] [--steps 4]
+One process per run (DeepSpeed and torch.distributed keep global state):
+the DeepSpeed tests and ``python -m shardd.bench_deepspeed --train-steps``
+run it as a child.
+
+    python -m shardd.ds_train --nvme DIR [--endpoint unix://...] [--steps 4]
 """
 
 from __future__ import annotations
@@ -107,23 +110,24 @@ def main() -> None:
     inputs = torch.randn(total, 4, width, generator=generator)
     targets = torch.randn(total, 4, width, generator=generator)
     losses = []
-    start = time.perf_counter()
+    step_seconds = []
     for step in range(args.first_step, total):
+        start = time.perf_counter()
         out = engine(inputs[step].to(torch.bfloat16))
         loss = torch.nn.functional.mse_loss(out.float(), targets[step])
         engine.backward(loss)
         engine.step()
+        step_seconds.append(time.perf_counter() - start)
         losses.append(float(loss))
         if args.save_after is not None and step + 1 == args.save_after:
             engine.save_checkpoint(args.checkpoint, tag="ckpt")
-    seconds = time.perf_counter() - start
 
     files = sorted(
         os.path.relpath(os.path.join(root, name), args.nvme)
         for root, _, names in os.walk(args.nvme)
         for name in names
     )
-    print(json.dumps({"losses": losses, "files": files, "seconds": seconds}))
+    print(json.dumps({"losses": losses, "files": files, "step_seconds": step_seconds}))
     sys.stdout.flush()
     # DeepSpeed's aio threads and gloo can hang an orderly interpreter exit.
     os._exit(0)
