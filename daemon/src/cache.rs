@@ -296,6 +296,26 @@ struct State {
     entries: IdMap<Slot>,
     policy: Policy,
     dirty_bytes: u64,
+    /// Write-back bytes admitted (a [`WriteBackRoom`] held) and not yet
+    /// installed: counted against the budget with `dirty_bytes`.
+    admitted_bytes: u64,
+}
+
+/// Room in the write-back budget, held by a put from its admission until
+/// its shard is installed or the put fails: puts admitted at the same
+/// moment on several connections cannot together go beyond the budget.
+#[derive(Debug)]
+pub struct WriteBackRoom {
+    cache: Cache,
+    len: u64,
+}
+
+impl Drop for WriteBackRoom {
+    fn drop(&mut self) {
+        let mut state = self.cache.state();
+        state.admitted_bytes = state.admitted_bytes.saturating_sub(self.len);
+        self.cache.inner.write_back_room.notify_waiters();
+    }
 }
 
 /// The hot tier. Cheap to clone.
@@ -333,6 +353,7 @@ impl Cache {
                     entries: IdMap::default(),
                     policy: Policy::new(config.policy),
                     dirty_bytes: 0,
+                    admitted_bytes: 0,
                 }),
                 stats: Stats::default(),
                 arena,
@@ -683,40 +704,42 @@ impl Cache {
         }
     }
 
-    /// Whether a write-back put of `len` bytes fits the write-back budget now.
-    fn admits_write_back(&self, len: u64) -> bool {
-        self.state().dirty_bytes + len <= self.inner.config.write_back_memory
-    }
-
     /// Waits, at most `limit`, until a write-back put of `len` bytes fits
-    /// the write-back budget: flushes in progress free it at the drive's
-    /// pace. False at once when `len` is more than the whole budget or no
-    /// flush is running that could free it.
+    /// the write-back budget, and takes that room: flushes in progress free
+    /// it at the drive's pace. `None` at once when `len` is more than the
+    /// whole budget or nothing is being flushed or admitted that could free
+    /// it; `None` after `limit`.
     ///
     /// Waiting is what keeps a stream of write-back puts (a trainer
     /// swapping out more than the budget) at the drive's pace: writing the
     /// overflow through instead would put its `fdatasync`ed writes on the
     /// drive beside the flushes, each stream slowing the other.
-    pub async fn room_for_write_back(&self, len: u64, limit: std::time::Duration) -> bool {
-        if len > self.inner.config.write_back_memory {
-            return false;
+    pub async fn room_for_write_back(&self, len: u64, limit: std::time::Duration) -> Option<WriteBackRoom> {
+        let budget = self.inner.config.write_back_memory;
+        if len > budget {
+            return None;
         }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let freed = self.inner.write_back_room.notified();
             tokio::pin!(freed);
-            // Registered before the check, so a flush ending between the
-            // check and the wait still wakes it.
+            // Registered before the check, so room freed between the check
+            // and the wait still wakes it.
             freed.as_mut().enable();
-            if self.admits_write_back(len) {
-                return true;
+            {
+                let mut state = self.state();
+                if state.dirty_bytes + state.admitted_bytes + len <= budget {
+                    state.admitted_bytes += len;
+                    return Some(WriteBackRoom {
+                        cache: self.clone(),
+                        len,
+                    });
+                }
+                if state.admitted_bytes == 0 && self.inner.flush_tasks.is_empty() {
+                    return None;
+                }
             }
-            if self.inner.flush_tasks.is_empty() {
-                return false;
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return false;
-            }
+            tokio::time::timeout_at(deadline, freed).await.ok()?;
         }
     }
 

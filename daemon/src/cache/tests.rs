@@ -314,13 +314,14 @@ async fn a_write_back_put_over_the_budget_is_let_in_when_a_flush_makes_room() {
     let (meta, blocks) = shard(&cache, 1, &pattern(len, 1));
     cache.install_dirty(meta, blocks, reserve(&cache, 1, len)).unwrap();
     // 3 MiB of the 4 MiB budget are not on the drive, and cannot get there yet.
-    let wait = Duration::from_millis(50);
+    let short = Duration::from_millis(50);
     assert!(
-        !cache.room_for_write_back(2 << 20, wait).await,
+        cache.room_for_write_back(2 << 20, short).await.is_none(),
         "no room while the flush waits"
     );
+    let long = Duration::from_secs(60);
     assert!(
-        !cache.room_for_write_back(5 << 20, Duration::from_secs(60)).await,
+        cache.room_for_write_back(5 << 20, long).await.is_none(),
         "more than the budget: no wait"
     );
     let waiting = tokio::spawn({
@@ -328,8 +329,18 @@ async fn a_write_back_put_over_the_budget_is_let_in_when_a_flush_makes_room() {
         async move { cache.room_for_write_back(2 << 20, Duration::from_secs(30)).await }
     });
     drop(slot);
-    assert!(waiting.await.unwrap(), "the flush made room");
+    let room = waiting.await.unwrap().expect("the flush made room");
     cache.finish_write_back(Duration::from_secs(10)).await;
-    // Nothing left to flush: a put that does not fit is not kept waiting.
-    assert!(cache.room_for_write_back(4 << 20, Duration::from_secs(60)).await);
+    // The room admitted counts until it is given back: two puts admitted
+    // at once cannot together go beyond the budget.
+    assert!(cache.room_for_write_back(3 << 20, short).await.is_none());
+    let other = cache.room_for_write_back(2 << 20, short).await.expect("2 + 2 MiB fit");
+    drop(room);
+    let third = cache.room_for_write_back(2 << 20, short).await;
+    assert!(third.is_some(), "the room given back is free again");
+    drop((other, third));
+    assert!(
+        cache.room_for_write_back(4 << 20, short).await.is_some(),
+        "all of it is free"
+    );
 }

@@ -34,7 +34,7 @@ use super::ServerContext;
 use super::frame::{self, NextFrame, OutFrame};
 use super::handlers::{self, ConnShared};
 use super::handshake::{self, Transport};
-use crate::cache::Cache;
+use crate::cache::{Cache, WriteBackRoom};
 use crate::io::AlignedBuf;
 use crate::metrics::RequestMetrics;
 use crate::store::{PutSpec, StoreError};
@@ -420,9 +420,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         // it. Over the write-back budget, the put waits for flushes to make
         // room (its payload waits in the socket meanwhile), up to io_timeout.
         if let (Durability::WriteBack, Some(cache)) = (request.durability, &cache) {
-            if cache.room_for_write_back(len, self.ctx.config.io_timeout).await {
+            if let Some(room) = cache.room_for_write_back(len, self.ctx.config.io_timeout).await {
                 if let Some(blocks) = cache.blocks_for_put(len) {
-                    return self.take_write_back(id, spec, cache, blocks).instrument(span).await;
+                    return self
+                        .take_write_back(id, spec, cache, blocks, room)
+                        .instrument(span)
+                        .await;
                 }
             }
             tracing::debug!("write-back put does not fit the arena now; writing it through");
@@ -508,6 +511,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         spec: PutSpec,
         cache: &Cache,
         blocks: Vec<AlignedBuf>,
+        room: WriteBackRoom,
     ) -> Result<(), Closed> {
         let len = spec.len;
         let chunk_size = self.ctx.store.config().chunk_size as u64;
@@ -559,7 +563,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
-        if let Err(e) = cache.install_dirty(meta.clone(), chunks, reservation) {
+        let installed = cache.install_dirty(meta.clone(), chunks, reservation);
+        // Installed, the shard's bytes count as not on the drive yet.
+        drop(room);
+        if let Err(e) = installed {
             handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
             return Ok(());
         }
