@@ -153,10 +153,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,256", help="buffer sizes in MiB, comma-separated")
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--train-steps", type=int, default=4, help="training steps per run (0: no training rows)")
+    parser.add_argument("--train-steps", type=int, default=4,
+                        help="training steps per run, at least 2 (the first is left out); 0: no training rows")
     parser.add_argument("--train-width", type=int, default=4096, help="the model's layer width")
     parser.add_argument("--train-layers", type=int, default=4)
     args = parser.parse_args()
+    if args.train_steps == 1 or args.train_steps < 0:
+        parser.error("--train-steps: 0, or at least 2 (the first step of each run is left out)")
     # DeepSpeed builds its ops with the environment's ninja.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
@@ -207,14 +210,14 @@ def main() -> None:
               f"{f(m['fio_write'])} {f(m['fio_read'])}  {ratio(m['in_cold'], m['ds_in']):>10} "
               f"{ratio(m['in_cold'], m['fio_read']):>11} {ratio(m['out'], m['ds_out']):>7}")
 
-    if args.train_steps > 1 and op is not None:
+    if args.train_steps and op is not None:
         through, own, same = _train_rows(args, client)
         swapped = 4 * args.train_width * args.train_width * args.train_layers
         print(f"ZeRO-3 step, {args.train_layers} layers of {args.train_width}x{args.train_width} "
               f"(fp32 parameters {swapped / 1e6:.0f} MB), {args.train_steps} steps x {args.runs} runs, "
               f"median seconds per step: shardd {through:.3f}, DeepSpeed's own swap {own:.3f} "
-              f"({own / through:.2f}x); losses {'equal' if same else 'DIFFER'}")
-    elif args.train_steps > 1:
+              f"(shardd's speed {own / through:.2f}x); losses {'equal' if same else 'DIFFER'}")
+    elif args.train_steps:
         print("training rows left out: DeepSpeed's aio handle is not available for the baseline")
 
 
