@@ -69,6 +69,14 @@ class Daemon:
         ]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        try:
+            self._wait_ready()
+        except BaseException:
+            # No fixture teardown follows a failed start: stop it here.
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
