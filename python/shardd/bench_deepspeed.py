@@ -50,58 +50,61 @@ def _timed(start_all, wait) -> float:
     return time.perf_counter() - start
 
 
+class _Swap:
+    """``count`` locked buffers of ``size`` bytes from handle ``h``, each
+    swapped to its own file in ``dirname``: ``out`` and ``into`` time one
+    round of ``async_pwrite`` / ``async_pread`` of all of them and one
+    ``wait``."""
+
+    def __init__(self, h, torch, size, count, dirname, prefix):
+        self.h = h
+        self.buffers = [h.new_cpu_locked_tensor(size, torch.empty(0, dtype=torch.uint8)) for _ in range(count)]
+        for i, b in enumerate(self.buffers):
+            b.fill_(i + 1)
+        self.paths = [os.path.join(dirname, f"{prefix}{i}.swp") for i in range(count)]
+        self.total = size * count
+
+    def _round(self, submit) -> float:
+        def start_all():
+            for b, p in zip(self.buffers, self.paths):
+                assert submit(b, p) == 0
+
+        return _timed(start_all, self.h.wait)
+
+    def out(self) -> float:
+        return self._round(self.h.async_pwrite)
+
+    def into(self) -> float:
+        return self._round(self.h.async_pread)
+
+    def free(self) -> None:
+        for b in self.buffers:
+            self.h.free_cpu_locked_tensor(b)
+
+
 def _shardd_round(client, torch, size, count, dirname):
     h = SwapHandle(1 << 20, 8, False, True, 1, client=client, namespace="bench-deepspeed.rank0", root=dirname)
-    buffers = [h.new_cpu_locked_tensor(size, torch.empty(0, dtype=torch.uint8)) for _ in range(count)]
-    for i, b in enumerate(buffers):
-        b.fill_(i + 1)
-    paths = [os.path.join(dirname, f"b{i}.swp") for i in range(count)]
-
-    def out():
-        for b, p in zip(buffers, paths):
-            assert h.async_pwrite(b, p) == 0
-
-    def into():
-        for b, p in zip(buffers, paths):
-            assert h.async_pread(b, p) == 0
-
-    write = _timed(out, h.wait)
-    hot = _timed(into, h.wait)
-    keys = [h.key(p) for p in paths]
+    swap = _Swap(h, torch, size, count, dirname, "b")
+    write = swap.out()
+    hot = swap.into()
+    keys = [h.key(p) for p in swap.paths]
     # Demoting a shard not yet on the drive writes it first.
     client.evict(h.namespace, keys)
-    cold = _timed(into, h.wait)
+    cold = swap.into()
     client.evict(h.namespace, keys, drop=True)
-    for b in buffers:
-        h.free_cpu_locked_tensor(b)
+    swap.free()
     h.close()
-    total = size * count
-    return total / write, total / hot, total / cold
+    return swap.total / write, swap.total / hot, swap.total / cold
 
 
 def _deepspeed_round(op, torch, size, count, dirname):
-    h = op.aio_handle(1 << 20, 8, False, True, 1)
-    buffers = [h.new_cpu_locked_tensor(size, torch.empty(0, dtype=torch.uint8)) for _ in range(count)]
-    for i, b in enumerate(buffers):
-        b.fill_(i + 1)
-    paths = [os.path.join(dirname, f"ds{i}.swp") for i in range(count)]
-
-    def out():
-        for b, p in zip(buffers, paths):
-            assert h.async_pwrite(b, p) == 0
-
-    def into():
-        for b, p in zip(buffers, paths):
-            assert h.async_pread(b, p) == 0
-
-    write = _timed(out, h.wait)
-    read = _timed(into, h.wait)
-    for b in buffers:
-        h.free_cpu_locked_tensor(b)
-    for p in paths:
+    swap = _Swap(op.aio_handle(1 << 20, 8, False, True, 1), torch, size, count, dirname, "ds")
+    write = swap.out()
+    read = swap.into()
+    swap.free()
+    for p in swap.paths:
         os.unlink(p)
-    total = size * count
-    return total / write, total / read
+    return swap.total / write, swap.total / read
 
 
 def _fio(dirname, size, count, rw):
