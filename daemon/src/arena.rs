@@ -108,6 +108,11 @@ impl Arena {
         self.shared.alloc.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the arena has 4 KiB pages rather than huge ones.
+    pub fn small_pages(&self) -> bool {
+        self.shared.memory.small_pages()
+    }
+
     /// Bytes of the arena.
     pub fn capacity(&self) -> u64 {
         self.shared.memory.len() as u64

@@ -42,6 +42,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::arena::Arena;
 use crate::io::{ALIGN, AlignedBuf, align_up};
+use crate::store::buffers::BufferScope;
 use crate::store::format::ShardLayout;
 use crate::store::versions::Reservation;
 use crate::store::{PutSpec, Store, StoreError};
@@ -60,6 +61,27 @@ pub struct CacheConfig {
     pub write_back_memory: u64,
     /// Write-back flushes running at once.
     pub flush_concurrency: usize,
+    /// Whether loads and flushes go through chunk buffers in huge pages.
+    pub bounce_io: BounceIo,
+}
+
+/// Whether loads into the arena and flushes out of it move their bytes
+/// through the daemon's chunk buffers (transparent huge pages) and copy
+/// them to or from the arena, rather than doing O_DIRECT on the arena
+/// itself. A transfer into 4 KiB pages takes one memory segment per page,
+/// and devices that take few per request (virtio disks: 254) split and slow
+/// it; one copy in memory costs less than that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BounceIo {
+    /// When the arena has 4 KiB pages and the chunk buffers can have huge
+    /// ones.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: O_DIRECT straight to and from the arena.
+    Off,
 }
 
 /// What a fetch gets.
@@ -338,11 +360,29 @@ struct Inner {
     /// Flush tasks, so that shutdown can wait for them.
     flush_tasks: tokio_util::task::TaskTracker,
     prefetch: Arc<prefetch::Queue>,
+    /// With [`BounceIo`] in effect: the budget scope of the chunk buffers
+    /// that loads and flushes go through.
+    bounce: Option<BufferScope>,
 }
 
 impl Cache {
     /// A hot tier over `arena` in front of `store`; starts its prefetcher.
     pub fn new(arena: Arena, store: Store, config: CacheConfig) -> Cache {
+        let bounce = match config.bounce_io {
+            BounceIo::On => true,
+            BounceIo::Off => false,
+            BounceIo::Auto => arena.small_pages() && crate::arena::memory::anonymous_huge_pages(),
+        };
+        if bounce {
+            tracing::info!(
+                "the arena's loads and flushes go through chunk buffers in huge pages (arena.bounce_io); \
+                 an arena of huge pages (arena.huge_pages) does its I/O in place"
+            );
+        }
+        // Enough for a few loads and flushes at once, each with its reads or
+        // writes in flight.
+        let bounce_bytes = 4 * store.config().chunks_in_flight.max(1) as u64 * store.buffers().pool_buf_size() as u64;
+        let bounce = bounce.then(|| store.buffers().scope(bounce_bytes));
         let cache = Cache {
             inner: Arc::new(Inner {
                 prefetch: Arc::new(prefetch::Queue::new(config.prefetch_memory)),
@@ -359,6 +399,7 @@ impl Cache {
                 arena,
                 store,
                 config,
+                bounce,
             }),
         };
         prefetch::spawn_worker(cache.clone());
@@ -532,7 +573,7 @@ impl Cache {
         let blocks = self.alloc_blocks(meta.len, chunk_size)?;
         self.inner.stats.loads.fetch_add(1, Ordering::Relaxed);
         progress.send_modify(|p| p.started = Some((meta.clone(), chunk_size)));
-        let mut stream = reader.read_into(blocks);
+        let mut stream = reader.read_into(blocks, self.inner.bounce.clone());
         let mut chunks = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = Arc::new(chunk.map_err(|e| LoadFailure::from_store(&e))?.buf);
@@ -999,9 +1040,18 @@ impl Cache {
                 // writer's drop removes its temp file).
                 return Ok(None);
             }
-            let padded = align_up(shard.chunk_len(i) as u64) as usize;
-            let slice = self.inner.arena.shared_slice(chunk, padded, shard.clone());
-            writer.write_shared_chunk(slice).await?;
+            match &self.inner.bounce {
+                Some(scope) => {
+                    let mut buf = writer.next_buffer(scope).await?;
+                    buf.fill_padded(&chunk.as_capacity()[..shard.chunk_len(i)]);
+                    writer.write_chunk(buf).await?;
+                }
+                None => {
+                    let padded = align_up(shard.chunk_len(i) as u64) as usize;
+                    let slice = self.inner.arena.shared_slice(chunk, padded, shard.clone());
+                    writer.write_shared_chunk(slice).await?;
+                }
+            }
         }
         let cache = self.clone();
         let this = shard.clone();

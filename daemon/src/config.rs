@@ -16,8 +16,8 @@ use serde::Deserialize;
 use shardd_protocol::DEFAULT_MAX_PAYLOAD_LEN;
 
 use crate::arena::HugePages;
-use crate::cache::CacheConfig;
 use crate::cache::policy::PolicyKind;
+use crate::cache::{BounceIo, CacheConfig};
 use crate::io::{ALIGN, EngineKind, IoConfig};
 use crate::server::ServerConfig;
 use crate::store::{StoreConfig, VerifyMode};
@@ -118,6 +118,7 @@ struct FileArena {
     prefetch_memory: Option<Size>,
     write_back_memory: Option<Size>,
     flush_concurrency: Option<usize>,
+    bounce_io: Option<BounceIo>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -351,6 +352,7 @@ impl Config {
                 prefetch_memory: arena.prefetch_memory.map_or(256 << 20, |s| s.0).max(ALIGN as u64),
                 write_back_memory,
                 flush_concurrency,
+                bounce_io: arena.bounce_io.unwrap_or_default(),
             },
         };
 

@@ -183,6 +183,43 @@ async fn write_back_puts_are_served_at_once_and_reach_the_drive() {
     }
 }
 
+/// Loads and flushes either copy through the daemon's chunk buffers
+/// (`bounce_io = "on"`, the default where the arena has 4 KiB pages) or do
+/// O_DIRECT on the arena itself ("off"); both give back the bytes put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_and_flushes_give_the_same_bytes_through_bounce_buffers_and_in_place() {
+    for bounce in ["on", "off"] {
+        for engine in engines() {
+            let config = format!("[arena]\nsize = \"32MiB\"\nbounce_io = \"{bounce}\"");
+            let mut daemon = TestDaemon::start(engine, &config).await;
+            let client = daemon.client(false).await;
+            let data = pattern(5 * MIB + 77, 9);
+            client.put("job", "wb", data.clone(), write_back()).await.unwrap();
+            wait_for(&client, "the flush", |a| a.dirty_bytes == 0).await;
+            drop(client);
+            daemon.restart().await; // flushed to the drive, nothing resident
+            let client = daemon.client(false).await;
+            let shard = client.fetch("job", "wb").await.unwrap();
+            assert!(
+                shard.data == data,
+                "{engine:?} bounce_io = {bounce}: the load's bytes differ"
+            );
+            let status = arena(&client).await;
+            assert_eq!(
+                (status.loads, status.flush_failures),
+                (1, 0),
+                "{engine:?} {bounce}: {status:?}"
+            );
+            assert!(client.stat("job", "wb").await.unwrap().cache.resident);
+            assert!(
+                client.fetch("job", "wb").await.unwrap().data == data,
+                "{engine:?} {bounce}: the hit"
+            );
+            daemon.stop().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_puts_beyond_the_budget_wait_for_room_and_a_shard_larger_than_it_is_written_through() {
     for engine in engines() {

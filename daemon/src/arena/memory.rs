@@ -52,6 +52,9 @@ pub struct ArenaMemory {
     base: NonNull<u8>,
     len: usize,
     locked: Locked,
+    /// Whether the arena has 4 KiB pages (no huge pages asked for, or
+    /// transparent ones the kernel does not give shared memory).
+    small_pages: bool,
 }
 
 // SAFETY: the mapping is plain shared memory; `ArenaMemory` only hands out
@@ -91,15 +94,20 @@ impl ArenaMemory {
             return Err(e).context(format!("map a {len}-byte arena"));
         }
         let base = NonNull::new(ptr.cast::<u8>()).context("mmap returned a null arena")?;
-        if huge == HugePages::Transparent {
-            // SAFETY: advice on our own mapping; failure only means no huge pages.
-            let rc = unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-            if rc != 0 {
-                tracing::warn!(error = %io::Error::last_os_error(), "transparent huge pages unavailable for the arena");
-            } else {
-                warn_if_shmem_thp_off(std::fs::read_to_string(SHMEM_THP).ok().as_deref());
+        let small_pages = match huge {
+            HugePages::Off => true,
+            HugePages::Hugetlb => false,
+            HugePages::Transparent => {
+                // SAFETY: advice on our own mapping; failure only means no huge pages.
+                let rc = unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+                if rc != 0 {
+                    tracing::warn!(error = %io::Error::last_os_error(), "transparent huge pages unavailable for the arena");
+                    true
+                } else {
+                    warn_if_shmem_thp_off(std::fs::read_to_string(SHMEM_THP).ok().as_deref())
+                }
             }
-        }
+        };
         let locked = lock(base, len);
         // Sealed only now: the daemon's writable mapping exists, and no
         // other can be made from here on.
@@ -109,6 +117,7 @@ impl ArenaMemory {
             base,
             len,
             locked,
+            small_pages,
         })
     }
 
@@ -130,6 +139,11 @@ impl ArenaMemory {
     /// How much is locked.
     pub fn locked(&self) -> Locked {
         self.locked
+    }
+
+    /// Whether the arena has 4 KiB pages rather than huge ones.
+    pub fn small_pages(&self) -> bool {
+        self.small_pages
     }
 
     /// The read-only descriptor of the sealed memfd, to hand to local
@@ -207,7 +221,21 @@ impl Drop for ArenaMemory {
 /// transparent huge pages.
 const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 
-/// The selected mode in the contents of [`SHMEM_THP`], e.g.
+/// Where the kernel says whether private anonymous memory (the daemon's
+/// chunk buffers) may get transparent huge pages.
+const ANON_THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// Whether the daemon's chunk buffers, which ask for transparent huge pages
+/// (`madvise`), can get them.
+pub fn anonymous_huge_pages() -> bool {
+    anon_thp_allowed(std::fs::read_to_string(ANON_THP).ok().as_deref())
+}
+
+fn anon_thp_allowed(contents: Option<&str>) -> bool {
+    matches!(contents.and_then(selected_mode), Some("always" | "madvise"))
+}
+
+/// The selected mode in the contents of [`SHMEM_THP`] or [`ANON_THP`], e.g.
 /// `always within_size advise [never] deny force` gives `never`.
 fn selected_mode(contents: &str) -> Option<&str> {
     contents
@@ -288,6 +316,14 @@ mod tests {
             Some("advise")
         );
         assert_eq!(selected_mode("always never"), None);
+    }
+
+    #[test]
+    fn chunk_buffers_get_huge_pages_where_anonymous_memory_may_have_them() {
+        assert!(anon_thp_allowed(Some("always [madvise] never\n")));
+        assert!(anon_thp_allowed(Some("[always] madvise never\n")));
+        assert!(!anon_thp_allowed(Some("always madvise [never]\n")));
+        assert!(!anon_thp_allowed(None));
     }
 
     #[test]

@@ -42,6 +42,7 @@ async fn cache(dir: &std::path::Path) -> Cache {
         prefetch_memory: 4 << 20,
         write_back_memory: 4 << 20,
         flush_concurrency: 1,
+        bounce_io: Default::default(),
     };
     Cache::new(arena, store, config)
 }

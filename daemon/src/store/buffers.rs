@@ -31,12 +31,16 @@ fn units(bytes: u64) -> u32 {
 impl Buffers {
     /// Buffers of `chunk_size` bytes, at most `budget_bytes` in use at once.
     pub fn new(chunk_size: usize, budget_bytes: u64) -> Buffers {
-        let max_idle = (budget_bytes / chunk_size.max(1) as u64) as usize;
         Buffers {
-            pool: BufferPool::new(chunk_size, max_idle),
+            pool: BufferPool::new(chunk_size),
             global: Arc::new(Semaphore::new(units(budget_bytes) as usize)),
             budget_bytes,
         }
+    }
+
+    /// Size of the pooled buffers (the configured chunk size).
+    pub fn pool_buf_size(&self) -> usize {
+        self.pool.buf_size()
     }
 
     /// The daemon-wide budget in bytes.

@@ -39,6 +39,18 @@ impl Chunk {
     pub fn bytes(&self) -> &[u8] {
         &self.buf.as_slice()[self.range.clone()]
     }
+
+    /// The same chunk with its bytes copied into `block` (which holds at
+    /// least the chunk's length); the buffer read into goes back.
+    fn copied_into(self, mut block: AlignedBuf) -> Chunk {
+        let len = self.buf.len();
+        block.as_mut_capacity()[..len].copy_from_slice(self.buf.as_slice());
+        block.set_len(len);
+        Chunk {
+            buf: block,
+            range: self.range,
+        }
+    }
 }
 
 impl ShardReader {
@@ -86,9 +98,19 @@ impl ShardReader {
     /// Streams the whole shard's verified chunks read into `blocks` (one per
     /// chunk, each holding at least the chunk rounded up to
     /// [`crate::io::ALIGN`]), each with its length set to the chunk's.
-    pub fn read_into(self, blocks: Vec<AlignedBuf>) -> ChunkStream {
+    ///
+    /// With `bounce`, each chunk is read into a pool buffer taken under that
+    /// scope (memory in huge pages) and copied into its block once verified:
+    /// one copy in memory instead of an O_DIRECT transfer split over the
+    /// blocks' small pages.
+    pub fn read_into(self, blocks: Vec<AlignedBuf>, bounce: Option<BufferScope>) -> ChunkStream {
         let len = self.entry.meta.len;
-        self.stream(0, len, Buffers::Given(blocks.into()))
+        let blocks = blocks.into();
+        let buffers = match bounce {
+            Some(scope) => Buffers::Bounced { blocks, scope },
+            None => Buffers::Given(blocks),
+        };
+        self.stream(0, len, buffers)
     }
 
     fn stream(self, offset: u64, len: u64, buffers: Buffers) -> ChunkStream {
@@ -119,6 +141,11 @@ enum Buffers {
     Pool(BufferScope),
     /// Given up front, one per chunk (arena blocks).
     Given(VecDeque<AlignedBuf>),
+    /// Given blocks, filled by a copy from pool buffers taken under `scope`.
+    Bounced {
+        blocks: VecDeque<AlignedBuf>,
+        scope: BufferScope,
+    },
 }
 
 /// Verified chunks of a byte range, in order.
@@ -132,7 +159,8 @@ pub struct ChunkStream {
     next: u64,
     /// Last chunk index of the range.
     last: u64,
-    in_flight: VecDeque<(u64, Completion)>,
+    /// Chunk index, its read, and the block it is copied into (bounced).
+    in_flight: VecDeque<(u64, Completion, Option<AlignedBuf>)>,
     done: bool,
 }
 
@@ -144,7 +172,7 @@ impl ChunkStream {
             return None;
         }
         self.submit_more().await;
-        let (index, completion) = self.in_flight.pop_front()?;
+        let (index, completion, block) = self.in_flight.pop_front()?;
         let submitted = completion.submitted();
         let outcome = completion.await;
         let metrics = self.reader.store.metrics();
@@ -152,7 +180,13 @@ impl ChunkStream {
             Ok(read) => metrics.read(self.reader.entry.dir, *read, submitted),
             Err(_) => metrics.error(self.reader.entry.dir, IoOp::Read),
         }
-        let result = self.verify(index, outcome.buf, outcome.result).await;
+        let result = self
+            .verify(index, outcome.buf, outcome.result)
+            .await
+            .map(|chunk| match block {
+                Some(block) => chunk.copied_into(block),
+                None => chunk,
+            });
         if result.is_err() {
             self.done = true;
             self.in_flight.clear();
@@ -169,16 +203,30 @@ impl ChunkStream {
         let chunk_size = layout.chunk_size as usize;
         while self.next <= self.last && self.in_flight.len() < depth {
             let pool = self.reader.store.buffers();
-            let buf = match &mut self.buffers {
+            let (buf, block) = match &mut self.buffers {
                 Buffers::Given(given) => match given.pop_front() {
-                    Some(buf) => buf,
+                    Some(buf) => (buf, None),
                     None => break,
                 },
-                Buffers::Pool(scope) if self.in_flight.is_empty() => pool.take(scope, chunk_size).await,
+                Buffers::Pool(scope) if self.in_flight.is_empty() => (pool.take(scope, chunk_size).await, None),
                 Buffers::Pool(scope) => match pool.try_take(scope, chunk_size) {
-                    Some(buf) => buf,
+                    Some(buf) => (buf, None),
                     None => break,
                 },
+                Buffers::Bounced { blocks, scope } => {
+                    if blocks.is_empty() {
+                        break;
+                    }
+                    let buf = if self.in_flight.is_empty() {
+                        pool.take(scope, chunk_size).await
+                    } else {
+                        match pool.try_take(scope, chunk_size) {
+                            Some(buf) => buf,
+                            None => break,
+                        }
+                    };
+                    (buf, blocks.pop_front())
+                }
             };
             let index = self.next;
             let chunk_len = layout.chunk_len(index, self.reader.entry.meta.len);
@@ -189,7 +237,7 @@ impl ChunkStream {
                 .store
                 .engine()
                 .read(&self.reader.file, file_offset, buf, read_len);
-            self.in_flight.push_back((index, completion));
+            self.in_flight.push_back((index, completion, block));
             self.next += 1;
         }
     }
