@@ -797,15 +797,17 @@ impl Cache {
     /// that overlapped with it stored a newer version first. The put's
     /// version stays reserved until the flush ends, so that a put of the key
     /// that read the arena's versions before this install still ends above.
+    /// A `scratch` shard's flush is not synced (`Durability::Scratch`).
     pub fn install_dirty(
         &self,
         meta: ShardMeta,
         chunks: Vec<AlignedBuf>,
         reservation: Reservation,
+        scratch: bool,
     ) -> Result<(), StoreError> {
         let chunk_size = self.inner.store.config().chunk_size;
         let chunks = chunks.into_iter().map(Arc::new).collect();
-        let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty));
+        let shard = Arc::new(CachedShard::new(meta, chunk_size, chunks, WriteBack::Dirty).scratch(scratch));
         {
             let mut state = self.state();
             // A put that overlapped with this one may have stored a newer
@@ -1034,6 +1036,9 @@ impl Cache {
             newer_than: None,
         };
         let mut writer = self.inner.store.begin_put(spec).await?;
+        if shard.is_scratch() {
+            writer.without_sync();
+        }
         for (i, chunk) in shard.chunks().iter().enumerate() {
             if i % 64 == 63 && !self.is_current(shard) {
                 // Replaced meanwhile: the rest is not worth writing (the

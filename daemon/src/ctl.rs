@@ -73,6 +73,10 @@ pub enum Command {
         /// the drive in the background (lost if the daemon dies first).
         #[arg(long)]
         write_back: bool,
+        /// Like --write-back, and the daemon never syncs its write to the
+        /// drive: survives the daemon's crash, not a power loss.
+        #[arg(long, conflicts_with = "write_back")]
+        scratch: bool,
     },
     /// Store every tensor of a .safetensors file as a shard (PREFIX + its name).
     Import {
@@ -250,15 +254,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dtype,
             shape,
             write_back,
+            scratch,
         } => {
             let options = PutOptions {
                 version,
                 dtype,
                 shape,
-                durability: if write_back {
-                    Durability::WriteBack
-                } else {
-                    Durability::Durable
+                durability: match (write_back, scratch) {
+                    (_, true) => Durability::Scratch,
+                    (true, false) => Durability::WriteBack,
+                    (false, false) => Durability::Durable,
                 },
             };
             let meta = if file == "-" {

@@ -210,6 +210,7 @@ impl Daemon {
         if let Some(cache) = &self.ctx.cache {
             cache.finish_write_back(budget).await;
         }
+        self.ctx.store.sync_scratch().await;
         // Metrics and health last, so the stop can be watched to its end.
         if let Some(http) = self.http {
             http.stop().await;

@@ -309,6 +309,25 @@ impl Store {
         &self.inner.metrics
     }
 
+    /// Syncs the file systems of the data directories where scratch puts
+    /// were published without syncing (at a graceful stop): what a clean
+    /// stop leaves behind survives a later power loss.
+    pub async fn sync_scratch(&self) {
+        for i in 0..self.inner.dirs.len() {
+            let store = self.clone();
+            let path = self.inner.dirs[i].path.clone();
+            match fs::blocking(move || store.inner.dirs[i].sync_if_unsynced()).await {
+                Ok(true) => tracing::info!(dir = %path.display(), "synced the scratch shards written without syncing"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    dir = %path.display(),
+                    error = %e,
+                    "could not sync the scratch shards written without syncing"
+                ),
+            }
+        }
+    }
+
     /// Starts a put; the caller then writes the payload chunk by chunk and commits.
     pub async fn begin_put(&self, spec: PutSpec) -> Result<ShardWriter, StoreError> {
         ShardWriter::begin(self.clone(), spec).await

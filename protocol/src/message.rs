@@ -89,6 +89,12 @@ pub enum Durability {
     /// in the background. A crash before that loses it; a failed write is
     /// reported by later stats and fetches of the shard.
     WriteBack,
+    /// Like `WriteBack`, but the background write is never synced
+    /// (`fdatasync`): once written it survives the daemon's crash, not the
+    /// machine's (a power loss may lose it, leave an older version, or leave
+    /// a torn copy that fails its checksum when read). For data a run
+    /// recreates from its checkpoint, such as swap. A graceful stop syncs it.
+    Scratch,
 }
 
 /// Metadata of one stored shard version.

@@ -80,6 +80,12 @@ def _as_shard_array(array: np.ndarray, meta: ShardMeta) -> ShardArray:
     return out
 
 
+def _durability(durable: bool, scratch: bool) -> str:
+    if scratch and durable:
+        raise ValueError("a scratch put is not durable: pass durable=False with scratch=True")
+    return "scratch" if scratch else ("durable" if durable else "write_back")
+
+
 class Client:
     """One connection to a shardd daemon: ``unix://PATH`` on the same node
     (zero-copy views and fetches out of the daemon's arena), or
@@ -158,6 +164,7 @@ class Client:
         data: Any,
         *,
         durable: bool = True,
+        scratch: bool = False,
         version: Optional[int] = None,
         dtype: Optional[str] = None,
         shape: Optional[Sequence[int]] = None,
@@ -167,8 +174,11 @@ class Client:
         any bytes-like object; its element type and shape are recorded
         (``dtype``/``shape`` override them, e.g. for raw bytes). With
         ``durable=False`` the daemon acknowledges once the bytes are in its
-        memory and writes them to the drive in the background. ``version``
-        must be newer than the stored one (default: the next one).
+        memory and writes them to the drive in the background; with
+        ``scratch=True`` as well, that write is never synced: it survives the
+        daemon's crash but not a power loss (data a run recreates from its
+        checkpoint, such as swap). ``version`` must be newer than the stored
+        one (default: the next one).
 
         >>> client.put("job", "layers.0.weight", np.ones((2, 3), np.float32)).version
         1
@@ -177,7 +187,15 @@ class Client:
         dtype = dtype or mem.dtype or "raw"
         shape = list(shape) if shape is not None else (mem.shape if mem.dtype else [])
         return self._native.put(
-            namespace, key, mem.address, mem.nbytes, mem.owner, dtype, [int(d) for d in shape], durable, version
+            namespace,
+            key,
+            mem.address,
+            mem.nbytes,
+            mem.owner,
+            dtype,
+            [int(d) for d in shape],
+            _durability(durable, scratch),
+            version,
         )
 
     def get(self, namespace: str, key: str) -> ShardArray:
@@ -276,7 +294,9 @@ class Client:
         """
         return self._native.rm(namespace, key, version)
 
-    def put_file(self, namespace: str, key: str, path, *, durable: bool = True, version: Optional[int] = None) -> ShardMeta:
+    def put_file(
+        self, namespace: str, key: str, path, *, durable: bool = True, scratch: bool = False, version: Optional[int] = None
+    ) -> ShardMeta:
         """Stores the file at ``path`` as one (raw) shard, straight from a
         mapping of the file: no copy of it in memory. The file must not be
         truncated while it is read.
@@ -286,7 +306,7 @@ class Client:
         """
         from . import _native
 
-        return _native.put_file(self._native, namespace, key, os.fspath(path), durable, version)
+        return _native.put_file(self._native, namespace, key, os.fspath(path), _durability(durable, scratch), version)
 
     def get_file(self, namespace: str, key: str, path) -> ShardMeta:
         """Writes a shard into the file at ``path``, in pieces through buffers

@@ -6,8 +6,8 @@ through the async I/O handle its swappers build from
 ``AsyncIOBuilder().load().aio_handle(...)``. :func:`install` makes those
 swappers build a :class:`SwapHandle` instead: the same methods with the
 same results, but each swap file is a shard in the node's daemon, written
-back from its memory (swap data is scratch data) and read from it straight
-into DeepSpeed's buffers. Two lines, before ``deepspeed.initialize`` (or
+back from its memory without syncing (swap data is scratch data) and read
+from it straight into DeepSpeed's buffers. Two lines, before ``deepspeed.initialize`` (or
 ``zero.Init``)::
 
     import shardd.deepspeed
@@ -471,7 +471,7 @@ class SwapHandle:
         except NotFound:
             length = 0
         if file_offset == 0 and length <= nbytes:
-            self._client.put(namespace, key, buffer, durable=False)
+            self._client.put(namespace, key, buffer, durable=False, scratch=True)
             return
         # A write into the middle of a file, or over its start only: the
         # file keeps its other bytes (a hole reads as zeros).
@@ -479,7 +479,7 @@ class SwapHandle:
         if length:
             self._client.fetch_into(namespace, key, whole[:length])
         whole[file_offset : file_offset + nbytes] = _raw_bytes(buffer, writable=False)
-        self._client.put(namespace, key, whole, durable=False)
+        self._client.put(namespace, key, whole, durable=False, scratch=True)
 
     def _start(self, op: str, filename: Any, file: Tuple[str, str], work) -> int:
         done: Future = Future()
@@ -591,7 +591,7 @@ def _copytree(src, dst, symlinks=False, ignore=None, *args, dirs_exist_ok=False,
         for name in sorted(os.listdir(src)):
             path = os.path.join(src, name)
             if os.path.isfile(path):
-                client.put_file(namespace, prefix + name, path, durable=False)
+                client.put_file(namespace, prefix + name, path, durable=False, scratch=True)
         return dst
     return original(src, dst, symlinks, ignore, *args, dirs_exist_ok=dirs_exist_ok, **kwargs)
 

@@ -155,7 +155,7 @@ impl Client {
     }
 
     /// Stores `nbytes` at `address` (memory of `owner`) as a shard.
-    #[pyo3(signature = (namespace, key, address, nbytes, owner, dtype, shape, durable, version))]
+    #[pyo3(signature = (namespace, key, address, nbytes, owner, dtype, shape, durability, version))]
     #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
@@ -167,11 +167,12 @@ impl Client {
         owner: Py<PyAny>,
         dtype: &str,
         shape: Vec<u64>,
-        durable: bool,
+        durability: &str,
         version: Option<u64>,
     ) -> PyResult<ShardMeta> {
         let client = self.connection(py)?;
         let dtype = meta::dtype(dtype).map_err(|e| errors::bad_request(py, e))?;
+        let durability = durability_of(durability).map_err(|e| errors::bad_request(py, e))?;
         // SAFETY: the Python layer passes the address of `owner`'s live,
         // contiguous memory of `nbytes` bytes (shardd._buffers).
         let data = Bytes::from_owner(unsafe { Lent::new(address, nbytes, owner) });
@@ -179,11 +180,7 @@ impl Client {
             version,
             dtype,
             shape,
-            durability: if durable {
-                Durability::Durable
-            } else {
-                Durability::WriteBack
-            },
+            durability,
         };
         let stored = self
             .io
@@ -363,5 +360,17 @@ impl Client {
             .block(py, async move { client.verify(&namespace, &key, version).await })?
             .py(py)?;
         meta::plain(py, &answer)
+    }
+}
+
+/// The durability named by the Python layer.
+pub fn durability_of(name: &str) -> Result<Durability, String> {
+    match name {
+        "durable" => Ok(Durability::Durable),
+        "write_back" => Ok(Durability::WriteBack),
+        "scratch" => Ok(Durability::Scratch),
+        other => Err(format!(
+            "unknown durability {other:?}; expected durable, write_back or scratch"
+        )),
     }
 }

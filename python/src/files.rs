@@ -96,24 +96,21 @@ pub fn export_safetensors<'py>(
 
 /// Stores a file as one shard, from a mapping of it.
 #[pyfunction]
-#[pyo3(signature = (client, namespace, key, path, durable=true, version=None))]
+#[pyo3(signature = (client, namespace, key, path, durability="durable", version=None))]
 pub fn put_file(
     py: Python<'_>,
     client: &Client,
     namespace: String,
     key: String,
     path: PathBuf,
-    durable: bool,
+    durability: &str,
     version: Option<u64>,
 ) -> PyResult<ShardMeta> {
     let connection = client.connection(py)?;
+    let durability = crate::client::durability_of(durability).map_err(|e| errors::bad_request(py, e))?;
     let options = PutOptions {
         version,
-        durability: if durable {
-            shardd_client::Durability::Durable
-        } else {
-            shardd_client::Durability::WriteBack
-        },
+        durability,
         ..PutOptions::default()
     };
     let meta = client

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import mmap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,24 @@ def test_listing_stat_prefetch_evict_schedule_and_removal(client):
     assert client.verify("job", "layers.0.w") == {"version": 1, "outcome": "Intact"}
     assert client.rm("job", "layers.0.w") == 1
     assert client.status()["shards"] == 2
+
+
+def test_write_back_and_scratch_puts_are_served_at_once_and_reach_the_drive(client, tmp_path):
+    data = sample(np.float32, (300_000,), seed=7)
+    client.put("job", "wb", data, durable=False)
+    client.put("job", "swap", data, durable=False, scratch=True)
+    path = tmp_path / "swap.bin"
+    path.write_bytes(data.tobytes())
+    client.put_file("job", "swap.file", path, durable=False, scratch=True)
+    for key in ("wb", "swap", "swap.file"):
+        assert np.array_equal(client.get("job", key).view(np.float32), data)
+    deadline = time.monotonic() + 10
+    while client.status()["arena"]["dirty_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.status()["arena"]["dirty_bytes"] == 0, "every flush finished"
+    assert client.status()["arena"]["write_back_puts"] == 3
+    with pytest.raises(ValueError, match="durable=False"):
+        client.put("job", "x", data, scratch=True)
 
 
 def test_errors_say_what_went_wrong(daemon, client):

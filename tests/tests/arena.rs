@@ -183,6 +183,74 @@ async fn write_back_puts_are_served_at_once_and_reach_the_drive() {
     }
 }
 
+/// fdatasyncs of shard files so far, over all data dirs.
+async fn syncs(daemon: &TestDaemon) -> f64 {
+    let (_, text) = shardd_tests::http_get(&format!("{}/metrics", daemon.http_url())).await;
+    text.lines()
+        .filter(|l| l.starts_with("shardd_nvme_sync_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scratch puts are write-back puts whose writing is never synced: one
+/// flushed from the arena and one written through (larger than the
+/// write-back budget) add no fdatasync, where a write-back put's flush
+/// does; a graceful restart keeps all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_puts_reach_the_drive_without_a_sync_and_survive_a_graceful_restart() {
+    for engine in engines() {
+        let config = "[arena]\nsize = \"32MiB\"\nwrite_back_memory = \"4MiB\"";
+        let mut daemon = TestDaemon::start(engine, config).await;
+        let client = daemon.client(false).await;
+        let scratch = PutOptions {
+            durability: Durability::Scratch,
+            ..PutOptions::default()
+        };
+        let small = pattern(3 * MIB + 5, 11);
+        let large = pattern(6 * MIB + 1, 12);
+        client.put("job", "swap", small.clone(), scratch.clone()).await.unwrap();
+        assert!(
+            client.stat("job", "swap").await.unwrap().cache.dirty,
+            "{engine:?}: acknowledged from memory"
+        );
+        wait_for(&client, "the scratch flush", |a| a.dirty_bytes == 0).await;
+        client
+            .put("job", "through", large.clone(), scratch.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            arena(&client).await.write_back_puts,
+            1,
+            "{engine:?}: the large one was written through"
+        );
+        // A new version replaces the flushed one in place; the replaced
+        // file is removed after the flush, from tmp/ where it was swapped.
+        let small = pattern(3 * MIB + 5, 13);
+        client.put("job", "swap", small.clone(), scratch).await.unwrap();
+        wait_for(&client, "the second scratch flush", |a| a.dirty_bytes == 0).await;
+        let tmp = daemon.data_dir().join("tmp");
+        assert!(
+            shardd_tests::eventually(Duration::from_secs(10), || shardd_tests::files_under(&tmp).is_empty()).await,
+            "{engine:?}: the replaced file is removed: {:?}",
+            shardd_tests::files_under(&tmp)
+        );
+        let shards = shardd_tests::files_under(&daemon.data_dir().join("shards"));
+        assert_eq!(shards.len(), 2, "{engine:?}: one file per key: {shards:?}");
+        assert_eq!(syncs(&daemon).await, 0.0, "{engine:?}: scratch puts are not synced");
+        client.put("job", "wb", small.clone(), write_back()).await.unwrap();
+        wait_for(&client, "the write-back flush", |a| a.dirty_bytes == 0).await;
+        assert_eq!(syncs(&daemon).await, 1.0, "{engine:?}: a write-back flush is synced");
+        drop(client);
+        daemon.restart().await;
+        let client = daemon.client(false).await;
+        for (key, data) in [("swap", &small), ("through", &large), ("wb", &small)] {
+            let shard = client.fetch("job", key).await.unwrap();
+            assert!(shard.data == *data, "{engine:?}: {key} after the restart");
+        }
+        daemon.stop().await;
+    }
+}
+
 /// Loads and flushes either copy through the daemon's chunk buffers
 /// (`bounce_io = "on"`, the default where the arena has 4 KiB pages) or do
 /// O_DIRECT on the arena itself ("off"); both give back the bytes put.

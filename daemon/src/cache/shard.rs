@@ -41,6 +41,8 @@ pub struct CachedShard {
     /// Found not to match its CRC32C: never served again.
     corrupt: AtomicBool,
     write_back: Mutex<WriteBack>,
+    /// A scratch put's: written to the drive without syncing.
+    scratch: bool,
 }
 
 impl CachedShard {
@@ -55,7 +57,19 @@ impl CachedShard {
             prefetched: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             write_back: Mutex::new(write_back),
+            scratch: false,
         }
+    }
+
+    /// The same shard, put as scratch: its flush is not synced.
+    pub fn scratch(mut self, scratch: bool) -> CachedShard {
+        self.scratch = scratch;
+        self
+    }
+
+    /// Whether it was put as scratch.
+    pub fn is_scratch(&self) -> bool {
+        self.scratch
     }
 
     /// Bytes per chunk.

@@ -136,9 +136,9 @@ async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
         reserve(&cache, 2, 100_000),
     );
     let (meta, blocks) = shard(&cache, 3, &newer);
-    cache.install_dirty(meta, blocks, first).unwrap();
+    cache.install_dirty(meta, blocks, first, false).unwrap();
     let (meta, blocks) = shard(&cache, 2, &older);
-    let err = cache.install_dirty(meta, blocks, second).unwrap_err();
+    let err = cache.install_dirty(meta, blocks, second, false).unwrap_err();
     assert_eq!(err.status(), Status::VersionConflict);
     assert_eq!(err.current_version(), Some(3));
     assert!(resident(&cache) == (3, newer.clone()), "version 3 stays");
@@ -161,7 +161,7 @@ async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
         .expect("version 3 is flushed");
     cache.evict(&ns, std::slice::from_ref(&key), EvictMode::Demote).await;
     let (meta, blocks) = shard(&cache, 3, &older);
-    let err = cache.install_dirty(meta, blocks, last).unwrap_err();
+    let err = cache.install_dirty(meta, blocks, last, false).unwrap_err();
     assert_eq!(err.current_version(), Some(3));
     assert!(cache.try_hit(&ns, &key).is_none(), "nothing was installed");
 }
@@ -226,7 +226,9 @@ async fn a_write_back_copy_that_fails_its_checksum_is_lost_not_served_nor_flushe
     // Hold the only flush slot, so the copy is corrupted before its flush.
     let slot = cache.inner.flushes.acquire().await.unwrap();
     let (meta, blocks) = shard(&cache, 1, &pattern(150_000, 5));
-    cache.install_dirty(meta, blocks, reserve(&cache, 1, 150_000)).unwrap();
+    cache
+        .install_dirty(meta, blocks, reserve(&cache, 1, 150_000), false)
+        .unwrap();
     assert!(cache.corrupt_for_tests(&ns, &key, 7));
     let checked = cache.verify(&ns, &key, None).await;
     assert_eq!(checked.outcome, VerifyOutcome::Lost);
@@ -254,7 +256,9 @@ async fn a_flush_that_finds_the_copy_changed_stops_it_being_served() {
     let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
     let slot = cache.inner.flushes.acquire().await.unwrap();
     let (meta, blocks) = shard(&cache, 1, &pattern(150_000, 6));
-    cache.install_dirty(meta, blocks, reserve(&cache, 1, 150_000)).unwrap();
+    cache
+        .install_dirty(meta, blocks, reserve(&cache, 1, 150_000), false)
+        .unwrap();
     // Nobody reports it: the flush's own check finds it.
     assert!(cache.corrupt_for_tests(&ns, &key, 149_999));
     drop(slot);
@@ -276,9 +280,13 @@ async fn a_write_back_version_replaced_before_its_flush_is_never_written() {
     // The only flush slot is taken: version 1's flush waits its turn.
     let slot = cache.inner.flushes.acquire().await.unwrap();
     let (meta, blocks) = shard(&cache, 1, &pattern(150_000, 1));
-    cache.install_dirty(meta, blocks, reserve(&cache, 1, 150_000)).unwrap();
+    cache
+        .install_dirty(meta, blocks, reserve(&cache, 1, 150_000), false)
+        .unwrap();
     let (meta, blocks) = shard(&cache, 2, &pattern(150_000, 2));
-    cache.install_dirty(meta, blocks, reserve(&cache, 2, 150_000)).unwrap();
+    cache
+        .install_dirty(meta, blocks, reserve(&cache, 2, 150_000), false)
+        .unwrap();
     drop(slot);
     cache.finish_write_back(Duration::from_secs(10)).await;
     let status = cache.status();
@@ -313,7 +321,9 @@ async fn a_write_back_put_over_the_budget_is_let_in_when_a_flush_makes_room() {
     let len = 3 << 20;
     let slot = cache.inner.flushes.acquire().await.unwrap();
     let (meta, blocks) = shard(&cache, 1, &pattern(len, 1));
-    cache.install_dirty(meta, blocks, reserve(&cache, 1, len)).unwrap();
+    cache
+        .install_dirty(meta, blocks, reserve(&cache, 1, len), false)
+        .unwrap();
     // 3 MiB of the 4 MiB budget are not on the drive, and cannot get there yet.
     let short = Duration::from_millis(50);
     assert!(

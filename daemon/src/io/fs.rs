@@ -127,6 +127,35 @@ pub fn rename_replace(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)
 }
 
+/// Swaps the files at `from` and `to` atomically (`RENAME_EXCHANGE`): `to`
+/// then holds the new file and `from` the one it replaced, which the caller
+/// removes when it suits it (freeing a large file's blocks takes time).
+/// Where the file system cannot exchange, renames over `to` instead and
+/// returns `false` (nothing is left at `from`).
+pub fn rename_exchange(from: &Path, to: &Path) -> io::Result<bool> {
+    let c_from = c_path(from)?;
+    let c_to = c_path(to)?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
+        rename_replace(from, to)?;
+        return Ok(false);
+    }
+    Err(err)
+}
+
 /// fsyncs a directory, making created, renamed and removed entries durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

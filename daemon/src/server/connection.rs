@@ -419,11 +419,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         // Write-back: acknowledged once in the arena, if the arena can take
         // it. Over the write-back budget, the put waits for flushes to make
         // room (its payload waits in the socket meanwhile), up to io_timeout.
-        if let (Durability::WriteBack, Some(cache)) = (request.durability, &cache) {
+        // Scratch puts are write-back puts whose writing is never synced.
+        let scratch = request.durability == Durability::Scratch;
+        if let (Durability::WriteBack | Durability::Scratch, Some(cache)) = (request.durability, &cache) {
             if let Some(room) = cache.room_for_write_back(len, self.ctx.config.io_timeout).await {
                 if let Some(blocks) = cache.blocks_for_put(len) {
                     return self
-                        .take_write_back(id, spec, cache, blocks, room)
+                        .take_write_back(id, spec, cache, blocks, room, scratch)
                         .instrument(span)
                         .await;
                 }
@@ -440,6 +442,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 return Ok(());
             }
         };
+        if scratch {
+            writer.without_sync();
+        }
         // Arena blocks keep the shard cached after the put.
         let mut target = match cache.as_ref().and_then(|c| c.blocks_for_put(len)) {
             Some(blocks) => {
@@ -512,6 +517,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         cache: &Cache,
         blocks: Vec<AlignedBuf>,
         room: WriteBackRoom,
+        scratch: bool,
     ) -> Result<(), Closed> {
         let len = spec.len;
         let chunk_size = self.ctx.store.config().chunk_size as u64;
@@ -563,7 +569,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
-        let installed = cache.install_dirty(meta.clone(), chunks, reservation);
+        let installed = cache.install_dirty(meta.clone(), chunks, reservation, scratch);
         // Installed, the shard's bytes count as not on the drive yet.
         drop(room);
         if let Err(e) = installed {

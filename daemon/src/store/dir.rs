@@ -36,6 +36,9 @@ pub struct DataDir {
     pub bytes: AtomicU64,
     id_prefix: u64,
     id_counter: AtomicU64,
+    /// A scratch put was published here without syncing since the last
+    /// [`DataDir::sync_if_unsynced`].
+    unsynced: std::sync::atomic::AtomicBool,
     _lock: std::fs::File,
 }
 
@@ -60,6 +63,27 @@ impl FileId {
 }
 
 impl DataDir {
+    /// Notes that a file here was published without syncing (scratch).
+    pub fn mark_unsynced(&self) {
+        self.unsynced.store(true, Ordering::Release);
+    }
+
+    /// Syncs the file system of the directory (`syncfs`) if a scratch put
+    /// was published here without syncing; returns whether it did.
+    pub fn sync_if_unsynced(&self) -> io::Result<bool> {
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let dir = std::fs::File::open(&self.path)?;
+        // SAFETY: syncfs on a descriptor we own, open for the whole call.
+        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+        if rc != 0 {
+            self.unsynced.store(true, Ordering::Release);
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+
     /// Opens (creating it if needed) and locks a data directory. Refuses a
     /// non-empty directory that shardd did not create, and one locked by
     /// another daemon.
@@ -119,6 +143,7 @@ impl DataDir {
             bytes: AtomicU64::new(0),
             id_prefix: random_u64(),
             id_counter: AtomicU64::new(0),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -198,10 +223,11 @@ fn random_u64() -> u64 {
 }
 
 /// Creates each missing directory of `chain` (each the parent of the next)
-/// and fsyncs the parent of every directory it creates; returns the last.
-pub fn ensure_dirs(chain: &[PathBuf]) -> io::Result<PathBuf> {
+/// and, with `sync`, fsyncs the parent of every directory it creates;
+/// returns the last.
+pub fn ensure_dirs(chain: &[PathBuf], sync: bool) -> io::Result<PathBuf> {
     for pair in chain.windows(2) {
-        if fs::create_dir(&pair[1])? {
+        if fs::create_dir(&pair[1])? && sync {
             fs::sync_dir(&pair[0])?;
         }
     }

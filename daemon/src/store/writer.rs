@@ -55,6 +55,8 @@ pub struct ShardWriter {
     kept: Option<Vec<AlignedBuf>>,
     failed: Option<StoreError>,
     published: bool,
+    /// Whether commit syncs the file and its directory (false: scratch).
+    sync: bool,
 }
 
 /// A condition checked under the key's lock right before publishing.
@@ -127,6 +129,7 @@ impl ShardWriter {
             kept: None,
             failed: None,
             published: false,
+            sync: true,
         })
     }
 
@@ -156,6 +159,13 @@ impl ShardWriter {
             }
             self.wait_oldest().await?;
         }
+    }
+
+    /// Commits without `fdatasync` and without syncing the directory: the
+    /// put is scratch (see `Durability::Scratch`). The store remembers to
+    /// sync its file systems at a graceful stop.
+    pub fn without_sync(&mut self) {
+        self.sync = false;
     }
 
     /// Keeps the chunk buffers after they are written, for
@@ -306,13 +316,17 @@ impl ShardWriter {
         let written =
             written.map_err(|e| StoreError::io(format!("write header of {}", self.temp_path.display()), e))?;
         metrics.written(self.dir, written, submitted);
-        let sync = engine.sync_data(&self.file);
-        let submitted = sync.submitted();
-        sync.await
-            .result
-            .inspect_err(|_| metrics.error(self.dir, IoOp::Sync))
-            .map_err(|e| StoreError::io(format!("fdatasync {}", self.temp_path.display()), e))?;
-        metrics.synced(self.dir, submitted);
+        if self.sync {
+            let sync = engine.sync_data(&self.file);
+            let submitted = sync.submitted();
+            sync.await
+                .result
+                .inspect_err(|_| metrics.error(self.dir, IoOp::Sync))
+                .map_err(|e| StoreError::io(format!("fdatasync {}", self.temp_path.display()), e))?;
+            metrics.synced(self.dir, submitted);
+        } else {
+            self.store.inner.dirs[self.dir].mark_unsynced();
+        }
         self.publish(meta, condition).await
     }
 
@@ -342,18 +356,38 @@ impl ShardWriter {
         let final_path = dir.shard_path(&meta.namespace, file_id);
         let dirs_to_create = dir.shard_parent_chain(&meta.namespace, file_id);
         let replace = replace_in_place.is_some();
-        fs::blocking(move || {
-            let parent = dir::ensure_dirs(&dirs_to_create)?;
-            if replace {
-                fs::rename_replace(&temp, &final_path)?;
-            } else {
+        let sync = self.sync;
+        let swapped = fs::blocking(move || {
+            let parent = dir::ensure_dirs(&dirs_to_create, sync)?;
+            let swapped = if !replace {
                 fs::rename_noreplace(&temp, &final_path)?;
+                false
+            } else if sync {
+                fs::rename_replace(&temp, &final_path)?;
+                false
+            } else {
+                // Unsynced (scratch): the replaced file comes back at the
+                // temp path and is removed below, off this put's path.
+                fs::rename_exchange(&temp, &final_path)?
+            };
+            if sync {
+                fs::sync_dir(&parent)?;
             }
-            fs::sync_dir(&parent)
+            Ok(swapped)
         })
         .await
         .map_err(|e| StoreError::io(format!("publish {}/{}", meta.namespace, meta.key), e))?;
         self.published = true;
+        if swapped {
+            // Should this not happen before a crash, the start removes it
+            // with the rest of tmp/.
+            let replaced = self.temp_path.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = fs::remove_file(&replaced) {
+                    tracing::warn!(path = %replaced.display(), error = %e, "could not remove a replaced shard file");
+                }
+            });
+        }
 
         let entry = Arc::new(ShardEntry {
             meta: meta.clone(),
