@@ -50,7 +50,7 @@ import numpy as np
 from . import Client, _buffers
 from .errors import Error, NotFound
 
-__all__ = ["SwapHandle", "SwapFailed", "install", "uninstall", "DEFAULT_ENDPOINT"]
+__all__ = ["SwapHandle", "SwapFailed", "install", "uninstall", "learned_order", "DEFAULT_ENDPOINT"]
 
 DEFAULT_ENDPOINT = "unix://./shardd.sock"
 
@@ -200,6 +200,65 @@ class _Files:
 
 
 _FILES = _Files()
+
+
+class _StepOrder:
+    """Learns the order in which a rank reads its swap files, once it
+    repeats, and registers it with the daemon as the namespace's schedule:
+    the arena's schedule policy then evicts the file whose next read is
+    furthest away instead of the least recently used one, which a cyclic
+    order larger than the arena defeats (every read misses).
+
+    The order is the shortest tail of the reads submitted so far that
+    occurs twice in a row and holds every file read so far (a shorter
+    repetition early in a step is not taken for the step). Learned once
+    per namespace and process; recording stops after ``limit`` reads."""
+
+    def __init__(self, limit: int = 65536):
+        self.lock = threading.Lock()
+        self.limit = limit
+        self.reads: Dict[str, List[str]] = {}
+        self.seen: Dict[str, Dict[str, List[int]]] = {}
+        self.learned: Dict[str, List[str]] = {}
+
+    def read(self, namespace: str, key: str) -> Optional[List[str]]:
+        """Records a read; returns the order when this read completes it."""
+        with self.lock:
+            if namespace in self.learned:
+                return None
+            reads = self.reads.setdefault(namespace, [])
+            if len(reads) >= self.limit:
+                return None
+            seen = self.seen.setdefault(namespace, {})
+            earlier = seen.setdefault(key, [])
+            reads.append(key)
+            n = len(reads)
+            earlier.append(n - 1)
+            for previous in reversed(earlier[:-1]):
+                period = n - 1 - previous
+                if 2 * period > n:
+                    break
+                if reads[n - period :] == reads[n - 2 * period : n - period] and len(set(reads[n - period :])) == len(seen):
+                    order = reads[n - period :]
+                    self.learned[namespace] = order
+                    del self.reads[namespace], self.seen[namespace]
+                    return order
+            return None
+
+    def order(self, namespace: str) -> Optional[List[str]]:
+        """The order learned for ``namespace``, if any."""
+        with self.lock:
+            return self.learned.get(namespace)
+
+
+_STEP_ORDER = _StepOrder()
+
+
+def learned_order(namespace: str) -> Optional[List[str]]:
+    """The swap-in order of one step that this process learned for a rank's
+    namespace (``{namespace}.rank{rank}``) and registered with the daemon,
+    or None before it repeated."""
+    return _STEP_ORDER.order(namespace)
 
 
 class SwapHandle:
@@ -448,6 +507,12 @@ class SwapHandle:
                 return self._refuse(
                     "read", filename, f"file_offset + buffer nbytes > file bytes {file_offset + nbytes} > {length}"
                 )
+        order = _STEP_ORDER.read(*file)
+        if order is not None:
+            try:
+                self._client.set_schedule(self._namespace, order)
+            except Error as e:
+                warnings.warn(f"shardd: cannot register the swap order of {self._namespace}: {e}")
         return self._start("read", filename, file, lambda: self._read(file, buffer, file_offset, nbytes))
 
     def _read(self, file: Tuple[str, str], buffer: Any, file_offset: int, nbytes: int) -> None:

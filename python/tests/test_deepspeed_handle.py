@@ -8,6 +8,7 @@ same results, the one through the daemon and the other through files."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -293,3 +294,34 @@ def test_keys_and_namespaces_of_swap_files():
     assert sdd.rank_namespace("job42", 3) == "job42.rank3"
     with pytest.raises(ValueError):
         sdd.rank_namespace("j" * 60, 0)
+
+
+def test_the_handle_learns_the_step_order_so_the_arena_keeps_what_is_read_next(daemon, tmp_path):
+    # Three 48 MiB swap files read in a cycle through a 128 MiB arena: least
+    # recently used eviction misses every read; once the handle has seen the
+    # order twice it registers it, and the arena keeps the file read soonest.
+    mib = 1 << 20
+    with shardd.Client(daemon.unix) as client:
+        h = sdd.SwapHandle(client=client, namespace="cyclic.rank0", root=str(tmp_path))
+        files = [str(tmp_path / f"{i}_param.tensor.swp") for i in range(3)]
+        buf = torch.zeros(48 * mib, dtype=torch.uint8)
+        for i, path in enumerate(files):
+            buf.fill_(i + 1)
+            assert h.sync_pwrite(buf, path) == 1
+        deadline = time.monotonic() + 30
+        while client.status()["arena"]["dirty_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def a_round() -> int:
+            hits = client.status()["arena"]["hits"]
+            for i, path in enumerate(files):
+                assert h.sync_pread(buf, path) == 1
+                assert int(buf[0]) == int(buf[-1]) == i + 1
+            return client.status()["arena"]["hits"] - hits
+
+        before = [a_round(), a_round()]
+        assert sdd.learned_order("cyclic.rank0") == [f"{i}_param.tensor.swp" for i in range(3)]
+        after = [a_round() for _ in range(4)]
+        assert before[1] == 0, f"least recently used eviction misses a cycle larger than the arena: {before}"
+        assert all(hits >= 1 for hits in after), f"hits per round with the learned order: {after}"
+        h.close()
