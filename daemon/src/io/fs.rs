@@ -95,31 +95,32 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
+/// `renameat2(from, to, flags)`: `Ok(true)` once done, `Ok(false)` where
+/// the file system or kernel does not support `flags` (EINVAL, ENOSYS).
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<bool> {
+    let c_from = c_path(from)?;
+    let c_to = c_path(to)?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), flags) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Renames `from` to `to` unless `to` exists (then `AlreadyExists`).
 /// Uses `renameat2(RENAME_NOREPLACE)`, or link + unlink where the file
 /// system lacks it; both are atomic.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c_from = c_path(from)?;
-    let c_to = c_path(to)?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
+    if renameat2(from, to, libc::RENAME_NOREPLACE)? {
         return Ok(());
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
-        std::fs::hard_link(from, to)?;
-        return std::fs::remove_file(from);
-    }
-    Err(err)
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 /// Renames `from` over `to` atomically (replacing it).
@@ -133,27 +134,11 @@ pub fn rename_replace(from: &Path, to: &Path) -> io::Result<()> {
 /// Where the file system cannot exchange, renames over `to` instead and
 /// returns `false` (nothing is left at `from`).
 pub fn rename_exchange(from: &Path, to: &Path) -> io::Result<bool> {
-    let c_from = c_path(from)?;
-    let c_to = c_path(to)?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
+    if renameat2(from, to, libc::RENAME_EXCHANGE)? {
         return Ok(true);
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
-        rename_replace(from, to)?;
-        return Ok(false);
-    }
-    Err(err)
+    rename_replace(from, to)?;
+    Ok(false)
 }
 
 /// fsyncs a directory, making created, renamed and removed entries durable.

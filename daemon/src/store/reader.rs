@@ -148,6 +148,16 @@ enum Buffers {
     },
 }
 
+/// A pool buffer under `scope`: waiting for budget if `wait`, else only
+/// if there is budget now.
+async fn pool_buffer(pool: &super::Buffers, scope: &BufferScope, size: usize, wait: bool) -> Option<AlignedBuf> {
+    if wait {
+        Some(pool.take(scope, size).await)
+    } else {
+        pool.try_take(scope, size)
+    }
+}
+
 /// Verified chunks of a byte range, in order.
 #[derive(Debug)]
 pub struct ChunkStream {
@@ -203,30 +213,24 @@ impl ChunkStream {
         let chunk_size = layout.chunk_size as usize;
         while self.next <= self.last && self.in_flight.len() < depth {
             let pool = self.reader.store.buffers();
+            // Waits for budget only when nothing is in flight (see above).
+            let wait = self.in_flight.is_empty();
             let (buf, block) = match &mut self.buffers {
                 Buffers::Given(given) => match given.pop_front() {
                     Some(buf) => (buf, None),
                     None => break,
                 },
-                Buffers::Pool(scope) if self.in_flight.is_empty() => (pool.take(scope, chunk_size).await, None),
-                Buffers::Pool(scope) => match pool.try_take(scope, chunk_size) {
+                Buffers::Pool(scope) => match pool_buffer(pool, scope, chunk_size, wait).await {
                     Some(buf) => (buf, None),
                     None => break,
                 },
-                Buffers::Bounced { blocks, scope } => {
-                    if blocks.is_empty() {
-                        break;
+                Buffers::Bounced { blocks, scope } if !blocks.is_empty() => {
+                    match pool_buffer(pool, scope, chunk_size, wait).await {
+                        Some(buf) => (buf, blocks.pop_front()),
+                        None => break,
                     }
-                    let buf = if self.in_flight.is_empty() {
-                        pool.take(scope, chunk_size).await
-                    } else {
-                        match pool.try_take(scope, chunk_size) {
-                            Some(buf) => buf,
-                            None => break,
-                        }
-                    };
-                    (buf, blocks.pop_front())
                 }
+                Buffers::Bounced { .. } => break,
             };
             let index = self.next;
             let chunk_len = layout.chunk_len(index, self.reader.entry.meta.len);
