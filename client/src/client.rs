@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
@@ -22,6 +23,29 @@ use crate::{ClientError, Endpoint, ShardView};
 
 /// Send buffer asked for on Unix-socket connections.
 const UNIX_SEND_BUFFER: usize = 4 << 20;
+
+/// A fetch into a caller's buffer of a shard not in the arena copies it out
+/// of the arena as it loads when it has at least this many bytes (smaller
+/// ones come over the socket, one round trip sooner).
+const FOLLOW_MIN: u64 = 4 << 20;
+
+/// The piece of a loading shard each view of such a fetch asks for.
+const FOLLOW_PIECE: u64 = 8 << 20;
+
+/// Views of those pieces asked for at once.
+const FOLLOW_AHEAD: usize = 8;
+
+/// How a view is asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// Of a shard in the arena now, else `busy` at once.
+    IfResident,
+    /// Loading the shard into the arena first if needed.
+    Load,
+    /// Like `Load`, a further piece of one fetch: the daemon counts the
+    /// fetch once.
+    Continue,
+}
 
 /// How long [`Client::return_leases`] waits for the daemon.
 pub const RETURN_LEASES_WAIT: Duration = Duration::from_secs(1);
@@ -51,8 +75,9 @@ pub struct ClientOptions {
     pub client_name: String,
     /// Over a Unix socket, map the daemon's arena to read fetches in place
     /// (zero copy): `fetch_into` then copies a resident shard once, from the
-    /// arena into the caller's buffer (one not yet resident comes over the
-    /// socket while it loads), and `fetch_view` reads without any copy.
+    /// arena into the caller's buffer (one not yet resident is copied out
+    /// of the arena piece by piece as it loads, or, under 4 MiB, comes over
+    /// the socket while it loads), and `fetch_view` reads without any copy.
     pub zero_copy: bool,
 }
 
@@ -343,7 +368,7 @@ impl Client {
             max_len: Some(self.options.max_fetch_alloc),
         };
         if self.arena.is_some() {
-            match self.view(request.clone(), true).await {
+            match self.view(request.clone(), View::IfResident).await {
                 Ok(view) => {
                     let mut data = vec![0u8; view.len() as usize];
                     let crc = view.copy_to(&mut data, verify && self.options.verify_views)?;
@@ -423,7 +448,7 @@ impl Client {
         let verify = range.is_none() && self.options.verify_checksums;
         if self.arena.is_some() {
             // Read in place from the arena; the one copy goes into `buf`.
-            match self.view(request.clone(), true).await {
+            match self.view(request.clone(), View::IfResident).await {
                 Ok(view) => {
                     let crc = view.copy_to(buf.as_mut(), verify && self.options.verify_views);
                     let result = crc.and_then(|crc| check_crc(view.meta(), crc)).map(|()| FetchInfo {
@@ -433,9 +458,19 @@ impl Client {
                     });
                     return (buf, result);
                 }
-                // Not in the arena now: read it over the socket (which follows
-                // the load into the arena, chunk by chunk).
-                Err(e) if view_unavailable(&e) => {}
+                // Not in the arena now: copy it out of the arena as it loads,
+                // or else read it over the socket (which also follows the
+                // load, chunk by chunk, at the cost of a second copy).
+                Err(e) if view_unavailable(&e) => {
+                    match self
+                        .follow_load(&request, buf.as_mut(), verify && self.options.verify_views)
+                        .await
+                    {
+                        Ok(Some(info)) => return (buf, Ok(info)),
+                        Ok(None) => {}
+                        Err(e) => return (buf, Err(e)),
+                    }
+                }
                 Err(e) => return (buf, Err(e)),
             }
         }
@@ -477,6 +512,93 @@ impl Client {
         (buf, result)
     }
 
+    /// Copies a shard (or the range `request` names) that is not in the
+    /// arena out of it while it loads: views of successive pieces are asked
+    /// for several at once and each is answered as soon as its chunks are
+    /// read and verified, so copying the first pieces overlaps reading the
+    /// rest, and the bytes are copied once (the socket would copy them
+    /// twice). `None`, with `dest` holding unspecified bytes, when the
+    /// arena cannot place the shard now, when its version changed between
+    /// pieces, or when it is too small for this to pay: the caller then
+    /// reads it over the socket.
+    async fn follow_load(
+        &self,
+        request: &FetchRequest,
+        dest: &mut [u8],
+        checksum: bool,
+    ) -> Result<Option<FetchInfo>, ClientError> {
+        let capacity = dest.len() as u64;
+        let part = |offset: u64, len: u64| FetchRequest {
+            range: Some(ByteRange { offset, len }),
+            ..request.clone()
+        };
+        // The first request starts the load and is the one the daemon
+        // counts as the fetch's miss: the first piece of a range, or for a
+        // whole shard an empty view that tells its length.
+        let first = match request.range {
+            Some(range) if range.len >= FOLLOW_MIN && range.len <= capacity => {
+                part(range.offset, FOLLOW_PIECE.min(range.len))
+            }
+            None if capacity >= FOLLOW_MIN => part(0, 0),
+            _ => return Ok(None),
+        };
+        let first = match self.view(first, View::Load).await {
+            Ok(first) => first,
+            Err(e) if view_unavailable(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = first.meta().clone();
+        let (start, len) = match request.range {
+            Some(range) => (range.offset, range.len),
+            None if meta.len <= capacity => (0, meta.len),
+            None => return Ok(None),
+        };
+        let mut crc = first.copy_appending(dest, checksum.then_some(0))?;
+        let mut at = first.len();
+        drop(first);
+        let rest = (at..len).step_by(FOLLOW_PIECE as usize).map(|at| {
+            let piece = part(start + at, FOLLOW_PIECE.min(len - at));
+            self.view(piece, View::Continue)
+        });
+        let mut answers = futures_util::stream::iter(rest).buffered(FOLLOW_AHEAD);
+        let mut outcome = Ok(true);
+        // Every answer is awaited, even after a failure, so that no lease
+        // is left unclaimed in the daemon.
+        while let Some(answer) = answers.next().await {
+            if !matches!(outcome, Ok(true)) {
+                continue;
+            }
+            let copied = answer.and_then(|view| {
+                if view.meta().version != meta.version {
+                    return Ok(None);
+                }
+                let next = view.copy_appending(&mut dest[at as usize..], crc)?;
+                Ok(Some((next, view.len())))
+            });
+            outcome = match copied {
+                Ok(Some((next, len))) => {
+                    crc = next;
+                    at += len;
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) if view_unavailable(&e) => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        if !outcome? {
+            return Ok(None);
+        }
+        if request.range.is_none() {
+            check_crc(&meta, crc)?;
+        }
+        Ok(Some(FetchInfo {
+            meta,
+            offset: start,
+            len,
+        }))
+    }
+
     /// Metadata of a shard, and its state in the daemon's arena.
     pub async fn stat(&self, namespace: &str, key: &str) -> Result<StatResponse, ClientError> {
         let (namespace, key) = names(namespace, key)?;
@@ -512,19 +634,19 @@ impl Client {
             range,
             max_len: None,
         };
-        self.view(request, false).await
+        self.view(request, View::Load).await
     }
 
-    /// A view of `request`; with `if_resident`, only of a shard in the
-    /// arena now (else `busy` at once).
-    async fn view(&self, request: FetchRequest, if_resident: bool) -> Result<ShardView, ClientError> {
+    /// A view of `request`, asked for as `how` says.
+    async fn view(&self, request: FetchRequest, how: View) -> Result<ShardView, ClientError> {
         let Some(arena) = &self.arena else {
             return Err(ClientError::ZeroCopyUnavailable);
         };
         let request = ViewRequest {
             fetch: request,
             release: self.conn.take_releases(),
-            if_resident,
+            if_resident: how == View::IfResident,
+            continued: how == View::Continue,
         };
         let answer: ViewResponse = self.call(Opcode::FetchView, Some(&request)).await?;
         let lease = answer.lease;

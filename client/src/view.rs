@@ -134,19 +134,24 @@ impl ShardView {
     /// # Panics
     /// If `dest` is shorter than the view.
     pub fn copy_to(&self, dest: &mut [u8], checksum: bool) -> Result<Option<u32>, ClientError> {
+        self.copy_appending(dest, checksum.then_some(0))
+    }
+
+    /// [`Self::copy_to`], carrying on the CRC32C `crc` of bytes that came
+    /// before (for a shard copied out of several views in order).
+    pub(crate) fn copy_appending(&self, dest: &mut [u8], mut crc: Option<u32>) -> Result<Option<u32>, ClientError> {
         assert!(dest.len() as u64 >= self.len, "destination too small");
         let mut at = 0;
-        let mut crc = 0u32;
         for piece in self.pieces()? {
             // Checksum each piece right after copying it, while it is in cache.
             dest[at..at + piece.len()].copy_from_slice(piece);
-            if checksum {
-                crc = crc32c::crc32c_append(crc, &dest[at..at + piece.len()]);
+            if let Some(crc) = crc.as_mut() {
+                *crc = crc32c::crc32c_append(*crc, &dest[at..at + piece.len()]);
             }
             at += piece.len();
         }
         self.check()?;
-        Ok(checksum.then_some(crc))
+        Ok(crc)
     }
 
     /// The bytes in a new vector.

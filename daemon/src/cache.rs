@@ -5,11 +5,15 @@
 //!   it; concurrent fetches of the same shard, and a fetch of a shard being
 //!   prefetched, share that one load. A fetch over the socket follows the
 //!   load ([`Cache::fetch_following`]), sending each chunk once it is read
-//!   and verified.
+//!   and verified; a view of a range answers once its chunks are in. A
+//!   client copying a large cold shard out of the arena asks for views of
+//!   its pieces, counted as one fetch ([`Access`]).
 //! * A put can keep its bytes in the arena after writing them (durable), or
 //!   be acknowledged once they are in the arena and flushed in the
 //!   background (write-back); a failed flush is reported by later stats and
-//!   fetches of the shard and counted.
+//!   fetches of the shard and counted. Write-back bytes not on the drive
+//!   are bounded by a budget; a scratch shard's flush gives its room back
+//!   chunk by chunk as it writes.
 //! * Under memory pressure the policy ([`policy`]) picks shards to evict.
 //!   Shards under a lease (being sent, or mapped by a local client) and
 //!   dirty shards are never evicted, and a shard's memory is only reused
@@ -222,6 +226,19 @@ struct Progress {
     result: Option<LoadResult>,
 }
 
+/// Whether a request is a use of a shard of its own, or a further piece of
+/// one whose first piece was counted already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Counted as a hit or a miss, and a use of the shard by the eviction
+    /// policy.
+    Fetch,
+    /// Not counted again, nor another use by the eviction policy: the
+    /// fetch's first request was (a drive read a later piece has to start
+    /// shows in the loads).
+    Continued,
+}
+
 /// What [`Cache::fetch_following`] gets.
 #[derive(Debug)]
 pub enum Followed {
@@ -317,9 +334,13 @@ enum Slot {
 struct State {
     entries: IdMap<Slot>,
     policy: Policy,
+    /// Bytes of write-back shards not flushed yet (not all on the drive).
     dirty_bytes: u64,
+    /// What counts against the write-back budget: the same bytes, less
+    /// those of scratch shards their flushes have written already.
+    unwritten_bytes: u64,
     /// Write-back bytes admitted (a [`WriteBackRoom`] held) and not yet
-    /// installed: counted against the budget with `dirty_bytes`.
+    /// installed: counted against the budget with `unwritten_bytes`.
     admitted_bytes: u64,
 }
 
@@ -393,6 +414,7 @@ impl Cache {
                     entries: IdMap::default(),
                     policy: Policy::new(config.policy),
                     dirty_bytes: 0,
+                    unwritten_bytes: 0,
                     admitted_bytes: 0,
                 }),
                 stats: Stats::default(),
@@ -422,7 +444,7 @@ impl Cache {
 
     /// The shard for a fetch if it is resident now: `None` when it is not
     /// (the caller then uses [`Cache::fetch`], which loads it). Never waits.
-    pub fn try_hit(&self, namespace: &Namespace, key: &Key) -> Option<Result<Lease, StoreError>> {
+    pub fn try_hit(&self, namespace: &Namespace, key: &Key, access: Access) -> Option<Result<Lease, StoreError>> {
         let id = ShardRef(namespace, key);
         let mut state = self.state();
         let Some(Slot::Ready(shard)) = state.entries.get(&id) else {
@@ -432,9 +454,11 @@ impl Cache {
             return Some(Err(flush_failed(&shard.meta, status, &reason)));
         }
         let lease = Lease::new(shard.clone());
-        state.policy.accessed(id);
-        drop(state);
-        self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        if access == Access::Fetch {
+            state.policy.accessed(id);
+            drop(state);
+            self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        }
         lease.take_prefetched();
         Some(Ok(lease))
     }
@@ -442,7 +466,7 @@ impl Cache {
     /// The shard for a fetch: resident (loading it first on a miss), or to
     /// be read from the drive directly.
     pub async fn fetch(&self, namespace: &Namespace, key: &Key) -> Result<Lookup, StoreError> {
-        let (id, loading) = match self.begin_fetch(namespace, key)? {
+        let (id, loading) = match self.begin_fetch(namespace, key, Access::Fetch)? {
             Begin::Hit(lease) => return Ok(Lookup::Resident(lease)),
             Begin::Join(loading) => (None, loading),
             Begin::Load(id, loading) => (Some(id), loading),
@@ -464,8 +488,8 @@ impl Cache {
     /// Like [`Cache::fetch`], but on a miss returns at once with the load to
     /// follow, so that the caller can send each chunk as soon as it is read
     /// instead of after the whole shard.
-    pub fn fetch_following(&self, namespace: &Namespace, key: &Key) -> Result<Followed, StoreError> {
-        let loading = match self.begin_fetch(namespace, key)? {
+    pub fn fetch_following(&self, namespace: &Namespace, key: &Key, access: Access) -> Result<Followed, StoreError> {
+        let loading = match self.begin_fetch(namespace, key, access)? {
             Begin::Hit(lease) => return Ok(Followed::Resident(lease)),
             Begin::Join(loading) => loading,
             Begin::Load(id, loading) => {
@@ -482,35 +506,42 @@ impl Cache {
     }
 
     /// A hit, a load to join, or a new load to run (already in the map).
-    fn begin_fetch(&self, namespace: &Namespace, key: &Key) -> Result<Begin, StoreError> {
-        if let Some(hit) = self.try_hit(namespace, key) {
+    fn begin_fetch(&self, namespace: &Namespace, key: &Key, access: Access) -> Result<Begin, StoreError> {
+        if let Some(hit) = self.try_hit(namespace, key, access) {
             return hit.map(Begin::Hit);
         }
         let id: ShardId = (namespace.clone(), key.clone());
         let stats = &self.inner.stats;
+        let counted = access == Access::Fetch;
         let mut state = self.state();
-        state.policy.accessed((&id).into());
+        if counted {
+            state.policy.accessed((&id).into());
+        }
         match state.entries.get(&id) {
             // Became resident just now.
             Some(Slot::Ready(shard)) => {
                 if let WriteBack::Failed { status, reason } = shard.write_back() {
                     return Err(flush_failed(&shard.meta, status, &reason));
                 }
-                stats.hits.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    stats.hits.fetch_add(1, Ordering::Relaxed);
+                }
                 shard.take_prefetched();
                 Ok(Begin::Hit(Lease::new(shard.clone())))
             }
             Some(Slot::Loading(loading)) => {
-                if loading.by_prefetch {
-                    stats.prefetch_late.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.misses.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    let late = loading.by_prefetch;
+                    let counter = if late { &stats.prefetch_late } else { &stats.misses };
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
                 loading.joined.store(true, Ordering::Relaxed);
                 Ok(Begin::Join(loading.clone()))
             }
             None => {
-                stats.misses.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    stats.misses.fetch_add(1, Ordering::Relaxed);
+                }
                 let loading = Loading::new(false);
                 state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
                 Ok(Begin::Load(id, loading))
@@ -684,9 +715,7 @@ impl Cache {
         let old = state.entries.insert(id.clone(), Slot::Ready(shard));
         state.policy.inserted(id);
         if let Some(Slot::Ready(old)) = &old {
-            if !old.is_clean() {
-                self.undirty(state, old.meta.len);
-            }
+            self.undirty(state, old);
         }
         Ok(())
     }
@@ -699,9 +728,7 @@ impl Cache {
         state.policy.removed(&id);
         match state.entries.remove(&id) {
             Some(Slot::Ready(shard)) => {
-                if !shard.is_clean() {
-                    self.undirty(&mut state, shard.meta.len);
-                }
+                self.undirty(&mut state, &shard);
                 Some(shard)
             }
             _ => None,
@@ -726,9 +753,7 @@ impl Cache {
             state.policy.removed(&id);
             let removed = state.entries.remove(&id);
             if let Some(Slot::Ready(shard)) = &removed {
-                if !shard.is_clean() {
-                    self.undirty(&mut state, shard.meta.len);
-                }
+                self.undirty(&mut state, shard);
             }
             removed
         };
@@ -769,7 +794,7 @@ impl Cache {
             freed.as_mut().enable();
             {
                 let mut state = self.state();
-                if state.dirty_bytes + state.admitted_bytes + len <= budget {
+                if state.unwritten_bytes + state.admitted_bytes + len <= budget {
                     state.admitted_bytes += len;
                     return Some(WriteBackRoom {
                         cache: self.clone(),
@@ -784,12 +809,32 @@ impl Cache {
         }
     }
 
-    /// Takes `len` bytes off the count of write-back bytes not yet on the
-    /// drive (flushed, replaced or forgotten) and wakes puts waiting for
-    /// that room.
-    fn undirty(&self, state: &mut State, len: u64) {
-        state.dirty_bytes = state.dirty_bytes.saturating_sub(len);
-        self.inner.write_back_room.notify_waiters();
+    /// Takes `shard` off the write-back bytes not yet on the drive (it was
+    /// flushed, replaced or forgotten), gives back the room it still held
+    /// in the budget and wakes puts waiting for room. A shard counts once:
+    /// a second call takes nothing.
+    fn undirty(&self, state: &mut State, shard: &CachedShard) {
+        if shard.undirty() {
+            state.dirty_bytes = state.dirty_bytes.saturating_sub(shard.meta.len);
+        }
+        let len = shard.unbudget(u64::MAX);
+        if len > 0 {
+            state.unwritten_bytes = state.unwritten_bytes.saturating_sub(len);
+            self.inner.write_back_room.notify_waiters();
+        }
+    }
+
+    /// Gives back the room of `len` bytes of scratch `shard` its flush has
+    /// written, so that a put waiting for room starts while the rest is
+    /// written.
+    fn undirty_written(&self, shard: &CachedShard, len: u64) {
+        let len = shard.unbudget(len);
+        if len > 0 {
+            let mut state = self.state();
+            state.unwritten_bytes = state.unwritten_bytes.saturating_sub(len);
+            drop(state);
+            self.inner.write_back_room.notify_waiters();
+        }
     }
 
     /// Installs a write-back shard (its bytes only in the arena) and starts
@@ -830,6 +875,7 @@ impl Cache {
                 });
             }
             state.dirty_bytes += shard.meta.len;
+            state.unwritten_bytes += shard.meta.len;
         }
         self.inner.stats.write_back_puts.fetch_add(1, Ordering::Relaxed);
         let cache = self.clone();
@@ -894,9 +940,7 @@ impl Cache {
         match result {
             Ok(Some(_)) => {
                 shard.set_write_back(WriteBack::Clean);
-                if current {
-                    self.undirty(&mut self.state(), meta.len);
-                }
+                self.undirty(&mut self.state(), &shard);
                 // Found corrupt after its bytes were written (and checked): the
                 // drive has the good copy.
                 if shard.is_corrupt() {
@@ -1057,6 +1101,12 @@ impl Cache {
                     writer.write_shared_chunk(slice).await?;
                 }
             }
+            if shard.is_scratch() {
+                // Handed to the drive (the writer keeps a few chunks in
+                // flight), and never to be synced: as far as a scratch
+                // shard's bytes go, so its room goes to the next put.
+                self.undirty_written(shard, shard.chunk_len(i) as u64);
+            }
         }
         let cache = self.clone();
         let this = shard.clone();
@@ -1158,7 +1208,7 @@ impl Cache {
             match self.write_out(&shard).await {
                 Ok(Some(_)) => {
                     shard.set_write_back(WriteBack::Clean);
-                    self.undirty(&mut self.state(), shard.meta.len);
+                    self.undirty(&mut self.state(), &shard);
                 }
                 Ok(None) => return Demoted::NotResident,
                 // A concurrent background flush may have published it already.

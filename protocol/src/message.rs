@@ -441,6 +441,11 @@ pub struct ViewRequest {
     /// (for a copying fetch, which then reads it over the socket while it
     /// loads, rather than waiting for the whole load).
     pub if_resident: bool,
+    /// A further piece of one fetch that asked for its first piece already
+    /// (a client copying a large shard out of the arena as it loads): not
+    /// counted again as a hit or a miss, nor as another use of the shard by
+    /// the eviction policy.
+    pub continued: bool,
 }
 
 /// Answer to a zero-copy fetch.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shardd_client::{Client, ClientError, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions, Status};
 use shardd_protocol::{ArenaStatus, Key};
-use shardd_tests::{TestDaemon, engines, pattern};
+use shardd_tests::{TestDaemon, engines, http_get, pattern, sample};
 use tokio::task::JoinSet;
 
 const MIB: usize = 1 << 20;
@@ -154,6 +154,93 @@ async fn a_shard_larger_than_the_arena_is_streamed_from_the_drive() {
         assert_eq!(info.unwrap().len, data.len() as u64);
         assert!(buf[..data.len()] == data[..]);
         assert!(arena(&client).await.bypassed >= 2);
+        daemon.stop().await;
+    }
+}
+
+/// Bytes the daemon sent over its Unix socket.
+async fn unix_bytes_out(daemon: &TestDaemon) -> f64 {
+    let (_, text) = http_get(&format!("{}/metrics", daemon.http_url())).await;
+    sample(
+        &text,
+        r#"shardd_transport_bytes_total{direction="out",transport="unix"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+/// A fetch into the caller's buffer of a large shard that is not in the
+/// arena copies it out of the arena while it loads (one read of the
+/// drive, nothing on the socket); a small one comes over the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_fetch_into_a_buffer_is_copied_out_of_the_arena_as_it_loads() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"64MiB\"").await;
+        let client = daemon.client(false).await;
+        assert!(client.zero_copy());
+        let data = pattern(24 * MIB + 7, 8);
+        client
+            .put("job", "big", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        client
+            .put("job", "small", data[..MIB].to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+        client.evict("job", &["big", "small"], EvictMode::Demote).await.unwrap();
+
+        let (buf, info) = client.fetch_into("job", "big", None, vec![0u8; 25 * MIB]).await;
+        let info = info.unwrap();
+        assert_eq!(
+            (info.offset, info.len, info.meta.len),
+            (0, data.len() as u64, data.len() as u64)
+        );
+        assert!(buf[..data.len()] == data[..], "{engine:?}");
+        assert_eq!(
+            unix_bytes_out(&daemon).await,
+            0.0,
+            "{engine:?}: the bytes came through the arena"
+        );
+        let status = arena(&client).await;
+        // One fetch, however many pieces it was asked for in.
+        assert_eq!(
+            (status.loads, status.misses, status.hits),
+            (1, 1, 0),
+            "{engine:?}: {status:?}"
+        );
+
+        // A range, across chunks and pieces, of the shard cold again.
+        client.evict("job", &["big"], EvictMode::Demote).await.unwrap();
+        let range = shardd_client::ByteRange {
+            offset: 3 * MIB as u64 + 5,
+            len: 17 * MIB as u64 + 3,
+        };
+        let (buf, info) = client.fetch_into("job", "big", Some(range), vec![0u8; 18 * MIB]).await;
+        let info = info.unwrap();
+        assert_eq!((info.offset, info.len), (range.offset, range.len));
+        let expected = &data[range.offset as usize..(range.offset + range.len) as usize];
+        assert!(buf[..expected.len()] == *expected, "{engine:?}");
+        assert_eq!(unix_bytes_out(&daemon).await, 0.0, "{engine:?}");
+        let status = arena(&client).await;
+        assert_eq!(
+            (status.loads, status.misses, status.hits),
+            (2, 2, 0),
+            "{engine:?}: {status:?}"
+        );
+
+        // A buffer too small is refused with the size needed, and a small
+        // cold shard comes over the socket as it loads.
+        client.evict("job", &["big"], EvictMode::Demote).await.unwrap();
+        let (_, info) = client.fetch_into("job", "big", None, vec![0u8; 20 * MIB]).await;
+        match info {
+            Err(ClientError::BufferTooSmall { needed, capacity }) => {
+                assert_eq!((needed, capacity), (data.len() as u64, 20 * MIB as u64))
+            }
+            other => panic!("{engine:?}: {other:?}"),
+        }
+        let (buf, info) = client.fetch_into("job", "small", None, vec![0u8; MIB]).await;
+        assert_eq!(info.unwrap().len, MIB as u64);
+        assert!(buf[..] == data[..MIB]);
+        assert_eq!(unix_bytes_out(&daemon).await, MIB as f64, "{engine:?}");
         daemon.stop().await;
     }
 }
@@ -582,6 +669,7 @@ async fn a_client_that_dies_gives_its_leases_back() {
         },
         release: vec![],
         if_resident: true,
+        continued: false,
     };
     assert_eq!(
         send(&mut raw, Opcode::FetchView, 9, codec::encode(&view).unwrap()).await,
@@ -600,6 +688,7 @@ async fn a_client_that_dies_gives_its_leases_back() {
             fetch,
             release: vec![],
             if_resident: false,
+            continued: false,
         };
         assert_eq!(
             send(&mut raw, Opcode::FetchView, id, codec::encode(&view).unwrap()).await,

@@ -41,6 +41,13 @@ pub struct CachedShard {
     /// Found not to match its CRC32C: never served again.
     corrupt: AtomicBool,
     write_back: Mutex<WriteBack>,
+    /// Counted in the arena's bytes not yet on the drive (a dirty shard,
+    /// until it is flushed, replaced or forgotten).
+    counted_dirty: AtomicBool,
+    /// Bytes it still counts against the write-back budget: all of a dirty
+    /// shard's at first, given back when it is flushed, replaced or
+    /// forgotten (a scratch shard's as its flush writes them).
+    budgeted: AtomicU64,
     /// A scratch put's: written to the drive without syncing.
     scratch: bool,
 }
@@ -49,6 +56,8 @@ impl CachedShard {
     /// A shard whose chunk `i` holds bytes `i * chunk_size ..` of the shard.
     pub fn new(meta: ShardMeta, chunk_size: u32, chunks: Vec<Arc<AlignedBuf>>, write_back: WriteBack) -> CachedShard {
         debug_assert_eq!(chunks.len() as u64, meta.len.div_ceil(chunk_size as u64));
+        let dirty = write_back == WriteBack::Dirty;
+        let budgeted = AtomicU64::new(if dirty { meta.len } else { 0 });
         CachedShard {
             meta,
             chunk_size,
@@ -57,8 +66,26 @@ impl CachedShard {
             prefetched: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             write_back: Mutex::new(write_back),
+            counted_dirty: AtomicBool::new(dirty),
+            budgeted,
             scratch: false,
         }
+    }
+
+    /// Stops counting it as not yet on the drive; whether it was counted.
+    pub fn undirty(&self) -> bool {
+        self.counted_dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Takes up to `len` bytes off what it counts against the write-back
+    /// budget; returns how many it took (none once all are given back).
+    pub fn unbudget(&self, len: u64) -> u64 {
+        let mut taken = 0;
+        let _ = self.budgeted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            taken = left.min(len);
+            Some(left - taken)
+        });
+        taken
     }
 
     /// The same shard, put as scratch: its flush is not synced.

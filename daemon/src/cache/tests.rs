@@ -117,7 +117,7 @@ fn shard(cache: &Cache, version: u64, data: &[u8]) -> (ShardMeta, Vec<AlignedBuf
 
 fn resident(cache: &Cache) -> (u64, Vec<u8>) {
     let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
-    let lease = cache.try_hit(&ns, &key).expect("resident").unwrap();
+    let lease = cache.try_hit(&ns, &key, Access::Fetch).expect("resident").unwrap();
     let bytes = lease.chunks().iter().flat_map(|c| c.as_slice().to_vec()).collect();
     (lease.meta.version, bytes)
 }
@@ -163,7 +163,10 @@ async fn an_older_version_never_replaces_a_newer_one_in_the_arena() {
     let (meta, blocks) = shard(&cache, 3, &older);
     let err = cache.install_dirty(meta, blocks, last, false).unwrap_err();
     assert_eq!(err.current_version(), Some(3));
-    assert!(cache.try_hit(&ns, &key).is_none(), "nothing was installed");
+    assert!(
+        cache.try_hit(&ns, &key, Access::Fetch).is_none(),
+        "nothing was installed"
+    );
 }
 
 /// Writes `data` to the drive as job/`key`, as a durable put does.
@@ -210,7 +213,10 @@ async fn a_clean_copy_that_fails_its_checksum_leaves_the_arena_and_is_read_again
     assert!(cache.corrupt_for_tests(&ns, &key, 100_000));
     let checked = cache.verify(&ns, &key, Some(1)).await;
     assert_eq!((checked.version, checked.outcome), (Some(1), VerifyOutcome::Dropped));
-    assert!(cache.try_hit(&ns, &key).is_none(), "the corrupt copy is not served");
+    assert!(
+        cache.try_hit(&ns, &key, Access::Fetch).is_none(),
+        "the corrupt copy is not served"
+    );
     let loads = cache.status().loads;
     assert!(fetched(&cache, "w").await == data, "read again from the drive");
     let status = cache.status();
@@ -232,7 +238,10 @@ async fn a_write_back_copy_that_fails_its_checksum_is_lost_not_served_nor_flushe
     assert!(cache.corrupt_for_tests(&ns, &key, 7));
     let checked = cache.verify(&ns, &key, None).await;
     assert_eq!(checked.outcome, VerifyOutcome::Lost);
-    let err = cache.try_hit(&ns, &key).expect("still listed").unwrap_err();
+    let err = cache
+        .try_hit(&ns, &key, Access::Fetch)
+        .expect("still listed")
+        .unwrap_err();
     assert_eq!(err.status(), Status::ChecksumMismatch, "{err}");
     assert!(err.to_string().contains("failed its checksum"), "{err}");
     let stat = cache.stat(&ns, &key).unwrap().1;
@@ -263,7 +272,10 @@ async fn a_flush_that_finds_the_copy_changed_stops_it_being_served() {
     assert!(cache.corrupt_for_tests(&ns, &key, 149_999));
     drop(slot);
     cache.finish_write_back(Duration::from_secs(10)).await;
-    let err = cache.try_hit(&ns, &key).expect("still listed").unwrap_err();
+    let err = cache
+        .try_hit(&ns, &key, Access::Fetch)
+        .expect("still listed")
+        .unwrap_err();
     assert_eq!(err.status(), Status::ChecksumMismatch, "{err}");
     assert!(
         cache.inner.store.stat(&ns, &key).is_err(),
@@ -354,4 +366,51 @@ async fn a_write_back_put_over_the_budget_is_let_in_when_a_flush_makes_room() {
         cache.room_for_write_back(4 << 20, short).await.is_some(),
         "all of it is free"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scratch_flush_gives_its_room_back_as_it_writes_and_a_shard_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let len = 3 << 20;
+    let slot = cache.inner.flushes.acquire().await.unwrap();
+    let (meta, blocks) = shard(&cache, 1, &pattern(len, 2));
+    cache
+        .install_dirty(meta, blocks, reserve(&cache, 1, len), true)
+        .unwrap();
+    let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    let scratch = match cache.state().entries.get(&ShardRef(&ns, &key)) {
+        Some(Slot::Ready(shard)) => shard.clone(),
+        _ => panic!("installed"),
+    };
+    let counts = |cache: &Cache| {
+        let state = cache.state();
+        (state.dirty_bytes, state.unwritten_bytes)
+    };
+    assert_eq!(counts(&cache), (len as u64, len as u64));
+    let short = Duration::from_millis(50);
+    let wanted = (1 << 20) + 2 * CHUNK as u64;
+    assert!(cache.room_for_write_back(wanted, short).await.is_none());
+    // Two chunks written: their room is free, the shard is not flushed yet.
+    cache.undirty_written(&scratch, CHUNK as u64);
+    cache.undirty_written(&scratch, CHUNK as u64);
+    assert_eq!(counts(&cache), (len as u64, len as u64 - 2 * CHUNK as u64));
+    let room = cache.room_for_write_back(wanted, short).await;
+    assert!(room.is_some(), "the written chunks made room");
+    drop(room);
+    // Flushed (or replaced, or forgotten): it leaves both counts, once.
+    cache.undirty(&mut cache.state(), &scratch);
+    assert_eq!(counts(&cache), (0, 0));
+    // Bytes of other shards (stood in for here) are not taken again.
+    {
+        let mut state = cache.state();
+        state.dirty_bytes = 7;
+        state.unwritten_bytes = 7;
+    }
+    cache.undirty(&mut cache.state(), &scratch);
+    cache.undirty_written(&scratch, CHUNK as u64);
+    assert_eq!(counts(&cache), (7, 7));
+    drop(slot);
+    cache.finish_write_back(Duration::from_secs(10)).await;
+    assert_eq!(counts(&cache), (7, 7), "the flush takes nothing more");
 }

@@ -19,7 +19,7 @@ use super::ServerContext;
 use super::connection::Responder;
 use super::frame::{OutFrame, Payload};
 use crate::cache::shard::pieces;
-use crate::cache::{Cache, Follow, Followed, Lease, Lookup, Started};
+use crate::cache::{Access, Cache, Follow, Followed, Lease, Lookup, Started};
 use crate::io::AlignedBuf;
 use crate::store::{BufferScope, ShardWriter, StoreError};
 
@@ -133,10 +133,11 @@ pub async fn handle(
                 fetch: req,
                 release: done,
                 if_resident,
+                continued,
             }) => {
                 release_leases(conn, &done);
                 let span = tracing::debug_span!("fetch_view", id, namespace = %req.namespace, key = %req.key);
-                fetch_view(ctx, req, if_resident, conn)
+                fetch_view(ctx, req, if_resident, continued, conn)
                     .instrument(span)
                     .await
                     .map(|view| answer(op, id, &view))
@@ -249,7 +250,7 @@ fn fetch_range(meta: &ShardMeta, req: &FetchRequest) -> Result<(u64, u64), Store
 async fn fetch(ctx: &ServerContext, id: u64, req: FetchRequest, responder: &Responder, conn: &ConnShared) {
     let op = Opcode::Fetch;
     let reader = match &ctx.cache {
-        Some(cache) => match cache.fetch_following(&req.namespace, &req.key) {
+        Some(cache) => match cache.fetch_following(&req.namespace, &req.key, Access::Fetch) {
             Ok(Followed::Resident(lease)) => {
                 let frames = cached_frames(id, &req, lease).unwrap_or_else(|e| vec![error_frame(op, id, &e)]);
                 send_all(responder, frames).await;
@@ -374,12 +375,14 @@ async fn fetch_view(
     ctx: &ServerContext,
     req: FetchRequest,
     if_resident: bool,
+    continued: bool,
     conn: &ConnShared,
 ) -> Result<ViewResponse, StoreError> {
     let cache = cache(ctx)?;
     require_mapped(conn)?;
+    let access = if continued { Access::Continued } else { Access::Fetch };
     if if_resident {
-        return match cache.try_hit(&req.namespace, &req.key) {
+        return match cache.try_hit(&req.namespace, &req.key, access) {
             Some(lease) => view(cache, &req, conn, lease?),
             None => Err(StoreError::Other {
                 status: Status::Busy,
@@ -409,7 +412,7 @@ async fn fetch_view(
             Lookup::Bypass { reason, too_large } => Err(unplaceable(reason, too_large)),
         };
     }
-    match cache.fetch_following(&req.namespace, &req.key)? {
+    match cache.fetch_following(&req.namespace, &req.key, access)? {
         Followed::Resident(lease) => view(cache, &req, conn, lease),
         Followed::Loading(mut load) => match load.started().await? {
             Started::Loading(meta, chunk_size) => view_loading(cache, &req, conn, meta, chunk_size, load).await,
@@ -619,18 +622,23 @@ pub fn answer_now(
         Opcode::Fetch | Opcode::FetchView => {
             let cache = ctx.cache.as_ref()?;
             let decoded = if op == Opcode::Fetch {
-                decode::<FetchRequest>(control)
+                decode::<FetchRequest>(control).map(|req| (req, Access::Fetch))
             } else {
                 decode::<ViewRequest>(control).map(|view| {
                     release_leases(conn, &view.release);
-                    view.fetch
+                    let access = if view.continued {
+                        Access::Continued
+                    } else {
+                        Access::Fetch
+                    };
+                    (view.fetch, access)
                 })
             };
-            let req = match decoded {
-                Ok(req) => req,
+            let (req, access) = match decoded {
+                Ok(decoded) => decoded,
                 Err(e) => return Some(vec![error_frame(op, id, &e)]),
             };
-            let lease = match cache.try_hit(&req.namespace, &req.key)? {
+            let lease = match cache.try_hit(&req.namespace, &req.key, access)? {
                 Ok(lease) => lease,
                 Err(e) => return Some(vec![error_frame(op, id, &e)]),
             };
