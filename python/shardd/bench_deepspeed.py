@@ -13,7 +13,9 @@ For each buffer size, ``--in-flight`` buffers (locked, from each handle's
 * fio sequential write and read of the same bytes in ``--dir`` (1 MiB
   blocks, O_DIRECT, io_uring, the same depth).
 
-Medians of ``--runs`` runs, in GB/s (10^9 bytes per second). Targets:
+Each run starts with another of the three, so that none always follows
+the drive traffic of another. Medians of ``--runs`` runs, in GB/s (10^9
+bytes per second). Targets:
 swap-in and swap-out at least DeepSpeed's aio handle, and 0.9x fio.
 
 Then ``--train-steps`` ZeRO stage 3 training steps (``shardd.ds_train``:
@@ -184,19 +186,29 @@ def main() -> None:
     for mib in (int(s) for s in args.sizes.split(",")):
         size = mib * MIB
         samples = {k: [] for k in ("out", "in_hot", "in_cold", "ds_out", "ds_in", "fio_write", "fio_read")}
-        for _ in range(args.runs):
+        def through_shardd(d):
+            o, hot, cold = _shardd_round(client, torch, size, args.in_flight, d)
+            samples["out"].append(o)
+            samples["in_hot"].append(hot)
+            samples["in_cold"].append(cold)
+
+        def through_deepspeed(d):
+            w, r = _deepspeed_round(op, torch, size, args.in_flight, d)
+            samples["ds_out"].append(w)
+            samples["ds_in"].append(r)
+
+        def with_fio(d):
+            samples["fio_write"].append(_fio(d, size, args.in_flight, "write"))
+            samples["fio_read"].append(_fio(d, size, args.in_flight, "read"))
+
+        phases = [through_shardd] + ([through_deepspeed] if op is not None else []) + ([with_fio] if has_fio else [])
+        for run in range(args.runs):
+            # Each run starts with another of them, so that none always
+            # follows (or always precedes) the drive traffic of another.
+            turn = run % len(phases)
             with tempfile.TemporaryDirectory(dir=args.dir) as d:
-                o, hot, cold = _shardd_round(client, torch, size, args.in_flight, d)
-                samples["out"].append(o)
-                samples["in_hot"].append(hot)
-                samples["in_cold"].append(cold)
-                if op is not None:
-                    w, r = _deepspeed_round(op, torch, size, args.in_flight, d)
-                    samples["ds_out"].append(w)
-                    samples["ds_in"].append(r)
-                if has_fio:
-                    samples["fio_write"].append(_fio(d, size, args.in_flight, "write"))
-                    samples["fio_read"].append(_fio(d, size, args.in_flight, "read"))
+                for phase in phases[turn:] + phases[:turn]:
+                    phase(d)
         rows.append((mib, {k: statistics.median(v) / 1e9 if v else None for k, v in samples.items()}))
 
     print(f"swap of {args.in_flight} buffers in flight, medians of {args.runs} runs, GB/s; files in {args.dir}")
