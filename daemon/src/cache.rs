@@ -239,6 +239,13 @@ pub enum Access {
     Continued,
 }
 
+impl Access {
+    /// How a view request counts: once, unless it is a `continued` piece.
+    pub fn of_view(continued: bool) -> Access {
+        if continued { Access::Continued } else { Access::Fetch }
+    }
+}
+
 /// What [`Cache::fetch_following`] gets.
 #[derive(Debug)]
 pub enum Followed {

@@ -200,13 +200,10 @@ async fn a_cold_fetch_into_a_buffer_is_copied_out_of_the_arena_as_it_loads() {
             0.0,
             "{engine:?}: the bytes came through the arena"
         );
-        let status = arena(&client).await;
         // One fetch, however many pieces it was asked for in.
-        assert_eq!(
-            (status.loads, status.misses, status.hits),
-            (1, 1, 0),
-            "{engine:?}: {status:?}"
-        );
+        let counts = |s: &ArenaStatus| (s.loads, s.misses, s.hits);
+        let status = arena(&client).await;
+        assert_eq!(counts(&status), (1, 1, 0), "{engine:?}: {status:?}");
 
         // A range, across chunks and pieces, of the shard cold again.
         client.evict("job", &["big"], EvictMode::Demote).await.unwrap();
@@ -221,11 +218,7 @@ async fn a_cold_fetch_into_a_buffer_is_copied_out_of_the_arena_as_it_loads() {
         assert!(buf[..expected.len()] == *expected, "{engine:?}");
         assert_eq!(unix_bytes_out(&daemon).await, 0.0, "{engine:?}");
         let status = arena(&client).await;
-        assert_eq!(
-            (status.loads, status.misses, status.hits),
-            (2, 2, 0),
-            "{engine:?}: {status:?}"
-        );
+        assert_eq!(counts(&status), (2, 2, 0), "{engine:?}: {status:?}");
 
         // A buffer too small is refused with the size needed, and a small
         // cold shard comes over the socket as it loads.
@@ -241,6 +234,35 @@ async fn a_cold_fetch_into_a_buffer_is_copied_out_of_the_arena_as_it_loads() {
         assert_eq!(info.unwrap().len, MIB as u64);
         assert!(buf[..] == data[..MIB]);
         assert_eq!(unix_bytes_out(&daemon).await, MIB as f64, "{engine:?}");
+        daemon.stop().await;
+    }
+}
+
+/// A cold fetch into a buffer that the arena cannot place now (full of
+/// leased shards) comes over the socket instead, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_fetch_into_a_buffer_comes_over_the_socket_when_the_arena_is_full() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"16MiB\"").await;
+        let client = daemon.client(false).await;
+        let held = pattern(12 * MIB, 9);
+        let cold = pattern(6 * MIB + 1, 10);
+        client
+            .put("job", "held", held.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        client
+            .put("job", "cold", cold.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        client.evict("job", &["cold"], EvictMode::Demote).await.unwrap();
+        let view = client.fetch_view("job", "held", None).await.unwrap();
+        let (buf, info) = client.fetch_into("job", "cold", None, vec![0u8; 7 * MIB]).await;
+        assert_eq!(info.unwrap().len, cold.len() as u64, "{engine:?}");
+        assert!(buf[..cold.len()] == cold[..], "{engine:?}");
+        assert_eq!(unix_bytes_out(&daemon).await, cold.len() as f64, "{engine:?}");
+        assert_eq!(view.to_vec().unwrap(), held);
+        drop(view);
         daemon.stop().await;
     }
 }

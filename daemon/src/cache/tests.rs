@@ -337,16 +337,21 @@ async fn a_write_back_version_replaced_before_its_flush_is_never_written() {
     );
 }
 
+/// Installs version 1 of job/wb, `len` bytes, as a write-back put does.
+fn install_write_back(cache: &Cache, len: usize, scratch: bool) {
+    let (meta, blocks) = shard(cache, 1, &pattern(len, 1));
+    cache
+        .install_dirty(meta, blocks, reserve(cache, 1, len), scratch)
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_back_put_over_the_budget_is_let_in_when_a_flush_makes_room() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache(dir.path()).await;
     let len = 3 << 20;
     let slot = cache.inner.flushes.acquire().await.unwrap();
-    let (meta, blocks) = shard(&cache, 1, &pattern(len, 1));
-    cache
-        .install_dirty(meta, blocks, reserve(&cache, 1, len), false)
-        .unwrap();
+    install_write_back(&cache, len, false);
     // 3 MiB of the 4 MiB budget are not on the drive, and cannot get there yet.
     let short = Duration::from_millis(50);
     assert!(
@@ -385,10 +390,7 @@ async fn a_scratch_flush_gives_its_room_back_as_it_writes_and_a_shard_counts_onc
     let cache = cache(dir.path()).await;
     let len = 3 << 20;
     let slot = cache.inner.flushes.acquire().await.unwrap();
-    let (meta, blocks) = shard(&cache, 1, &pattern(len, 2));
-    cache
-        .install_dirty(meta, blocks, reserve(&cache, 1, len), true)
-        .unwrap();
+    install_write_back(&cache, len, true);
     let (ns, key) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
     let scratch = match cache.state().entries.get(&ShardRef(&ns, &key)) {
         Some(Slot::Ready(shard)) => shard.clone(),

@@ -380,7 +380,7 @@ async fn fetch_view(
 ) -> Result<ViewResponse, StoreError> {
     let cache = cache(ctx)?;
     require_mapped(conn)?;
-    let access = if continued { Access::Continued } else { Access::Fetch };
+    let access = Access::of_view(continued);
     if if_resident {
         return match cache.try_hit(&req.namespace, &req.key, access) {
             Some(lease) => view(cache, &req, conn, lease?),
@@ -626,12 +626,7 @@ pub fn answer_now(
             } else {
                 decode::<ViewRequest>(control).map(|view| {
                     release_leases(conn, &view.release);
-                    let access = if view.continued {
-                        Access::Continued
-                    } else {
-                        Access::Fetch
-                    };
-                    (view.fetch, access)
+                    (view.fetch, Access::of_view(view.continued))
                 })
             };
             let (req, access) = match decoded {
