@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, Weak};
 use shardd_protocol::{Namespace, PrefetchItem, PrefetchResponse};
 use tokio::sync::{Notify, Semaphore};
 
+use super::load::Loading;
 use super::policy::ShardId;
-use super::{Cache, Inner};
+use super::{Cache, Inner, Slot};
 
 /// Queued hints at most; more are refused until the queue drains.
 const MAX_QUEUED: usize = 1 << 20;
@@ -152,4 +153,32 @@ async fn start_load(cache: &Cache, id: ShardId) {
         }
         drop(permit);
     });
+}
+
+impl Cache {
+    /// Queues prefetches (see [`prefetch`]).
+    pub fn prefetch(
+        &self,
+        namespace: &Namespace,
+        items: Vec<shardd_protocol::PrefetchItem>,
+    ) -> shardd_protocol::PrefetchResponse {
+        enqueue(self, namespace, items)
+    }
+
+    /// Whether `id` is resident or loading.
+    fn present(&self, id: &ShardId) -> bool {
+        self.state().entries.contains_key(id)
+    }
+
+    /// Starts loading `id` for a prefetch unless it is present; returns the
+    /// load to run, if any.
+    fn begin_prefetch(&self, id: &ShardId) -> Option<Arc<Loading>> {
+        let mut state = self.state();
+        if state.entries.contains_key(id) {
+            return None;
+        }
+        let loading = Loading::new(true);
+        state.entries.insert(id.clone(), Slot::Loading(loading.clone()));
+        Some(loading)
+    }
 }

@@ -4,12 +4,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardd_protocol::{DType, Key, Namespace};
+use shardd_protocol::{DType, EvictMode, Key, Namespace, ShardMeta, Status, VerifyOutcome};
 
+use super::policy::ShardRef;
 use super::*;
 use crate::arena::{Arena, ArenaConfig};
 use crate::ctl::bench::pattern;
-use crate::io::{IoConfig, IoEngine};
+use crate::io::{AlignedBuf, IoConfig, IoEngine};
 use crate::store::{PutSpec, StoreConfig, VerifyMode};
 
 const CHUNK: u32 = 64 * 1024;
