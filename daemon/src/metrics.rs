@@ -3,11 +3,17 @@
 //! One [`Metrics`] per daemon holds every handle, created once against its
 //! own registry (tests get a fresh one with each daemon). The request path
 //! uses handles resolved up front ([`RequestMetrics`]), so it does no label
-//! lookups. Values that mirror state kept elsewhere (the arena's counters,
-//! data-dir space, quarantined shards) are brought up to date when
-//! `/metrics` is scraped ([`Metrics::refresh`]).
+//! lookups. The arena's gauges and counters are read from the cache itself
+//! whenever the registry is gathered ([`tier`]), so they are counted once and
+//! move as events happen. The drives' space and shard counts are brought up
+//! to date when `/metrics` is scraped ([`Metrics::refresh`]).
+//!
+//! # Layout
+//!
+//! * [`tier`]: the hot tier's families, read from the cache.
 
-use std::sync::Mutex;
+pub mod tier;
+
 use std::time::Instant;
 
 use prometheus::core::Collector;
@@ -15,7 +21,10 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use shardd_protocol::{ArenaStatus, Opcode, Status, StatusResponse};
+use shardd_protocol::{Opcode, Status, StatusResponse};
+
+use crate::cache::Cache;
+use tier::TierCollector;
 
 /// Bucket bounds of request latency, in seconds: from a 4 KiB fetch of a
 /// shard in the arena over the Unix socket (tens of microseconds) to a
@@ -39,26 +48,14 @@ pub struct Metrics {
     transport_bytes: IntCounterVec,
     connections: IntGaugeVec,
     inflight_bytes: IntGauge,
-    arena_capacity: IntGauge,
-    arena_used: IntGauge,
-    arena_locked: IntGauge,
-    arena_dirty: IntGauge,
-    arena_leased: IntGauge,
-    hits: IntCounterVec,
-    misses: IntCounterVec,
-    evictions: IntCounterVec,
-    prefetches: IntCounterVec,
-    write_back_puts: IntCounter,
-    flush_failures: IntCounter,
-    flushes_superseded: IntCounter,
-    arena_checksum_failures: IntCounter,
+    /// Fetches of shards on no drive (not found): counted by the request
+    /// path, gathered with the arena's counters ([`TierCollector`]).
+    nvme_misses: IntCounter,
     quarantined: IntGauge,
     shards: IntGauge,
     stored_bytes: IntGauge,
     dir_capacity: IntGaugeVec,
     dir_free: IntGaugeVec,
-    /// Serialises [`Metrics::refresh`] (it advances counters by differences).
-    refresh: Mutex<()>,
 }
 
 /// The handles of one transport's connections.
@@ -92,7 +89,7 @@ impl Metrics {
     /// Every handle, registered in a new registry with the store's
     /// `store` collectors, the process collector, and the constant
     /// `shardd_build_info` and `shardd_io_engine_info`.
-    pub fn new(store: Vec<Box<dyn Collector>>, io_engine: &str, fixed_buffers: bool) -> Metrics {
+    pub fn new(store: Vec<Box<dyn Collector>>, cache: Option<Cache>, io_engine: &str, fixed_buffers: bool) -> Metrics {
         let registry = Registry::new();
         let metrics = Metrics {
             requests: counter_vec(
@@ -123,62 +120,8 @@ impl Metrics {
                 "shardd_inflight_bytes",
                 "Payload bytes of requests in progress: puts being received and answers not yet sent.",
             ),
-            arena_capacity: gauge("shardd_arena_capacity_bytes", "Bytes of the pinned-memory arena."),
-            arena_used: gauge("shardd_arena_used_bytes", "Bytes of the arena holding shards."),
-            arena_locked: gauge(
-                "shardd_arena_locked_bytes",
-                "Bytes of the arena locked in RAM (mlock); below capacity when RLIMIT_MEMLOCK is lower.",
-            ),
-            arena_dirty: gauge(
-                "shardd_arena_dirty_bytes",
-                "Bytes of write-back shards not yet on a drive.",
-            ),
-            arena_leased: gauge(
-                "shardd_arena_leased_shards",
-                "Shards in the arena held by a lease (being sent, or viewed in place): not evictable.",
-            ),
-            hits: counter_vec(
-                "shardd_cache_hits_total",
-                "Fetches served by a tier: the arena, or a drive after the arena missed.",
-                &["tier"],
-            ),
-            misses: counter_vec(
-                "shardd_cache_misses_total",
-                "Fetches a tier could not serve: not in the arena, or on no drive (not found).",
-                &["tier"],
-            ),
-            evictions: counter_vec(
-                "shardd_arena_evictions_total",
-                "Shards removed from the arena: under memory pressure, or on request (evict).",
-                &["reason"],
-            ),
-            prefetches: counter_vec(
-                "shardd_prefetches_total",
-                "Prefetch hints: issued (queued loads), completed (loaded), late (a fetch came while \
-                 loading) and unused (evicted before any fetch).",
-                &["outcome"],
-            ),
-            write_back_puts: IntCounter::new(
-                "shardd_write_back_puts_total",
-                "Puts acknowledged from the arena before reaching a drive.",
-            )
-            .expect("valid metric definition"),
-            flushes_superseded: IntCounter::new(
-                "shardd_write_back_superseded_total",
-                "Write-back shards replaced or deleted before their flush finished (not written, or written only in part).",
-            )
-            .expect("valid metric definition"),
-            flush_failures: IntCounter::new(
-                "shardd_write_back_flush_failures_total",
-                "Write-back shards whose flush to a drive failed.",
-            )
-            .expect("valid metric definition"),
-            arena_checksum_failures: IntCounter::new(
-                "shardd_arena_checksum_failures_total",
-                "Copies in the arena that no longer matched their CRC32C when checked again (memory \
-                 corruption); dropped, never served again.",
-            )
-            .expect("valid metric definition"),
+            nvme_misses: IntCounter::new("shardd_nvme_misses", "not registered: gathered by TierCollector")
+                .expect("valid metric definition"),
             quarantined: gauge(
                 "shardd_quarantined_shards",
                 "Shard files moved aside as corrupt since start, at recovery or on read.",
@@ -198,7 +141,6 @@ impl Metrics {
                 "Bytes available to the daemon on the filesystem holding a data dir.",
                 &["dir"],
             ),
-            refresh: Mutex::new(()),
             registry,
         };
         let build = gauge_vec("shardd_build_info", "The daemon's version (always 1).", &["version"]);
@@ -217,19 +159,6 @@ impl Metrics {
             Box::new(metrics.transport_bytes.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.inflight_bytes.clone()),
-            Box::new(metrics.arena_capacity.clone()),
-            Box::new(metrics.arena_used.clone()),
-            Box::new(metrics.arena_locked.clone()),
-            Box::new(metrics.arena_dirty.clone()),
-            Box::new(metrics.arena_leased.clone()),
-            Box::new(metrics.hits.clone()),
-            Box::new(metrics.misses.clone()),
-            Box::new(metrics.evictions.clone()),
-            Box::new(metrics.prefetches.clone()),
-            Box::new(metrics.write_back_puts.clone()),
-            Box::new(metrics.flush_failures.clone()),
-            Box::new(metrics.flushes_superseded.clone()),
-            Box::new(metrics.arena_checksum_failures.clone()),
             Box::new(metrics.quarantined.clone()),
             Box::new(metrics.shards.clone()),
             Box::new(metrics.stored_bytes.clone()),
@@ -238,6 +167,7 @@ impl Metrics {
             Box::new(build),
             Box::new(engine),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(TierCollector::new(cache, metrics.nvme_misses.clone())),
         ];
         collectors.extend(store);
         for collector in collectors {
@@ -249,16 +179,6 @@ impl Metrics {
             for direction in ["in", "out"] {
                 metrics.transport_bytes.with_label_values(&[transport, direction]);
             }
-        }
-        for tier in ["arena", "nvme"] {
-            metrics.hits.with_label_values(&[tier]);
-            metrics.misses.with_label_values(&[tier]);
-        }
-        for reason in ["pressure", "request"] {
-            metrics.evictions.with_label_values(&[reason]);
-        }
-        for outcome in ["issued", "completed", "late", "unused"] {
-            metrics.prefetches.with_label_values(&[outcome]);
         }
         metrics
     }
@@ -279,13 +199,13 @@ impl Metrics {
             bytes_out: self.transport_bytes.with_label_values(&[transport, "out"]),
             connections: self.connections.with_label_values(&[transport]),
             inflight_bytes: self.inflight_bytes.clone(),
-            not_found: self.misses.with_label_values(&["nvme"]),
+            not_found: self.nvme_misses.clone(),
         }
     }
 
-    /// Brings the gauges and mirrored counters up to date with `status`.
+    /// Brings the store's gauges up to date with `status` (the drives'
+    /// space and the shard counts are read when `/metrics` is scraped).
     pub fn refresh(&self, status: &StatusResponse) {
-        let _serial = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
         self.quarantined.set(status.quarantined as i64);
         self.shards.set(status.shards as i64);
         self.stored_bytes.set(status.bytes as i64);
@@ -295,36 +215,6 @@ impl Metrics {
                 .set(dir.capacity_bytes as i64);
             self.dir_free.with_label_values(&[&dir.path]).set(dir.free_bytes as i64);
         }
-        if let Some(arena) = &status.arena {
-            self.refresh_arena(arena);
-        }
-    }
-
-    fn refresh_arena(&self, a: &ArenaStatus) {
-        self.arena_capacity.set(a.capacity_bytes as i64);
-        self.arena_used.set(a.used_bytes as i64);
-        self.arena_locked.set(a.locked_bytes as i64);
-        self.arena_dirty.set(a.dirty_bytes as i64);
-        self.arena_leased.set(a.leased_shards as i64);
-        let advance = |counter: IntCounter, to: u64| {
-            let now = counter.get();
-            if to > now {
-                counter.inc_by(to - now);
-            }
-        };
-        advance(self.hits.with_label_values(&["arena"]), a.hits);
-        advance(self.misses.with_label_values(&["arena"]), a.misses + a.bypassed);
-        advance(self.hits.with_label_values(&["nvme"]), a.loads + a.bypassed);
-        advance(self.evictions.with_label_values(&["pressure"]), a.evictions);
-        advance(self.evictions.with_label_values(&["request"]), a.demoted);
-        advance(self.prefetches.with_label_values(&["issued"]), a.prefetch_queued);
-        advance(self.prefetches.with_label_values(&["completed"]), a.prefetch_completed);
-        advance(self.prefetches.with_label_values(&["late"]), a.prefetch_late);
-        advance(self.prefetches.with_label_values(&["unused"]), a.prefetch_unused);
-        advance(self.write_back_puts.clone(), a.write_back_puts);
-        advance(self.flush_failures.clone(), a.flush_failures);
-        advance(self.flushes_superseded.clone(), a.flushes_superseded);
-        advance(self.arena_checksum_failures.clone(), a.checksum_failures);
     }
 
     /// Every metric in the Prometheus text format.

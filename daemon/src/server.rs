@@ -93,6 +93,7 @@ impl ServerContext {
     pub fn new(store: Store, cache: Option<Cache>, config: ServerConfig) -> ServerContext {
         let metrics = Metrics::new(
             store.metrics().collectors(),
+            cache.clone(),
             store.engine().name(),
             store.engine().fixed_buffers(),
         );

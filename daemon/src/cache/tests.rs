@@ -428,3 +428,30 @@ async fn a_scratch_flush_gives_its_room_back_as_it_writes_and_a_shard_counts_onc
     cache.finish_write_back(Duration::from_secs(10)).await;
     assert_eq!(counts(&cache), (7, 7), "the flush takes nothing more");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tiers_metrics_are_the_numbers_status_shows_with_no_scrape_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let metrics =
+        crate::metrics::Metrics::new(cache.store().metrics().collectors(), Some(cache.clone()), "test", false);
+    let ns = Namespace::new("job").unwrap();
+    put_on_drive(&cache, "m", &pattern(100_000, 3)).await;
+    let key = Key::new("m").unwrap();
+    for _ in 0..3 {
+        assert!(matches!(cache.fetch(&ns, &key).await.unwrap(), Lookup::Resident(_)));
+    }
+    let status = cache.status();
+    assert_eq!((status.misses, status.hits, status.loads), (1, 2, 1), "{status:?}");
+    // Gathered straight from the registry: nothing brought it up to date.
+    let text = metrics.encode().unwrap();
+    let used = format!("shardd_arena_used_bytes {}", status.used_bytes);
+    for line in [
+        "shardd_cache_hits_total{tier=\"arena\"} 2",
+        "shardd_cache_misses_total{tier=\"arena\"} 1",
+        "shardd_cache_hits_total{tier=\"nvme\"} 1",
+        &used,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+}

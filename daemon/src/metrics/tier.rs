@@ -1,0 +1,208 @@
+//! The hot tier's metrics, read from the cache's own counters whenever the
+//! registry is gathered: each event is counted once, where it happens (in
+//! [`crate::cache`]), and `/metrics`, `status` and `/v1/status` show the
+//! same numbers.
+
+use prometheus::IntCounter;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use shardd_protocol::ArenaStatus;
+
+use crate::cache::Cache;
+
+/// How a series is exported.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family: its name, help, kind and label (if any).
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    label: Option<&'static str>,
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "shardd_arena_capacity_bytes",
+        help: "Bytes of the pinned-memory arena.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
+        name: "shardd_arena_used_bytes",
+        help: "Bytes of the arena holding shards.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
+        name: "shardd_arena_locked_bytes",
+        help: "Bytes of the arena locked in RAM (mlock); below capacity when RLIMIT_MEMLOCK is lower.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
+        name: "shardd_arena_dirty_bytes",
+        help: "Bytes of write-back shards not yet on a drive.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
+        name: "shardd_arena_leased_shards",
+        help: "Shards in the arena held by a lease (being sent, or viewed in place): not evictable.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
+        name: "shardd_cache_hits_total",
+        help: "Fetches served by a tier: the arena, or a drive after the arena missed.",
+        kind: Kind::Counter,
+        label: Some("tier"),
+    },
+    Family {
+        name: "shardd_cache_misses_total",
+        help: "Fetches a tier could not serve: not in the arena, or on no drive (not found).",
+        kind: Kind::Counter,
+        label: Some("tier"),
+    },
+    Family {
+        name: "shardd_arena_evictions_total",
+        help: "Shards removed from the arena: under memory pressure, or on request (evict).",
+        kind: Kind::Counter,
+        label: Some("reason"),
+    },
+    Family {
+        name: "shardd_prefetches_total",
+        help: "Prefetch hints: issued (queued loads), completed (loaded), late (a fetch came while \
+               loading) and unused (evicted before any fetch).",
+        kind: Kind::Counter,
+        label: Some("outcome"),
+    },
+    Family {
+        name: "shardd_write_back_puts_total",
+        help: "Puts acknowledged from the arena before reaching a drive.",
+        kind: Kind::Counter,
+        label: None,
+    },
+    Family {
+        name: "shardd_write_back_superseded_total",
+        help: "Write-back shards replaced or deleted before their flush finished (not written, or written only in part).",
+        kind: Kind::Counter,
+        label: None,
+    },
+    Family {
+        name: "shardd_write_back_flush_failures_total",
+        help: "Write-back shards whose flush to a drive failed.",
+        kind: Kind::Counter,
+        label: None,
+    },
+    Family {
+        name: "shardd_arena_checksum_failures_total",
+        help: "Copies in the arena that no longer matched their CRC32C when checked again (memory \
+               corruption); dropped, never served again.",
+        kind: Kind::Counter,
+        label: None,
+    },
+];
+
+/// Gathers the tier's families from the cache (zeros without an arena) and
+/// the drive tier's misses from the request path's counter.
+#[derive(Debug)]
+pub struct TierCollector {
+    cache: Option<Cache>,
+    nvme_misses: IntCounter,
+    descs: Vec<Desc>,
+}
+
+impl TierCollector {
+    /// A collector over `cache`; `nvme_misses` is the request path's count
+    /// of fetches of shards on no drive.
+    pub fn new(cache: Option<Cache>, nvme_misses: IntCounter) -> TierCollector {
+        let descs = FAMILIES
+            .iter()
+            .map(|f| {
+                let labels = f.label.map(|l| vec![l.to_string()]).unwrap_or_default();
+                Desc::new(f.name.to_string(), f.help.to_string(), labels, Default::default())
+                    .expect("valid metric definition")
+            })
+            .collect();
+        TierCollector {
+            cache,
+            nvme_misses,
+            descs,
+        }
+    }
+
+    /// The values of family `name`, by label value (`""` for none).
+    fn values(&self, a: &ArenaStatus, name: &str) -> Vec<(&'static str, u64)> {
+        match name {
+            "shardd_arena_capacity_bytes" => vec![("", a.capacity_bytes)],
+            "shardd_arena_used_bytes" => vec![("", a.used_bytes)],
+            "shardd_arena_locked_bytes" => vec![("", a.locked_bytes)],
+            "shardd_arena_dirty_bytes" => vec![("", a.dirty_bytes)],
+            "shardd_arena_leased_shards" => vec![("", a.leased_shards)],
+            "shardd_cache_hits_total" => vec![("arena", a.hits), ("nvme", a.loads + a.bypassed)],
+            "shardd_cache_misses_total" => vec![("arena", a.misses + a.bypassed), ("nvme", self.nvme_misses.get())],
+            "shardd_arena_evictions_total" => vec![("pressure", a.evictions), ("request", a.demoted)],
+            "shardd_prefetches_total" => vec![
+                ("issued", a.prefetch_queued),
+                ("completed", a.prefetch_completed),
+                ("late", a.prefetch_late),
+                ("unused", a.prefetch_unused),
+            ],
+            "shardd_write_back_puts_total" => vec![("", a.write_back_puts)],
+            "shardd_write_back_superseded_total" => vec![("", a.flushes_superseded)],
+            "shardd_write_back_flush_failures_total" => vec![("", a.flush_failures)],
+            "shardd_arena_checksum_failures_total" => vec![("", a.checksum_failures)],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Collector for TierCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let status = self.cache.as_ref().map(Cache::status).unwrap_or_default();
+        FAMILIES
+            .iter()
+            .map(|f| {
+                let mut family = MetricFamily::default();
+                family.set_name(f.name.to_string());
+                family.set_help(f.help.to_string());
+                family.set_field_type(match f.kind {
+                    Kind::Counter => MetricType::COUNTER,
+                    Kind::Gauge => MetricType::GAUGE,
+                });
+                for (value_of_label, value) in self.values(&status, f.name) {
+                    let mut metric = Metric::default();
+                    if let Some(label) = f.label {
+                        let mut pair = LabelPair::default();
+                        pair.set_name(label.to_string());
+                        pair.set_value(value_of_label.to_string());
+                        metric.set_label(vec![pair]);
+                    }
+                    match f.kind {
+                        Kind::Counter => {
+                            let mut counter = Counter::default();
+                            counter.set_value(value as f64);
+                            metric.set_counter(counter);
+                        }
+                        Kind::Gauge => {
+                            let mut gauge = Gauge::default();
+                            gauge.set_value(value as f64);
+                            metric.set_gauge(gauge);
+                        }
+                    }
+                    family.mut_metric().push(metric);
+                }
+                family
+            })
+            .collect()
+    }
+}
