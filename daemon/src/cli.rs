@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{Config, Overrides};
-use crate::daemon::Daemon;
-use crate::logging::LogLevel;
+use crate::daemon::{self, Reloader};
 
 /// shardd: serves tensor shards from NVMe and pinned memory to training jobs.
 ///
@@ -67,7 +66,8 @@ impl Args {
     }
 }
 
-/// `shardd`'s main: parse, configure, run until SIGINT or SIGTERM.
+/// `shardd`'s main: parse, configure, and [`daemon::run`] until SIGINT or
+/// SIGTERM (SIGHUP reloads).
 pub fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let config = match args.config() {
@@ -99,7 +99,11 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, &args, &log_level)) {
+    let reloader = Reloader {
+        load: Box::new(move || args.config()),
+        log_level: Some(log_level),
+    };
+    match runtime.block_on(daemon::run(config, reloader, daemon::shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -107,77 +111,4 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Runs the daemon until SIGINT or SIGTERM, reloading on SIGHUP.
-async fn serve(config: Config, args: &Args, log_level: &LogLevel) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let daemon = Daemon::start(config).await?;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install the SIGHUP handler; reloading is off");
-            None
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(()) = async { hangup.as_mut()?.recv().await } => reload(&daemon, args, log_level),
-        }
-    }
-    daemon.stop().await
-}
-
-/// SIGHUP: reads the configuration again (same flags) and applies what can
-/// change safely; says what it applied and what needs a restart.
-fn reload(daemon: &Daemon, args: &Args, log_level: &LogLevel) {
-    tracing::info!("SIGHUP received: reloading the configuration");
-    let new = match args.config() {
-        Ok(new) => new,
-        Err(e) => {
-            tracing::error!("reload failed, keeping the running configuration: {e:#}");
-            return;
-        }
-    };
-    let reloaded = daemon.reload(&new);
-    if reloaded.applied.iter().any(|a| a.starts_with("log.level"))
-        && let Err(e) = log_level.set(&new.log.level)
-    {
-        tracing::error!("reload could not change the log level: {e:#}");
-    }
-    if reloaded.applied.is_empty() {
-        tracing::info!("reloaded: nothing that can change while running has changed");
-    } else {
-        tracing::info!(applied = ?reloaded.applied, "reloaded");
-    }
-    if !reloaded.need_restart.is_empty() {
-        tracing::warn!(
-            sections = ?reloaded.need_restart,
-            "these settings changed but take effect only after a restart"
-        );
-    }
-}
-
-/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
 }

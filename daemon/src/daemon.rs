@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::HttpServer;
 use crate::io::IoEngine;
+use crate::logging::LogLevel;
 use crate::notify;
 use crate::server::ServerContext;
 use crate::server::listener::Listeners;
@@ -171,7 +172,7 @@ impl Daemon {
 
     /// The store (for tests and tools in the same process).
     pub fn store(&self) -> &Store {
-        &self.ctx.store
+        self.ctx.service.store()
     }
 
     /// Flips every bit of the byte at `offset` of the arena's copy of a
@@ -186,8 +187,8 @@ impl Daemon {
             return false;
         };
         self.ctx
-            .cache
-            .as_ref()
+            .service
+            .cache()
             .is_some_and(|cache| cache.corrupt_for_tests(&namespace, &key, offset))
     }
 
@@ -207,10 +208,10 @@ impl Daemon {
                 "requests still running after {budget:?}; stopping without them"
             );
         }
-        if let Some(cache) = &self.ctx.cache {
+        if let Some(cache) = self.ctx.service.cache() {
             cache.finish_write_back(budget).await;
         }
-        self.ctx.store.sync_scratch().await;
+        self.ctx.service.store().sync_scratch().await;
         // Metrics and health last, so the stop can be watched to its end.
         if let Some(http) = self.http {
             http.stop().await;
@@ -223,9 +224,94 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until `shutdown` completes, then stops it gracefully.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// How a running daemon reads its configuration again on SIGHUP.
+pub struct Reloader {
+    /// Reads the configuration: the same file and flags as at start.
+    pub load: Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>,
+    /// The log filter to change when `log.level` changes (`None` when the
+    /// caller set up logging itself).
+    pub log_level: Option<LogLevel>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").field("log_level", &self.log_level).finish()
+    }
+}
+
+impl Reloader {
+    /// Reads the configuration again and applies what can change safely;
+    /// says what it applied and what needs a restart.
+    fn reload(&self, daemon: &Daemon) {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        let new = match (self.load)() {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("reload failed, keeping the running configuration: {e:#}");
+                return;
+            }
+        };
+        let reloaded = daemon.reload(&new);
+        if reloaded.applied.iter().any(|a| a.starts_with("log.level"))
+            && let Some(log_level) = &self.log_level
+            && let Err(e) = log_level.set(&new.log.level)
+        {
+            tracing::error!("reload could not change the log level: {e:#}");
+        }
+        if reloaded.applied.is_empty() {
+            tracing::info!("reloaded: nothing that can change while running has changed");
+        } else {
+            tracing::info!(applied = ?reloaded.applied, "reloaded");
+        }
+        if !reloaded.need_restart.is_empty() {
+            tracing::warn!(
+                sections = ?reloaded.need_restart,
+                "these settings changed but take effect only after a restart"
+            );
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, reloading its configuration
+/// with `reloader` on every SIGHUP, then stops it gracefully. The `shardd`
+/// binary runs this with SIGINT and SIGTERM as `shutdown`.
+pub async fn run(config: Config, reloader: Reloader, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let daemon = Daemon::start(config).await?;
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler; reloading is off");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = async { hangup.as_mut()?.recv().await } => reloader.reload(&daemon),
+        }
+    }
     daemon.stop().await
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
 }

@@ -26,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::io::fs;
 use crate::server::ServerContext;
-use crate::server::handlers;
 
 /// The running HTTP server.
 #[derive(Debug)]
@@ -75,7 +74,7 @@ impl HttpServer {
 }
 
 async fn metrics(State(ctx): State<Arc<ServerContext>>) -> Response {
-    let status = handlers::status(&ctx).await;
+    let status = ctx.status().await;
     ctx.metrics.refresh(&status);
     match ctx.metrics.encode() {
         Ok(text) => (
@@ -107,7 +106,7 @@ async fn not_ready(ctx: &ServerContext) -> Vec<String> {
     if ctx.listen.get().is_none() {
         reasons.push("the listeners are not up yet".to_string());
     }
-    let dirs = ctx.store.config().data_dirs.clone();
+    let dirs = ctx.service.store().config().data_dirs.clone();
     let checked = tokio::task::spawn_blocking(move || {
         dirs.into_iter()
             .filter_map(|dir| {
@@ -150,7 +149,7 @@ async fn status(State(ctx): State<Arc<ServerContext>>) -> Response {
         version: env!("CARGO_PKG_VERSION"),
         ready: not_ready.is_empty(),
         not_ready,
-        status: handlers::status(&ctx).await,
+        status: ctx.status().await,
     };
     axum::Json(body).into_response()
 }

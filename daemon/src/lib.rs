@@ -11,7 +11,9 @@
 //! * [`daemon`]: start, serve, graceful stop ([`daemon::Daemon`], [`daemon::run`]).
 //! * [`config`]: defaults, the TOML file and flags, validated once.
 //! * [`cli`]: the `shardd` command line.
-//! * [`server`]: listeners, the hello, connections, request handlers.
+//! * [`server`]: listeners, the hello, connections, the dispatch table.
+//! * [`service`]: the request path below the sockets: arena or drive, put
+//!   sessions, fetch streams, leased views, stat/list/delete, hints.
 //! * [`cache`]: the hot tier in the arena: hits, loads, write-back,
 //!   eviction, prefetch, leases.
 //! * [`arena`]: the pinned memory itself and its block allocator.
@@ -35,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod server;
+pub mod service;
 pub mod store;
 
 pub use config::Config;

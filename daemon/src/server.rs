@@ -4,15 +4,19 @@
 //!
 //! * [`listener`]: binding the sockets and accepting connections.
 //! * [`handshake`]: the hello, and the arena's memfd for local clients.
-//! * [`connection`]: one connection: frames in, answers out.
-//! * [`handlers`]: what each request does; store errors to statuses.
+//! * [`connection`]: one connection: frames in, answers out; put payloads
+//!   into the buffers of their put session.
+//! * [`dispatch`]: the one dispatch table, from requests to the
+//!   [`crate::service`] and back to frames.
+//! * [`responder`]: answers queued for the writer; errors to statuses.
 //! * [`frame`]: outgoing frames and bounded reads of incoming ones.
 
 pub mod connection;
+pub mod dispatch;
 pub mod frame;
-pub mod handlers;
 pub mod handshake;
 pub mod listener;
+pub mod responder;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +28,11 @@ use shardd_protocol::{Limits, MAX_CONTROL_LEN};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use shardd_protocol::StatusResponse;
+
 use crate::cache::Cache;
 use crate::metrics::Metrics;
+use crate::service::Service;
 use crate::store::Store;
 
 /// Settings of the listeners and connections.
@@ -62,10 +69,8 @@ pub struct ServerConfig {
 /// What every connection shares.
 #[derive(Debug)]
 pub struct ServerContext {
-    /// The shard store.
-    pub store: Store,
-    /// The pinned-memory tier in front of it, if the daemon has an arena.
-    pub cache: Option<Cache>,
+    /// The request path over the tiers.
+    pub service: Service,
     /// Listener and connection settings.
     pub config: ServerConfig,
     /// `shardd <version>`.
@@ -100,8 +105,7 @@ impl ServerContext {
         ServerContext {
             metrics: Arc::new(metrics),
             max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
-            store,
-            cache,
+            service: Service::new(store, cache, config.io_timeout),
             config,
             server_name: format!("shardd {}", env!("CARGO_PKG_VERSION")),
             started: Instant::now(),
@@ -117,7 +121,24 @@ impl ServerContext {
     pub fn limits(&self) -> Limits {
         Limits {
             max_control_len: MAX_CONTROL_LEN,
-            max_payload_len: self.store.config().max_shard_bytes,
+            max_payload_len: self.service.store().config().max_shard_bytes,
+        }
+    }
+
+    /// The daemon's status (`status` requests, and JSON over HTTP).
+    pub async fn status(&self) -> StatusResponse {
+        let store = self.service.store().status().await;
+        StatusResponse {
+            server: self.server_name.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            io_engine: self.service.store().engine().name().to_string(),
+            shards: store.shards,
+            bytes: store.bytes,
+            quarantined: store.quarantined,
+            connections: self.connections.load(std::sync::atomic::Ordering::Relaxed),
+            listen: self.listen.get().cloned().unwrap_or_default(),
+            data_dirs: store.data_dirs,
+            arena: self.service.cache().map(Cache::status),
         }
     }
 }

@@ -207,6 +207,27 @@ pub struct PutSpec {
     pub newer_than: Option<u64>,
 }
 
+impl PutSpec {
+    /// The metadata of the shard this put stores as `version`, with
+    /// checksum `crc32c`, created now.
+    pub fn meta(&self, version: u64, crc32c: u32) -> ShardMeta {
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        ShardMeta {
+            namespace: self.namespace.clone(),
+            key: self.key.clone(),
+            version,
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            len: self.len,
+            crc32c,
+            created_unix_ms,
+        }
+    }
+}
+
 /// Counts of the store, for status and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreStatus {

@@ -2,9 +2,10 @@
 //!
 //! After the hello ([`super::handshake`]), the reading side takes frames in
 //! order: it checks each header against the limits before reading anything
-//! else, streams put payloads straight into chunk buffers (arena blocks when
-//! the shard can stay cached), and hands every other request to its own
-//! task. Answers go through a channel to the writing side, which writes
+//! else, streams put payloads straight into the buffers of their put
+//! session ([`crate::service::put`]: arena blocks when the shard can stay
+//! cached), and hands every other request to the dispatch table
+//! ([`super::dispatch`]), which answers it at once or in its own task. Answers go through a channel to the writing side, which writes
 //! whole frames in the order they are ready, so answers to pipelined
 //! requests may overtake each other and a large fetch never blocks a small
 //! one.
@@ -22,22 +23,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use shardd_protocol::{
-    Durability, FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, ShardMeta, Status, codec,
-};
+use shardd_protocol::{FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, Status, codec};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ServerContext;
+use super::dispatch::{self, Handled};
 use super::frame::{self, NextFrame, OutFrame};
-use super::handlers::{self, ConnShared};
 use super::handshake::{self, Transport};
-use crate::cache::{Cache, WriteBackRoom};
-use crate::io::AlignedBuf;
+use super::responder::{Responder, answer, error_frame};
 use crate::metrics::RequestMetrics;
-use crate::store::{PutSpec, StoreError};
+use crate::service::Session;
 
 /// Bytes of the read and write buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
@@ -55,24 +53,6 @@ const SHUTDOWN_QUIET: std::time::Duration = std::time::Duration::from_millis(200
 /// its views and give them back (a fetch answered with a view is copied
 /// out by the client after its answer arrived).
 const SHUTDOWN_LEASES: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What a request handler needs to answer.
-#[derive(Clone, Debug)]
-pub struct Responder {
-    tx: mpsc::Sender<OutFrame>,
-    metrics: RequestMetrics,
-}
-
-impl Responder {
-    /// Queues a frame; returns false if the connection is gone.
-    pub async fn send(&self, mut frame: OutFrame) -> bool {
-        let payload = frame.payload_len() as u64;
-        if payload > 0 {
-            frame.track(self.metrics.inflight(payload));
-        }
-        self.tx.send(frame).await.is_ok()
-    }
-}
 
 /// When each request in progress on a connection arrived, by request id
 /// (for the latency metric, taken when its answer's last frame is written).
@@ -119,14 +99,11 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
             arrivals: arrivals.clone(),
         };
         let writer_task = tokio::spawn(write_loop(writer, rx, out).in_current_span());
-        let scope = ctx.store.buffers().scope(ctx.config.connection_buffer_memory);
+        let scope = ctx.service.store().buffers().scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
-            shared: Arc::new(ConnShared::new(scope, hello.arena_mapped)),
+            session: Arc::new(Session::new(scope, hello.arena_mapped)),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
-            responder: Responder {
-                tx,
-                metrics: metrics.clone(),
-            },
+            responder: Responder::new(tx, metrics.clone()),
             metrics,
             arrivals,
             reader: BufReader::with_capacity(SOCKET_BUFFER, reader),
@@ -140,12 +117,12 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
         }
         // Handlers still running hold clones of the sender; the writer ends
         // once they have answered and the queue is drained.
-        let shared = conn.shared.clone();
+        let session = conn.session.clone();
         drop(conn);
         let _ = writer_task.await;
         // The socket is closed now, so the client learns that its views are
         // void; their blocks are reused only after it had time to.
-        shared.retire_leases(LEASE_GRACE);
+        session.retire_leases(LEASE_GRACE);
     }
     .instrument(span)
     .await
@@ -212,17 +189,9 @@ struct Connection<R> {
     arrivals: Arc<Arrivals>,
     reader: BufReader<R>,
     responder: Responder,
-    shared: Arc<ConnShared>,
+    session: Arc<Session>,
     inflight: Arc<Semaphore>,
     broken: CancellationToken,
-}
-
-/// Where a put's chunks go while they arrive.
-enum PutTarget {
-    /// Pool buffers, freed once written.
-    Pool,
-    /// Arena blocks, kept as the cached copy.
-    Arena(std::vec::IntoIter<AlignedBuf>),
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
@@ -255,7 +224,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let shutting_down = || Closed::from("the daemon is shutting down");
         let leases_until = Instant::now() + SHUTDOWN_LEASES;
         loop {
-            let quiet = if self.shared.holds_leases() {
+            let quiet = if self.session.holds_leases() {
                 leases_until
                     .saturating_duration_since(Instant::now())
                     .max(SHUTDOWN_QUIET)
@@ -356,25 +325,20 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             return Ok(());
         }
         let span = tracing::debug_span!("request", id, op = op.name());
-        // Requests that need no waiting are answered right here: no task.
-        let now = span.in_scope(|| handlers::answer_now(&self.ctx, op, id, &control, &self.shared));
-        if let Some(frames) = now {
-            for frame in frames {
-                self.responder.send(frame).await;
+        let handled = span.in_scope(|| dispatch::dispatch(&self.ctx, op, id, control, &self.session, &self.responder));
+        match handled {
+            Handled::Now(frames) => self.responder.send_all(frames).await,
+            Handled::Later(task) => {
+                let permit = self.permit().await?;
+                self.ctx.tasks.spawn(
+                    async move {
+                        task.await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
-            return Ok(());
         }
-        let permit = self.permit().await?;
-        let ctx = self.ctx.clone();
-        let responder = self.responder.clone();
-        let shared = self.shared.clone();
-        self.ctx.tasks.spawn(
-            async move {
-                handlers::handle(&ctx, op, id, &control, &responder, &shared).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
         Ok(())
     }
 
@@ -386,121 +350,70 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             .map_err(|_| Closed::from("request limiter closed"))
     }
 
-    /// A put: the payload is read here, in order, straight into chunk
-    /// buffers; the commit runs in its own task.
+    /// A put: the payload is read here, in order, straight into the
+    /// buffers of its put session; a durable put's commit runs in its own
+    /// task, a write-back put is answered once installed.
     async fn take_put(&mut self, header: FrameHeader, control: &[u8]) -> Result<(), Closed> {
+        let op = Opcode::Put;
         let id = header.request_id;
         let len = header.payload_len;
         let request: PutRequest = match codec::decode(control) {
             Ok(request) => request,
             Err(e) => {
                 self.discard(len).await?;
-                self.answer_error(Opcode::Put, id, Status::BadRequest, e.to_string())
-                    .await;
+                self.answer_error(op, id, Status::BadRequest, e.to_string()).await;
                 return Ok(());
             }
         };
         let permit = self.permit().await?;
         let inflight = self.metrics.inflight(len);
         let span = tracing::debug_span!("put", id, namespace = %request.namespace, key = %request.key, bytes = len);
-        let cache = self.ctx.cache.clone();
-        let spec = PutSpec {
-            newer_than: cache
-                .as_ref()
-                .and_then(|c| c.unflushed_version(&request.namespace, &request.key)),
-            namespace: request.namespace,
-            key: request.key,
-            version: request.version,
-            dtype: request.dtype,
-            shape: request.shape,
-            len,
-            crc32c: request.crc32c,
-        };
-        // Write-back: acknowledged once in the arena, if the arena can take
-        // it. Over the write-back budget, the put waits for flushes to make
-        // room (its payload waits in the socket meanwhile), up to io_timeout.
-        // Scratch puts are write-back puts whose writing is never synced.
-        let scratch = request.durability == Durability::Scratch;
-        if let (Durability::WriteBack | Durability::Scratch, Some(cache)) = (request.durability, &cache) {
-            if let Some(room) = cache.room_for_write_back(len, self.ctx.config.io_timeout).await {
-                if let Some(blocks) = cache.blocks_for_put(len) {
-                    return self
-                        .take_write_back(id, spec, cache, blocks, room, scratch)
-                        .instrument(span)
-                        .await;
-                }
-            }
-            tracing::debug!("write-back put does not fit the arena now; writing it through");
-        }
-        let mut writer = match self.ctx.store.begin_put(spec).instrument(span.clone()).await {
-            Ok(writer) => writer,
+        let begun = self.ctx.service.begin_put(request, len, &self.session);
+        let mut put = match begun.instrument(span.clone()).await {
+            Ok(put) => put,
             Err(e) => {
                 self.discard(len).await?;
-                handlers::answer_store_error(&self.responder, Opcode::Put, id, &e)
-                    .instrument(span)
-                    .await;
+                self.responder.send(span.in_scope(|| error_frame(op, id, &e))).await;
                 return Ok(());
             }
         };
-        if scratch {
-            writer.without_sync();
-        }
-        // Arena blocks keep the shard cached after the put.
-        let mut target = match cache.as_ref().and_then(|c| c.blocks_for_put(len)) {
-            Some(blocks) => {
-                writer.keep_chunks();
-                PutTarget::Arena(blocks.into_iter())
-            }
-            None => PutTarget::Pool,
-        };
         let timeout = self.ctx.config.io_timeout;
-        let mut failed = None;
-        let mut remaining = len;
-        while remaining > 0 {
-            let n = writer.next_chunk_len();
-            let next = match &mut target {
-                PutTarget::Arena(blocks) => blocks
-                    .next()
-                    .ok_or_else(|| StoreError::BadRequest("arena blocks ran out".into())),
-                PutTarget::Pool => writer.next_buffer(&self.shared.scope).await,
-            };
-            let mut buf = match next {
-                Ok(buf) => buf,
+        while put.remaining() > 0 {
+            let (mut buf, n) = match put.next_buffer().await {
+                Ok(next) => next,
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    let rest = put.remaining();
+                    drop(put);
+                    return self.refuse_rest_of_put(id, rest, &e, &span).await;
                 }
             };
             let read = frame::read_exact(&mut self.reader, &mut buf.as_mut_capacity()[..n], timeout).await;
             if let Err(e) = read {
-                // The client vanished mid-payload: the writer's drop removes the temp file.
-                return Err(format!(
-                    "put payload ended after {} of {len} bytes: {e}",
-                    len - remaining
-                ));
+                // The client vanished mid-payload: dropping the put session
+                // removes its temp file and gives back its blocks and room.
+                let got = len - put.remaining();
+                return Err(format!("put payload ended after {got} of {len} bytes: {e}"));
             }
             self.metrics.received(n as u64);
-            buf.set_len(n);
-            remaining -= n as u64;
-            if let Err(e) = writer.write_chunk(buf).await {
-                failed = Some(e);
-                break;
+            if let Err(e) = put.filled(buf, n).await {
+                let rest = put.remaining();
+                drop(put);
+                return self.refuse_rest_of_put(id, rest, &e, &span).await;
             }
         }
-        if let Some(e) = failed {
-            self.discard(remaining).await?;
-            drop(writer);
-            handlers::answer_store_error(&self.responder, Opcode::Put, id, &e)
-                .instrument(span)
-                .await;
+        if !put.is_durable() {
+            let committed = put.commit().instrument(span.clone()).await;
+            let frame = span.in_scope(|| answer(op, id, committed.map(|meta| PutResponse { meta })));
+            self.responder.send(frame).await;
             return Ok(());
         }
-        let kept = matches!(target, PutTarget::Arena(_));
-        let ctx = self.ctx.clone();
         let responder = self.responder.clone();
         self.ctx.tasks.spawn(
             async move {
-                handlers::commit_put(&ctx, &responder, id, writer, kept).await;
+                let committed = put.commit().await;
+                responder
+                    .send(answer(op, id, committed.map(|meta| PutResponse { meta })))
+                    .await;
                 drop((permit, inflight));
             }
             .instrument(span),
@@ -508,76 +421,18 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         Ok(())
     }
 
-    /// A write-back put: the payload goes into arena blocks, is checked, and
-    /// the put is acknowledged; the cache writes it to the drive later.
-    async fn take_write_back(
+    /// A put that failed before its payload was all in: the rest is read
+    /// and thrown away, and the error answered.
+    async fn refuse_rest_of_put(
         &mut self,
         id: u64,
-        spec: PutSpec,
-        cache: &Cache,
-        blocks: Vec<AlignedBuf>,
-        room: WriteBackRoom,
-        scratch: bool,
+        rest: u64,
+        e: &crate::store::StoreError,
+        span: &tracing::Span,
     ) -> Result<(), Closed> {
-        let len = spec.len;
-        let chunk_size = self.ctx.store.config().chunk_size as u64;
-        // Held until the shard is on the drive (the cache keeps it).
-        let reservation = match self.ctx.store.check_put(&spec) {
-            Ok(reservation) => reservation,
-            Err(e) => {
-                self.discard(len).await?;
-                handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
-                return Ok(());
-            }
-        };
-        let timeout = self.ctx.config.io_timeout;
-        let mut chunks = Vec::with_capacity(blocks.len());
-        let mut crc = 0u32;
-        let mut received = 0u64;
-        for mut block in blocks {
-            let n = (len - received).min(chunk_size) as usize;
-            let read = frame::read_exact(&mut self.reader, &mut block.as_mut_capacity()[..n], timeout).await;
-            if let Err(e) = read {
-                return Err(format!("put payload ended after {received} of {len} bytes: {e}"));
-            }
-            self.metrics.received(n as u64);
-            block.set_len(n);
-            // Zeros after the bytes: the block is written out whole-page.
-            block.zero_pad();
-            crc = crc32c::crc32c_append(crc, block.as_slice());
-            received += n as u64;
-            chunks.push(block);
-        }
-        if let Some(expected) = spec.crc32c.filter(|&c| c != crc) {
-            let e = StoreError::ChecksumMismatch(format!(
-                "{}/{}: the sender's CRC32C {expected:#010x} does not match the received bytes' {crc:#010x}",
-                spec.namespace, spec.key
-            ));
-            handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
-            return Ok(());
-        }
-        let meta = ShardMeta {
-            namespace: spec.namespace,
-            key: spec.key,
-            version: reservation.version(),
-            dtype: spec.dtype,
-            shape: spec.shape,
-            len,
-            crc32c: crc,
-            created_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        };
-        let installed = cache.install_dirty(meta.clone(), chunks, reservation, scratch);
-        // Installed, the shard's bytes count as not on the drive yet.
-        drop(room);
-        if let Err(e) = installed {
-            handlers::answer_store_error(&self.responder, Opcode::Put, id, &e).await;
-            return Ok(());
-        }
+        self.discard(rest).await?;
         self.responder
-            .send(OutFrame::ok(Opcode::Put, id, &PutResponse { meta }))
+            .send(span.in_scope(|| error_frame(Opcode::Put, id, e)))
             .await;
         Ok(())
     }

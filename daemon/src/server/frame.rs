@@ -1,58 +1,21 @@
 //! Frames on their way out, and the reads a connection makes to take frames in.
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use shardd_protocol::{ErrorResponse, FrameHeader, HEADER_LEN, Opcode, Status, codec};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::cache::Lease;
-use crate::io::AlignedBuf;
 use crate::metrics::Gauged;
-use crate::store::Chunk;
-
-/// The bytes a response frame carries.
-#[derive(Debug)]
-pub enum Payload {
-    /// A verified chunk read from the drive.
-    Chunk(Chunk),
-    /// Part of a chunk of a shard in the arena, held by a lease until sent.
-    Cached {
-        /// Holds the shard.
-        lease: Lease,
-        /// Which chunk.
-        chunk: usize,
-        /// Which bytes of it.
-        range: std::ops::Range<usize>,
-    },
-    /// Part of a chunk just read into the arena for a shard still loading.
-    Loading {
-        /// The chunk's arena block, kept until sent.
-        block: Arc<AlignedBuf>,
-        /// Which bytes of it.
-        range: std::ops::Range<usize>,
-    },
-}
-
-impl Payload {
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Chunk(chunk) => chunk.bytes(),
-            Payload::Cached { lease, chunk, range } => &lease.chunks()[*chunk].as_slice()[range.clone()],
-            Payload::Loading { block, range } => &block.as_slice()[range.clone()],
-        }
-    }
-}
+use crate::service::Piece;
 
 /// A response frame, ready to be written.
 #[derive(Debug)]
 pub struct OutFrame {
     header: [u8; HEADER_LEN],
     control: Vec<u8>,
-    payload: Option<Payload>,
+    payload: Option<Piece>,
     /// What it answers, for the metrics of the request it ends.
     pub opcode: Opcode,
     /// The request's id.
@@ -66,14 +29,14 @@ pub struct OutFrame {
 }
 
 impl OutFrame {
-    /// A frame with a control message and optionally a chunk of payload.
+    /// A frame with a control message and optionally a piece of a shard as payload.
     pub fn new(
         opcode: Opcode,
         request_id: u64,
         status: Status,
         more: bool,
         control: Vec<u8>,
-        payload: Option<Payload>,
+        payload: Option<Piece>,
     ) -> OutFrame {
         let payload_len = payload.as_ref().map_or(0, |p| p.bytes().len() as u64);
         let header = FrameHeader::response(opcode, request_id, status, more, control.len() as u32, payload_len);

@@ -177,14 +177,14 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
         );
         return refuse(stream, Opcode::Hello, id, Status::UnsupportedVersion, message).await;
     }
-    let grant = match &ctx.cache {
+    let grant = match ctx.service.cache() {
         Some(cache) if hello.want_arena && ctx.config.zero_copy && S::PASSES_FDS => {
             cache.arena().shared_fd().ok().map(|fd| (fd, cache.arena().capacity()))
         }
         _ => None,
     };
     tracing::debug!(client = %hello.client, arena = grant.is_some(), "hello");
-    let store = ctx.store.config();
+    let store = ctx.service.store().config();
     let response = HelloResponse {
         version: PROTOCOL_VERSION,
         server: ctx.server_name.clone(),

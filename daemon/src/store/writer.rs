@@ -19,7 +19,6 @@ use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use shardd_protocol::{ShardMeta, codec};
 
@@ -70,7 +69,7 @@ impl ShardWriter {
         let current = store.inner.index.get(&spec.namespace, &spec.key);
         let chunk_size = config.chunk_size;
         let chunks = ShardLayout::chunk_count(spec.len, chunk_size);
-        let meta_len = codec::encode(&meta_of(&spec, version, 0, 0))
+        let meta_len = codec::encode(&spec.meta(version, 0))
             .map_err(|e| StoreError::BadRequest(e.to_string()))?
             .len();
         let payload_offset = ShardLayout::header_len(meta_len, chunks);
@@ -299,11 +298,7 @@ impl ShardWriter {
                 )));
             }
         }
-        let created_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let meta = meta_of(&self.spec, self.version, self.crc, created_unix_ms);
+        let meta = self.spec.meta(self.version, self.crc);
         let header = format::encode_header(&meta, &self.layout)
             .map_err(|e| StoreError::io("encode shard header", std::io::Error::other(e)))?;
         let mut buf = AlignedBuf::new(header.len());
@@ -458,19 +453,6 @@ impl Drop for ShardWriter {
                 tracing::warn!(path = %self.temp_path.display(), error = %e, "cannot remove temp file of an unfinished put");
             }
         }
-    }
-}
-
-fn meta_of(spec: &PutSpec, version: u64, crc32c: u32, created_unix_ms: u64) -> ShardMeta {
-    ShardMeta {
-        namespace: spec.namespace.clone(),
-        key: spec.key.clone(),
-        version,
-        dtype: spec.dtype,
-        shape: spec.shape.clone(),
-        len: spec.len,
-        crc32c,
-        created_unix_ms,
     }
 }
 

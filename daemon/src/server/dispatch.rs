@@ -1,0 +1,248 @@
+//! The one dispatch table: each request's control message is decoded and
+//! handed to the [`crate::service`], and what it returns is framed.
+//!
+//! What needs no waiting (a ping, a stat, a release, a fetch or view of a
+//! shard in the arena) is answered on the spot by the connection's reader;
+//! the rest runs as its own task, so that answers to pipelined requests can
+//! overtake each other. Puts, whose payload the reader takes in, go through
+//! [`super::connection`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use shardd_protocol::{
+    DeleteRequest, DeleteResponse, EvictRequest, FetchRequest, ListRequest, Opcode, PrefetchRequest, ReleaseRequest,
+    ScheduleRequest, StatRequest, Status, VerifyRequest, ViewRequest, codec,
+};
+use tracing::Instrument;
+
+use super::ServerContext;
+use super::frame::OutFrame;
+use super::responder::{Responder, answer, error_frame};
+use crate::service::{Fetch, Piece, Session};
+use crate::store::StoreError;
+
+/// How a request is answered.
+pub enum Handled {
+    /// At once: these frames.
+    Now(Vec<OutFrame>),
+    /// By this task, which sends its own frames.
+    Later(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handled::Now(frames) => f.debug_tuple("Now").field(frames).finish(),
+            Handled::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(control: &[u8]) -> Result<T, StoreError> {
+    codec::decode(control).map_err(|e| StoreError::BadRequest(e.to_string()))
+}
+
+fn now(frame: OutFrame) -> Handled {
+    Handled::Now(vec![frame])
+}
+
+/// Routes request `op` (not a put or a hello) with control message
+/// `control` from a client with `session`.
+pub fn dispatch(
+    ctx: &Arc<ServerContext>,
+    op: Opcode,
+    id: u64,
+    control: Vec<u8>,
+    session: &Arc<Session>,
+    responder: &Responder,
+) -> Handled {
+    let service = &ctx.service;
+    let (ctx, session, responder) = (ctx.clone(), session.clone(), responder.clone());
+    let later = |task: Pin<Box<dyn Future<Output = ()> + Send>>| Handled::Later(task);
+    match op {
+        Opcode::Ping => now(OutFrame::empty_ok(op, id)),
+        Opcode::Stat => now(answer(
+            op,
+            id,
+            decode::<StatRequest>(&control).and_then(|r| service.stat(&r)),
+        )),
+        Opcode::Release => now(answer(
+            op,
+            id,
+            decode::<ReleaseRequest>(&control).map(|r| service.release(&r, &session)),
+        )),
+        Opcode::Fetch => {
+            let req = match decode::<FetchRequest>(&control) {
+                Ok(req) => req,
+                Err(e) => return now(error_frame(op, id, &e)),
+            };
+            match service.fetch_resident(&req) {
+                Some(Ok(fetch)) => Handled::Now(FetchFrames::new(id, &fetch).ready(fetch)),
+                Some(Err(e)) => now(error_frame(op, id, &e)),
+                None => later(Box::pin(async move {
+                    let span = tracing::debug_span!(
+                        "fetch",
+                        id,
+                        namespace = %req.namespace,
+                        key = %req.key,
+                        bytes = tracing::field::Empty
+                    );
+                    let sent = async {
+                        match ctx.service.fetch(&req, &session).await {
+                            Ok(fetch) => send_fetch(&responder, id, fetch).await,
+                            Err(e) => {
+                                responder.send(error_frame(op, id, &e)).await;
+                            }
+                        }
+                    };
+                    sent.instrument(span).await;
+                })),
+            }
+        }
+        Opcode::FetchView => {
+            let req = match decode::<ViewRequest>(&control) {
+                Ok(req) => req,
+                Err(e) => return now(error_frame(op, id, &e)),
+            };
+            match service.view_resident(&req, &session) {
+                Some(result) => now(answer(op, id, result)),
+                None => later(Box::pin(async move {
+                    let span =
+                        tracing::debug_span!("fetch_view", id, namespace = %req.fetch.namespace, key = %req.fetch.key);
+                    let result = ctx.service.view(req, &session).instrument(span).await;
+                    responder.send(answer(op, id, result)).await;
+                })),
+            }
+        }
+        Opcode::List => now(answer(
+            op,
+            id,
+            decode::<ListRequest>(&control).map(|r| service.list(&r)),
+        )),
+        Opcode::Prefetch => now(answer(
+            op,
+            id,
+            decode::<PrefetchRequest>(&control).and_then(|r| service.prefetch(r)),
+        )),
+        Opcode::Schedule => now(answer(
+            op,
+            id,
+            decode::<ScheduleRequest>(&control).and_then(|r| service.schedule(r)),
+        )),
+        Opcode::Status => later(Box::pin(async move {
+            let status = ctx.status().await;
+            responder.send(OutFrame::ok(op, id, &status)).await;
+        })),
+        Opcode::Delete => later(Box::pin(async move {
+            let result = match decode::<DeleteRequest>(&control) {
+                Ok(req) => {
+                    let span = tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
+                    let deleted = ctx.service.delete(&req).instrument(span).await;
+                    deleted.map(|version| DeleteResponse { version })
+                }
+                Err(e) => Err(e),
+            };
+            responder.send(answer(op, id, result)).await;
+        })),
+        Opcode::Evict => later(Box::pin(async move {
+            let result = match decode::<EvictRequest>(&control) {
+                Ok(req) => ctx.service.evict(&req).await,
+                Err(e) => Err(e),
+            };
+            responder.send(answer(op, id, result)).await;
+        })),
+        Opcode::Verify => later(Box::pin(async move {
+            let result = match decode::<VerifyRequest>(&control) {
+                Ok(req) => {
+                    let span = tracing::debug_span!("verify", id, namespace = %req.namespace, key = %req.key);
+                    ctx.service.verify(&req).instrument(span).await
+                }
+                Err(e) => Err(e),
+            };
+            responder.send(answer(op, id, result)).await;
+        })),
+        Opcode::Hello | Opcode::Put => now(OutFrame::error(
+            op,
+            id,
+            Status::Internal,
+            format!("{op} cannot be handled here"),
+            None,
+        )),
+    }
+}
+
+/// Frames a fetch's answer: the first frame carries the `FetchResponse`,
+/// every frame a piece, the last one without the MORE flag.
+struct FetchFrames {
+    id: u64,
+    len: u64,
+    sent: u64,
+    head: Result<Vec<u8>, StoreError>,
+}
+
+impl FetchFrames {
+    fn new(id: u64, fetch: &Fetch) -> FetchFrames {
+        tracing::Span::current().record("bytes", fetch.head.len);
+        FetchFrames {
+            id,
+            len: fetch.head.len,
+            sent: 0,
+            head: codec::encode(&fetch.head)
+                .map_err(|e| StoreError::io("encode fetch answer", std::io::Error::other(e))),
+        }
+    }
+
+    /// The frame of the next piece (or, for an empty answer, the only one).
+    fn frame(&mut self, piece: Option<Piece>) -> Result<OutFrame, StoreError> {
+        let control = match &mut self.head {
+            Ok(head) => std::mem::take(head),
+            Err(e) => {
+                return Err(StoreError::Other {
+                    status: e.status(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        self.sent += piece.as_ref().map_or(0, |p| p.bytes().len() as u64);
+        let more = self.sent < self.len;
+        Ok(OutFrame::new(Opcode::Fetch, self.id, Status::Ok, more, control, piece))
+    }
+
+    /// Every frame of a fetch whose pieces are ready.
+    fn ready(mut self, fetch: Fetch) -> Vec<OutFrame> {
+        let id = self.id;
+        let frames: Result<Vec<OutFrame>, StoreError> = if self.len == 0 {
+            self.frame(None).map(|f| vec![f])
+        } else {
+            fetch.ready_pieces().into_iter().map(|p| self.frame(Some(p))).collect()
+        };
+        frames.unwrap_or_else(|e| vec![error_frame(Opcode::Fetch, id, &e)])
+    }
+}
+
+/// Sends a fetch's answer piece by piece as its pieces come.
+async fn send_fetch(responder: &Responder, id: u64, mut fetch: Fetch) {
+    let mut frames = FetchFrames::new(id, &fetch);
+    if fetch.is_ready() {
+        return responder.send_all(frames.ready(fetch)).await;
+    }
+    if frames.len == 0 {
+        let frame = frames
+            .frame(None)
+            .unwrap_or_else(|e| error_frame(Opcode::Fetch, id, &e));
+        responder.send(frame).await;
+        return;
+    }
+    while let Some(next) = fetch.next().await {
+        let frame = next
+            .and_then(|piece| frames.frame(Some(piece)))
+            .unwrap_or_else(|e| error_frame(Opcode::Fetch, id, &e));
+        let failed = frame.status != Status::Ok;
+        if !responder.send(frame).await || failed {
+            return; // the connection is gone, or the answer ended in an error
+        }
+    }
+}
