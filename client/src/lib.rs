@@ -24,8 +24,9 @@
 //! [`ClientOptions::zero_copy`] is off; once per process and daemon, however
 //! many connections): [`Client::fetch_view`] then reads a
 //! shard in place, and [`Client::fetch_into`] makes one copy, from the arena
-//! into the caller's buffer (a shard not yet in the arena comes over the
-//! socket while the daemon loads it). [`Client::prefetch`], [`Client::evict`] and
+//! into the caller's buffer (a shard of 4 MiB or more not yet in the arena
+//! is copied out piece by piece as the daemon loads it; a smaller one comes
+//! over the socket). [`Client::prefetch`], [`Client::evict`] and
 //! [`Client::set_schedule`] steer what the daemon keeps in its arena.
 //! The arena is mapped only if the daemon sent it as a sealed, read-only
 //! memory file of the size it announced ([`Client::zero_copy_refused`] says

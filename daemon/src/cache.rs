@@ -151,6 +151,9 @@ struct Inner {
     write_back_room: Notify,
     /// Flush tasks, so that shutdown can wait for them.
     flush_tasks: tokio_util::task::TaskTracker,
+    /// Loads running on their own (started by prefetch hints, or by a
+    /// fetch that follows them), so that shutdown can wait for them.
+    load_tasks: tokio_util::task::TaskTracker,
     prefetch: Arc<prefetch::Queue>,
     /// With [`BounceIo`] in effect: the budget scope of the chunk buffers
     /// that loads and flushes go through.
@@ -181,6 +184,7 @@ impl Cache {
                 flushes: Semaphore::new(config.flush_concurrency.max(1)),
                 write_back_room: Notify::new(),
                 flush_tasks: tokio_util::task::TaskTracker::new(),
+                load_tasks: tokio_util::task::TaskTracker::new(),
                 state: Mutex::new(State {
                     entries: IdMap::default(),
                     policy: Policy::new(config.policy),
@@ -207,6 +211,24 @@ impl Cache {
     /// The store behind the tier.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// At shutdown: drops the prefetch hints still waiting, waits for the
+    /// loads under way and then for write-back shards to reach the drive,
+    /// all within `budget`; logs what did not finish.
+    pub async fn stop(&self, budget: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + budget;
+        self.inner.prefetch.close();
+        let loads = &self.inner.load_tasks;
+        loads.close();
+        if tokio::time::timeout_at(deadline, loads.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = loads.len(),
+                "loads into the arena still running after {budget:?}"
+            );
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.finish_write_back(left).await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -209,7 +209,7 @@ impl Daemon {
             );
         }
         if let Some(cache) = self.ctx.service.cache() {
-            cache.finish_write_back(budget).await;
+            cache.stop(budget).await;
         }
         self.ctx.service.store().sync_scratch().await;
         // Metrics and health last, so the stop can be watched to its end.

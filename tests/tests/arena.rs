@@ -525,6 +525,63 @@ async fn prefetch_loads_ahead_of_fetches() {
     daemon.stop().await;
 }
 
+/// A hint never blocks a command: an evict that comes while a prefetch is
+/// still loading the shard waits that load out and evicts it (or, if the
+/// hint had not started, drops the hint), instead of answering "in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evict_right_after_a_prefetch_of_the_shard_evicts_it() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"64MiB\"").await;
+        let client = daemon.client(false).await;
+        let keys = ["s1", "s2", "s3"];
+        for (i, key) in keys.iter().enumerate() {
+            client
+                .put("job", key, pattern(16 * MIB, i as u64), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        drop(client);
+        daemon.restart().await;
+        let client = daemon.client(false).await;
+        for attempt in 0..3 {
+            let items = keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| PrefetchItem {
+                    key: Key::new(*key).unwrap(),
+                    order: i as u32,
+                    deadline_unix_ms: None,
+                })
+                .collect();
+            client.prefetch("job", items).await.unwrap();
+            let evicted = client.evict("job", &["s1"], EvictMode::Demote).await.unwrap();
+            assert!(evicted.busy.is_empty(), "{engine:?} attempt {attempt}: {evicted:?}");
+            assert!(evicted.failed.is_empty(), "{engine:?} attempt {attempt}: {evicted:?}");
+            assert_eq!(
+                evicted.evicted.len() + evicted.not_resident.len(),
+                1,
+                "{engine:?} attempt {attempt}: {evicted:?}"
+            );
+            // Once the other hints are done, s1 is still out of the arena.
+            for key in ["s2", "s3"] {
+                for _ in 0..500 {
+                    if client.stat("job", key).await.unwrap().cache.resident {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            assert!(
+                !client.stat("job", "s1").await.unwrap().cache.resident,
+                "{engine:?} attempt {attempt}"
+            );
+            client.evict("job", &keys, EvictMode::Demote).await.unwrap();
+        }
+        assert_eq!(client.fetch("job", "s1").await.unwrap().data, pattern(16 * MIB, 0));
+        daemon.stop().await;
+    }
+}
+
 /// Replays `steps` passes of a cyclic layer order through a daemon whose
 /// arena holds fewer shards than the order; returns the hit ratio after
 /// the first pass.

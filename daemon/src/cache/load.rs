@@ -70,6 +70,11 @@ impl Loading {
         })
     }
 
+    /// Waits until the load is over, however it ended.
+    pub(super) async fn finished(&self) {
+        let _ = Loading::result(self.progress.subscribe()).await;
+    }
+
     /// Waits for the load's result.
     async fn result(mut rx: watch::Receiver<Progress>) -> LoadResult {
         match rx.wait_for(|p| p.result.is_some()).await {
@@ -275,7 +280,7 @@ impl Cache {
             Begin::Load(id, loading) => {
                 let cache = self.clone();
                 let load = loading.clone();
-                tokio::spawn(async move { cache.load(id, load).await });
+                self.inner.load_tasks.spawn(async move { cache.load(id, load).await });
                 loading
             }
         };

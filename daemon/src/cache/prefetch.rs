@@ -57,6 +57,15 @@ impl Queue {
         self.heap.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Drops the hints for `id` still waiting (an evict or delete of it
+    /// came first); returns how many there were.
+    pub fn forget(&self, id: &ShardId) -> usize {
+        let mut heap = self.heap();
+        let before = heap.len();
+        heap.retain(|Reverse(hint)| hint.id != *id);
+        before - heap.len()
+    }
+
     /// Stops the worker.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -147,7 +156,8 @@ async fn start_load(cache: &Cache, id: ShardId) {
         return;
     };
     let cache = cache.clone();
-    tokio::spawn(async move {
+    let tasks = cache.inner.load_tasks.clone();
+    tasks.spawn(async move {
         if cache.load(id, loading).await.is_ok() {
             cache.inner.stats.prefetch_completed.fetch_add(1, Ordering::Relaxed);
         }

@@ -213,6 +213,8 @@ impl Cache {
     pub async fn evict(&self, namespace: &Namespace, keys: &[Key], mode: EvictMode) -> EvictResponse {
         let mut response = EvictResponse::default();
         for key in keys {
+            // Hints still waiting for the key would bring it back.
+            self.inner.prefetch.forget(&(namespace.clone(), key.clone()));
             match mode {
                 EvictMode::Drop => match self.delete(namespace, key, None).await {
                     Ok(_) => response.evicted.push(key.clone()),
@@ -232,10 +234,16 @@ impl Cache {
 
     async fn demote(&self, namespace: &Namespace, key: &Key) -> Demoted {
         let id = (namespace.clone(), key.clone());
-        let shard = match self.state().entries.get(&id) {
-            Some(Slot::Ready(shard)) => shard.clone(),
-            Some(Slot::Loading(_)) => return Demoted::Leased,
-            None => return Demoted::NotResident,
+        let shard = loop {
+            let loading = match self.state().entries.get(&id) {
+                Some(Slot::Ready(shard)) => break shard.clone(),
+                Some(Slot::Loading(loading)) => loading.clone(),
+                None => return Demoted::NotResident,
+            };
+            // A load is no reader: a prefetch hint (or a fetch) is reading
+            // the shard in. Let it end, then demote what it left; a fetch
+            // still sending it holds a lease, and that answers "in use".
+            loading.finished().await;
         };
         if shard.write_back() == WriteBack::Dirty {
             // Make the drive's copy first: flush now and wait for it.
