@@ -1,11 +1,14 @@
 //! Command line of the `shardd` binary.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{Config, Overrides};
+use crate::config::log::check_filter;
+use crate::config::{Config, Listen, LogFormat, Overrides, units};
 use crate::daemon::{self, Reloader};
+use crate::io::EngineKind;
 
 /// shardd: serves tensor shards from NVMe and pinned memory to training jobs.
 ///
@@ -23,25 +26,25 @@ pub struct Args {
     pub data_dirs: Vec<PathBuf>,
     /// Unix socket path, or "off".
     #[arg(long, value_name = "PATH")]
-    pub socket: Option<String>,
+    pub socket: Option<Listen<PathBuf>>,
     /// TCP listen address, or "off".
     #[arg(long, value_name = "ADDR")]
-    pub tcp: Option<String>,
+    pub tcp: Option<Listen<SocketAddr>>,
     /// HTTP listen address for /metrics, /healthz, /readyz and /v1/status, or "off".
     #[arg(long, value_name = "ADDR")]
-    pub http: Option<String>,
+    pub http: Option<Listen<SocketAddr>>,
     /// I/O engine: auto, uring or psync.
     #[arg(long = "io-engine", value_name = "ENGINE")]
-    pub io_engine: Option<String>,
+    pub io_engine: Option<EngineKind>,
     /// Size of the pinned-memory arena, e.g. 64GiB; 0 runs without one.
-    #[arg(long = "pinned-memory", value_name = "SIZE")]
-    pub pinned_memory: Option<String>,
+    #[arg(long = "pinned-memory", value_name = "SIZE", value_parser = units::parse_size)]
+    pub pinned_memory: Option<u64>,
     /// Log filter, e.g. info or shardd=debug.
-    #[arg(long = "log-level", value_name = "FILTER")]
+    #[arg(long = "log-level", value_name = "FILTER", value_parser = check_filter)]
     pub log_level: Option<String>,
     /// Log format: human or json.
     #[arg(long = "log-format", value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// Validate the configuration, print it, and exit.
     #[arg(long = "check-config")]
     pub check_config: bool,
@@ -57,10 +60,10 @@ impl Args {
                 socket: self.socket.clone(),
                 tcp: self.tcp.clone(),
                 http: self.http.clone(),
-                io_engine: self.io_engine.clone(),
-                pinned_memory: self.pinned_memory.clone(),
+                io_engine: self.io_engine,
+                pinned_memory: self.pinned_memory,
                 log_level: self.log_level.clone(),
-                log_format: self.log_format.clone(),
+                log_format: self.log_format,
             },
         )
     }
@@ -109,6 +112,51 @@ pub fn main() -> std::process::ExitCode {
             tracing::error!("{e:#}");
             eprintln!("shardd: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(args: &[&str]) -> String {
+        let args = std::iter::once("shardd").chain(args.iter().copied());
+        Args::try_parse_from(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn flags_are_typed_and_a_bad_one_is_named() {
+        let args = Args::try_parse_from([
+            "shardd",
+            "--tcp",
+            "off",
+            "--socket",
+            "/run/shardd/s.sock",
+            "--pinned-memory",
+            "2GiB",
+            "--io-engine",
+            "psync",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let config = args.config().unwrap();
+        assert_eq!(config.server.tcp, None);
+        assert_eq!(config.server.socket, Some(PathBuf::from("/run/shardd/s.sock")));
+        assert_eq!(config.arena.size, 2 << 30);
+        assert_eq!(config.io.engine, EngineKind::Psync);
+        assert_eq!(config.log.format, LogFormat::Json);
+        for (flag, value) in [
+            ("--tcp", "nonsense"),
+            ("--http", "localhost"),
+            ("--pinned-memory", "1 parsec"),
+            ("--io-engine", "aio"),
+            ("--log-format", "xml"),
+            ("--log-level", "[[["),
+        ] {
+            let e = refused(&[flag, value]);
+            assert!(e.contains(flag), "{flag} {value}: {e}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shardd::Daemon;
-use shardd::config::{Config, Overrides};
+use shardd::config::{Config, Listen, Overrides};
 use shardd::io::{EngineKind, IoEngine};
 use shardd_client::Client;
 
@@ -189,19 +189,13 @@ fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
     if !text.contains("[arena]") {
         text.push_str("\n[arena]\nsize = \"128MiB\"\n");
     }
+    let loopback = Listen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let overrides = Overrides {
         data_dirs: vec![dir.join("data")],
-        socket: Some(dir.join("shardd.sock").display().to_string()),
-        tcp: Some("127.0.0.1:0".into()),
-        http: Some("127.0.0.1:0".into()),
-        io_engine: Some(
-            match engine {
-                EngineKind::Uring => "uring",
-                EngineKind::Psync => "psync",
-                EngineKind::Auto => "auto",
-            }
-            .into(),
-        ),
+        socket: Some(Listen::At(dir.join("shardd.sock"))),
+        tcp: Some(loopback.clone()),
+        http: Some(loopback),
+        io_engine: Some(engine),
         ..Overrides::default()
     };
     Config::from_toml(&text, overrides).expect("test config is valid")

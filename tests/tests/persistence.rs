@@ -122,15 +122,15 @@ async fn full_verification_at_start_finds_corruption_before_any_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_spread_over_several_data_dirs_and_survive_restart() {
-    use shardd::config::{Config, Overrides};
+    use shardd::config::{Config, Listen, Overrides};
     let tmp = tempfile::tempdir().unwrap();
     let config = Config::from_toml(
         "[storage]\nmin_free = 0",
         Overrides {
             data_dirs: (0..3).map(|i| tmp.path().join(format!("nvme{i}"))).collect(),
-            socket: Some(tmp.path().join("s.sock").display().to_string()),
-            tcp: Some("off".into()),
-            http: Some("off".into()),
+            socket: Some(Listen::At(tmp.path().join("s.sock"))),
+            tcp: Some(Listen::Off),
+            http: Some(Listen::Off),
             ..Overrides::default()
         },
     )
