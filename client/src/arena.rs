@@ -15,8 +15,9 @@ use std::os::unix::fs::MetadataExt;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
 
+use shardd_protocol::frame::{self, Start};
 use shardd_protocol::{
-    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, MAX_CONTROL_LEN, Opcode, Status, codec,
+    ErrorResponse, HEADER_LEN, HelloRequest, HelloResponse, Limits, MAX_CONTROL_LEN, Opcode, Status, codec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
@@ -341,8 +342,7 @@ async fn read_hello_unix(stream: &mut UnixStream, endpoint: &str) -> Result<(Hel
     let socket = stream.as_raw_fd();
     let mut bytes = Vec::new();
     let mut received = Received::default();
-    let mut want = HEADER_LEN;
-    while bytes.len() < want {
+    while let Start::Need(want) = start(&bytes, endpoint)? {
         stream.readable().await.map_err(|e| disconnected(endpoint, &e))?;
         let mut chunk = vec![0u8; want - bytes.len()];
         match stream.try_io(Interest::READABLE, || recv_with_fds(socket, &mut chunk, &mut received)) {
@@ -350,9 +350,6 @@ async fn read_hello_unix(stream: &mut UnixStream, endpoint: &str) -> Result<(Hel
             Ok(n) => bytes.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(disconnected(endpoint, &e)),
-        }
-        if bytes.len() == HEADER_LEN && want == HEADER_LEN {
-            want += control_len(&bytes, endpoint)?;
         }
     }
     let response = parse_answer(&bytes, endpoint)?;
@@ -401,17 +398,15 @@ pub(crate) async fn hello_tcp(
 }
 
 async fn read_hello_tcp(stream: &mut TcpStream, endpoint: &str) -> Result<HelloResponse, ClientError> {
-    let mut bytes = vec![0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|e| disconnected(endpoint, &e))?;
-    let control = control_len(&bytes, endpoint)?;
-    bytes.resize(HEADER_LEN + control, 0);
-    stream
-        .read_exact(&mut bytes[HEADER_LEN..])
-        .await
-        .map_err(|e| disconnected(endpoint, &e))?;
+    let mut bytes = Vec::new();
+    while let Start::Need(want) = start(&bytes, endpoint)? {
+        let have = bytes.len();
+        bytes.resize(want, 0);
+        stream
+            .read_exact(&mut bytes[have..])
+            .await
+            .map_err(|e| disconnected(endpoint, &e))?;
+    }
     parse_answer(&bytes, endpoint)
 }
 
@@ -420,13 +415,10 @@ async fn send_hello<S: tokio::io::AsyncWrite + Unpin>(
     hello: &HelloRequest,
     endpoint: &str,
 ) -> Result<(), ClientError> {
-    let control = codec::encode(hello).map_err(|source| ClientError::Protocol {
+    let frame = frame::request(Opcode::Hello, 1, hello, 0).map_err(|source| ClientError::Protocol {
         endpoint: endpoint.to_string(),
         source,
     })?;
-    let header = FrameHeader::request(Opcode::Hello, 1, control.len() as u32, 0);
-    let mut frame = header.encode().to_vec();
-    frame.extend_from_slice(&control);
     stream.write_all(&frame).await.map_err(|e| disconnected(endpoint, &e))
 }
 
@@ -437,29 +429,23 @@ fn disconnected(endpoint: &str, e: &io::Error) -> ClientError {
     }
 }
 
-fn header(bytes: &[u8], endpoint: &str) -> Result<FrameHeader, ClientError> {
-    let mut fixed = [0u8; HEADER_LEN];
-    fixed.copy_from_slice(&bytes[..HEADER_LEN]);
-    FrameHeader::decode(&fixed).map_err(|source| ClientError::Protocol {
+/// How far the hello answer in `bytes` is: its header (a hello answer has
+/// no payload) and control length are checked before more is read.
+fn start(bytes: &[u8], endpoint: &str) -> Result<Start, ClientError> {
+    let limits = Limits {
+        max_control_len: MAX_CONTROL_LEN,
+        max_payload_len: 0,
+    };
+    frame::parse_start(bytes, &limits).map_err(|source| ClientError::Protocol {
         endpoint: endpoint.to_string(),
         source,
     })
 }
 
-/// The control length of the answer, checked before anything is reserved.
-fn control_len(bytes: &[u8], endpoint: &str) -> Result<usize, ClientError> {
-    let header = header(bytes, endpoint)?;
-    if header.control_len > MAX_CONTROL_LEN || header.payload_len != 0 {
-        return Err(ClientError::Disconnected {
-            endpoint: endpoint.to_string(),
-            reason: "the hello answer has an impossible length".into(),
-        });
-    }
-    Ok(header.control_len as usize)
-}
-
 fn parse_answer(bytes: &[u8], endpoint: &str) -> Result<HelloResponse, ClientError> {
-    let header = header(bytes, endpoint)?;
+    let Start::Whole(header) = start(bytes, endpoint)? else {
+        return Err(disconnected(endpoint, &io::ErrorKind::UnexpectedEof.into()));
+    };
     let control = &bytes[HEADER_LEN..];
     if header.status != Status::Ok {
         let message = codec::decode::<ErrorResponse>(control)

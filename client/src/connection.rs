@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use shardd_protocol::frame::io::{FrameError, FrameReader};
 use shardd_protocol::{
     ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode, ProtocolError, Status,
     codec,
 };
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ClientError;
@@ -335,12 +336,9 @@ impl Connection {
             // nothing is allocated from a frame's payload length.
             max_payload_len: u64::MAX,
         };
-        let reader = BufReader::with_capacity(SOCKET_BUFFER, reader);
-        let frames = FrameReader {
-            reader,
-            limits,
+        let frames = Incoming {
+            frames: FrameReader::new(reader, SOCKET_BUFFER, limits, io_timeout),
             max_alloc,
-            io_timeout,
         };
         tokio::spawn(read_loop(shared.clone(), frames));
         let next_id = Arc::new(AtomicU64::new(1));
@@ -580,76 +578,36 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, writer: W, mut r
     let _ = out.shutdown().await;
 }
 
-/// The receiving side's state and settings.
-struct FrameReader<R> {
-    reader: BufReader<R>,
-    limits: Limits,
-    /// Largest answer an owned fetch allocates for.
+/// The receiving side: frames, and the largest answer an owned fetch
+/// allocates for.
+struct Incoming<R> {
+    frames: FrameReader<R>,
     max_alloc: u64,
-    /// Longest wait for progress inside a frame.
-    io_timeout: Duration,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// `read_exact` that fails if the daemon stalls inside a frame.
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
-        // Answers are often buffered already: no timer for those.
-        if self.reader.buffer().len() >= buf.len() {
-            buf.copy_from_slice(&self.reader.buffer()[..buf.len()]);
-            self.reader.consume(buf.len());
-            return Ok(());
-        }
-        match tokio::time::timeout(self.io_timeout, self.reader.read_exact(buf)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("the daemon stalled inside a frame for {:?}", self.io_timeout)),
-        }
-    }
-
-    /// Reads and drops `len` bytes.
-    async fn skip(&mut self, mut len: u64) -> Result<(), String> {
-        while len > 0 {
-            let available = match tokio::time::timeout(self.io_timeout, self.reader.fill_buf()).await {
-                Ok(Ok(bytes)) => bytes.len(),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => {
-                    return Err(format!("the daemon stalled inside a frame for {:?}", self.io_timeout));
-                }
-            };
-            if available == 0 {
-                return Err("the connection ended inside a frame".into());
-            }
-            let n = available.min(len as usize);
-            self.reader.consume(n);
-            len -= n as u64;
-        }
-        Ok(())
-    }
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut frames: FrameReader<R>) {
-    let reason = match read_frames(&shared, &mut frames).await {
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut incoming: Incoming<R>) {
+    let reason = match read_frames(&shared, &mut incoming).await {
         Ok(()) => "the daemon closed the connection".to_string(),
         Err(e) => e,
     };
     shared.close(reason);
 }
 
-async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, frames: &mut FrameReader<R>) -> Result<(), String> {
+async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, incoming: &mut Incoming<R>) -> Result<(), String> {
+    let max_alloc = incoming.max_alloc;
+    let frames = &mut incoming.frames;
     loop {
         // Between frames the connection may idle as long as it likes.
-        if frames.reader.fill_buf().await.map_err(|e| e.to_string())?.is_empty() {
-            return Ok(());
-        }
-        let mut bytes = [0u8; HEADER_LEN];
-        frames.read_exact(&mut bytes).await?;
-        let header = FrameHeader::decode(&bytes).map_err(|e| protocol(shared, e))?;
-        header.check_limits(&frames.limits).map_err(|e| protocol(shared, e))?;
+        let header = match frames.next_header().await {
+            Ok(Some(header)) => header,
+            Ok(None) => return Ok(()),
+            Err(FrameError::Protocol(e)) => return Err(protocol(shared, e)),
+            Err(e) => return Err(e.to_string()),
+        };
         if !header.is_response() {
             return Err("the daemon sent a request frame".into());
         }
-        let mut control = vec![0u8; header.control_len as usize];
-        frames.read_exact(&mut control).await?;
+        let control = frames.control(&header).await.map_err(|e| e.to_string())?;
 
         if header.request_id == 0 {
             // A connection-level error: the daemon closes after it.
@@ -662,10 +620,10 @@ async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, frames: &mut FrameRe
         match pending {
             None => {
                 // Answer to a request whose caller gave up: skip it.
-                frames.skip(header.payload_len).await?;
+                frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
             }
             Some(Pending::Simple(reply)) => {
-                frames.skip(header.payload_len).await?;
+                frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
                 let result = if header.status == Status::Ok {
                     Ok(Reply { control })
                 } else {
@@ -674,7 +632,7 @@ async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, frames: &mut FrameRe
                 let _ = reply.send(result);
             }
             Some(Pending::Fetch(mut state)) => {
-                if let Err(e) = take_fetch_frame(shared, frames, &header, &control, &mut state).await {
+                if let Err(e) = take_fetch_frame(shared, frames, max_alloc, &header, &control, &mut state).await {
                     // Hand the destination back before the connection closes.
                     let _ = state.reply.send(FetchDone {
                         dest: state.dest,
@@ -721,13 +679,13 @@ fn remote_error(status: Status, control: &[u8]) -> ClientError {
 async fn take_fetch_frame<R: AsyncRead + Unpin>(
     shared: &Shared,
     frames: &mut FrameReader<R>,
+    max_alloc: u64,
     header: &FrameHeader,
     control: &[u8],
     state: &mut FetchState,
 ) -> Result<(), String> {
-    let max_alloc = frames.max_alloc;
     if header.status != Status::Ok {
-        return frames.skip(header.payload_len).await;
+        return frames.skip(header.payload_len).await.map_err(|e| e.to_string());
     }
     if state.head.is_none() {
         let head: FetchResponse = codec::decode(control).map_err(|e| protocol(shared, e))?;
@@ -755,10 +713,10 @@ async fn take_fetch_frame<R: AsyncRead + Unpin>(
         return Err(format!("the daemon sent {end} bytes for a {total}-byte answer"));
     }
     if state.error.is_some() {
-        return frames.skip(header.payload_len).await;
+        return frames.skip(header.payload_len).await.map_err(|e| e.to_string());
     }
     let place = &mut state.dest.bytes()[state.filled as usize..end as usize];
-    frames.read_exact(place).await?;
+    frames.read_exact(place).await.map_err(|e| e.to_string())?;
     if let Some(crc) = &mut state.crc {
         *crc = crc32c::crc32c_append(*crc, place);
     }

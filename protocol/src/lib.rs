@@ -7,11 +7,16 @@
 //! possibly out of order. The full specification is `docs/PROTOCOL.md`.
 //!
 //! This crate holds no I/O policy: it turns bytes into typed values and back,
-//! and says which lengths are acceptable before anything is allocated.
+//! and says which lengths are acceptable before anything is allocated. Its
+//! `io` feature adds the one async frame reader the daemon, the client and
+//! the tests share.
 //!
 //! # Layout
 //!
 //! * [`header`]: the frame header, its flags and golden-byte tests.
+//! * [`frame`]: the frame codec: header and control message encoded in one
+//!   go, a frame's start parsed in two steps, and (feature `io`) frames read
+//!   off a stream within limits and timeouts.
 //! * [`opcode`] and [`status`]: the codes carried in the header.
 //! * [`message`]: the control messages of each operation.
 //! * [`codec`]: the one module that knows the control encoding (bincode 2).
@@ -23,6 +28,7 @@
 pub mod codec;
 pub mod dtype;
 pub mod error;
+pub mod frame;
 pub mod header;
 pub mod limits;
 pub mod message;

@@ -11,6 +11,9 @@ use shardd_client::Client;
 
 pub use shardd::ctl::bench::pattern;
 
+pub mod raw;
+pub use raw::RawClient;
+
 /// An I/O engine and a transport to run a test on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setup {

@@ -693,8 +693,8 @@ async fn leases_given_back_before_exit_do_not_keep_shards_busy() {
 /// (here: a raw connection that is dropped) gives its leases back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_dies_gives_its_leases_back() {
-    use shardd_protocol::{FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Namespace, Opcode, ViewRequest, codec};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use shardd_protocol::{FetchRequest, Namespace, Opcode, ViewRequest};
+    use shardd_tests::RawClient;
 
     let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"2MiB\"").await;
     let writer = daemon.client(true).await;
@@ -711,30 +711,12 @@ async fn a_client_that_dies_gives_its_leases_back() {
         .await
         .unwrap();
 
-    let path = daemon.unix_endpoint().trim_start_matches("unix://").to_string();
-    let mut raw = tokio::net::UnixStream::connect(path).await.unwrap();
-    let send = async |raw: &mut tokio::net::UnixStream, op: Opcode, id: u64, control: Vec<u8>| {
-        let header = FrameHeader::request(op, id, control.len() as u32, 0);
-        raw.write_all(&header.encode()).await.unwrap();
-        raw.write_all(&control).await.unwrap();
-        let mut bytes = [0u8; HEADER_LEN];
-        raw.read_exact(&mut bytes).await.unwrap();
-        let answer = FrameHeader::decode(&bytes).unwrap();
-        let mut rest = vec![0u8; answer.control_len as usize];
-        raw.read_exact(&mut rest).await.unwrap();
-        answer.status
+    // A plain read discards the memfd that comes with the hello's answer.
+    let mut raw = RawClient::hello(&daemon, false, "dies", true).await;
+    let send = async |raw: &mut RawClient, op: Opcode, id: u64, view: ViewRequest| {
+        raw.request(op, id, &view).await;
+        raw.recv().await.expect("an answer").0.status
     };
-    let hello = HelloRequest {
-        min_version: 1,
-        max_version: 1,
-        client: "dies".into(),
-        want_arena: true,
-    };
-    // A plain read discards the memfd that comes with the answer.
-    assert_eq!(
-        send(&mut raw, Opcode::Hello, 1, codec::encode(&hello).unwrap()).await,
-        Status::Ok
-    );
     // Asked only for what is resident now, a cold shard is `busy` at once and
     // not loaded.
     writer.evict("job", &["a"], EvictMode::Demote).await.unwrap();
@@ -750,10 +732,7 @@ async fn a_client_that_dies_gives_its_leases_back() {
         if_resident: true,
         continued: false,
     };
-    assert_eq!(
-        send(&mut raw, Opcode::FetchView, 9, codec::encode(&view).unwrap()).await,
-        Status::Busy
-    );
+    assert_eq!(send(&mut raw, Opcode::FetchView, 9, view).await, Status::Busy);
     assert_eq!(arena(&writer).await.loads, loads);
 
     for (id, key) in [(2, "a"), (3, "b")] {
@@ -769,10 +748,7 @@ async fn a_client_that_dies_gives_its_leases_back() {
             if_resident: false,
             continued: false,
         };
-        assert_eq!(
-            send(&mut raw, Opcode::FetchView, id, codec::encode(&view).unwrap()).await,
-            Status::Ok
-        );
+        assert_eq!(send(&mut raw, Opcode::FetchView, id, view).await, Status::Ok);
     }
     let other = daemon.client(false).await;
     let err = other.fetch_view("job", "c", None).await.unwrap_err();

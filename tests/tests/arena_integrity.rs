@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shardd_client::{Client, ClientError, ClientOptions, Durability, EvictMode, PutOptions, VerifyOutcome};
-use shardd_protocol::{
-    ArenaStatus, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, codec,
-};
+use shardd_protocol::frame::{self, Start};
+use shardd_protocol::{ArenaStatus, HEADER_LEN, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, codec};
 use shardd_tests::{TestDaemon, engines, eventually, pattern, setups};
 
 const MIB: usize = 1 << 20;
@@ -105,16 +104,12 @@ fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[RawFd]) {
 fn read_frame(socket: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
-    let mut want = HEADER_LEN;
-    while bytes.len() < want {
+    let limits = shardd_protocol::Limits::default();
+    while let Start::Need(want) = frame::parse_start(&bytes, &limits).unwrap() {
         let mut chunk = vec![0u8; want - bytes.len()];
         let n = recv_with_fds(socket.as_raw_fd(), &mut chunk, &mut fds);
         assert!(n > 0, "the peer closed the connection inside the hello");
         bytes.extend_from_slice(&chunk[..n]);
-        if bytes.len() == HEADER_LEN && want == HEADER_LEN {
-            let header = FrameHeader::decode(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
-            want += header.control_len as usize + header.payload_len as usize;
-        }
     }
     (bytes, fds)
 }
@@ -133,12 +128,9 @@ fn take_arena(socket: &Path) -> (UnixStream, Vec<OwnedFd>, u64) {
         client: "hostile".into(),
         want_arena: true,
     };
-    let control = codec::encode(&hello).unwrap();
-    let mut frame = FrameHeader::request(Opcode::Hello, 1, control.len() as u32, 0)
-        .encode()
-        .to_vec();
-    frame.extend_from_slice(&control);
-    stream.write_all(&frame).unwrap();
+    stream
+        .write_all(&frame::request(Opcode::Hello, 1, &hello, 0).unwrap())
+        .unwrap();
     let (answer, fds) = read_frame(&stream);
     let size = hello_answer(&answer).arena.expect("the daemon grants its arena").size;
     (stream, fds, size)

@@ -5,60 +5,17 @@ use std::time::Duration;
 
 use shardd_client::{EvictMode, PutOptions};
 use shardd_protocol::{
-    ErrorResponse, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION, PutRequest,
-    StatRequest, Status, codec,
+    ErrorResponse, FrameHeader, HelloRequest, Key, Namespace, Opcode, PutRequest, StatRequest, Status, codec,
 };
-use shardd_tests::{TestDaemon, engines, eventually, files_under, pattern};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use shardd_tests::{RawClient, TestDaemon, engines, eventually, files_under, pattern};
 
-/// A raw TCP connection that speaks the protocol by hand.
-struct Raw {
-    stream: TcpStream,
+/// What the tests here expect of a raw connection (over TCP).
+trait Expect {
+    async fn expect_error(&mut self, status: Status, id: u64, needle: &str);
+    async fn expect_closed(&mut self);
 }
 
-impl Raw {
-    async fn connect(daemon: &TestDaemon) -> Raw {
-        let addr = daemon.tcp_endpoint().trim_start_matches("tcp://").to_string();
-        Raw {
-            stream: TcpStream::connect(addr).await.unwrap(),
-        }
-    }
-
-    async fn hello(daemon: &TestDaemon) -> Raw {
-        let mut raw = Raw::connect(daemon).await;
-        let hello = HelloRequest {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            client: "raw test".into(),
-            want_arena: false,
-        };
-        raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[]).await;
-        let (header, _) = raw.recv().await.expect("hello answer");
-        assert_eq!(header.status, Status::Ok);
-        raw
-    }
-
-    async fn send(&mut self, op: Opcode, id: u64, control: &[u8], payload: &[u8]) {
-        let header = FrameHeader::request(op, id, control.len() as u32, payload.len() as u64);
-        self.stream.write_all(&header.encode()).await.unwrap();
-        self.stream.write_all(control).await.unwrap();
-        self.stream.write_all(payload).await.unwrap();
-    }
-
-    /// The next frame (header and control; payload skipped), or `None` at EOF.
-    async fn recv(&mut self) -> Option<(FrameHeader, Vec<u8>)> {
-        let mut bytes = [0u8; HEADER_LEN];
-        let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut bytes)).await;
-        read.expect("an answer or EOF within 10 s").ok()?;
-        let header = FrameHeader::decode(&bytes).unwrap();
-        let mut control = vec![0u8; header.control_len as usize];
-        self.stream.read_exact(&mut control).await.unwrap();
-        let mut payload = vec![0u8; header.payload_len as usize];
-        self.stream.read_exact(&mut payload).await.unwrap();
-        Some((header, control))
-    }
-
+impl Expect for RawClient {
     async fn expect_error(&mut self, status: Status, id: u64, needle: &str) {
         let (header, control) = self.recv().await.expect("an error frame");
         let body: ErrorResponse = codec::decode(&control).unwrap();
@@ -69,6 +26,14 @@ impl Raw {
     async fn expect_closed(&mut self) {
         assert!(self.recv().await.is_none(), "the daemon should close the connection");
     }
+}
+
+async fn raw_connect(daemon: &TestDaemon) -> RawClient {
+    RawClient::connect(daemon, true).await
+}
+
+async fn raw_hello(daemon: &TestDaemon) -> RawClient {
+    RawClient::hello(daemon, true, "raw test", false).await
 }
 
 fn stat_control(key: &str) -> Vec<u8> {
@@ -94,28 +59,25 @@ async fn still_serves(daemon: &TestDaemon) {
 async fn garbage_bad_versions_and_requests_before_hello_close_the_connection() {
     let mut daemon = TestDaemon::start(engines()[0], "").await;
 
-    let mut raw = Raw::connect(&daemon).await;
-    raw.stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: shardd\r\n\r\n")
-        .await
-        .unwrap();
+    let mut raw = raw_connect(&daemon).await;
+    raw.write_raw(b"GET / HTTP/1.1\r\nHost: shardd\r\n\r\n").await;
     raw.expect_error(Status::BadRequest, 0, "bad magic").await;
     raw.expect_closed().await;
 
-    let mut raw = Raw::connect(&daemon).await;
+    let mut raw = raw_connect(&daemon).await;
     let mut header = FrameHeader::request(Opcode::Hello, 1, 0, 0).encode();
     header[4] = 7; // protocol version 7
-    raw.stream.write_all(&header).await.unwrap();
+    raw.write_raw(&header).await;
     raw.expect_error(Status::UnsupportedVersion, 0, "version 7").await;
     raw.expect_closed().await;
 
-    let mut raw = Raw::connect(&daemon).await;
+    let mut raw = raw_connect(&daemon).await;
     raw.send(Opcode::Stat, 5, &stat_control("k"), &[]).await;
     raw.expect_error(Status::BadRequest, 5, "first request must be hello")
         .await;
     raw.expect_closed().await;
 
-    let mut raw = Raw::connect(&daemon).await;
+    let mut raw = raw_connect(&daemon).await;
     let hello = HelloRequest {
         min_version: 2,
         max_version: 3,
@@ -134,15 +96,15 @@ async fn garbage_bad_versions_and_requests_before_hello_close_the_connection() {
 async fn oversized_lengths_are_refused_before_anything_is_allocated() {
     let mut daemon = TestDaemon::start(engines()[0], "[storage]\nmax_shard_size = \"64MiB\"").await;
 
-    let mut raw = Raw::hello(&daemon).await;
+    let mut raw = raw_hello(&daemon).await;
     let header = FrameHeader::request(Opcode::Stat, 9, u32::MAX, 0);
-    raw.stream.write_all(&header.encode()).await.unwrap();
+    raw.write_raw(&header.encode()).await;
     raw.expect_error(Status::TooLarge, 9, "control message").await;
     raw.expect_closed().await;
 
-    let mut raw = Raw::hello(&daemon).await;
+    let mut raw = raw_hello(&daemon).await;
     let header = FrameHeader::request(Opcode::Put, 10, 0, u64::MAX);
-    raw.stream.write_all(&header.encode()).await.unwrap();
+    raw.write_raw(&header.encode()).await;
     raw.expect_error(Status::TooLarge, 10, "payload").await;
     raw.expect_closed().await;
 
@@ -164,12 +126,12 @@ async fn oversized_lengths_are_refused_before_anything_is_allocated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_opcodes_malformed_controls_and_stray_payloads_keep_the_connection() {
     let mut daemon = TestDaemon::start(engines()[0], "").await;
-    let mut raw = Raw::hello(&daemon).await;
+    let mut raw = raw_hello(&daemon).await;
 
     let mut header = FrameHeader::request(Opcode::Ping, 20, 3, 5).encode();
     header[6] = 0x77; // opcode 0x77
-    raw.stream.write_all(&header).await.unwrap();
-    raw.stream.write_all(b"abcdefgh").await.unwrap();
+    raw.write_raw(&header).await;
+    raw.write_raw(b"abcdefgh").await;
     raw.expect_error(Status::BadRequest, 20, "unknown opcode 119").await;
 
     raw.send(Opcode::Stat, 21, b"\xff\xff\xff", &[]).await;
@@ -189,7 +151,7 @@ async fn unknown_opcodes_malformed_controls_and_stray_payloads_keep_the_connecti
     // A response flag from a client is a protocol violation: the connection closes.
     let mut bad = FrameHeader::request(Opcode::Ping, 25, 0, 0);
     bad.flags = shardd_protocol::header::Flags::RESPONSE;
-    raw.stream.write_all(&bad.encode()).await.unwrap();
+    raw.write_raw(&bad.encode()).await;
     raw.expect_error(Status::BadRequest, 25, "requests only").await;
     raw.expect_closed().await;
 
@@ -208,15 +170,13 @@ async fn truncated_frames_and_vanishing_writers_lose_nothing() {
             .unwrap();
 
         // Half a header, then gone.
-        let mut raw = Raw::hello(&daemon).await;
-        raw.stream
-            .write_all(&FrameHeader::request(Opcode::Ping, 2, 0, 0).encode()[..10])
-            .await
-            .unwrap();
+        let mut raw = raw_hello(&daemon).await;
+        raw.write_raw(&FrameHeader::request(Opcode::Ping, 2, 0, 0).encode()[..10])
+            .await;
         drop(raw);
 
         // A put of a new version that stops after 3 of 16 MiB.
-        let mut raw = Raw::hello(&daemon).await;
+        let mut raw = raw_hello(&daemon).await;
         let put = PutRequest {
             namespace: Namespace::new("job").unwrap(),
             key: Key::new("w").unwrap(),
@@ -228,9 +188,9 @@ async fn truncated_frames_and_vanishing_writers_lose_nothing() {
         };
         let control = codec::encode(&put).unwrap();
         let header = FrameHeader::request(Opcode::Put, 3, control.len() as u32, 16 << 20);
-        raw.stream.write_all(&header.encode()).await.unwrap();
-        raw.stream.write_all(&control).await.unwrap();
-        raw.stream.write_all(&pattern(3 << 20, 1)).await.unwrap();
+        raw.write_raw(&header.encode()).await;
+        raw.write_raw(&control).await;
+        raw.write_raw(&pattern(3 << 20, 1)).await;
         drop(raw);
 
         let tmp = daemon.data_dir().join("tmp");
@@ -265,7 +225,7 @@ async fn a_client_that_never_reads_its_answers_harms_only_itself() {
     assert_eq!(demoted.evicted, [Key::new("big").unwrap()]);
 
     // Ask for 64 MiB forty times over and never read a byte.
-    let mut greedy = Raw::hello(&daemon).await;
+    let mut greedy = raw_hello(&daemon).await;
     let fetch = codec::encode(&shardd_protocol::FetchRequest {
         namespace: Namespace::new("job").unwrap(),
         key: Key::new("big").unwrap(),
@@ -276,10 +236,10 @@ async fn a_client_that_never_reads_its_answers_harms_only_itself() {
     let flood = async {
         for id in 2..42u64 {
             let header = FrameHeader::request(Opcode::Fetch, id, fetch.len() as u32, 0);
-            if greedy.stream.write_all(&header.encode()).await.is_err() {
+            if greedy.try_write_raw(&header.encode()).await.is_err() {
                 break;
             }
-            if greedy.stream.write_all(&fetch).await.is_err() {
+            if greedy.try_write_raw(&fetch).await.is_err() {
                 break;
             }
         }
@@ -329,7 +289,7 @@ async fn silent_connections_and_connection_floods_are_bounded() {
     let mut daemon = TestDaemon::start(engines()[0], config).await;
 
     // Connects and says nothing: closed after the handshake timeout.
-    let mut silent = Raw::connect(&daemon).await;
+    let mut silent = raw_connect(&daemon).await;
     let started = std::time::Instant::now();
     silent.expect_closed().await;
     assert!(started.elapsed() >= Duration::from_millis(900));
@@ -338,7 +298,7 @@ async fn silent_connections_and_connection_floods_are_bounded() {
     let a = daemon.client(true).await;
     let _b = daemon.client(true).await;
     let _c = daemon.client(false).await;
-    let mut fourth = Raw::connect(&daemon).await;
+    let mut fourth = raw_connect(&daemon).await;
     fourth.expect_error(Status::Busy, 0, "at most 3 connections").await;
     fourth.expect_closed().await;
     a.ping().await.unwrap();

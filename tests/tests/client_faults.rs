@@ -39,8 +39,10 @@ async fn read_request(stream: &mut TcpStream) -> Option<(FrameHeader, Vec<u8>)> 
 
 async fn send(stream: &mut TcpStream, op: Opcode, id: u64, more: bool, control: &[u8], payload: &[u8]) {
     let header = FrameHeader::response(op, id, Status::Ok, more, control.len() as u32, payload.len() as u64);
-    stream.write_all(&header.encode()).await.unwrap();
-    stream.write_all(control).await.unwrap();
+    stream
+        .write_all(&shardd_protocol::frame::encode(&header, control))
+        .await
+        .unwrap();
     stream.write_all(payload).await.unwrap();
 }
 

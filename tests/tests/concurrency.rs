@@ -2,11 +2,8 @@
 
 use shardd_client::PutOptions;
 use shardd_protocol::Durability;
-use shardd_protocol::{
-    FetchRequest, FrameHeader, HEADER_LEN, HelloRequest, Key, Namespace, Opcode, PROTOCOL_VERSION, Status, codec,
-};
-use shardd_tests::{TestDaemon, pattern, setups};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shardd_protocol::{FetchRequest, Key, Namespace, Opcode, Status};
+use shardd_tests::{RawClient, TestDaemon, pattern, setups};
 use tokio::task::JoinSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,13 +83,14 @@ async fn answers_overtake_a_large_fetch() {
             .await
             .unwrap();
 
-        let mut raw = RawConnection::open(&daemon, setup.tcp).await;
-        raw.fetch(2, "big").await;
-        raw.fetch(3, "small").await;
+        let mut raw = RawClient::hello(&daemon, setup.tcp, "raw", false).await;
+        fetch(&mut raw, 2, "big").await;
+        fetch(&mut raw, 3, "small").await;
         let mut big_bytes = 0u64;
         let mut small_done_after = None;
         loop {
-            let (header, payload_len) = raw.next_frame().await;
+            let (header, _) = raw.recv().await.expect("an answer frame");
+            let payload_len = header.payload_len;
             assert_eq!(header.status, Status::Ok);
             match header.request_id {
                 2 => {
@@ -115,69 +113,15 @@ async fn answers_overtake_a_large_fetch() {
     }
 }
 
-/// A connection that sends fetches and reads answer frames by hand.
-struct RawConnection {
-    reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-    writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-}
-
-impl RawConnection {
-    async fn open(daemon: &TestDaemon, tcp: bool) -> RawConnection {
-        let (reader, writer): (
-            Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-        ) = if tcp {
-            let addr = daemon.tcp_endpoint().trim_start_matches("tcp://").to_string();
-            let (r, w) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
-            (Box::new(r), Box::new(w))
-        } else {
-            let path = daemon.unix_endpoint().trim_start_matches("unix://").to_string();
-            let (r, w) = tokio::net::UnixStream::connect(path).await.unwrap().into_split();
-            (Box::new(r), Box::new(w))
-        };
-        let mut conn = RawConnection { reader, writer };
-        let hello = codec::encode(&HelloRequest {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            client: "raw".into(),
-            want_arena: false,
-        })
-        .unwrap();
-        conn.send(Opcode::Hello, 1, &hello).await;
-        let (header, _) = conn.next_frame().await;
-        assert_eq!(header.status, Status::Ok);
-        conn
-    }
-
-    async fn send(&mut self, op: Opcode, id: u64, control: &[u8]) {
-        let header = FrameHeader::request(op, id, control.len() as u32, 0);
-        self.writer.write_all(&header.encode()).await.unwrap();
-        self.writer.write_all(control).await.unwrap();
-        self.writer.flush().await.unwrap();
-    }
-
-    async fn fetch(&mut self, id: u64, key: &str) {
-        let request = FetchRequest {
-            namespace: Namespace::new("job").unwrap(),
-            key: Key::new(key).unwrap(),
-            range: None,
-            max_len: None,
-        };
-        self.send(Opcode::Fetch, id, &codec::encode(&request).unwrap()).await;
-    }
-
-    /// The next frame's header; its control message and payload are skipped.
-    async fn next_frame(&mut self) -> (FrameHeader, u64) {
-        let mut bytes = [0u8; HEADER_LEN];
-        self.reader.read_exact(&mut bytes).await.unwrap();
-        let header = FrameHeader::decode(&bytes).unwrap();
-        let skip = header.control_len as u64 + header.payload_len;
-        let copied = tokio::io::copy(&mut (&mut self.reader).take(skip), &mut tokio::io::sink())
-            .await
-            .unwrap();
-        assert_eq!(copied, skip);
-        (header, header.payload_len)
-    }
+/// A fetch of job/`key` as request `id`, sent by hand.
+async fn fetch(raw: &mut RawClient, id: u64, key: &str) {
+    let request = FetchRequest {
+        namespace: Namespace::new("job").unwrap(),
+        key: Key::new(key).unwrap(),
+        range: None,
+        max_len: None,
+    };
+    raw.request(Opcode::Fetch, id, &request).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use shardd_client::{ClientError, PutOptions, Status};
-use shardd_protocol::{FrameHeader, HEADER_LEN, HelloRequest, Opcode, PROTOCOL_VERSION, codec};
-use shardd_tests::{TestDaemon, engines, pattern};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shardd_protocol::Opcode;
+use shardd_tests::{RawClient, TestDaemon, engines, pattern};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_and_late_ones_hear_why() {
@@ -19,24 +18,7 @@ async fn in_flight_requests_finish_and_late_ones_hear_why() {
         .unwrap();
 
     // A raw connection, handshaken, to send a request at a chosen moment.
-    let socket = daemon.unix_endpoint().trim_start_matches("unix://").to_string();
-    let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
-    let hello = codec::encode(&HelloRequest {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        client: "late".into(),
-        want_arena: false,
-    })
-    .unwrap();
-    raw.write_all(&FrameHeader::request(Opcode::Hello, 1, hello.len() as u32, 0).encode())
-        .await
-        .unwrap();
-    raw.write_all(&hello).await.unwrap();
-    let mut header = [0u8; HEADER_LEN];
-    raw.read_exact(&mut header).await.unwrap();
-    let answer = FrameHeader::decode(&header).unwrap();
-    let mut rest = vec![0u8; answer.control_len as usize];
-    raw.read_exact(&mut rest).await.unwrap();
+    let mut raw = RawClient::hello(&daemon, false, "late", false).await;
 
     let fetch = {
         let client = client.clone();
@@ -50,11 +32,8 @@ async fn in_flight_requests_finish_and_late_ones_hear_why() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    raw.write_all(&FrameHeader::request(Opcode::Ping, 2, 0, 0).encode())
-        .await
-        .unwrap();
-    raw.read_exact(&mut header).await.unwrap();
-    let answer = FrameHeader::decode(&header).unwrap();
+    raw.send(Opcode::Ping, 2, &[], &[]).await;
+    let (answer, _) = raw.recv().await.expect("an answer");
     assert_eq!((answer.request_id, answer.status), (2, Status::ShuttingDown));
 
     let shard = fetch.await.unwrap().expect("the fetch in flight completes");

@@ -23,15 +23,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use shardd_protocol::frame::io::FrameReader;
 use shardd_protocol::{FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, Status, codec};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ServerContext;
 use super::dispatch::{self, Handled};
-use super::frame::{self, NextFrame, OutFrame};
+use super::frame::OutFrame;
 use super::handshake::{self, Transport};
 use super::responder::{Responder, answer, error_frame};
 use crate::metrics::RequestMetrics;
@@ -106,7 +107,7 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
             responder: Responder::new(tx, metrics.clone()),
             metrics,
             arrivals,
-            reader: BufReader::with_capacity(SOCKET_BUFFER, reader),
+            frames: FrameReader::new(reader, SOCKET_BUFFER, ctx.limits(), ctx.config.io_timeout),
             broken,
             ctx,
         };
@@ -187,7 +188,7 @@ struct Connection<R> {
     ctx: Arc<ServerContext>,
     metrics: RequestMetrics,
     arrivals: Arc<Arrivals>,
-    reader: BufReader<R>,
+    frames: FrameReader<R>,
     responder: Responder,
     session: Arc<Session>,
     inflight: Arc<Semaphore>,
@@ -198,17 +199,15 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     async fn read_loop(&mut self) -> Result<(), Closed> {
         let broken = self.broken.clone();
         let shutdown = self.ctx.shutdown.clone();
-        let timeout = self.ctx.config.io_timeout;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
                 _ = shutdown.cancelled() => return self.refuse_until_quiet().await,
-                next = frame::read_header(&mut self.reader, timeout) => next,
+                next = self.frames.next_header_bytes() => next,
             };
-            let bytes = match next.map_err(|e| e.to_string())? {
-                NextFrame::Closed => return Ok(()),
-                NextFrame::Header(bytes) => bytes,
+            let Some(bytes) = next.map_err(|e| e.to_string())? else {
+                return Ok(());
             };
             self.take_frame(&bytes).await?;
         }
@@ -231,13 +230,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             } else {
                 SHUTDOWN_QUIET
             };
-            let wait = tokio::time::timeout(quiet, frame::read_header(&mut self.reader, self.ctx.config.io_timeout));
+            let wait = tokio::time::timeout(quiet, self.frames.next_header_bytes());
             let next = tokio::select! {
                 biased;
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
                 next = wait => next,
             };
-            let Ok(Ok(NextFrame::Header(bytes))) = next else {
+            let Ok(Ok(Some(bytes))) = next else {
                 return Err(shutting_down());
             };
             let Ok(header) = FrameHeader::decode(&bytes) else {
@@ -305,8 +304,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         if let Err(e) = header.check_limits(&limits) {
             return self.fatal(op, id, Status::TooLarge, e.to_string()).await;
         }
-        let mut control = vec![0u8; header.control_len as usize];
-        frame::read_exact(&mut self.reader, &mut control, self.ctx.config.io_timeout)
+        let control = self
+            .frames
+            .control(&header)
             .await
             .map_err(|e| format!("reading a control message: {e}"))?;
 
@@ -377,7 +377,6 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 return Ok(());
             }
         };
-        let timeout = self.ctx.config.io_timeout;
         while put.remaining() > 0 {
             let (mut buf, n) = match put.next_buffer().await {
                 Ok(next) => next,
@@ -387,7 +386,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                     return self.refuse_rest_of_put(id, rest, &e, &span).await;
                 }
             };
-            let read = frame::read_exact(&mut self.reader, &mut buf.as_mut_capacity()[..n], timeout).await;
+            let read = self.frames.read_exact(&mut buf.as_mut_capacity()[..n]).await;
             if let Err(e) = read {
                 // The client vanished mid-payload: dropping the put session
                 // removes its temp file and gives back its blocks and room.
@@ -438,7 +437,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     }
 
     async fn discard(&mut self, len: u64) -> Result<(), Closed> {
-        frame::discard(&mut self.reader, len, self.ctx.config.io_timeout)
+        self.frames
+            .skip(len)
             .await
             .map_err(|e| format!("skipping a refused payload: {e}"))
     }

@@ -1,11 +1,11 @@
-//! Frames on their way out, and the reads a connection makes to take frames in.
+//! Frames on their way out. Frames come in through the protocol crate's
+//! reader ([`shardd_protocol::frame::io::FrameReader`]).
 
 use std::io;
-use std::time::Duration;
 
 use serde::Serialize;
 use shardd_protocol::{ErrorResponse, FrameHeader, HEADER_LEN, Opcode, Status, codec};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Gauged;
 use crate::service::Piece;
@@ -119,71 +119,4 @@ impl OutFrame {
         }
         Ok(())
     }
-}
-
-/// How a wait for the next frame ended.
-#[derive(Debug)]
-pub enum NextFrame {
-    /// A header arrived.
-    Header([u8; HEADER_LEN]),
-    /// The peer closed the connection between frames.
-    Closed,
-}
-
-/// Waits (without a time limit) for the first byte of the next frame, then
-/// reads the rest of the header, each read bounded by `timeout`.
-pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, timeout: Duration) -> io::Result<NextFrame> {
-    if reader.fill_buf().await?.is_empty() {
-        return Ok(NextFrame::Closed);
-    }
-    let mut header = [0u8; HEADER_LEN];
-    read_exact(reader, &mut header, timeout).await?;
-    Ok(NextFrame::Header(header))
-}
-
-/// `read_exact` that fails with `TimedOut` if the peer stalls.
-pub async fn read_exact<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    buf: &mut [u8],
-    timeout: Duration,
-) -> io::Result<()> {
-    // Pipelined requests are usually buffered already: no timer for those.
-    if reader.buffer().len() >= buf.len() {
-        buf.copy_from_slice(&reader.buffer()[..buf.len()]);
-        reader.consume(buf.len());
-        return Ok(());
-    }
-    match tokio::time::timeout(timeout, reader.read_exact(buf)).await {
-        Ok(result) => result.map(|_| ()),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("peer sent nothing for {timeout:?} in the middle of a frame"),
-        )),
-    }
-}
-
-/// Reads and throws away `len` bytes (the payload of a refused request).
-pub async fn discard<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    mut len: u64,
-    timeout: Duration,
-) -> io::Result<()> {
-    while len > 0 {
-        let available = match tokio::time::timeout(timeout, reader.fill_buf()).await {
-            Ok(result) => result?.len(),
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("peer sent nothing for {timeout:?} in the middle of a frame"),
-                ));
-            }
-        };
-        if available == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let n = available.min(len as usize);
-        reader.consume(n);
-        len -= n as u64;
-    }
-    Ok(())
 }

@@ -1,0 +1,111 @@
+//! A client that speaks the protocol by hand, through the protocol crate's
+//! frame codec: for tests that send requests at chosen moments, read answers
+//! frame by frame, or send malformed frames on purpose ([`RawClient::write_raw`]
+//! with bytes built from `FrameHeader` itself).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use shardd_protocol::frame::io::FrameReader;
+use shardd_protocol::{FrameHeader, HelloRequest, Limits, MAX_CONTROL_LEN, Opcode, PROTOCOL_VERSION, Status, frame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::TestDaemon;
+
+/// How long a raw client waits for an answer before the test fails.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// A connection driven by hand.
+pub struct RawClient {
+    frames: FrameReader<Box<dyn AsyncRead + Unpin + Send>>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+impl std::fmt::Debug for RawClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawClient")
+    }
+}
+
+impl RawClient {
+    /// Connects to `daemon` over TCP or its Unix socket; no hello yet.
+    pub async fn connect(daemon: &TestDaemon, tcp: bool) -> RawClient {
+        let (reader, writer): (Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>) = if tcp {
+            let addr = daemon.tcp_endpoint().trim_start_matches("tcp://").to_string();
+            let (r, w) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+            (Box::new(r), Box::new(w))
+        } else {
+            let (r, w) = tokio::net::UnixStream::connect(daemon.socket_path())
+                .await
+                .unwrap()
+                .into_split();
+            (Box::new(r), Box::new(w))
+        };
+        let limits = Limits {
+            max_control_len: MAX_CONTROL_LEN,
+            max_payload_len: u64::MAX,
+        };
+        RawClient {
+            frames: FrameReader::new(reader, 64 * 1024, limits, ANSWER_WAIT),
+            writer,
+        }
+    }
+
+    /// Connects and says hello as `name` (asking for the arena if
+    /// `want_arena`: a raw client reads past the descriptor, which closes
+    /// it); the hello must be accepted.
+    pub async fn hello(daemon: &TestDaemon, tcp: bool, name: &str, want_arena: bool) -> RawClient {
+        let mut raw = RawClient::connect(daemon, tcp).await;
+        let hello = HelloRequest {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            client: name.into(),
+            want_arena,
+        };
+        raw.request(Opcode::Hello, 1, &hello).await;
+        let (header, _) = raw.recv().await.expect("the hello is answered");
+        assert_eq!(header.status, Status::Ok, "the hello is accepted");
+        raw
+    }
+
+    /// Sends a request frame with `control` bytes as they are and `payload`.
+    pub async fn send(&mut self, op: Opcode, id: u64, control: &[u8], payload: &[u8]) {
+        let header = FrameHeader::request(op, id, control.len() as u32, payload.len() as u64);
+        self.write_raw(&frame::encode(&header, control)).await;
+        self.write_raw(payload).await;
+    }
+
+    /// Sends a request carrying `message`, without payload.
+    pub async fn request<T: Serialize>(&mut self, op: Opcode, id: u64, message: &T) {
+        let bytes = frame::request(op, id, message, 0).unwrap();
+        self.write_raw(&bytes).await;
+    }
+
+    /// Writes `bytes` as they are: the lower-level writer, for frames
+    /// malformed on purpose.
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.try_write_raw(bytes).await.unwrap();
+    }
+
+    /// [`RawClient::write_raw`], for writes the daemon may refuse (it
+    /// closed the connection, or stopped reading it).
+    pub async fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes).await?;
+        self.writer.flush().await
+    }
+
+    /// The next frame's header and control message (its payload is read
+    /// and dropped), or `None` once the daemon has closed the connection.
+    /// Fails the test if nothing comes within ten seconds.
+    pub async fn recv(&mut self) -> Option<(FrameHeader, Vec<u8>)> {
+        let next = async {
+            let header = self.frames.next_header().await.ok()??;
+            let control = self.frames.control(&header).await.ok()?;
+            self.frames.skip(header.payload_len).await.ok()?;
+            Some((header, control))
+        };
+        tokio::time::timeout(ANSWER_WAIT, next)
+            .await
+            .expect("an answer or the end of the connection within 10 s")
+    }
+}
