@@ -1,0 +1,194 @@
+//! The loops `bench hot` times: the working set put and removed, fetches
+//! over the socket or as zero-copy views, copies out of views held, and
+//! small fetches at a given depth.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use shardd_client::{Client, ClientOptions, PutOptions};
+use tokio::task::JoinSet;
+
+use super::{Mode, SmallResult};
+use crate::ctl::bench::{pattern, percentile};
+
+pub(super) async fn connect(endpoint: &str, zero_copy: bool, connections: usize) -> anyhow::Result<Vec<Client>> {
+    let options = ClientOptions {
+        zero_copy,
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(Client::connect_with(endpoint, options.clone()).await?);
+    }
+    Ok(clients)
+}
+
+pub(super) fn key(size: u64, i: u64) -> String {
+    format!("hot/{size}/{i}")
+}
+
+/// Stores the working set; puts leave their shards in the arena.
+pub(super) async fn put_set(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+    let data = Bytes::from(pattern(size as usize, size));
+    for i in 0..shards {
+        client
+            .put(namespace, &key(size, i), data.clone(), PutOptions::default())
+            .await
+            .with_context(|| format!("put {}", key(size, i)))?;
+    }
+    Ok(())
+}
+
+pub(super) async fn remove_set(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
+    for i in 0..shards {
+        match client.delete(namespace, &key(size, i), None).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).context("remove benchmark shards"),
+        }
+    }
+    Ok(())
+}
+
+/// One throughput case: `concurrency` workers each take every
+/// `concurrency`-th shard of a working set of `shards` shards of `size`
+/// bytes, in turn, until `total` bytes are fetched (or copied) altogether.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sweep {
+    pub(super) size: u64,
+    pub(super) shards: u64,
+    pub(super) concurrency: usize,
+    pub(super) total: u64,
+}
+
+impl Sweep {
+    /// Shards each worker takes.
+    fn per_worker(&self) -> u64 {
+        (self.total / self.size / self.concurrency as u64).max(1)
+    }
+
+    /// The shard worker `w` takes `n`-th.
+    fn shard(&self, w: usize, n: u64) -> u64 {
+        (w as u64 + n * self.concurrency as u64) % self.shards
+    }
+
+    /// One destination buffer per worker, allocated and touched before the
+    /// clock starts.
+    fn buffers(&self) -> Vec<Vec<u8>> {
+        (0..self.concurrency).map(|_| vec![1u8; self.size as usize]).collect()
+    }
+
+    /// Bytes per second, for the whole sweep done in `elapsed`.
+    fn rate(&self, elapsed: Duration) -> f64 {
+        (self.per_worker() * self.concurrency as u64 * self.size) as f64 / elapsed.as_secs_f64()
+    }
+}
+
+/// Fetches the sweep's bytes of the working set; returns bytes per second.
+pub(super) async fn fetch_loop(clients: &[Client], namespace: &str, sweep: Sweep) -> anyhow::Result<f64> {
+    let buffers = sweep.buffers();
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for (w, mut buf) in buffers.into_iter().enumerate() {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        workers.spawn(async move {
+            for n in 0..sweep.per_worker() {
+                let key = key(sweep.size, sweep.shard(w, n));
+                let (back, result) = client.fetch_into(&namespace, &key, None, buf).await;
+                buf = back;
+                result.with_context(|| format!("fetch {key}"))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    Ok(sweep.rate(start.elapsed()))
+}
+
+/// Takes zero-copy views of the whole working set once, then copies the
+/// sweep's bytes out of them from one thread per worker, as the fetch
+/// workers do but without a request per fetch; returns bytes per second.
+pub(super) async fn copy_loop(client: &Client, namespace: &str, sweep: Sweep) -> anyhow::Result<f64> {
+    let mut views = Vec::new();
+    for i in 0..sweep.shards {
+        let key = key(sweep.size, i);
+        let view = client
+            .fetch_view(namespace, &key, None)
+            .await
+            .with_context(|| format!("view of {key}"))?;
+        views.push(view);
+    }
+    let views = &views;
+    let buffers = sweep.buffers();
+    let start = Instant::now();
+    // Threads, as the memcpy baseline uses; the runtime carries on meanwhile.
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = buffers
+                .into_iter()
+                .enumerate()
+                .map(|(w, mut buf)| {
+                    s.spawn(move || {
+                        for n in 0..sweep.per_worker() {
+                            views[sweep.shard(w, n) as usize].copy_to(&mut buf, false)?;
+                            std::hint::black_box(&buf);
+                        }
+                        Ok::<(), shardd_client::ClientError>(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
+    })
+    .context("copy out of views held")?;
+    Ok(sweep.rate(start.elapsed()))
+}
+
+/// `requests` fetches of 4 KiB shards from `concurrency` workers; latency
+/// of each and overall ops/s.
+pub(super) async fn small_loop(
+    clients: &[Client],
+    namespace: &str,
+    concurrency: usize,
+    requests: u64,
+) -> anyhow::Result<SmallResult> {
+    let per_worker = (requests / concurrency as u64).max(1);
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for w in 0..concurrency {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        workers.spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut latencies = Vec::with_capacity(per_worker as usize);
+            for n in 0..per_worker {
+                let i = (w as u64 * 7919 + n * 104_729) % 1024;
+                let began = Instant::now();
+                let (back, result) = client.fetch_into(&namespace, &key(4096, i), None, buf).await;
+                buf = back;
+                result.with_context(|| format!("fetch {}", key(4096, i)))?;
+                latencies.push(began.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(result) = workers.join_next().await {
+        latencies.extend(result??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok(SmallResult {
+        concurrency,
+        mode: Mode::ZeroCopyUnix,
+        ops_per_sec: latencies.len() as f64 / elapsed,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+    })
+}
