@@ -1,6 +1,8 @@
 //! How requests answer: frames queued for the connection's writer, and the
 //! one place where an error of the request path becomes a wire status.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use shardd_protocol::{Opcode, Status};
 use tokio::sync::mpsc;
@@ -10,16 +12,20 @@ use crate::metrics::RequestMetrics;
 use crate::store::StoreError;
 
 /// What a request needs to answer: the connection's queue of frames.
+/// Cheap to clone (every request task gets one).
 #[derive(Clone, Debug)]
 pub struct Responder {
     tx: mpsc::Sender<OutFrame>,
-    metrics: RequestMetrics,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl Responder {
     /// A responder queueing into `tx`, counting payload in flight in `metrics`.
     pub fn new(tx: mpsc::Sender<OutFrame>, metrics: RequestMetrics) -> Responder {
-        Responder { tx, metrics }
+        Responder {
+            tx,
+            metrics: Arc::new(metrics),
+        }
     }
 
     /// Queues a frame; returns false if the connection is gone.
