@@ -1,8 +1,9 @@
 //! The one dispatch table: each request's control message is decoded and
 //! handed to the [`crate::service`], and what it returns is framed.
 //!
-//! What needs no waiting (a ping, a stat, a release, a fetch or view of a
-//! shard in the arena) is answered on the spot by the connection's reader;
+//! What needs no waiting (ping, stat, list, release, prefetch, schedule,
+//! and a fetch or view of a shard in the arena) is answered on the spot by
+//! the connection's reader;
 //! the rest runs as its own task, so that answers to pipelined requests can
 //! overtake each other. Puts, whose payload the reader takes in, go through
 //! [`super::connection`].
