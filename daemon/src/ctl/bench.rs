@@ -61,6 +61,24 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Deletes the benchmark's shards `keys` of `namespace`; keys already gone
+/// are fine.
+pub async fn delete_keys(
+    client: &shardd_client::Client,
+    namespace: &str,
+    keys: impl IntoIterator<Item = String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for key in keys {
+        match client.delete(namespace, &key, None).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).context("remove benchmark shards"),
+        }
+    }
+    Ok(())
+}
+
 /// The median (mean of the middle two for an even count).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

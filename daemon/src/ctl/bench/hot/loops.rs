@@ -41,14 +41,7 @@ pub(super) async fn put_set(client: &Client, namespace: &str, size: u64, shards:
 }
 
 pub(super) async fn remove_set(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
-    for i in 0..shards {
-        match client.delete(namespace, &key(size, i), None).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e).context("remove benchmark shards"),
-        }
-    }
-    Ok(())
+    crate::ctl::bench::delete_keys(client, namespace, (0..shards).map(|i| key(size, i))).await
 }
 
 /// One throughput case: `concurrency` workers each take every
