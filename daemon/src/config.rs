@@ -172,6 +172,21 @@ fn invalid(key: &str, message: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("invalid {key}: {message}")
 }
 
+/// `value` of `key` if it lies in `range`, else an error naming the key and
+/// the range.
+fn within<T>(key: &str, value: T, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    Err(invalid(
+        key,
+        format!("{value}; use {} to {}", range.start(), range.end()),
+    ))
+}
+
 impl Config {
     /// Embedded defaults, overlaid by the file at `path` (if any), overlaid
     /// by `overrides`; then validated.

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::units::Size;
-use super::{ArenaSettings, Overrides, invalid};
+use super::{ArenaSettings, Overrides, invalid, within};
 use crate::arena::HugePages;
 use crate::cache::policy::PolicyKind;
 use crate::cache::{BounceIo, CacheConfig};
@@ -44,13 +44,7 @@ impl FileArena {
                 format!("{write_back_memory} bytes is more than the arena ({size} bytes)"),
             ));
         }
-        let flush_concurrency = self.flush_concurrency.unwrap_or(4);
-        if !(1..=256).contains(&flush_concurrency) {
-            return Err(invalid(
-                "arena.flush_concurrency",
-                format!("{flush_concurrency}; use 1 to 256"),
-            ));
-        }
+        let flush_concurrency = within("arena.flush_concurrency", self.flush_concurrency.unwrap_or(4), 1..=256)?;
         Ok(ArenaSettings {
             size,
             huge_pages: self.huge_pages.unwrap_or_default(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::units::{Size, Span};
-use super::{DEFAULT_HTTP, DEFAULT_SOCKET, DEFAULT_TCP, Listen, Overrides, invalid};
+use super::{DEFAULT_HTTP, DEFAULT_SOCKET, DEFAULT_TCP, Listen, Overrides, invalid, within};
 use crate::server::ServerConfig;
 use crate::store::StoreConfig;
 
@@ -103,13 +103,11 @@ impl FileServer {
         if max_connections == 0 {
             return Err(invalid("server.max_connections", "must be above 0"));
         }
-        let max_inflight_requests = self.max_inflight_requests.unwrap_or(64);
-        if !(1..=65536).contains(&max_inflight_requests) {
-            return Err(invalid(
-                "server.max_inflight_requests",
-                format!("{max_inflight_requests}; use 1 to 65536"),
-            ));
-        }
+        let max_inflight_requests = within(
+            "server.max_inflight_requests",
+            self.max_inflight_requests.unwrap_or(64),
+            1..=65536,
+        )?;
         let positive = |key: &str, span: Option<Span>, default: Duration| -> anyhow::Result<Duration> {
             let d = span.map_or(default, |s| s.0);
             if d.is_zero() {

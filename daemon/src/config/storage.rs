@@ -6,7 +6,7 @@ use serde::Deserialize;
 use shardd_protocol::DEFAULT_MAX_PAYLOAD_LEN;
 
 use super::units::Size;
-use super::{DEFAULT_DATA_DIR, Overrides, invalid};
+use super::{DEFAULT_DATA_DIR, Overrides, invalid, within};
 use crate::store::{StoreConfig, VerifyMode};
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,13 +56,7 @@ impl FileStorage {
                 format!("{chunk_size} bytes; use a power of two from 64KiB to 16MiB"),
             ));
         }
-        let chunks_in_flight = self.chunks_in_flight.unwrap_or(8);
-        if !(1..=256).contains(&chunks_in_flight) {
-            return Err(invalid(
-                "storage.chunks_in_flight",
-                format!("{chunks_in_flight}; use 1 to 256"),
-            ));
-        }
+        let chunks_in_flight = within("storage.chunks_in_flight", self.chunks_in_flight.unwrap_or(8), 1..=256)?;
         let max_shard_bytes = self.max_shard_size.map_or(DEFAULT_MAX_PAYLOAD_LEN, |s| s.0);
         if max_shard_bytes == 0 {
             return Err(invalid("storage.max_shard_size", "must be above 0"));
