@@ -61,8 +61,11 @@ pub fn dispatch(
     responder: &Responder,
 ) -> Handled {
     let service = &ctx.service;
-    let (ctx, session, responder) = (ctx.clone(), session.clone(), responder.clone());
-    let later = |task: Pin<Box<dyn Future<Output = ()> + Send>>| Handled::Later(task);
+    let task = Task {
+        ctx,
+        session,
+        responder,
+    };
     match op {
         Opcode::Ping => now(OutFrame::empty_ok(op, id)),
         Opcode::Stat => now(answer(
@@ -73,7 +76,7 @@ pub fn dispatch(
         Opcode::Release => now(answer(
             op,
             id,
-            decode::<ReleaseRequest>(&control).map(|r| service.release(&r, &session)),
+            decode::<ReleaseRequest>(&control).map(|r| service.release(&r, session)),
         )),
         Opcode::Fetch => {
             let req = match decode::<FetchRequest>(&control) {
@@ -83,7 +86,7 @@ pub fn dispatch(
             match service.fetch_resident(&req) {
                 Some(Ok(fetch)) => Handled::Now(FetchFrames::new(id, &fetch).ready(fetch)),
                 Some(Err(e)) => now(error_frame(op, id, &e)),
-                None => later(Box::pin(async move {
+                None => task.later(move |ctx, session, responder| async move {
                     let span = tracing::debug_span!(
                         "fetch",
                         id,
@@ -100,7 +103,7 @@ pub fn dispatch(
                         }
                     };
                     sent.instrument(span).await;
-                })),
+                }),
             }
         }
         Opcode::FetchView => {
@@ -108,14 +111,14 @@ pub fn dispatch(
                 Ok(req) => req,
                 Err(e) => return now(error_frame(op, id, &e)),
             };
-            match service.view_resident(&req, &session) {
+            match service.view_resident(&req, session) {
                 Some(result) => now(answer(op, id, result)),
-                None => later(Box::pin(async move {
+                None => task.later(move |ctx, session, responder| async move {
                     let span =
                         tracing::debug_span!("fetch_view", id, namespace = %req.fetch.namespace, key = %req.fetch.key);
                     let result = ctx.service.view(req, &session).instrument(span).await;
                     responder.send(answer(op, id, result)).await;
-                })),
+                }),
             }
         }
         Opcode::List => now(answer(
@@ -133,11 +136,11 @@ pub fn dispatch(
             id,
             decode::<ScheduleRequest>(&control).and_then(|r| service.schedule(r)),
         )),
-        Opcode::Status => later(Box::pin(async move {
+        Opcode::Status => task.later(move |ctx, _, responder| async move {
             let status = ctx.status().await;
             responder.send(OutFrame::ok(op, id, &status)).await;
-        })),
-        Opcode::Delete => later(Box::pin(async move {
+        }),
+        Opcode::Delete => task.later(move |ctx, _, responder| async move {
             let result = match decode::<DeleteRequest>(&control) {
                 Ok(req) => {
                     let span = tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
@@ -147,15 +150,15 @@ pub fn dispatch(
                 Err(e) => Err(e),
             };
             responder.send(answer(op, id, result)).await;
-        })),
-        Opcode::Evict => later(Box::pin(async move {
+        }),
+        Opcode::Evict => task.later(move |ctx, _, responder| async move {
             let result = match decode::<EvictRequest>(&control) {
                 Ok(req) => ctx.service.evict(&req).await,
                 Err(e) => Err(e),
             };
             responder.send(answer(op, id, result)).await;
-        })),
-        Opcode::Verify => later(Box::pin(async move {
+        }),
+        Opcode::Verify => task.later(move |ctx, _, responder| async move {
             let result = match decode::<VerifyRequest>(&control) {
                 Ok(req) => {
                     let span = tracing::debug_span!("verify", id, namespace = %req.namespace, key = %req.key);
@@ -164,7 +167,7 @@ pub fn dispatch(
                 Err(e) => Err(e),
             };
             responder.send(answer(op, id, result)).await;
-        })),
+        }),
         Opcode::Hello | Opcode::Put => now(OutFrame::error(
             op,
             id,
@@ -172,6 +175,26 @@ pub fn dispatch(
             format!("{op} cannot be handled here"),
             None,
         )),
+    }
+}
+
+/// What a request answered by its own task takes along: cloned only for
+/// those (a request answered on the spot clones nothing).
+struct Task<'a> {
+    ctx: &'a Arc<ServerContext>,
+    session: &'a Arc<Session>,
+    responder: &'a Responder,
+}
+
+impl Task<'_> {
+    /// The request is answered by the task `answer` makes.
+    fn later<F, Fut>(self, answer: F) -> Handled
+    where
+        F: FnOnce(Arc<ServerContext>, Arc<Session>, Responder) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let task = answer(self.ctx.clone(), self.session.clone(), self.responder.clone());
+        Handled::Later(Box::pin(task))
     }
 }
 

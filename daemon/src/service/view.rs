@@ -17,20 +17,20 @@ use crate::store::StoreError;
 impl Service {
     /// A view of a shard in the arena, at once; `None` when it is not
     /// resident (then [`Service::view`] loads it). Never waits. The leases
-    /// the request gives back are released first.
+    /// the request gives back are released first, whatever the answer.
     pub fn view_resident(&self, req: &ViewRequest, session: &Session) -> Option<Result<ViewResponse, StoreError>> {
-        let cache = self.cache()?;
         session.release(&req.release);
+        let cache = self.cache()?;
         let lease = cache.try_hit(&req.fetch.namespace, &req.fetch.key, Access::of_view(req.continued))?;
         Some(lease.and_then(|lease| view(cache, &req.fetch, session, lease)))
     }
 
-    /// A view: waits for the shard's load (or, for a range, for the chunks
-    /// it covers); `busy` when the arena cannot place it now and
-    /// `if_resident` asked not to load.
+    /// A view of a shard [`Service::view_resident`] did not find resident
+    /// (and whose leases to give back it released): waits for the shard's
+    /// load (or, for a range, for the chunks it covers); `busy` when the
+    /// arena cannot place it now and `if_resident` asked not to load.
     pub async fn view(&self, req: ViewRequest, session: &Session) -> Result<ViewResponse, StoreError> {
         let cache = self.arena()?;
-        session.release(&req.release);
         require_mapped(session)?;
         let ViewRequest {
             fetch: req,
