@@ -17,9 +17,12 @@ enum Kind {
     Gauge,
 }
 
-/// One metric family: its name, help, kind and label (if any).
+/// One metric family: its name, help, kind and label (if any), and its
+/// values by label value (`""` for none) from the arena's status and the
+/// drive tier's misses.
 struct Family {
     name: &'static str,
+    values: fn(&ArenaStatus, u64) -> Vec<(&'static str, u64)>,
     help: &'static str,
     kind: Kind,
     label: Option<&'static str>,
@@ -28,54 +31,70 @@ struct Family {
 const FAMILIES: &[Family] = &[
     Family {
         name: "shardd_arena_capacity_bytes",
+        values: |a, _| vec![("", a.capacity_bytes)],
         help: "Bytes of the pinned-memory arena.",
         kind: Kind::Gauge,
         label: None,
     },
     Family {
         name: "shardd_arena_used_bytes",
+        values: |a, _| vec![("", a.used_bytes)],
         help: "Bytes of the arena holding shards.",
         kind: Kind::Gauge,
         label: None,
     },
     Family {
         name: "shardd_arena_locked_bytes",
+        values: |a, _| vec![("", a.locked_bytes)],
         help: "Bytes of the arena locked in RAM (mlock); below capacity when RLIMIT_MEMLOCK is lower.",
         kind: Kind::Gauge,
         label: None,
     },
     Family {
         name: "shardd_arena_dirty_bytes",
+        values: |a, _| vec![("", a.dirty_bytes)],
         help: "Bytes of write-back shards not yet on a drive.",
         kind: Kind::Gauge,
         label: None,
     },
     Family {
         name: "shardd_arena_leased_shards",
+        values: |a, _| vec![("", a.leased_shards)],
         help: "Shards in the arena held by a lease (being sent, or viewed in place): not evictable.",
         kind: Kind::Gauge,
         label: None,
     },
     Family {
         name: "shardd_cache_hits_total",
+        values: |a, _| vec![("arena", a.hits), ("nvme", a.loads + a.bypassed)],
         help: "Fetches served by a tier: the arena, or a drive after the arena missed.",
         kind: Kind::Counter,
         label: Some("tier"),
     },
     Family {
         name: "shardd_cache_misses_total",
+        values: |a, nvme_misses| vec![("arena", a.misses + a.bypassed), ("nvme", nvme_misses)],
         help: "Fetches a tier could not serve: not in the arena, or on no drive (not found).",
         kind: Kind::Counter,
         label: Some("tier"),
     },
     Family {
         name: "shardd_arena_evictions_total",
+        values: |a, _| vec![("pressure", a.evictions), ("request", a.demoted)],
         help: "Shards removed from the arena: under memory pressure, or on request (evict).",
         kind: Kind::Counter,
         label: Some("reason"),
     },
     Family {
         name: "shardd_prefetches_total",
+        values: |a, _| {
+            vec![
+                ("issued", a.prefetch_queued),
+                ("completed", a.prefetch_completed),
+                ("late", a.prefetch_late),
+                ("unused", a.prefetch_unused),
+            ]
+        },
         help: "Prefetch hints: issued (queued loads), completed (loaded), late (a fetch came while \
                loading) and unused (evicted before any fetch).",
         kind: Kind::Counter,
@@ -83,24 +102,28 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "shardd_write_back_puts_total",
+        values: |a, _| vec![("", a.write_back_puts)],
         help: "Puts acknowledged from the arena before reaching a drive.",
         kind: Kind::Counter,
         label: None,
     },
     Family {
         name: "shardd_write_back_superseded_total",
+        values: |a, _| vec![("", a.flushes_superseded)],
         help: "Write-back shards replaced or deleted before their flush finished (not written, or written only in part).",
         kind: Kind::Counter,
         label: None,
     },
     Family {
         name: "shardd_write_back_flush_failures_total",
+        values: |a, _| vec![("", a.flush_failures)],
         help: "Write-back shards whose flush to a drive failed.",
         kind: Kind::Counter,
         label: None,
     },
     Family {
         name: "shardd_arena_checksum_failures_total",
+        values: |a, _| vec![("", a.checksum_failures)],
         help: "Copies in the arena that no longer matched their CRC32C when checked again (memory \
                corruption); dropped, never served again.",
         kind: Kind::Counter,
@@ -135,31 +158,6 @@ impl TierCollector {
             descs,
         }
     }
-
-    /// The values of family `name`, by label value (`""` for none).
-    fn values(&self, a: &ArenaStatus, name: &str) -> Vec<(&'static str, u64)> {
-        match name {
-            "shardd_arena_capacity_bytes" => vec![("", a.capacity_bytes)],
-            "shardd_arena_used_bytes" => vec![("", a.used_bytes)],
-            "shardd_arena_locked_bytes" => vec![("", a.locked_bytes)],
-            "shardd_arena_dirty_bytes" => vec![("", a.dirty_bytes)],
-            "shardd_arena_leased_shards" => vec![("", a.leased_shards)],
-            "shardd_cache_hits_total" => vec![("arena", a.hits), ("nvme", a.loads + a.bypassed)],
-            "shardd_cache_misses_total" => vec![("arena", a.misses + a.bypassed), ("nvme", self.nvme_misses.get())],
-            "shardd_arena_evictions_total" => vec![("pressure", a.evictions), ("request", a.demoted)],
-            "shardd_prefetches_total" => vec![
-                ("issued", a.prefetch_queued),
-                ("completed", a.prefetch_completed),
-                ("late", a.prefetch_late),
-                ("unused", a.prefetch_unused),
-            ],
-            "shardd_write_back_puts_total" => vec![("", a.write_back_puts)],
-            "shardd_write_back_superseded_total" => vec![("", a.flushes_superseded)],
-            "shardd_write_back_flush_failures_total" => vec![("", a.flush_failures)],
-            "shardd_arena_checksum_failures_total" => vec![("", a.checksum_failures)],
-            _ => Vec::new(),
-        }
-    }
 }
 
 impl Collector for TierCollector {
@@ -169,6 +167,7 @@ impl Collector for TierCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let status = self.cache.as_ref().map(Cache::status).unwrap_or_default();
+        let nvme_misses = self.nvme_misses.get();
         FAMILIES
             .iter()
             .map(|f| {
@@ -179,7 +178,7 @@ impl Collector for TierCollector {
                     Kind::Counter => MetricType::COUNTER,
                     Kind::Gauge => MetricType::GAUGE,
                 });
-                for (value_of_label, value) in self.values(&status, f.name) {
+                for (value_of_label, value) in (f.values)(&status, nvme_misses) {
                     let mut metric = Metric::default();
                     if let Some(label) = f.label {
                         let mut pair = LabelPair::default();
