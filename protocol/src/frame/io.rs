@@ -158,4 +158,19 @@ mod tests {
         let mut frames = FrameReader::new(&bytes[..4], 64, Limits::default(), Duration::from_secs(1));
         assert!(matches!(frames.next_header().await, Err(FrameError::Ended)));
     }
+
+    #[tokio::test]
+    async fn a_peer_that_stalls_inside_a_frame_is_told_apart_from_one_that_idles() {
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        let mut frames = FrameReader::new(ours, 64, Limits::default(), Duration::from_millis(50));
+        // Quiet between frames: no timeout, the read is still waiting.
+        let waiting = tokio::time::timeout(Duration::from_millis(200), frames.next_header()).await;
+        assert!(waiting.is_err(), "between frames a peer may idle");
+        // Half a header, then nothing: stalled, not closed.
+        let bytes = request(Opcode::Stat, 1, &stat(), 0).unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut peer, &bytes[..10])
+            .await
+            .unwrap();
+        assert!(matches!(frames.next_header().await, Err(FrameError::Stalled(_))));
+    }
 }
