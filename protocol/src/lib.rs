@@ -39,7 +39,9 @@ pub mod status;
 pub use dtype::DType;
 pub use error::ProtocolError;
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
-pub use limits::{DEFAULT_MAX_PAYLOAD_LEN, Limits, MAX_CONTROL_LEN, MAX_LIST_LIMIT, MAX_SHAPE_DIMS};
+pub use limits::{
+    DEFAULT_MAX_PAYLOAD_LEN, Limits, MAX_CHOSEN_VERSION, MAX_CONTROL_LEN, MAX_LIST_LIMIT, MAX_SHAPE_DIMS,
+};
 pub use message::*;
 pub use names::{Key, MAX_KEY_LEN, MAX_NAMESPACE_LEN, NameError, Namespace, ShardIndex};
 pub use opcode::Opcode;

@@ -14,6 +14,11 @@ pub const MAX_LIST_LIMIT: u32 = 10_000;
 /// Most dimensions a shard's shape may have.
 pub const MAX_SHAPE_DIMS: usize = 32;
 
+/// Largest version a put may name (2^63 - 1). The versions above it are
+/// left to automatic versions (a put naming none), so that a client that
+/// names a huge version cannot stop every later put of the key.
+pub const MAX_CHOSEN_VERSION: u64 = u64::MAX >> 1;
+
 /// The lengths a receiver accepts in a frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

@@ -58,9 +58,20 @@ impl Store {
                 Some(record) => {
                     // Deleting a quarantined key also discards its file.
                     if let Some(file) = record.file {
-                        let removed = fs::blocking(move || fs::remove_file(&file)).await;
-                        if removed.is_ok() {
-                            self.inner.quarantined_files.fetch_sub(1, Ordering::Relaxed);
+                        let removed = fs::blocking(move || {
+                            fs::remove_file(&file)?;
+                            match file.parent() {
+                                Some(parent) => fs::sync_dir(parent),
+                                None => Ok(()),
+                            }
+                        })
+                        .await;
+                        match removed {
+                            Ok(()) => {
+                                self.inner.quarantined_files.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(StoreError::io(format!("delete quarantined {namespace}/{key}"), e)),
                         }
                     }
                     Ok(record.version)

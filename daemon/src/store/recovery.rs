@@ -102,7 +102,7 @@ fn recover_blocking(store: &Store) -> anyhow::Result<RecoveryReport> {
             Checked::Good(entry) => {
                 let id = (entry.meta.namespace.clone(), entry.meta.key.clone());
                 let loser = match newest.remove(&id) {
-                    Some(other) if other.meta.version >= entry.meta.version => {
+                    Some(other) if supersedes(&other, &entry) => {
                         newest.insert(id, other);
                         entry
                     }
@@ -260,6 +260,16 @@ pub(super) fn read_header(path: &Path, direct: bool) -> Result<(shardd_protocol:
     };
     let (meta, layout) = format::decode_header(header.as_slice()).map_err(|e| e.to_string())?;
     Ok((meta, layout, file_len))
+}
+
+/// Whether `a` is kept over `b`, two good files of one key: the higher
+/// version; between equal versions (a put interrupted after it published
+/// in one directory and before the old file in another was removed can
+/// leave two), the one created later; then the one in the data directory
+/// listed first. The same files always give the same answer.
+fn supersedes(a: &ShardEntry, b: &ShardEntry) -> bool {
+    (a.meta.version, a.meta.created_unix_ms, std::cmp::Reverse(a.dir))
+        > (b.meta.version, b.meta.created_unix_ms, std::cmp::Reverse(b.dir))
 }
 
 /// Moves `from` into `quarantine_dir` as `name` (with a numeric suffix if

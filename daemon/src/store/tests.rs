@@ -111,6 +111,20 @@ fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
+/// The files under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_of_awkward_sizes_and_ranges() {
     for kind in engines() {
@@ -497,4 +511,62 @@ async fn a_second_daemon_cannot_use_the_same_dir_and_foreign_dirs_are_refused() 
         .unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
     assert!(foreign.path().join("thesis.tex").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_versions_in_two_dirs_keep_the_later_created_then_the_first_listed() {
+    for kind in engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = [tmp.path().join("d0"), tmp.path().join("d1")];
+        let (first, later) = (pattern(5000, 1), pattern(5000, 2));
+        // Version 5 of one key in each dir, the one in d1 created later.
+        put(&open(kind, config(&dirs[..1])).await, "k", &first, Some(5))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        put(&open(kind, config(&dirs[1..])).await, "k", &later, Some(5))
+            .await
+            .unwrap();
+        let d1_file = files_under(&dirs[1].join("shards")).pop().unwrap();
+        {
+            let store = open(kind, config(&dirs)).await;
+            assert_eq!(
+                fetch(&store, "k", 0, 5000).await.unwrap(),
+                later,
+                "{kind:?}: created later wins"
+            );
+            assert!(
+                files_under(&dirs[0].join("shards")).is_empty(),
+                "{kind:?}: the other copy is removed"
+            );
+        }
+        // The same file in both dirs: the first listed wins, whichever order.
+        let d0_file = dirs[0].join(d1_file.strip_prefix(&dirs[1]).unwrap());
+        std::fs::create_dir_all(d0_file.parent().unwrap()).unwrap();
+        std::fs::copy(&d1_file, &d0_file).unwrap();
+        {
+            let reversed = [dirs[1].clone(), dirs[0].clone()];
+            let store = open(kind, config(&reversed)).await;
+            assert_eq!(fetch(&store, "k", 0, 5000).await.unwrap(), later);
+        }
+        assert!(
+            d1_file.exists() && !d0_file.exists(),
+            "{kind:?}: the copy in the first listed dir is kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_version_is_capped_so_automatic_versions_always_proceed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+    let err = put(&store, "k", b"x", Some(u64::MAX)).await.unwrap_err();
+    assert_eq!(err.status(), Status::BadRequest);
+    assert!(err.to_string().contains("largest a put may name"), "{err}");
+    let meta = put(&store, "k", b"x", Some(shardd_protocol::MAX_CHOSEN_VERSION))
+        .await
+        .unwrap();
+    assert_eq!(meta.version, shardd_protocol::MAX_CHOSEN_VERSION);
+    let meta = put(&store, "k", b"y", None).await.unwrap();
+    assert_eq!(meta.version, shardd_protocol::MAX_CHOSEN_VERSION + 1);
 }

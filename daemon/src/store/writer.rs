@@ -20,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use shardd_protocol::{ShardMeta, codec};
+use shardd_protocol::{MAX_CHOSEN_VERSION, ShardMeta, codec};
 
 use super::buffers::BufferScope;
 use super::crc::CrcCombiner;
@@ -395,10 +395,18 @@ impl ShardWriter {
             let old_dir = &store.inner.dirs[old.dir];
             old_dir.account_remove(old.meta.len);
             if old.dir != self.dir {
-                // The old version lives in another dir: remove it. Should this
-                // not reach the disk before a crash, recovery keeps the newer one.
+                // The old version lives in another dir: remove it, durably
+                // for a durable put (still under the key's lock), so that a
+                // delete acknowledged after this cannot bring it back after a
+                // power cut. Should the removal fail, recovery keeps the newer.
                 let old_path = old_dir.shard_path(&old.meta.namespace, old.file_id);
-                if let Err(e) = fs::blocking(move || fs::remove_file(&old_path)).await {
+                let old_parent = old_dir.shard_parent(&old.meta.namespace, old.file_id);
+                let removed = fs::blocking(move || {
+                    fs::remove_file(&old_path)?;
+                    if sync { fs::sync_dir(&old_parent) } else { Ok(()) }
+                })
+                .await;
+                if let Err(e) = removed {
                     tracing::warn!(error = %e, "could not remove the replaced shard file; recovery will");
                 }
             }
@@ -437,6 +445,10 @@ pub(super) fn check_put(store: &Store, spec: &PutSpec) -> Result<Reservation, St
                 (Some(0), None) => Err(StoreError::BadRequest(
                     "version 0 is reserved; versions start at 1".into(),
                 )),
+                (Some(v), _) if v > MAX_CHOSEN_VERSION => Err(StoreError::BadRequest(format!(
+                    "version {v} is above the largest a put may name ({MAX_CHOSEN_VERSION}); \
+                     the versions above it are kept for puts that name none"
+                ))),
                 (Some(v), _) => Ok(v),
                 (None, cur) => cur.max(in_progress).unwrap_or(0).checked_add(1).ok_or_else(|| {
                     StoreError::BadRequest(format!("{}/{}: version overflow", spec.namespace, spec.key))

@@ -6,6 +6,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How to start a `shardd` process.
+pub struct Launch<'a> {
+    /// Where its config file and socket go.
+    pub dir: &'a Path,
+    pub engine: &'a str,
+    /// `--tcp`: `off`, or an address.
+    pub tcp: &'a str,
+    /// The config file's text.
+    pub config: &'a str,
+    pub data_dirs: &'a [PathBuf],
+    /// A program (and its arguments) to run `shardd` under, e.g. `strace`.
+    pub wrapper: &'a [&'a str],
+}
+
 /// A `shardd` process on a temp dir, killed when dropped.
 pub struct Process {
     pub child: Child,
@@ -22,24 +36,45 @@ impl Process {
 
     /// Like [`Process::start`], with TCP on `tcp` (`127.0.0.1:0` for any port).
     pub fn start_with(dir: &Path, engine: &str, tcp: &str) -> Process {
-        let config = dir.join("shardd.toml");
-        std::fs::write(&config, "[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n").unwrap();
-        let socket = dir.join("shardd.sock");
-        let data = dir.join("data");
-        let child = Command::new(env!("CARGO_BIN_EXE_shardd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
+        let config = "[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n";
+        Process::launch(Launch {
+            dir,
+            engine,
+            tcp,
+            config,
+            data_dirs: &[dir.join("data")],
+            wrapper: &[],
+        })
+    }
+
+    /// Starts `shardd` as `launch` says and waits until it accepts connections.
+    pub fn launch(launch: Launch<'_>) -> Process {
+        let config = launch.dir.join("shardd.toml");
+        std::fs::write(&config, launch.config).unwrap();
+        let socket = launch.dir.join("shardd.sock");
+        let shardd = env!("CARGO_BIN_EXE_shardd");
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(shardd);
+                command
+            }
+            None => Command::new(shardd),
+        };
+        command.arg("--config").arg(&config);
+        for data in launch.data_dirs {
+            command.arg("--data-dir").arg(data);
+        }
+        let child = command
             .arg("--socket")
             .arg(&socket)
             .args([
                 "--tcp",
-                tcp,
+                launch.tcp,
                 "--http",
                 "off",
                 "--io-engine",
-                engine,
+                launch.engine,
                 "--log-level",
                 "warn",
             ])
@@ -48,6 +83,7 @@ impl Process {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let data = launch.data_dirs[0].clone();
         let process = Process { child, socket, data };
         process.wait_ready();
         process
