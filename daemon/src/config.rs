@@ -16,8 +16,10 @@
 //! * [`arena`]: `[arena]`, the pinned-memory arena and the hot tier.
 //! * [`io`]: `[io]`, the I/O engine.
 //! * [`log`]: `[log]`, the log filter and format.
+//! * [`access`]: `[access]`, the access table.
 //! * [`units`]: sizes and durations as written in the file and flags.
 
+pub mod access;
 pub mod arena;
 pub mod io;
 pub mod log;
@@ -32,6 +34,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::access::AccessTable;
 use crate::arena::HugePages;
 use crate::cache::CacheConfig;
 use crate::io::{ALIGN, EngineKind, IoConfig};
@@ -102,6 +105,8 @@ pub struct Config {
     pub io: IoConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Who may do what.
+    pub access: AccessTable,
 }
 
 /// An endpoint that can be turned off (`off`).
@@ -166,6 +171,7 @@ struct FileConfig {
     arena: arena::FileArena,
     io: io::FileIo,
     log: log::FileLog,
+    access: access::FileAccess,
 }
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> anyhow::Error {
@@ -217,12 +223,14 @@ impl Config {
         let arena = file.arena.resolve(&flags, &store)?;
         let io = file.io.resolve(&flags)?;
         let log = file.log.resolve(&flags)?;
+        let access = file.access.resolve()?;
         Ok(Config {
             server,
             store,
             arena,
             io,
             log,
+            access,
         })
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
+use crate::access::AccessTable;
 use crate::arena::{Arena, ArenaConfig};
 use crate::cache::Cache;
 use crate::config::Config;
@@ -31,6 +32,21 @@ pub struct Daemon {
     watchdog: Option<JoinHandle<()>>,
     /// The configuration in force (a reload updates what it applies).
     config: std::sync::Mutex<Config>,
+}
+
+/// Says once what the access table lets peers do.
+fn log_access(table: &AccessTable) {
+    if table.is_open() {
+        tracing::warn!(
+            "no access rules ([access] in the configuration): every peer the Unix socket admits may read, \
+             write and delete every namespace, and so may every TCP peer; see docs/SECURITY.md"
+        );
+    } else {
+        tracing::info!(
+            rules = table.rules.len(),
+            "access table in force: peers get only the rights its rules grant (root and the daemon's user all)"
+        );
+    }
 }
 
 /// What a reload did.
@@ -67,7 +83,13 @@ impl Daemon {
             .await
             .context("open the shard store")?;
         let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache));
-        let ctx = Arc::new(ServerContext::new(store, cache, config.server.clone()));
+        log_access(&config.access);
+        let ctx = Arc::new(ServerContext::new(
+            store,
+            cache,
+            config.server.clone(),
+            config.access.clone(),
+        ));
         // HTTP first: it answers /healthz at once and /readyz "not ready"
         // until the listeners are up, and a failure here leaves nothing bound.
         let http = match config.server.http {
@@ -130,6 +152,14 @@ impl Daemon {
             reloaded
                 .applied
                 .push(format!("server.max_connections: {old_max} -> {new_max}"));
+        }
+        if current.access != new.access {
+            self.ctx.set_access(new.access.clone());
+            current.access = new.access.clone();
+            reloaded
+                .applied
+                .push(format!("access: {} rules", new.access.rules.len()));
+            log_access(&new.access);
         }
         if current.log.level != new.log.level {
             reloaded

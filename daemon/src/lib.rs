@@ -12,6 +12,7 @@
 //! * [`config`]: defaults, the TOML file and flags, validated once.
 //! * [`cli`]: the `shardd` command line.
 //! * [`server`]: listeners, the hello, connections, the dispatch table.
+//! * [`access`]: who a peer is and what the access table lets it do.
 //! * [`service`]: the request path below the sockets: arena or drive, put
 //!   sessions, fetch streams, leased views, stat/list/delete, hints.
 //! * [`cache`]: the hot tier in the arena: hits, loads, write-back,
@@ -25,6 +26,7 @@
 //! * [`notify`]: readiness and watchdog for systemd (`Type=notify`).
 //! * [`ctl`]: the `shardctl` operator CLI and its benchmark.
 
+pub mod access;
 pub mod arena;
 pub mod cache;
 pub mod cli;

@@ -8,12 +8,14 @@
 //!   into the buffers of their put session.
 //! * [`dispatch`]: the one dispatch table, from requests to the
 //!   [`crate::service`] and back to frames.
+//! * [`gate`]: the one check of each request against the access table.
 //! * [`responder`]: answers queued for the writer; errors to statuses.
 //! * [`frame`]: outgoing frames and bounded reads of incoming ones.
 
 pub mod connection;
 pub mod dispatch;
 pub mod frame;
+pub mod gate;
 pub mod handshake;
 pub mod listener;
 pub mod responder;
@@ -30,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use shardd_protocol::StatusResponse;
 
+use crate::access::AccessTable;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::service::Service;
@@ -91,11 +94,13 @@ pub struct ServerContext {
     pub metrics: Arc<Metrics>,
     /// Open connections at most (from `config`, changed by a reload).
     pub max_connections: std::sync::atomic::AtomicUsize,
+    /// The access table in force (a reload replaces it).
+    access: std::sync::RwLock<Arc<AccessTable>>,
 }
 
 impl ServerContext {
     /// A context for `store` (with `cache` in front of it) and `config`.
-    pub fn new(store: Store, cache: Option<Cache>, config: ServerConfig) -> ServerContext {
+    pub fn new(store: Store, cache: Option<Cache>, config: ServerConfig, access: AccessTable) -> ServerContext {
         let metrics = Metrics::new(
             store.metrics().collectors(),
             cache.clone(),
@@ -114,7 +119,18 @@ impl ServerContext {
             next_connection_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            access: std::sync::RwLock::new(Arc::new(access)),
         }
+    }
+
+    /// The access table in force.
+    pub fn access(&self) -> Arc<AccessTable> {
+        self.access.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `table` in force for every request from now on.
+    pub fn set_access(&self, table: AccessTable) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 
     /// The lengths accepted in request headers.

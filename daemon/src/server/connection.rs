@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use shardd_protocol::frame::io::FrameReader;
-use shardd_protocol::{FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, Status, codec};
+use shardd_protocol::{FrameHeader, Opcode, ProtocolError, PutRequest, PutResponse, Status};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,10 @@ use tracing::Instrument;
 use super::ServerContext;
 use super::dispatch::{self, Handled};
 use super::frame::OutFrame;
+use super::gate::admit;
 use super::handshake::{self, Transport};
 use super::responder::{Responder, answer, error_frame};
+use crate::access::{Identity, Peer};
 use crate::metrics::RequestMetrics;
 use crate::service::Session;
 
@@ -75,12 +77,19 @@ impl Arrivals {
 
 /// Serves one connection until the peer closes it, it breaks, or the daemon
 /// shuts down (then in-flight requests finish first).
-pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: String) {
+pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: Peer) {
     let conn_id = ctx.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id = conn_id, transport = S::NAME, peer = %peer);
     async move {
         tracing::debug!("connection opened");
-        let hello = match handshake::handshake(&ctx, &mut stream).await {
+        let identity = match tokio::task::spawn_blocking(move || Identity::resolve(peer)).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resolve who the peer is; closing");
+                return;
+            }
+        };
+        let hello = match handshake::handshake(&ctx, &mut stream, &identity).await {
             Ok(hello) => hello,
             Err(reason) => {
                 tracing::info!(%reason, "closing connection");
@@ -102,7 +111,7 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: S
         let writer_task = tokio::spawn(write_loop(writer, rx, out).in_current_span());
         let scope = ctx.service.store().buffers().scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
-            session: Arc::new(Session::new(scope, hello.arena_mapped)),
+            session: Arc::new(Session::new(identity, scope, hello.arena_mapped)),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
             responder: Responder::new(tx, metrics.clone()),
             metrics,
@@ -357,11 +366,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let op = Opcode::Put;
         let id = header.request_id;
         let len = header.payload_len;
-        let request: PutRequest = match codec::decode(control) {
+        let request: PutRequest = match admit(&self.ctx, &self.session, control) {
             Ok(request) => request,
             Err(e) => {
                 self.discard(len).await?;
-                self.answer_error(op, id, Status::BadRequest, e.to_string()).await;
+                self.responder.send(error_frame(op, id, &e)).await;
                 return Ok(());
             }
         };

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use shardd_protocol::{
     DeleteRequest, DeleteResponse, EvictRequest, FetchRequest, ListRequest, Opcode, PrefetchRequest, ReleaseRequest,
     ScheduleRequest, StatRequest, Status, VerifyRequest, ViewRequest, codec,
@@ -21,6 +20,7 @@ use tracing::Instrument;
 
 use super::ServerContext;
 use super::frame::OutFrame;
+use super::gate::admit;
 use super::responder::{Responder, answer, error_frame};
 use crate::service::{Fetch, Piece, Session};
 use crate::store::StoreError;
@@ -42,10 +42,6 @@ impl std::fmt::Debug for Handled {
     }
 }
 
-fn decode<T: DeserializeOwned>(control: &[u8]) -> Result<T, StoreError> {
-    codec::decode(control).map_err(|e| StoreError::BadRequest(e.to_string()))
-}
-
 fn now(frame: OutFrame) -> Handled {
     Handled::Now(vec![frame])
 }
@@ -61,6 +57,8 @@ pub fn dispatch(
     responder: &Responder,
 ) -> Handled {
     let service = &ctx.service;
+    // Every request's control message is decoded by `admit`, which checks
+    // it against the access table.
     let task = Task {
         ctx,
         session,
@@ -71,15 +69,15 @@ pub fn dispatch(
         Opcode::Stat => now(answer(
             op,
             id,
-            decode::<StatRequest>(&control).and_then(|r| service.stat(&r)),
+            admit::<StatRequest>(ctx, session, &control).and_then(|r| service.stat(&r)),
         )),
         Opcode::Release => now(answer(
             op,
             id,
-            decode::<ReleaseRequest>(&control).map(|r| service.release(&r, session)),
+            admit::<ReleaseRequest>(ctx, session, &control).map(|r| service.release(&r, session)),
         )),
         Opcode::Fetch => {
-            let req = match decode::<FetchRequest>(&control) {
+            let req = match admit::<FetchRequest>(ctx, session, &control) {
                 Ok(req) => req,
                 Err(e) => return now(error_frame(op, id, &e)),
             };
@@ -107,7 +105,7 @@ pub fn dispatch(
             }
         }
         Opcode::FetchView => {
-            let req = match decode::<ViewRequest>(&control) {
+            let req = match admit::<ViewRequest>(ctx, session, &control) {
                 Ok(req) => req,
                 Err(e) => return now(error_frame(op, id, &e)),
             };
@@ -124,50 +122,46 @@ pub fn dispatch(
         Opcode::List => now(answer(
             op,
             id,
-            decode::<ListRequest>(&control).map(|r| service.list(&r)),
+            admit::<ListRequest>(ctx, session, &control).map(|r| service.list(&r)),
         )),
         Opcode::Prefetch => now(answer(
             op,
             id,
-            decode::<PrefetchRequest>(&control).and_then(|r| service.prefetch(r)),
+            admit::<PrefetchRequest>(ctx, session, &control).and_then(|r| service.prefetch(r)),
         )),
         Opcode::Schedule => now(answer(
             op,
             id,
-            decode::<ScheduleRequest>(&control).and_then(|r| service.schedule(r)),
+            admit::<ScheduleRequest>(ctx, session, &control).and_then(|r| service.schedule(r)),
         )),
         Opcode::Status => task.later(move |ctx, _, responder| async move {
             let status = ctx.status().await;
             responder.send(OutFrame::ok(op, id, &status)).await;
         }),
-        Opcode::Delete => task.later(move |ctx, _, responder| async move {
-            let result = match decode::<DeleteRequest>(&control) {
-                Ok(req) => {
-                    let span = tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
-                    let deleted = ctx.service.delete(&req).instrument(span).await;
-                    deleted.map(|version| DeleteResponse { version })
-                }
-                Err(e) => Err(e),
-            };
-            responder.send(answer(op, id, result)).await;
-        }),
-        Opcode::Evict => task.later(move |ctx, _, responder| async move {
-            let result = match decode::<EvictRequest>(&control) {
-                Ok(req) => ctx.service.evict(&req).await,
-                Err(e) => Err(e),
-            };
-            responder.send(answer(op, id, result)).await;
-        }),
-        Opcode::Verify => task.later(move |ctx, _, responder| async move {
-            let result = match decode::<VerifyRequest>(&control) {
-                Ok(req) => {
-                    let span = tracing::debug_span!("verify", id, namespace = %req.namespace, key = %req.key);
-                    ctx.service.verify(&req).instrument(span).await
-                }
-                Err(e) => Err(e),
-            };
-            responder.send(answer(op, id, result)).await;
-        }),
+        Opcode::Delete => match admit::<DeleteRequest>(ctx, session, &control) {
+            Ok(req) => task.later(move |ctx, _, responder| async move {
+                let span = tracing::debug_span!("delete", id, namespace = %req.namespace, key = %req.key);
+                let deleted = ctx.service.delete(&req).instrument(span).await;
+                let result = deleted.map(|version| DeleteResponse { version });
+                responder.send(answer(op, id, result)).await;
+            }),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::Evict => match admit::<EvictRequest>(ctx, session, &control) {
+            Ok(req) => task.later(move |ctx, _, responder| async move {
+                let result = ctx.service.evict(&req).await;
+                responder.send(answer(op, id, result)).await;
+            }),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::Verify => match admit::<VerifyRequest>(ctx, session, &control) {
+            Ok(req) => task.later(move |ctx, _, responder| async move {
+                let span = tracing::debug_span!("verify", id, namespace = %req.namespace, key = %req.key);
+                let result = ctx.service.verify(&req).instrument(span).await;
+                responder.send(answer(op, id, result)).await;
+            }),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
         Opcode::Hello | Opcode::Put => now(OutFrame::error(
             op,
             id,

@@ -17,6 +17,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ServerContext;
 use super::frame::OutFrame;
+use crate::access::Identity;
 
 /// A connected stream of either transport.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -122,15 +123,19 @@ pub struct Handshake {
 
 /// Reads the hello and answers it. On failure the client gets an error
 /// frame (where it can be sent) and the reason to close is returned.
-pub async fn handshake<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<Handshake, String> {
+pub async fn handshake<S: Transport>(
+    ctx: &ServerContext,
+    stream: &mut S,
+    identity: &Identity,
+) -> Result<Handshake, String> {
     let limit = ctx.config.handshake_timeout;
-    match tokio::time::timeout(limit, exchange(ctx, stream)).await {
+    match tokio::time::timeout(limit, exchange(ctx, stream, identity)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no hello within {limit:?}")),
     }
 }
 
-async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<Handshake, String> {
+async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S, identity: &Identity) -> Result<Handshake, String> {
     let mut bytes = [0u8; HEADER_LEN];
     stream
         .read_exact(&mut bytes)
@@ -178,7 +183,11 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S) -> Result<H
         return refuse(stream, Opcode::Hello, id, Status::UnsupportedVersion, message).await;
     }
     let grant = match ctx.service.cache() {
-        Some(cache) if hello.want_arena && ctx.config.zero_copy && S::PASSES_FDS => {
+        // A mapped arena shows every cached shard: it goes only to peers
+        // that may read every namespace.
+        Some(cache)
+            if hello.want_arena && ctx.config.zero_copy && S::PASSES_FDS && ctx.access().reads_everything(identity) =>
+        {
             cache.arena().shared_fd().ok().map(|fd| (fd, cache.arena().capacity()))
         }
         _ => None,

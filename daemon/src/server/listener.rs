@@ -17,6 +17,7 @@ use super::ServerContext;
 use super::connection;
 use super::frame::OutFrame;
 use super::handshake::Transport;
+use crate::access::Peer;
 
 /// The bound sockets.
 #[derive(Debug)]
@@ -86,8 +87,8 @@ impl Listeners {
 trait Acceptor: Send + 'static {
     /// The connected stream it yields.
     type Stream: Transport;
-    /// The next connection, set up, and a description of the peer.
-    fn accept(&self, ctx: &ServerContext) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+    /// The next connection, set up, and its peer.
+    fn accept(&self, ctx: &ServerContext) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
 }
 
 /// The Unix listener; dropping it removes the socket file.
@@ -99,13 +100,10 @@ struct UnixAcceptor {
 impl Acceptor for UnixAcceptor {
     type Stream = UnixStream;
 
-    async fn accept(&self, ctx: &ServerContext) -> io::Result<(UnixStream, String)> {
+    async fn accept(&self, ctx: &ServerContext) -> io::Result<(UnixStream, Peer)> {
         let (stream, _) = self.listener.accept().await?;
         set_send_buffer(&stream, ctx.config.unix_send_buffer);
-        let peer = match stream.peer_cred() {
-            Ok(cred) => format!("pid {} uid {}", cred.pid().unwrap_or(0), cred.uid()),
-            Err(_) => "unknown".to_string(),
-        };
+        let peer = Peer::of_unix(&stream);
         Ok((stream, peer))
     }
 }
@@ -121,10 +119,10 @@ struct TcpAcceptor(TcpListener);
 impl Acceptor for TcpAcceptor {
     type Stream = TcpStream;
 
-    async fn accept(&self, _: &ServerContext) -> io::Result<(TcpStream, String)> {
+    async fn accept(&self, _: &ServerContext) -> io::Result<(TcpStream, Peer)> {
         let (stream, peer) = self.0.accept().await?;
         let _ = stream.set_nodelay(true);
-        Ok((stream, peer.to_string()))
+        Ok((stream, Peer::Tcp(peer)))
     }
 }
 
@@ -149,7 +147,7 @@ async fn accept_failed(e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer: String) {
+fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer: Peer) {
     let open = ctx.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ConnectionCount(ctx.clone());
     let max = ctx.max_connections.load(Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! What one client's requests share: its share of the buffer budget,
+//! What one client's requests share: who it is, its share of the buffer budget,
 //! whether it mapped the arena, and the leases of its zero-copy views.
 
 use std::collections::HashMap;
@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::access::Identity;
 use crate::cache::Lease;
 use crate::io::AlignedBuf;
 use crate::store::BufferScope;
@@ -24,6 +25,8 @@ pub enum Held {
 /// One client's state on the request path (one per connection).
 #[derive(Debug)]
 pub struct Session {
+    /// Who the client is.
+    pub identity: Identity,
     /// The client's share of the buffer budget.
     pub scope: BufferScope,
     /// Whether the client mapped the arena (zero-copy fetches allowed).
@@ -35,8 +38,9 @@ pub struct Session {
 
 impl Session {
     /// State for a new client.
-    pub fn new(scope: BufferScope, arena_mapped: bool) -> Session {
+    pub fn new(identity: Identity, scope: BufferScope, arena_mapped: bool) -> Session {
         Session {
+            identity,
             scope,
             arena_mapped,
             leases: Mutex::new(HashMap::new()),

@@ -51,6 +51,9 @@ pub enum StoreError {
     /// A request that cannot be valid.
     #[error("{0}")]
     BadRequest(String),
+    /// The access table does not let the peer do this.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// A failure reported elsewhere (a load another request ran, a
     /// background flush), passed on with its status.
     #[error("{message}")]
@@ -80,6 +83,7 @@ impl StoreError {
             StoreError::NoSpace(_) => Status::NoSpace,
             StoreError::TooLarge(_) => Status::TooLarge,
             StoreError::BadRequest(_) => Status::BadRequest,
+            StoreError::Unauthorized(_) => Status::Unauthorized,
             StoreError::Other { status, .. } => *status,
             StoreError::Io { source, .. } if is_no_space(source) => Status::NoSpace,
             StoreError::Io { .. } => Status::Internal,
