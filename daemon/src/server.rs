@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
     /// Permission bits of the socket file.
     pub socket_mode: u32,
+    /// The group the socket file is given (the clients' group); `None`
+    /// leaves the daemon's.
+    pub socket_group: Option<u32>,
     /// Send buffer of Unix-socket connections, in bytes.
     pub unix_send_buffer: usize,
     /// Hand the arena's memfd to Unix-socket clients that ask (zero-copy

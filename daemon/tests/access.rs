@@ -119,3 +119,96 @@ async fn a_peer_of_another_uid_gets_exactly_what_the_table_grants_and_refusals_n
     assert_eq!(&root.fetch("open-1", "k").await.unwrap().data[..], b"nobody's bytes");
     root.delete("open-1", "k", None).await.unwrap();
 }
+
+/// Runs `sh -c script` as `nobody` in group `gid`; returns whether it succeeded.
+fn shell_as_nobody(gid: u32, script: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", script])
+        .uid(NOBODY)
+        .gid(gid)
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dirs_are_private_and_only_the_socket_belongs_to_the_clients_group() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skipped("private data dir test: acting as another uid needs root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A data dir an operator made too open: the daemon closes it.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let config = format!(
+        "[server]\nsocket_mode = \"0660\"\nsocket_group = \"{NOBODY}\"\n[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n"
+    );
+    let daemon = Process::launch(Launch {
+        dir: dir.path(),
+        engine: "psync",
+        tcp: "off",
+        config: &config,
+        data_dirs: std::slice::from_ref(&data),
+        wrapper: &[],
+    });
+    let client = Client::connect(&daemon.endpoint()).await.unwrap();
+    client
+        .put("job", "w", b"weights".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&data), 0o700, "the data dir");
+    let shard = walk(&data.join("shards")).pop().expect("a shard file");
+    assert_eq!(mode(&shard), 0o600, "a shard file");
+    assert_eq!(mode(&data.join("lock")), 0o600, "the lock file");
+    let socket = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!(socket.mode() & 0o777, 0o660, "the socket");
+    assert_eq!(socket.gid(), NOBODY, "the socket's group is server.socket_group");
+
+    // A member of the daemon's group (gid 0 here) gets nothing in the data dir.
+    let (shard, data) = (shard.display(), data.display());
+    assert!(!shell_as_nobody(0, &format!("cat {shard}")), "read a shard file");
+    assert!(!shell_as_nobody(0, &format!("ls {data}")), "list the data dir");
+    assert!(
+        !shell_as_nobody(0, &format!("touch {data}/shards/job/planted")),
+        "create a file"
+    );
+    assert!(!shell_as_nobody(0, &format!("echo x >> {shard}")), "rewrite a shard");
+    assert!(
+        !shell_as_nobody(0, &format!("flock -n {data}/lock true")),
+        "take the lock"
+    );
+    // The clients' group reaches the socket; the shard is intact.
+    let ping = Command::new(env!("CARGO_BIN_EXE_shardctl"))
+        .arg("--endpoint")
+        .arg(daemon.endpoint())
+        .arg("ping")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+    assert_eq!(&client.fetch("job", "w").await.unwrap().data[..], b"weights");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

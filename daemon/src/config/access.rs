@@ -85,7 +85,7 @@ fn user_id(name: &str) -> Result<u32, String> {
     }
 }
 
-fn group_id(name: &str) -> Result<u32, String> {
+pub(super) fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse() {
         return Ok(gid);
     }

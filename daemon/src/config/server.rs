@@ -15,6 +15,7 @@ use crate::store::StoreConfig;
 pub(super) struct FileServer {
     socket: Option<String>,
     socket_mode: Option<String>,
+    socket_group: Option<String>,
     socket_send_buffer: Option<Size>,
     zero_copy: Option<bool>,
     tcp: Option<String>,
@@ -79,6 +80,10 @@ impl FileServer {
                 })?,
             None => 0o660,
         };
+        let socket_group = match self.socket_group {
+            Some(name) => Some(super::access::group_id(&name).map_err(|e| invalid("server.socket_group", e))?),
+            None => None,
+        };
         let chunk_size = store.chunk_size as u64;
         let connection_buffer_memory = self.connection_buffer_memory.map_or(64 << 20, |s| s.0);
         if connection_buffer_memory < 2 * chunk_size {
@@ -118,6 +123,7 @@ impl FileServer {
         Ok(ServerConfig {
             socket,
             socket_mode,
+            socket_group,
             unix_send_buffer: self.socket_send_buffer.map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
             zero_copy: self.zero_copy.unwrap_or(true),
             tcp,

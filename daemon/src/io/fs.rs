@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::{ALIGN, AlignedBuf};
@@ -28,11 +28,18 @@ fn direct_flag(direct: bool) -> i32 {
     if direct { libc::O_DIRECT } else { 0 }
 }
 
-/// Creates a new file for writing; fails if it exists.
+/// Permission bits of the files the daemon creates: its user's only.
+pub const PRIVATE_FILE: u32 = 0o600;
+/// Permission bits of the directories the daemon creates: its user's only.
+pub const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates a new file for writing, readable by the daemon's user only;
+/// fails if it exists.
 pub fn create_new(path: &Path, direct: bool) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(PRIVATE_FILE)
         .custom_flags(libc::O_CLOEXEC | direct_flag(direct))
         .open(path)
 }
@@ -204,6 +211,7 @@ pub fn lock_file(path: &Path) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(PRIVATE_FILE)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
     // SAFETY: plain syscall on a descriptor we own; the result is checked.
@@ -252,9 +260,20 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates `dir` and its missing parents.
+/// Creates `dir` and its missing parents, private to the daemon's user.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)
+    std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir)
+}
+
+/// Makes `dir` private to the daemon's user if it is not; returns the
+/// mode it had when it was not.
+pub fn make_private(dir: &Path) -> io::Result<Option<u32>> {
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR))?;
+    Ok(Some(mode))
 }
 
 /// Creates (or replaces) a small file with `contents` and fsyncs it.
@@ -263,6 +282,7 @@ pub fn write_file_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(PRIVATE_FILE)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
     file.write_all_at(contents, 0)?;
@@ -271,7 +291,7 @@ pub fn write_file_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Creates `dir` if it is missing; returns whether it was created.
 pub fn create_dir(dir: &Path) -> io::Result<bool> {
-    match std::fs::create_dir(dir) {
+    match std::fs::DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),

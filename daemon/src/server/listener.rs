@@ -36,6 +36,10 @@ impl Listeners {
                 remove_stale_socket(path).await?;
                 let listener =
                     UnixListener::bind(path).with_context(|| format!("bind Unix socket {}", path.display()))?;
+                if let Some(gid) = config.socket_group {
+                    std::os::unix::fs::chown(path, None, Some(gid))
+                        .with_context(|| format!("give {} to group {gid} (server.socket_group)", path.display()))?;
+                }
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
                     .with_context(|| format!("set permissions of {}", path.display()))?;
                 Some((listener, path.clone()))

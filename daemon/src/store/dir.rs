@@ -1,6 +1,7 @@
 //! One data directory (one per drive) and its layout:
 //!
 //! ```text
+//! <dir>/                    mode 0700, files in it 0600: the daemon's user only
 //! <dir>/SHARDD_DATA_DIR     marker: this directory belongs to shardd
 //! <dir>/lock                flock held while a daemon uses the directory
 //! <dir>/tmp/                shards being written (removed at start)
@@ -88,10 +89,16 @@ impl DataDir {
     /// non-empty directory that shardd did not create, and one locked by
     /// another daemon.
     pub fn open(index: usize, path: &Path, allow_direct_io: bool) -> anyhow::Result<DataDir> {
-        std::fs::create_dir_all(path).with_context(|| format!("create data dir {}", path.display()))?;
+        fs::create_dir_all(path).with_context(|| format!("create data dir {}", path.display()))?;
         let path = path
             .canonicalize()
             .with_context(|| format!("resolve data dir {}", path.display()))?;
+        // Shards are the daemon's alone: clients reach them only through it.
+        if let Some(was) =
+            fs::make_private(&path).with_context(|| format!("make data dir {} private", path.display()))?
+        {
+            tracing::info!(dir = %path.display(), "data dir was mode {was:04o}; made it 0700 (the daemon's user only)");
+        }
         let marker = path.join(MARKER);
         if !marker.exists() {
             let foreign: Vec<String> = fs::list_dir(&path)
