@@ -190,8 +190,7 @@ impl Client {
                 let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER);
                 let (server, arena) = arena::hello_unix(&mut stream, &hello, &name).await?;
                 let (r, w) = stream.into_split();
-                let limit = server.limits.max_inflight_requests;
-                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
+                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &server.limits);
                 (conn, server, arena)
             }
             Endpoint::Tcp(addr) => {
@@ -199,8 +198,7 @@ impl Client {
                 stream.set_nodelay(true).map_err(connect_error)?;
                 let server = arena::hello_tcp(&mut stream, &hello, &name).await?;
                 let (r, w) = stream.into_split();
-                let limit = server.limits.max_inflight_requests;
-                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, limit);
+                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &server.limits);
                 (conn, server, None)
             }
         };
@@ -648,9 +646,13 @@ impl Client {
             if_resident: how == View::IfResident,
             continued: how == View::Continue,
         };
+        // The lease runs from when it was asked for (the daemon's clock starts
+        // later, when it grants it).
+        let asked = std::time::Instant::now();
         let answer: ViewResponse = self.call(Opcode::FetchView, Some(&request)).await?;
         let lease = answer.lease;
         ShardView::new(
+            asked,
             answer.meta,
             answer.offset,
             answer.len,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use shardd_protocol::frame::io::{FrameError, FrameReader};
 use shardd_protocol::{
-    ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode, ProtocolError, Status,
-    codec,
+    ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode, ProtocolError,
+    ServerLimits, Status, codec,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -195,6 +195,8 @@ pub(crate) struct Connection {
     releases: Arc<Releases>,
     next_id: Arc<AtomicU64>,
     inflight: Arc<Semaphore>,
+    /// How long a lease of a view lasts (`None`: until given back).
+    lease_timeout: Option<Duration>,
 }
 
 impl Drop for Connection {
@@ -316,7 +318,7 @@ impl Connection {
         writer: W,
         max_alloc: u64,
         io_timeout: Duration,
-        max_inflight: u32,
+        server: &ServerLimits,
     ) -> Connection
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -329,7 +331,14 @@ impl Connection {
             open: std::sync::atomic::AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(write_loop(shared.clone(), writer, rx));
+        let next_id = Arc::new(AtomicU64::new(1));
+        // Ping after a quarter of the daemon's idle timeout without a request.
+        let keepalive = (server.idle_timeout_ms > 0).then(|| Duration::from_millis(server.idle_timeout_ms / 4));
+        let keepalive = keepalive.map(|every| KeepAlive {
+            every: every.max(Duration::from_millis(10)),
+            next_id: next_id.clone(),
+        });
+        tokio::spawn(write_loop(shared.clone(), writer, rx, keepalive));
         let limits = Limits {
             max_control_len: MAX_CONTROL_LEN,
             // Payloads go into a destination sized beforehand, or are skipped;
@@ -341,19 +350,24 @@ impl Connection {
             max_alloc,
         };
         tokio::spawn(read_loop(shared.clone(), frames));
-        let next_id = Arc::new(AtomicU64::new(1));
         let releases = Releases::start(tx.downgrade(), next_id.clone());
         Connection {
             shared,
             tx,
             releases,
             next_id,
-            inflight: Arc::new(Semaphore::new(max_inflight.max(1) as usize)),
+            inflight: Arc::new(Semaphore::new(server.max_inflight_requests.max(1) as usize)),
+            lease_timeout: (server.lease_timeout_ms > 0).then(|| Duration::from_millis(server.lease_timeout_ms)),
         }
     }
 
     pub(crate) fn endpoint(&self) -> &str {
         &self.shared.endpoint
+    }
+
+    /// How long a lease of a view lasts, from when it was asked for.
+    pub(crate) fn lease_timeout(&self) -> Option<Duration> {
+        self.lease_timeout
     }
 
     /// Whether the connection has closed (its requests all fail).
@@ -544,9 +558,42 @@ impl Connection {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, writer: W, mut rx: mpsc::Receiver<Outgoing>) {
+/// Pings that keep an idle connection open.
+struct KeepAlive {
+    /// Sent after this long without a request.
+    every: Duration,
+    next_id: Arc<AtomicU64>,
+}
+
+impl KeepAlive {
+    /// A ping, whose answer the reader skips (no one waits for its id).
+    fn ping(&self) -> Outgoing {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Outgoing {
+            header: FrameHeader::request(Opcode::Ping, id, 0, 0).encode(),
+            control: Vec::new(),
+            payload: None,
+            progress: None,
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    writer: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    keepalive: Option<KeepAlive>,
+) {
     let mut out = BufWriter::with_capacity(SOCKET_BUFFER, writer);
-    while let Some(frame) = rx.recv().await {
+    loop {
+        let next = match &keepalive {
+            Some(keepalive) => match tokio::time::timeout(keepalive.every, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => Some(keepalive.ping()),
+            },
+            None => rx.recv().await,
+        };
+        let Some(frame) = next else { break };
         let result = async {
             out.write_all(&frame.header).await?;
             out.write_all(&frame.control).await?;

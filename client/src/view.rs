@@ -10,6 +10,7 @@
 //! while after the socket closed, so the client has time to see it.)
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use shardd_protocol::{Extent, ShardMeta};
 
@@ -33,10 +34,16 @@ pub struct ShardView {
     released: bool,
     arena: Arc<ArenaMap>,
     conn: Arc<Connection>,
+    /// When the lease runs out (the daemon's `server.lease_timeout` after
+    /// the view was asked for), if it does.
+    expires: Option<Instant>,
 }
 
 impl ShardView {
+    /// A view asked for at `asked`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        asked: Instant,
         meta: ShardMeta,
         offset: u64,
         len: u64,
@@ -45,7 +52,9 @@ impl ShardView {
         arena: Arc<ArenaMap>,
         conn: Arc<Connection>,
     ) -> Option<ShardView> {
+        let expires = conn.lease_timeout().map(|t| asked + t);
         let view = ShardView {
+            expires,
             meta,
             offset,
             len,
@@ -89,9 +98,16 @@ impl ShardView {
     /// connection it came from has ended. Call it after reading through
     /// [`Self::pieces`] to know that what was read is the shard's.
     pub fn check(&self) -> Result<(), ClientError> {
+        let expired = self.expires.filter(|at| Instant::now() >= *at);
         let reason = match self.conn.leases_lost() {
-            None if !self.released => return Ok(()),
-            None => "the view was released".to_string(),
+            None if self.released => "the view was released".to_string(),
+            None => match (expired, self.conn.lease_timeout()) {
+                (Some(_), Some(limit)) => format!(
+                    "its lease ran out {limit:?} after it was asked for (the daemon's server.lease_timeout); \
+                     fetch the view again"
+                ),
+                _ => return Ok(()),
+            },
             Some(reason) => reason,
         };
         Err(ClientError::LeaseLost {

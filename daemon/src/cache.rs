@@ -75,6 +75,8 @@ pub struct CacheConfig {
     pub flush_concurrency: usize,
     /// Whether loads and flushes go through chunk buffers in huge pages.
     pub bounce_io: BounceIo,
+    /// Keys in all step schedules together, at most.
+    pub max_schedule_keys: u64,
 }
 
 /// Whether loads into the arena and flushes out of it move their bytes

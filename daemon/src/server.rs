@@ -10,6 +10,7 @@
 //!   [`crate::service`] and back to frames.
 //! * [`gate`]: the one check of each request against the access table.
 //! * [`responder`]: answers queued for the writer; errors to statuses.
+//! * [`slots`]: connection slots per peer and transport.
 //! * [`frame`]: outgoing frames and bounded reads of incoming ones.
 
 pub mod connection;
@@ -19,6 +20,7 @@ pub mod gate;
 pub mod handshake;
 pub mod listener;
 pub mod responder;
+pub mod slots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +38,7 @@ use crate::access::AccessTable;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::service::Service;
+use crate::service::session::LeaseLimits;
 use crate::store::Store;
 
 /// Settings of the listeners and connections.
@@ -60,6 +63,23 @@ pub struct ServerConfig {
     pub http: Option<SocketAddr>,
     /// Open connections at most; more are answered `busy` and closed.
     pub max_connections: usize,
+    /// Open connections of one peer at most (a uid on the Unix socket, an
+    /// IP address on TCP).
+    pub max_connections_per_peer: usize,
+    /// Connections only Unix-socket clients may use: TCP gets at most
+    /// `max_connections` minus these.
+    pub unix_reserved_connections: usize,
+    /// How long a connection may go without a request while nothing is in
+    /// flight; then it is closed (clients ping to keep one open).
+    pub idle_timeout: Duration,
+    /// Leases of zero-copy views one connection may hold at once.
+    pub max_leases: u32,
+    /// Bytes of leased views one connection may hold at once; `None`: half
+    /// the arena.
+    pub max_lease_bytes: Option<u64>,
+    /// How long a lease lasts: then it is revoked (the client's view says
+    /// so), whether or not it was given back.
+    pub lease_timeout: Duration,
     /// Requests one connection may have in flight.
     pub max_inflight_requests: u32,
     /// Chunk-buffer memory one connection may hold.
@@ -83,8 +103,8 @@ pub struct ServerContext {
     pub server_name: String,
     /// When the daemon started.
     pub started: Instant,
-    /// Connections open now.
-    pub connections: AtomicU64,
+    /// Open connections, by peer and transport.
+    pub slots: Arc<slots::Slots>,
     /// Where it listens, set once the listeners are bound.
     pub listen: std::sync::OnceLock<Vec<String>>,
     /// Ids for connection log spans.
@@ -117,7 +137,7 @@ impl ServerContext {
             config,
             server_name: format!("shardd {}", env!("CARGO_PKG_VERSION")),
             started: Instant::now(),
-            connections: AtomicU64::new(0),
+            slots: Arc::new(slots::Slots::default()),
             listen: std::sync::OnceLock::new(),
             next_connection_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
@@ -129,6 +149,25 @@ impl ServerContext {
     /// The access table in force.
     pub fn access(&self) -> Arc<AccessTable> {
         self.access.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The lease limits of each connection.
+    pub fn lease_limits(&self) -> LeaseLimits {
+        let arena = self.service.cache().map_or(0, |c| c.arena().capacity());
+        LeaseLimits {
+            count: self.config.max_leases,
+            bytes: self.config.max_lease_bytes.unwrap_or(arena / 2),
+            timeout: self.config.lease_timeout,
+        }
+    }
+
+    /// The limits new connections are admitted under.
+    pub fn slot_limits(&self) -> slots::SlotLimits {
+        slots::SlotLimits {
+            max: self.max_connections.load(std::sync::atomic::Ordering::Relaxed),
+            unix_reserved: self.config.unix_reserved_connections,
+            per_peer: self.config.max_connections_per_peer,
+        }
     }
 
     /// Puts `table` in force for every request from now on.
@@ -154,7 +193,7 @@ impl ServerContext {
             shards: store.shards,
             bytes: store.bytes,
             quarantined: store.quarantined,
-            connections: self.connections.load(std::sync::atomic::Ordering::Relaxed),
+            connections: self.slots.open(),
             listen: self.listen.get().cloned().unwrap_or_default(),
             data_dirs: store.data_dirs,
             arena: self.service.cache().map(Cache::status),

@@ -76,6 +76,14 @@ pub struct ServerLimits {
     pub max_inflight_requests: u32,
     /// Size of the payload frames a fetch answer is split into.
     pub chunk_size: u32,
+    /// Milliseconds a connection may go without a request while nothing is
+    /// in flight before the daemon closes it: a client pings well within
+    /// it to keep an idle connection open.
+    pub idle_timeout_ms: u64,
+    /// Milliseconds a lease of a zero-copy view lasts, counted from when
+    /// the view was asked for: a client must not read a view after it (the
+    /// daemon may reuse its blocks a moment later).
+    pub lease_timeout_ms: u64,
 }
 
 /// When a put is acknowledged.

@@ -70,6 +70,8 @@ async fn fake_daemon_seeing(fault: Fault, seen: Seen) -> String {
                 max_control_len: 1 << 20,
                 max_inflight_requests: 8,
                 chunk_size: 1 << 20,
+                idle_timeout_ms: 300_000,
+                lease_timeout_ms: 600_000,
             },
             arena: None,
         };

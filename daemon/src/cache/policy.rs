@@ -65,7 +65,7 @@ impl PolicyKind {
 
 /// A registered step order and where the trainer is in it.
 #[derive(Debug)]
-struct Schedule {
+pub struct Schedule {
     len: u32,
     /// Positions of each key in the order (a key may occur more than once,
     /// e.g. in the forward and the backward pass).
@@ -75,7 +75,9 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn new(order: &[Key]) -> Schedule {
+    /// The order `order`, indexed (built before the cache's lock is taken:
+    /// a long order takes a while).
+    pub fn new(order: &[Key]) -> Schedule {
         let mut positions: HashMap<Key, Vec<u32>> = HashMap::new();
         for (i, key) in order.iter().enumerate() {
             positions.entry(key.clone()).or_default().push(i as u32);
@@ -113,6 +115,8 @@ pub struct Policy {
     last_use: IdMap<u64>,
     by_age: BTreeMap<u64, ShardId>,
     schedules: HashMap<Namespace, Schedule>,
+    /// Keys in all schedules together.
+    schedule_keys: u64,
 }
 
 impl Policy {
@@ -124,6 +128,7 @@ impl Policy {
             last_use: IdMap::default(),
             by_age: BTreeMap::new(),
             schedules: HashMap::new(),
+            schedule_keys: 0,
         }
     }
 
@@ -135,11 +140,36 @@ impl Policy {
     /// Registers (or replaces) the step order of `namespace`; an empty
     /// order removes it.
     pub fn set_schedule(&mut self, namespace: Namespace, order: &[Key]) {
-        if order.is_empty() {
-            self.schedules.remove(&namespace);
-        } else {
-            self.schedules.insert(namespace, Schedule::new(order));
+        let schedule = (!order.is_empty()).then(|| Schedule::new(order));
+        let _ = self.install_schedule(namespace, schedule, u64::MAX);
+    }
+
+    /// Registers `schedule` for `namespace` (`None` removes its schedule),
+    /// if all schedules together then hold at most `max_keys` keys; returns
+    /// the schedule it replaced (for the caller to drop outside its lock),
+    /// or the keys the others hold when it would exceed `max_keys`.
+    pub fn install_schedule(
+        &mut self,
+        namespace: Namespace,
+        schedule: Option<Schedule>,
+        max_keys: u64,
+    ) -> Result<Option<Schedule>, u64> {
+        let old_len = self.schedules.get(&namespace).map_or(0, |s| s.len as u64);
+        let others = self.schedule_keys - old_len;
+        let new_len = schedule.as_ref().map_or(0, |s| s.len as u64);
+        if others + new_len > max_keys {
+            return Err(others);
         }
+        self.schedule_keys = others + new_len;
+        Ok(match schedule {
+            Some(schedule) => self.schedules.insert(namespace, schedule),
+            None => self.schedules.remove(&namespace),
+        })
+    }
+
+    /// Keys in all schedules together.
+    pub fn schedule_keys(&self) -> u64 {
+        self.schedule_keys
     }
 
     /// A fetch used `id`: it becomes the most recently used, and its
@@ -272,6 +302,22 @@ mod tests {
         let schedule = replay(PolicyKind::Schedule, &order, 5, 10, true);
         eprintln!("forward+backward over 8 layers, 5 slots: LRU {lru:.2}, schedule {schedule:.2}");
         assert!(schedule >= lru, "schedule {schedule} vs lru {lru}");
+    }
+
+    #[test]
+    fn schedules_together_stay_under_their_key_cap_and_a_replacement_counts_once() {
+        let mut policy = Policy::new(PolicyKind::Schedule);
+        let ns = |n: &str| Namespace::new(n).unwrap();
+        let order = |n: usize| Some(Schedule::new(&layers(n)));
+        assert!(policy.install_schedule(ns("a"), order(6), 10).is_ok());
+        assert_eq!(policy.install_schedule(ns("b"), order(5), 10).unwrap_err(), 6);
+        assert!(policy.install_schedule(ns("b"), order(4), 10).is_ok());
+        // Replacing a's 6 keys with 6 others fits; with 7 it would not.
+        assert!(policy.install_schedule(ns("a"), order(6), 10).unwrap().is_some());
+        assert_eq!(policy.install_schedule(ns("a"), order(7), 10).unwrap_err(), 4);
+        assert_eq!(policy.schedule_keys(), 10);
+        policy.set_schedule(ns("a"), &[]);
+        assert_eq!(policy.schedule_keys(), 4);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use shardd_protocol::{EvictMode, EvictResponse, Key, Namespace, ShardMeta};
 
 use super::load::{LoadFailure, full, too_large};
-use super::policy::ShardRef;
+use super::policy::{Schedule, ShardRef};
 use super::{Cache, CachedShard, Slot, State, WriteBack};
 use crate::io::{ALIGN, AlignedBuf, align_up};
 use crate::store::StoreError;
@@ -275,9 +275,28 @@ impl Cache {
         Demoted::Yes
     }
 
-    /// Registers the step order of `namespace` for the schedule policy.
-    pub fn set_schedule(&self, namespace: Namespace, order: &[Key]) {
-        self.state().policy.set_schedule(namespace, order);
+    /// Registers the step order of `namespace` for the schedule policy (an
+    /// empty order removes it), unless all schedules together would then
+    /// hold more than `arena.max_schedule_keys` keys. The order is indexed
+    /// before the lock is taken, and the one it replaces dropped after.
+    pub fn set_schedule(&self, namespace: Namespace, order: &[Key]) -> Result<(), StoreError> {
+        let max = self.inner.config.max_schedule_keys;
+        let schedule = (!order.is_empty()).then(|| Schedule::new(order));
+        let installed = self.state().policy.install_schedule(namespace, schedule, max);
+        match installed {
+            Ok(replaced) => {
+                drop(replaced);
+                Ok(())
+            }
+            Err(others) => Err(StoreError::Other {
+                status: shardd_protocol::Status::TooLarge,
+                message: format!(
+                    "a schedule of {} keys would bring all schedules to {} keys, above arena.max_schedule_keys ({max})",
+                    order.len(),
+                    others + order.len() as u64
+                ),
+            }),
+        }
     }
 }
 

@@ -44,6 +44,7 @@ async fn cache(dir: &std::path::Path) -> Cache {
         write_back_memory: 4 << 20,
         flush_concurrency: 1,
         bounce_io: Default::default(),
+        max_schedule_keys: 1000,
     };
     Cache::new(arena, store, config)
 }

@@ -10,6 +10,11 @@ use crate::cache::{BounceIo, CacheConfig};
 use crate::io::ALIGN;
 use crate::store::StoreConfig;
 
+/// Keys in all step schedules together (262,144): enough for a model of a
+/// thousand layers of a hundred shards each and twice over; at the longest
+/// keys (256 bytes) they take about 100 MiB of the daemon's memory.
+pub const DEFAULT_MAX_SCHEDULE_KEYS: u64 = 1 << 18;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileArena {
@@ -20,6 +25,7 @@ pub(super) struct FileArena {
     write_back_memory: Option<Size>,
     flush_concurrency: Option<usize>,
     bounce_io: Option<BounceIo>,
+    max_schedule_keys: Option<u64>,
 }
 
 impl FileArena {
@@ -54,6 +60,11 @@ impl FileArena {
                 write_back_memory,
                 flush_concurrency,
                 bounce_io: self.bounce_io.unwrap_or_default(),
+                max_schedule_keys: within(
+                    "arena.max_schedule_keys",
+                    self.max_schedule_keys.unwrap_or(DEFAULT_MAX_SCHEDULE_KEYS),
+                    1..=1 << 28,
+                )?,
             },
         })
     }

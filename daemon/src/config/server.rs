@@ -21,6 +21,12 @@ pub(super) struct FileServer {
     tcp: Option<String>,
     http: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    unix_reserved_connections: Option<usize>,
+    idle_timeout: Option<Span>,
+    max_leases: Option<u32>,
+    max_lease_bytes: Option<Size>,
+    lease_timeout: Option<Span>,
     max_inflight_requests: Option<u32>,
     connection_buffer_memory: Option<Size>,
     io_timeout: Option<Span>,
@@ -108,6 +114,16 @@ impl FileServer {
         if max_connections == 0 {
             return Err(invalid("server.max_connections", "must be above 0"));
         }
+        let max_connections_per_peer = within(
+            "server.max_connections_per_peer",
+            self.max_connections_per_peer.unwrap_or(256.min(max_connections)),
+            1..=max_connections,
+        )?;
+        let unix_reserved_connections = within(
+            "server.unix_reserved_connections",
+            self.unix_reserved_connections.unwrap_or(16.min(max_connections / 2)),
+            0..=max_connections - 1,
+        )?;
         let max_inflight_requests = within(
             "server.max_inflight_requests",
             self.max_inflight_requests.unwrap_or(64),
@@ -129,6 +145,12 @@ impl FileServer {
             tcp,
             http,
             max_connections,
+            max_connections_per_peer,
+            unix_reserved_connections,
+            idle_timeout: positive("server.idle_timeout", self.idle_timeout, Duration::from_secs(300))?,
+            max_leases: within("server.max_leases", self.max_leases.unwrap_or(4096), 1..=1 << 20)?,
+            max_lease_bytes: self.max_lease_bytes.map(|s| s.0),
+            lease_timeout: positive("server.lease_timeout", self.lease_timeout, Duration::from_secs(600))?,
             max_inflight_requests,
             connection_buffer_memory,
             io_timeout: positive("server.io_timeout", self.io_timeout, Duration::from_secs(30))?,

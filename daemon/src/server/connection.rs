@@ -70,6 +70,10 @@ impl Arrivals {
             .insert(id, Instant::now());
     }
 
+    fn any(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     fn take(&self, id: u64) -> Option<Instant> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
@@ -111,7 +115,7 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
         let writer_task = tokio::spawn(write_loop(writer, rx, out).in_current_span());
         let scope = ctx.service.store().buffers().scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
-            session: Arc::new(Session::new(identity, scope, hello.arena_mapped)),
+            session: Arc::new(Session::new(identity, scope, hello.arena_mapped, ctx.lease_limits())),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
             responder: Responder::new(tx, metrics.clone()),
             metrics,
@@ -136,6 +140,14 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
     }
     .instrument(span)
     .await
+}
+
+/// Waits until `at`; forever if `None`.
+async fn expiry(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the writing side of a connection needs besides the socket.
@@ -208,18 +220,41 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
     async fn read_loop(&mut self) -> Result<(), Closed> {
         let broken = self.broken.clone();
         let shutdown = self.ctx.shutdown.clone();
+        let idle = self.ctx.config.idle_timeout;
         loop {
-            let next = tokio::select! {
+            let arrived = tokio::select! {
                 biased;
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
                 _ = shutdown.cancelled() => return self.refuse_until_quiet().await,
-                next = self.frames.next_header_bytes() => next,
+                arrived = self.frames.wait_for_frame() => arrived,
+                _ = expiry(self.session.next_expiry()) => {
+                    self.session.revoke_expired(LEASE_GRACE);
+                    continue;
+                }
+                _ = tokio::time::sleep(idle) => {
+                    if self.is_busy() {
+                        continue;
+                    }
+                    return Err(format!(
+                        "no request for {idle:?} with nothing in flight (server.idle_timeout; clients ping to keep a \
+                         connection open)"
+                    ));
+                }
             };
-            let Some(bytes) = next.map_err(|e| e.to_string())? else {
+            if !arrived.map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+            let Some(bytes) = self.frames.next_header_bytes().await.map_err(|e| e.to_string())? else {
                 return Ok(());
             };
             self.take_frame(&bytes).await?;
         }
+    }
+
+    /// Whether requests of the connection are still being answered (an
+    /// answer counts until its last frame is written).
+    fn is_busy(&self) -> bool {
+        self.arrivals.any()
     }
 
     /// At shutdown: answer `shutting down` to requests that still arrive

@@ -202,6 +202,8 @@ async fn exchange<S: Transport>(ctx: &ServerContext, stream: &mut S, identity: &
             max_control_len: shardd_protocol::MAX_CONTROL_LEN,
             max_inflight_requests: ctx.config.max_inflight_requests,
             chunk_size: store.chunk_size,
+            idle_timeout_ms: ctx.config.idle_timeout.as_millis() as u64,
+            lease_timeout_ms: ctx.config.lease_timeout.as_millis() as u64,
         },
         arena: grant.map(|(_, size)| ArenaGrant { size }),
     };

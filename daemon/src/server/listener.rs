@@ -5,7 +5,6 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -152,32 +151,25 @@ async fn accept_failed(e: &io::Error) {
 }
 
 fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer: Peer) {
-    let open = ctx.connections.fetch_add(1, Ordering::Relaxed);
-    let guard = ConnectionCount(ctx.clone());
-    let max = ctx.max_connections.load(Ordering::Relaxed);
-    if open as usize >= max {
-        tracing::warn!(transport = S::NAME, %peer, max, "connection limit reached; refusing a connection");
-        ctx.tasks.spawn(async move {
-            let frame = OutFrame::error(
-                Opcode::Hello,
-                0,
-                Status::Busy,
-                format!("the daemon serves at most {max} connections; try again later"),
-                None,
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                frame.write_to(&mut stream).await?;
-                stream.shutdown().await
-            })
-            .await;
-            drop(guard);
-        });
-        return;
-    }
+    let slot = match ctx.slots.admit(&peer, ctx.slot_limits()) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            tracing::warn!(transport = S::NAME, %peer, %reason, "refusing a connection");
+            ctx.tasks.spawn(async move {
+                let frame = OutFrame::error(Opcode::Hello, 0, Status::Busy, reason, None);
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    frame.write_to(&mut stream).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            });
+            return;
+        }
+    };
     let ctx2 = ctx.clone();
     ctx.tasks.spawn(async move {
         connection::serve(ctx2, stream, peer).await;
-        drop(guard);
+        drop(slot);
     });
 }
 
@@ -187,14 +179,6 @@ fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer:
 fn set_send_buffer(stream: &tokio::net::UnixStream, bytes: usize) {
     if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes) {
         tracing::debug!(error = %e, "cannot set the socket send buffer");
-    }
-}
-
-struct ConnectionCount(Arc<ServerContext>);
-
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

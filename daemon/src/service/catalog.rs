@@ -37,6 +37,12 @@ impl Service {
         }
     }
 
+    /// Whether `namespace` holds a shard, on the drive or not flushed yet.
+    pub fn holds_shards(&self, namespace: &shardd_protocol::Namespace) -> bool {
+        !self.store().list(namespace, "", None, 1).0.is_empty()
+            || self.cache().is_some_and(|c| !c.unflushed(namespace).is_empty())
+    }
+
     /// A page of a namespace's shards, in key order, within the control
     /// message limit.
     pub fn list(&self, req: &ListRequest) -> ListResponse {

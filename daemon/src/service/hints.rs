@@ -21,11 +21,22 @@ impl Service {
         Ok(self.arena()?.evict(&req.namespace, &req.keys, req.mode).await)
     }
 
-    /// Registers a namespace's step order for the schedule policy.
+    /// Registers a namespace's step order for the schedule policy; only a
+    /// namespace that holds shards may have one (an empty order, which
+    /// removes a schedule, is always allowed).
     pub fn schedule(&self, req: ScheduleRequest) -> Result<ScheduleResponse, StoreError> {
         let cache = self.arena()?;
+        if !req.keys.is_empty() && !self.holds_shards(&req.namespace) {
+            return Err(StoreError::Other {
+                status: shardd_protocol::Status::NotFound,
+                message: format!(
+                    "namespace {} holds no shards: a schedule is kept only for a namespace with shards",
+                    req.namespace
+                ),
+            });
+        }
         let len = req.keys.len() as u32;
-        cache.set_schedule(req.namespace, &req.keys);
+        cache.set_schedule(req.namespace, &req.keys)?;
         Ok(ScheduleResponse { len })
     }
 

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use shardd_protocol::Status;
 
 use crate::access::Identity;
 use crate::cache::Lease;
 use crate::io::AlignedBuf;
-use crate::store::BufferScope;
+use crate::store::{BufferScope, StoreError};
 
 /// What the lease of a zero-copy view holds.
 #[derive(Debug)]
@@ -22,6 +24,32 @@ pub enum Held {
     Chunks(Vec<Arc<AlignedBuf>>),
 }
 
+/// How many leases one client may hold, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseLimits {
+    /// Leases at once (`server.max_leases`).
+    pub count: u32,
+    /// Bytes they pin at once (`server.max_lease_bytes`).
+    pub bytes: u64,
+    /// How long one lasts (`server.lease_timeout`).
+    pub timeout: Duration,
+}
+
+/// A lease the client holds.
+#[derive(Debug)]
+struct Leased {
+    /// Kept, never read: holding it keeps the blocks in place.
+    _held: Held,
+    bytes: u64,
+    granted: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Leases {
+    by_id: HashMap<u64, Leased>,
+    bytes: u64,
+}
+
 /// One client's state on the request path (one per connection).
 #[derive(Debug)]
 pub struct Session {
@@ -32,31 +60,63 @@ pub struct Session {
     /// Whether the client mapped the arena (zero-copy fetches allowed).
     pub arena_mapped: bool,
     /// Leases of zero-copy views the client holds, by id.
-    leases: Mutex<HashMap<u64, Held>>,
+    leases: Mutex<Leases>,
+    limits: LeaseLimits,
     next_lease: AtomicU64,
 }
 
 impl Session {
     /// State for a new client.
-    pub fn new(identity: Identity, scope: BufferScope, arena_mapped: bool) -> Session {
+    pub fn new(identity: Identity, scope: BufferScope, arena_mapped: bool, limits: LeaseLimits) -> Session {
         Session {
             identity,
             scope,
             arena_mapped,
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(Leases::default()),
+            limits,
             next_lease: AtomicU64::new(1),
         }
     }
 
-    fn leases(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
+    fn leases(&self) -> MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives `held` to the client under a new lease id.
-    pub(super) fn lease(&self, held: Held) -> u64 {
+    /// Gives `held`, which pins `bytes` of the arena, to the client under a
+    /// new lease id, if the client stays within its lease limits.
+    pub(super) fn lease(&self, held: Held, bytes: u64) -> Result<u64, StoreError> {
+        let mut leases = self.leases();
+        let limits = &self.limits;
+        if leases.by_id.len() >= limits.count as usize {
+            return Err(StoreError::Other {
+                status: Status::Busy,
+                message: format!(
+                    "this connection holds {} leases of views, the most it may (server.max_leases): release views first",
+                    leases.by_id.len()
+                ),
+            });
+        }
+        if leases.bytes + bytes > limits.bytes {
+            return Err(StoreError::Other {
+                status: Status::Busy,
+                message: format!(
+                    "this connection's views pin {} bytes; {bytes} more would pass server.max_lease_bytes ({}): \
+                     release views first",
+                    leases.bytes, limits.bytes
+                ),
+            });
+        }
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        self.leases().insert(id, held);
-        id
+        leases.bytes += bytes;
+        leases.by_id.insert(
+            id,
+            Leased {
+                _held: held,
+                bytes,
+                granted: Instant::now(),
+            },
+        );
+        Ok(id)
     }
 
     /// Drops the leases `ids` (unknown ids are ignored); returns how many
@@ -66,28 +126,76 @@ impl Session {
             return 0;
         }
         let mut leases = self.leases();
-        ids.iter().filter(|l| leases.remove(l).is_some()).count() as u32
+        let mut released = 0;
+        for id in ids {
+            if let Some(leased) = leases.by_id.remove(id) {
+                leases.bytes -= leased.bytes;
+                released += 1;
+            }
+        }
+        released
     }
 
     /// Whether the client holds leases.
     pub fn holds_leases(&self) -> bool {
-        !self.leases().is_empty()
+        !self.leases().by_id.is_empty()
+    }
+
+    /// When the oldest lease runs out, if the client holds any.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let timeout = self.limits.timeout;
+        self.leases().by_id.values().map(|l| l.granted + timeout).min()
+    }
+
+    /// Revokes the leases held for `server.lease_timeout`: their blocks are
+    /// reused `grace` from now (the client's views stop reading at the
+    /// timeout counted from when they were asked for, which is earlier).
+    /// Returns how many were revoked.
+    pub fn revoke_expired(&self, grace: Duration) -> usize {
+        let now = Instant::now();
+        let timeout = self.limits.timeout;
+        let revoked: Vec<Leased> = {
+            let mut leases = self.leases();
+            let ids: Vec<u64> = leases
+                .by_id
+                .iter()
+                .filter(|(_, l)| l.granted + timeout <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            let revoked: Vec<Leased> = ids.iter().filter_map(|id| leases.by_id.remove(id)).collect();
+            leases.bytes -= revoked.iter().map(|l| l.bytes).sum::<u64>();
+            revoked
+        };
+        let count = revoked.len();
+        if count > 0 {
+            tracing::info!(
+                leases = count,
+                "revoked leases of views held longer than server.lease_timeout ({timeout:?})"
+            );
+            release_after(revoked, grace);
+        }
+        count
     }
 
     /// Gives back every lease of a client that has gone, `grace` from now
     /// (time for it to stop reading views it may still be reading).
     pub fn retire_leases(&self, grace: Duration) {
         let leases = std::mem::take(&mut *self.leases());
-        if leases.is_empty() {
+        if leases.by_id.is_empty() {
             return;
         }
         tracing::debug!(
-            leases = leases.len(),
+            leases = leases.by_id.len(),
             "leases of the closed connection end in {grace:?}"
         );
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            drop(leases);
-        });
+        release_after(leases.by_id.into_values().collect(), grace);
     }
+}
+
+/// Drops `leases` `grace` from now.
+fn release_after(leases: Vec<Leased>, grace: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        drop(leases);
+    });
 }

@@ -111,11 +111,12 @@ async fn view_loading(
         });
         held.push(block);
     }
+    let pinned = held.iter().map(|b| b.capacity() as u64).sum();
     Ok(ViewResponse {
         meta,
         offset,
         len,
-        lease: session.lease(Held::Chunks(held)),
+        lease: session.lease(Held::Chunks(held), pinned)?,
         extents,
     })
 }
@@ -143,11 +144,12 @@ fn view(cache: &Cache, req: &FetchRequest, session: &Session, lease: Lease) -> R
         })
         .collect();
     let meta = lease.meta.clone();
+    let pinned = meta.len;
     Ok(ViewResponse {
         meta,
         offset,
         len,
-        lease: session.lease(Held::Shard(lease)),
+        lease: session.lease(Held::Shard(lease), pinned)?,
         extents,
     })
 }

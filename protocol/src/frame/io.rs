@@ -51,6 +51,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.limits
     }
 
+    /// Waits, without a time limit, until the next frame starts to arrive;
+    /// `false` if the peer closed the stream instead. Cancel-safe: nothing
+    /// is consumed, so a caller may stop waiting and wait again.
+    pub async fn wait_for_frame(&mut self) -> Result<bool, FrameError> {
+        Ok(!self.reader.fill_buf().await?.is_empty())
+    }
+
     /// Waits, without a time limit, for the first byte of the next frame,
     /// then reads its header bytes; `None` if the peer closed the stream
     /// between frames. The caller decodes them (see
