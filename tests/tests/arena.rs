@@ -243,7 +243,9 @@ async fn a_cold_fetch_into_a_buffer_is_copied_out_of_the_arena_as_it_loads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_fetch_into_a_buffer_comes_over_the_socket_when_the_arena_is_full() {
     for engine in engines() {
-        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"16MiB\"").await;
+        // One client may pin the arena with views here.
+        let config = "[arena]\nsize = \"16MiB\"\n[server]\nmax_lease_bytes = \"16MiB\"";
+        let mut daemon = TestDaemon::start(engine, config).await;
         let client = daemon.client(false).await;
         let held = pattern(12 * MIB, 9);
         let cold = pattern(6 * MIB + 1, 10);
@@ -626,7 +628,9 @@ async fn the_schedule_policy_beats_lru_on_a_cyclic_layer_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leased_views_stay_put_and_a_full_arena_answers_busy() {
-    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"4MiB\"").await;
+    // One client may pin the whole arena with views here.
+    let config = "[arena]\nsize = \"4MiB\"\n[server]\nmax_lease_bytes = \"4MiB\"";
+    let mut daemon = TestDaemon::start(engines()[0], config).await;
     let client = daemon.client(false).await;
     assert!(client.zero_copy());
     for i in 0..5 {
@@ -696,7 +700,9 @@ async fn a_client_that_dies_gives_its_leases_back() {
     use shardd_protocol::{FetchRequest, Namespace, Opcode, ViewRequest};
     use shardd_tests::RawClient;
 
-    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"2MiB\"").await;
+    // One client may pin the whole arena with views here.
+    let config = "[arena]\nsize = \"2MiB\"\n[server]\nmax_lease_bytes = \"2MiB\"";
+    let mut daemon = TestDaemon::start(engines()[0], config).await;
     let writer = daemon.client(true).await;
     writer
         .put("job", "a", pattern(MIB, 1), PutOptions::default())

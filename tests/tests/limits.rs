@@ -160,3 +160,49 @@ async fn schedules_are_kept_only_for_namespaces_with_shards_and_capped_in_keys()
     assert_eq!(header.status, Status::NotFound);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_only_slow_themselves() {
+    for engine in engines() {
+        // No arena: every fetch reads the drive through chunk buffers. The
+        // budget holds 48 MiB shared and eight floors of two 1 MiB chunks.
+        let config = "[arena]\nsize = 0\n[storage]\nbuffer_memory = \"64MiB\"\n\
+                      [server]\nconnection_buffer_memory = \"16MiB\"\nio_timeout = \"60s\"";
+        let mut daemon = TestDaemon::start(engine, config).await;
+        let client = daemon.client(false).await;
+        client
+            .put("job", "big", pattern(70 * MIB, 1), PutOptions::default())
+            .await
+            .unwrap();
+        client
+            .put("job", "small", pattern(MIB, 2), PutOptions::default())
+            .await
+            .unwrap();
+        // Six peers ask for the big shard and never read their answers:
+        // together they would hold every shared buffer for a minute.
+        let mut slow = Vec::new();
+        for i in 0..6 {
+            let mut raw = RawClient::hello(&daemon, false, "slow", false).await;
+            let request = shardd_protocol::FetchRequest {
+                namespace: shardd_protocol::Namespace::new("job").unwrap(),
+                key: shardd_protocol::Key::new("big").unwrap(),
+                range: None,
+                max_len: None,
+            };
+            raw.request(Opcode::Fetch, 10 + i, &request).await;
+            slow.push(raw);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The other client's fetch goes on with its own floor of buffers.
+        let started = std::time::Instant::now();
+        let fetched = tokio::time::timeout(Duration::from_secs(20), client.fetch("job", "small")).await;
+        let fetched = fetched.unwrap_or_else(|_| panic!("{engine:?}: a 1 MiB fetch waited 20 s behind slow readers"));
+        assert_eq!(fetched.unwrap().data, pattern(MIB, 2));
+        println!(
+            "{engine:?}: 1 MiB fetch beside 6 slow readers took {:?}",
+            started.elapsed()
+        );
+        drop(slow);
+        daemon.stop().await;
+    }
+}

@@ -5,6 +5,12 @@
 //! daemon-wide one and its connection's [`BufferScope`]. A connection whose
 //! client stops reading therefore pins at most its own scope, and the daemon
 //! as a whole never holds more than its budget in chunk buffers.
+//!
+//! Slow readers must not slow the others: a quarter of the budget is kept
+//! for floors, [`FLOOR_CHUNKS`] chunks that a connection gets for itself
+//! when it opens (while the floors last). Its buffers come from its floor
+//! first, from the shared rest beyond, so a connection with a floor always
+//! has chunks to work with however many others hold theirs unread.
 
 use std::sync::Arc;
 
@@ -12,14 +18,44 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::io::{ALIGN, AlignedBuf, BufferPool, align_up};
 
+/// Chunks of a connection's floor.
+pub const FLOOR_CHUNKS: u64 = 2;
+
 /// A connection's share of the buffer budget.
-pub type BufferScope = Arc<Semaphore>;
+pub type BufferScope = Arc<Scope>;
+
+/// What one connection (or one internal user) may hold in chunk buffers.
+#[derive(Debug)]
+pub struct Scope {
+    /// At most this much at once.
+    cap: Arc<Semaphore>,
+    /// Its own part of the budget, if it got one.
+    floor: Option<Floor>,
+}
+
+#[derive(Debug)]
+struct Floor {
+    units: Arc<Semaphore>,
+    /// The floor's units, taken from the pool of floors until the scope ends.
+    _reserved: OwnedSemaphorePermit,
+}
+
+impl Scope {
+    /// Whether it has a floor of its own.
+    pub fn has_floor(&self) -> bool {
+        self.floor.is_some()
+    }
+}
 
 /// The daemon's chunk buffers.
 #[derive(Debug)]
 pub struct Buffers {
     pool: BufferPool,
+    /// The budget shared by all, beyond the floors.
     global: Arc<Semaphore>,
+    /// What is kept for floors.
+    floors: Arc<Semaphore>,
+    floor_units: u32,
     budget_bytes: u64,
 }
 
@@ -31,9 +67,15 @@ fn units(bytes: u64) -> u32 {
 impl Buffers {
     /// Buffers of `chunk_size` bytes, at most `budget_bytes` in use at once.
     pub fn new(chunk_size: usize, budget_bytes: u64) -> Buffers {
+        let floor_units = units(FLOOR_CHUNKS * chunk_size as u64);
+        // A quarter of the budget for floors, in whole floors.
+        let floors = units(budget_bytes / 4) / floor_units * floor_units;
+        let shared = units(budget_bytes) - floors;
         Buffers {
             pool: BufferPool::new(chunk_size),
-            global: Arc::new(Semaphore::new(units(budget_bytes) as usize)),
+            global: Arc::new(Semaphore::new(shared as usize)),
+            floors: Arc::new(Semaphore::new(floors as usize)),
+            floor_units,
             budget_bytes,
         }
     }
@@ -48,38 +90,70 @@ impl Buffers {
         self.budget_bytes
     }
 
-    /// A new per-connection scope of `bytes`.
+    /// A new scope of at most `bytes`, with a floor while floors last (a
+    /// connection's).
     pub fn scope(&self, bytes: u64) -> BufferScope {
-        Arc::new(Semaphore::new(units(bytes) as usize))
+        let floor = self
+            .floors
+            .clone()
+            .try_acquire_many_owned(self.floor_units)
+            .ok()
+            .map(|reserved| Floor {
+                units: Arc::new(Semaphore::new(self.floor_units as usize)),
+                _reserved: reserved,
+            });
+        Arc::new(Scope {
+            cap: Arc::new(Semaphore::new(units(bytes) as usize)),
+            floor,
+        })
     }
 
-    /// A buffer of at least `size` bytes, waiting until both budgets allow it.
+    /// A buffer of at least `size` bytes, waiting until both budgets allow
+    /// it: from the scope's floor if it has room, else from the shared
+    /// budget, whichever frees first.
     pub async fn take(&self, scope: &BufferScope, size: usize) -> AlignedBuf {
         let n = units(size as u64);
         // Neither semaphore is ever closed, so acquiring cannot fail.
-        let local = scope.clone().acquire_many_owned(n).await;
-        let global = self.global.clone().acquire_many_owned(n).await;
-        match (local, global) {
-            (Ok(local), Ok(global)) => self.buffer(size, local, global),
-            _ => unreachable!("buffer budget semaphores are never closed"),
+        let local = scope.cap.clone().acquire_many_owned(n).await;
+        let Ok(local) = local else {
+            unreachable!("buffer budget semaphores are never closed")
+        };
+        let share = match scope.floor.as_ref().filter(|_| n <= self.floor_units) {
+            Some(floor) => tokio::select! {
+                biased;
+                own = floor.units.clone().acquire_many_owned(n) => own,
+                shared = self.global.clone().acquire_many_owned(n) => shared,
+            },
+            None => self.global.clone().acquire_many_owned(n).await,
+        };
+        match share {
+            Ok(share) => self.buffer(size, local, share),
+            Err(_) => unreachable!("buffer budget semaphores are never closed"),
         }
     }
 
     /// Like [`Buffers::take`] but returns `None` instead of waiting.
     pub fn try_take(&self, scope: &BufferScope, size: usize) -> Option<AlignedBuf> {
         let n = units(size as u64);
-        let local = scope.clone().try_acquire_many_owned(n).ok()?;
-        let global = self.global.clone().try_acquire_many_owned(n).ok()?;
-        Some(self.buffer(size, local, global))
+        let local = scope.cap.clone().try_acquire_many_owned(n).ok()?;
+        let own = scope
+            .floor
+            .as_ref()
+            .and_then(|f| f.units.clone().try_acquire_many_owned(n).ok());
+        let share = match own {
+            Some(own) => own,
+            None => self.global.clone().try_acquire_many_owned(n).ok()?,
+        };
+        Some(self.buffer(size, local, share))
     }
 
-    fn buffer(&self, size: usize, local: OwnedSemaphorePermit, global: OwnedSemaphorePermit) -> AlignedBuf {
+    fn buffer(&self, size: usize, local: OwnedSemaphorePermit, share: OwnedSemaphorePermit) -> AlignedBuf {
         let mut buf = if size <= self.pool.buf_size() {
             self.pool.take()
         } else {
             AlignedBuf::new(size)
         };
-        buf.set_guard((local, global));
+        buf.set_guard((local, share));
         buf
     }
 }
@@ -105,5 +179,30 @@ mod tests {
         assert!(buffers.try_take(&small_scope, 4096).is_none(), "scope exhausted");
         drop(d);
         assert!(buffers.try_take(&small_scope, 4096).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_scope_with_a_floor_gets_buffers_when_others_hold_the_shared_budget() {
+        // 64 KiB: 16 KiB (two floors of two 4 KiB chunks) kept for floors.
+        let buffers = Buffers::new(4096, 64 << 10);
+        let (a, b, c) = (buffers.scope(1 << 20), buffers.scope(1 << 20), buffers.scope(1 << 20));
+        assert!(a.has_floor() && b.has_floor());
+        assert!(!c.has_floor(), "floors last while the quarter kept for them does");
+        // Slow readers hold the whole shared budget...
+        let mut held = Vec::new();
+        while let Some(buf) = buffers.try_take(&c, 4096) {
+            held.push(buf);
+        }
+        assert_eq!(held.len(), 12);
+        // ...and a scope with a floor still gets its two chunks, at once.
+        let first = buffers.take(&a, 4096).await;
+        let second = buffers.try_take(&a, 4096).expect("the floor's second chunk");
+        assert!(
+            buffers.try_take(&a, 4096).is_none(),
+            "beyond its floor it waits like the others"
+        );
+        drop((first, second, held));
+        drop(a);
+        assert!(buffers.scope(1 << 20).has_floor(), "a closed scope's floor goes back");
     }
 }
