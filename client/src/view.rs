@@ -79,6 +79,11 @@ impl ShardView {
         &self.meta
     }
 
+    /// Where its bytes lie in the arena, in order.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
     /// Offset in the shard of the first byte.
     pub fn offset(&self) -> u64 {
         self.offset

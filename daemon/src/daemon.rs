@@ -222,6 +222,18 @@ impl Daemon {
             .is_some_and(|cache| cache.corrupt_for_tests(&namespace, &key, offset))
     }
 
+    /// What a client that maps the arena reads at `offset`: `len` bytes
+    /// (`None` without an arena that can be shared). For tests.
+    #[cfg(feature = "testing")]
+    pub fn arena_bytes(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let cache = self.ctx.service.cache()?;
+        let fd = cache.arena().shared_fd().ok()?.try_clone_to_owned().ok()?;
+        let mut bytes = vec![0u8; len];
+        std::fs::File::from(fd).read_exact_at(&mut bytes, offset).ok()?;
+        Some(bytes)
+    }
+
     /// Graceful shutdown: stop accepting and reading new requests, let
     /// in-flight requests finish (at most `shutdown_timeout`), flush
     /// write-back shards, then stop the HTTP endpoint.

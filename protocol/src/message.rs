@@ -340,6 +340,9 @@ pub struct ArenaStatus {
     /// again (on a client's report, or before a write-back reached the
     /// drive): dropped, never served again. Memory corruption.
     pub checksum_failures: u64,
+    /// Bytes of arena blocks zeroed as they were freed, because the shard
+    /// they held was deleted (dropped or replaced).
+    pub scrubbed_bytes: u64,
 }
 
 /// One shard to prefetch, and how urgently.

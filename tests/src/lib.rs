@@ -139,6 +139,11 @@ impl TestDaemon {
         self.daemon().corrupt_arena_copy(namespace, key, offset)
     }
 
+    /// What a client that maps the arena reads at `offset`.
+    pub fn arena_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        self.daemon().arena_bytes(offset, len).expect("a shared arena")
+    }
+
     /// The Unix socket's path.
     pub fn socket_path(&self) -> PathBuf {
         self.daemon().socket_path().expect("socket").to_path_buf()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shardd_client::{Client, ClientError, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions, Status};
 use shardd_protocol::{ArenaStatus, Key};
-use shardd_tests::{TestDaemon, engines, http_get, pattern, sample};
+use shardd_tests::{TestDaemon, engines, eventually, http_get, pattern, sample};
 use tokio::task::JoinSet;
 
 const MIB: usize = 1 << 20;
@@ -341,7 +341,7 @@ async fn scratch_puts_reach_the_drive_without_a_sync_and_survive_a_graceful_rest
         wait_for(&client, "the second scratch flush", |a| a.dirty_bytes == 0).await;
         let tmp = daemon.data_dir().join("tmp");
         assert!(
-            shardd_tests::eventually(Duration::from_secs(10), || shardd_tests::files_under(&tmp).is_empty()).await,
+            eventually(Duration::from_secs(10), || shardd_tests::files_under(&tmp).is_empty()).await,
             "{engine:?}: the replaced file is removed: {:?}",
             shardd_tests::files_under(&tmp)
         );
@@ -904,6 +904,61 @@ async fn views_of_a_loading_shard_hold_their_chunks_in_place() {
             assert!(bytes[..] == data[*offset as usize..*offset as usize + bytes.len()]);
         }
         drop(held);
+        daemon.stop().await;
+    }
+}
+
+/// The bytes a shard had in the arena, where a view found them.
+fn extents_of(view: &shardd_client::ShardView) -> Vec<shardd_protocol::Extent> {
+    view.extents().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_dropped_shards_bytes_are_zeroed_in_the_arena_once_no_lease_holds_them() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"16MiB\"").await;
+        let client = daemon.client(false).await;
+        let readable = |extents: &[shardd_protocol::Extent]| -> Vec<u8> {
+            extents
+                .iter()
+                .flat_map(|e| daemon.arena_bytes(e.offset, e.len as usize))
+                .collect()
+        };
+        for (key, seed) in [("deleted", 1), ("dropped", 2)] {
+            client
+                .put("job", key, pattern(2 * MIB + 5, seed), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let deleted = client.fetch_view("job", "deleted", None).await.unwrap();
+        let held = extents_of(&deleted);
+        let dropped = client.fetch_view("job", "dropped", None).await.unwrap();
+        let dropped_at = extents_of(&dropped);
+        drop(dropped);
+        client.ping().await.unwrap();
+        assert_eq!(
+            readable(&dropped_at),
+            pattern(2 * MIB + 5, 2),
+            "{engine:?}: resident bytes"
+        );
+
+        // Deleted while a view holds it: the view still reads its bytes.
+        client.delete("job", "deleted", None).await.unwrap();
+        assert_eq!(deleted.to_vec().unwrap(), pattern(2 * MIB + 5, 1), "{engine:?}");
+        client.evict("job", &["dropped"], EvictMode::Drop).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || readable(&dropped_at).iter().all(|&b| b == 0)).await,
+            "{engine:?}: a dropped shard's bytes are zeroed"
+        );
+        drop(deleted);
+        assert!(
+            eventually(Duration::from_secs(5), || readable(&held).iter().all(|&b| b == 0)).await,
+            "{engine:?}: a deleted shard's bytes are zeroed once its view is given back"
+        );
+        assert!(
+            arena(&client).await.scrubbed_bytes >= 2 * (2 * MIB as u64 + 5),
+            "{engine:?}"
+        );
         daemon.stop().await;
     }
 }

@@ -122,7 +122,7 @@ impl Cache {
     }
 
     /// Forgets a key (after it was deleted from the store, or to drop it).
-    /// Returns the removed shard.
+    /// Returns the removed shard, whose blocks are zeroed once freed.
     pub(super) fn forget(&self, namespace: &Namespace, key: &Key) -> Option<Arc<CachedShard>> {
         let id = (namespace.clone(), key.clone());
         let mut state = self.state();
@@ -130,6 +130,8 @@ impl Cache {
         match state.entries.remove(&id) {
             Some(Slot::Ready(shard)) => {
                 self.undirty(&mut state, &shard);
+                drop(state);
+                self.inner.arena.scrub_on_free(shard.chunks().iter().map(|c| &**c));
                 Some(shard)
             }
             _ => None,
@@ -158,6 +160,9 @@ impl Cache {
             }
             removed
         };
+        if let Some(Slot::Ready(shard)) = &removed {
+            self.inner.arena.scrub_on_free(shard.chunks().iter().map(|c| &**c));
+        }
         drop(removed);
     }
 

@@ -66,6 +66,7 @@ impl Cache {
             flush_failures: get(&stats.flush_failures),
             flushes_superseded: get(&stats.flushes_superseded),
             checksum_failures: get(&stats.checksum_failures),
+            scrubbed_bytes: arena.scrubbed().0,
         }
     }
 }

@@ -79,6 +79,13 @@ const FAMILIES: &[Family] = &[
         label: Some("tier"),
     },
     Family {
+        name: "shardd_arena_scrubbed_bytes_total",
+        values: |a, _| vec![("", a.scrubbed_bytes)],
+        help: "Bytes of arena blocks zeroed as they were freed, because the shard they held was deleted or replaced.",
+        kind: Kind::Counter,
+        label: None,
+    },
+    Family {
         name: "shardd_arena_evictions_total",
         values: |a, _| vec![("pressure", a.evictions), ("request", a.demoted)],
         help: "Shards removed from the arena: under memory pressure, or on request (evict).",
