@@ -8,11 +8,12 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, Durability, EvictMode, EvictRequest,
-    EvictResponse, FetchRequest, HelloRequest, HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT,
-    Namespace, Opcode, PROTOCOL_VERSION, PrefetchItem, PrefetchRequest, PrefetchResponse, PutRequest, PutResponse,
-    ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse, VerifyRequest,
-    VerifyResponse, ViewRequest, ViewResponse, codec,
+    ByteRange, DEFAULT_MAX_PAYLOAD_LEN, DType, DeleteRequest, DeleteResponse, DropNamespaceRequest,
+    DropNamespaceResponse, Durability, EvictMode, EvictRequest, EvictResponse, FetchRequest, HelloRequest,
+    HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT, Namespace, NamespaceUsage, NamespacesRequest,
+    NamespacesResponse, Opcode, PROTOCOL_VERSION, PrefetchItem, PrefetchRequest, PrefetchResponse, PutRequest,
+    PutResponse, ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse,
+    VerifyRequest, VerifyResponse, ViewRequest, ViewResponse, codec,
 };
 use tokio::net::{TcpStream, UnixStream};
 
@@ -791,6 +792,25 @@ impl Client {
         };
         let response: DeleteResponse = self.call(Opcode::Delete, Some(&request)).await?;
         Ok(response.version)
+    }
+
+    /// The namespaces the daemon holds whose names start with `prefix`
+    /// (those this client may read), with what each holds on the drives
+    /// and in the arena.
+    pub async fn namespaces(&self, prefix: &str) -> Result<Vec<NamespaceUsage>, ClientError> {
+        let request = NamespacesRequest { prefix: prefix.into() };
+        let response: NamespacesResponse = self.call(Opcode::Namespaces, Some(&request)).await?;
+        Ok(response.namespaces)
+    }
+
+    /// Removes every shard of `namespace`, on the drives and in the arena
+    /// (write-back shards not yet written are discarded); durable when it
+    /// returns. Needs the `admin` right on it.
+    pub async fn drop_namespace(&self, namespace: &str) -> Result<DropNamespaceResponse, ClientError> {
+        let request = DropNamespaceRequest {
+            namespace: Namespace::new(namespace)?,
+        };
+        self.call(Opcode::DropNamespace, Some(&request)).await
     }
 
     /// The daemon's state.

@@ -82,8 +82,8 @@ pub use error::ClientError;
 pub use progress::{NoProgress, Progress};
 pub use shardd_protocol as protocol;
 pub use shardd_protocol::{
-    ByteRange, CacheState, DType, Durability, EvictMode, EvictResponse, PrefetchItem, PrefetchResponse, ShardMeta,
-    StatResponse, Status, VerifyOutcome, VerifyResponse,
+    ByteRange, CacheState, DType, DropNamespaceResponse, Durability, EvictMode, EvictResponse, NamespaceUsage,
+    PrefetchItem, PrefetchResponse, ShardMeta, StatResponse, Status, VerifyOutcome, VerifyResponse,
 };
 pub use trainer::{StepStats, Trainer, TrainerOptions};
 pub use view::{ContiguousView, ShardView};

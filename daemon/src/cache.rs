@@ -37,8 +37,10 @@
 //! * [`policy`]: eviction policies.
 //! * [`prefetch`]: the prefetch queue.
 //! * [`stats`]: the tier's counters and sizes.
+//! * [`namespaces`]: what each namespace holds in the arena; forgetting one.
 
 pub mod load;
+pub mod namespaces;
 pub mod policy;
 pub mod prefetch;
 pub mod residency;

@@ -177,6 +177,11 @@ pub enum Command {
         #[arg(long)]
         version: Option<u64>,
     },
+    /// Namespaces: what each holds, and removing one whole.
+    Ns {
+        #[command(subcommand)]
+        command: NsCommand,
+    },
     /// Show the daemon's state.
     Status {
         /// Print JSON.
@@ -190,6 +195,27 @@ pub enum Command {
         /// Which benchmark.
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+/// `shardctl ns ...`.
+#[derive(Debug, Subcommand)]
+pub enum NsCommand {
+    /// List namespaces (those you may read) with their shards and bytes on
+    /// the drives and in the arena.
+    Ls {
+        /// Only namespaces whose names start with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every shard of a namespace, on the drives and in the arena,
+    /// durably (write-back shards not yet written are discarded).
+    Rm {
+        /// Namespace.
+        namespace: String,
     },
 }
 
@@ -442,6 +468,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let removed = client.delete(&namespace, &key, version).await?;
             println!("removed {namespace}/{key} version {removed}");
+        }
+        Command::Ns {
+            command: NsCommand::Ls { prefix, json },
+        } => {
+            let namespaces = client.namespaces(&prefix).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&namespaces)?);
+            } else {
+                print!("{}", show::namespaces(&namespaces));
+            }
+        }
+        Command::Ns {
+            command: NsCommand::Rm { namespace },
+        } => {
+            let dropped = client.drop_namespace(&namespace).await?;
+            println!(
+                "removed namespace {namespace}: {} shards ({}) from the drives, {} not yet written from the arena, {} quarantined files",
+                dropped.shards,
+                show::bytes(dropped.bytes),
+                dropped.unflushed,
+                dropped.quarantined
+            );
         }
         Command::Status { json } => {
             let status = client.status().await?;

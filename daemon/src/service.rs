@@ -19,10 +19,12 @@
 //! * [`put`]: put sessions, durable and write-back alike.
 //! * [`catalog`]: stat, list and delete, shards not yet flushed included.
 //! * [`hints`]: prefetch, evict, schedules and verify.
+//! * [`namespaces`]: what each namespace holds; dropping one.
 
 pub mod catalog;
 pub mod fetch;
 pub mod hints;
+pub mod namespaces;
 pub mod put;
 pub mod session;
 pub mod view;

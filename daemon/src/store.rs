@@ -23,6 +23,7 @@
 //! * [`catalog`]: stat, list, delete, counts, verifying every shard.
 //! * [`error`]: [`StoreError`], one variant per wire status.
 //! * [`metrics`]: drive bytes, latency and errors per data dir.
+//! * [`namespaces`]: what each namespace holds; dropping one in one step.
 
 pub mod buffers;
 pub mod catalog;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod format;
 pub mod index;
 pub mod metrics;
+pub mod namespaces;
 pub mod reader;
 pub mod recovery;
 pub mod versions;
@@ -157,6 +159,9 @@ struct Inner {
     buffers: Buffers,
     /// Serialises commits, deletes and quarantines of the same key.
     key_locks: Box<[Mutex<()>]>,
+    /// Shared by every holder of a key lock (taken before it); a namespace
+    /// drop takes it alone, so no commit lands in a namespace as it goes.
+    namespace_gate: tokio::sync::RwLock<()>,
     /// Versions of puts in progress.
     reservations: versions::Reservations,
     quarantined_files: AtomicU64,
@@ -190,6 +195,7 @@ impl Store {
                 engine,
                 buffers,
                 key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                namespace_gate: tokio::sync::RwLock::new(()),
                 reservations: versions::Reservations::default(),
                 quarantined_files: AtomicU64::new(0),
                 metrics: metrics::StoreMetrics::new(&dir_labels),

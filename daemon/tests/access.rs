@@ -113,6 +113,15 @@ async fn a_peer_of_another_uid_gets_exactly_what_the_table_grants_and_refusals_n
     let err = refused(&as_nobody(&endpoint, &["evict", "--drop", "open-1", "k"], b""));
     assert!(err.contains("unauthorized"), "{err}");
 
+    // Listings show only what the peer may read; dropping a namespace
+    // needs admin.
+    let listed = as_nobody(&endpoint, &["ns", "ls"], b"");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("open-1") && listed.contains("shared"), "{listed}");
+    assert!(!listed.contains("secret"), "{listed}");
+    let err = refused(&as_nobody(&endpoint, &["ns", "rm", "open-1"], b""));
+    assert!(err.contains("may not administer namespace \"open-1\""), "{err}");
+
     // Nothing refused was touched; root may do everything.
     assert_eq!(&root.fetch("secret", "k").await.unwrap().data[..], b"root's secret");
     assert!(root.stat("shared", "k2").await.is_err());

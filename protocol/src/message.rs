@@ -19,6 +19,8 @@
 //! | fetch_view | [`ViewRequest`] | [`ViewResponse`] | none |
 //! | release | [`ReleaseRequest`] | [`ReleaseResponse`] | none |
 //! | verify | [`VerifyRequest`] | [`VerifyResponse`] | none |
+//! | namespaces | [`NamespacesRequest`] | [`NamespacesResponse`] | none |
+//! | drop_namespace | [`DropNamespaceRequest`] | [`DropNamespaceResponse`] | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -554,6 +556,58 @@ pub struct ErrorResponse {
     pub message: String,
     /// With `version conflict`: the version stored now.
     pub current_version: Option<u64>,
+}
+
+/// The namespaces the daemon holds (those the asking peer may read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespacesRequest {
+    /// Only namespaces whose names start with this.
+    pub prefix: String,
+}
+
+/// What one namespace holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceUsage {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// Shards on the drives.
+    pub shards: u64,
+    /// Their bytes.
+    pub drive_bytes: u64,
+    /// Shards in the arena.
+    pub arena_shards: u64,
+    /// Their bytes.
+    pub arena_bytes: u64,
+    /// Shards in the arena not on a drive yet (write-back).
+    pub unflushed: u64,
+}
+
+/// The namespaces, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespacesResponse {
+    /// One entry per namespace.
+    pub namespaces: Vec<NamespaceUsage>,
+}
+
+/// Remove every shard of a namespace, on the drives and in the arena.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropNamespaceRequest {
+    /// The namespace.
+    pub namespace: Namespace,
+}
+
+/// What a namespace drop removed; durable when answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropNamespaceResponse {
+    /// Shards removed from the drives.
+    pub shards: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Shards forgotten that were only in the arena (write-back, not yet on
+    /// a drive).
+    pub unflushed: u64,
+    /// Quarantined files removed.
+    pub quarantined: u64,
 }
 
 #[cfg(test)]

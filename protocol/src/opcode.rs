@@ -34,11 +34,16 @@ pub enum Opcode {
     /// saw a mismatch, or an operator asks): `VerifyRequest`. A copy that
     /// fails is never served again.
     Verify,
+    /// The namespaces the daemon holds, with their usage:
+    /// `NamespacesRequest`, answered with `NamespacesResponse`.
+    Namespaces,
+    /// Remove a whole namespace, durably: `DropNamespaceRequest`.
+    DropNamespace,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 14] = [
+    pub const ALL: [Opcode; 16] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -53,6 +58,8 @@ impl Opcode {
         Opcode::FetchView,
         Opcode::Release,
         Opcode::Verify,
+        Opcode::Namespaces,
+        Opcode::DropNamespace,
     ];
 
     /// The wire code.
@@ -72,6 +79,8 @@ impl Opcode {
             Opcode::FetchView => 12,
             Opcode::Release => 13,
             Opcode::Verify => 14,
+            Opcode::Namespaces => 15,
+            Opcode::DropNamespace => 16,
         }
     }
 
@@ -97,6 +106,8 @@ impl Opcode {
             Opcode::FetchView => "fetch_view",
             Opcode::Release => "release",
             Opcode::Verify => "verify",
+            Opcode::Namespaces => "namespaces",
+            Opcode::DropNamespace => "drop_namespace",
         }
     }
 }

@@ -204,6 +204,29 @@ pub fn status(s: &StatusResponse) -> String {
     out
 }
 
+/// A table of namespaces.
+pub fn namespaces(namespaces: &[shardd_client::NamespaceUsage]) -> String {
+    if namespaces.is_empty() {
+        return "no namespaces\n".to_string();
+    }
+    let mut out = format!(
+        "{:<32} {:>10} {:>12} {:>10} {:>12} {:>10}\n",
+        "NAMESPACE", "SHARDS", "DRIVE", "IN ARENA", "ARENA", "UNFLUSHED"
+    );
+    for ns in namespaces {
+        out.push_str(&format!(
+            "{:<32} {:>10} {:>12} {:>10} {:>12} {:>10}\n",
+            ns.namespace.as_str(),
+            ns.shards,
+            bytes(ns.drive_bytes),
+            ns.arena_shards,
+            bytes(ns.arena_bytes),
+            ns.unflushed
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

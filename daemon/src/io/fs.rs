@@ -260,6 +260,11 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes `dir` and everything in it.
+pub fn remove_dir_all(dir: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(dir)
+}
+
 /// Creates `dir` and its missing parents, private to the daemon's user.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir)

@@ -13,14 +13,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use shardd_protocol::{
-    DeleteRequest, DeleteResponse, EvictRequest, FetchRequest, ListRequest, Opcode, PrefetchRequest, ReleaseRequest,
-    ScheduleRequest, StatRequest, Status, VerifyRequest, ViewRequest, codec,
+    DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchRequest, ListRequest, NamespacesRequest,
+    Opcode, PrefetchRequest, ReleaseRequest, ScheduleRequest, StatRequest, Status, VerifyRequest, ViewRequest, codec,
 };
 use tracing::Instrument;
 
 use super::ServerContext;
 use super::frame::OutFrame;
-use super::gate::admit;
+use super::gate::{admit, may_read};
 use super::responder::{Responder, answer, error_frame};
 use crate::service::{Fetch, Piece, Session};
 use crate::store::StoreError;
@@ -158,6 +158,21 @@ pub fn dispatch(
             Ok(req) => task.later(move |ctx, _, responder| async move {
                 let span = tracing::debug_span!("verify", id, namespace = %req.namespace, key = %req.key);
                 let result = ctx.service.verify(&req).instrument(span).await;
+                responder.send(answer(op, id, result)).await;
+            }),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::Namespaces => match admit::<NamespacesRequest>(ctx, session, &control) {
+            Ok(req) => {
+                let visible = |ns: &shardd_protocol::Namespace| may_read(ctx, session, ns);
+                now(OutFrame::ok(op, id, &service.namespaces(&req, visible)))
+            }
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::DropNamespace => match admit::<DropNamespaceRequest>(ctx, session, &control) {
+            Ok(req) => task.later(move |ctx, _, responder| async move {
+                let span = tracing::info_span!("drop_namespace", id, namespace = %req.namespace);
+                let result = ctx.service.drop_namespace(&req).instrument(span).await;
                 responder.send(answer(op, id, result)).await;
             }),
             Err(e) => now(error_frame(op, id, &e)),

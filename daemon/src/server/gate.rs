@@ -4,8 +4,8 @@
 
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    DeleteRequest, EvictMode, EvictRequest, FetchRequest, ListRequest, PrefetchRequest, PutRequest, ReleaseRequest,
-    ScheduleRequest, StatRequest, VerifyRequest, ViewRequest, codec,
+    DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchRequest, ListRequest, NamespacesRequest,
+    PrefetchRequest, PutRequest, ReleaseRequest, ScheduleRequest, StatRequest, VerifyRequest, ViewRequest, codec,
 };
 
 use super::ServerContext;
@@ -31,7 +31,14 @@ macro_rules! needs {
 
 needs!(Right::Read => FetchRequest, StatRequest, ListRequest, PrefetchRequest, VerifyRequest);
 needs!(Right::Write => PutRequest);
-needs!(Right::Admin => DeleteRequest, ScheduleRequest);
+needs!(Right::Admin => DeleteRequest, ScheduleRequest, DropNamespaceRequest);
+
+impl Guarded for NamespacesRequest {
+    /// Each namespace listed is filtered by [`may_read`] instead.
+    fn need(&self) -> Need<'_> {
+        Need::Nothing
+    }
+}
 
 impl Guarded for ViewRequest {
     fn need(&self) -> Need<'_> {
@@ -66,4 +73,12 @@ pub fn admit<T: DeserializeOwned + Guarded>(
         .check(&session.identity, request.need())
         .map_err(StoreError::Unauthorized)?;
     Ok(request)
+}
+
+/// Whether the client of `session` may read `namespace` (listings show it
+/// only those).
+pub fn may_read(ctx: &ServerContext, session: &Session, namespace: &shardd_protocol::Namespace) -> bool {
+    ctx.access()
+        .check(&session.identity, Need::On(namespace, Right::Read))
+        .is_ok()
 }

@@ -13,6 +13,13 @@ use super::index::{Quarantined, ShardEntry};
 use super::{ShardReader, Store, StoreError, StoreStatus, recovery};
 use crate::io::fs;
 
+/// Held while a key is committed, deleted or quarantined: the key's lock,
+/// and a share of the gate a namespace drop closes.
+pub(super) struct KeyGuard<'a> {
+    _namespaces: tokio::sync::RwLockReadGuard<'a, ()>,
+    _key: MutexGuard<'a, ()>,
+}
+
 impl Store {
     /// Metadata of the current version of a shard.
     pub fn stat(&self, namespace: &Namespace, key: &Key) -> Result<ShardMeta, StoreError> {
@@ -179,12 +186,17 @@ impl Store {
         failed
     }
 
-    pub(super) async fn lock_key(&self, namespace: &Namespace, key: &Key) -> MutexGuard<'_, ()> {
+    pub(super) async fn lock_key(&self, namespace: &Namespace, key: &Key) -> KeyGuard<'_> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         namespace.hash(&mut hasher);
         key.hash(&mut hasher);
         let stripe = hasher.finish() as usize % self.inner.key_locks.len();
-        self.inner.key_locks[stripe].lock().await
+        // Taken first, and shared: only a namespace drop takes it alone.
+        let namespaces = self.inner.namespace_gate.read().await;
+        KeyGuard {
+            _namespaces: namespaces,
+            _key: self.inner.key_locks[stripe].lock().await,
+        }
     }
 
     /// Moves a shard that failed verification aside, unless a newer version

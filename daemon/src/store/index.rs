@@ -129,6 +129,33 @@ impl Index {
         (out, more)
     }
 
+    /// Each namespace that holds shards, with its shard count and bytes.
+    pub fn usage(&self) -> Vec<(Namespace, u64, u64)> {
+        self.read()
+            .live
+            .iter()
+            .map(|(ns, keys)| (ns.clone(), keys.len() as u64, keys.values().map(|e| e.meta.len).sum()))
+            .collect()
+    }
+
+    /// Takes every entry and quarantine record of `namespace` out.
+    pub fn remove_namespace(&self, namespace: &Namespace) -> (Vec<Arc<ShardEntry>>, Vec<Quarantined>) {
+        let mut maps = self.write();
+        let live = maps
+            .live
+            .remove(namespace)
+            .map(|keys| keys.into_values().collect())
+            .unwrap_or_default();
+        let keys: Vec<(Namespace, Key)> = maps
+            .quarantined
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .cloned()
+            .collect();
+        let quarantined = keys.iter().filter_map(|id| maps.quarantined.remove(id)).collect();
+        (live, quarantined)
+    }
+
     /// Every live entry (for verification passes).
     pub fn all(&self) -> Vec<Arc<ShardEntry>> {
         self.read()

@@ -146,11 +146,13 @@ fn clean_tmp(dir: &DataDir) -> anyhow::Result<u64> {
     let tmp = dir.tmp_dir();
     let mut removed = 0;
     for (name, is_dir) in fs::list_dir(&tmp).with_context(|| format!("list {}", tmp.display()))? {
-        if is_dir {
-            continue;
-        }
         let path = tmp.join(&name);
-        fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        if is_dir {
+            // A dropped namespace whose files were not all removed yet.
+            fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+        } else {
+            fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
         removed += 1;
     }
     if removed > 0 {
