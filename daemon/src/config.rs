@@ -17,12 +17,14 @@
 //! * [`io`]: `[io]`, the I/O engine.
 //! * [`log`]: `[log]`, the log filter and format.
 //! * [`access`]: `[access]`, the access table.
+//! * [`namespaces`]: `[[namespaces]]`, quotas and idle lifetimes.
 //! * [`units`]: sizes and durations as written in the file and flags.
 
 pub mod access;
 pub mod arena;
 pub mod io;
 pub mod log;
+pub mod namespaces;
 pub mod server;
 pub mod storage;
 pub mod units;
@@ -107,6 +109,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Who may do what.
     pub access: AccessTable,
+    /// Quotas and idle lifetimes of namespaces.
+    pub namespaces: crate::service::quota::NamespacePolicies,
 }
 
 /// An endpoint that can be turned off (`off`).
@@ -172,6 +176,7 @@ struct FileConfig {
     io: io::FileIo,
     log: log::FileLog,
     access: access::FileAccess,
+    namespaces: Vec<namespaces::FileNamespace>,
 }
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> anyhow::Error {
@@ -224,6 +229,7 @@ impl Config {
         let io = file.io.resolve(&flags)?;
         let log = file.log.resolve(&flags)?;
         let access = file.access.resolve()?;
+        let namespaces = namespaces::resolve(file.namespaces)?;
         Ok(Config {
             server,
             store,
@@ -231,6 +237,7 @@ impl Config {
             io,
             log,
             access,
+            namespaces,
         })
     }
 }
@@ -336,6 +343,21 @@ mod tests {
         assert!(err("[storage]\ndata_dirs = []").contains("storage.data_dirs"));
         assert!(err("[storage]\ndata_dirs = [\"/a\", \"/a\"]").contains("listed twice"));
         assert!(err("[storage]\nbogus = 1").contains("bogus"));
+        let rule = |body: &str| err(&format!("[[access.rules]]\n{body}"));
+        assert!(
+            rule("users = [\"no-such-user-x\"]\nnamespaces = [\"a\"]\nrights = [\"read\"]")
+                .contains("access.rules[0].users")
+        );
+        assert!(
+            rule("users = [\"0\"]\nnamespaces = [\"a*b\"]\nrights = [\"read\"]").contains("access.rules[0].namespaces")
+        );
+        assert!(rule("namespaces = [\"a\"]\nrights = [\"read\"]").contains("it is for no one"));
+        assert!(rule("users = [\"0\"]\nnamespaces = [\"a\"]\nrights = [\"own\"]").contains("unknown variant"));
+        assert!(err("[server]\nsocket_group = \"no-such-group-x\"").contains("server.socket_group"));
+        assert!(err("[server]\nunix_reserved_connections = 2000").contains("server.unix_reserved_connections"));
+        assert!(err("[[namespaces]]\npattern = \"*\"").contains("sets neither"));
+        assert!(err("[[namespaces]]\npattern = \"a*b\"\nidle_ttl = \"1h\"").contains("namespaces[0].pattern"));
+        assert!(err("[arena]\nmax_schedule_keys = 0").contains("arena.max_schedule_keys"));
         assert!(err("[server]\ntcp = \"off\"\nsocket = \"off\"").contains("nothing would be served"));
         assert!(err("[log]\nlevel = \"[[[\"").contains("log.level"));
         let e = Config::from_toml(

@@ -89,7 +89,20 @@ impl Daemon {
             cache,
             config.server.clone(),
             config.access.clone(),
+            config.namespaces.clone(),
         ));
+        if let Some(every) = ctx.service.expiry_interval() {
+            let sweeper = ctx.clone();
+            ctx.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = sweeper.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    sweeper.service.expire_idle_namespaces().await;
+                }
+            });
+        }
         // HTTP first: it answers /healthz at once and /readyz "not ready"
         // until the listeners are up, and a failure here leaves nothing bound.
         let http = match config.server.http {

@@ -76,6 +76,8 @@ impl HttpServer {
 async fn metrics(State(ctx): State<Arc<ServerContext>>) -> Response {
     let status = ctx.status().await;
     ctx.metrics.refresh(&status);
+    let namespaces = ctx.service.namespaces(&Default::default(), |_| true);
+    ctx.metrics.refresh_namespaces(&namespaces.namespaces);
     match ctx.metrics.encode() {
         Ok(text) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -21,7 +21,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use shardd_protocol::{Opcode, Status, StatusResponse};
+use shardd_protocol::{NamespaceUsage, Opcode, Status, StatusResponse};
 
 use crate::cache::Cache;
 use tier::TierCollector;
@@ -35,6 +35,9 @@ pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
 
 /// Opcodes below this are looked up once per transport.
 const OPCODES: u16 = 32;
+/// Namespaces with series of their own in the per-namespace gauges (the
+/// rest are summed as `other`): bounded label cardinality.
+pub const NAMESPACE_SERIES: usize = 20;
 
 /// The transports, as metric labels.
 pub const TRANSPORTS: [&str; 2] = ["unix", "tcp"];
@@ -56,6 +59,9 @@ pub struct Metrics {
     stored_bytes: IntGauge,
     dir_capacity: IntGaugeVec,
     dir_free: IntGaugeVec,
+    namespace_shards: IntGaugeVec,
+    namespace_drive_bytes: IntGaugeVec,
+    namespace_arena_bytes: IntGaugeVec,
 }
 
 /// The handles of one transport's connections.
@@ -136,6 +142,21 @@ impl Metrics {
                 "Size of the filesystem holding a data dir.",
                 &["dir"],
             ),
+            namespace_shards: gauge_vec(
+                "shardd_namespace_shards",
+                "Shards of a namespace on the drives: the largest namespaces by name, the rest as \"other\".",
+                &["namespace"],
+            ),
+            namespace_drive_bytes: gauge_vec(
+                "shardd_namespace_drive_bytes",
+                "Bytes of a namespace's shards on the drives (largest namespaces; the rest as \"other\").",
+                &["namespace"],
+            ),
+            namespace_arena_bytes: gauge_vec(
+                "shardd_namespace_arena_bytes",
+                "Bytes of a namespace's shards in the arena (largest namespaces; the rest as \"other\").",
+                &["namespace"],
+            ),
             dir_free: gauge_vec(
                 "shardd_data_dir_free_bytes",
                 "Bytes available to the daemon on the filesystem holding a data dir.",
@@ -164,6 +185,9 @@ impl Metrics {
             Box::new(metrics.stored_bytes.clone()),
             Box::new(metrics.dir_capacity.clone()),
             Box::new(metrics.dir_free.clone()),
+            Box::new(metrics.namespace_shards.clone()),
+            Box::new(metrics.namespace_drive_bytes.clone()),
+            Box::new(metrics.namespace_arena_bytes.clone()),
             Box::new(build),
             Box::new(engine),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -214,6 +238,39 @@ impl Metrics {
                 .with_label_values(&[&dir.path])
                 .set(dir.capacity_bytes as i64);
             self.dir_free.with_label_values(&[&dir.path]).set(dir.free_bytes as i64);
+        }
+    }
+
+    /// Sets the per-namespace gauges: the [`NAMESPACE_SERIES`] namespaces
+    /// that hold the most bytes by name, the rest summed as `other`, so the
+    /// series stay few however many namespaces a node holds.
+    pub fn refresh_namespaces(&self, usage: &[NamespaceUsage]) {
+        let mut by_size: Vec<&NamespaceUsage> = usage.iter().collect();
+        by_size.sort_by_key(|u| std::cmp::Reverse(u.drive_bytes + u.arena_bytes));
+        let (named, rest) = by_size.split_at(by_size.len().min(NAMESPACE_SERIES));
+        for gauge in [
+            &self.namespace_shards,
+            &self.namespace_drive_bytes,
+            &self.namespace_arena_bytes,
+        ] {
+            gauge.reset();
+        }
+        let set = |name: &str, shards: u64, drive: u64, arena: u64| {
+            self.namespace_shards.with_label_values(&[name]).set(shards as i64);
+            self.namespace_drive_bytes.with_label_values(&[name]).set(drive as i64);
+            self.namespace_arena_bytes.with_label_values(&[name]).set(arena as i64);
+        };
+        for u in named {
+            set(u.namespace.as_str(), u.shards, u.drive_bytes, u.arena_bytes);
+        }
+        if !rest.is_empty() {
+            let sum = |f: fn(&NamespaceUsage) -> u64| rest.iter().map(|u| f(u)).sum::<u64>();
+            set(
+                "other",
+                sum(|u| u.shards),
+                sum(|u| u.drive_bytes),
+                sum(|u| u.arena_bytes),
+            );
         }
     }
 

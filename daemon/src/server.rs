@@ -123,17 +123,21 @@ pub struct ServerContext {
 
 impl ServerContext {
     /// A context for `store` (with `cache` in front of it) and `config`.
-    pub fn new(store: Store, cache: Option<Cache>, config: ServerConfig, access: AccessTable) -> ServerContext {
-        let metrics = Metrics::new(
-            store.metrics().collectors(),
-            cache.clone(),
-            store.engine().name(),
-            store.engine().fixed_buffers(),
-        );
+    pub fn new(
+        store: Store,
+        cache: Option<Cache>,
+        config: ServerConfig,
+        access: AccessTable,
+        policies: crate::service::quota::NamespacePolicies,
+    ) -> ServerContext {
+        let service = Service::new(store.clone(), cache.clone(), config.io_timeout, policies);
+        let mut collectors = store.metrics().collectors();
+        collectors.extend(service.collectors());
+        let metrics = Metrics::new(collectors, cache, store.engine().name(), store.engine().fixed_buffers());
         ServerContext {
             metrics: Arc::new(metrics),
             max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
-            service: Service::new(store, cache, config.io_timeout),
+            service,
             config,
             server_name: format!("shardd {}", env!("CARGO_PKG_VERSION")),
             started: Instant::now(),

@@ -20,12 +20,14 @@
 //! * [`catalog`]: stat, list and delete, shards not yet flushed included.
 //! * [`hints`]: prefetch, evict, schedules and verify.
 //! * [`namespaces`]: what each namespace holds; dropping one.
+//! * [`quota`]: namespace policies: drive quotas and idle lifetimes.
 
 pub mod catalog;
 pub mod fetch;
 pub mod hints;
 pub mod namespaces;
 pub mod put;
+pub mod quota;
 pub mod session;
 pub mod view;
 
@@ -44,17 +46,34 @@ pub struct Service {
     cache: Option<Cache>,
     /// How long a write-back put may wait for room in the budget.
     io_timeout: Duration,
+    /// Quotas and idle lifetimes of namespaces.
+    policies: quota::NamespacePolicies,
+    last_use: quota::LastUse,
+    /// Namespaces dropped for being idle (`shardd_namespaces_expired_total`).
+    expired: prometheus::IntCounter,
 }
 
 impl Service {
     /// The request path over `store`, with `cache` in front of it if the
     /// daemon has an arena. A write-back put waits at most `io_timeout` for
     /// room (its payload waits in the socket meanwhile).
-    pub fn new(store: Store, cache: Option<Cache>, io_timeout: Duration) -> Service {
+    pub fn new(
+        store: Store,
+        cache: Option<Cache>,
+        io_timeout: Duration,
+        policies: quota::NamespacePolicies,
+    ) -> Service {
         Service {
             store,
             cache,
             io_timeout,
+            policies,
+            last_use: quota::LastUse::default(),
+            expired: prometheus::IntCounter::new(
+                "shardd_namespaces_expired_total",
+                "Namespaces dropped because no request named them for their idle_ttl.",
+            )
+            .expect("valid metric definition"),
         }
     }
 

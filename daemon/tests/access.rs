@@ -221,3 +221,47 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_a_new_access_table_in_force_for_open_connections_too() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skipped("access reload test: dropping to another uid needs root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Process::launch(Launch {
+        dir: dir.path(),
+        engine: "psync",
+        tcp: "off",
+        config: CONFIG,
+        data_dirs: &[dir.path().join("data")],
+        wrapper: &[],
+    });
+    let endpoint = daemon.endpoint();
+    let root = Client::connect(&endpoint).await.unwrap();
+    root.put("secret", "k", b"now shared".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    assert!(!as_nobody(&endpoint, &["get", "secret", "k"], b"").status.success());
+
+    // The new table grants nobody only reads of "secret".
+    let reloaded = CONFIG.replace("namespaces = [\"open-*\"]", "namespaces = [\"secret\"]");
+    let reloaded = reloaded.replace("rights = [\"read\", \"write\"]", "rights = [\"read\"]");
+    std::fs::write(dir.path().join("shardd.toml"), reloaded).unwrap();
+    // SAFETY: sending a signal to a process this test started.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let mut granted = false;
+    for _ in 0..100 {
+        let got = as_nobody(&endpoint, &["get", "secret", "k"], b"");
+        if got.status.success() {
+            assert_eq!(got.stdout, b"now shared");
+            granted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(granted, "the reloaded table grants the read");
+    let err = refused(&as_nobody(&endpoint, &["put", "open-1", "k", "-"], b"x"));
+    assert!(err.contains("no rule covers namespace \"open-1\""), "{err}");
+}

@@ -89,3 +89,121 @@ async fn namespaces_are_listed_with_their_usage_and_a_drop_is_durable() {
         daemon.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_over_its_drive_quota_is_refused_and_others_are_not() {
+    let config = "[[namespaces]]\npattern = \"job-*\"\nmax_drive_bytes = \"4MiB\"";
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, config).await;
+        let client = daemon.client(false).await;
+        client
+            .put("job-a", "w", pattern(3 * MIB, 1), PutOptions::default())
+            .await
+            .unwrap();
+        let err = client
+            .put("job-a", "x", pattern(2 * MIB, 2), PutOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(Status::NoSpace), "{engine:?}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("namespace job-a would hold 5242880 bytes"),
+            "{message}"
+        );
+        assert!(
+            message.contains("quota of 4194304 bytes (namespaces[0].max_drive_bytes)"),
+            "{message}"
+        );
+        // Also as a write-back put; and a new version of a shard counts the
+        // old one out.
+        let write_back = client.put("job-a", "x", pattern(2 * MIB, 2), write_back()).await;
+        assert_eq!(write_back.unwrap_err().status(), Some(Status::NoSpace));
+        client
+            .put("job-a", "w", pattern(4 * MIB, 3), PutOptions::default())
+            .await
+            .unwrap();
+        // Another job's quota and an unlimited namespace are unaffected.
+        client
+            .put("job-b", "w", pattern(4 * MIB, 4), PutOptions::default())
+            .await
+            .unwrap();
+        client
+            .put("shared", "w", pattern(9 * MIB, 5), PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(client.fetch("job-a", "w").await.unwrap().data, pattern(4 * MIB, 3));
+        // Room comes back with deletes.
+        client.delete("job-a", "w", None).await.unwrap();
+        client
+            .put("job-a", "x", pattern(2 * MIB, 2), PutOptions::default())
+            .await
+            .unwrap();
+        daemon.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scratch_namespace_expires_after_its_idle_ttl_and_one_in_use_does_not() {
+    let config = "[[namespaces]]\npattern = \"scratch-*\"\nidle_ttl = \"2s\"";
+    let mut daemon = TestDaemon::start(engines()[0], config).await;
+    let client = daemon.client(false).await;
+    for ns in ["scratch-dead", "scratch-live", "kept"] {
+        client.put(ns, "swap", pattern(MIB, 1), write_back()).await.unwrap();
+    }
+    // One job keeps using its scratch namespace; the other died.
+    for _ in 0..10 {
+        client.stat("scratch-live", "swap").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    assert!(
+        usage(&client, "scratch-dead").await.is_none(),
+        "the idle scratch namespace expired"
+    );
+    assert!(usage(&client, "scratch-live").await.is_some(), "the one in use did not");
+    assert!(
+        usage(&client, "kept").await.is_some(),
+        "namespaces without idle_ttl stay"
+    );
+    let err = client.fetch("scratch-dead", "swap").await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::NotFound), "{err}");
+    let (_, metrics) = shardd_tests::http_get(&format!("{}/metrics", daemon.http_url())).await;
+    assert_eq!(
+        shardd_tests::sample(&metrics, "shardd_namespaces_expired_total"),
+        Some(1.0)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_metrics_name_the_largest_and_sum_the_rest() {
+    let mut daemon = TestDaemon::start(engines()[0], "").await;
+    let client = daemon.client(false).await;
+    for i in 0..25u64 {
+        // job-00 is the largest, job-24 the smallest.
+        let len = (26 - i as usize) * 4096;
+        client
+            .put(&format!("job-{i:02}"), "w", pattern(len, i), PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let (_, metrics) = shardd_tests::http_get(&format!("{}/metrics", daemon.http_url())).await;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("shardd_namespace_drive_bytes{"))
+        .collect();
+    assert_eq!(series.len(), 21, "20 namespaces and other: {series:?}");
+    assert_eq!(
+        shardd_tests::sample(&metrics, "shardd_namespace_drive_bytes{namespace=\"job-00\"}"),
+        Some((26 * 4096) as f64)
+    );
+    let rest: u64 = (20..25).map(|i| (26 - i) * 4096).sum();
+    assert_eq!(
+        shardd_tests::sample(&metrics, "shardd_namespace_drive_bytes{namespace=\"other\"}"),
+        Some(rest as f64)
+    );
+    assert_eq!(
+        shardd_tests::sample(&metrics, "shardd_namespace_shards{namespace=\"other\"}"),
+        Some(5.0)
+    );
+    daemon.stop().await;
+}

@@ -69,9 +69,13 @@ pub fn admit<T: DeserializeOwned + Guarded>(
     control: &[u8],
 ) -> Result<T, StoreError> {
     let request: T = codec::decode(control).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    let need = request.need();
     ctx.access()
-        .check(&session.identity, request.need())
+        .check(&session.identity, need)
         .map_err(StoreError::Unauthorized)?;
+    if let Need::On(namespace, _) = need {
+        ctx.service.touch(namespace);
+    }
     Ok(request)
 }
 

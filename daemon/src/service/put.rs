@@ -63,6 +63,7 @@ impl Service {
     /// Begins a put of `len` payload bytes; chunk buffers from the pool
     /// count against `session`'s share of the budget.
     pub async fn begin_put(&self, request: PutRequest, len: u64, session: &Session) -> Result<PutSession, StoreError> {
+        self.check_quota(&request.namespace, &request.key, len)?;
         let cache = self.cache().cloned();
         let spec = PutSpec {
             newer_than: cache

@@ -38,6 +38,8 @@ pub struct Quarantined {
 #[derive(Debug, Default)]
 struct Maps {
     live: HashMap<Namespace, BTreeMap<Key, Arc<ShardEntry>>>,
+    /// Bytes of each namespace's live entries.
+    bytes: HashMap<Namespace, u64>,
     quarantined: HashMap<(Namespace, Key), Quarantined>,
 }
 
@@ -72,7 +74,16 @@ impl Index {
         let mut maps = self.write();
         let id = (entry.meta.namespace.clone(), entry.meta.key.clone());
         maps.quarantined.remove(&id);
-        maps.live.entry(id.0).or_default().insert(id.1, entry)
+        let added = entry.meta.len;
+        let replaced = maps.live.entry(id.0.clone()).or_default().insert(id.1, entry);
+        let bytes = maps.bytes.entry(id.0).or_default();
+        *bytes = *bytes + added - replaced.as_ref().map_or(0, |r| r.meta.len);
+        replaced
+    }
+
+    /// Bytes of a namespace's live entries.
+    pub fn namespace_bytes(&self, namespace: &Namespace) -> u64 {
+        self.read().bytes.get(namespace).copied().unwrap_or(0)
     }
 
     /// Removes `entry` if it is still the current version of its key.
@@ -86,6 +97,9 @@ impl Index {
                 keys.remove(&entry.meta.key);
                 if keys.is_empty() {
                     maps.live.remove(&entry.meta.namespace);
+                    maps.bytes.remove(&entry.meta.namespace);
+                } else if let Some(bytes) = maps.bytes.get_mut(&entry.meta.namespace) {
+                    *bytes -= entry.meta.len;
                 }
                 true
             }
@@ -141,6 +155,7 @@ impl Index {
     /// Takes every entry and quarantine record of `namespace` out.
     pub fn remove_namespace(&self, namespace: &Namespace) -> (Vec<Arc<ShardEntry>>, Vec<Quarantined>) {
         let mut maps = self.write();
+        maps.bytes.remove(namespace);
         let live = maps
             .live
             .remove(namespace)

@@ -55,6 +55,11 @@ impl Store {
         usage
     }
 
+    /// Bytes of `namespace`'s shards on the drives.
+    pub fn namespace_bytes(&self, namespace: &Namespace) -> u64 {
+        self.inner.index.namespace_bytes(namespace)
+    }
+
     /// Removes every shard of `namespace` (and its quarantined files),
     /// durably, before it returns.
     pub async fn drop_namespace(&self, namespace: &Namespace) -> Result<Dropped, StoreError> {
