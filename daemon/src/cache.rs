@@ -54,6 +54,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::arena::Arena;
+use crate::service::quota::NamespacePolicies;
 use crate::store::Store;
 use crate::store::buffers::BufferScope;
 use load::Loading;
@@ -158,6 +159,8 @@ struct Inner {
     /// Loads running on their own (started by prefetch hints, or by a
     /// fetch that follows them), so that shutdown can wait for them.
     load_tasks: tokio_util::task::TaskTracker,
+    /// Arena shares of namespaces (`max_arena_bytes`).
+    quotas: NamespacePolicies,
     prefetch: Arc<prefetch::Queue>,
     /// With [`BounceIo`] in effect: the budget scope of the chunk buffers
     /// that loads and flushes go through.
@@ -166,7 +169,7 @@ struct Inner {
 
 impl Cache {
     /// A hot tier over `arena` in front of `store`; starts its prefetcher.
-    pub fn new(arena: Arena, store: Store, config: CacheConfig) -> Cache {
+    pub fn new(arena: Arena, store: Store, config: CacheConfig, quotas: NamespacePolicies) -> Cache {
         let bounce = match config.bounce_io {
             BounceIo::On => true,
             BounceIo::Off => false,
@@ -185,6 +188,7 @@ impl Cache {
         let cache = Cache {
             inner: Arc::new(Inner {
                 prefetch: Arc::new(prefetch::Queue::new(config.prefetch_memory)),
+                quotas,
                 flushes: Semaphore::new(config.flush_concurrency.max(1)),
                 write_back_room: Notify::new(),
                 flush_tasks: tokio_util::task::TaskTracker::new(),

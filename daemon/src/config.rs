@@ -355,7 +355,7 @@ mod tests {
         assert!(rule("users = [\"0\"]\nnamespaces = [\"a\"]\nrights = [\"own\"]").contains("unknown variant"));
         assert!(err("[server]\nsocket_group = \"no-such-group-x\"").contains("server.socket_group"));
         assert!(err("[server]\nunix_reserved_connections = 2000").contains("server.unix_reserved_connections"));
-        assert!(err("[[namespaces]]\npattern = \"*\"").contains("sets neither"));
+        assert!(err("[[namespaces]]\npattern = \"*\"").contains("sets none of"));
         assert!(err("[[namespaces]]\npattern = \"a*b\"\nidle_ttl = \"1h\"").contains("namespaces[0].pattern"));
         assert!(err("[arena]\nmax_schedule_keys = 0").contains("arena.max_schedule_keys"));
         assert!(err("[server]\ntcp = \"off\"\nsocket = \"off\"").contains("nothing would be served"));

@@ -82,7 +82,7 @@ impl Daemon {
         let store = Store::open(config.store.clone(), Arc::new(engine))
             .await
             .context("open the shard store")?;
-        let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache));
+        let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache, config.namespaces.clone()));
         log_access(&config.access);
         let ctx = Arc::new(ServerContext::new(
             store,

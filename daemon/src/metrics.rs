@@ -263,15 +263,15 @@ impl Metrics {
         for u in named {
             set(u.namespace.as_str(), u.shards, u.drive_bytes, u.arena_bytes);
         }
-        if !rest.is_empty() {
-            let sum = |f: fn(&NamespaceUsage) -> u64| rest.iter().map(|u| f(u)).sum::<u64>();
-            set(
-                "other",
-                sum(|u| u.shards),
-                sum(|u| u.drive_bytes),
-                sum(|u| u.arena_bytes),
-            );
-        }
+        // `other` always exists (zero when every namespace has its own
+        // series), so dashboards and alerts see the metrics from the start.
+        let sum = |f: fn(&NamespaceUsage) -> u64| rest.iter().map(|u| f(u)).sum::<u64>();
+        set(
+            "other",
+            sum(|u| u.shards),
+            sum(|u| u.drive_bytes),
+            sum(|u| u.arena_bytes),
+        );
     }
 
     /// Every metric in the Prometheus text format.

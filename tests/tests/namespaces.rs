@@ -207,3 +207,52 @@ async fn per_namespace_metrics_name_the_largest_and_sum_the_rest() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_at_its_arena_share_evicts_its_own_shards_first() {
+    let config = "[arena]\nsize = \"32MiB\"\n[[namespaces]]\npattern = \"job-a\"\nmax_arena_bytes = \"4MiB\"";
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, config).await;
+        let client = daemon.client(false).await;
+        for i in 0..6 {
+            client
+                .put("job-b", &format!("w{i}"), pattern(2 * MIB, i), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            client
+                .put(
+                    "job-a",
+                    &format!("w{i}"),
+                    pattern(2 * MIB, 10 + i),
+                    PutOptions::default(),
+                )
+                .await
+                .unwrap();
+            let a = usage(&client, "job-a").await.unwrap();
+            assert!(
+                a.arena_bytes <= 4 * MIB as u64,
+                "{engine:?}: job-a stays within its share: {a:?}"
+            );
+        }
+        // Fetches of job-a's shards load them again, in its own share.
+        for i in 0..5 {
+            let key = format!("w{i}");
+            assert_eq!(
+                client.fetch("job-a", &key).await.unwrap().data,
+                pattern(2 * MIB, 10 + i)
+            );
+        }
+        let a = usage(&client, "job-a").await.unwrap();
+        assert_eq!(a.arena_bytes, 4 * MIB as u64, "{engine:?}: {a:?}");
+        // The other namespace kept all of its shards in the arena.
+        let b = usage(&client, "job-b").await.unwrap();
+        assert_eq!(
+            (b.arena_shards, b.arena_bytes),
+            (6, 12 * MIB as u64),
+            "{engine:?}: {b:?}"
+        );
+        daemon.stop().await;
+    }
+}

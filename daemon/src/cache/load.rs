@@ -386,7 +386,7 @@ impl Cache {
             .map_err(|e| LoadFailure::from_store(&e))?;
         let meta = reader.meta().clone();
         let chunk_size = reader.chunk_size();
-        let blocks = self.alloc_blocks(meta.len, chunk_size)?;
+        let blocks = self.alloc_blocks(&id.0, meta.len, chunk_size)?;
         self.inner.stats.loads.fetch_add(1, Ordering::Relaxed);
         progress.send_modify(|p| p.started = Some((meta.clone(), chunk_size)));
         let mut stream = reader.read_into(blocks, self.inner.bounce.clone());

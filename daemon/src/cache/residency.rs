@@ -15,9 +15,16 @@ use crate::store::StoreError;
 use crate::store::format::ShardLayout;
 
 impl Cache {
-    /// Arena blocks for a `len`-byte shard in chunks of `chunk_size`,
-    /// evicting what the policy allows until they fit.
-    pub(super) fn alloc_blocks(&self, len: u64, chunk_size: u32) -> Result<Vec<AlignedBuf>, LoadFailure> {
+    /// Arena blocks for a `len`-byte shard of `namespace` in chunks of
+    /// `chunk_size`, evicting what the policy allows until they fit: first
+    /// the namespace's own shards while it would pass its arena share
+    /// (`max_arena_bytes`), then any.
+    pub(super) fn alloc_blocks(
+        &self,
+        namespace: &Namespace,
+        len: u64,
+        chunk_size: u32,
+    ) -> Result<Vec<AlignedBuf>, LoadFailure> {
         let arena = &self.inner.arena;
         if chunk_size > arena.max_block() {
             return Err(too_large(format!(
@@ -35,6 +42,7 @@ impl Cache {
                 arena.capacity()
             )));
         }
+        self.make_room_in_share(namespace, needed)?;
         let mut blocks = Vec::with_capacity(chunks as usize);
         for i in 0..chunks {
             let size = align_up((len - i * chunk_size as u64).min(chunk_size as u64)).max(ALIGN as u64) as u32;
@@ -55,14 +63,63 @@ impl Cache {
         Ok(blocks)
     }
 
+    /// Evicts `namespace`'s own shards until it holds at most its arena
+    /// share less `needed` bytes; an error naming the share if they cannot
+    /// go (in use, or not yet flushed).
+    fn make_room_in_share(&self, namespace: &Namespace, needed: u64) -> Result<(), LoadFailure> {
+        let Some((max, key)) = self
+            .inner
+            .quotas
+            .of(namespace)
+            .and_then(|p| p.max_arena_bytes.map(|max| (max, p.key.clone())))
+        else {
+            return Ok(());
+        };
+        if needed > max {
+            return Err(too_large(format!(
+                "the shard ({needed} bytes in the arena) is larger than namespace {namespace}'s arena share \
+                 ({max} bytes, {key}.max_arena_bytes)"
+            )));
+        }
+        loop {
+            let held: u64 = {
+                let state = self.state();
+                state
+                    .entries
+                    .iter()
+                    .filter(|(id, _)| id.0 == *namespace)
+                    .map(|(_, slot)| match slot {
+                        Slot::Ready(shard) => shard.meta.len,
+                        Slot::Loading(_) => 0,
+                    })
+                    .sum()
+            };
+            if held + needed <= max {
+                return Ok(());
+            }
+            if !self.evict_one_where(|id| id.0 == *namespace) {
+                return Err(full(format!(
+                    "namespace {namespace}'s arena share is full ({held} of {max} bytes, {key}.max_arena_bytes) \
+                     of shards in use or not yet flushed"
+                )));
+            }
+        }
+    }
+
     /// Evicts the policy's victim among shards that may go; returns whether
     /// one went.
     fn evict_one(&self) -> bool {
+        self.evict_one_where(|_| true)
+    }
+
+    /// Evicts the policy's victim among shards that may go and that `among`
+    /// picks; returns whether one went.
+    fn evict_one_where(&self, among: impl Fn(&super::policy::ShardId) -> bool) -> bool {
         let victim = {
             let mut state = self.state();
             let State { entries, policy, .. } = &mut *state;
             let victim = policy.victim(|id| match entries.get(id) {
-                Some(Slot::Ready(shard)) => shard.leases() == 0 && shard.is_clean(),
+                Some(Slot::Ready(shard)) => among(id) && shard.leases() == 0 && shard.is_clean(),
                 _ => false,
             });
             let Some(id) = victim else {
@@ -85,9 +142,9 @@ impl Cache {
 
     /// Arena blocks to receive a put of `len` bytes into (so that they stay
     /// cached after it), or `None` if the arena cannot hold it now.
-    pub fn blocks_for_put(&self, len: u64) -> Option<Vec<AlignedBuf>> {
+    pub fn blocks_for_put(&self, namespace: &Namespace, len: u64) -> Option<Vec<AlignedBuf>> {
         let chunk_size = self.inner.store.config().chunk_size;
-        self.alloc_blocks(len, chunk_size).ok()
+        self.alloc_blocks(namespace, len, chunk_size).ok()
     }
 
     /// Makes `chunks` (arena blocks, as written by a durable put) the cached

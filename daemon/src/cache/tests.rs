@@ -46,7 +46,7 @@ async fn cache(dir: &std::path::Path) -> Cache {
         bounce_io: Default::default(),
         max_schedule_keys: 1000,
     };
-    Cache::new(arena, store, config)
+    Cache::new(arena, store, config, Default::default())
 }
 
 /// A put of `len` bytes to job/`key`.
@@ -109,7 +109,9 @@ fn reserve(cache: &Cache, version: u64, len: usize) -> crate::store::versions::R
 
 /// Arena blocks holding `data`, as a put leaves them, and its metadata.
 fn shard(cache: &Cache, version: u64, data: &[u8]) -> (ShardMeta, Vec<AlignedBuf>) {
-    let mut blocks = cache.blocks_for_put(data.len() as u64).unwrap();
+    let mut blocks = cache
+        .blocks_for_put(&Namespace::new("job").unwrap(), data.len() as u64)
+        .unwrap();
     for (block, piece) in blocks.iter_mut().zip(data.chunks(CHUNK as usize)) {
         block.as_mut_capacity()[..piece.len()].copy_from_slice(piece);
         block.set_len(piece.len());

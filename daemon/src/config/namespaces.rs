@@ -13,6 +13,7 @@ use crate::service::quota::{NamespacePolicies, NamespacePolicy};
 pub(super) struct FileNamespace {
     pattern: String,
     max_drive_bytes: Option<Size>,
+    max_arena_bytes: Option<Size>,
     idle_ttl: Option<Span>,
 }
 
@@ -23,8 +24,11 @@ pub(super) fn resolve(file: Vec<FileNamespace>) -> anyhow::Result<NamespacePolic
     for (i, entry) in file.into_iter().enumerate() {
         let key = format!("namespaces[{i}]");
         let pattern = Pattern::parse(&entry.pattern).map_err(|e| invalid(&format!("{key}.pattern"), e))?;
-        if entry.max_drive_bytes.is_none() && entry.idle_ttl.is_none() {
-            return Err(invalid(&key, "sets neither max_drive_bytes nor idle_ttl"));
+        if entry.max_drive_bytes.is_none() && entry.max_arena_bytes.is_none() && entry.idle_ttl.is_none() {
+            return Err(invalid(
+                &key,
+                "sets none of max_drive_bytes, max_arena_bytes and idle_ttl",
+            ));
         }
         let idle_ttl = entry.idle_ttl.map(|s| s.0);
         if idle_ttl.is_some_and(|d| d < std::time::Duration::from_secs(1)) {
@@ -34,6 +38,7 @@ pub(super) fn resolve(file: Vec<FileNamespace>) -> anyhow::Result<NamespacePolic
             key,
             pattern,
             max_drive_bytes: entry.max_drive_bytes.map(|s| s.0),
+            max_arena_bytes: entry.max_arena_bytes.map(|s| s.0),
             idle_ttl,
         });
     }

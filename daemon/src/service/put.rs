@@ -81,7 +81,7 @@ impl Service {
         let scratch = request.durability == Durability::Scratch;
         if let (Durability::WriteBack | Durability::Scratch, Some(cache)) = (request.durability, &cache) {
             if let Some(room) = cache.room_for_write_back(len, self.io_timeout).await {
-                if let Some(blocks) = cache.blocks_for_put(len) {
+                if let Some(blocks) = cache.blocks_for_put(&spec.namespace, len) {
                     let reservation = self.store().check_put(&spec)?;
                     return Ok(PutSession {
                         len,
@@ -102,12 +102,13 @@ impl Service {
             }
             tracing::debug!("write-back put does not fit the arena now; writing it through");
         }
+        let namespace = spec.namespace.clone();
         let mut writer = self.store().begin_put(spec).await?;
         if scratch {
             writer.without_sync();
         }
         // Arena blocks keep the shard cached after the put.
-        let blocks = cache.as_ref().and_then(|c| c.blocks_for_put(len));
+        let blocks = cache.as_ref().and_then(|c| c.blocks_for_put(&namespace, len));
         if blocks.is_some() {
             writer.keep_chunks();
         }

@@ -26,6 +26,10 @@ pub struct NamespacePolicy {
     pub pattern: Pattern,
     /// Bytes the namespace may hold on the drives.
     pub max_drive_bytes: Option<u64>,
+    /// Bytes of the arena the namespace's shards may take: beyond it, its
+    /// own shards are evicted first (or, if they cannot go, its new ones
+    /// are not kept in the arena).
+    pub max_arena_bytes: Option<u64>,
     /// After this long with no request naming it, the namespace is dropped.
     pub idle_ttl: Option<Duration>,
 }
