@@ -12,8 +12,8 @@ use shardd_protocol::{
     DropNamespaceResponse, Durability, EvictMode, EvictRequest, EvictResponse, FetchRequest, HelloRequest,
     HelloResponse, Key, ListRequest, ListResponse, MAX_LIST_LIMIT, Namespace, NamespaceUsage, NamespacesRequest,
     NamespacesResponse, Opcode, PROTOCOL_VERSION, PrefetchItem, PrefetchRequest, PrefetchResponse, PutRequest,
-    PutResponse, ScheduleRequest, ScheduleResponse, ShardMeta, StatRequest, StatResponse, Status, StatusResponse,
-    VerifyRequest, VerifyResponse, ViewRequest, ViewResponse, codec,
+    PutResponse, ScheduleRequest, ScheduleResponse, SetQuotaRequest, SetQuotaResponse, ShardMeta, StatRequest,
+    StatResponse, Status, StatusResponse, VerifyRequest, VerifyResponse, ViewRequest, ViewResponse, codec,
 };
 use tokio::net::{TcpStream, UnixStream};
 
@@ -811,6 +811,24 @@ impl Client {
             namespace: Namespace::new(namespace)?,
         };
         self.call(Opcode::DropNamespace, Some(&request)).await
+    }
+
+    /// Sets the quotas of `namespace` (bytes on the drives, bytes of the
+    /// arena; `None` clears one, falling back to the daemon's configured
+    /// quota). Kept by the daemon across restarts. Needs the `admin` right
+    /// on it. Returns the quotas in force afterwards.
+    pub async fn set_quota(
+        &self,
+        namespace: &str,
+        max_drive_bytes: Option<u64>,
+        max_arena_bytes: Option<u64>,
+    ) -> Result<SetQuotaResponse, ClientError> {
+        let request = SetQuotaRequest {
+            namespace: Namespace::new(namespace)?,
+            max_drive_bytes,
+            max_arena_bytes,
+        };
+        self.call(Opcode::SetQuota, Some(&request)).await
     }
 
     /// The daemon's state.

@@ -83,7 +83,7 @@ pub use progress::{NoProgress, Progress};
 pub use shardd_protocol as protocol;
 pub use shardd_protocol::{
     ByteRange, CacheState, DType, DropNamespaceResponse, Durability, EvictMode, EvictResponse, NamespaceUsage,
-    PrefetchItem, PrefetchResponse, ShardMeta, StatResponse, Status, VerifyOutcome, VerifyResponse,
+    PrefetchItem, PrefetchResponse, SetQuotaResponse, ShardMeta, StatResponse, Status, VerifyOutcome, VerifyResponse,
 };
 pub use trainer::{StepStats, Trainer, TrainerOptions};
 pub use view::{ContiguousView, ShardView};

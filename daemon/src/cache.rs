@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::arena::Arena;
-use crate::service::quota::NamespacePolicies;
+use crate::service::quota::Quotas;
 use crate::store::Store;
 use crate::store::buffers::BufferScope;
 use load::Loading;
@@ -160,7 +160,7 @@ struct Inner {
     /// fetch that follows them), so that shutdown can wait for them.
     load_tasks: tokio_util::task::TaskTracker,
     /// Arena shares of namespaces (`max_arena_bytes`).
-    quotas: NamespacePolicies,
+    quotas: Arc<Quotas>,
     prefetch: Arc<prefetch::Queue>,
     /// With [`BounceIo`] in effect: the budget scope of the chunk buffers
     /// that loads and flushes go through.
@@ -169,7 +169,7 @@ struct Inner {
 
 impl Cache {
     /// A hot tier over `arena` in front of `store`; starts its prefetcher.
-    pub fn new(arena: Arena, store: Store, config: CacheConfig, quotas: NamespacePolicies) -> Cache {
+    pub fn new(arena: Arena, store: Store, config: CacheConfig, quotas: Arc<Quotas>) -> Cache {
         let bounce = match config.bounce_io {
             BounceIo::On => true,
             BounceIo::Off => false,

@@ -217,6 +217,29 @@ pub enum NsCommand {
         /// Namespace.
         namespace: String,
     },
+    /// Set a namespace's quotas (kept by the daemon across restarts,
+    /// preferred to its configured ones); "none" clears one.
+    Quota {
+        /// Namespace.
+        namespace: String,
+        /// Bytes it may hold on the drives, e.g. 2TiB, or none.
+        #[arg(long, value_parser = quota_size)]
+        drive: Option<Quota>,
+        /// Bytes of the arena its shards may take, e.g. 16GiB, or none.
+        #[arg(long, value_parser = quota_size)]
+        arena: Option<Quota>,
+    },
+}
+
+/// A quota on the command line: a size, or none.
+#[derive(Clone, Copy, Debug)]
+pub struct Quota(Option<u64>);
+
+fn quota_size(text: &str) -> Result<Quota, String> {
+    match text {
+        "none" => Ok(Quota(None)),
+        size => crate::config::units::parse_size(size).map(|n| Quota(Some(n))),
+    }
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the
@@ -489,6 +512,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 show::bytes(dropped.bytes),
                 dropped.unflushed,
                 dropped.quarantined
+            );
+        }
+        Command::Ns {
+            command:
+                NsCommand::Quota {
+                    namespace,
+                    drive,
+                    arena,
+                },
+        } => {
+            // An option left out keeps the quota in force now.
+            let now = client.namespaces(&namespace).await?;
+            let current = now.iter().find(|u| u.namespace.as_str() == namespace);
+            let drive = drive.map_or(current.and_then(|u| u.max_drive_bytes), |q| q.0);
+            let arena = arena.map_or(current.and_then(|u| u.max_arena_bytes), |q| q.0);
+            let set = client.set_quota(&namespace, drive, arena).await?;
+            let show = |q: Option<u64>| q.map_or("none".to_string(), show::bytes);
+            println!(
+                "namespace {namespace}: drive quota {}, arena quota {}",
+                show(set.max_drive_bytes),
+                show(set.max_arena_bytes)
             );
         }
         Command::Status { json } => {

@@ -19,6 +19,7 @@ use crate::logging::LogLevel;
 use crate::notify;
 use crate::server::ServerContext;
 use crate::server::listener::Listeners;
+use crate::service::quota::Quotas;
 use crate::store::Store;
 
 /// A running daemon.
@@ -33,6 +34,9 @@ pub struct Daemon {
     /// The configuration in force (a reload updates what it applies).
     config: std::sync::Mutex<Config>,
 }
+
+/// The file in the first data directory that keeps quotas set by admins.
+const QUOTA_FILE: &str = "namespace-quotas.json";
 
 /// Says once what the access table lets peers do.
 fn log_access(table: &AccessTable) {
@@ -82,14 +86,17 @@ impl Daemon {
         let store = Store::open(config.store.clone(), Arc::new(engine))
             .await
             .context("open the shard store")?;
-        let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache, config.namespaces.clone()));
+        // Quotas set by admin requests are kept in the first data directory.
+        let quota_file = store.data_dir_paths().first().map(|dir| dir.join(QUOTA_FILE));
+        let quotas = Arc::new(Quotas::load(config.namespaces.clone(), quota_file)?);
+        let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache, quotas.clone()));
         log_access(&config.access);
         let ctx = Arc::new(ServerContext::new(
             store,
             cache,
             config.server.clone(),
             config.access.clone(),
-            config.namespaces.clone(),
+            quotas,
         ));
         if let Some(every) = ctx.service.expiry_interval() {
             let sweeper = ctx.clone();

@@ -128,9 +128,9 @@ impl ServerContext {
         cache: Option<Cache>,
         config: ServerConfig,
         access: AccessTable,
-        policies: crate::service::quota::NamespacePolicies,
+        quotas: Arc<crate::service::quota::Quotas>,
     ) -> ServerContext {
-        let service = Service::new(store.clone(), cache.clone(), config.io_timeout, policies);
+        let service = Service::new(store.clone(), cache.clone(), config.io_timeout, quotas);
         let mut collectors = store.metrics().collectors();
         collectors.extend(service.collectors());
         let metrics = Metrics::new(collectors, cache, store.engine().name(), store.engine().fixed_buffers());

@@ -47,7 +47,7 @@ pub struct Service {
     /// How long a write-back put may wait for room in the budget.
     io_timeout: Duration,
     /// Quotas and idle lifetimes of namespaces.
-    policies: quota::NamespacePolicies,
+    quotas: std::sync::Arc<quota::Quotas>,
     last_use: quota::LastUse,
     /// Namespaces dropped for being idle (`shardd_namespaces_expired_total`).
     expired: prometheus::IntCounter,
@@ -61,13 +61,13 @@ impl Service {
         store: Store,
         cache: Option<Cache>,
         io_timeout: Duration,
-        policies: quota::NamespacePolicies,
+        quotas: std::sync::Arc<quota::Quotas>,
     ) -> Service {
         Service {
             store,
             cache,
             io_timeout,
-            policies,
+            quotas,
             last_use: quota::LastUse::default(),
             expired: prometheus::IntCounter::new(
                 "shardd_namespaces_expired_total",

@@ -217,6 +217,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The data directories (resolved paths), in the configuration's order.
+    pub fn data_dir_paths(&self) -> Vec<PathBuf> {
+        self.inner.dirs.iter().map(|d| d.path.clone()).collect()
+    }
+
     /// The store's settings.
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config

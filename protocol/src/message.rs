@@ -21,6 +21,7 @@
 //! | verify | [`VerifyRequest`] | [`VerifyResponse`] | none |
 //! | namespaces | [`NamespacesRequest`] | [`NamespacesResponse`] | none |
 //! | drop_namespace | [`DropNamespaceRequest`] | [`DropNamespaceResponse`] | none |
+//! | set_quota | [`SetQuotaRequest`] | [`SetQuotaResponse`] | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -580,6 +581,10 @@ pub struct NamespaceUsage {
     pub arena_bytes: u64,
     /// Shards in the arena not on a drive yet (write-back).
     pub unflushed: u64,
+    /// Its quota of bytes on the drives in force, if any.
+    pub max_drive_bytes: Option<u64>,
+    /// Its quota of bytes in the arena in force, if any.
+    pub max_arena_bytes: Option<u64>,
 }
 
 /// The namespaces, by name.
@@ -608,6 +613,28 @@ pub struct DropNamespaceResponse {
     pub unflushed: u64,
     /// Quarantined files removed.
     pub quarantined: u64,
+}
+
+/// Set (or, with `None`, clear) the quotas an admin gives one namespace;
+/// they are kept across restarts and preferred to the configured ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetQuotaRequest {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// Bytes it may hold on the drives.
+    pub max_drive_bytes: Option<u64>,
+    /// Bytes of the arena its shards may take.
+    pub max_arena_bytes: Option<u64>,
+}
+
+/// The quotas in force for the namespace afterwards (a cleared one falls
+/// back to the configuration's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetQuotaResponse {
+    /// Bytes on the drives.
+    pub max_drive_bytes: Option<u64>,
+    /// Bytes of the arena.
+    pub max_arena_bytes: Option<u64>,
 }
 
 #[cfg(test)]

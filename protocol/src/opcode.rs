@@ -39,11 +39,13 @@ pub enum Opcode {
     Namespaces,
     /// Remove a whole namespace, durably: `DropNamespaceRequest`.
     DropNamespace,
+    /// Set or clear a namespace's quotas: `SetQuotaRequest`.
+    SetQuota,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 16] = [
+    pub const ALL: [Opcode; 17] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -60,6 +62,7 @@ impl Opcode {
         Opcode::Verify,
         Opcode::Namespaces,
         Opcode::DropNamespace,
+        Opcode::SetQuota,
     ];
 
     /// The wire code.
@@ -81,6 +84,7 @@ impl Opcode {
             Opcode::Verify => 14,
             Opcode::Namespaces => 15,
             Opcode::DropNamespace => 16,
+            Opcode::SetQuota => 17,
         }
     }
 
@@ -108,6 +112,7 @@ impl Opcode {
             Opcode::Verify => "verify",
             Opcode::Namespaces => "namespaces",
             Opcode::DropNamespace => "drop_namespace",
+            Opcode::SetQuota => "set_quota",
         }
     }
 }
@@ -125,11 +130,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=16).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=17).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(17), None);
+        assert_eq!(Opcode::from_code(18), None);
     }
 }

@@ -67,18 +67,13 @@ impl Cache {
     /// share less `needed` bytes; an error naming the share if they cannot
     /// go (in use, or not yet flushed).
     fn make_room_in_share(&self, namespace: &Namespace, needed: u64) -> Result<(), LoadFailure> {
-        let Some((max, key)) = self
-            .inner
-            .quotas
-            .of(namespace)
-            .and_then(|p| p.max_arena_bytes.map(|max| (max, p.key.clone())))
-        else {
+        let Some((max, source)) = self.inner.quotas.limits(namespace).arena else {
             return Ok(());
         };
         if needed > max {
             return Err(too_large(format!(
                 "the shard ({needed} bytes in the arena) is larger than namespace {namespace}'s arena share \
-                 ({max} bytes, {key}.max_arena_bytes)"
+                 ({max} bytes, {source})"
             )));
         }
         loop {
@@ -99,7 +94,7 @@ impl Cache {
             }
             if !self.evict_one_where(|id| id.0 == *namespace) {
                 return Err(full(format!(
-                    "namespace {namespace}'s arena share is full ({held} of {max} bytes, {key}.max_arena_bytes) \
+                    "namespace {namespace}'s arena share is full ({held} of {max} bytes, {source}) \
                      of shards in use or not yet flushed"
                 )));
             }

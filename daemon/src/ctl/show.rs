@@ -209,18 +209,21 @@ pub fn namespaces(namespaces: &[shardd_client::NamespaceUsage]) -> String {
     if namespaces.is_empty() {
         return "no namespaces\n".to_string();
     }
+    let quota = |q: Option<u64>| q.map_or("-".to_string(), bytes);
     let mut out = format!(
-        "{:<32} {:>10} {:>12} {:>10} {:>12} {:>10}\n",
-        "NAMESPACE", "SHARDS", "DRIVE", "IN ARENA", "ARENA", "UNFLUSHED"
+        "{:<32} {:>8} {:>11} {:>11} {:>8} {:>11} {:>11} {:>9}\n",
+        "NAMESPACE", "SHARDS", "DRIVE", "QUOTA", "IN ARENA", "ARENA", "QUOTA", "UNFLUSHED"
     );
     for ns in namespaces {
         out.push_str(&format!(
-            "{:<32} {:>10} {:>12} {:>10} {:>12} {:>10}\n",
+            "{:<32} {:>8} {:>11} {:>11} {:>8} {:>11} {:>11} {:>9}\n",
             ns.namespace.as_str(),
             ns.shards,
             bytes(ns.drive_bytes),
+            quota(ns.max_drive_bytes),
             ns.arena_shards,
             bytes(ns.arena_bytes),
+            quota(ns.max_arena_bytes),
             ns.unflushed
         ));
     }

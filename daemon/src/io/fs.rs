@@ -260,6 +260,26 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The whole of a small file.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+/// Replaces the small file at `path` with `contents`, atomically and
+/// durably: written to a temp file beside it, fsynced, renamed over it,
+/// and its directory fsynced.
+pub fn replace_file_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".new");
+    let temp = std::path::PathBuf::from(temp);
+    write_file_synced(&temp, contents)?;
+    std::fs::rename(&temp, path)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
 /// Removes `dir` and everything in it.
 pub fn remove_dir_all(dir: &Path) -> io::Result<()> {
     std::fs::remove_dir_all(dir)

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use shardd_protocol::{
     DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchRequest, ListRequest, NamespacesRequest,
-    Opcode, PrefetchRequest, ReleaseRequest, ScheduleRequest, StatRequest, Status, VerifyRequest, ViewRequest, codec,
+    Opcode, PrefetchRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, SetQuotaResponse, StatRequest, Status,
+    VerifyRequest, ViewRequest, codec,
 };
 use tracing::Instrument;
 
@@ -22,6 +23,7 @@ use super::ServerContext;
 use super::frame::OutFrame;
 use super::gate::{admit, may_read};
 use super::responder::{Responder, answer, error_frame};
+use crate::service::quota::SetQuota;
 use crate::service::{Fetch, Piece, Session};
 use crate::store::StoreError;
 
@@ -173,6 +175,24 @@ pub fn dispatch(
             Ok(req) => task.later(move |ctx, _, responder| async move {
                 let span = tracing::info_span!("drop_namespace", id, namespace = %req.namespace);
                 let result = ctx.service.drop_namespace(&req).instrument(span).await;
+                responder.send(answer(op, id, result)).await;
+            }),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::SetQuota => match admit::<SetQuotaRequest>(ctx, session, &control) {
+            Ok(req) => task.later(move |ctx, _, responder| async move {
+                let quota = SetQuota {
+                    max_drive_bytes: req.max_drive_bytes,
+                    max_arena_bytes: req.max_arena_bytes,
+                };
+                let result = ctx
+                    .service
+                    .set_quota(&req.namespace, quota)
+                    .await
+                    .map(|limits| SetQuotaResponse {
+                        max_drive_bytes: limits.drive.map(|(max, _)| max),
+                        max_arena_bytes: limits.arena.map(|(max, _)| max),
+                    });
                 responder.send(answer(op, id, result)).await;
             }),
             Err(e) => now(error_frame(op, id, &e)),

@@ -5,7 +5,8 @@
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
     DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchRequest, ListRequest, NamespacesRequest,
-    PrefetchRequest, PutRequest, ReleaseRequest, ScheduleRequest, StatRequest, VerifyRequest, ViewRequest, codec,
+    PrefetchRequest, PutRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, StatRequest, VerifyRequest,
+    ViewRequest, codec,
 };
 
 use super::ServerContext;
@@ -31,7 +32,7 @@ macro_rules! needs {
 
 needs!(Right::Read => FetchRequest, StatRequest, ListRequest, PrefetchRequest, VerifyRequest);
 needs!(Right::Write => PutRequest);
-needs!(Right::Admin => DeleteRequest, ScheduleRequest, DropNamespaceRequest);
+needs!(Right::Admin => DeleteRequest, ScheduleRequest, DropNamespaceRequest, SetQuotaRequest);
 
 impl Guarded for NamespacesRequest {
     /// Each namespace listed is filtered by [`may_read`] instead.

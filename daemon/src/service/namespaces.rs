@@ -23,6 +23,8 @@ impl Service {
             arena_shards: 0,
             arena_bytes: 0,
             unflushed: 0,
+            max_drive_bytes: None,
+            max_arena_bytes: None,
         };
         for drive in self.store().namespaces() {
             let entry = by_name
@@ -39,12 +41,16 @@ impl Service {
                 entry.unflushed = arena.unflushed;
             }
         }
-        NamespacesResponse {
-            namespaces: by_name
-                .into_values()
-                .filter(|u| u.namespace.as_str().starts_with(&req.prefix) && visible(&u.namespace))
-                .collect(),
+        let mut namespaces: Vec<NamespaceUsage> = by_name
+            .into_values()
+            .filter(|u| u.namespace.as_str().starts_with(&req.prefix) && visible(&u.namespace))
+            .collect();
+        for usage in &mut namespaces {
+            let limits = self.quotas().limits(&usage.namespace);
+            usage.max_drive_bytes = limits.drive.map(|(max, _)| max);
+            usage.max_arena_bytes = limits.arena.map(|(max, _)| max);
         }
+        NamespacesResponse { namespaces }
     }
 
     /// Removes every shard of a namespace: first from the arena (so no

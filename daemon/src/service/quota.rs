@@ -1,8 +1,12 @@
-//! Namespace policies: drive quotas and idle lifetimes, by pattern.
+//! Namespace policies: quotas and idle lifetimes, by pattern in the
+//! configuration, or set for one namespace by an admin request (kept in
+//! the first data directory, so they outlive restarts, and preferred to
+//! the configured ones).
 //!
 //! A put that would bring its namespace's bytes on the drives above the
 //! namespace's `max_drive_bytes` is refused with `no space`, naming the
-//! quota. A namespace with an `idle_ttl` (scratch: swap data of a job that
+//! quota; a namespace at its `max_arena_bytes` evicts its own shards first
+//! (see [`crate::cache`]). A namespace with an `idle_ttl` (scratch: swap data of a job that
 //! may die) is dropped whole once no request named it for that long; the
 //! drop is logged and counted.
 
@@ -48,6 +52,112 @@ impl NamespacePolicies {
     /// Whether any policy has an idle lifetime.
     pub fn any_ttl(&self) -> bool {
         self.0.iter().any(|p| p.idle_ttl.is_some())
+    }
+}
+
+/// Quotas an admin set for one namespace (`None`: the configured one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SetQuota {
+    /// Bytes on the drives.
+    pub max_drive_bytes: Option<u64>,
+    /// Bytes of the arena.
+    pub max_arena_bytes: Option<u64>,
+}
+
+/// A namespace's limits in force, each with where it comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes on the drives, and its source.
+    pub drive: Option<(u64, String)>,
+    /// Bytes of the arena, and its source.
+    pub arena: Option<(u64, String)>,
+    /// Idle lifetime.
+    pub idle_ttl: Option<Duration>,
+}
+
+/// The configured policies and the quotas set by admin requests.
+#[derive(Debug, Default)]
+pub struct Quotas {
+    configured: NamespacePolicies,
+    set: RwLock<std::collections::BTreeMap<String, SetQuota>>,
+    /// Where set quotas are kept.
+    file: Option<std::path::PathBuf>,
+}
+
+/// How a set quota is named in messages.
+const SET_BY_ADMIN: &str = "set for it by an admin: shardctl ns quota";
+
+impl Quotas {
+    /// `configured`, and the quotas kept in `file` (if it exists).
+    pub fn load(configured: NamespacePolicies, file: Option<std::path::PathBuf>) -> anyhow::Result<Quotas> {
+        use anyhow::Context;
+        let set = match &file {
+            Some(path) => match crate::io::fs::read_file(path) {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .with_context(|| format!("read namespace quotas from {}", path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+            },
+            None => Default::default(),
+        };
+        Ok(Quotas {
+            configured,
+            set: RwLock::new(set),
+            file,
+        })
+    }
+
+    /// What applies to `namespace`: a quota set for it, else its policy's.
+    pub fn limits(&self, namespace: &Namespace) -> Limits {
+        let policy = self.configured.of(namespace);
+        let set = self
+            .set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(namespace.as_str())
+            .copied()
+            .unwrap_or_default();
+        let configured =
+            |value: Option<u64>, field: &str| policy.and_then(|p| value.map(|v| (v, format!("{}.{field}", p.key))));
+        Limits {
+            drive: set
+                .max_drive_bytes
+                .map(|v| (v, SET_BY_ADMIN.to_string()))
+                .or_else(|| configured(policy.and_then(|p| p.max_drive_bytes), "max_drive_bytes")),
+            arena: set
+                .max_arena_bytes
+                .map(|v| (v, SET_BY_ADMIN.to_string()))
+                .or_else(|| configured(policy.and_then(|p| p.max_arena_bytes), "max_arena_bytes")),
+            idle_ttl: policy.and_then(|p| p.idle_ttl),
+        }
+    }
+
+    /// Sets (or, with `None`s, clears) the quotas of `namespace`, and keeps
+    /// them before it returns (blocking: call it off the async threads).
+    pub fn set(&self, namespace: &Namespace, quota: SetQuota) -> std::io::Result<()> {
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = set.clone();
+        if quota == SetQuota::default() {
+            next.remove(namespace.as_str());
+        } else {
+            next.insert(namespace.as_str().to_string(), quota);
+        }
+        if let Some(path) = &self.file {
+            let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
+            crate::io::fs::replace_file_synced(path, &bytes)?;
+        }
+        *set = next;
+        Ok(())
+    }
+
+    /// Whether any namespace has an idle lifetime.
+    pub fn any_ttl(&self) -> bool {
+        self.configured.any_ttl()
+    }
+
+    /// The shortest idle lifetime configured.
+    pub fn shortest_ttl(&self) -> Option<Duration> {
+        self.configured.0.iter().filter_map(|p| p.idle_ttl).min()
     }
 }
 
@@ -120,10 +230,7 @@ impl Service {
     /// against what is stored, so together they may pass the quota by at
     /// most their sizes.
     pub fn check_quota(&self, namespace: &Namespace, key: &shardd_protocol::Key, len: u64) -> Result<(), StoreError> {
-        let Some(policy) = self.policies.of(namespace) else {
-            return Ok(());
-        };
-        let Some(max) = policy.max_drive_bytes else {
+        let Some((max, source)) = self.quotas.limits(namespace).drive else {
             return Ok(());
         };
         let store = self.store();
@@ -133,8 +240,7 @@ impl Service {
         if after > max {
             return Err(StoreError::NoSpace(format!(
                 "namespace {namespace} would hold {after} bytes on the drives, above its quota of {max} bytes \
-                 ({}.max_drive_bytes); remove shards (shardctl ns rm, rm) or raise the quota",
-                policy.key
+                 ({source}); remove shards (shardctl ns rm, rm) or raise the quota"
             )));
         }
         Ok(())
@@ -151,7 +257,7 @@ impl Service {
         names.sort();
         names.dedup();
         for namespace in names {
-            let Some(ttl) = self.policies.of(&namespace).and_then(|p| p.idle_ttl) else {
+            let Some(ttl) = self.quotas.limits(&namespace).idle_ttl else {
                 continue;
             };
             let idle = self.last_use.idle(&namespace);
@@ -189,7 +295,7 @@ impl Service {
 
     /// A request named `namespace` now (for idle lifetimes).
     pub fn touch(&self, namespace: &Namespace) {
-        if self.policies.any_ttl() {
+        if self.quotas.any_ttl() {
             self.last_use.touch(namespace);
         }
     }
@@ -198,7 +304,26 @@ impl Service {
     /// idle lifetime, between one second and a minute; `None` if no policy
     /// has one.
     pub fn expiry_interval(&self) -> Option<Duration> {
-        let shortest = self.policies.0.iter().filter_map(|p| p.idle_ttl).min()?;
+        let shortest = self.quotas.shortest_ttl()?;
         Some((shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+    }
+}
+
+impl Service {
+    /// The quotas and lifetimes of namespaces.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// Sets (or clears) the quotas an admin gives one namespace; kept on
+    /// the drive before it returns. Returns what is in force then.
+    pub async fn set_quota(&self, namespace: &Namespace, quota: SetQuota) -> Result<Limits, StoreError> {
+        let quotas = self.quotas.clone();
+        let ns = namespace.clone();
+        crate::io::fs::blocking(move || quotas.set(&ns, quota))
+            .await
+            .map_err(|e| StoreError::io(format!("keep the quotas of {namespace}"), e))?;
+        tracing::info!(%namespace, ?quota, "namespace quotas set");
+        Ok(self.quotas.limits(namespace))
     }
 }
