@@ -121,7 +121,11 @@ async fn a_peer_of_another_uid_gets_exactly_what_the_table_grants_and_refusals_n
     assert!(!listed.contains("secret"), "{listed}");
     let err = refused(&as_nobody(&endpoint, &["ns", "rm", "open-1"], b""));
     assert!(err.contains("may not administer namespace \"open-1\""), "{err}");
-    let err = refused(&as_nobody(&endpoint, &["ns", "quota", "open-1", "--drive", "1TiB"], b""));
+    let err = refused(&as_nobody(
+        &endpoint,
+        &["ns", "quota", "open-1", "--drive", "1TiB"],
+        b"",
+    ));
     assert!(err.contains("may not administer namespace \"open-1\""), "{err}");
 
     // Nothing refused was touched; root may do everything.

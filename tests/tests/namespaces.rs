@@ -262,9 +262,18 @@ async fn quotas_set_by_an_admin_apply_at_once_and_outlive_a_restart() {
     let config = "[[namespaces]]\npattern = \"job-*\"\nmax_drive_bytes = \"64MiB\"";
     let mut daemon = TestDaemon::start(engines()[0], config).await;
     let client = daemon.client(false).await;
-    client.put("job-q", "w", pattern(MIB, 1), PutOptions::default()).await.unwrap();
-    let set = client.set_quota("job-q", Some(2 * MIB as u64), Some(MIB as u64)).await.unwrap();
-    assert_eq!((set.max_drive_bytes, set.max_arena_bytes), (Some(2 * MIB as u64), Some(MIB as u64)));
+    client
+        .put("job-q", "w", pattern(MIB, 1), PutOptions::default())
+        .await
+        .unwrap();
+    let set = client
+        .set_quota("job-q", Some(2 * MIB as u64), Some(MIB as u64))
+        .await
+        .unwrap();
+    assert_eq!(
+        (set.max_drive_bytes, set.max_arena_bytes),
+        (Some(2 * MIB as u64), Some(MIB as u64))
+    );
     let err = client
         .put("job-q", "x", pattern(2 * MIB, 2), PutOptions::default())
         .await
@@ -281,10 +290,19 @@ async fn quotas_set_by_an_admin_apply_at_once_and_outlive_a_restart() {
         .put("job-q", "x", pattern(2 * MIB, 2), PutOptions::default())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("set for it by an admin"), "after a restart: {err}");
+    assert!(
+        err.to_string().contains("set for it by an admin"),
+        "after a restart: {err}"
+    );
     // Cleared, the configured quota applies again.
     let set = client.set_quota("job-q", None, None).await.unwrap();
-    assert_eq!((set.max_drive_bytes, set.max_arena_bytes), (Some(64 * MIB as u64), None));
-    client.put("job-q", "x", pattern(2 * MIB, 2), PutOptions::default()).await.unwrap();
+    assert_eq!(
+        (set.max_drive_bytes, set.max_arena_bytes),
+        (Some(64 * MIB as u64), None)
+    );
+    client
+        .put("job-q", "x", pattern(2 * MIB, 2), PutOptions::default())
+        .await
+        .unwrap();
     daemon.stop().await;
 }
