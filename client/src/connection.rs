@@ -311,7 +311,9 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Starts the reader and writer tasks on a connected stream. An owned
-    /// fetch allocates at most `max_alloc` bytes for its answer.
+    /// fetch allocates at most `max_alloc` bytes for its answer; `server`
+    /// (the hello's limits) sets how many requests go at once, how often an
+    /// idle connection pings, and how long views' leases last.
     pub(crate) fn start<R, W>(
         endpoint: String,
         reader: R,

@@ -10,13 +10,19 @@
 //! requests may overtake each other and a large fetch never blocks a small
 //! one.
 //!
+//! Before the hello, the peer is identified ([`crate::access::Identity`]);
+//! every request is checked against the access table as it is decoded
+//! ([`super::gate`]).
+//!
 //! Back-pressure: at most `max_inflight_requests` requests run at once per
 //! connection (the reader waits beyond that), and chunk buffers count
 //! against the connection's share of the buffer budget. A client that stops
 //! reading its answers stalls only its own connection; after `io_timeout`
 //! without progress the connection is closed and everything it held is
 //! released: leases of zero-copy views [`LEASE_GRACE`] after the socket
-//! closed, so that the client can stop reading them first.
+//! closed, so that the client can stop reading them first. A connection
+//! with no request and nothing in flight for `idle_timeout` is closed the
+//! same way, and a lease held for `lease_timeout` is revoked.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -154,7 +154,11 @@ fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer:
     let slot = match ctx.slots.admit(&peer, ctx.slot_limits()) {
         Ok(slot) => slot,
         Err(reason) => {
-            tracing::warn!(transport = S::NAME, %peer, %reason, "refusing a connection");
+            if refusals_to_log() {
+                tracing::warn!(transport = S::NAME, %peer, %reason, "refusing a connection");
+            } else {
+                tracing::debug!(transport = S::NAME, %peer, %reason, "refusing a connection");
+            }
             ctx.tasks.spawn(async move {
                 let frame = OutFrame::error(Opcode::Hello, 0, Status::Busy, reason, None);
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -171,6 +175,17 @@ fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer:
         connection::serve(ctx2, stream, peer).await;
         drop(slot);
     });
+}
+
+/// Whether a refused connection is logged at warn: at most once a second,
+/// so a flood of connections past a limit cannot flood the log (the rest go
+/// to debug).
+fn refusals_to_log() -> bool {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.swap(second, std::sync::atomic::Ordering::Relaxed) != second
 }
 
 /// Raises a Unix socket's send buffer so that fetch answers move in large
