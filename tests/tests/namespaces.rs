@@ -294,6 +294,10 @@ async fn quotas_set_by_an_admin_apply_at_once_and_outlive_a_restart() {
         err.to_string().contains("set for it by an admin"),
         "after a restart: {err}"
     );
+    // A namespace that holds nothing is listed with the quota set for it.
+    client.set_quota("job-empty", Some(MIB as u64), None).await.unwrap();
+    let empty = usage(&client, "job-empty").await.expect("listed by its quota");
+    assert_eq!((empty.shards, empty.max_drive_bytes), (0, Some(MIB as u64)));
     // Cleared, the configured quota applies again.
     let set = client.set_quota("job-q", None, None).await.unwrap();
     assert_eq!(

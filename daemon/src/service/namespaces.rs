@@ -13,7 +13,8 @@ use crate::store::StoreError;
 
 impl Service {
     /// The namespaces whose names start with the request's prefix and that
-    /// `visible` lets the client see, with what each holds.
+    /// `visible` lets the client see, with what each holds (those that hold
+    /// nothing but have quotas an admin set are listed too).
     pub fn namespaces(&self, req: &NamespacesRequest, visible: impl Fn(&Namespace) -> bool) -> NamespacesResponse {
         let mut by_name: BTreeMap<Namespace, NamespaceUsage> = BTreeMap::new();
         let empty = |namespace: &Namespace| NamespaceUsage {
@@ -32,6 +33,9 @@ impl Service {
                 .or_insert_with(|| empty(&drive.namespace));
             entry.shards = drive.shards;
             entry.drive_bytes = drive.bytes;
+        }
+        for namespace in self.quotas().namespaces_with_set_quotas() {
+            by_name.entry(namespace.clone()).or_insert_with(|| empty(&namespace));
         }
         if let Some(cache) = self.cache() {
             for (namespace, arena) in cache.namespace_usage() {

@@ -150,6 +150,16 @@ impl Quotas {
         Ok(())
     }
 
+    /// The namespaces an admin set quotas for.
+    pub fn namespaces_with_set_quotas(&self) -> Vec<Namespace> {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter_map(|name| Namespace::new(name).ok())
+            .collect()
+    }
+
     /// Whether any namespace has an idle lifetime.
     pub fn any_ttl(&self) -> bool {
         self.configured.any_ttl()
