@@ -8,10 +8,12 @@
 //! in the background (or by the next start, which empties `tmp/`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use shardd_protocol::Namespace;
 
+use super::index::ShardEntry;
 use super::{Store, StoreError};
 use crate::io::fs;
 
@@ -82,7 +84,7 @@ impl Store {
             })
             .collect();
         let files: Vec<PathBuf> = quarantined.into_iter().filter_map(|q| q.file).collect();
-        let (moved, removed_files) = fs::blocking(move || {
+        let moved = fs::blocking(move || {
             let mut trash = Vec::new();
             for (from, to, shards) in moves {
                 // `to` is a new name in tmp/, on the same file system.
@@ -114,8 +116,14 @@ impl Store {
             }
             Ok((trash, removed))
         })
-        .await
-        .map_err(|e| StoreError::io(format!("drop namespace {namespace}"), e))?;
+        .await;
+        let (moved, removed_files) = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                self.restore_unmoved(entries).await;
+                return Err(StoreError::io(format!("drop namespace {namespace}"), e));
+            }
+        };
         self.inner.quarantined_files.fetch_sub(removed_files, Ordering::Relaxed);
         dropped.quarantined = removed_files;
         tokio::task::spawn_blocking(move || {
@@ -130,5 +138,24 @@ impl Store {
             "namespace dropped"
         );
         Ok(dropped)
+    }
+
+    /// After a drop failed part way: puts back in the index the entries
+    /// whose files are still in place (their data dir was not moved away),
+    /// so that what the index serves is what the drives hold.
+    async fn restore_unmoved(&self, entries: Vec<Arc<ShardEntry>>) {
+        let paths: Vec<PathBuf> = entries
+            .iter()
+            .map(|e| self.inner.dirs[e.dir].shard_path(&e.meta.namespace, e.file_id))
+            .collect();
+        let present = fs::blocking(move || Ok(paths.iter().map(|p| p.exists()).collect::<Vec<bool>>()))
+            .await
+            .unwrap_or_default();
+        for (entry, present) in entries.into_iter().zip(present) {
+            if present {
+                self.inner.dirs[entry.dir].account_add(entry.meta.len);
+                self.inner.index.insert(entry);
+            }
+        }
     }
 }

@@ -570,3 +570,48 @@ async fn a_chosen_version_is_capped_so_automatic_versions_always_proceed() {
     let meta = put(&store, "k", b"y", None).await.unwrap();
     assert_eq!(meta.version, shardd_protocol::MAX_CHOSEN_VERSION + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_drop_that_fails_part_way_keeps_serving_what_is_still_on_the_drives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("d0"), tmp.path().join("d1")];
+    let store = open(EngineKind::Psync, config(&dirs)).await;
+    let data: Vec<Vec<u8>> = (0..12).map(|i| pattern(3000 + i, i as u64)).collect();
+    for (i, d) in data.iter().enumerate() {
+        put(&store, &format!("s{i}"), d, None).await.unwrap();
+    }
+    // d1's tmp/ refuses new entries (immutable), so its move fails.
+    let locked = dirs[1].join("tmp");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&locked)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: a failing namespace drop: chattr +i is not available here");
+        return;
+    }
+    let failed = store.drop_namespace(&ns("job")).await;
+    assert!(chattr("-i"));
+    assert!(failed.is_err(), "{failed:?}");
+    // Every shard still on a drive is served; those moved away are not.
+    let mut served = 0;
+    for (i, d) in data.iter().enumerate() {
+        let k = format!("s{i}");
+        match store.stat(&ns("job"), &key(&k)) {
+            Ok(_) => {
+                assert_eq!(&fetch(&store, &k, 0, d.len() as u64).await.unwrap(), d);
+                served += 1;
+            }
+            Err(e) => assert_eq!(e.status(), Status::NotFound),
+        }
+    }
+    let on_d1 = files_under(&dirs[1].join("shards")).len();
+    assert_eq!(served, on_d1, "the shards of the dir that was not moved are served");
+    assert!(on_d1 > 0 && on_d1 < data.len(), "shards spread over both dirs");
+    // A second attempt finishes the drop.
+    let dropped = store.drop_namespace(&ns("job")).await.unwrap();
+    assert_eq!(dropped.shards as usize, on_d1);
+}
