@@ -92,12 +92,17 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
     let span = tracing::info_span!("conn", id = conn_id, transport = S::NAME, peer = %peer);
     async move {
         tracing::debug!("connection opened");
-        let identity = match tokio::task::spawn_blocking(move || Identity::resolve(peer)).await {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot resolve who the peer is; closing");
-                return;
-            }
+        // A Unix peer's user and groups come from the system's user database,
+        // which may block; a TCP peer is its address.
+        let identity = match peer {
+            Peer::Unix { .. } => match tokio::task::spawn_blocking(move || Identity::resolve(peer)).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resolve who the peer is; closing");
+                    return;
+                }
+            },
+            _ => Identity::resolve(peer),
         };
         let hello = match handshake::handshake(&ctx, &mut stream, &identity).await {
             Ok(hello) => hello,
@@ -146,14 +151,6 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
     }
     .instrument(span)
     .await
-}
-
-/// Waits until `at`; forever if `None`.
-async fn expiry(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// What the writing side of a connection needs besides the socket.
@@ -227,18 +224,34 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         let broken = self.broken.clone();
         let shutdown = self.ctx.shutdown.clone();
         let idle = self.ctx.config.idle_timeout;
+        // Two timers made once and moved only when they fire, not per frame:
+        // a frame only notes when it came.
+        let mut last_frame = tokio::time::Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        let lease_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer, lease_timer);
         loop {
+            let next_expiry = self.session.next_expiry().map(tokio::time::Instant::from_std);
+            if let Some(at) = next_expiry.filter(|at| *at != lease_timer.deadline()) {
+                lease_timer.as_mut().reset(at);
+            }
             let arrived = tokio::select! {
                 biased;
                 _ = broken.cancelled() => return Err("the peer stopped reading".into()),
                 _ = shutdown.cancelled() => return self.refuse_until_quiet().await,
                 arrived = self.frames.wait_for_frame() => arrived,
-                _ = expiry(self.session.next_expiry()) => {
+                _ = &mut lease_timer, if next_expiry.is_some() => {
                     self.session.revoke_expired(LEASE_GRACE);
                     continue;
                 }
-                _ = tokio::time::sleep(idle) => {
+                _ = &mut idle_timer => {
+                    let now = tokio::time::Instant::now();
+                    if last_frame + idle > now {
+                        idle_timer.as_mut().reset(last_frame + idle);
+                        continue;
+                    }
                     if self.is_busy() {
+                        idle_timer.as_mut().reset(now + idle / 4);
                         continue;
                     }
                     return Err(format!(
@@ -247,6 +260,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                     ));
                 }
             };
+            last_frame = tokio::time::Instant::now();
             if !arrived.map_err(|e| e.to_string())? {
                 return Ok(());
             }

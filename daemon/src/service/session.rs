@@ -1,7 +1,7 @@
 //! What one client's requests share: who it is, its share of the buffer budget,
 //! whether it mapped the arena, and the leases of its zero-copy views.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,7 +46,9 @@ struct Leased {
 
 #[derive(Debug, Default)]
 struct Leases {
-    by_id: HashMap<u64, Leased>,
+    /// By id. Ids are given out under the same lock as the grant times, so
+    /// the first entry is always the oldest lease (the next to expire).
+    by_id: BTreeMap<u64, Leased>,
     bytes: u64,
 }
 
@@ -143,8 +145,8 @@ impl Session {
 
     /// When the oldest lease runs out, if the client holds any.
     pub fn next_expiry(&self) -> Option<Instant> {
-        let timeout = self.limits.timeout;
-        self.leases().by_id.values().map(|l| l.granted + timeout).min()
+        let oldest = self.leases().by_id.first_key_value().map(|(_, l)| l.granted);
+        oldest.map(|granted| granted + self.limits.timeout)
     }
 
     /// Revokes the leases held for `server.lease_timeout`: their blocks are
@@ -156,14 +158,16 @@ impl Session {
         let timeout = self.limits.timeout;
         let revoked: Vec<Leased> = {
             let mut leases = self.leases();
-            let ids: Vec<u64> = leases
-                .by_id
-                .iter()
-                .filter(|(_, l)| l.granted + timeout <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            let revoked: Vec<Leased> = ids.iter().filter_map(|id| leases.by_id.remove(id)).collect();
-            leases.bytes -= revoked.iter().map(|l| l.bytes).sum::<u64>();
+            let mut revoked = Vec::new();
+            // Oldest first: stop at the first that still runs.
+            while let Some(entry) = leases.by_id.first_entry() {
+                if entry.get().granted + timeout > now {
+                    break;
+                }
+                let leased = entry.remove();
+                leases.bytes -= leased.bytes;
+                revoked.push(leased);
+            }
             revoked
         };
         let count = revoked.len();
