@@ -143,12 +143,13 @@ impl Index {
         (out, more)
     }
 
-    /// Each namespace that holds shards, with its shard count and bytes.
+    /// Each namespace that holds shards, with its shard count and bytes
+    /// (one step per namespace, not per shard).
     pub fn usage(&self) -> Vec<(Namespace, u64, u64)> {
-        self.read()
-            .live
+        let maps = self.read();
+        maps.live
             .iter()
-            .map(|(ns, keys)| (ns.clone(), keys.len() as u64, keys.values().map(|e| e.meta.len).sum()))
+            .map(|(ns, keys)| (ns.clone(), keys.len() as u64, maps.bytes.get(ns).copied().unwrap_or(0)))
             .collect()
     }
 

@@ -615,3 +615,27 @@ async fn a_namespace_drop_that_fails_part_way_keeps_serving_what_is_still_on_the
     let dropped = store.drop_namespace(&ns("job")).await.unwrap();
     assert_eq!(dropped.shards as usize, on_d1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_usage_follows_puts_replaces_deletes_and_drops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(EngineKind::Psync, config(&[tmp.path().to_path_buf()])).await;
+    let usage = |store: &Store| -> Vec<(String, u64, u64)> {
+        store
+            .namespaces()
+            .into_iter()
+            .map(|u| (u.namespace.as_str().to_string(), u.shards, u.bytes))
+            .collect()
+    };
+    put(&store, "a", &pattern(1000, 1), None).await.unwrap();
+    put(&store, "b", &pattern(3000, 2), None).await.unwrap();
+    assert_eq!(usage(&store), [("job".to_string(), 2, 4000)]);
+    put(&store, "a", &pattern(5000, 3), None).await.unwrap();
+    assert_eq!(usage(&store), [("job".to_string(), 2, 8000)]);
+    assert_eq!(store.namespace_bytes(&ns("job")), 8000);
+    store.delete(&ns("job"), &key("b"), None).await.unwrap();
+    assert_eq!(usage(&store), [("job".to_string(), 1, 5000)]);
+    store.drop_namespace(&ns("job")).await.unwrap();
+    assert!(usage(&store).is_empty());
+    assert_eq!(store.namespace_bytes(&ns("job")), 0);
+}
