@@ -67,7 +67,7 @@ impl Cache {
     /// share less `needed` bytes; an error naming the share if they cannot
     /// go (in use, or not yet flushed).
     fn make_room_in_share(&self, namespace: &Namespace, needed: u64) -> Result<(), LoadFailure> {
-        let Some((max, source)) = self.inner.quotas.limits(namespace).arena else {
+        let Some(crate::service::quota::Quota { max, source }) = self.inner.quotas.limits(namespace).arena else {
             return Ok(());
         };
         if needed > max {

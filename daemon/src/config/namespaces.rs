@@ -35,7 +35,6 @@ pub(super) fn resolve(file: Vec<FileNamespace>) -> anyhow::Result<NamespacePolic
             return Err(invalid(&format!("{key}.idle_ttl"), "must be at least 1s"));
         }
         policies.push(NamespacePolicy {
-            key,
             pattern,
             max_drive_bytes: entry.max_drive_bytes.map(|s| s.0),
             max_arena_bytes: entry.max_arena_bytes.map(|s| s.0),

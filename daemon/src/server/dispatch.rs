@@ -190,8 +190,8 @@ pub fn dispatch(
                     .set_quota(&req.namespace, quota)
                     .await
                     .map(|limits| SetQuotaResponse {
-                        max_drive_bytes: limits.drive.map(|(max, _)| max),
-                        max_arena_bytes: limits.arena.map(|(max, _)| max),
+                        max_drive_bytes: limits.drive.map(|q| q.max),
+                        max_arena_bytes: limits.arena.map(|q| q.max),
                     });
                 responder.send(answer(op, id, result)).await;
             }),

@@ -51,8 +51,8 @@ impl Service {
             .collect();
         for usage in &mut namespaces {
             let limits = self.quotas().limits(&usage.namespace);
-            usage.max_drive_bytes = limits.drive.map(|(max, _)| max);
-            usage.max_arena_bytes = limits.arena.map(|(max, _)| max);
+            usage.max_drive_bytes = limits.drive.map(|q| q.max);
+            usage.max_arena_bytes = limits.arena.map(|q| q.max);
         }
         NamespacesResponse { namespaces }
     }

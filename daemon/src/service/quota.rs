@@ -24,8 +24,6 @@ use crate::store::StoreError;
 /// What applies to the namespaces that match a pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespacePolicy {
-    /// Where it was configured (`namespaces[N]`), for messages.
-    pub key: String,
     /// The namespaces it applies to.
     pub pattern: Pattern,
     /// Bytes the namespace may hold on the drives.
@@ -44,9 +42,13 @@ pub struct NamespacePolicy {
 pub struct NamespacePolicies(pub Vec<NamespacePolicy>);
 
 impl NamespacePolicies {
-    /// The policy of `namespace`, if one matches.
-    pub fn of(&self, namespace: &Namespace) -> Option<&NamespacePolicy> {
-        self.0.iter().find(|p| p.pattern.matches(namespace.as_str()))
+    /// The policy of `namespace` and its place in the configuration (the
+    /// `N` of `namespaces[N]`), if one matches.
+    pub fn of(&self, namespace: &Namespace) -> Option<(usize, &NamespacePolicy)> {
+        self.0
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.pattern.matches(namespace.as_str()))
     }
 
     /// Whether any policy has an idle lifetime.
@@ -64,13 +66,45 @@ pub struct SetQuota {
     pub max_arena_bytes: Option<u64>,
 }
 
-/// A namespace's limits in force, each with where it comes from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A quota in force, and where it was set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes at most.
+    pub max: u64,
+    /// Where it was set.
+    pub source: QuotaSource,
+}
+
+/// Where a quota was set, as messages name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaSource {
+    /// By an admin request (`shardctl ns quota`).
+    Admin,
+    /// By `namespaces[index].field` in the configuration.
+    Policy {
+        /// Its place in `[[namespaces]]`.
+        index: usize,
+        /// The key.
+        field: &'static str,
+    },
+}
+
+impl std::fmt::Display for QuotaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuotaSource::Admin => f.write_str("set for it by an admin: shardctl ns quota"),
+            QuotaSource::Policy { index, field } => write!(f, "namespaces[{index}].{field}"),
+        }
+    }
+}
+
+/// A namespace's limits in force.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes on the drives, and its source.
-    pub drive: Option<(u64, String)>,
-    /// Bytes of the arena, and its source.
-    pub arena: Option<(u64, String)>,
+    /// Bytes on the drives.
+    pub drive: Option<Quota>,
+    /// Bytes of the arena.
+    pub arena: Option<Quota>,
     /// Idle lifetime.
     pub idle_ttl: Option<Duration>,
 }
@@ -83,9 +117,6 @@ pub struct Quotas {
     /// Where set quotas are kept.
     file: Option<std::path::PathBuf>,
 }
-
-/// How a set quota is named in messages.
-const SET_BY_ADMIN: &str = "set for it by an admin: shardctl ns quota";
 
 impl Quotas {
     /// `configured`, and the quotas kept in `file` (if it exists).
@@ -117,18 +148,23 @@ impl Quotas {
             .get(namespace.as_str())
             .copied()
             .unwrap_or_default();
-        let configured =
-            |value: Option<u64>, field: &str| policy.and_then(|p| value.map(|v| (v, format!("{}.{field}", p.key))));
+        let pick = |admin: Option<u64>, configured: fn(&NamespacePolicy) -> Option<u64>, field| {
+            let admin = admin.map(|max| Quota {
+                max,
+                source: QuotaSource::Admin,
+            });
+            admin.or_else(|| {
+                let (index, policy) = policy?;
+                configured(policy).map(|max| Quota {
+                    max,
+                    source: QuotaSource::Policy { index, field },
+                })
+            })
+        };
         Limits {
-            drive: set
-                .max_drive_bytes
-                .map(|v| (v, SET_BY_ADMIN.to_string()))
-                .or_else(|| configured(policy.and_then(|p| p.max_drive_bytes), "max_drive_bytes")),
-            arena: set
-                .max_arena_bytes
-                .map(|v| (v, SET_BY_ADMIN.to_string()))
-                .or_else(|| configured(policy.and_then(|p| p.max_arena_bytes), "max_arena_bytes")),
-            idle_ttl: policy.and_then(|p| p.idle_ttl),
+            drive: pick(set.max_drive_bytes, |p| p.max_drive_bytes, "max_drive_bytes"),
+            arena: pick(set.max_arena_bytes, |p| p.max_arena_bytes, "max_arena_bytes"),
+            idle_ttl: policy.and_then(|(_, p)| p.idle_ttl),
         }
     }
 
@@ -240,7 +276,7 @@ impl Service {
     /// against what is stored, so together they may pass the quota by at
     /// most their sizes.
     pub fn check_quota(&self, namespace: &Namespace, key: &shardd_protocol::Key, len: u64) -> Result<(), StoreError> {
-        let Some((max, source)) = self.quotas.limits(namespace).drive else {
+        let Some(Quota { max, source }) = self.quotas.limits(namespace).drive else {
             return Ok(());
         };
         let store = self.store();
