@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 
 use shardd_client::{Client, PutOptions};
-use support::{Launch, Process, skipped};
+use support::{Launch, Process, files_under, skipped};
 
 const NOBODY: u32 = 65534;
 
@@ -58,23 +58,40 @@ fn refused(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_of_another_uid_gets_exactly_what_the_table_grants_and_refusals_name_the_rule() {
+/// A daemon on `config` whose socket another uid can reach (`prepare` gets
+/// its data dir first), when the test runs as root, since it drops to
+/// another uid; `None`, saying so, otherwise.
+fn daemon_for_others(
+    test: &str,
+    config: &str,
+    prepare: impl FnOnce(&std::path::Path),
+) -> Option<(tempfile::TempDir, Process)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return skipped("access test: dropping to another uid needs root");
+        skipped(format!("{test}: acting as another uid needs root"));
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     // The socket's directory must be reachable by the other user.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    prepare(&data);
     let daemon = Process::launch(Launch {
         dir: dir.path(),
         engine: "psync",
         tcp: "off",
-        config: CONFIG,
-        data_dirs: &[dir.path().join("data")],
+        config,
+        data_dirs: &[data],
         wrapper: &[],
     });
+    Some((dir, daemon))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_uid_gets_exactly_what_the_table_grants_and_refusals_name_the_rule() {
+    let Some((_dir, daemon)) = daemon_for_others("access test", CONFIG, |_| {}) else {
+        return;
+    };
     let endpoint = daemon.endpoint();
     let root = Client::connect(&endpoint).await.unwrap();
     root.put("secret", "k", b"root's secret".to_vec(), PutOptions::default())
@@ -152,27 +169,18 @@ fn shell_as_nobody(gid: u32, script: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_dirs_are_private_and_only_the_socket_belongs_to_the_clients_group() {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return skipped("private data dir test: acting as another uid needs root");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // A data dir an operator made too open: the daemon closes it.
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o775)).unwrap();
     let config = format!(
         "[server]\nsocket_mode = \"0660\"\nsocket_group = \"{NOBODY}\"\n[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n"
     );
-    let daemon = Process::launch(Launch {
-        dir: dir.path(),
-        engine: "psync",
-        tcp: "off",
-        config: &config,
-        data_dirs: std::slice::from_ref(&data),
-        wrapper: &[],
-    });
+    // A data dir an operator made too open: the daemon closes it.
+    let too_open = |data: &std::path::Path| {
+        std::fs::create_dir(data).unwrap();
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o775)).unwrap();
+    };
+    let Some((dir, daemon)) = daemon_for_others("private data dir test", &config, too_open) else {
+        return;
+    };
+    let data = dir.path().join("data");
     let client = Client::connect(&daemon.endpoint()).await.unwrap();
     client
         .put("job", "w", b"weights".to_vec(), PutOptions::default())
@@ -181,7 +189,7 @@ async fn data_dirs_are_private_and_only_the_socket_belongs_to_the_clients_group(
 
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(&data), 0o700, "the data dir");
-    let shard = walk(&data.join("shards")).pop().expect("a shard file");
+    let shard = files_under(&data.join("shards")).pop().expect("a shard file");
     assert_eq!(mode(&shard), 0o600, "a shard file");
     assert_eq!(mode(&data.join("lock")), 0o600, "the lock file");
     let socket = std::fs::metadata(&daemon.socket).unwrap();
@@ -215,35 +223,11 @@ async fn data_dirs_are_private_and_only_the_socket_belongs_to_the_clients_group(
     assert_eq!(&client.fetch("job", "w").await.unwrap().data[..], b"weights");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_puts_a_new_access_table_in_force_for_open_connections_too() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return skipped("access reload test: dropping to another uid needs root");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let daemon = Process::launch(Launch {
-        dir: dir.path(),
-        engine: "psync",
-        tcp: "off",
-        config: CONFIG,
-        data_dirs: &[dir.path().join("data")],
-        wrapper: &[],
-    });
+    let Some((dir, daemon)) = daemon_for_others("access reload test", CONFIG, |_| {}) else {
+        return;
+    };
     let endpoint = daemon.endpoint();
     let root = Client::connect(&endpoint).await.unwrap();
     root.put("secret", "k", b"now shared".to_vec(), PutOptions::default())

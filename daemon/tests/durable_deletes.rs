@@ -14,7 +14,7 @@ use std::time::Duration;
 use shardd::ctl::bench::pattern;
 use shardd_client::{Client, ClientError, PutOptions};
 use shardd_protocol::Status;
-use support::{Launch, Process, engines, skipped};
+use support::{Launch, Process, engines, files_under, skipped};
 
 /// A tmpfs mounted for the test's lifetime.
 struct Tmpfs(PathBuf);
@@ -71,23 +71,6 @@ fn calls(trace: &str) -> Vec<Call> {
 /// The position of the first call after `from` that `matches`.
 fn find(calls: &[Call], from: usize, matches: impl Fn(&Call) -> bool) -> Option<usize> {
     calls.iter().skip(from).position(matches).map(|i| i + from)
-}
-
-/// Every file under `dir`, at any depth.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }
 
 fn parent(path: &str) -> String {

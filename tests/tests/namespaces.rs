@@ -253,6 +253,17 @@ async fn a_namespace_at_its_arena_share_evicts_its_own_shards_first() {
             (6, 12 * MIB as u64),
             "{engine:?}: {b:?}"
         );
+        // With its share held by views, a fetch of another of its shards is
+        // read from the drive and not kept; nothing of job-b goes.
+        let mut views = Vec::new();
+        for key in ["w3", "w4"] {
+            views.push(client.fetch_view("job-a", key, None).await.unwrap());
+        }
+        assert_eq!(client.fetch("job-a", "w0").await.unwrap().data, pattern(2 * MIB, 10));
+        let a = usage(&client, "job-a").await.unwrap();
+        assert_eq!(a.arena_bytes, 4 * MIB as u64, "{engine:?}: {a:?}");
+        assert_eq!(usage(&client, "job-b").await.unwrap().arena_shards, 6, "{engine:?}");
+        drop(views);
         daemon.stop().await;
     }
 }

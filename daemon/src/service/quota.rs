@@ -373,3 +373,49 @@ impl Service {
         Ok(self.quotas.limits(namespace))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(name: &str) -> Namespace {
+        Namespace::new(name).unwrap()
+    }
+
+    #[test]
+    fn set_quotas_are_kept_preferred_to_policies_and_a_corrupt_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("namespace-quotas.json");
+        let policies = NamespacePolicies(vec![NamespacePolicy {
+            pattern: Pattern::parse("job-*").unwrap(),
+            max_drive_bytes: Some(100),
+            max_arena_bytes: None,
+            idle_ttl: None,
+        }]);
+        let quotas = Quotas::load(policies.clone(), Some(file.clone())).unwrap();
+        let drive = |q: &Quotas| q.limits(&ns("job-a")).drive.map(|q| (q.max, q.source.to_string()));
+        assert_eq!(drive(&quotas), Some((100, "namespaces[0].max_drive_bytes".to_string())));
+        let admin = SetQuota {
+            max_drive_bytes: Some(7),
+            max_arena_bytes: None,
+        };
+        quotas.set(&ns("job-a"), admin).unwrap();
+
+        let again = Quotas::load(policies.clone(), Some(file.clone())).unwrap();
+        assert_eq!(
+            drive(&again),
+            Some((7, "set for it by an admin: shardctl ns quota".to_string()))
+        );
+        again.set(&ns("job-a"), SetQuota::default()).unwrap();
+        assert_eq!(
+            drive(&Quotas::load(policies.clone(), Some(file.clone())).unwrap())
+                .unwrap()
+                .0,
+            100
+        );
+
+        std::fs::write(&file, b"{ not json").unwrap();
+        let err = format!("{:#}", Quotas::load(policies, Some(file.clone())).unwrap_err());
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+}
