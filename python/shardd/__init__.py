@@ -383,8 +383,9 @@ class View:
     hold the daemon's lease until they are all gone; leaving a ``with``
     block, or :meth:`release`, gives the lease back at once, after which
     such arrays must not be read (they no longer hold the shard). A view
-    whose connection ended can no longer be read: :meth:`check` raises
-    :class:`LeaseLost`.
+    whose connection ended, or whose lease ran out (the daemon's
+    ``server.lease_timeout``, 10 minutes by default), can no longer be read:
+    :meth:`check` raises :class:`LeaseLost`.
     """
 
     def __init__(self, native: _NativeView):

@@ -121,8 +121,9 @@ class Timeout(Error, TimeoutError):
 
 
 class LeaseLost(Error):
-    """A view can no longer be read: it was released, or its connection
-    ended and the daemon dropped its lease. Fetch the shard again."""
+    """A view can no longer be read: it was released, its connection
+    ended and the daemon dropped its lease, or its lease ran out (the
+    daemon's ``server.lease_timeout``). Fetch the shard again."""
 
 
 class ZeroCopyUnavailable(Error):

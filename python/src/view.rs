@@ -71,7 +71,7 @@ impl View {
     }
 
     /// Raises `LeaseLost` unless the daemon still holds the lease (it was
-    /// released, or the connection has ended).
+    /// released, the connection has ended, or the lease ran out).
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         self.lock().view().check().py(py)
     }
