@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use shardd_client::PutOptions;
+use shardd_client::{ByteRange, PutOptions};
 use shardd_protocol::{Opcode, ScheduleRequest, Status};
 use shardd_tests::{RawClient, TestDaemon, engines, eventually};
 
@@ -120,6 +120,41 @@ async fn a_lease_hog_is_cut_off_at_its_limits_and_its_leases_run_out() {
             again.push(hog.fetch_view("job", &format!("s{i}"), None).await.unwrap());
         }
         assert_eq!(again[2].to_vec().unwrap(), pattern(2 * MIB, 2));
+        daemon.stop().await;
+    }
+}
+
+/// Views of one shard, whole or in ranges, pin its bytes once: a client
+/// copying a shard piece by piece is not cut off by its own views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_of_one_shard_pin_its_bytes_once() {
+    for engine in engines() {
+        let config = "[arena]\nsize = \"16MiB\"\n[server]\nmax_lease_bytes = \"4MiB\"";
+        let mut daemon = TestDaemon::start(engine, config).await;
+        let client = daemon.client(false).await;
+        let data = pattern(3 * MIB, 1);
+        client
+            .put("job", "w", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        let mut views = vec![client.fetch_view("job", "w", None).await.unwrap()];
+        for i in 0..3u64 {
+            let range = ByteRange {
+                offset: i * MIB as u64,
+                len: MIB as u64,
+            };
+            views.push(client.fetch_view("job", "w", Some(range)).await.unwrap());
+        }
+        views.push(client.fetch_view("job", "w", None).await.unwrap());
+        assert_eq!(views[4].to_vec().unwrap(), data, "{engine:?}");
+        assert_eq!(views[2].to_vec().unwrap(), &data[MIB..2 * MIB], "{engine:?}");
+        // Another shard's bytes still count.
+        client
+            .put("job", "x", pattern(2 * MIB, 2), PutOptions::default())
+            .await
+            .unwrap();
+        let err = client.fetch_view("job", "x", None).await.unwrap_err();
+        assert!(err.to_string().contains("server.max_lease_bytes"), "{engine:?}: {err}");
         daemon.stop().await;
     }
 }

@@ -1,7 +1,7 @@
 //! What one client's requests share: who it is, its share of the buffer budget,
 //! whether it mapped the arena, and the leases of its zero-copy views.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,6 +24,17 @@ pub enum Held {
     Chunks(Vec<Arc<AlignedBuf>>),
 }
 
+impl Held {
+    /// The arena blocks held: (address, bytes) of each.
+    fn blocks(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        let blocks = match self {
+            Held::Shard(lease) => lease.chunks(),
+            Held::Chunks(blocks) => blocks,
+        };
+        blocks.iter().map(|b| (b.as_ptr() as usize, b.capacity() as u64))
+    }
+}
+
 /// How many leases one client may hold, and for how long.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseLimits {
@@ -38,9 +49,8 @@ pub struct LeaseLimits {
 /// A lease the client holds.
 #[derive(Debug)]
 struct Leased {
-    /// Kept, never read: holding it keeps the blocks in place.
-    _held: Held,
-    bytes: u64,
+    /// Holding it keeps the blocks in place.
+    held: Held,
     granted: Instant,
 }
 
@@ -49,7 +59,47 @@ struct Leases {
     /// By id. Ids are given out under the same lock as the grant times, so
     /// the first entry is always the oldest lease (the next to expire).
     by_id: BTreeMap<u64, Leased>,
+    /// The blocks the leases hold, by address: how many leases hold each.
+    /// Views of pieces of one shard often share blocks (and a view of a
+    /// resident shard holds all of them): a block is pinned once however
+    /// many of the client's leases hold it.
+    blocks: HashMap<usize, u32>,
+    /// Bytes of the blocks held.
     bytes: u64,
+}
+
+impl Leases {
+    /// Bytes `held` would add to what the leases pin.
+    fn added_bytes(&self, held: &Held) -> u64 {
+        held.blocks()
+            .filter(|(addr, _)| !self.blocks.contains_key(addr))
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
+    fn insert(&mut self, id: u64, leased: Leased) {
+        for (addr, bytes) in leased.held.blocks() {
+            let holders = self.blocks.entry(addr).or_insert(0);
+            if *holders == 0 {
+                self.bytes += bytes;
+            }
+            *holders += 1;
+        }
+        self.by_id.insert(id, leased);
+    }
+
+    /// Forgets `leased`, just taken out of `by_id`.
+    fn forget(&mut self, leased: &Leased) {
+        for (addr, bytes) in leased.held.blocks() {
+            if let std::collections::hash_map::Entry::Occupied(mut holders) = self.blocks.entry(addr) {
+                *holders.get_mut() -= 1;
+                if *holders.get() == 0 {
+                    holders.remove();
+                    self.bytes -= bytes;
+                }
+            }
+        }
+    }
 }
 
 /// One client's state on the request path (one per connection).
@@ -84,9 +134,9 @@ impl Session {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives `held`, which pins `bytes` of the arena, to the client under a
-    /// new lease id, if the client stays within its lease limits.
-    pub(super) fn lease(&self, held: Held, bytes: u64) -> Result<u64, StoreError> {
+    /// Gives `held` to the client under a new lease id, if the client stays
+    /// within its lease limits.
+    pub(super) fn lease(&self, held: Held) -> Result<u64, StoreError> {
         let mut leases = self.leases();
         let limits = &self.limits;
         if leases.by_id.len() >= limits.count as usize {
@@ -98,6 +148,7 @@ impl Session {
                 ),
             });
         }
+        let bytes = leases.added_bytes(&held);
         if leases.bytes + bytes > limits.bytes {
             return Err(StoreError::Other {
                 status: Status::Busy,
@@ -109,12 +160,10 @@ impl Session {
             });
         }
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        leases.bytes += bytes;
-        leases.by_id.insert(
+        leases.insert(
             id,
             Leased {
-                _held: held,
-                bytes,
+                held,
                 granted: Instant::now(),
             },
         );
@@ -131,7 +180,7 @@ impl Session {
         let mut released = 0;
         for id in ids {
             if let Some(leased) = leases.by_id.remove(id) {
-                leases.bytes -= leased.bytes;
+                leases.forget(&leased);
                 released += 1;
             }
         }
@@ -165,7 +214,7 @@ impl Session {
                     break;
                 }
                 let leased = entry.remove();
-                leases.bytes -= leased.bytes;
+                leases.forget(&leased);
                 revoked.push(leased);
             }
             revoked
@@ -202,4 +251,44 @@ fn release_after(leases: Vec<Leased>, grace: Duration) {
         tokio::time::sleep(grace).await;
         drop(leases);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Peer;
+    use crate::store::Buffers;
+
+    fn session(max_bytes: u64) -> Session {
+        let identity = Identity::resolve(Peer::UnixUnknown);
+        let limits = LeaseLimits {
+            count: 16,
+            bytes: max_bytes,
+            timeout: Duration::from_secs(60),
+        };
+        Session::new(identity, Buffers::new(4096, 1 << 20).scope(1 << 20), true, limits)
+    }
+
+    fn block() -> Arc<AlignedBuf> {
+        Arc::new(AlignedBuf::new(4096))
+    }
+
+    #[test]
+    fn a_block_held_by_several_leases_is_counted_once() {
+        let session = session(3 * 4096);
+        let (a, b, c, d) = (block(), block(), block(), block());
+        let first = session.lease(Held::Chunks(vec![a.clone(), b.clone()])).unwrap();
+        // The same blocks again, and one more: within three blocks.
+        session.lease(Held::Chunks(vec![a.clone(), b.clone()])).unwrap();
+        let third = session.lease(Held::Chunks(vec![b.clone(), c.clone()])).unwrap();
+        assert_eq!(session.leases().bytes, 3 * 4096);
+        // A fourth block would pass the limit, and says which.
+        let refused = session.lease(Held::Chunks(vec![d.clone()])).unwrap_err();
+        assert!(refused.to_string().contains("server.max_lease_bytes"), "{refused}");
+        // `a` is still held by the second lease; `c` goes with the third.
+        assert_eq!(session.release(&[first, third]), 2);
+        assert_eq!(session.leases().bytes, 2 * 4096);
+        session.lease(Held::Chunks(vec![d])).unwrap();
+        assert_eq!(session.leases().bytes, 3 * 4096);
+    }
 }

@@ -111,12 +111,11 @@ async fn view_loading(
         });
         held.push(block);
     }
-    let pinned = held.iter().map(|b| b.capacity() as u64).sum();
     Ok(ViewResponse {
         meta,
         offset,
         len,
-        lease: session.lease(Held::Chunks(held), pinned)?,
+        lease: session.lease(Held::Chunks(held))?,
         extents,
     })
 }
@@ -144,12 +143,11 @@ fn view(cache: &Cache, req: &FetchRequest, session: &Session, lease: Lease) -> R
         })
         .collect();
     let meta = lease.meta.clone();
-    let pinned = meta.len;
     Ok(ViewResponse {
         meta,
         offset,
         len,
-        lease: session.lease(Held::Shard(lease), pinned)?,
+        lease: session.lease(Held::Shard(lease))?,
         extents,
     })
 }
