@@ -274,8 +274,7 @@ impl Store {
 
     /// Opens the current version of a shard for reading.
     pub async fn open_reader(&self, namespace: &Namespace, key: &Key) -> Result<ShardReader, StoreError> {
-        let entry = self.current(namespace, key)?;
-        ShardReader::open(self.clone(), entry).await
+        ShardReader::open_current(self.clone(), namespace, key).await
     }
 }
 

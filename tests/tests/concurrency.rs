@@ -1,6 +1,6 @@
 //! Many clients at once, and many requests in flight on one connection.
 
-use shardd_client::PutOptions;
+use shardd_client::{EvictMode, PutOptions};
 use shardd_protocol::Durability;
 use shardd_protocol::{FetchRequest, Key, Namespace, Opcode, Status};
 use shardd_tests::{RawClient, TestDaemon, pattern, setups};
@@ -198,6 +198,51 @@ async fn concurrent_puts_with_automatic_versions_each_get_their_own_version() {
         let shard = daemon.client(false).await.fetch("job", "auto").await.unwrap();
         assert_eq!(shard.meta.version, newest, "after a restart");
         assert!(shard.data.iter().all(|&b| b == writer), "after a restart");
+        daemon.stop().await;
+    }
+}
+
+/// A cold fetch racing a replace of the shard in the same data dir (whose
+/// new file is renamed over the old one's path) reads one whole version:
+/// never the new file checked against the old version's checksums, which
+/// failed the fetch as if the shard were corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_racing_a_replace_reads_one_whole_version() {
+    const LEN: usize = 3 << 20;
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "[arena]\nsize = \"64MiB\"").await;
+        let client = daemon.connect(setup).await;
+        let versions = [pattern(LEN, 1), pattern(LEN, 2)];
+        client
+            .put("job", "w", versions[0].clone(), PutOptions::default())
+            .await
+            .unwrap();
+        let writer = {
+            let client = daemon.connect(setup).await;
+            let versions = versions.clone();
+            tokio::spawn(async move {
+                for round in 0..24 {
+                    let data = versions[(round + 1) % 2].clone();
+                    client.put("job", "w", data, PutOptions::default()).await.unwrap();
+                    client.evict("job", &["w"], EvictMode::Demote).await.unwrap();
+                }
+            })
+        };
+        let mut buf = vec![0u8; LEN];
+        let mut fetches = 0;
+        while !writer.is_finished() {
+            let (back, info) = client.fetch_into("job", "w", None, buf).await;
+            buf = back;
+            let info = info.unwrap_or_else(|e| panic!("{setup:?}: {e}"));
+            // Version 1 holds the first pattern; each put flips it.
+            let expected = &versions[((info.meta.version + 1) % 2) as usize];
+            assert!(buf == *expected, "{setup:?}: version {}", info.meta.version);
+            fetches += 1;
+        }
+        writer.await.unwrap();
+        assert!(fetches > 0);
+        let status = client.status().await.unwrap();
+        assert_eq!(status.quarantined, 0, "{setup:?}");
         daemon.stop().await;
     }
 }

@@ -168,9 +168,11 @@ impl Store {
         let mut failed = 0;
         for entry in self.inner.index.all() {
             let len = entry.meta.len;
-            let reader = match ShardReader::open(self.clone(), entry).await {
-                Ok(reader) => reader,
-                Err(_) => {
+            let reader = match ShardReader::open_if_current(self.clone(), entry).await {
+                // Replaced or deleted since the listing: nothing to check.
+                None => continue,
+                Some(Ok(reader)) => reader,
+                Some(Err(_)) => {
                     failed += 1;
                     continue;
                 }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::Arc;
 
-use shardd_protocol::ShardMeta;
+use shardd_protocol::{Key, Namespace, ShardMeta};
 
 use super::buffers::BufferScope;
 use super::index::ShardEntry;
@@ -23,6 +23,14 @@ pub struct ShardReader {
     store: Store,
     entry: Arc<ShardEntry>,
     file: Arc<File>,
+}
+
+/// Opens the file of `entry` (its key's lock held by the caller).
+async fn open_file(store: &Store, entry: &ShardEntry) -> std::io::Result<File> {
+    let dir = &store.inner.dirs[entry.dir];
+    let path = dir.shard_path(&entry.meta.namespace, entry.file_id);
+    let direct = dir.direct_io;
+    fs::blocking(move || fs::open_read(&path, direct)).await
 }
 
 /// Verified bytes of one chunk: send `buf.as_slice()[range]`.
@@ -54,19 +62,58 @@ impl Chunk {
 }
 
 impl ShardReader {
-    pub(super) async fn open(store: Store, entry: Arc<ShardEntry>) -> Result<ShardReader, StoreError> {
-        let dir = &store.inner.dirs[entry.dir];
-        let path = dir.shard_path(&entry.meta.namespace, entry.file_id);
-        let direct = dir.direct_io;
-        let open_path = path.clone();
-        match fs::blocking(move || fs::open_read(&open_path, direct)).await {
+    /// Opens the current version of a shard. A replace in the same data
+    /// dir renames the new version's file over the old one's path, under
+    /// the key's lock: the version is looked up and its file opened under
+    /// that lock too, so the file opened is the version looked up (and,
+    /// once open, stays readable whatever replaces it).
+    pub(super) async fn open_current(
+        store: Store,
+        namespace: &Namespace,
+        key: &Key,
+    ) -> Result<ShardReader, StoreError> {
+        let (entry, opened) = {
+            let _guard = store.lock_key(namespace, key).await;
+            let entry = store.current(namespace, key)?;
+            let opened = open_file(&store, &entry).await;
+            (entry, opened)
+        };
+        ShardReader::opened(store, entry, opened).await
+    }
+
+    /// Opens `entry`'s file if it is still the current version (`None` if
+    /// a newer version or a delete came first), as [`Self::open_current`].
+    pub(super) async fn open_if_current(
+        store: Store,
+        entry: Arc<ShardEntry>,
+    ) -> Option<Result<ShardReader, StoreError>> {
+        let opened = {
+            let _guard = store.lock_key(&entry.meta.namespace, &entry.meta.key).await;
+            let current = store.inner.index.get(&entry.meta.namespace, &entry.meta.key);
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, &entry)) {
+                return None;
+            }
+            open_file(&store, &entry).await
+        };
+        Some(ShardReader::opened(store, entry, opened).await)
+    }
+
+    /// A reader of `entry` opened as `opened` says; a version whose file is
+    /// missing is quarantined (outside the key's lock, which that takes).
+    async fn opened(
+        store: Store,
+        entry: Arc<ShardEntry>,
+        opened: std::io::Result<File>,
+    ) -> Result<ShardReader, StoreError> {
+        let path = || store.inner.dirs[entry.dir].shard_path(&entry.meta.namespace, entry.file_id);
+        match opened {
             Ok(file) => Ok(ShardReader {
                 store,
                 entry,
                 file: Arc::new(file),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let reason = format!("its file {} is missing", path.display());
+                let reason = format!("its file {} is missing", path().display());
                 store.quarantine(&entry, reason.clone()).await;
                 Err(StoreError::Quarantined {
                     namespace: entry.meta.namespace.clone(),
@@ -75,7 +122,7 @@ impl ShardReader {
                     reason,
                 })
             }
-            Err(e) => Err(StoreError::io(format!("open {}", path.display()), e)),
+            Err(e) => Err(StoreError::io(format!("open {}", path().display()), e)),
         }
     }
 
