@@ -10,7 +10,7 @@ use shardd_protocol::{
     StatusResponse, VerifyResponse,
 };
 
-use crate::client::{ClientOptions, FetchInfo, PutOptions, Shard};
+use crate::client::{BatchResult, ClientOptions, FetchInfo, PutOptions, Shard, Wanted};
 use crate::connection::FetchBuf;
 use crate::{ClientError, ShardView};
 
@@ -93,6 +93,30 @@ impl Client {
         buf: B,
     ) -> (B, Result<FetchInfo, ClientError>) {
         self.runtime.block_on(self.inner.fetch_into(namespace, key, range, buf))
+    }
+
+    /// See [`crate::Client::fetch_many`].
+    pub fn fetch_many(&self, wanted: &[Wanted]) -> BatchResult<Shard> {
+        self.runtime.block_on(self.inner.fetch_many(wanted))
+    }
+
+    /// See [`crate::Client::fetch_many_into`].
+    pub fn fetch_many_into<B: FetchBuf>(
+        &self,
+        wanted: &[(Wanted, std::ops::Range<usize>)],
+        buf: B,
+    ) -> (B, BatchResult<FetchInfo>) {
+        self.runtime.block_on(self.inner.fetch_many_into(wanted, buf))
+    }
+
+    /// See [`crate::Client::view_many`].
+    pub fn view_many(&self, wanted: &[Wanted]) -> BatchResult<ShardView> {
+        self.runtime.block_on(self.inner.view_many(wanted))
+    }
+
+    /// See [`crate::Client::stat_many`].
+    pub fn stat_many(&self, shards: &[(&str, &str)]) -> BatchResult<StatResponse> {
+        self.runtime.block_on(self.inner.stat_many(shards))
     }
 
     /// See [`crate::Client::stat`].

@@ -23,6 +23,10 @@ use crate::progress::Progress;
 use crate::{ClientError, Endpoint, ShardView};
 
 /// Send buffer asked for on Unix-socket connections.
+mod batch;
+
+pub use batch::{BatchResult, Wanted};
+
 const UNIX_SEND_BUFFER: usize = 4 << 20;
 
 /// A fetch into a caller's buffer of a shard not in the arena copies it out

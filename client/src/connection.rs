@@ -20,6 +20,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::ClientError;
 use crate::progress::Progress;
 
+mod batch;
+
+pub(crate) use batch::{Answer, BatchDone, Member, Place};
+
 /// Bytes of the buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
 
@@ -106,6 +110,7 @@ pub(crate) struct FetchDone {
 enum Pending {
     Simple(oneshot::Sender<Result<Reply, ClientError>>),
     Fetch(Box<FetchState>),
+    Batch(Box<batch::BatchState>),
 }
 
 struct FetchState {
@@ -177,6 +182,7 @@ impl Shared {
                         result: Err(self.disconnected(&reason)),
                     });
                 }
+                Pending::Batch(state) => state.fail(self.disconnected(&reason)),
             }
         }
     }
@@ -519,7 +525,7 @@ impl Connection {
             Err((pending, error)) => {
                 let dest = match pending {
                     Pending::Fetch(state) => state.dest,
-                    Pending::Simple(_) => Dest::Alloc(None),
+                    _ => Dest::Alloc(None),
                 };
                 return FetchDone {
                     dest,
@@ -693,6 +699,19 @@ async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, incoming: &mut Incom
                     shared.lock().insert(header.request_id, Pending::Fetch(state));
                 } else {
                     finish_fetch(*state, &header, &control);
+                }
+            }
+            Some(Pending::Batch(mut state)) => {
+                match batch::take_batch_frame(shared, frames, max_alloc, &header, &control, &mut state).await {
+                    Ok(false) => {
+                        shared.lock().insert(header.request_id, Pending::Batch(state));
+                    }
+                    Ok(true) => batch::finish_batch(*state, &header, &control),
+                    Err(e) => {
+                        // Hand the buffer back before the connection closes.
+                        state.fail(shared.disconnected(&e));
+                        return Err(e);
+                    }
                 }
             }
         }

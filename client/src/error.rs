@@ -16,6 +16,13 @@ pub enum ClientError {
     /// A namespace or key is not valid: fix the name (see `shardd_protocol::names`).
     #[error(transparent)]
     InvalidName(#[from] NameError),
+    /// A batched request is not well formed (no members or too many,
+    /// destinations outside the buffer or overlapping): fix the call.
+    #[error("invalid batch: {reason}")]
+    InvalidBatch {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The daemon cannot be reached: is it running, is the address right?
     #[error("cannot connect to {endpoint}: {source}")]
     Connect {

@@ -74,7 +74,7 @@ pub mod progress;
 pub mod trainer;
 pub mod view;
 
-pub use client::{Client, ClientOptions, FetchInfo, PutOptions, Shard};
+pub use client::{BatchResult, Client, ClientOptions, FetchInfo, PutOptions, Shard, Wanted};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, GatheredTensor, Layer};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;

@@ -8,11 +8,13 @@
 //!   into the buffers of their put session.
 //! * [`dispatch`]: the one dispatch table, from requests to the
 //!   [`crate::service`] and back to frames.
+//! * [`batch`]: batched requests, each member answered as it is ready.
 //! * [`gate`]: the one check of each request against the access table.
 //! * [`responder`]: answers queued for the writer; errors to statuses.
 //! * [`slots`]: connection slots per peer and transport.
 //! * [`frame`]: outgoing frames and bounded reads of incoming ones.
 
+pub mod batch;
 pub mod connection;
 pub mod dispatch;
 pub mod frame;

@@ -22,6 +22,9 @@
 //! | namespaces | [`NamespacesRequest`] | [`NamespacesResponse`] | none |
 //! | drop_namespace | [`DropNamespaceRequest`] | [`DropNamespaceResponse`] | none |
 //! | set_quota | [`SetQuotaRequest`] | [`SetQuotaResponse`] | none |
+//! | fetch_batch | [`FetchBatchRequest`] | a [`BatchPart`] in every frame | response: each member's bytes, in its `Head` and `Data` frames |
+//! | view_batch | [`ViewBatchRequest`] | a [`BatchPart`] in every frame | none |
+//! | stat_batch | [`StatBatchRequest`] | a [`BatchPart`] in every frame | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -31,6 +34,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{DType, Key, Namespace};
+
+mod batch;
+
+pub use batch::{BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, StatBatchRequest, ViewBatchRequest};
 
 /// First request on every connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,11 +41,20 @@ pub enum Opcode {
     DropNamespace,
     /// Set or clear a namespace's quotas: `SetQuotaRequest`.
     SetQuota,
+    /// Many fetches in one request: `FetchBatchRequest`, answered by
+    /// `BatchPart` frames as each member's bytes are ready.
+    FetchBatch,
+    /// Many zero-copy views in one request: `ViewBatchRequest`, answered by
+    /// a `BatchPart::View` (or `Failed`) frame per member.
+    ViewBatch,
+    /// Metadata of many shards: `StatBatchRequest`, answered by a
+    /// `BatchPart::Stat` (or `Failed`) frame per member.
+    StatBatch,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 17] = [
+    pub const ALL: [Opcode; 20] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -63,6 +72,9 @@ impl Opcode {
         Opcode::Namespaces,
         Opcode::DropNamespace,
         Opcode::SetQuota,
+        Opcode::FetchBatch,
+        Opcode::ViewBatch,
+        Opcode::StatBatch,
     ];
 
     /// The wire code.
@@ -85,6 +97,9 @@ impl Opcode {
             Opcode::Namespaces => 15,
             Opcode::DropNamespace => 16,
             Opcode::SetQuota => 17,
+            Opcode::FetchBatch => 18,
+            Opcode::ViewBatch => 19,
+            Opcode::StatBatch => 20,
         }
     }
 
@@ -113,6 +128,9 @@ impl Opcode {
             Opcode::Namespaces => "namespaces",
             Opcode::DropNamespace => "drop_namespace",
             Opcode::SetQuota => "set_quota",
+            Opcode::FetchBatch => "fetch_batch",
+            Opcode::ViewBatch => "view_batch",
+            Opcode::StatBatch => "stat_batch",
         }
     }
 }
@@ -130,11 +148,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=17).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=20).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(18), None);
+        assert_eq!(Opcode::from_code(21), None);
     }
 }

@@ -39,6 +39,7 @@ fn classify(e: &ClientError) -> (&'static str, Option<Status>, Option<u64>) {
         } => (class_of_status(*status), Some(*status), *current_version),
         ClientError::InvalidEndpoint { .. } => ("InvalidEndpoint", None, None),
         ClientError::InvalidName(_) => ("InvalidName", None, None),
+        ClientError::InvalidBatch { .. } => ("BadRequest", None, None),
         ClientError::Connect { .. } => ("ConnectError", None, None),
         ClientError::Disconnected { .. } => ("Disconnected", None, None),
         ClientError::Protocol { .. } => ("ProtocolError", None, None),

@@ -284,3 +284,19 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// Flips one payload byte of a stored shard file (found by its key), as a
+/// failing drive would.
+pub fn flip_payload_byte(data_dir: &std::path::Path, key: &str, at: usize) {
+    for file in files_under(&data_dir.join("shards")) {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let needle = key.as_bytes();
+        if bytes[..4096].windows(needle.len()).any(|w| w == needle) {
+            let payload_offset = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+            bytes[payload_offset + at] ^= 0x20;
+            std::fs::write(&file, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("no shard file for {key}");
+}

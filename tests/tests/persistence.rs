@@ -1,7 +1,7 @@
 //! What survives a restart, and what happens to corrupt shards.
 
 use shardd_client::{PutOptions, Status};
-use shardd_tests::{TestDaemon, files_under, pattern, setups};
+use shardd_tests::{TestDaemon, files_under, flip_payload_byte, pattern, setups};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_survive_a_restart() {
@@ -36,21 +36,6 @@ async fn shards_survive_a_restart() {
         }
         daemon.stop().await;
     }
-}
-
-/// Flips one payload byte of a stored shard file (found by its key).
-fn flip_payload_byte(data_dir: &std::path::Path, key: &str, at: usize) {
-    for file in files_under(&data_dir.join("shards")) {
-        let mut bytes = std::fs::read(&file).unwrap();
-        let needle = key.as_bytes();
-        if bytes[..4096].windows(needle.len()).any(|w| w == needle) {
-            let payload_offset = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
-            bytes[payload_offset + at] ^= 0x20;
-            std::fs::write(&file, bytes).unwrap();
-            return;
-        }
-    }
-    panic!("no shard file for {key}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,15 +13,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use shardd_protocol::{
-    DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchRequest, ListRequest, NamespacesRequest,
-    Opcode, PrefetchRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, SetQuotaResponse, StatRequest, Status,
-    VerifyRequest, ViewRequest, codec,
+    DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
+    NamespacesRequest, Opcode, PrefetchRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, SetQuotaResponse,
+    StatBatchRequest, StatRequest, Status, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
 };
 use tracing::Instrument;
 
 use super::ServerContext;
+use super::batch;
 use super::frame::OutFrame;
-use super::gate::{admit, may_read};
+use super::gate::{admit, admit_batch, may_read};
 use super::responder::{Responder, answer, error_frame};
 use crate::service::quota::SetQuota;
 use crate::service::{Fetch, Piece, Session};
@@ -197,6 +198,18 @@ pub fn dispatch(
             }),
             Err(e) => now(error_frame(op, id, &e)),
         },
+        Opcode::FetchBatch => match admit_batch::<FetchBatchRequest>(ctx, session, &control) {
+            Ok(req) => batch::fetch_batch(task, id, req),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::ViewBatch => match admit_batch::<ViewBatchRequest>(ctx, session, &control) {
+            Ok(req) => batch::view_batch(task, id, req),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::StatBatch => match admit_batch::<StatBatchRequest>(ctx, session, &control) {
+            Ok(req) => batch::stat_batch(ctx, id, req),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
         Opcode::Hello | Opcode::Put => now(OutFrame::error(
             op,
             id,
@@ -209,15 +222,15 @@ pub fn dispatch(
 
 /// What a request answered by its own task takes along: cloned only for
 /// those (a request answered on the spot clones nothing).
-struct Task<'a> {
-    ctx: &'a Arc<ServerContext>,
-    session: &'a Arc<Session>,
+pub(super) struct Task<'a> {
+    pub ctx: &'a Arc<ServerContext>,
+    pub session: &'a Arc<Session>,
     responder: &'a Responder,
 }
 
 impl Task<'_> {
     /// The request is answered by the task `answer` makes.
-    fn later<F, Fut>(self, answer: F) -> Handled
+    pub(super) fn later<F, Fut>(self, answer: F) -> Handled
     where
         F: FnOnce(Arc<ServerContext>, Arc<Session>, Responder) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,

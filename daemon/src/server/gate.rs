@@ -4,9 +4,9 @@
 
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchRequest, ListRequest, NamespacesRequest,
-    PrefetchRequest, PutRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, StatRequest, VerifyRequest,
-    ViewRequest, codec,
+    DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
+    MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutRequest, ReleaseRequest, ScheduleRequest,
+    SetQuotaRequest, StatBatchRequest, StatRequest, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
 };
 
 use super::ServerContext;
@@ -76,6 +76,76 @@ pub fn admit<T: DeserializeOwned + Guarded>(
         .map_err(StoreError::Unauthorized)?;
     if let Need::On(namespace, _) = need {
         ctx.service.touch(namespace);
+    }
+    Ok(request)
+}
+
+/// A request of many members, each checked as a request of its own.
+pub trait Batch {
+    /// What each member is.
+    type Member: Guarded;
+    /// The members, in order.
+    fn members(&self) -> &[Self::Member];
+}
+
+impl Batch for FetchBatchRequest {
+    type Member = FetchRequest;
+    fn members(&self) -> &[FetchRequest] {
+        &self.members
+    }
+}
+
+impl Batch for ViewBatchRequest {
+    type Member = FetchRequest;
+    fn members(&self) -> &[FetchRequest] {
+        &self.members
+    }
+}
+
+impl Batch for StatBatchRequest {
+    type Member = StatRequest;
+    fn members(&self) -> &[StatRequest] {
+        &self.members
+    }
+}
+
+/// [`admit`] for a batch: it has between one and [`MAX_BATCH_MEMBERS`]
+/// members, and the client may make every one of them (a batch with one
+/// member it may not make is refused whole, naming that member's rule).
+pub fn admit_batch<T: DeserializeOwned + Batch>(
+    ctx: &ServerContext,
+    session: &Session,
+    control: &[u8],
+) -> Result<T, StoreError> {
+    let request: T = codec::decode(control).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    let members = request.members();
+    if members.is_empty() {
+        return Err(StoreError::BadRequest("a batch needs at least one member".into()));
+    }
+    if members.len() > MAX_BATCH_MEMBERS {
+        return Err(StoreError::Other {
+            status: shardd_protocol::Status::TooLarge,
+            message: format!(
+                "a batch may have at most {MAX_BATCH_MEMBERS} members, this one has {}: split it",
+                members.len()
+            ),
+        });
+    }
+    let access = ctx.access();
+    let mut checked = None;
+    for member in members {
+        // Members of a batch are mostly of one namespace: check it once.
+        let need = member.need();
+        if checked == Some(need) {
+            continue;
+        }
+        access
+            .check(&session.identity, need)
+            .map_err(StoreError::Unauthorized)?;
+        if let Need::On(namespace, _) = need {
+            ctx.service.touch(namespace);
+        }
+        checked = Some(need);
     }
     Ok(request)
 }

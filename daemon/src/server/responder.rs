@@ -58,6 +58,12 @@ pub fn answer<T: Serialize>(op: Opcode, id: u64, result: Result<T, StoreError>) 
 /// The one place where an error becomes a status: logged once at a level
 /// that fits, and turned into the error frame (counted when it is written).
 pub fn error_frame(op: Opcode, id: u64, e: &StoreError) -> OutFrame {
+    log_refusal(op, id, e);
+    OutFrame::error(op, id, e.status(), e.to_string(), e.current_version())
+}
+
+/// Logs an error of request `id` (or of a member of it) at a level that fits.
+pub fn log_refusal(op: Opcode, id: u64, e: &StoreError) {
     let status = e.status();
     match status {
         Status::Internal => tracing::error!(%op, id, error = %e, "request failed"),
@@ -65,5 +71,4 @@ pub fn error_frame(op: Opcode, id: u64, e: &StoreError) -> OutFrame {
         // Quarantines are logged where they happen; the rest is the client's business.
         _ => tracing::debug!(%op, id, %status, error = %e, "request refused"),
     }
-    OutFrame::error(op, id, status, e.to_string(), e.current_version())
 }

@@ -1,0 +1,323 @@
+//! Receiving a batch's answer: every frame names its member, so members
+//! are taken in whatever order the daemon answers them, and each fetch
+//! member's bytes go straight to its place in the caller's buffer (or a
+//! vector of its own) as they arrive.
+
+use std::time::Duration;
+
+use shardd_protocol::frame::io::FrameReader;
+use shardd_protocol::{BatchPart, FetchResponse, FrameHeader, Opcode, StatResponse, Status, ViewResponse, codec};
+use tokio::io::AsyncRead;
+use tokio::sync::oneshot;
+
+use super::{Connection, ErasedBuf, Pending, Shared, protocol, remote_error};
+use crate::ClientError;
+
+/// Where a fetch member's bytes go.
+#[derive(Debug)]
+pub(crate) enum Place {
+    /// `len` bytes of the caller's buffer from `at`.
+    In { at: usize, len: usize },
+    /// A vector of the answer's length (at most the connection's largest
+    /// allocation).
+    Alloc(Option<Vec<u8>>),
+    /// Nowhere: a view or stat member.
+    None,
+}
+
+/// One member of a batch on its way in.
+#[derive(Debug)]
+pub(crate) struct Member {
+    place: Place,
+    head: Option<FetchResponse>,
+    filled: u64,
+    /// Running CRC32C of the bytes received, when the member is checked.
+    crc: Option<u32>,
+    outcome: Option<Result<Answer, ClientError>>,
+}
+
+impl Member {
+    /// A member whose bytes go to `place`; `verify` checks a whole shard's
+    /// bytes against its CRC32C as they arrive.
+    pub(crate) fn new(place: Place, verify: bool) -> Member {
+        Member {
+            place,
+            head: None,
+            filled: 0,
+            crc: verify.then_some(0),
+            outcome: None,
+        }
+    }
+}
+
+/// A member's answer.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// A fetch: what came, and its bytes if they went to a vector.
+    Fetch(FetchResponse, Option<Vec<u8>>),
+    /// A view.
+    View(ViewResponse),
+    /// A stat.
+    Stat(StatResponse),
+}
+
+/// The end of a batch: the caller's buffer always comes back.
+pub(crate) struct BatchDone {
+    pub buf: Option<Box<dyn ErasedBuf>>,
+    pub result: Result<Vec<Result<Answer, ClientError>>, ClientError>,
+}
+
+pub(super) struct BatchState {
+    op: Opcode,
+    buf: Option<Box<dyn ErasedBuf>>,
+    members: Vec<Member>,
+    reply: oneshot::Sender<BatchDone>,
+}
+
+impl BatchState {
+    /// Hands everything back with `error` (the connection closed, or the
+    /// caller gave up).
+    pub(super) fn fail(self, error: ClientError) {
+        let _ = self.reply.send(BatchDone {
+            buf: self.buf,
+            result: Err(error),
+        });
+    }
+}
+
+impl Connection {
+    /// Sends batch request `op` and waits, at most `timeout`, until every
+    /// member is answered. `buf` is the caller's buffer that members placed
+    /// [`Place::In`] go to; it comes back in every case.
+    pub(crate) async fn batch(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        members: Vec<Member>,
+        buf: Option<Box<dyn ErasedBuf>>,
+        timeout: Option<Duration>,
+    ) -> BatchDone {
+        let _permit = self.inflight.acquire().await;
+        let (reply, mut rx) = oneshot::channel();
+        let state = BatchState {
+            op,
+            buf,
+            members,
+            reply,
+        };
+        let id = match self
+            .send(op, control, None, None, Pending::Batch(Box::new(state)))
+            .await
+        {
+            Ok(id) => id,
+            Err((pending, error)) => {
+                let buf = match pending {
+                    Pending::Batch(state) => state.buf,
+                    _ => None,
+                };
+                return BatchDone {
+                    buf,
+                    result: Err(error),
+                };
+            }
+        };
+        let deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
+        loop {
+            let received = match deadline {
+                None => (&mut rx).await,
+                Some((at, after)) => match tokio::time::timeout_at(at, &mut rx).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        if let Some(Pending::Batch(state)) = self.shared.lock().remove(&id) {
+                            return BatchDone {
+                                buf: state.buf,
+                                result: Err(ClientError::Timeout { op: op.name(), after }),
+                            };
+                        }
+                        // The reader is filling it; look again shortly.
+                        match tokio::time::timeout(Duration::from_millis(5), &mut rx).await {
+                            Ok(received) => received,
+                            Err(_) => continue,
+                        }
+                    }
+                },
+            };
+            return received.unwrap_or_else(|_| BatchDone {
+                buf: None,
+                result: Err(self.shared.disconnected("reader stopped")),
+            });
+        }
+    }
+}
+
+/// Takes one frame of a batch's answer. `Ok(true)` when it was the last.
+/// An error is a broken answer: the connection closes.
+pub(super) async fn take_batch_frame<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    frames: &mut FrameReader<R>,
+    max_alloc: u64,
+    header: &FrameHeader,
+    control: &[u8],
+    state: &mut BatchState,
+) -> Result<bool, String> {
+    if !header.has_more() && header.status != Status::Ok {
+        // The whole batch was refused.
+        frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
+        return Ok(true);
+    }
+    let part: BatchPart = codec::decode(control).map_err(|e| protocol(shared, e))?;
+    let Some(index) = part.index() else {
+        // Done: nothing follows.
+        frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
+        return Ok(true);
+    };
+    let count = state.members.len();
+    let Some(member) = state.members.get_mut(index as usize) else {
+        return Err(format!(
+            "the daemon answered member {index} of a {} batch of {count}",
+            state.op
+        ));
+    };
+    match part {
+        BatchPart::Head { head, .. } => {
+            if member.head.is_some() {
+                return Err(format!("the daemon began member {index} of a {} batch twice", state.op));
+            }
+            match &mut member.place {
+                Place::In { len, .. } if (*len as u64) < head.len => {
+                    member.outcome = Some(Err(ClientError::BufferTooSmall {
+                        needed: head.len,
+                        capacity: *len as u64,
+                    }));
+                }
+                Place::Alloc(_) if head.len > max_alloc => {
+                    member.outcome = Some(Err(ClientError::BufferTooSmall {
+                        needed: head.len,
+                        capacity: max_alloc,
+                    }));
+                }
+                Place::Alloc(v) => *v = Some(vec![0u8; head.len as usize]),
+                Place::In { .. } => {}
+                Place::None => return Err(format!("the daemon sent bytes in a {} batch", state.op)),
+            }
+            member.head = Some(head);
+            take_bytes(frames, header, member, &mut state.buf, index, 0).await?;
+        }
+        BatchPart::Data { at, .. } => take_bytes(frames, header, member, &mut state.buf, index, at).await?,
+        BatchPart::View { view, .. } => {
+            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
+            member.outcome = Some(Ok(Answer::View(view)));
+        }
+        BatchPart::Stat { stat, .. } => {
+            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
+            member.outcome = Some(Ok(Answer::Stat(stat)));
+        }
+        BatchPart::Failed {
+            message,
+            current_version,
+            ..
+        } => {
+            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
+            member.outcome = Some(Err(ClientError::Remote {
+                status: header.status,
+                message,
+                current_version,
+            }));
+        }
+        BatchPart::Done { .. } => unreachable!("Done names no member"),
+    }
+    Ok(false)
+}
+
+/// Reads a frame's payload: bytes of member `index` at `at` in its answer.
+async fn take_bytes<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R>,
+    header: &FrameHeader,
+    member: &mut Member,
+    buf: &mut Option<Box<dyn ErasedBuf>>,
+    index: u32,
+    at: u64,
+) -> Result<(), String> {
+    let Some(head) = &member.head else {
+        return Err(format!("the daemon sent bytes of batch member {index} before its head"));
+    };
+    let end = at + header.payload_len;
+    if at != member.filled || end > head.len {
+        return Err(format!(
+            "the daemon sent bytes {at}..{end} of batch member {index} after {} of its {} bytes",
+            member.filled, head.len
+        ));
+    }
+    if member.outcome.is_some() {
+        // Refused already (too large for its place): the bytes are skipped.
+        member.filled = end;
+        return frames.skip(header.payload_len).await.map_err(|e| e.to_string());
+    }
+    let place: &mut [u8] = match &mut member.place {
+        Place::In { at: start, .. } => match buf {
+            Some(buf) => &mut buf.bytes()[*start + at as usize..*start + end as usize],
+            None => return Err("a batch member placed in a buffer that is not there".into()),
+        },
+        Place::Alloc(v) => &mut v.as_deref_mut().unwrap_or_default()[at as usize..end as usize],
+        Place::None => return Err("the daemon sent bytes for a member that takes none".into()),
+    };
+    frames.read_exact(place).await.map_err(|e| e.to_string())?;
+    if let Some(crc) = &mut member.crc {
+        *crc = crc32c::crc32c_append(*crc, place);
+    }
+    member.filled = end;
+    Ok(())
+}
+
+/// Ends a batch: the answer of each member, or why it has none.
+pub(super) fn finish_batch(state: BatchState, header: &FrameHeader, control: &[u8]) {
+    if header.status != Status::Ok {
+        let error = remote_error(header.status, control);
+        return state.fail(error);
+    }
+    let results = state
+        .members
+        .into_iter()
+        .enumerate()
+        .map(|(index, member)| finish_member(index, member));
+    let _ = state.reply.send(BatchDone {
+        buf: state.buf,
+        result: Ok(results.collect()),
+    });
+}
+
+fn finish_member(index: usize, member: Member) -> Result<Answer, ClientError> {
+    if let Some(outcome) = member.outcome {
+        return outcome;
+    }
+    let internal = |message: String| ClientError::Remote {
+        status: Status::Internal,
+        message,
+        current_version: None,
+    };
+    let Some(head) = member.head else {
+        return Err(internal(format!("the daemon did not answer batch member {index}")));
+    };
+    if member.filled != head.len {
+        return Err(internal(format!(
+            "batch member {index} ended after {} of {} bytes",
+            member.filled, head.len
+        )));
+    }
+    match member.crc {
+        Some(actual) if actual != head.meta.crc32c => {
+            return Err(ClientError::ChecksumMismatch {
+                shard: format!("{}/{}", head.meta.namespace, head.meta.key),
+                version: head.meta.version,
+                expected: head.meta.crc32c,
+                actual,
+            });
+        }
+        _ => {}
+    }
+    let bytes = match member.place {
+        Place::Alloc(v) => Some(v.unwrap_or_default()),
+        _ => None,
+    };
+    Ok(Answer::Fetch(head, bytes))
+}

@@ -1,0 +1,114 @@
+//! Batched requests: many shards in one request, one answer frame (or, for
+//! a fetch's bytes, several) per member as soon as that member is ready.
+//!
+//! Every frame of a batch's answer but the last carries the MORE flag and a
+//! [`BatchPart`] naming its member by index (its place in the request), so
+//! members are answered in whatever order they become ready, and a frame's
+//! payload says where it lands (member, byte offset) without the receiver
+//! keeping any other state: the shape of an RDMA WRITE with immediate data.
+//! The last frame is [`BatchPart::Done`]. A member that fails is answered
+//! by a [`BatchPart::Failed`] frame whose header status is the member's;
+//! the other members go on. A request that cannot be taken at all (too many
+//! members, a malformed control message) is answered by one error frame
+//! without MORE, like any other request.
+
+use serde::{Deserialize, Serialize};
+
+use super::{FetchRequest, FetchResponse, StatRequest, StatResponse, ViewResponse};
+
+/// Most members one batched request may name.
+pub const MAX_BATCH_MEMBERS: usize = 1024;
+
+/// Many fetches at once, answered over the socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchBatchRequest {
+    /// The members; each member's `max_len` bounds its own answer.
+    pub members: Vec<FetchRequest>,
+}
+
+/// Many zero-copy views at once (Unix socket, arena mapped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewBatchRequest {
+    /// The members.
+    pub members: Vec<FetchRequest>,
+    /// Leases to give back first.
+    pub release: Vec<u64>,
+    /// Answer each member only from what is in the arena now (`busy` for
+    /// one that is not), as `ViewRequest::if_resident`.
+    pub if_resident: bool,
+}
+
+/// Metadata of many shards at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatBatchRequest {
+    /// The members.
+    pub members: Vec<StatRequest>,
+}
+
+/// The control message of every frame of a batch's answer (status ok, or
+/// a member's status for `Failed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchPart {
+    /// A fetch member begins: which bytes of which shard. This frame's
+    /// payload, and the payloads of the member's `Data` frames, are its
+    /// bytes; an empty answer has no payload and no `Data` frames.
+    Head {
+        /// The member's place in the request.
+        index: u32,
+        /// The shard and which of its bytes come.
+        head: FetchResponse,
+    },
+    /// More bytes of a fetch member: this frame's payload, `at` bytes into
+    /// the member's answer (after its `Head`, in order for each member).
+    Data {
+        /// The member's place in the request.
+        index: u32,
+        /// Offset of this payload in the member's answer.
+        at: u64,
+    },
+    /// A view member's answer.
+    View {
+        /// The member's place in the request.
+        index: u32,
+        /// Where its bytes are in the arena, and its lease.
+        view: ViewResponse,
+    },
+    /// A stat member's answer.
+    Stat {
+        /// The member's place in the request.
+        index: u32,
+        /// The shard's metadata and arena state.
+        stat: StatResponse,
+    },
+    /// The member failed (a fetch member may fail after its `Head` and some
+    /// of its bytes); the frame's header status says how.
+    Failed {
+        /// The member's place in the request.
+        index: u32,
+        /// Why, for a person.
+        message: String,
+        /// For `version conflict`: the stored version.
+        current_version: Option<u64>,
+    },
+    /// The last frame of the answer: every member has been answered.
+    Done {
+        /// Members answered ok.
+        ok: u32,
+        /// Members that failed.
+        failed: u32,
+    },
+}
+
+impl BatchPart {
+    /// The member the part is about (`None` for `Done`).
+    pub fn index(&self) -> Option<u32> {
+        match self {
+            BatchPart::Head { index, .. }
+            | BatchPart::Data { index, .. }
+            | BatchPart::View { index, .. }
+            | BatchPart::Stat { index, .. }
+            | BatchPart::Failed { index, .. } => Some(*index),
+            BatchPart::Done { .. } => None,
+        }
+    }
+}
