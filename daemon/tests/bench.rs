@@ -113,7 +113,8 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
         .iter()
         .map(|m| m[0].as_str().unwrap())
         .collect();
-    assert_eq!(modes, ["zero_copy_unix", "copying_unix", "tcp"]);
+    assert_eq!(modes, ["zero_copy_unix", "zero_copy_unix_batch", "copying_unix", "tcp"]);
+    assert!(size["memcpy_batch_bytes_per_sec"].as_f64().unwrap() > 0.0);
     assert!(
         size["modes"]
             .as_array()
@@ -122,7 +123,12 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
             .all(|m| m[1].as_f64().unwrap() > 0.0)
     );
     let small = report["small"].as_array().unwrap();
-    assert_eq!(small.len(), 4, "two concurrencies, two Unix modes");
+    assert_eq!(small.len(), 6, "two concurrencies and a batched run, two Unix modes");
+    let batches: Vec<(u64, u64)> = small
+        .iter()
+        .map(|s| (s["concurrency"].as_u64().unwrap(), s["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(batches, [(1, 1), (1, 1), (16, 1), (16, 1), (4, 64), (4, 64)]);
     for s in small {
         assert!(
             s["ops_per_sec"].as_f64().unwrap() > 0.0 && s["p50_us"].as_f64().unwrap() > 0.0,
@@ -141,7 +147,15 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
         "{floor}"
     );
     assert_eq!(report["iperf3_bytes_per_sec"].is_number(), iperf3);
-    assert_eq!(report["redis"].as_array().unwrap().len(), if redis { 2 } else { 0 });
+    // Plain GETs at each concurrency, and pipelined ones beside the batches.
+    let redis_runs = report["redis"].as_array().unwrap();
+    assert_eq!(redis_runs.len(), if redis { 3 } else { 0 });
+    if redis {
+        assert_eq!(
+            (redis_runs[2]["clients"].as_u64(), redis_runs[2]["pipeline"].as_u64()),
+            (Some(8), Some(16))
+        );
+    }
 }
 
 #[test]

@@ -65,9 +65,11 @@ fn fio_job(files: &[PathBuf], rw: &str, size: u64, fixed_buffers: bool) -> anyho
 
 /// Copy bandwidth of this machine, bytes per second: `threads` threads
 /// each copy every `piece`-byte block of a shared `working_set`-byte source
-/// into a destination block of their own, round after round, for at least
-/// `min_time`; the bytes of all threads are added up.
-pub fn memcpy(piece: usize, working_set: usize, threads: usize, min_time: Duration) -> f64 {
+/// into destination blocks of their own (`dest_pieces` of them, taken in
+/// turn: a batch's destination is as large as its members together),
+/// round after round, for at least `min_time`; the bytes of all threads
+/// are added up.
+pub fn memcpy(piece: usize, working_set: usize, threads: usize, dest_pieces: usize, min_time: Duration) -> f64 {
     let blocks = (working_set / piece).max(1);
     let source = super::pattern(piece * blocks, 1);
     let start = Instant::now();
@@ -76,13 +78,16 @@ pub fn memcpy(piece: usize, working_set: usize, threads: usize, min_time: Durati
             .map(|t| {
                 let source = &source;
                 s.spawn(move || {
-                    let mut dest = vec![0u8; piece];
+                    let dest_pieces = dest_pieces.max(1);
+                    // Written once before the clock starts, as the fetch loops' buffers are.
+                    let mut dest = vec![1u8; piece * dest_pieces];
                     let mut copied = 0u64;
                     while start.elapsed() < min_time {
                         // Threads start at different blocks, as fetch workers do.
                         for i in 0..blocks {
                             let b = (i + t * blocks / threads.max(1)) % blocks;
-                            dest.copy_from_slice(&source[b * piece..(b + 1) * piece]);
+                            let d = i % dest_pieces;
+                            dest[d * piece..(d + 1) * piece].copy_from_slice(&source[b * piece..(b + 1) * piece]);
                             std::hint::black_box(&dest);
                             copied += piece as u64;
                         }
@@ -209,6 +214,8 @@ fn free_port() -> anyhow::Result<u16> {
 pub struct RedisGet {
     /// Concurrent clients.
     pub clients: usize,
+    /// Requests each client pipelines (1: one at a time).
+    pub pipeline: usize,
     /// Requests per second.
     pub ops_per_sec: f64,
     /// Median latency, milliseconds.
@@ -218,9 +225,14 @@ pub struct RedisGet {
 }
 
 /// Starts a throwaway redis-server on a Unix socket in `dir` and runs
-/// `redis-benchmark -t set,get -d VALUE_BYTES` at each concurrency; returns
-/// the GET lines.
-pub fn redis(dir: &Path, value_bytes: usize, concurrency: &[usize], requests: u64) -> anyhow::Result<Vec<RedisGet>> {
+/// `redis-benchmark -t set,get -d VALUE_BYTES` at each (clients, pipeline
+/// depth); returns the GET lines.
+pub fn redis(
+    dir: &Path,
+    value_bytes: usize,
+    concurrency: &[(usize, usize)],
+    requests: u64,
+) -> anyhow::Result<Vec<RedisGet>> {
     let socket = dir.join("redis.sock");
     let server = Command::new("redis-server")
         .args(["--port", "0", "--save", "", "--appendonly", "no"])
@@ -239,7 +251,9 @@ pub fn redis(dir: &Path, value_bytes: usize, concurrency: &[usize], requests: u6
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut out = Vec::new();
-    for &clients in concurrency {
+    for &(clients, pipeline) in concurrency {
+        // Enough requests that a pipelined run lasts as long as a plain one.
+        let requests = requests * pipeline as u64;
         let output = Command::new("redis-benchmark")
             .arg("-s")
             .arg(&socket)
@@ -250,6 +264,8 @@ pub fn redis(dir: &Path, value_bytes: usize, concurrency: &[usize], requests: u6
                 &value_bytes.to_string(),
                 "-c",
                 &clients.to_string(),
+                "-P",
+                &pipeline.to_string(),
             ])
             .args(["-n", &requests.to_string(), "--csv"])
             .output()
@@ -269,6 +285,7 @@ pub fn redis(dir: &Path, value_bytes: usize, concurrency: &[usize], requests: u6
         anyhow::ensure!(fields.len() >= 6, "unexpected redis-benchmark line: {line}");
         out.push(RedisGet {
             clients,
+            pipeline,
             ops_per_sec: fields[0],
             p50_ms: fields[3],
             p99_ms: fields[5],

@@ -7,11 +7,15 @@
 //!   (40% of the arena) and iperf3 on loopback, measured in the same run;
 //!   and copies out of zero-copy views of the working set held throughout
 //!   (the client's copy without a request per fetch).
+//!   Batched: the same sweep, [`BATCH`] shards per request
+//!   (`fetch_many_into`, one copy out of views asked for in one request).
 //! * 4 KiB fetches over the Unix socket at 1 and 16 requests in flight:
 //!   p50/p99 latency and ops/s, beside redis-benchmark GETs of 4 KiB values
 //!   against a throwaway local redis-server, and a bare Unix socket round
 //!   trip between two threads (what one request at a time costs here before
-//!   any server work).
+//!   any server work); and batched, [`SMALL_BATCH`] shards per request with
+//!   [`SMALL_BATCH_IN_FLIGHT`] requests in flight, beside redis-benchmark
+//!   with [`REDIS_PIPELINED`] (connections, pipeline depth).
 //!
 //! Every case runs `runs` times, interleaved with the baselines; medians
 //! are reported. The benchmark checks that the fetches were arena hits.
@@ -35,8 +39,17 @@ use super::baselines::{self, RedisGet, RoundTrip};
 use super::median;
 use crate::config::units::parse_size;
 use crate::ctl::show;
-use loops::{Sweep, connect, copy_loop, fetch_loop, put_set, remove_set, small_loop};
+use loops::{Sweep, batch_loop, connect, copy_loop, fetch_loop, put_set, remove_set, small_batch_loop, small_loop};
 use report::{arena_pages, render};
+
+/// Shards per request of the batched throughput runs.
+pub const BATCH: u64 = 16;
+/// 4 KiB shards per request of the batched small runs.
+pub const SMALL_BATCH: usize = 64;
+/// Requests in flight of the batched small runs.
+pub const SMALL_BATCH_IN_FLIGHT: usize = 4;
+/// redis-benchmark's pipelined GETs beside them: connections, pipeline depth.
+pub const REDIS_PIPELINED: (usize, usize) = (8, 16);
 
 /// Options of `shardctl bench hot`.
 #[derive(Debug, Args)]
@@ -82,6 +95,8 @@ pub struct HotArgs {
 pub enum Mode {
     /// Unix socket, arena mapped: one copy, from the arena into the buffer.
     ZeroCopyUnix,
+    /// The same, [`BATCH`] shards per request.
+    ZeroCopyUnixBatch,
     /// Unix socket, bytes through the socket.
     CopyingUnix,
     /// TCP.
@@ -92,6 +107,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::ZeroCopyUnix => "zero-copy unix",
+            Mode::ZeroCopyUnixBatch => "zc unix batch",
             Mode::CopyingUnix => "copying unix",
             Mode::Tcp => "tcp",
         }
@@ -107,6 +123,9 @@ pub struct SizeResult {
     pub shards: u64,
     /// memcpy over the same working set, bytes per second.
     pub memcpy_bytes_per_sec: f64,
+    /// The same into destinations as large as a batch's ([`BATCH`] shards
+    /// per thread, taken in turn), beside the batched modes.
+    pub memcpy_batch_bytes_per_sec: Option<f64>,
     /// Per mode: bytes per second.
     pub modes: Vec<(Mode, f64)>,
     /// Zero-copy views of the whole working set taken once and then only
@@ -119,6 +138,8 @@ pub struct SizeResult {
 pub struct SmallResult {
     /// Requests in flight.
     pub concurrency: usize,
+    /// Shards per request (ops/s counts shards).
+    pub batch: usize,
     /// How.
     pub mode: Mode,
     /// Requests per second.
@@ -224,9 +245,19 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         anyhow::ensure!(fit > 0, "a {size}-byte shard does not fit the arena's working set");
         sets.push((size, fit));
     }
+    // What each throughput column measures: a mode, and the clients of
+    // the mode it runs on.
+    let mut cases: Vec<(Mode, usize)> = Vec::new();
+    for (i, (mode, _)) in modes.iter().enumerate() {
+        cases.push((*mode, i));
+        if *mode == Mode::ZeroCopyUnix {
+            cases.push((Mode::ZeroCopyUnixBatch, i));
+        }
+    }
     let before = probe.status().await?.arena.unwrap_or_default();
-    let mut throughput: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); modes.len()]; sets.len()];
+    let mut throughput: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; sets.len()];
     let mut memcpy: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
+    let mut memcpy_batch: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
     let mut views_held: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
     let mut iperf3_runs = Vec::new();
     let any = &modes[0].1[0];
@@ -248,12 +279,25 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             let threads = args.concurrency;
             memcpy[n].push(
                 tokio::task::spawn_blocking(move || {
-                    baselines::memcpy(size as usize, working_set, threads, Duration::from_millis(500))
+                    baselines::memcpy(size as usize, working_set, threads, 1, Duration::from_millis(500))
                 })
                 .await?,
             );
-            for (m, (mode, clients)) in modes.iter().enumerate() {
-                let rate = fetch_loop(clients, &args.namespace, sweep).await?;
+            if cases.iter().any(|(mode, _)| *mode == Mode::ZeroCopyUnixBatch) {
+                let batch = BATCH.min(shards) as usize;
+                memcpy_batch[n].push(
+                    tokio::task::spawn_blocking(move || {
+                        baselines::memcpy(size as usize, working_set, threads, batch, Duration::from_millis(500))
+                    })
+                    .await?,
+                );
+            }
+            for (m, &(mode, c)) in cases.iter().enumerate() {
+                let clients = &modes[c].1;
+                let rate = match mode {
+                    Mode::ZeroCopyUnixBatch => batch_loop(clients, &args.namespace, sweep, BATCH).await?,
+                    _ => fetch_loop(clients, &args.namespace, sweep).await?,
+                };
                 if !args.json {
                     eprintln!(
                         "run {}: {} x{}: {} {:.2} GB/s",
@@ -265,7 +309,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                     );
                 }
                 throughput[n][m].push(rate);
-                if *mode == Mode::ZeroCopyUnix {
+                if mode == Mode::ZeroCopyUnix {
                     let rate = copy_loop(&clients[0], &args.namespace, sweep).await?;
                     views_held[n].push(rate);
                 }
@@ -304,6 +348,27 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             small.push(result);
         }
     }
+    for (mode, clients) in modes.iter().filter(|(m, _)| *m != Mode::Tcp) {
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            let requests = args
+                .small_requests
+                .max((SMALL_BATCH * SMALL_BATCH_IN_FLIGHT * 16) as u64);
+            runs.push(small_batch_loop(clients, &args.namespace, SMALL_BATCH_IN_FLIGHT, requests, SMALL_BATCH).await?);
+        }
+        runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+        let mut result = runs.swap_remove(runs.len() / 2);
+        result.mode = *mode;
+        if !args.json {
+            eprintln!(
+                "4 KiB x{SMALL_BATCH_IN_FLIGHT} batches of {SMALL_BATCH} {}: {:.0} shards/s, p50 {:.0} us per request",
+                mode.label(),
+                result.ops_per_sec,
+                result.p50_us,
+            );
+        }
+        small.push(result);
+    }
     remove_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
     let count = (args.small_requests / 2).clamp(1_000, 20_000) as usize;
     let mut round_trips = Vec::new();
@@ -315,7 +380,9 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
     let round_trip = round_trips.swap_remove(round_trips.len() / 2);
     let redis = if baselines_on && baselines::installed("redis-server") && baselines::installed("redis-benchmark") {
         let dir = tempdir()?;
-        let concurrency = args.small_concurrency.clone();
+        // Plain GETs at each concurrency, then pipelined ones.
+        let mut concurrency: Vec<(usize, usize)> = args.small_concurrency.iter().map(|&c| (c, 1)).collect();
+        concurrency.push(REDIS_PIPELINED);
         let requests = args.small_requests.max(10_000);
         let path = dir.clone();
         let result =
@@ -342,7 +409,8 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 shard_bytes: size,
                 shards,
                 memcpy_bytes_per_sec: median(memcpy[n].clone()),
-                modes: modes
+                memcpy_batch_bytes_per_sec: (!memcpy_batch[n].is_empty()).then(|| median(memcpy_batch[n].clone())),
+                modes: cases
                     .iter()
                     .enumerate()
                     .map(|(m, (mode, _))| (*mode, median(throughput[n][m].clone())))

@@ -86,6 +86,9 @@ pub(super) fn render(report: &HotReport) -> String {
             Mode::ZeroCopyUnix => {
                 let _ = write!(out, " {:>9} {:>12}", "/memcpy", "views held");
             }
+            Mode::ZeroCopyUnixBatch => {
+                let _ = write!(out, " {:>9} {:>12}", "/memcpy b", "memcpy b");
+            }
             Mode::Tcp => {
                 let _ = write!(out, " {:>9}", "/iperf3");
             }
@@ -115,6 +118,10 @@ pub(super) fn render(report: &HotReport) -> String {
                         }
                     }
                 }
+                Mode::ZeroCopyUnixBatch => {
+                    let memcpy = size.memcpy_batch_bytes_per_sec.unwrap_or(size.memcpy_bytes_per_sec);
+                    let _ = write!(out, " {:>8.2}x {:>12.2}", rate / memcpy, memcpy / 1e9);
+                }
                 Mode::Tcp => match report.iperf3_bytes_per_sec {
                     Some(iperf) => {
                         let _ = write!(out, " {:>8.2}x", rate / iperf);
@@ -130,6 +137,12 @@ pub(super) fn render(report: &HotReport) -> String {
     }
     let _ = writeln!(
         out,
+        "(zc unix batch: {} shards per request, copied out of views asked for together; memcpy b:\n \
+         memcpy into destinations as large as a batch's, as a layer gather writes, and the ratio to it)",
+        super::BATCH
+    );
+    let _ = writeln!(
+        out,
         "\n4 KiB fetches over the Unix socket (median run), redis-benchmark GET of 4 KiB values beside:"
     );
     let _ = writeln!(
@@ -140,15 +153,26 @@ pub(super) fn render(report: &HotReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>5} {:>15} {:>10} {:>8} {:>8} {:>12} {:>10} {:>9}",
-        "conc", "mode", "ops/s", "p50 us", "p99 us", "redis ops/s", "redis p50", "/redis"
+        "(batch: shards per request, ops/s counts shards, latency is per request; beside a batched row,\n \
+         redis-benchmark with {} connections pipelining {} GETs each)",
+        super::REDIS_PIPELINED.0,
+        super::REDIS_PIPELINED.1
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>5} {:>15} {:>10} {:>8} {:>8} {:>12} {:>10} {:>9}",
+        "conc", "batch", "mode", "ops/s", "p50 us", "p99 us", "redis ops/s", "redis p50", "/redis"
     );
     for s in &report.small {
-        let redis = report.redis.iter().find(|r| r.clients == s.concurrency);
+        let redis = report.redis.iter().find(|r| match s.batch {
+            1 => (r.clients, r.pipeline) == (s.concurrency, 1),
+            _ => (r.clients, r.pipeline) == super::REDIS_PIPELINED,
+        });
         let _ = writeln!(
             out,
-            "{:>5} {:>15} {:>10.0} {:>8.0} {:>8.0} {:>12} {:>10} {:>9}",
+            "{:>5} {:>5} {:>15} {:>10.0} {:>8.0} {:>8.0} {:>12} {:>10} {:>9}",
             s.concurrency,
+            s.batch,
             s.mode.label(),
             s.ops_per_sec,
             s.p50_us,
