@@ -10,11 +10,12 @@
 //! connection fetches by copy instead.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
 
+use shardd_protocol::fdpass::{Received, recv_with_fds};
 use shardd_protocol::frame::{self, Start};
 use shardd_protocol::{
     ErrorResponse, HEADER_LEN, HelloRequest, HelloResponse, Limits, MAX_CONTROL_LEN, Opcode, Status, codec,
@@ -361,16 +362,13 @@ async fn read_hello_unix(stream: &mut UnixStream, endpoint: &str) -> Result<(Hel
     Ok((response, offer))
 }
 
-/// The descriptors that came with the hello answer.
-#[derive(Debug, Default)]
-struct Received {
-    fds: Vec<OwnedFd>,
-    /// The kernel cut some off (more than the room given for them).
-    truncated: bool,
+/// The one descriptor of the arena that came with the hello answer, or
+/// what was wrong.
+trait TheOne {
+    fn the_one(self) -> Result<OwnedFd, String>;
 }
 
-impl Received {
-    /// The one descriptor of the arena, or what was wrong.
+impl TheOne for Received {
     fn the_one(self) -> Result<OwnedFd, String> {
         if self.truncated {
             return Err("the descriptors sent with the hello answer were cut off (MSG_CTRUNC)".into());
@@ -463,59 +461,10 @@ fn parse_answer(bytes: &[u8], endpoint: &str) -> Result<HelloResponse, ClientErr
     })
 }
 
-/// One `recvmsg` into `buf`; returns the bytes read, and adds the
-/// descriptors that came with them (all of them, each owned, so none leaks)
-/// to `received`.
-fn recv_with_fds(socket: RawFd, buf: &mut [u8], received: &mut Received) -> io::Result<usize> {
-    // Room for a few descriptors: more than the one expected, so that a
-    // surplus is seen (and closed) rather than silently cut off.
-    let mut control = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the fields set below point to
-    // live locals for the duration of the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: a valid socket and msghdr; MSG_CMSG_CLOEXEC marks received
-    // descriptors close-on-exec.
-    let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        received.truncated = true;
-    }
-    let fd_len = std::mem::size_of::<RawFd>();
-    // SAFETY: the kernel filled `msg.msg_control` with `msg_controllen`
-    // bytes of well-formed cmsg headers; we walk them with the CMSG macros
-    // and read each descriptor unaligned, within its header's length.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let header = data.offset_from(cmsg.cast::<u8>()) as usize;
-                let count = ((*cmsg).cmsg_len as usize).saturating_sub(header) / fd_len;
-                for i in 0..count {
-                    let raw = std::ptr::read_unaligned(data.add(i * fd_len).cast::<RawFd>());
-                    // We own every descriptor the kernel installed for us.
-                    received.fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok(n as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::fd::FromRawFd;
 
     use super::*;
 

@@ -24,10 +24,13 @@
 //! * [`dtype`]: element types and shape checks.
 //! * [`limits`]: length limits.
 //! * [`error`]: the protocol error type, [`ProtocolError`].
+//! * `fdpass` (feature `io`): descriptors passed over a Unix socket.
 
 pub mod codec;
 pub mod dtype;
 pub mod error;
+#[cfg(feature = "io")]
+pub mod fdpass;
 pub mod frame;
 pub mod header;
 pub mod limits;

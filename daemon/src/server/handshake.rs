@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use shardd_protocol::{
     ArenaGrant, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, ProtocolError,
@@ -50,7 +50,9 @@ impl Transport for UnixStream {
         let raw = fd.as_raw_fd();
         let sent = loop {
             self.writable().await?;
-            match self.try_io(Interest::WRITABLE, || send_fd(socket, bytes, raw)) {
+            match self.try_io(Interest::WRITABLE, || {
+                shardd_protocol::fdpass::send_with_fd(socket, bytes, raw)
+            }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -76,42 +78,6 @@ impl Transport for TcpStream {
             "TCP cannot pass file descriptors",
         ))
     }
-}
-
-/// One `sendmsg` of `bytes` with `fd` as SCM_RIGHTS; returns bytes sent.
-fn send_fd(socket: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<usize> {
-    // Room for one cmsghdr carrying one descriptor, aligned for cmsghdr.
-    let mut control = [0u64; 4];
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    debug_assert!(space <= std::mem::size_of_val(&control));
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr().cast_mut().cast(),
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the fields set below point to
-    // live locals (`iov`, `control`) for the duration of the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: `msg` has a control buffer of `space` bytes, enough for one
-    // header with one descriptor, so CMSG_FIRSTHDR is non-null and
-    // CMSG_DATA points inside the buffer; the data is written unaligned.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-    }
-    // SAFETY: a valid socket and a fully initialised msghdr.
-    let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 /// What the hello settled.
