@@ -24,8 +24,10 @@ use crate::{ClientError, Endpoint, ShardView};
 
 /// Send buffer asked for on Unix-socket connections.
 mod batch;
+mod regions;
 
 pub use batch::{BatchResult, Wanted};
+pub use regions::RegisteredRegion;
 
 const UNIX_SEND_BUFFER: usize = 4 << 20;
 

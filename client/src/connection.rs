@@ -4,6 +4,9 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +17,7 @@ use shardd_protocol::{
     ErrorResponse, FetchResponse, FrameHeader, HEADER_LEN, Limits, MAX_CONTROL_LEN, Opcode, ProtocolError,
     ServerLimits, Status, codec,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, Interest};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ClientError;
@@ -130,6 +133,45 @@ struct Outgoing {
     payload: Option<Bytes>,
     /// Told of the payload's bytes as they are written.
     progress: Option<Arc<dyn Progress>>,
+    /// Sent with the frame's first byte (a region's memfd, Unix only).
+    fd: Option<OwnedFd>,
+}
+
+/// A connection's writing half, which can also send a descriptor with a
+/// frame where the transport carries them.
+pub(crate) trait FrameWrite: AsyncWrite + Unpin + Send + 'static {
+    /// Writes `bytes`, `fd` attached to the first of them.
+    fn write_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl FrameWrite for tokio::net::unix::OwnedWriteHalf {
+    async fn write_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        let sent = {
+            let stream: &tokio::net::UnixStream = self.as_ref();
+            let socket = stream.as_raw_fd();
+            loop {
+                stream.writable().await?;
+                let sent = stream.try_io(Interest::WRITABLE, || {
+                    shardd_protocol::fdpass::send_with_fd(socket, bytes, fd.as_raw_fd())
+                });
+                match sent {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.write_all(&bytes[sent..]).await
+    }
+}
+
+impl FrameWrite for tokio::net::tcp::OwnedWriteHalf {
+    async fn write_with_fd(&mut self, _: &[u8], _: BorrowedFd<'_>) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TCP cannot carry descriptors",
+        ))
+    }
 }
 
 /// A large payload is handed to the socket in pieces of this many bytes,
@@ -277,6 +319,7 @@ impl Releases {
             control,
             payload: None,
             progress: None,
+            fd: None,
         };
         Some((out, tx))
     }
@@ -330,7 +373,7 @@ impl Connection {
     ) -> Connection
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
+        W: FrameWrite,
     {
         let shared = Arc::new(Shared {
             endpoint,
@@ -405,6 +448,19 @@ impl Connection {
         progress: Option<Arc<dyn Progress>>,
         pending: Pending,
     ) -> Result<u64, (Pending, ClientError)> {
+        self.send_frame(op, control, payload, progress, None, pending).await
+    }
+
+    /// [`Connection::send`], with `fd` attached to the frame.
+    async fn send_frame(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        payload: Option<Bytes>,
+        progress: Option<Arc<dyn Progress>>,
+        fd: Option<OwnedFd>,
+        pending: Pending,
+    ) -> Result<u64, (Pending, ClientError)> {
         if let Some(reason) = self.shared.closed_reason() {
             return Err((pending, self.shared.disconnected(&reason)));
         }
@@ -417,6 +473,7 @@ impl Connection {
             control,
             payload,
             progress,
+            fd,
         };
         if self.tx.send(out).await.is_err() {
             let reason = self.shared.closed_reason().unwrap_or_else(|| "writer stopped".into());
@@ -460,6 +517,50 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<Reply, ClientError> {
         self.call_reporting(op, control, payload, timeout, None).await
+    }
+
+    /// [`Connection::call`] with `fd` sent along with the request (Unix).
+    pub(crate) async fn call_with_fd(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        fd: OwnedFd,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, ClientError> {
+        let _permit = self.inflight.acquire().await;
+        let (reply, rx) = oneshot::channel();
+        if let Err((_, e)) = self
+            .send_frame(op, control, None, None, Some(fd), Pending::Simple(reply))
+            .await
+        {
+            return Err(e);
+        }
+        let received = match timeout {
+            None => rx.await,
+            Some(after) => tokio::time::timeout(after, rx)
+                .await
+                .map_err(|_| ClientError::Timeout { op: op.name(), after })?,
+        };
+        received.unwrap_or_else(|_| Err(self.shared.disconnected("reader stopped")))
+    }
+
+    /// Sends a request whose answer no one waits for (it is skipped).
+    pub(crate) fn send_and_forget(&self, op: Opcode, control: Vec<u8>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let header = FrameHeader::request(op, id, control.len() as u32, 0).encode();
+        let out = Outgoing {
+            header,
+            control,
+            payload: None,
+            progress: None,
+            fd: None,
+        };
+        if let Err(mpsc::error::TrySendError::Full(out)) = self.tx.try_send(out) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(out).await;
+            });
+        }
     }
 
     /// [`Connection::call`], telling `progress` of the payload's bytes as
@@ -582,11 +683,12 @@ impl KeepAlive {
             control: Vec::new(),
             payload: None,
             progress: None,
+            fd: None,
         }
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+async fn write_loop<W: FrameWrite>(
     shared: Arc<Shared>,
     writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -603,8 +705,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let Some(frame) = next else { break };
         let result = async {
-            out.write_all(&frame.header).await?;
-            out.write_all(&frame.control).await?;
+            if let Some(fd) = &frame.fd {
+                // What is buffered goes first; the descriptor rides on the
+                // frame's first byte.
+                out.flush().await?;
+                let mut bytes = frame.header.to_vec();
+                bytes.extend_from_slice(&frame.control);
+                out.get_mut().write_with_fd(&bytes, fd.as_fd()).await?;
+            } else {
+                out.write_all(&frame.header).await?;
+                out.write_all(&frame.control).await?;
+            }
             match (&frame.payload, &frame.progress) {
                 (Some(payload), None) => out.write_all(payload).await?,
                 (Some(payload), Some(progress)) => {

@@ -53,6 +53,8 @@
 //! * [`trainer`]: a training loop's gathers, with prefetch hints from a
 //!   recorded or declared layer order and stall accounting.
 //! * [`view`]: zero-copy views of shards in the daemon's arena.
+//! * [`region`]: memory fetches fill in place ([`Region`]), registered on
+//!   a connection with [`Client::register_region`].
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
 //! * `connection`: pipelining: the reader and writer tasks of a connection.
 //! * `arena`: the hello, and mapping the daemon's arena (Unix socket).
@@ -71,15 +73,17 @@ pub mod error;
 #[cfg(feature = "files")]
 pub mod files;
 pub mod progress;
+pub mod region;
 pub mod trainer;
 pub mod view;
 
-pub use client::{BatchResult, Client, ClientOptions, FetchInfo, PutOptions, Shard, Wanted};
+pub use client::{BatchResult, Client, ClientOptions, FetchInfo, PutOptions, RegisteredRegion, Shard, Wanted};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, GatheredTensor, Layer};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;
 pub use error::ClientError;
 pub use progress::{NoProgress, Progress};
+pub use region::{Region, RegionOptions};
 pub use shardd_protocol as protocol;
 pub use shardd_protocol::{
     ByteRange, CacheState, DType, DropNamespaceResponse, Durability, EvictMode, EvictResponse, NamespaceUsage,

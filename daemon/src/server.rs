@@ -4,11 +4,14 @@
 //!
 //! * [`listener`]: binding the sockets and accepting connections.
 //! * [`handshake`]: the hello, and the arena's memfd for local clients.
+//! * [`passing`]: a Unix connection's reads, which take in the memfds of
+//!   regions clients register.
 //! * [`connection`]: one connection: frames in, answers out; put payloads
 //!   into the buffers of their put session.
 //! * [`dispatch`]: the one dispatch table, from requests to the
 //!   [`crate::service`] and back to frames.
 //! * [`batch`]: batched requests, each member answered as it is ready.
+//! * [`regions`]: registering regions of clients' memory.
 //! * [`gate`]: the one check of each request against the access table.
 //! * [`responder`]: answers queued for the writer; errors to statuses.
 //! * [`slots`]: connection slots per peer and transport.
@@ -21,6 +24,8 @@ pub mod frame;
 pub mod gate;
 pub mod handshake;
 pub mod listener;
+pub mod passing;
+pub mod regions;
 pub mod responder;
 pub mod slots;
 
@@ -40,6 +45,7 @@ use crate::access::AccessTable;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::service::Service;
+use crate::service::regions::RegionLimits;
 use crate::service::session::LeaseLimits;
 use crate::store::Store;
 
@@ -82,6 +88,10 @@ pub struct ServerConfig {
     /// How long a lease lasts: then it is revoked (the client's view says
     /// so), whether or not it was given back.
     pub lease_timeout: Duration,
+    /// Regions of its memory one connection may register at once.
+    pub max_regions: u32,
+    /// Bytes of them.
+    pub max_region_bytes: u64,
     /// Requests one connection may have in flight.
     pub max_inflight_requests: u32,
     /// Chunk-buffer memory one connection may hold.
@@ -164,6 +174,14 @@ impl ServerContext {
             count: self.config.max_leases,
             bytes: self.config.max_lease_bytes.unwrap_or(arena / 2),
             timeout: self.config.lease_timeout,
+        }
+    }
+
+    /// The region limits of each connection.
+    pub fn region_limits(&self) -> RegionLimits {
+        RegionLimits {
+            count: self.config.max_regions,
+            bytes: self.config.max_region_bytes,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod hints;
 pub mod namespaces;
 pub mod put;
 pub mod quota;
+pub mod regions;
 pub mod session;
 pub mod view;
 

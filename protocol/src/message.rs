@@ -25,6 +25,8 @@
 //! | fetch_batch | [`FetchBatchRequest`] | a [`BatchPart`] in every frame | response: each member's bytes, in its `Head` and `Data` frames |
 //! | view_batch | [`ViewBatchRequest`] | a [`BatchPart`] in every frame | none |
 //! | stat_batch | [`StatBatchRequest`] | a [`BatchPart`] in every frame | none |
+//! | register_region | [`RegisterRegionRequest`] | [`RegisterRegionResponse`] | none (Unix: the memfd as SCM_RIGHTS) |
+//! | release_region | [`ReleaseRegionRequest`] | none | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -37,7 +39,10 @@ use crate::{DType, Key, Namespace};
 
 mod batch;
 
-pub use batch::{BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, StatBatchRequest, ViewBatchRequest};
+pub use batch::{
+    BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
+    ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
+};
 
 /// First request on every connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

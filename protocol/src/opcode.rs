@@ -50,11 +50,17 @@ pub enum Opcode {
     /// Metadata of many shards: `StatBatchRequest`, answered by a
     /// `BatchPart::Stat` (or `Failed`) frame per member.
     StatBatch,
+    /// Register a region of the client's memory as a destination of
+    /// fetches: `RegisterRegionRequest` (over a Unix socket with the
+    /// region's sealed memfd attached), answered with `RegisterRegionResponse`.
+    RegisterRegion,
+    /// Forget a registered region: `ReleaseRegionRequest`.
+    ReleaseRegion,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 20] = [
+    pub const ALL: [Opcode; 22] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -75,6 +81,8 @@ impl Opcode {
         Opcode::FetchBatch,
         Opcode::ViewBatch,
         Opcode::StatBatch,
+        Opcode::RegisterRegion,
+        Opcode::ReleaseRegion,
     ];
 
     /// The wire code.
@@ -100,6 +108,8 @@ impl Opcode {
             Opcode::FetchBatch => 18,
             Opcode::ViewBatch => 19,
             Opcode::StatBatch => 20,
+            Opcode::RegisterRegion => 21,
+            Opcode::ReleaseRegion => 22,
         }
     }
 
@@ -131,6 +141,8 @@ impl Opcode {
             Opcode::FetchBatch => "fetch_batch",
             Opcode::ViewBatch => "view_batch",
             Opcode::StatBatch => "stat_batch",
+            Opcode::RegisterRegion => "register_region",
+            Opcode::ReleaseRegion => "release_region",
         }
     }
 }
@@ -148,11 +160,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=20).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=22).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(21), None);
+        assert_eq!(Opcode::from_code(23), None);
     }
 }

@@ -19,6 +19,8 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 pub struct RawClient {
     frames: FrameReader<Box<dyn AsyncRead + Unpin + Send>>,
     writer: Box<dyn AsyncWrite + Unpin + Send>,
+    /// The Unix socket, to send descriptors on.
+    unix: Option<std::os::fd::RawFd>,
 }
 
 impl std::fmt::Debug for RawClient {
@@ -30,16 +32,16 @@ impl std::fmt::Debug for RawClient {
 impl RawClient {
     /// Connects to `daemon` over TCP or its Unix socket; no hello yet.
     pub async fn connect(daemon: &TestDaemon, tcp: bool) -> RawClient {
-        let (reader, writer): (Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>) = if tcp {
+        type Halves = (Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>);
+        let ((reader, writer), unix): (Halves, _) = if tcp {
             let addr = daemon.tcp_endpoint().trim_start_matches("tcp://").to_string();
             let (r, w) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
-            (Box::new(r), Box::new(w))
+            ((Box::new(r), Box::new(w)), None)
         } else {
-            let (r, w) = tokio::net::UnixStream::connect(daemon.socket_path())
-                .await
-                .unwrap()
-                .into_split();
-            (Box::new(r), Box::new(w))
+            let stream = tokio::net::UnixStream::connect(daemon.socket_path()).await.unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let (r, w) = stream.into_split();
+            ((Box::new(r), Box::new(w)), Some(fd))
         };
         let limits = Limits {
             max_control_len: MAX_CONTROL_LEN,
@@ -48,6 +50,7 @@ impl RawClient {
         RawClient {
             frames: FrameReader::new(reader, 64 * 1024, limits, ANSWER_WAIT),
             writer,
+            unix,
         }
     }
 
@@ -79,6 +82,17 @@ impl RawClient {
     pub async fn request<T: Serialize>(&mut self, op: Opcode, id: u64, message: &T) {
         let bytes = frame::request(op, id, message, 0).unwrap();
         self.write_raw(&bytes).await;
+    }
+
+    /// Sends a request carrying `message`, with `fd` attached to its first
+    /// byte (Unix only), as a region registration sends its memfd.
+    pub async fn request_with_fd<T: Serialize>(&mut self, op: Opcode, id: u64, message: &T, fd: std::os::fd::RawFd) {
+        self.writer.flush().await.unwrap();
+        let bytes = frame::request(op, id, message, 0).unwrap();
+        let socket = self.unix.expect("descriptors go over the Unix socket");
+        // The frame is small: one sendmsg takes it whole.
+        let sent = shardd_protocol::fdpass::send_with_fd(socket, &bytes, fd).unwrap();
+        assert_eq!(sent, bytes.len());
     }
 
     /// Writes `bytes` as they are: the lower-level writer, for frames

@@ -195,6 +195,7 @@ async fn a_malformed_batch_is_refused_whole_and_the_connection_goes_on() {
     };
     let too_many = FetchBatchRequest {
         members: vec![member.clone(); MAX_BATCH_MEMBERS + 1],
+        places: Vec::new(),
     };
     raw.request(Opcode::FetchBatch, 7, &too_many).await;
     let (header, control) = raw.recv().await.unwrap();
@@ -209,7 +210,10 @@ async fn a_malformed_batch_is_refused_whole_and_the_connection_goes_on() {
     assert_eq!((header.request_id, header.status), (8, Status::BadRequest));
 
     // A good one: a Head with the bytes, then Done.
-    let one = FetchBatchRequest { members: vec![member] };
+    let one = FetchBatchRequest {
+        members: vec![member],
+        places: Vec::new(),
+    };
     raw.request(Opcode::FetchBatch, 9, &one).await;
     let (header, control) = raw.recv().await.unwrap();
     assert_eq!(

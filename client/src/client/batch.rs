@@ -39,7 +39,7 @@ impl Wanted {
         self
     }
 
-    fn request(&self, max_len: Option<u64>) -> Result<FetchRequest, ClientError> {
+    pub(super) fn request(&self, max_len: Option<u64>) -> Result<FetchRequest, ClientError> {
         let (namespace, key) = names(&self.namespace, &self.key)?;
         Ok(FetchRequest {
             namespace,
@@ -55,7 +55,7 @@ impl Wanted {
 /// refused the request).
 pub type BatchResult<T> = Result<Vec<Result<T, ClientError>>, ClientError>;
 
-fn check_count(count: usize) -> Result<(), ClientError> {
+pub(super) fn check_count(count: usize) -> Result<(), ClientError> {
     if count == 0 || count > MAX_BATCH_MEMBERS {
         return Err(ClientError::InvalidBatch {
             reason: format!("a batch has 1 to {MAX_BATCH_MEMBERS} members, not {count}"),
@@ -66,7 +66,10 @@ fn check_count(count: usize) -> Result<(), ClientError> {
 
 /// Checks that every destination lies in a buffer of `capacity` bytes and
 /// that no two overlap.
-fn check_places<'r>(places: impl Iterator<Item = &'r Range<usize>>, capacity: usize) -> Result<(), ClientError> {
+pub(super) fn check_places<'r>(
+    places: impl Iterator<Item = &'r Range<usize>>,
+    capacity: usize,
+) -> Result<(), ClientError> {
     let mut sorted: Vec<&Range<usize>> = places.collect();
     sorted.sort_by_key(|r| r.start);
     let mut end = 0;
@@ -98,7 +101,10 @@ impl Client {
             requests.push(w.request(None)?);
             members.push(Member::new(Place::Alloc(None), verify && w.range.is_none()));
         }
-        let control = encode(&FetchBatchRequest { members: requests })?;
+        let control = encode(&FetchBatchRequest {
+            members: requests,
+            places: Vec::new(),
+        })?;
         let BatchDone { result, .. } = self
             .conn
             .batch(Opcode::FetchBatch, control, members, None, self.options.request_timeout)
@@ -196,7 +202,11 @@ impl Client {
             };
             members.push(Member::new(place, verify && w.range.is_none()));
         }
-        let control = match encode(&FetchBatchRequest { members: requests }) {
+        let request = FetchBatchRequest {
+            members: requests,
+            places: Vec::new(),
+        };
+        let control = match encode(&request) {
             Ok(control) => control,
             Err(e) => return (buf, Err(e)),
         };
@@ -379,7 +389,7 @@ fn copy_view(view: &ShardView, dest: &mut [u8], verify: bool) -> Result<FetchInf
 }
 
 /// A member answered with the wrong kind of part: the daemon's bug.
-fn unexpected(op: &str) -> ClientError {
+pub(super) fn unexpected(op: &str) -> ClientError {
     ClientError::Remote {
         status: Status::Internal,
         message: format!("the daemon answered a {op} member with another kind of answer"),

@@ -23,6 +23,8 @@ pub(crate) enum Place {
     Alloc(Option<Vec<u8>>),
     /// Nowhere: a view or stat member.
     None,
+    /// The daemon writes the bytes into a region itself (Unix).
+    Daemon,
 }
 
 /// One member of a batch on its way in.
@@ -198,12 +200,28 @@ pub(super) async fn take_batch_frame<R: AsyncRead + Unpin>(
                 }
                 Place::Alloc(v) => *v = Some(vec![0u8; head.len as usize]),
                 Place::In { .. } => {}
-                Place::None => return Err(format!("the daemon sent bytes in a {} batch", state.op)),
+                Place::None | Place::Daemon => {
+                    return Err(format!(
+                        "the daemon sent bytes of member {index} of a {} batch",
+                        state.op
+                    ));
+                }
             }
             member.head = Some(head);
             take_bytes(frames, header, member, &mut state.buf, index, 0).await?;
         }
         BatchPart::Data { at, .. } => take_bytes(frames, header, member, &mut state.buf, index, at).await?,
+        BatchPart::Placed { head, .. } => {
+            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
+            if !matches!(member.place, Place::Daemon) {
+                return Err(format!(
+                    "the daemon placed member {index} of a {} batch it was to send",
+                    state.op
+                ));
+            }
+            member.filled = head.len;
+            member.outcome = Some(Ok(Answer::Fetch(head, None)));
+        }
         BatchPart::View { view, .. } => {
             frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
             member.outcome = Some(Ok(Answer::View(view)));
@@ -259,7 +277,7 @@ async fn take_bytes<R: AsyncRead + Unpin>(
             None => return Err("a batch member placed in a buffer that is not there".into()),
         },
         Place::Alloc(v) => &mut v.as_deref_mut().unwrap_or_default()[at as usize..end as usize],
-        Place::None => return Err("the daemon sent bytes for a member that takes none".into()),
+        Place::None | Place::Daemon => return Err("the daemon sent bytes for a member that takes none".into()),
     };
     frames.read_exact(place).await.map_err(|e| e.to_string())?;
     if let Some(crc) = &mut member.crc {

@@ -3,25 +3,108 @@
 //! of the drive), in frames that name it, as soon as it is ready. Members
 //! that need waiting run together, at most [`MEMBERS_AT_ONCE`] of them;
 //! the answer ends with a `Done` frame once every member is answered.
+//!
+//! A fetch member with a place in a region the daemon mapped (Unix) is
+//! written there by the daemon and answered `Placed`, without payload;
+//! one in a region that stays in the client (TCP) is sent as any other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
 use shardd_protocol::{
-    BatchPart, FetchBatchRequest, FetchRequest, Opcode, StatBatchRequest, Status, ViewBatchRequest, ViewRequest, codec,
+    BatchPart, FetchBatchRequest, FetchRequest, FetchResponse, Opcode, RegionPlace, StatBatchRequest, Status,
+    ViewBatchRequest, ViewRequest, codec,
 };
 
 use super::dispatch::Handled;
 use super::frame::OutFrame;
 use super::responder::{Responder, log_refusal};
 use super::{ServerContext, dispatch::Task};
-use crate::service::{Fetch, Piece};
+use crate::service::regions::Region;
+use crate::service::{Fetch, Piece, Session};
 use crate::store::StoreError;
 
 /// Members of one batch that wait (for a load, the drive, room in the
 /// arena) at the same time. Members answered from the arena never wait.
 const MEMBERS_AT_ONCE: usize = 16;
+
+/// A member in the arena with at most this many bytes is written into its
+/// region by the connection's reader at once; a larger one by a blocking
+/// thread, piece by piece, so that the reader goes on reading.
+const PLACE_AT_ONCE: u64 = 256 << 10;
+
+/// Where the daemon writes a member's bytes itself.
+#[derive(Clone, Debug)]
+struct Target {
+    region: Arc<Region>,
+    offset: u64,
+}
+
+impl Target {
+    /// Writes `piece`, `at` bytes into the member's answer.
+    fn write(&self, at: u64, piece: &Piece) {
+        self.region.write(self.offset + at, piece.bytes());
+    }
+}
+
+/// A fetch member that waits: to be fetched, or (in the arena, large) to
+/// be written into its place by blocking threads.
+enum Waiting {
+    Fetch(FetchRequest, Option<Target>),
+    Place(Fetch, Target),
+}
+
+/// Checks a member's place: the region it names, if the daemon writes into
+/// it itself, and the member with its answer bounded by the place.
+fn placed(
+    session: &Session,
+    mut member: FetchRequest,
+    place: Option<&RegionPlace>,
+) -> Result<(FetchRequest, Option<Target>), StoreError> {
+    let Some(place) = place else {
+        return Ok((member, None));
+    };
+    let region = session.regions.place(place)?;
+    member.max_len = Some(member.max_len.map_or(place.len, |max| max.min(place.len)));
+    let target = region.is_mapped().then(|| Target {
+        region,
+        offset: place.offset,
+    });
+    Ok((member, target))
+}
+
+/// Writes a member's bytes into its place as they come; what was written.
+async fn place_member(mut fetch: Fetch, target: Target) -> Result<FetchResponse, StoreError> {
+    let mut at = 0;
+    while let Some(piece) = fetch.next().await {
+        let piece = piece?;
+        let len = piece.bytes().len() as u64;
+        if len <= PLACE_AT_ONCE {
+            target.write(at, &piece);
+        } else {
+            let target = target.clone();
+            tokio::task::spawn_blocking(move || target.write(at, &piece))
+                .await
+                .map_err(|e| StoreError::io("write into a region", std::io::Error::other(e)))?;
+        }
+        at += len;
+    }
+    Ok(fetch.head)
+}
+
+fn placed_frame(id: u64, index: u32, result: Result<FetchResponse, StoreError>) -> OutFrame {
+    match result {
+        Ok(head) => part(
+            Opcode::FetchBatch,
+            id,
+            Status::Ok,
+            &BatchPart::Placed { index, head },
+            None,
+        ),
+        Err(e) => failed(Opcode::FetchBatch, id, index, &e),
+    }
+}
 
 /// How many members were answered ok and how many failed.
 #[derive(Debug, Default)]
@@ -143,21 +226,54 @@ async fn send_member(responder: &Responder, id: u64, index: u32, mut fetch: Fetc
 pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Handled {
     let op = Opcode::FetchBatch;
     let service = &task.ctx.service;
+    let FetchBatchRequest { members, places } = req;
+    if !places.is_empty() && places.len() != members.len() {
+        let e = StoreError::BadRequest(format!(
+            "a batch of {} members names {} places: one per member, or none",
+            members.len(),
+            places.len()
+        ));
+        return Handled::Now(vec![super::responder::error_frame(op, id, &e)]);
+    }
     let tally = Arc::new(Tally::default());
     let mut frames = Vec::new();
-    let mut waiting: Vec<(u32, FetchRequest)> = Vec::new();
-    for (index, member) in req.members.into_iter().enumerate() {
+    let mut waiting: Vec<(u32, Waiting)> = Vec::new();
+    for (index, member) in members.into_iter().enumerate() {
         let index = index as u32;
-        match service.fetch_resident(&member) {
-            Some(Ok(fetch)) => {
-                frames.extend(MemberFrames::new(id, index, &fetch).ready(fetch));
-                tally.count(true);
+        let (member, target) = match placed(task.session, member, places.get(index as usize)) {
+            Ok(placed) => placed,
+            Err(e) => {
+                frames.push(failed(op, id, index, &e));
+                tally.count(false);
+                continue;
             }
+        };
+        match service.fetch_resident(&member) {
+            Some(Ok(fetch)) => match target {
+                Some(target) if fetch.head.len <= PLACE_AT_ONCE => {
+                    let head = fetch.head.clone();
+                    for (at, piece) in fetch.ready_pieces().into_iter().scan(0, |at, p| {
+                        let here = *at;
+                        *at += p.bytes().len() as u64;
+                        Some((here, p))
+                    }) {
+                        target.write(at, &piece);
+                    }
+                    frames.push(placed_frame(id, index, Ok(head)));
+                    tally.count(true);
+                }
+                // Larger: written by blocking threads, below.
+                Some(target) => waiting.push((index, Waiting::Place(fetch, target))),
+                None => {
+                    frames.extend(MemberFrames::new(id, index, &fetch).ready(fetch));
+                    tally.count(true);
+                }
+            },
             Some(Err(e)) => {
                 frames.push(failed(op, id, index, &e));
                 tally.count(false);
             }
-            None => waiting.push((index, member)),
+            None => waiting.push((index, Waiting::Fetch(member, target))),
         }
     }
     if waiting.is_empty() {
@@ -168,12 +284,22 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
         responder.send_all(frames).await;
         let members = futures_util::stream::iter(waiting);
         members
-            .for_each_concurrent(MEMBERS_AT_ONCE, |(index, member)| {
+            .for_each_concurrent(MEMBERS_AT_ONCE, |(index, waiting)| {
                 let (ctx, session, responder, tally) = (&ctx, &session, &responder, &tally);
                 async move {
-                    let ok = match ctx.service.fetch(&member, session).await {
-                        Ok(fetch) => send_member(responder, id, index, fetch).await,
-                        Err(e) => {
+                    let (fetched, target) = match waiting {
+                        Waiting::Fetch(member, target) => (ctx.service.fetch(&member, session).await, target),
+                        Waiting::Place(fetch, target) => (Ok(fetch), Some(target)),
+                    };
+                    let ok = match (fetched, target) {
+                        (Ok(fetch), Some(target)) => {
+                            let placed = place_member(fetch, target).await;
+                            let ok = placed.is_ok();
+                            responder.send(placed_frame(id, index, placed)).await;
+                            ok
+                        }
+                        (Ok(fetch), None) => send_member(responder, id, index, fetch).await,
+                        (Err(e), _) => {
                             responder.send(failed(op, id, index, &e)).await;
                             false
                         }

@@ -45,6 +45,7 @@ use super::responder::{Responder, answer, error_frame};
 use crate::access::{Identity, Peer};
 use crate::metrics::RequestMetrics;
 use crate::service::Session;
+use crate::service::regions::PassedFds;
 
 /// Bytes of the read and write buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
@@ -114,7 +115,8 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
         let metrics = ctx.metrics.for_transport(S::NAME);
         let _open = metrics.connection();
         let arrivals = Arc::new(Arrivals::default());
-        let (reader, writer) = stream.split();
+        let passed = Arc::new(PassedFds::default());
+        let (reader, writer) = stream.split(&passed);
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let broken = CancellationToken::new();
         let out = Outbound {
@@ -126,7 +128,14 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
         let writer_task = tokio::spawn(write_loop(writer, rx, out).in_current_span());
         let scope = ctx.service.store().buffers().scope(ctx.config.connection_buffer_memory);
         let mut conn = Connection {
-            session: Arc::new(Session::new(identity, scope, hello.arena_mapped, ctx.lease_limits())),
+            session: Arc::new(Session::new(
+                identity,
+                scope,
+                hello.arena_mapped,
+                ctx.lease_limits(),
+                ctx.region_limits(),
+                S::PASSES_FDS.then_some(passed),
+            )),
             inflight: Arc::new(Semaphore::new(ctx.config.max_inflight_requests as usize)),
             responder: Responder::new(tx, metrics.clone()),
             metrics,

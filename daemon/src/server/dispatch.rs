@@ -14,16 +14,17 @@ use std::sync::Arc;
 
 use shardd_protocol::{
     DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
-    NamespacesRequest, Opcode, PrefetchRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, SetQuotaResponse,
-    StatBatchRequest, StatRequest, Status, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
+    NamespacesRequest, Opcode, PrefetchRequest, RegisterRegionRequest, ReleaseRegionRequest, ReleaseRequest,
+    ScheduleRequest, SetQuotaRequest, SetQuotaResponse, StatBatchRequest, StatRequest, Status, VerifyRequest,
+    ViewBatchRequest, ViewRequest, codec,
 };
 use tracing::Instrument;
 
 use super::ServerContext;
-use super::batch;
 use super::frame::OutFrame;
 use super::gate::{admit, admit_batch, may_read};
 use super::responder::{Responder, answer, error_frame};
+use super::{batch, regions};
 use crate::service::quota::SetQuota;
 use crate::service::{Fetch, Piece, Session};
 use crate::store::StoreError;
@@ -210,6 +211,15 @@ pub fn dispatch(
             Ok(req) => batch::stat_batch(ctx, id, req),
             Err(e) => now(error_frame(op, id, &e)),
         },
+        Opcode::RegisterRegion => match admit::<RegisterRegionRequest>(ctx, session, &control) {
+            Ok(req) => regions::register(task, id, req),
+            Err(e) => now(error_frame(op, id, &e)),
+        },
+        Opcode::ReleaseRegion => now(answer(
+            op,
+            id,
+            admit::<ReleaseRegionRequest>(ctx, session, &control).and_then(|r| regions::release(session, &r)),
+        )),
         Opcode::Hello | Opcode::Put => now(OutFrame::error(
             op,
             id,

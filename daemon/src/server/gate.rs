@@ -5,8 +5,9 @@
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
     DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
-    MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutRequest, ReleaseRequest, ScheduleRequest,
-    SetQuotaRequest, StatBatchRequest, StatRequest, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
+    MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutRequest, RegisterRegionRequest, ReleaseRegionRequest,
+    ReleaseRequest, ScheduleRequest, SetQuotaRequest, StatBatchRequest, StatRequest, VerifyRequest, ViewBatchRequest,
+    ViewRequest, codec,
 };
 
 use super::ServerContext;
@@ -53,6 +54,20 @@ impl Guarded for EvictRequest {
             EvictMode::Demote => Need::On(&self.namespace, Right::Read),
             EvictMode::Drop => Need::On(&self.namespace, Right::Admin),
         }
+    }
+}
+
+impl Guarded for RegisterRegionRequest {
+    /// A region is the client's own memory: it names no namespace (each
+    /// fetch into it is checked as a fetch).
+    fn need(&self) -> Need<'_> {
+        Need::Nothing
+    }
+}
+
+impl Guarded for ReleaseRegionRequest {
+    fn need(&self) -> Need<'_> {
+        Need::Nothing
     }
 }
 

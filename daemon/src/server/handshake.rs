@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
 
 use shardd_protocol::{
     ArenaGrant, FrameHeader, HEADER_LEN, HelloRequest, HelloResponse, Opcode, PROTOCOL_VERSION, ProtocolError,
@@ -17,7 +18,9 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ServerContext;
 use super::frame::OutFrame;
+use super::passing::PassingReader;
 use crate::access::Identity;
+use crate::service::regions::PassedFds;
 
 /// A connected stream of either transport.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -29,20 +32,22 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     const NAME: &'static str;
     /// Whether file descriptors can travel over it.
     const PASSES_FDS: bool;
-    /// Splits into halves for the reading and writing tasks.
-    fn split(self) -> (Self::Reader, Self::Writer);
+    /// Splits into halves for the reading and writing tasks; descriptors
+    /// that come (Unix) are kept in `passed`.
+    fn split(self, passed: &Arc<PassedFds>) -> (Self::Reader, Self::Writer);
     /// Sends `bytes` with `fd` attached to the first of them.
     fn send_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 impl Transport for UnixStream {
-    type Reader = tokio::net::unix::OwnedReadHalf;
+    type Reader = PassingReader;
     type Writer = tokio::net::unix::OwnedWriteHalf;
     const NAME: &'static str = "unix";
     const PASSES_FDS: bool = true;
 
-    fn split(self) -> (Self::Reader, Self::Writer) {
-        self.into_split()
+    fn split(self, passed: &Arc<PassedFds>) -> (Self::Reader, Self::Writer) {
+        let (reader, writer) = self.into_split();
+        (PassingReader::new(reader, passed.clone()), writer)
     }
 
     async fn send_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -68,7 +73,7 @@ impl Transport for TcpStream {
     const NAME: &'static str = "tcp";
     const PASSES_FDS: bool = false;
 
-    fn split(self) -> (Self::Reader, Self::Writer) {
+    fn split(self, _: &Arc<PassedFds>) -> (Self::Reader, Self::Writer) {
         self.into_split()
     }
 

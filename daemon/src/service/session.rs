@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use shardd_protocol::Status;
 
+use super::regions::{PassedFds, RegionLimits, Regions};
 use crate::access::Identity;
 use crate::cache::Lease;
 use crate::io::AlignedBuf;
@@ -115,11 +116,23 @@ pub struct Session {
     leases: Mutex<Leases>,
     limits: LeaseLimits,
     next_lease: AtomicU64,
+    /// Regions of the client's memory it registered.
+    pub regions: Regions,
+    /// Descriptors the client sent (Unix socket only), each waiting for
+    /// the region registration it came with.
+    pub passed_fds: Option<Arc<PassedFds>>,
 }
 
 impl Session {
-    /// State for a new client.
-    pub fn new(identity: Identity, scope: BufferScope, arena_mapped: bool, limits: LeaseLimits) -> Session {
+    /// State for a new client; `passed_fds` where descriptors can come.
+    pub fn new(
+        identity: Identity,
+        scope: BufferScope,
+        arena_mapped: bool,
+        limits: LeaseLimits,
+        regions: RegionLimits,
+        passed_fds: Option<Arc<PassedFds>>,
+    ) -> Session {
         Session {
             identity,
             scope,
@@ -127,6 +140,8 @@ impl Session {
             leases: Mutex::new(Leases::default()),
             limits,
             next_lease: AtomicU64::new(1),
+            regions: Regions::new(regions),
+            passed_fds,
         }
     }
 
@@ -266,7 +281,15 @@ mod tests {
             bytes: max_bytes,
             timeout: Duration::from_secs(60),
         };
-        Session::new(identity, Buffers::new(4096, 1 << 20).scope(1 << 20), true, limits)
+        let regions = RegionLimits { count: 1, bytes: 1 };
+        Session::new(
+            identity,
+            Buffers::new(4096, 1 << 20).scope(1 << 20),
+            true,
+            limits,
+            regions,
+            None,
+        )
     }
 
     fn block() -> Arc<AlignedBuf> {

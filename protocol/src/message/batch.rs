@@ -19,11 +19,60 @@ use super::{FetchRequest, FetchResponse, StatRequest, StatResponse, ViewResponse
 /// Most members one batched request may name.
 pub const MAX_BATCH_MEMBERS: usize = 1024;
 
-/// Many fetches at once, answered over the socket.
+/// Many fetches at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchBatchRequest {
     /// The members; each member's `max_len` bounds its own answer.
     pub members: Vec<FetchRequest>,
+    /// Where each member's bytes go, one per member, or empty: the bytes
+    /// come in the answer's payloads. With places, over a Unix socket the
+    /// daemon writes each member's bytes into its place itself and answers
+    /// `Placed` (no payload); over TCP it sends them as without places, and
+    /// the client's receiver puts them there. Either way each place is
+    /// checked against its region's registration first.
+    pub places: Vec<RegionPlace>,
+}
+
+/// Bytes of a registered region: `len` from `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionPlace {
+    /// The region, as its registration answered.
+    pub region: u32,
+    /// Offset in the region.
+    pub offset: u64,
+    /// Bytes from there that the member may fill (its answer's length at
+    /// most; a longer answer is `too large`).
+    pub len: u64,
+}
+
+/// Register a region of the client's memory. Over a Unix socket the
+/// region's memfd comes with the frame's first byte (SCM_RIGHTS): it must
+/// be sealed against shrinking (`F_SEAL_SHRINK`), at least `len` bytes
+/// long and wholly in memory. Over TCP nothing comes with it: the region
+/// stays in the client, which places the bytes itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRegionRequest {
+    /// Bytes of the region.
+    pub len: u64,
+}
+
+/// Answer to a region registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRegionResponse {
+    /// The region's id on this connection (its key, in RDMA terms), until
+    /// released or the connection ends.
+    pub region: u32,
+    /// Whether the daemon mapped it and writes into it itself (Unix); if
+    /// not, the bytes come in payloads for the client to place.
+    pub mapped: bool,
+}
+
+/// Forget a registered region (the daemon unmaps it once no fetch into it
+/// is under way).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRegionRequest {
+    /// The region.
+    pub region: u32,
 }
 
 /// Many zero-copy views at once (Unix socket, arena mapped).
@@ -66,6 +115,14 @@ pub enum BatchPart {
         /// Offset of this payload in the member's answer.
         at: u64,
     },
+    /// A fetch member the daemon wrote into its place itself: what it
+    /// wrote (no payload). The bytes are there when this frame is read.
+    Placed {
+        /// The member's place in the request.
+        index: u32,
+        /// The shard and which of its bytes were written.
+        head: FetchResponse,
+    },
     /// A view member's answer.
     View {
         /// The member's place in the request.
@@ -105,6 +162,7 @@ impl BatchPart {
         match self {
             BatchPart::Head { index, .. }
             | BatchPart::Data { index, .. }
+            | BatchPart::Placed { index, .. }
             | BatchPart::View { index, .. }
             | BatchPart::Stat { index, .. }
             | BatchPart::Failed { index, .. } => Some(*index),

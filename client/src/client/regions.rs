@@ -1,0 +1,155 @@
+//! Fetches into registered regions: the daemon (Unix) or the connection's
+//! receiver (TCP) writes each shard's bytes at its place.
+
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use shardd_protocol::{
+    FetchBatchRequest, Opcode, RegionPlace, RegisterRegionRequest, RegisterRegionResponse, ReleaseRegionRequest,
+};
+
+use super::batch::{BatchResult, Wanted, check_count, check_places};
+use super::{Client, FetchInfo, decode, encode};
+use crate::ClientError;
+use crate::connection::{Answer, Connection, Member, Place};
+use crate::region::{Region, RegionBuf};
+
+/// A region registered on a connection: fetches on that connection (and
+/// its clones) may name it as their destination. Dropping it releases the
+/// registration; the connection's end releases them all.
+#[derive(Debug)]
+pub struct RegisteredRegion {
+    region: Region,
+    id: u32,
+    mapped: bool,
+    conn: Arc<Connection>,
+}
+
+impl RegisteredRegion {
+    /// The region's memory.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Its id on the connection.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Whether the daemon writes into it itself (Unix socket); else the
+    /// bytes come over the socket and the client writes them.
+    pub fn placed_by_daemon(&self) -> bool {
+        self.mapped
+    }
+}
+
+impl Drop for RegisteredRegion {
+    fn drop(&mut self) {
+        if self.conn.is_closed() {
+            return;
+        }
+        if let Ok(control) = encode(&ReleaseRegionRequest { region: self.id }) {
+            self.conn.send_and_forget(Opcode::ReleaseRegion, control);
+        }
+    }
+}
+
+impl Client {
+    /// Registers `region` on this connection. Over a Unix socket the daemon
+    /// maps the region's memory and writes fetched bytes into it itself;
+    /// over TCP they come over the socket and this client writes them.
+    pub async fn register_region(&self, region: &Region) -> Result<RegisteredRegion, ClientError> {
+        let control = encode(&RegisterRegionRequest {
+            len: region.len() as u64,
+        })?;
+        let timeout = self.options.request_timeout;
+        let reply = if self.endpoint().starts_with("unix://") {
+            let fd = region
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| ClientError::InvalidBatch {
+                    reason: format!("cannot pass the region's memory file: {e}"),
+                })?;
+            self.conn
+                .call_with_fd(Opcode::RegisterRegion, control, fd, timeout)
+                .await?
+        } else {
+            self.conn.call(Opcode::RegisterRegion, control, None, timeout).await?
+        };
+        let answer: RegisterRegionResponse = decode(&self.conn, &reply.control)?;
+        Ok(RegisteredRegion {
+            region: region.clone(),
+            id: answer.region,
+            mapped: answer.mapped,
+            conn: self.conn.clone(),
+        })
+    }
+
+    /// Fetches many shards (or ranges) in one request into `region`: each
+    /// member's bytes go to its own range of the region, from the range's
+    /// start (ranges must lie in the region and must not overlap). Over a
+    /// Unix socket the daemon writes them there itself (an arena hit is one
+    /// copy by the daemon, and no bytes cross the socket); over TCP the
+    /// receiver writes each payload there as it arrives. A member larger
+    /// than its range fails with `too large`.
+    pub async fn fetch_into_region(
+        &self,
+        region: &RegisteredRegion,
+        wanted: &[(Wanted, Range<usize>)],
+    ) -> BatchResult<FetchInfo> {
+        if !Arc::ptr_eq(&region.conn, &self.conn) {
+            return Err(ClientError::InvalidBatch {
+                reason: format!(
+                    "region {} is registered on another connection: register it on this one",
+                    region.id
+                ),
+            });
+        }
+        check_count(wanted.len())?;
+        check_places(wanted.iter().map(|(_, r)| r), region.region.len())?;
+        let verify = self.options.verify_checksums;
+        let mut requests = Vec::with_capacity(wanted.len());
+        let mut places = Vec::with_capacity(wanted.len());
+        let mut members = Vec::with_capacity(wanted.len());
+        for (w, range) in wanted {
+            requests.push(w.request(None)?);
+            places.push(RegionPlace {
+                region: region.id,
+                offset: range.start as u64,
+                len: range.len() as u64,
+            });
+            members.push(match region.mapped {
+                true => Member::new(Place::Daemon, false),
+                false => Member::new(
+                    Place::In {
+                        at: range.start,
+                        len: range.len(),
+                    },
+                    verify && w.range.is_none(),
+                ),
+            });
+        }
+        let control = encode(&FetchBatchRequest {
+            members: requests,
+            places,
+        })?;
+        let buf = (!region.mapped).then(|| Box::new(RegionBuf(region.region.clone())) as _);
+        let done = self
+            .conn
+            .batch(Opcode::FetchBatch, control, members, buf, self.options.request_timeout)
+            .await;
+        Ok(done
+            .result?
+            .into_iter()
+            .map(|answer| match answer? {
+                Answer::Fetch(head, _) => Ok(FetchInfo {
+                    meta: head.meta,
+                    offset: head.offset,
+                    len: head.len,
+                }),
+                _ => Err(super::batch::unexpected("fetch_batch")),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,344 @@
+//! Registered regions: fetches whose bytes land at places in memory the
+//! client registered, written by the daemon itself over the Unix socket
+//! and by the client's receiver over TCP; every place checked.
+
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+use shardd_client::{ByteRange, ClientError, EvictMode, PutOptions, Region, Status, Wanted};
+use shardd_protocol::{
+    BatchPart, ErrorResponse, FetchBatchRequest, FetchRequest, Key, Namespace, Opcode, RegionPlace,
+    RegisterRegionRequest, RegisterRegionResponse, codec,
+};
+use shardd_tests::{RawClient, TestDaemon, http_get, pattern, sample, setups};
+
+const MIB: usize = 1 << 20;
+
+/// Bytes the daemon sent over its Unix socket.
+async fn unix_bytes_out(daemon: &TestDaemon) -> f64 {
+    let (_, text) = http_get(&format!("{}/metrics", daemon.http_url())).await;
+    sample(
+        &text,
+        r#"shardd_transport_bytes_total{direction="out",transport="unix"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_into_a_region_lands_each_member_at_its_place() {
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "").await;
+        let client = daemon.connect(setup).await;
+        let shards: Vec<(String, Vec<u8>)> = [0, 4096, 5000, MIB, 3 * MIB + 7, 9 * MIB]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (format!("layers.{i}"), pattern(len, i as u64)))
+            .collect();
+        for (key, data) in &shards {
+            client
+                .put("job", key, data.clone(), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let region = Region::new(32 * MIB).unwrap();
+        let registered = client.register_region(&region).await.unwrap();
+        assert_eq!(registered.placed_by_daemon(), !setup.tcp, "{setup:?}");
+
+        for round in ["hot", "cold"] {
+            if round == "cold" {
+                let keys: Vec<&str> = shards.iter().map(|(k, _)| k.as_str()).collect();
+                client.evict("job", &keys, EvictMode::Demote).await.unwrap();
+            }
+            let mut at = 0;
+            let mut wanted: Vec<(Wanted, Range<usize>)> = Vec::new();
+            for (key, data) in &shards {
+                wanted.push((Wanted::new("job", key), at..at + data.len()));
+                at = (at + data.len()).next_multiple_of(4096);
+            }
+            let range = ByteRange {
+                offset: 7,
+                len: 2 * MIB as u64,
+            };
+            let ranged_at = at;
+            wanted.push((Wanted::new("job", "layers.4").range(range), at..at + 2 * MIB));
+            at += 2 * MIB;
+            wanted.push((Wanted::new("job", "missing"), at..at + 4096));
+            // A place too small for its shard.
+            wanted.push((Wanted::new("job", "layers.3"), at + 4096..at + 8192));
+            let sent_before = unix_bytes_out(&daemon).await;
+            let results = client.fetch_into_region(&registered, &wanted).await.unwrap();
+            let bytes = region.as_slice();
+            for (i, (key, data)) in shards.iter().enumerate() {
+                let info = results[i]
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("{setup:?} {round} {key}: {e}"));
+                assert_eq!(info.len, data.len() as u64);
+                assert!(bytes[wanted[i].1.clone()] == data[..], "{setup:?} {round} {key}");
+            }
+            let n = shards.len();
+            let expected = &shards[4].1[7..7 + 2 * MIB];
+            assert!(bytes[ranged_at..ranged_at + 2 * MIB] == *expected, "{setup:?} {round}");
+            assert!(results[n + 1].as_ref().unwrap_err().is_not_found(), "{setup:?} {round}");
+            let err = results[n + 2].as_ref().unwrap_err();
+            assert_eq!(err.status(), Some(Status::TooLarge), "{setup:?} {round}: {err}");
+            if !setup.tcp {
+                // The daemon wrote the bytes itself: none crossed the socket.
+                let sent = unix_bytes_out(&daemon).await - sent_before;
+                assert_eq!(sent, 0.0, "{setup:?} {round}");
+            }
+        }
+
+        // Places outside the region are refused before anything is sent.
+        let outside = [(Wanted::new("job", "layers.1"), 32 * MIB - 100..32 * MIB + 4)];
+        let err = client.fetch_into_region(&registered, &outside).await.unwrap_err();
+        assert!(matches!(err, ClientError::InvalidBatch { .. }), "{err}");
+        // A region registered on another connection is refused too.
+        let other = daemon.connect(setup).await;
+        let err = other.fetch_into_region(&registered, &wanted_one()).await.unwrap_err();
+        assert!(err.to_string().contains("another connection"), "{err}");
+        daemon.stop().await;
+    }
+}
+
+fn wanted_one() -> Vec<(Wanted, Range<usize>)> {
+    vec![(Wanted::new("job", "layers.1"), 0..4096)]
+}
+
+/// A memfd of `len` bytes with `seals`, optionally written through (so its
+/// pages are in memory).
+fn memfd(len: usize, seals: libc::c_int, populate: bool) -> std::fs::File {
+    let name = std::ffi::CString::new("test-region").unwrap();
+    // SAFETY: plain syscall with a valid name; checked below.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(raw >= 0);
+    // SAFETY: a fresh descriptor, ours.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.set_len(len as u64).unwrap();
+    if populate {
+        file.write_all_at(&vec![0xee; len], 0).unwrap();
+    }
+    // SAFETY: fcntl on our descriptor.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) }, 0);
+    file
+}
+
+async fn register(raw: &mut RawClient, id: u64, file: &std::fs::File, len: u64) -> (Status, Vec<u8>) {
+    raw.request_with_fd(
+        Opcode::RegisterRegion,
+        id,
+        &RegisterRegionRequest { len },
+        file.as_raw_fd(),
+    )
+    .await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.request_id, id);
+    (header.status, control)
+}
+
+fn message(control: &[u8]) -> String {
+    codec::decode::<ErrorResponse>(control).unwrap().message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_maps_only_regions_that_cannot_make_it_fault() {
+    let engine = shardd_tests::engines()[0];
+    let mut daemon = TestDaemon::start(engine, "[server]\nmax_regions = 2").await;
+    let client = daemon.client(false).await;
+    let data = pattern(10_000, 3);
+    client
+        .put("job", "w", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut raw = RawClient::hello(&daemon, false, "raw", false).await;
+
+    // Without a descriptor, unsealed, shorter than said, not in memory,
+    // sealed against writes: each refused, saying why.
+    raw.request(Opcode::RegisterRegion, 2, &RegisterRegionRequest { len: 4096 })
+        .await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::BadRequest);
+    assert!(
+        message(&control).contains("no memory file came"),
+        "{}",
+        message(&control)
+    );
+    let cases = [
+        (memfd(16384, 0, true), 16384, "F_SEAL_SHRINK"),
+        (
+            memfd(4096, libc::F_SEAL_SHRINK, true),
+            16384,
+            "fewer than the 16384 registered",
+        ),
+        (memfd(16384, libc::F_SEAL_SHRINK, false), 16384, "not in memory"),
+        (
+            memfd(16384, libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE, true),
+            16384,
+            "sealed against writes",
+        ),
+    ];
+    for (i, (file, len, why)) in cases.iter().enumerate() {
+        let (status, control) = register(&mut raw, 10 + i as u64, file, *len).await;
+        assert_eq!(status, Status::BadRequest, "{why}");
+        assert!(message(&control).contains(why), "{why}: {}", message(&control));
+    }
+
+    // A good one the client never maps itself (or unmapped): the daemon
+    // writes into the memory all the same, and the client reads it back.
+    let file = memfd(16384, libc::F_SEAL_SHRINK, true);
+    let (status, control) = register(&mut raw, 20, &file, 16384).await;
+    assert_eq!(status, Status::Ok);
+    let registered: RegisterRegionResponse = codec::decode(&control).unwrap();
+    assert!(registered.mapped);
+    // The seal holds: the client cannot shrink it under the daemon.
+    assert!(file.set_len(4096).is_err());
+    let member = FetchRequest {
+        namespace: Namespace::new("job").unwrap(),
+        key: Key::new("w").unwrap(),
+        range: None,
+        max_len: None,
+    };
+    let place = |region, offset, len| RegionPlace { region, offset, len };
+    let batch = FetchBatchRequest {
+        members: vec![member.clone(), member.clone(), member.clone()],
+        places: vec![
+            place(registered.region, 4096, 12288),
+            place(registered.region, 8192, 12288), // past the region's end
+            place(999, 0, 4096),                   // not registered
+        ],
+    };
+    raw.request(Opcode::FetchBatch, 21, &batch).await;
+    let mut outcomes = Vec::new();
+    loop {
+        let (header, control) = raw.recv().await.unwrap();
+        let part: BatchPart = codec::decode(&control).unwrap();
+        match part {
+            BatchPart::Done { ok, failed } => {
+                assert_eq!((ok, failed), (1, 2));
+                break;
+            }
+            BatchPart::Placed { index, head } => outcomes.push((index, header.status, head.len.to_string())),
+            BatchPart::Failed { index, message, .. } => outcomes.push((index, header.status, message)),
+            other => panic!("{other:?}"),
+        }
+    }
+    outcomes.sort_by_key(|o| o.0);
+    assert_eq!(outcomes[0], (0, Status::Ok, "10000".to_string()));
+    assert_eq!(outcomes[1].1, Status::BadRequest);
+    assert!(outcomes[1].2.contains("outside region"), "{}", outcomes[1].2);
+    assert!(outcomes[2].2.contains("not registered"), "{}", outcomes[2].2);
+    let mut placed = vec![0u8; 10_000];
+    file.read_exact_at(&mut placed, 4096).unwrap();
+    assert!(placed == data);
+
+    // The limit on regions per connection holds (one more fits, then no).
+    let extra = memfd(4096, libc::F_SEAL_SHRINK, true);
+    assert_eq!(register(&mut raw, 30, &extra, 4096).await.0, Status::Ok);
+    let (status, control) = register(&mut raw, 31, &extra, 4096).await;
+    assert_eq!(status, Status::Busy);
+    assert!(
+        message(&control).contains("server.max_regions"),
+        "{}",
+        message(&control)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_is_released_with_its_connection() {
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "").await;
+        let client = daemon.connect(setup).await;
+        client
+            .put("job", "w", pattern(4096, 1), PutOptions::default())
+            .await
+            .unwrap();
+        let region = Region::new(MIB).unwrap();
+        let registered = client.register_region(&region).await.unwrap();
+        client
+            .fetch_into_region(&registered, &wanted_one_of("w"))
+            .await
+            .unwrap()[0]
+            .as_ref()
+            .unwrap();
+        drop(client);
+        // The connection ends once its last handle is gone; the region's
+        // fetches fail from then on, saying so.
+        let again = daemon.connect(setup).await;
+        let err = again
+            .fetch_into_region(&registered, &wanted_one_of("w"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("another connection"), "{setup:?}: {err}");
+        drop(registered);
+        daemon.stop().await;
+    }
+}
+
+fn wanted_one_of(key: &str) -> Vec<(Wanted, Range<usize>)> {
+    vec![(Wanted::new("job", key), 0..4096)]
+}
+
+/// Members replaced, evicted and written back while fetched into a region
+/// come out all old or all new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_changing_during_a_fetch_into_a_region_is_all_old_or_all_new() {
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "[arena]\nsize = \"64MiB\"").await;
+        let client = daemon.connect(setup).await;
+        let versions = [pattern(3 * MIB, 1), pattern(3 * MIB, 2)];
+        let keys: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+        for key in &keys {
+            client
+                .put("job", key, versions[0].clone(), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let writer = {
+            let client = daemon.connect(setup).await;
+            let (keys, versions) = (keys.clone(), versions.clone());
+            tokio::spawn(async move {
+                for round in 0..12 {
+                    for key in &keys {
+                        let options = PutOptions {
+                            durability: if round % 2 == 0 {
+                                shardd_protocol::Durability::WriteBack
+                            } else {
+                                shardd_protocol::Durability::Durable
+                            },
+                            ..PutOptions::default()
+                        };
+                        let data = versions[(round + 1) % 2].clone();
+                        client.put("job", key, data, options).await.unwrap();
+                    }
+                    if round % 3 == 0 {
+                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                        client.evict("job", &refs, EvictMode::Demote).await.unwrap();
+                    }
+                }
+            })
+        };
+        let region = Region::new(16 * MIB).unwrap();
+        let registered = client.register_region(&region).await.unwrap();
+        let wanted: Vec<(Wanted, Range<usize>)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (Wanted::new("job", k), i * 4 * MIB..i * 4 * MIB + 3 * MIB))
+            .collect();
+        while !writer.is_finished() {
+            let results = client.fetch_into_region(&registered, &wanted).await.unwrap();
+            for (i, result) in results.into_iter().enumerate() {
+                let info = result.unwrap_or_else(|e| panic!("{setup:?}: {e}"));
+                let expected = &versions[((info.meta.version + 1) % 2) as usize];
+                let place = wanted[i].1.clone();
+                assert!(
+                    region.as_slice()[place] == expected[..],
+                    "{setup:?}: w{i} v{}",
+                    info.meta.version
+                );
+            }
+        }
+        writer.await.unwrap();
+        daemon.stop().await;
+    }
+}
