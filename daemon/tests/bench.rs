@@ -113,7 +113,17 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
         .iter()
         .map(|m| m[0].as_str().unwrap())
         .collect();
-    assert_eq!(modes, ["zero_copy_unix", "zero_copy_unix_batch", "copying_unix", "tcp"]);
+    assert_eq!(
+        modes,
+        [
+            "zero_copy_unix",
+            "zero_copy_unix_batch",
+            "copying_unix",
+            "region_unix",
+            "tcp",
+            "region_tcp"
+        ]
+    );
     assert!(size["memcpy_batch_bytes_per_sec"].as_f64().unwrap() > 0.0);
     assert!(
         size["modes"]
@@ -123,12 +133,30 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
             .all(|m| m[1].as_f64().unwrap() > 0.0)
     );
     let small = report["small"].as_array().unwrap();
-    assert_eq!(small.len(), 6, "two concurrencies and a batched run, two Unix modes");
-    let batches: Vec<(u64, u64)> = small
+    assert_eq!(
+        small.len(),
+        7,
+        "two concurrencies and a batched run, two Unix modes; batched into regions"
+    );
+    let batches: Vec<(u64, u64, &str)> = small
         .iter()
-        .map(|s| (s["concurrency"].as_u64().unwrap(), s["batch"].as_u64().unwrap()))
+        .map(|s| {
+            (
+                s["concurrency"].as_u64().unwrap(),
+                s["batch"].as_u64().unwrap(),
+                s["mode"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(batches, [(1, 1), (1, 1), (16, 1), (16, 1), (4, 64), (4, 64)]);
+    assert_eq!(
+        batches[4..],
+        [
+            (4, 64, "zero_copy_unix"),
+            (4, 64, "copying_unix"),
+            (4, 64, "region_unix")
+        ]
+    );
+    assert!(batches[..4].iter().all(|(_, batch, _)| *batch == 1));
     for s in small {
         assert!(
             s["ops_per_sec"].as_f64().unwrap() > 0.0 && s["p50_us"].as_f64().unwrap() > 0.0,

@@ -36,6 +36,25 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(bytes)
 }
 
+/// Joins values each encoded by [`encode`] into the encoding of a list of
+/// them (what [`encode`] gives for a `Vec`), so that a sender can encode
+/// items as they come and [`decode`] still reads one list.
+pub fn join_encoded(items: &[Vec<u8>]) -> Result<Vec<u8>, ProtocolError> {
+    let len: usize = 8 + items.iter().map(Vec::len).sum::<usize>();
+    if len > MAX_CONTROL_LEN as usize {
+        return Err(ProtocolError::Encode(format!(
+            "{len} bytes exceed the control limit of {MAX_CONTROL_LEN}"
+        )));
+    }
+    // Fixed-width integers: the list's length is a u64, then the items.
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    for item in items {
+        bytes.extend_from_slice(item);
+    }
+    Ok(bytes)
+}
+
 /// Decodes a control message; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
     let (value, used) =
@@ -47,4 +66,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
         )));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_encoded_one_by_one_join_into_the_encoding_of_their_list() {
+        let items = vec!["a".to_string(), String::new(), "three".to_string()];
+        let encoded: Vec<Vec<u8>> = items.iter().map(|i| encode(i).unwrap()).collect();
+        let joined = join_encoded(&encoded).unwrap();
+        assert_eq!(joined, encode(&items).unwrap());
+        assert_eq!(decode::<Vec<String>>(&joined).unwrap(), items);
+        assert_eq!(join_encoded(&[]).unwrap(), encode(&Vec::<String>::new()).unwrap());
+    }
 }

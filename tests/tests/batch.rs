@@ -220,16 +220,12 @@ async fn a_malformed_batch_is_refused_whole_and_the_connection_goes_on() {
         (header.status, header.has_more(), header.payload_len),
         (Status::Ok, true, 4096)
     );
-    assert!(matches!(
-        codec::decode::<BatchPart>(&control).unwrap(),
-        BatchPart::Head { index: 0, .. }
-    ));
+    let parts = codec::decode::<Vec<BatchPart>>(&control).unwrap();
+    assert!(matches!(parts[..], [BatchPart::Head { index: 0, .. }]), "{parts:?}");
     let (header, control) = raw.recv().await.unwrap();
     assert!(!header.has_more());
-    assert_eq!(
-        codec::decode::<BatchPart>(&control).unwrap(),
-        BatchPart::Done { ok: 1, failed: 0 }
-    );
+    let parts = codec::decode::<Vec<BatchPart>>(&control).unwrap();
+    assert_eq!(parts, [BatchPart::Done { ok: 1, failed: 0 }]);
     daemon.stop().await;
 }
 

@@ -209,19 +209,22 @@ async fn the_daemon_maps_only_regions_that_cannot_make_it_fault() {
     };
     raw.request(Opcode::FetchBatch, 21, &batch).await;
     let mut outcomes = Vec::new();
-    loop {
+    let mut done = None;
+    while done.is_none() {
         let (header, control) = raw.recv().await.unwrap();
-        let part: BatchPart = codec::decode(&control).unwrap();
-        match part {
-            BatchPart::Done { ok, failed } => {
-                assert_eq!((ok, failed), (1, 2));
-                break;
+        assert_eq!(header.status, Status::Ok);
+        for part in codec::decode::<Vec<BatchPart>>(&control).unwrap() {
+            match part {
+                BatchPart::Done { ok, failed } => done = Some((ok, failed, header.has_more())),
+                BatchPart::Placed { index, head } => outcomes.push((index, Status::Ok, head.len.to_string())),
+                BatchPart::Failed {
+                    index, status, message, ..
+                } => outcomes.push((index, Status::from_code(status), message)),
+                other => panic!("{other:?}"),
             }
-            BatchPart::Placed { index, head } => outcomes.push((index, header.status, head.len.to_string())),
-            BatchPart::Failed { index, message, .. } => outcomes.push((index, header.status, message)),
-            other => panic!("{other:?}"),
         }
     }
+    assert_eq!(done, Some((1, 2, false)));
     outcomes.sort_by_key(|o| o.0);
     assert_eq!(outcomes[0], (0, Status::Ok, "10000".to_string()));
     assert_eq!(outcomes[1].1, Status::BadRequest);

@@ -167,10 +167,37 @@ pub(super) async fn take_batch_frame<R: AsyncRead + Unpin>(
         frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
         return Ok(true);
     }
-    let part: BatchPart = codec::decode(control).map_err(|e| protocol(shared, e))?;
+    let parts: Vec<BatchPart> = codec::decode(control).map_err(|e| protocol(shared, e))?;
+    let carries_bytes = |p: &BatchPart| matches!(p, BatchPart::Head { .. } | BatchPart::Data { .. });
+    if header.payload_len > 0 && !(parts.len() == 1 && carries_bytes(&parts[0])) {
+        return Err(format!(
+            "the daemon sent a {} answer frame with bytes that are not one member's",
+            state.op
+        ));
+    }
+    let mut done = false;
+    for part in parts {
+        if done {
+            return Err(format!("the daemon answered a {} batch after its end", state.op));
+        }
+        done = take_part(frames, max_alloc, header, state, part).await?;
+    }
+    if done == header.has_more() {
+        return Err(format!("the daemon's {} answer ended without saying so", state.op));
+    }
+    Ok(done)
+}
+
+/// Takes one part of a batch's answer (and the frame's payload, for a
+/// `Head` or `Data`); `Ok(true)` for `Done`.
+async fn take_part<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R>,
+    max_alloc: u64,
+    header: &FrameHeader,
+    state: &mut BatchState,
+    part: BatchPart,
+) -> Result<bool, String> {
     let Some(index) = part.index() else {
-        // Done: nothing follows.
-        frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
         return Ok(true);
     };
     let count = state.members.len();
@@ -212,7 +239,6 @@ pub(super) async fn take_batch_frame<R: AsyncRead + Unpin>(
         }
         BatchPart::Data { at, .. } => take_bytes(frames, header, member, &mut state.buf, index, at).await?,
         BatchPart::Placed { head, .. } => {
-            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
             if !matches!(member.place, Place::Daemon) {
                 return Err(format!(
                     "the daemon placed member {index} of a {} batch it was to send",
@@ -222,22 +248,16 @@ pub(super) async fn take_batch_frame<R: AsyncRead + Unpin>(
             member.filled = head.len;
             member.outcome = Some(Ok(Answer::Fetch(head, None)));
         }
-        BatchPart::View { view, .. } => {
-            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
-            member.outcome = Some(Ok(Answer::View(view)));
-        }
-        BatchPart::Stat { stat, .. } => {
-            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
-            member.outcome = Some(Ok(Answer::Stat(stat)));
-        }
+        BatchPart::View { view, .. } => member.outcome = Some(Ok(Answer::View(view))),
+        BatchPart::Stat { stat, .. } => member.outcome = Some(Ok(Answer::Stat(stat))),
         BatchPart::Failed {
+            status,
             message,
             current_version,
             ..
         } => {
-            frames.skip(header.payload_len).await.map_err(|e| e.to_string())?;
             member.outcome = Some(Err(ClientError::Remote {
-                status: header.status,
+                status: Status::from_code(status),
                 message,
                 current_version,
             }));

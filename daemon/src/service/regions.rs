@@ -109,12 +109,14 @@ impl Region {
         let map_len = usize::try_from(len).map_err(|_| format!("a region of {len} bytes cannot be mapped"))?;
         // SAFETY: a fresh shared mapping of a file we hold, of a length the
         // file has and cannot lose (sealed against shrinking); checked below.
+        // Its pages are the client's, already in memory: MAP_POPULATE maps
+        // them now rather than one fault at a time under the first writes.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 file.as_raw_fd(),
                 0,
             )

@@ -1,16 +1,17 @@
 //! Batched requests: many shards in one request, one answer frame (or, for
 //! a fetch's bytes, several) per member as soon as that member is ready.
 //!
-//! Every frame of a batch's answer but the last carries the MORE flag and a
-//! [`BatchPart`] naming its member by index (its place in the request), so
-//! members are answered in whatever order they become ready, and a frame's
-//! payload says where it lands (member, byte offset) without the receiver
-//! keeping any other state: the shape of an RDMA WRITE with immediate data.
-//! The last frame is [`BatchPart::Done`]. A member that fails is answered
-//! by a [`BatchPart::Failed`] frame whose header status is the member's;
-//! the other members go on. A request that cannot be taken at all (too many
-//! members, a malformed control message) is answered by one error frame
-//! without MORE, like any other request.
+//! Every frame of a batch's answer but the last carries the MORE flag and
+//! status ok; its control message is a list of [`BatchPart`]s, each naming
+//! its member by index (its place in the request), so members are answered
+//! in whatever order they become ready, and a frame's payload says where it
+//! lands (member, byte offset) without the receiver keeping any other
+//! state: the shape of an RDMA WRITE with immediate data. The last frame's
+//! list ends with [`BatchPart::Done`]. A member that fails is answered by a
+//! [`BatchPart::Failed`] with its status; the other members go on. A
+//! request that cannot be taken at all (too many members, a malformed
+//! control message) is answered by one error frame without MORE, like any
+//! other request.
 
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +95,12 @@ pub struct StatBatchRequest {
     pub members: Vec<StatRequest>,
 }
 
-/// The control message of every frame of a batch's answer (status ok, or
-/// a member's status for `Failed`).
+/// An answer (or part of one) about a member of a batch. The control
+/// message of every frame of a batch's answer is a list of them
+/// (`Vec<BatchPart>`): a frame with a payload carries exactly one, the
+/// `Head` or `Data` its payload belongs to; a frame without a payload
+/// carries one or more answers that need no bytes, so that many small
+/// members share a frame. The last frame's list ends with `Done`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BatchPart {
     /// A fetch member begins: which bytes of which shard. This frame's
@@ -138,10 +143,12 @@ pub enum BatchPart {
         stat: StatResponse,
     },
     /// The member failed (a fetch member may fail after its `Head` and some
-    /// of its bytes); the frame's header status says how.
+    /// of its bytes).
     Failed {
         /// The member's place in the request.
         index: u32,
+        /// How: a `Status` code.
+        status: u16,
         /// Why, for a person.
         message: String,
         /// For `version conflict`: the stored version.

@@ -72,20 +72,23 @@ fn fio_job(files: &[PathBuf], rw: &str, size: u64, fixed_buffers: bool) -> anyho
 pub fn memcpy(piece: usize, working_set: usize, threads: usize, dest_pieces: usize, min_time: Duration) -> f64 {
     let blocks = (working_set / piece).max(1);
     let source = super::pattern(piece * blocks, 1);
+    let threads = threads.max(1);
+    let dest_pieces = dest_pieces.max(1);
+    // Written once before the clock starts, as the fetch loops' buffers are.
+    let dests: Vec<Vec<u8>> = (0..threads).map(|_| vec![1u8; piece * dest_pieces]).collect();
     let start = Instant::now();
     let copied: u64 = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.max(1))
-            .map(|t| {
+        let workers: Vec<_> = dests
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut dest)| {
                 let source = &source;
                 s.spawn(move || {
-                    let dest_pieces = dest_pieces.max(1);
-                    // Written once before the clock starts, as the fetch loops' buffers are.
-                    let mut dest = vec![1u8; piece * dest_pieces];
                     let mut copied = 0u64;
                     while start.elapsed() < min_time {
                         // Threads start at different blocks, as fetch workers do.
                         for i in 0..blocks {
-                            let b = (i + t * blocks / threads.max(1)) % blocks;
+                            let b = (i + t * blocks / threads) % blocks;
                             let d = i % dest_pieces;
                             dest[d * piece..(d + 1) * piece].copy_from_slice(&source[b * piece..(b + 1) * piece]);
                             std::hint::black_box(&dest);

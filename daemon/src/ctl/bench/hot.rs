@@ -8,7 +8,10 @@
 //!   and copies out of zero-copy views of the working set held throughout
 //!   (the client's copy without a request per fetch).
 //!   Batched: the same sweep, [`BATCH`] shards per request
-//!   (`fetch_many_into`, one copy out of views asked for in one request).
+//!   (`fetch_many_into`, one copy out of views asked for in one request),
+//!   and into registered regions (`fetch_into_region`: over Unix the daemon
+//!   writes the bytes itself, over TCP the receiver writes each payload in
+//!   place), beside memcpy into destinations as large as a batch's.
 //! * 4 KiB fetches over the Unix socket at 1 and 16 requests in flight:
 //!   p50/p99 latency and ops/s, beside redis-benchmark GETs of 4 KiB values
 //!   against a throwaway local redis-server, and a bare Unix socket round
@@ -39,7 +42,10 @@ use super::baselines::{self, RedisGet, RoundTrip};
 use super::median;
 use crate::config::units::parse_size;
 use crate::ctl::show;
-use loops::{Sweep, batch_loop, connect, copy_loop, fetch_loop, put_set, remove_set, small_batch_loop, small_loop};
+use loops::{
+    Sweep, batch_loop, connect, copy_loop, fetch_loop, put_set, region_loop, remove_set, small_batch_loop, small_loop,
+    small_region_loop,
+};
 use report::{arena_pages, render};
 
 /// Shards per request of the batched throughput runs.
@@ -97,17 +103,30 @@ pub enum Mode {
     ZeroCopyUnix,
     /// The same, [`BATCH`] shards per request.
     ZeroCopyUnixBatch,
+    /// Unix socket, [`BATCH`] shards per request written by the daemon
+    /// into a region the client registered (no payload on the socket).
+    RegionUnix,
     /// Unix socket, bytes through the socket.
     CopyingUnix,
     /// TCP.
     Tcp,
+    /// TCP, [`BATCH`] shards per request, each payload written by the
+    /// client's receiver straight into a registered region.
+    RegionTcp,
 }
 
 impl Mode {
+    /// Whether it fetches [`BATCH`] shards per request.
+    fn batched(self) -> bool {
+        matches!(self, Mode::ZeroCopyUnixBatch | Mode::RegionUnix | Mode::RegionTcp)
+    }
+
     fn label(self) -> &'static str {
         match self {
             Mode::ZeroCopyUnix => "zero-copy unix",
             Mode::ZeroCopyUnixBatch => "zc unix batch",
+            Mode::RegionUnix => "region unix",
+            Mode::RegionTcp => "region tcp",
             Mode::CopyingUnix => "copying unix",
             Mode::Tcp => "tcp",
         }
@@ -250,8 +269,11 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
     let mut cases: Vec<(Mode, usize)> = Vec::new();
     for (i, (mode, _)) in modes.iter().enumerate() {
         cases.push((*mode, i));
-        if *mode == Mode::ZeroCopyUnix {
-            cases.push((Mode::ZeroCopyUnixBatch, i));
+        match mode {
+            Mode::ZeroCopyUnix => cases.push((Mode::ZeroCopyUnixBatch, i)),
+            Mode::CopyingUnix => cases.push((Mode::RegionUnix, i)),
+            Mode::Tcp => cases.push((Mode::RegionTcp, i)),
+            _ => {}
         }
     }
     let before = probe.status().await?.arena.unwrap_or_default();
@@ -283,7 +305,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 })
                 .await?,
             );
-            if cases.iter().any(|(mode, _)| *mode == Mode::ZeroCopyUnixBatch) {
+            if cases.iter().any(|(mode, _)| mode.batched()) {
                 let batch = BATCH.min(shards) as usize;
                 memcpy_batch[n].push(
                     tokio::task::spawn_blocking(move || {
@@ -296,6 +318,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 let clients = &modes[c].1;
                 let rate = match mode {
                     Mode::ZeroCopyUnixBatch => batch_loop(clients, &args.namespace, sweep, BATCH).await?,
+                    Mode::RegionUnix | Mode::RegionTcp => region_loop(clients, &args.namespace, sweep, BATCH).await?,
                     _ => fetch_loop(clients, &args.namespace, sweep).await?,
                 };
                 if !args.json {
@@ -365,6 +388,24 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 mode.label(),
                 result.ops_per_sec,
                 result.p50_us,
+            );
+        }
+        small.push(result);
+    }
+    if let Some((_, clients)) = modes.iter().find(|(m, _)| *m == Mode::CopyingUnix) {
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            let requests = args
+                .small_requests
+                .max((SMALL_BATCH * SMALL_BATCH_IN_FLIGHT * 16) as u64);
+            runs.push(small_region_loop(clients, &args.namespace, SMALL_BATCH_IN_FLIGHT, requests, SMALL_BATCH).await?);
+        }
+        runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+        let result = runs.swap_remove(runs.len() / 2);
+        if !args.json {
+            eprintln!(
+                "4 KiB x{SMALL_BATCH_IN_FLIGHT} batches of {SMALL_BATCH} into regions: {:.0} shards/s, p50 {:.0} us per request",
+                result.ops_per_sec, result.p50_us,
             );
         }
         small.push(result);

@@ -89,7 +89,10 @@ pub(super) fn render(report: &HotReport) -> String {
             Mode::ZeroCopyUnixBatch => {
                 let _ = write!(out, " {:>9} {:>12}", "/memcpy b", "memcpy b");
             }
-            Mode::Tcp => {
+            Mode::RegionUnix => {
+                let _ = write!(out, " {:>9}", "/memcpy b");
+            }
+            Mode::Tcp | Mode::RegionTcp => {
                 let _ = write!(out, " {:>9}", "/iperf3");
             }
             Mode::CopyingUnix => {}
@@ -122,7 +125,11 @@ pub(super) fn render(report: &HotReport) -> String {
                     let memcpy = size.memcpy_batch_bytes_per_sec.unwrap_or(size.memcpy_bytes_per_sec);
                     let _ = write!(out, " {:>8.2}x {:>12.2}", rate / memcpy, memcpy / 1e9);
                 }
-                Mode::Tcp => match report.iperf3_bytes_per_sec {
+                Mode::RegionUnix => {
+                    let memcpy = size.memcpy_batch_bytes_per_sec.unwrap_or(size.memcpy_bytes_per_sec);
+                    let _ = write!(out, " {:>8.2}x", rate / memcpy);
+                }
+                Mode::Tcp | Mode::RegionTcp => match report.iperf3_bytes_per_sec {
                     Some(iperf) => {
                         let _ = write!(out, " {:>8.2}x", rate / iperf);
                     }
@@ -137,8 +144,9 @@ pub(super) fn render(report: &HotReport) -> String {
     }
     let _ = writeln!(
         out,
-        "(zc unix batch: {} shards per request, copied out of views asked for together; memcpy b:\n \
-         memcpy into destinations as large as a batch's, as a layer gather writes, and the ratio to it)",
+        "(zc unix batch: {} shards per request, copied out of views asked for together; region unix/tcp: as many\n \
+         per request into a registered region, written by the daemon (unix) or by the receiver as the payload\n \
+         arrives (tcp); memcpy b: memcpy into destinations as large as a batch's, as a layer gather writes)",
         super::BATCH
     );
     let _ = writeln!(

@@ -1,0 +1,195 @@
+//! The frames of a batch's answer. Each carries a list of parts: a frame
+//! with a payload carries exactly one part, the `Head` or `Data` that the
+//! payload belongs to; a frame without one carries as many answers that
+//! need no bytes (`Placed`, `View`, `Stat`, `Failed`) as fit
+//! [`PARTS_BYTES`], so that a batch of small members costs a frame or two,
+//! not one per member. The last frame ends with `Done` and has no MORE.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use shardd_protocol::{BatchPart, FetchResponse, Opcode, Status, codec};
+
+use super::super::frame::OutFrame;
+use super::super::responder::{Responder, log_refusal};
+use crate::service::{Fetch, Piece};
+use crate::store::StoreError;
+
+/// Bytes of parts gathered into one frame before another is started.
+const PARTS_BYTES: usize = 64 << 10;
+
+/// How many members were answered ok and how many failed.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    ok: AtomicU32,
+    failed: AtomicU32,
+}
+
+impl Tally {
+    pub(super) fn count(&self, ok: bool) {
+        let counter = if ok { &self.ok } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn done(&self) -> BatchPart {
+        BatchPart::Done {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The part that says member `index` failed with `e` (logged as the
+/// request path logs every error).
+pub(super) fn failed(op: Opcode, id: u64, index: u32, e: &StoreError) -> BatchPart {
+    log_refusal(op, id, e);
+    BatchPart::Failed {
+        index,
+        status: e.status().code(),
+        message: e.to_string(),
+        current_version: e.current_version(),
+    }
+}
+
+/// Answers without bytes, gathered into as few frames as fit.
+pub(super) struct Parts {
+    op: Opcode,
+    id: u64,
+    encoded: Vec<Vec<u8>>,
+    bytes: usize,
+    /// Frames filled so far.
+    pub(super) frames: Vec<OutFrame>,
+}
+
+impl Parts {
+    pub(super) fn new(op: Opcode, id: u64) -> Parts {
+        Parts {
+            op,
+            id,
+            encoded: Vec::new(),
+            bytes: 0,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Adds a part; a full frame goes to `frames`.
+    pub(super) fn push(&mut self, part: &BatchPart) {
+        let encoded = match codec::encode(part) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                let e = StoreError::io("encode a batch answer", std::io::Error::other(e));
+                let index = part.index().unwrap_or(u32::MAX);
+                codec::encode(&failed(self.op, self.id, index, &e)).unwrap_or_default()
+            }
+        };
+        if self.bytes + encoded.len() > PARTS_BYTES && !self.encoded.is_empty() {
+            self.flush(true);
+        }
+        self.bytes += encoded.len();
+        self.encoded.push(encoded);
+    }
+
+    /// Adds a frame of its own (one with a payload).
+    pub(super) fn push_frame(&mut self, frame: OutFrame) {
+        self.frames.push(frame);
+    }
+
+    fn flush(&mut self, more: bool) {
+        let encoded = std::mem::take(&mut self.encoded);
+        self.bytes = 0;
+        // Each part is well under the control limit, and so is the frame.
+        let control = codec::join_encoded(&encoded).unwrap_or_default();
+        self.frames
+            .push(OutFrame::new(self.op, self.id, Status::Ok, more, control, None));
+    }
+
+    /// The frames so far, with the parts gathered (the answer goes on).
+    pub(super) fn take(&mut self) -> Vec<OutFrame> {
+        if !self.encoded.is_empty() {
+            self.flush(true);
+        }
+        std::mem::take(&mut self.frames)
+    }
+
+    /// Every frame, the last ending with `Done`.
+    pub(super) fn finish(mut self, tally: &Tally) -> Vec<OutFrame> {
+        self.push(&tally.done());
+        self.flush(false);
+        self.frames
+    }
+}
+
+/// A frame of one part (with the bytes it carries, if any).
+pub(super) fn single(op: Opcode, id: u64, part: &BatchPart, payload: Option<Piece>) -> OutFrame {
+    let one = |part: &BatchPart| codec::encode(part).and_then(|encoded| codec::join_encoded(&[encoded]));
+    let control = one(part).unwrap_or_else(|e| {
+        let e = StoreError::io("encode a batch answer", std::io::Error::other(e));
+        one(&failed(op, id, part.index().unwrap_or(u32::MAX), &e)).unwrap_or_default()
+    });
+    OutFrame::new(op, id, Status::Ok, true, control, payload)
+}
+
+/// Frames of one fetch member sent over the socket: its head with the
+/// first piece, then the rest of its bytes, each piece saying where it goes.
+pub(super) struct MemberFrames {
+    id: u64,
+    index: u32,
+    head: Option<FetchResponse>,
+    at: u64,
+}
+
+impl MemberFrames {
+    pub(super) fn new(id: u64, index: u32, fetch: &Fetch) -> MemberFrames {
+        MemberFrames {
+            id,
+            index,
+            head: Some(fetch.head.clone()),
+            at: 0,
+        }
+    }
+
+    fn frame(&mut self, piece: Option<Piece>) -> OutFrame {
+        let index = self.index;
+        let part = match self.head.take() {
+            Some(head) => BatchPart::Head { index, head },
+            None => BatchPart::Data { index, at: self.at },
+        };
+        self.at += piece.as_ref().map_or(0, |p| p.bytes().len() as u64);
+        single(Opcode::FetchBatch, self.id, &part, piece)
+    }
+
+    /// Every frame of a member whose pieces are all ready.
+    pub(super) fn ready(mut self, fetch: Fetch) -> Vec<OutFrame> {
+        let pieces = fetch.ready_pieces();
+        if pieces.is_empty() {
+            return vec![self.frame(None)];
+        }
+        pieces.into_iter().map(|p| self.frame(Some(p))).collect()
+    }
+}
+
+/// Sends a fetch member as its pieces come; whether it was answered whole.
+pub(super) async fn send_member(responder: &Responder, id: u64, index: u32, mut fetch: Fetch) -> bool {
+    let mut frames = MemberFrames::new(id, index, &fetch);
+    if fetch.is_ready() || fetch.head.len == 0 {
+        for frame in frames.ready(fetch) {
+            if !responder.send(frame).await {
+                return false;
+            }
+        }
+        return true;
+    }
+    while let Some(next) = fetch.next().await {
+        let frame = match next {
+            Ok(piece) => frames.frame(Some(piece)),
+            Err(e) => {
+                let op = Opcode::FetchBatch;
+                responder.send(single(op, id, &failed(op, id, index, &e), None)).await;
+                return false;
+            }
+        };
+        if !responder.send(frame).await {
+            return false;
+        }
+    }
+    true
+}

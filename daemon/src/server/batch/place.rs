@@ -1,0 +1,78 @@
+//! Members the daemon writes into a region the client registered (Unix):
+//! the place is checked against the registration, and the member's answer
+//! is bounded by the place.
+
+use std::sync::Arc;
+
+use shardd_protocol::{FetchRequest, FetchResponse, RegionPlace};
+
+use crate::service::regions::Region;
+use crate::service::{Fetch, Piece, Session};
+use crate::store::StoreError;
+
+/// A piece of at most this many bytes is written into its region by the
+/// task that has it; a larger one by a blocking thread.
+pub(super) const PLACE_AT_ONCE: u64 = 4 << 20;
+
+/// Where the daemon writes a member's bytes itself.
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    region: Arc<Region>,
+    offset: u64,
+}
+
+impl Target {
+    /// Writes `piece`, `at` bytes into the member's answer.
+    fn write(&self, at: u64, piece: &Piece) {
+        self.region.write(self.offset + at, piece.bytes());
+    }
+
+    /// Writes a member whose pieces are all ready; what was written.
+    pub(super) fn write_ready(&self, fetch: Fetch) -> FetchResponse {
+        let head = fetch.head.clone();
+        let mut at = 0;
+        for piece in fetch.ready_pieces() {
+            self.write(at, &piece);
+            at += piece.bytes().len() as u64;
+        }
+        head
+    }
+}
+
+/// Checks a member's place: the member with its answer bounded by the
+/// place, and where the daemon writes it if it does so itself.
+pub(super) fn placed(
+    session: &Session,
+    mut member: FetchRequest,
+    place: Option<&RegionPlace>,
+) -> Result<(FetchRequest, Option<Target>), StoreError> {
+    let Some(place) = place else {
+        return Ok((member, None));
+    };
+    let region = session.regions.place(place)?;
+    member.max_len = Some(member.max_len.map_or(place.len, |max| max.min(place.len)));
+    let target = region.is_mapped().then(|| Target {
+        region,
+        offset: place.offset,
+    });
+    Ok((member, target))
+}
+
+/// Writes a member's bytes into its place as they come; what was written.
+pub(super) async fn place_member(mut fetch: Fetch, target: Target) -> Result<FetchResponse, StoreError> {
+    let mut at = 0;
+    while let Some(piece) = fetch.next().await {
+        let piece = piece?;
+        let len = piece.bytes().len() as u64;
+        if len <= PLACE_AT_ONCE {
+            target.write(at, &piece);
+        } else {
+            let target = target.clone();
+            tokio::task::spawn_blocking(move || target.write(at, &piece))
+                .await
+                .map_err(|e| StoreError::io("write into a region", std::io::Error::other(e)))?;
+        }
+        at += len;
+    }
+    Ok(fetch.head)
+}
