@@ -81,6 +81,11 @@ pub struct HotArgs {
     /// Requests in flight for the 4 KiB runs, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub small_concurrency: Vec<usize>,
+    /// Throughput rows to run, comma separated (zero_copy_unix,
+    /// zero_copy_unix_batch, copying_unix, region_unix, tcp, region_tcp);
+    /// default: every one the daemon's endpoints allow.
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
     /// The daemon's TCP endpoint (default: the one it reports).
     #[arg(long)]
     pub tcp: Option<String>,
@@ -116,6 +121,18 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The name in `--modes` and in JSON.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::ZeroCopyUnix => "zero_copy_unix",
+            Mode::ZeroCopyUnixBatch => "zero_copy_unix_batch",
+            Mode::RegionUnix => "region_unix",
+            Mode::CopyingUnix => "copying_unix",
+            Mode::Tcp => "tcp",
+            Mode::RegionTcp => "region_tcp",
+        }
+    }
+
     /// Whether it fetches [`BATCH`] shards per request.
     fn batched(self) -> bool {
         matches!(self, Mode::ZeroCopyUnixBatch | Mode::RegionUnix | Mode::RegionTcp)
@@ -275,6 +292,16 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             Mode::Tcp => cases.push((Mode::RegionTcp, i)),
             _ => {}
         }
+    }
+    if !args.modes.is_empty() {
+        for name in &args.modes {
+            anyhow::ensure!(
+                cases.iter().any(|(mode, _)| mode.name() == name),
+                "--modes {name:?}: not a row this daemon can run (rows: {})",
+                cases.iter().map(|(m, _)| m.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        cases.retain(|(mode, _)| args.modes.iter().any(|name| name == mode.name()));
     }
     let before = probe.status().await?.arena.unwrap_or_default();
     let mut throughput: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; sets.len()];
