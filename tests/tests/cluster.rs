@@ -575,3 +575,56 @@ async fn each_rank_reads_its_own_partition_and_together_they_make_the_tensor() {
         .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 }
+
+/// Requests of `op` a daemon has answered.
+async fn answered(daemon: &TestDaemon, op: &str) -> f64 {
+    let (_, text) = shardd_tests::http_get(&format!("{}/metrics", daemon.http_url())).await;
+    text.lines()
+        .filter(|l| l.starts_with("shardd_requests_total{") && l.contains(&format!("op=\"{op}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Batched and single fetches a daemon has answered (the local node is
+/// read in place, with views; the others over TCP).
+async fn counts(daemon: &TestDaemon) -> (f64, f64) {
+    let batched = answered(daemon, "fetch_batch").await + answered(daemon, "view_batch").await;
+    let single = answered(daemon, "fetch").await + answered(daemon, "fetch_view").await;
+    (batched, single)
+}
+
+/// A layer of many tensors costs each node one request, not one per
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gather_sends_each_node_one_batched_request() {
+    let daemons = start_nodes(engines()[0], 3).await;
+    let cluster = cluster(&daemons, ClusterOptions::default());
+    let names: Vec<String> = (0..12).map(|t| format!("layers.0.t{t}")).collect();
+    for (t, name) in names.iter().enumerate() {
+        let data = pattern(30_000 + t, t as u64);
+        cluster
+            .put_partitioned(NS, name, data, DType::U8, vec![])
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let layer = cluster.layer(NS, "layers.0", &refs).await.unwrap();
+    let mut before = Vec::new();
+    for daemon in &daemons {
+        before.push(counts(daemon).await);
+    }
+    let (buf, result) = cluster.gather(&layer, vec![0u8; layer.len() as usize]).await;
+    let tensors = result.unwrap();
+    for (t, tensor) in tensors.iter().enumerate() {
+        let at = tensor.offset as usize;
+        assert!(
+            buf[at..at + tensor.len as usize] == pattern(30_000 + t, t as u64)[..],
+            "{}",
+            tensor.name
+        );
+    }
+    for (n, daemon) in daemons.iter().enumerate() {
+        let after = counts(daemon).await;
+        assert_eq!((after.0 - before[n].0, after.1 - before[n].1), (1.0, 0.0), "node {n}");
+    }
+}

@@ -180,6 +180,123 @@ impl Client {
         (buf, Ok(results.collect()))
     }
 
+    /// Fetches many shards (or ranges) in one request, each into a buffer
+    /// of its own (from its start), as [`Client::fetch_many_into`] does into
+    /// ranges of one buffer. The buffers come back in every case, in order.
+    pub async fn fetch_many_into_each<B: FetchBuf>(
+        &self,
+        wanted: &[Wanted],
+        mut bufs: Vec<B>,
+    ) -> (Vec<B>, BatchResult<FetchInfo>) {
+        if let Err(e) = check_count(wanted.len()) {
+            return (bufs, Err(e));
+        }
+        if bufs.len() != wanted.len() {
+            let reason = format!(
+                "{} members and {} buffers: one buffer per member",
+                wanted.len(),
+                bufs.len()
+            );
+            return (bufs, Err(ClientError::InvalidBatch { reason }));
+        }
+        let mut results: Vec<Option<Result<FetchInfo, ClientError>>> = (0..wanted.len()).map(|_| None).collect();
+        if self.arena.is_some() {
+            let views = match self.view_members(wanted.iter(), false).await {
+                Ok(views) => views,
+                Err(e) => return (bufs, Err(e)),
+            };
+            let verify = self.options.verify_checksums && self.options.verify_views;
+            for (i, view) in views.into_iter().enumerate() {
+                results[i] = match view {
+                    Ok(view) => Some(copy_view(&view, bufs[i].as_mut(), verify && wanted[i].range.is_none())),
+                    Err(e) if view_unavailable(&e) => None,
+                    Err(e) => Some(Err(e)),
+                };
+            }
+        }
+        let rest: Vec<usize> = (0..wanted.len()).filter(|&i| results[i].is_none()).collect();
+        if rest.is_empty() {
+            let results = results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(unexpected("fetch_batch"))));
+            return (bufs, Ok(results.collect()));
+        }
+        // What the arena did not give comes over the socket, each member
+        // into its own buffer.
+        let verify = self.options.verify_checksums;
+        let sized: Vec<(Wanted, Range<usize>)> = wanted
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(w, b)| (w.clone(), 0..b.as_mut().len()))
+            .collect();
+        let mut slots: Vec<Option<B>> = bufs.into_iter().map(Some).collect();
+        let mut requests = Vec::with_capacity(rest.len());
+        let mut members = Vec::with_capacity(rest.len());
+        for &i in &rest {
+            let Some(mut buf) = slots[i].take() else {
+                unreachable!("each buffer is taken once")
+            };
+            let capacity = buf.as_mut().len() as u64;
+            let request = wanted[i].request(Some(capacity));
+            let place = Place::Own(Box::new(buf));
+            members.push(Member::new(place, verify && wanted[i].range.is_none()));
+            match request {
+                Ok(request) => requests.push(request),
+                Err(e) => {
+                    // Hand every buffer back before saying why.
+                    let own = members.into_iter().map(Member::into_own);
+                    for (&i, buf) in rest.iter().zip(own) {
+                        slots[i] = buf.and_then(|b| b.into_any().downcast::<B>().ok()).map(|b| *b);
+                    }
+                    return (slots.into_iter().flatten().collect(), Err(e));
+                }
+            }
+        }
+        let request = FetchBatchRequest {
+            members: requests,
+            places: Vec::new(),
+        };
+        let done = match encode(&request) {
+            Ok(control) => {
+                let timeout = self.options.request_timeout;
+                self.conn
+                    .batch(Opcode::FetchBatch, control, members, None, timeout)
+                    .await
+            }
+            Err(e) => BatchDone::failed(members, e),
+        };
+        for (&i, buf) in rest.iter().zip(done.own) {
+            slots[i] = buf.and_then(|b| b.into_any().downcast::<B>().ok()).map(|b| *b);
+        }
+        let bufs: Vec<B> = slots.into_iter().flatten().collect();
+        if bufs.len() != wanted.len() {
+            unreachable!("a batch always returns every member's buffer");
+        }
+        let answers = match done.result {
+            Ok(answers) => answers,
+            Err(e) => return (bufs, Err(e)),
+        };
+        let mut fetched: Vec<Result<FetchInfo, ClientError>> = answers
+            .into_iter()
+            .map(|answer| match answer? {
+                Answer::Fetch(head, _) => Ok(FetchInfo {
+                    meta: head.meta,
+                    offset: head.offset,
+                    len: head.len,
+                }),
+                _ => Err(unexpected("fetch_batch")),
+            })
+            .collect();
+        self.say_too_small(&sized, &rest, &mut fetched).await;
+        for (slot, &i) in fetched.iter_mut().zip(&rest) {
+            results[i] = Some(std::mem::replace(slot, Err(unexpected("fetch_batch"))));
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(unexpected("fetch_batch"))));
+        (bufs, Ok(results.collect()))
+    }
+
     /// Members `which` of `wanted` over the socket, into their places.
     async fn fetch_members_into<B: FetchBuf>(
         &self,

@@ -6,22 +6,23 @@
 //! every partition of every tensor from all nodes at once, each straight
 //! into its place in the caller's buffer: tensor `t` starts at
 //! [`GatheredTensor::offset`] (a multiple of [`TENSOR_ALIGN`]), its
-//! partitions back to back. Partitions larger than
-//! [`super::ClusterOptions::piece_size`] are fetched as ranges spread over
-//! the node's connections and checked against the shard's CRC32C as a
-//! whole. The buffer comes back in every case; the gather is complete only
+//! partitions back to back. Each node gets one batched request for all of
+//! its partitions of the layer (or, for more than
+//! [`super::ClusterOptions::piece_size`] bytes, one per connection kept to
+//! it). Partitions larger than the piece size are fetched as ranges, spread
+//! over those requests, and checked against the shard's CRC32C as a whole. The buffer comes back in every case; the gather is complete only
 //! when it returns `Ok`.
 
 use std::ops::Range;
 
 use futures_util::future::join_all;
-use shardd_protocol::{ByteRange, DType};
+use shardd_protocol::{ByteRange, DType, MAX_BATCH_MEMBERS};
 
 use super::node::connection_lost;
 use super::partition::TensorManifest;
 use super::split::{Part, SplitBuf};
 use super::{Cluster, ClusterError};
-use crate::{ClientError, FetchBuf};
+use crate::{ClientError, FetchBuf, Wanted};
 
 /// Each tensor of a gathered layer starts at a multiple of this many bytes
 /// of the buffer.
@@ -174,17 +175,33 @@ impl Cluster {
         for attempt in 0..2 {
             let split = SplitBuf::new(buf);
             let places: Vec<Range<usize>> = pieces.iter().map(|p| p.place.clone()).collect();
-            let parts = split.parts(&places);
-            let fetches = pieces
-                .iter()
-                .zip(parts)
-                .map(|(piece, part)| self.fetch_piece(&layer.namespace, piece, part));
-            let done = join_all(fetches).await;
+            let mut parts: Vec<Option<Part<B>>> = split.parts(&places).into_iter().map(Some).collect();
+            let batches = self.batches(&pieces);
+            let fetches = batches.iter().map(|batch| {
+                let batch_parts: Vec<Part<B>> = batch
+                    .iter()
+                    .map(|&i| parts[i].take().expect("each piece once"))
+                    .collect();
+                self.fetch_batch(&layer.namespace, &pieces, batch, batch_parts)
+            });
+            let fetched = join_all(fetches).await;
+            drop(parts);
             buf = match split.into_inner() {
                 Ok(buf) => buf,
                 Err(_) => unreachable!("every part is dropped once its fetch is over"),
             };
-            let mut results = Vec::with_capacity(done.len());
+            let mut done: Vec<Option<Result<PieceDone, ClusterError>>> = (0..pieces.len()).map(|_| None).collect();
+            for (batch, results) in batches.iter().zip(fetched) {
+                let results = match results {
+                    Ok(results) => results,
+                    Err(e) => return (buf, Err(e)),
+                };
+                for (&i, result) in batch.iter().zip(results) {
+                    done[i] = Some(result);
+                }
+            }
+            let done = done.into_iter().map(|d| d.expect("every piece is in a batch"));
+            let mut results = Vec::with_capacity(pieces.len());
             for result in done {
                 match result {
                     Ok(done) => results.push(done),
@@ -230,14 +247,47 @@ impl Cluster {
         pieces
     }
 
-    async fn fetch_piece<B: FetchBuf>(
+    /// The pieces of each request: one per node, or for a node whose
+    /// pieces add up to more than [`super::ClusterOptions::piece_size`],
+    /// one per connection kept to it (at most), the pieces dealt out in
+    /// turn, so that large partitions move over all of them at once.
+    fn batches(&self, pieces: &[Piece]) -> Vec<Vec<usize>> {
+        let options = self.options();
+        let mut batches = Vec::new();
+        for node in 0..self.len() {
+            let mine: Vec<usize> = (0..pieces.len()).filter(|&i| pieces[i].node == node).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let bytes: u64 = mine
+                .iter()
+                .map(|&i| (pieces[i].place.end - pieces[i].place.start) as u64)
+                .sum();
+            let spread = bytes.div_ceil(options.piece_size.max(1)) as usize;
+            let count = spread
+                .clamp(1, options.connections_per_node.max(1))
+                .max(mine.len().div_ceil(MAX_BATCH_MEMBERS));
+            let mut node_batches = vec![Vec::new(); count];
+            for (n, i) in mine.into_iter().enumerate() {
+                node_batches[n % count].push(i);
+            }
+            batches.extend(node_batches);
+        }
+        batches
+    }
+
+    /// Fetches the pieces `batch` (all of one node) in one request, each
+    /// into its part; the outcome of each.
+    async fn fetch_batch<B: FetchBuf>(
         &self,
         namespace: &str,
-        piece: &Piece,
-        mut part: Part<B>,
-    ) -> Result<PieceDone, ClusterError> {
-        let node = self.node(piece.node);
-        let what = match piece.range {
+        pieces: &[Piece],
+        batch: &[usize],
+        mut parts: Vec<Part<B>>,
+    ) -> Result<Vec<Result<PieceDone, ClusterError>>, ClusterError> {
+        let node_index = pieces[batch[0]].node;
+        let node = self.node(node_index);
+        let what = |piece: &Piece| match piece.range {
             Some(r) => format!(
                 "fetch {namespace}/{} bytes {}..{}",
                 piece.key,
@@ -246,45 +296,70 @@ impl Cluster {
             ),
             None => format!("fetch {namespace}/{}", piece.key),
         };
+        let wanted: Vec<Wanted> = batch
+            .iter()
+            .map(|&i| {
+                let piece = &pieces[i];
+                let w = Wanted::new(namespace, piece.key.as_str());
+                match piece.range {
+                    Some(range) => w.range(range),
+                    None => w,
+                }
+            })
+            .collect();
+        // What the request was for, naming its first shards.
+        let mut keys: Vec<&str> = batch.iter().map(|&i| pieces[i].key.as_str()).collect();
+        keys.dedup();
+        let named: Vec<String> = keys.iter().take(3).map(|k| format!("{namespace}/{k}")).collect();
+        let batch_what = match keys.len() {
+            0..=3 => format!("fetch {}", named.join(", ")),
+            n => format!("fetch {} and {} more", named.join(", "), n - 3),
+        };
         let slot = node.next_slot();
         let mut retried = false;
-        loop {
-            let (client, fresh) = node.client(slot, &what).await?;
-            let (back, result) = client.fetch_into(namespace, &piece.key, piece.range, part).await;
-            part = back;
-            let info = match result {
-                Ok(info) => info,
-                Err(e) if !fresh && !retried && connection_lost(&e) => {
-                    retried = true;
-                    continue;
-                }
-                Err(e) => return Err(node.error(&what, e)),
-            };
-            let expected = (piece.place.end - piece.place.start) as u64;
-            if info.meta.len != piece.part_len || info.len != expected {
-                return Err(node.error(
-                    &what,
-                    ClientError::Remote {
-                        status: shardd_protocol::Status::BadRequest,
-                        message: format!(
-                            "the partition holds {} bytes where the layer expects {}: the tensor was stored again \
-                             with another size; resolve the layer again",
-                            info.meta.len, piece.part_len
-                        ),
-                        current_version: Some(info.meta.version),
-                    },
-                ));
+        let infos = loop {
+            let (client, fresh) = node.client(slot, &batch_what).await?;
+            let (back, result) = client.fetch_many_into_each(&wanted, parts).await;
+            parts = back;
+            match result {
+                Ok(infos) => break infos,
+                Err(e) if !fresh && !retried && connection_lost(&e) => retried = true,
+                Err(e) => return Err(node.error(&batch_what, e)),
             }
-            let crc = piece
-                .range
-                .is_some()
-                .then(|| crc32c::crc32c(&part.as_mut()[..expected as usize]));
-            return Ok(PieceDone {
-                version: info.meta.version,
-                shard_crc: info.meta.crc32c,
-                crc,
-            });
-        }
+        };
+        Ok(batch
+            .iter()
+            .zip(infos)
+            .zip(parts.iter_mut())
+            .map(|((&i, info), part)| {
+                let piece = &pieces[i];
+                let info = info.map_err(|e| node.error(&what(piece), e))?;
+                let expected = (piece.place.end - piece.place.start) as u64;
+                if info.meta.len != piece.part_len || info.len != expected {
+                    return Err(node.error(
+                        &what(piece),
+                        ClientError::Remote {
+                            status: shardd_protocol::Status::BadRequest,
+                            message: format!(
+                                "the partition holds {} bytes where the layer expects {}: the tensor was stored \
+                                 again with another size; resolve the layer again",
+                                info.meta.len, piece.part_len
+                            ),
+                            current_version: Some(info.meta.version),
+                        },
+                    ));
+                }
+                let crc = piece
+                    .range
+                    .is_some()
+                    .then(|| crc32c::crc32c(&part.as_mut()[..expected as usize]));
+                Ok(PieceDone {
+                    version: info.meta.version,
+                    shard_crc: info.meta.crc32c,
+                    crc,
+                })
+            })
+            .collect())
     }
 
     /// Reports a partition that did not match its checksum to its node, so

@@ -25,6 +25,14 @@ pub(crate) enum Place {
     None,
     /// The daemon writes the bytes into a region itself (Unix).
     Daemon,
+    /// A buffer of the member's own, from its start.
+    Own(Box<dyn ErasedBuf>),
+}
+
+impl std::fmt::Debug for Box<dyn ErasedBuf> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErasedBuf")
+    }
 }
 
 /// One member of a batch on its way in.
@@ -39,6 +47,14 @@ pub(crate) struct Member {
 }
 
 impl Member {
+    /// The member's own buffer, if it has one.
+    pub(crate) fn into_own(self) -> Option<Box<dyn ErasedBuf>> {
+        match self.place {
+            Place::Own(buf) => Some(buf),
+            _ => None,
+        }
+    }
+
     /// A member whose bytes go to `place`; `verify` checks a whole shard's
     /// bytes against its CRC32C as they arrive.
     pub(crate) fn new(place: Place, verify: bool) -> Member {
@@ -63,10 +79,37 @@ pub(crate) enum Answer {
     Stat(StatResponse),
 }
 
-/// The end of a batch: the caller's buffer always comes back.
+/// The end of a batch: the caller's buffers always come back.
 pub(crate) struct BatchDone {
     pub buf: Option<Box<dyn ErasedBuf>>,
+    /// Each member's own buffer ([`Place::Own`]), in member order.
+    pub own: Vec<Option<Box<dyn ErasedBuf>>>,
     pub result: Result<Vec<Result<Answer, ClientError>>, ClientError>,
+}
+
+impl BatchDone {
+    /// A batch that could not be sent: every buffer back, and why.
+    pub(crate) fn failed(mut members: Vec<Member>, error: impl Into<ClientError>) -> BatchDone {
+        BatchDone {
+            buf: None,
+            own: own_buffers(&mut members),
+            result: Err(error.into()),
+        }
+    }
+}
+
+/// Takes the members' own buffers out.
+fn own_buffers(members: &mut [Member]) -> Vec<Option<Box<dyn ErasedBuf>>> {
+    members
+        .iter_mut()
+        .map(|m| match std::mem::replace(&mut m.place, Place::None) {
+            Place::Own(buf) => Some(buf),
+            other => {
+                m.place = other;
+                None
+            }
+        })
+        .collect()
 }
 
 pub(super) struct BatchState {
@@ -79,9 +122,11 @@ pub(super) struct BatchState {
 impl BatchState {
     /// Hands everything back with `error` (the connection closed, or the
     /// caller gave up).
-    pub(super) fn fail(self, error: ClientError) {
+    pub(super) fn fail(mut self, error: ClientError) {
+        let own = own_buffers(&mut self.members);
         let _ = self.reply.send(BatchDone {
             buf: self.buf,
+            own,
             result: Err(error),
         });
     }
@@ -113,12 +158,13 @@ impl Connection {
         {
             Ok(id) => id,
             Err((pending, error)) => {
-                let buf = match pending {
-                    Pending::Batch(state) => state.buf,
-                    _ => None,
+                let (buf, own) = match pending {
+                    Pending::Batch(mut state) => (state.buf.take(), own_buffers(&mut state.members)),
+                    _ => (None, Vec::new()),
                 };
                 return BatchDone {
                     buf,
+                    own,
                     result: Err(error),
                 };
             }
@@ -130,9 +176,10 @@ impl Connection {
                 Some((at, after)) => match tokio::time::timeout_at(at, &mut rx).await {
                     Ok(received) => received,
                     Err(_) => {
-                        if let Some(Pending::Batch(state)) = self.shared.lock().remove(&id) {
+                        if let Some(Pending::Batch(mut state)) = self.shared.lock().remove(&id) {
                             return BatchDone {
-                                buf: state.buf,
+                                buf: state.buf.take(),
+                                own: own_buffers(&mut state.members),
                                 result: Err(ClientError::Timeout { op: op.name(), after }),
                             };
                         }
@@ -146,6 +193,7 @@ impl Connection {
             };
             return received.unwrap_or_else(|_| BatchDone {
                 buf: None,
+                own: Vec::new(),
                 result: Err(self.shared.disconnected("reader stopped")),
             });
         }
@@ -225,6 +273,15 @@ async fn take_part<R: AsyncRead + Unpin>(
                         capacity: max_alloc,
                     }));
                 }
+                Place::Own(buf) => {
+                    let capacity = buf.bytes().len() as u64;
+                    if capacity < head.len {
+                        member.outcome = Some(Err(ClientError::BufferTooSmall {
+                            needed: head.len,
+                            capacity,
+                        }));
+                    }
+                }
                 Place::Alloc(v) => *v = Some(vec![0u8; head.len as usize]),
                 Place::In { .. } => {}
                 Place::None | Place::Daemon => {
@@ -297,6 +354,7 @@ async fn take_bytes<R: AsyncRead + Unpin>(
             None => return Err("a batch member placed in a buffer that is not there".into()),
         },
         Place::Alloc(v) => &mut v.as_deref_mut().unwrap_or_default()[at as usize..end as usize],
+        Place::Own(buf) => &mut buf.bytes()[at as usize..end as usize],
         Place::None | Place::Daemon => return Err("the daemon sent bytes for a member that takes none".into()),
     };
     frames.read_exact(place).await.map_err(|e| e.to_string())?;
@@ -308,11 +366,12 @@ async fn take_bytes<R: AsyncRead + Unpin>(
 }
 
 /// Ends a batch: the answer of each member, or why it has none.
-pub(super) fn finish_batch(state: BatchState, header: &FrameHeader, control: &[u8]) {
+pub(super) fn finish_batch(mut state: BatchState, header: &FrameHeader, control: &[u8]) {
     if header.status != Status::Ok {
         let error = remote_error(header.status, control);
         return state.fail(error);
     }
+    let own = own_buffers(&mut state.members);
     let results = state
         .members
         .into_iter()
@@ -320,6 +379,7 @@ pub(super) fn finish_batch(state: BatchState, header: &FrameHeader, control: &[u
         .map(|(index, member)| finish_member(index, member));
     let _ = state.reply.send(BatchDone {
         buf: state.buf,
+        own,
         result: Ok(results.collect()),
     });
 }
