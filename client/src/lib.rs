@@ -33,6 +33,16 @@
 //! why not otherwise), and a [`ShardView`] fails every read once its
 //! connection has ended, since the daemon then drops its lease.
 //!
+//! Many shards go in one request: [`Client::fetch_many`],
+//! [`Client::fetch_many_into`] (each into its range of one buffer),
+//! [`Client::view_many`] and [`Client::stat_many`] answer each member on its
+//! own (one missing shard does not fail the others). A [`Region`] is memory
+//! fetches fill in place: registered with [`Client::register_region`], a
+//! [`Client::fetch_into_region`] names each shard's place in it, and over a
+//! Unix socket the daemon writes the bytes there itself (nothing crosses
+//! the socket); over TCP the receiver writes each payload there as it
+//! arrives.
+//!
 //! A whole shard read that does not match its checksum is reported to the
 //! daemon ([`Client::verify`]), which drops its copy in memory if that is
 //! what went bad, and is read once more.
@@ -40,7 +50,7 @@
 //! A job that spans nodes, one daemon each, uses a [`Cluster`]:
 //! [`Cluster::put_partitioned`] splits a tensor into one partition per node,
 //! and [`Cluster::gather`] reads a layer's tensors from every node at once
-//! into one buffer. A [`Trainer`] runs the step loop on top: it learns the
+//! into one buffer, with one batched request per node. A [`Trainer`] runs the step loop on top: it learns the
 //! order layers are used in, keeps prefetch hints flowing ahead of the layer
 //! in use, and reports the time each gather waited.
 //!
