@@ -45,6 +45,8 @@ from .errors import __all__ as _error_names
 __all__ = [
     "Client",
     "View",
+    "Region",
+    "RegisteredRegion",
     "ShardArray",
     "ShardMeta",
     "Cluster",
@@ -253,6 +255,49 @@ class Client:
         )
         return meta
 
+    def fetch_many_into(self, namespace: str, items: Sequence[Tuple], out: Any) -> list:
+        """Fetches many shards of ``namespace`` in one request into ``out``
+        (any writable buffer, as :meth:`fetch_into`): each item is ``(key,
+        offset, nbytes)`` or ``(key, offset, nbytes, (start, length))`` (a
+        range of the shard), its bytes going to ``out[offset:offset +
+        nbytes]``. Places must lie in ``out`` and not overlap. Returns, in
+        order, each member's :class:`ShardMeta`, or the exception it would
+        have raised (returned, not raised: one missing shard does not fail
+        the others).
+
+        >>> out = np.empty(8192, np.uint8)
+        >>> [type(r).__name__ for r in client.fetch_many_into("job", [("a", 0, 4096), ("gone", 4096, 4096)], out)]
+        ['ShardMeta', 'NotFound']
+        """
+        mem = _buffers.memory(out, writable=True)
+        return self._native.fetch_many_into(namespace, _batch_items(items), mem.address, mem.nbytes, mem.owner)
+
+    def register_region(self, region: "Region") -> "RegisteredRegion":
+        """Registers ``region`` on this connection, so that
+        :meth:`fetch_into_region` can fill it. Over a Unix socket the daemon
+        maps the region and writes the bytes itself; over TCP this client
+        writes each payload into it as it arrives.
+
+        >>> registered = client.register_region(shardd.Region(1 << 20))
+        """
+        return RegisteredRegion(self._native.register_region(region._native), region)
+
+    def fetch_into_region(self, registered: "RegisteredRegion", namespace: str, items: Sequence[Tuple]) -> list:
+        """Fetches many shards of ``namespace`` in one request into a
+        registered region, each item ``(key, offset, nbytes)`` or ``(key,
+        offset, nbytes, (start, length))`` at ``offset`` in the region.
+        Returns each member's :class:`ShardMeta` or exception, as
+        :meth:`fetch_many_into`. An arena hit on the same node is one copy,
+        made by the daemon; no bytes cross the socket.
+
+        >>> region = shardd.Region(1 << 20)
+        >>> registered = client.register_region(region)
+        >>> client.fetch_into_region(registered, "job", [("layers.0.weight", 0, 24)])[0].nbytes
+        24
+        >>> region.numpy("f32", (2, 3), offset=0)
+        """
+        return self._native.fetch_into_region(registered._native, namespace, _batch_items(items))
+
     def view(self, namespace: str, key: str, *, range: Optional[Tuple[int, int]] = None) -> "View":
         """A zero-copy, read-only view of the shard in the daemon's arena (same
         node): ``.numpy()`` and ``.tensor()`` make arrays over it without
@@ -374,6 +419,98 @@ class Client:
         3
         """
         return self._native.status()
+
+
+def _batch_items(items: Sequence[Tuple]) -> list:
+    out = []
+    for item in items:
+        if len(item) == 3:
+            key, offset, nbytes = item
+            shard_range = None
+        elif len(item) == 4:
+            key, offset, nbytes, shard_range = item
+        else:
+            raise BadRequest(f"a batch item is (key, offset, nbytes[, (start, length)]), not {item!r}")
+        if int(offset) < 0 or int(nbytes) < 0:
+            raise BadRequest(f"offset and nbytes must not be negative: {item!r}")
+        start_len = None if shard_range is None else (int(shard_range[0]), int(shard_range[1]))
+        out.append((str(key), int(offset), int(nbytes), start_len))
+    return out
+
+
+class Region:
+    """Memory that fetches fill in place (:meth:`Client.fetch_into_region`):
+    page aligned, in memory, locked there with ``pinned=True`` (pinned
+    memory, ready for a copy to a GPU). Use it as your own buffer:
+    :meth:`numpy` and :meth:`tensor` make arrays over it without copying,
+    e.g. the destination of a layer gather. Read what a fetch placed once
+    the fetch has returned.
+
+    >>> region = shardd.Region(64 << 20, pinned=True)
+    >>> region.tensor("bf16", (4096, 4096)).shape
+    torch.Size([4096, 4096])
+    """
+
+    def __init__(self, nbytes: int, *, pinned: bool = False):
+        from . import _native
+
+        self._native = _native.Region(int(nbytes), pinned)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes (a whole number of pages)."""
+        return self._native.nbytes
+
+    @property
+    def pinned(self) -> bool:
+        """Whether its pages are locked in memory."""
+        return self._native.pinned
+
+    def _span(self, dtype: str, shape, offset: int) -> Tuple[int, int]:
+        itemsize = _buffers.numpy_dtype(dtype).itemsize
+        count = int(np.prod(shape, dtype=np.int64)) if shape is not None else (self.nbytes - offset) // itemsize
+        nbytes = count * itemsize
+        if offset < 0 or offset + nbytes > self.nbytes:
+            raise BufferTooSmall(f"{nbytes} bytes at offset {offset} do not fit the region's {self.nbytes}")
+        return self._native.address + offset, nbytes
+
+    def numpy(self, dtype: str = "u8", shape=None, *, offset: int = 0) -> np.ndarray:
+        """A writable numpy array of ``dtype`` (a shardd element type name)
+        and ``shape`` over the region from ``offset``, without a copy (the
+        whole rest of the region, flat, without a shape).
+
+        >>> region.numpy("f32", (2, 3)).sum()
+        """
+        address, nbytes = self._span(dtype, shape, offset)
+        return _buffers.array_over(address, nbytes, self, _buffers.numpy_dtype(dtype), shape, readonly=False)
+
+    def tensor(self, dtype: str = "u8", shape=None, *, offset: int = 0):
+        """A torch tensor over the region from ``offset``, without a copy
+        (it keeps the region alive).
+
+        >>> region.tensor("f32", (2, 3)).sum()
+        """
+        import torch
+
+        address, nbytes = self._span(dtype, shape, offset)
+        raw = _buffers.array_over(address, nbytes, self, np.dtype(np.uint8), None, readonly=False)
+        tensor = torch.from_numpy(raw).view(_buffers.torch_dtype(dtype))
+        return tensor.reshape(shape) if shape is not None else tensor
+
+
+class RegisteredRegion:
+    """A :class:`Region` registered on one client's connection
+    (:meth:`Client.register_region`); the registration ends with it, or
+    with the connection."""
+
+    def __init__(self, native, region: Region):
+        self._native = native
+        self.region = region
+
+    @property
+    def placed_by_daemon(self) -> bool:
+        """Whether the daemon writes into the region itself (Unix socket)."""
+        return self._native.placed_by_daemon
 
 
 class View:

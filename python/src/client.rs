@@ -12,6 +12,7 @@ use pyo3::types::PyDict;
 use shardd_client::protocol::Key;
 use shardd_client::{ByteRange, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions};
 
+use crate::batch::{Item, Region, RegisteredRegion};
 use crate::buf::Lent;
 use crate::errors::{self, IntoPy};
 use crate::meta::{self, ShardMeta};
@@ -234,6 +235,41 @@ impl Client {
         drop(dest);
         let info = result.py(py)?;
         Ok((ShardMeta::from(&info.meta), info.len))
+    }
+
+    /// Fetches many shards of `namespace` in one request into `nbytes` at
+    /// `address` (writable memory of `owner`), each item `(key, offset,
+    /// nbytes, range)` at its own part; each member's `ShardMeta` or
+    /// exception (returned, not raised).
+    #[pyo3(signature = (namespace, items, address, nbytes, owner))]
+    fn fetch_many_into(
+        &self,
+        py: Python<'_>,
+        namespace: String,
+        items: Vec<Item>,
+        address: usize,
+        nbytes: usize,
+        owner: Py<PyAny>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        self.batch_fetch_into(py, namespace, items, address, nbytes, owner)
+    }
+
+    /// Registers `region` on this connection.
+    fn register_region(&self, py: Python<'_>, region: &Region) -> PyResult<RegisteredRegion> {
+        self.batch_register_region(py, region)
+    }
+
+    /// Fetches many shards of `namespace` in one request into `region`, each
+    /// item `(key, offset, nbytes, range)` at its place; each member's
+    /// `ShardMeta` or exception.
+    fn fetch_into_region(
+        &self,
+        py: Python<'_>,
+        region: Py<RegisteredRegion>,
+        namespace: String,
+        items: Vec<Item>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        self.batch_fetch_into_region(py, region, namespace, items)
     }
 
     /// A zero-copy view of the shard (or `range` of it) in the daemon's arena.

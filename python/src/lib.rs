@@ -12,10 +12,13 @@
 //! * [`meta`]: shard metadata and answers as Python values.
 //! * [`client`]: `Client`, one connection.
 //! * [`view`]: `View`, a shard read in place in the daemon's arena.
+//! * [`batch`]: many shards in one request, and `Region`, memory the
+//!   daemon fills in place.
 //! * [`cluster`]: `Cluster`, `Layer`, `Trainer`: several nodes.
 //! * [`files`]: `.safetensors` import and export, files as shards.
 //! * [`bench`]: the Rust client's loops of `python -m shardd.bench`.
 
+pub mod batch;
 pub mod bench;
 pub mod buf;
 pub mod client;
@@ -35,6 +38,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Error", m.py().get_type::<errors::Error>())?;
     m.add_class::<client::Client>()?;
     m.add_class::<view::View>()?;
+    m.add_class::<batch::Region>()?;
+    m.add_class::<batch::RegisteredRegion>()?;
     m.add_class::<meta::ShardMeta>()?;
     m.add_class::<cluster::Cluster>()?;
     m.add_class::<cluster::Layer>()?;
