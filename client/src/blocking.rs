@@ -10,8 +10,9 @@ use shardd_protocol::{
     StatusResponse, VerifyResponse,
 };
 
-use crate::client::{BatchResult, ClientOptions, FetchInfo, PutOptions, Shard, Wanted};
+use crate::client::{BatchResult, ClientOptions, FetchInfo, PutItem, PutOptions, RegisteredRegion, Shard, Wanted};
 use crate::connection::FetchBuf;
+use crate::region::Region;
 use crate::{ClientError, ShardView};
 
 /// A blocking client. Cheap to clone; clones share the connection and the
@@ -117,6 +118,43 @@ impl Client {
     /// See [`crate::Client::stat_many`].
     pub fn stat_many(&self, shards: &[(&str, &str)]) -> BatchResult<StatResponse> {
         self.runtime.block_on(self.inner.stat_many(shards))
+    }
+
+    /// See [`crate::Client::fetch_many_into_each`].
+    pub fn fetch_many_into_each<B: FetchBuf>(
+        &self,
+        wanted: &[Wanted],
+        bufs: Vec<B>,
+    ) -> (Vec<B>, BatchResult<FetchInfo>) {
+        self.runtime.block_on(self.inner.fetch_many_into_each(wanted, bufs))
+    }
+
+    /// See [`crate::Client::put_many`].
+    pub fn put_many(&self, items: &[(PutItem, Bytes)]) -> BatchResult<ShardMeta> {
+        self.runtime.block_on(self.inner.put_many(items))
+    }
+
+    /// See [`crate::Client::register_region`].
+    pub fn register_region(&self, region: &Region) -> Result<RegisteredRegion, ClientError> {
+        self.runtime.block_on(self.inner.register_region(region))
+    }
+
+    /// See [`crate::Client::fetch_into_region`].
+    pub fn fetch_into_region(
+        &self,
+        region: &RegisteredRegion,
+        wanted: &[(Wanted, std::ops::Range<usize>)],
+    ) -> BatchResult<FetchInfo> {
+        self.runtime.block_on(self.inner.fetch_into_region(region, wanted))
+    }
+
+    /// See [`crate::Client::put_from_region`].
+    pub fn put_from_region(
+        &self,
+        region: &RegisteredRegion,
+        items: &[(PutItem, std::ops::Range<usize>)],
+    ) -> BatchResult<ShardMeta> {
+        self.runtime.block_on(self.inner.put_from_region(region, items))
     }
 
     /// See [`crate::Client::stat`].

@@ -26,7 +26,7 @@ use crate::{ClientError, Endpoint, ShardView};
 mod batch;
 mod regions;
 
-pub use batch::{BatchResult, Wanted};
+pub use batch::{BatchResult, PutItem, Wanted};
 pub use regions::RegisteredRegion;
 
 const UNIX_SEND_BUFFER: usize = 4 << 20;

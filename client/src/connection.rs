@@ -135,6 +135,8 @@ struct Outgoing {
     progress: Option<Arc<dyn Progress>>,
     /// Sent with the frame's first byte (a region's memfd, Unix only).
     fd: Option<OwnedFd>,
+    /// More payload, after `payload` (the members of a batched put).
+    rest: Vec<Bytes>,
 }
 
 /// A connection's writing half, which can also send a descriptor with a
@@ -320,6 +322,7 @@ impl Releases {
             payload: None,
             progress: None,
             fd: None,
+            rest: Vec::new(),
         };
         Some((out, tx))
     }
@@ -448,15 +451,17 @@ impl Connection {
         progress: Option<Arc<dyn Progress>>,
         pending: Pending,
     ) -> Result<u64, (Pending, ClientError)> {
+        let payload = payload.into_iter().collect();
         self.send_frame(op, control, payload, progress, None, pending).await
     }
 
-    /// [`Connection::send`], with `fd` attached to the frame.
+    /// [`Connection::send`], with `fd` attached to the frame, and a payload
+    /// in pieces.
     async fn send_frame(
         &self,
         op: Opcode,
         control: Vec<u8>,
-        payload: Option<Bytes>,
+        payload: Vec<Bytes>,
         progress: Option<Arc<dyn Progress>>,
         fd: Option<OwnedFd>,
         pending: Pending,
@@ -465,15 +470,17 @@ impl Connection {
             return Err((pending, self.shared.disconnected(&reason)));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let payload_len = payload.as_ref().map_or(0, |p| p.len() as u64);
+        let payload_len = payload.iter().map(|p| p.len() as u64).sum();
         let header = FrameHeader::request(op, id, control.len() as u32, payload_len).encode();
         self.shared.lock().insert(id, pending);
+        let mut pieces = payload.into_iter();
         let out = Outgoing {
             header,
             control,
-            payload,
+            payload: pieces.next(),
             progress,
             fd,
+            rest: pieces.collect(),
         };
         if self.tx.send(out).await.is_err() {
             let reason = self.shared.closed_reason().unwrap_or_else(|| "writer stopped".into());
@@ -530,7 +537,7 @@ impl Connection {
         let _permit = self.inflight.acquire().await;
         let (reply, rx) = oneshot::channel();
         if let Err((_, e)) = self
-            .send_frame(op, control, None, None, Some(fd), Pending::Simple(reply))
+            .send_frame(op, control, Vec::new(), None, Some(fd), Pending::Simple(reply))
             .await
         {
             return Err(e);
@@ -554,6 +561,7 @@ impl Connection {
             payload: None,
             progress: None,
             fd: None,
+            rest: Vec::new(),
         };
         if let Err(mpsc::error::TrySendError::Full(out)) = self.tx.try_send(out) {
             let tx = self.tx.clone();
@@ -684,6 +692,7 @@ impl KeepAlive {
             payload: None,
             progress: None,
             fd: None,
+            rest: Vec::new(),
         }
     }
 }
@@ -725,6 +734,9 @@ async fn write_loop<W: FrameWrite>(
                     }
                 }
                 (None, _) => {}
+            }
+            for piece in &frame.rest {
+                out.write_all(piece).await?;
             }
             if rx.is_empty() {
                 out.flush().await?;

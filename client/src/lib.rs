@@ -41,7 +41,8 @@
 //! [`Client::fetch_into_region`] names each shard's place in it, and over a
 //! Unix socket the daemon writes the bytes there itself (nothing crosses
 //! the socket); over TCP the receiver writes each payload there as it
-//! arrives.
+//! arrives. [`Client::put_many`] and [`Client::put_from_region`] store many
+//! shards in one request, the latter read by the daemon from the region.
 //!
 //! A whole shard read that does not match its checksum is reported to the
 //! daemon ([`Client::verify`]), which drops its copy in memory if that is
@@ -87,7 +88,7 @@ pub mod region;
 pub mod trainer;
 pub mod view;
 
-pub use client::{BatchResult, Client, ClientOptions, FetchInfo, PutOptions, RegisteredRegion, Shard, Wanted};
+pub use client::{BatchResult, Client, ClientOptions, FetchInfo, PutItem, PutOptions, RegisteredRegion, Shard, Wanted};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, GatheredTensor, Layer};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;

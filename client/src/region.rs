@@ -187,6 +187,26 @@ impl AsMut<[u8]> for RegionBuf {
     }
 }
 
+/// Bytes of a region, as the payload of a put over TCP (sent from the
+/// region, not copied out of it).
+pub(crate) struct RegionBytes {
+    region: Region,
+    range: std::ops::Range<usize>,
+}
+
+impl RegionBytes {
+    /// `range` of `region` (checked by the caller to lie in it).
+    pub(crate) fn new(region: Region, range: std::ops::Range<usize>) -> RegionBytes {
+        RegionBytes { region, range }
+    }
+}
+
+impl AsRef<[u8]> for RegionBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.region.as_slice()[self.range.clone()]
+    }
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

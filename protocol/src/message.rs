@@ -27,6 +27,7 @@
 //! | stat_batch | [`StatBatchRequest`] | a [`BatchPart`] in every frame | none |
 //! | register_region | [`RegisterRegionRequest`] | [`RegisterRegionResponse`] | none (Unix: the memfd as SCM_RIGHTS) |
 //! | release_region | [`ReleaseRegionRequest`] | none | none |
+//! | put_batch | [`PutBatchRequest`] | a [`BatchPart`] list in every frame | request: the bytes of the members not read from regions |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -40,8 +41,8 @@ use crate::{DType, Key, Namespace};
 mod batch;
 
 pub use batch::{
-    BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
-    ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
+    BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, PutBatchRequest, PutMember, RegionPlace, RegisterRegionRequest,
+    RegisterRegionResponse, ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
 };
 
 /// First request on every connection.

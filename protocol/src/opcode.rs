@@ -56,11 +56,15 @@ pub enum Opcode {
     RegisterRegion,
     /// Forget a registered region: `ReleaseRegionRequest`.
     ReleaseRegion,
+    /// Many puts in one request: `PutBatchRequest`, each member's bytes
+    /// read by the daemon from a registered region (Unix) or in the payload;
+    /// answered by `BatchPart::Stored` (or `Failed`) parts.
+    PutBatch,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 22] = [
+    pub const ALL: [Opcode; 23] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -83,6 +87,7 @@ impl Opcode {
         Opcode::StatBatch,
         Opcode::RegisterRegion,
         Opcode::ReleaseRegion,
+        Opcode::PutBatch,
     ];
 
     /// The wire code.
@@ -110,6 +115,7 @@ impl Opcode {
             Opcode::StatBatch => 20,
             Opcode::RegisterRegion => 21,
             Opcode::ReleaseRegion => 22,
+            Opcode::PutBatch => 23,
         }
     }
 
@@ -143,6 +149,7 @@ impl Opcode {
             Opcode::StatBatch => "stat_batch",
             Opcode::RegisterRegion => "register_region",
             Opcode::ReleaseRegion => "release_region",
+            Opcode::PutBatch => "put_batch",
         }
     }
 }
@@ -160,11 +167,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=22).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=23).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(23), None);
+        assert_eq!(Opcode::from_code(24), None);
     }
 }

@@ -6,10 +6,10 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-use shardd_client::{ByteRange, ClientError, EvictMode, PutOptions, Region, Status, Wanted};
+use shardd_client::{ByteRange, ClientError, EvictMode, PutItem, PutOptions, Region, Status, Wanted};
 use shardd_protocol::{
-    BatchPart, ErrorResponse, FetchBatchRequest, FetchRequest, Key, Namespace, Opcode, RegionPlace,
-    RegisterRegionRequest, RegisterRegionResponse, codec,
+    BatchPart, ErrorResponse, FetchBatchRequest, FetchRequest, Key, Namespace, Opcode, PutBatchRequest, PutMember,
+    PutRequest, RegionPlace, RegisterRegionRequest, RegisterRegionResponse, codec,
 };
 use shardd_tests::{RawClient, TestDaemon, http_get, pattern, sample, setups};
 
@@ -344,4 +344,144 @@ async fn a_member_changing_during_a_fetch_into_a_region_is_all_old_or_all_new() 
         writer.await.unwrap();
         daemon.stop().await;
     }
+}
+
+/// Puts from a region: over the Unix socket the daemon reads the bytes
+/// itself (none cross the socket), over TCP they are sent from the region;
+/// each member stored or refused on its own, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_from_a_region_store_each_member_byte_for_byte() {
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "").await;
+        let client = daemon.connect(setup).await;
+        let mut region = Region::new(16 * MIB).unwrap();
+        let lens = [0usize, 1, 4096, 5000, MIB, 3 * MIB + 7];
+        let mut places = Vec::new();
+        let mut at = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            region.as_mut_slice()[at..at + len].copy_from_slice(&pattern(len, 40 + i as u64));
+            places.push(at..at + len);
+            at = (at + len).next_multiple_of(4096);
+        }
+        let registered = client.register_region(&region).await.unwrap();
+        // One member names a version older than the stored one: refused alone.
+        client
+            .put(
+                "job",
+                "old",
+                vec![1u8; 10],
+                PutOptions {
+                    version: Some(5),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut items: Vec<(PutItem, Range<usize>)> = places
+            .iter()
+            .enumerate()
+            .map(|(i, place)| (PutItem::new("job", format!("p{i}")), place.clone()))
+            .collect();
+        let stale = PutOptions {
+            version: Some(3),
+            ..Default::default()
+        };
+        items.push((PutItem::new("job", "old").options(stale), 0..10));
+        let sent_before = unix_bytes_in(&daemon).await;
+        let stored = client.put_from_region(&registered, &items).await.unwrap();
+        if !setup.tcp {
+            assert_eq!(
+                unix_bytes_in(&daemon).await - sent_before,
+                0.0,
+                "{setup:?}: read from the region"
+            );
+        }
+        for (i, &len) in lens.iter().enumerate() {
+            let meta = stored[i].as_ref().unwrap_or_else(|e| panic!("{setup:?} p{i}: {e}"));
+            assert_eq!(meta.len, len as u64);
+            let back = client.fetch("job", &format!("p{i}")).await.unwrap();
+            assert!(back.data == pattern(len, 40 + i as u64), "{setup:?} p{i}");
+        }
+        let err = stored[lens.len()].as_ref().unwrap_err();
+        assert_eq!(err.status(), Some(Status::VersionConflict), "{setup:?}: {err}");
+
+        // The same from plain buffers, in one request's payload.
+        let items: Vec<(PutItem, bytes::Bytes)> = (0..4)
+            .map(|i| {
+                (
+                    PutItem::new("job", format!("q{i}")),
+                    bytes::Bytes::from(pattern(1000 * i + 1, i as u64)),
+                )
+            })
+            .collect();
+        let stored = client.put_many(&items).await.unwrap();
+        for (i, meta) in stored.iter().enumerate() {
+            assert_eq!(meta.as_ref().unwrap().len, 1000 * i as u64 + 1);
+            assert!(client.fetch("job", &format!("q{i}")).await.unwrap().data == pattern(1000 * i + 1, i as u64));
+        }
+        // A source outside the region is refused before anything is sent.
+        let outside = [(PutItem::new("job", "x"), 16 * MIB - 1..16 * MIB + 1)];
+        let err = client.put_from_region(&registered, &outside).await.unwrap_err();
+        assert!(matches!(err, ClientError::InvalidBatch { .. }), "{err}");
+        daemon.stop().await;
+    }
+}
+
+/// Bytes the daemon read from its Unix socket.
+async fn unix_bytes_in(daemon: &TestDaemon) -> f64 {
+    let (_, text) = http_get(&format!("{}/metrics", daemon.http_url())).await;
+    sample(
+        &text,
+        r#"shardd_transport_bytes_total{direction="in",transport="unix"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+/// A batch of puts whose payload does not add up is refused whole, and the
+/// connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_batch_whose_payload_does_not_add_up_is_refused() {
+    let mut daemon = TestDaemon::start(shardd_tests::engines()[0], "").await;
+    let mut raw = RawClient::hello(&daemon, false, "raw", false).await;
+    let member = PutMember {
+        put: PutRequest {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("k").unwrap(),
+            version: None,
+            dtype: Default::default(),
+            shape: Vec::new(),
+            crc32c: None,
+            durability: Default::default(),
+        },
+        len: 100,
+        source: None,
+    };
+    let request = PutBatchRequest {
+        members: vec![member.clone()],
+    };
+    let control = codec::encode(&request).unwrap();
+    raw.send(Opcode::PutBatch, 5, &control, &[7u8; 60]).await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!((header.request_id, header.status), (5, Status::BadRequest));
+    assert!(
+        message(&control).contains("the members sent in it hold 100"),
+        "{}",
+        message(&control)
+    );
+    raw.send(Opcode::PutBatch, 6, &codec::encode(&request).unwrap(), &[7u8; 100])
+        .await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(
+        (header.request_id, header.status, header.has_more()),
+        (6, Status::Ok, false)
+    );
+    let parts: Vec<BatchPart> = codec::decode(&control).unwrap();
+    assert!(
+        matches!(
+            parts[..],
+            [BatchPart::Stored { index: 0, .. }, BatchPart::Done { ok: 1, failed: 0 }]
+        ),
+        "{parts:?}"
+    );
+    daemon.stop().await;
 }

@@ -3,12 +3,13 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
 use shardd_protocol::{
-    ByteRange, FetchBatchRequest, FetchRequest, MAX_BATCH_MEMBERS, Opcode, StatBatchRequest, StatRequest, StatResponse,
-    Status, ViewBatchRequest,
+    ByteRange, FetchBatchRequest, FetchRequest, MAX_BATCH_MEMBERS, Opcode, PutBatchRequest, PutMember, PutRequest,
+    ShardMeta, StatBatchRequest, StatRequest, StatResponse, Status, ViewBatchRequest,
 };
 
-use super::{Client, FetchInfo, Shard, check_crc, encode, names, view_unavailable};
+use super::{Client, FetchInfo, PutOptions, Shard, check_crc, encode, names, view_unavailable};
 use crate::connection::{Answer, BatchDone, FetchBuf, Member, Place};
 use crate::{ClientError, ShardView};
 
@@ -46,6 +47,49 @@ impl Wanted {
             key,
             range: self.range,
             max_len,
+        })
+    }
+}
+
+/// One put of a batch.
+#[derive(Clone, Debug)]
+pub struct PutItem {
+    /// Namespace.
+    pub namespace: String,
+    /// Key.
+    pub key: String,
+    /// How to store it.
+    pub options: PutOptions,
+}
+
+impl PutItem {
+    /// `namespace`/`key`, stored with default options.
+    pub fn new(namespace: impl Into<String>, key: impl Into<String>) -> PutItem {
+        PutItem {
+            namespace: namespace.into(),
+            key: key.into(),
+            options: PutOptions::default(),
+        }
+    }
+
+    /// Stored as `options` say.
+    pub fn options(mut self, options: PutOptions) -> PutItem {
+        self.options = options;
+        self
+    }
+
+    /// The request for bytes whose CRC32C is `crc32c`, if known.
+    pub(super) fn request(&self, crc32c: Option<u32>) -> Result<PutRequest, ClientError> {
+        let (namespace, key) = names(&self.namespace, &self.key)?;
+        let options = self.options.clone();
+        Ok(PutRequest {
+            namespace,
+            key,
+            version: options.version,
+            dtype: options.dtype,
+            shape: options.shape,
+            crc32c,
+            durability: options.durability,
         })
     }
 }
@@ -460,6 +504,50 @@ impl Client {
                     })
                 }
                 _ => Err(unexpected("view_batch")),
+            })
+            .collect())
+    }
+
+    /// Stores many shards in one request (their bytes one after another in
+    /// its payload); each member is stored, or fails, on its own.
+    pub async fn put_many(&self, items: &[(PutItem, Bytes)]) -> BatchResult<ShardMeta> {
+        check_count(items.len())?;
+        let total: u64 = items.iter().map(|(_, data)| data.len() as u64).sum();
+        let max = self.server.limits.max_payload_len;
+        if total > max {
+            return Err(ClientError::InvalidBatch {
+                reason: format!(
+                    "the puts hold {total} bytes, more than the {max} one request may carry: split the batch"
+                ),
+            });
+        }
+        let mut members = Vec::with_capacity(items.len());
+        for (item, data) in items {
+            members.push(PutMember {
+                put: item.request(Some(crc32c::crc32c(data)))?,
+                len: data.len() as u64,
+                source: None,
+            });
+        }
+        let payload = items.iter().map(|(_, data)| data.clone()).collect();
+        self.put_members(members, payload).await
+    }
+
+    /// Sends a batch of puts and collects what each stored.
+    pub(super) async fn put_members(&self, members: Vec<PutMember>, payload: Vec<Bytes>) -> BatchResult<ShardMeta> {
+        let answers = members.iter().map(|_| Member::new(Place::None, false)).collect();
+        let control = encode(&PutBatchRequest { members })?;
+        let timeout = self.options.request_timeout;
+        let done = self
+            .conn
+            .batch_with_payload(Opcode::PutBatch, control, payload, answers, None, timeout)
+            .await;
+        Ok(done
+            .result?
+            .into_iter()
+            .map(|answer| match answer? {
+                Answer::Stored(meta) => Ok(meta),
+                _ => Err(unexpected("put_batch")),
             })
             .collect())
     }

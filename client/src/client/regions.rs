@@ -5,15 +5,17 @@ use std::ops::Range;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use shardd_protocol::{
-    FetchBatchRequest, Opcode, RegionPlace, RegisterRegionRequest, RegisterRegionResponse, ReleaseRegionRequest,
+    FetchBatchRequest, Opcode, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
+    ReleaseRegionRequest, ShardMeta,
 };
 
-use super::batch::{BatchResult, Wanted, check_count, check_places};
+use super::batch::{BatchResult, PutItem, Wanted, check_count, check_places};
 use super::{Client, FetchInfo, decode, encode};
 use crate::ClientError;
 use crate::connection::{Answer, Connection, Member, Place};
-use crate::region::{Region, RegionBuf};
+use crate::region::{Region, RegionBuf, RegionBytes};
 
 /// A region registered on a connection: fetches on that connection (and
 /// its clones) may name it as their destination. Dropping it releases the
@@ -55,7 +57,65 @@ impl Drop for RegisteredRegion {
     }
 }
 
+impl RegisteredRegion {
+    /// Checks that the region is registered on `client`'s connection.
+    fn check_connection(&self, client: &Client) -> Result<(), ClientError> {
+        if Arc::ptr_eq(&self.conn, &client.conn) {
+            return Ok(());
+        }
+        Err(ClientError::InvalidBatch {
+            reason: format!(
+                "region {} is registered on another connection: register it on this one",
+                self.id
+            ),
+        })
+    }
+}
+
 impl Client {
+    /// Stores many shards in one request, each from its range of `region`.
+    /// Over a Unix socket the daemon reads the bytes from the region itself
+    /// (nothing crosses the socket); over TCP they are sent from it, with
+    /// no copy. The ranges must not change until this returns.
+    pub async fn put_from_region(
+        &self,
+        region: &RegisteredRegion,
+        items: &[(PutItem, Range<usize>)],
+    ) -> BatchResult<ShardMeta> {
+        region.check_connection(self)?;
+        check_count(items.len())?;
+        for (_, range) in items {
+            if range.start > range.end || range.end > region.region.len() {
+                return Err(ClientError::InvalidBatch {
+                    reason: format!(
+                        "source {range:?} is not within the region of {} bytes",
+                        region.region.len()
+                    ),
+                });
+            }
+        }
+        let mut members = Vec::with_capacity(items.len());
+        let mut payload = Vec::new();
+        for (item, range) in items {
+            members.push(PutMember {
+                put: item.request(None)?,
+                len: range.len() as u64,
+                source: Some(RegionPlace {
+                    region: region.id,
+                    offset: range.start as u64,
+                    len: range.len() as u64,
+                }),
+            });
+            if !region.mapped {
+                payload.push(Bytes::from_owner(RegionBytes::new(
+                    region.region.clone(),
+                    range.clone(),
+                )));
+            }
+        }
+        self.put_members(members, payload).await
+    }
+
     /// Registers `region` on this connection. Over a Unix socket the daemon
     /// maps the region's memory and writes fetched bytes into it itself;
     /// over TCP they come over the socket and this client writes them.
@@ -98,14 +158,7 @@ impl Client {
         region: &RegisteredRegion,
         wanted: &[(Wanted, Range<usize>)],
     ) -> BatchResult<FetchInfo> {
-        if !Arc::ptr_eq(&region.conn, &self.conn) {
-            return Err(ClientError::InvalidBatch {
-                reason: format!(
-                    "region {} is registered on another connection: register it on this one",
-                    region.id
-                ),
-            });
-        }
+        region.check_connection(self)?;
         check_count(wanted.len())?;
         check_places(wanted.iter().map(|(_, r)| r), region.region.len())?;
         let verify = self.options.verify_checksums;

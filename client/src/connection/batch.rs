@@ -5,8 +5,12 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use shardd_protocol::frame::io::FrameReader;
-use shardd_protocol::{BatchPart, FetchResponse, FrameHeader, Opcode, StatResponse, Status, ViewResponse, codec};
+use shardd_protocol::{
+    BatchPart, FetchResponse, FrameHeader, Opcode, ShardMeta, StatResponse, Status, ViewResponse, codec,
+};
 use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 
@@ -77,6 +81,8 @@ pub(crate) enum Answer {
     View(ViewResponse),
     /// A stat.
     Stat(StatResponse),
+    /// A put, stored.
+    Stored(ShardMeta),
 }
 
 /// The end of a batch: the caller's buffers always come back.
@@ -144,6 +150,20 @@ impl Connection {
         buf: Option<Box<dyn ErasedBuf>>,
         timeout: Option<Duration>,
     ) -> BatchDone {
+        self.batch_with_payload(op, control, Vec::new(), members, buf, timeout)
+            .await
+    }
+
+    /// [`Connection::batch`] with a payload, in pieces (a batched put's).
+    pub(crate) async fn batch_with_payload(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        payload: Vec<Bytes>,
+        members: Vec<Member>,
+        buf: Option<Box<dyn ErasedBuf>>,
+        timeout: Option<Duration>,
+    ) -> BatchDone {
         let _permit = self.inflight.acquire().await;
         let (reply, mut rx) = oneshot::channel();
         let state = BatchState {
@@ -152,10 +172,8 @@ impl Connection {
             members,
             reply,
         };
-        let id = match self
-            .send(op, control, None, None, Pending::Batch(Box::new(state)))
-            .await
-        {
+        let pending = Pending::Batch(Box::new(state));
+        let id = match self.send_frame(op, control, payload, None, None, pending).await {
             Ok(id) => id,
             Err((pending, error)) => {
                 let (buf, own) = match pending {
@@ -306,6 +324,7 @@ async fn take_part<R: AsyncRead + Unpin>(
             member.outcome = Some(Ok(Answer::Fetch(head, None)));
         }
         BatchPart::View { view, .. } => member.outcome = Some(Ok(Answer::View(view))),
+        BatchPart::Stored { meta, .. } => member.outcome = Some(Ok(Answer::Stored(meta))),
         BatchPart::Stat { stat, .. } => member.outcome = Some(Ok(Answer::Stat(stat))),
         BatchPart::Failed {
             status,

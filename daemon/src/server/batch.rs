@@ -28,7 +28,8 @@ use super::dispatch::{Handled, Task};
 use super::responder::error_frame;
 use crate::service::Fetch;
 use crate::store::StoreError;
-use frames::{MemberFrames, Parts, Tally, failed, send_member, single};
+use frames::{MemberFrames, send_member, single};
+pub(super) use frames::{Parts, Tally, failed};
 use place::{PLACE_AT_ONCE, Target, place_member, placed};
 
 /// Members of one batch that wait (for a load, the drive, room in the

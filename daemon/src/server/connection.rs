@@ -47,6 +47,8 @@ use crate::metrics::RequestMetrics;
 use crate::service::Session;
 use crate::service::regions::PassedFds;
 
+mod put_batch;
+
 /// Bytes of the read and write buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
 /// Answers queued for the writer before handlers wait.
@@ -385,6 +387,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
 
         if op == Opcode::Put {
             return self.take_put(header, &control).await;
+        }
+        if op == Opcode::PutBatch {
+            return self.take_put_batch(header, &control).await;
         }
         if header.payload_len > 0 {
             self.discard(header.payload_len).await?;

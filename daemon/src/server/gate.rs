@@ -5,9 +5,9 @@
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
     DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
-    MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutRequest, RegisterRegionRequest, ReleaseRegionRequest,
-    ReleaseRequest, ScheduleRequest, SetQuotaRequest, StatBatchRequest, StatRequest, VerifyRequest, ViewBatchRequest,
-    ViewRequest, codec,
+    MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutBatchRequest, PutMember, PutRequest,
+    RegisterRegionRequest, ReleaseRegionRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, StatBatchRequest,
+    StatRequest, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
 };
 
 use super::ServerContext;
@@ -113,6 +113,19 @@ impl Batch for FetchBatchRequest {
 impl Batch for ViewBatchRequest {
     type Member = FetchRequest;
     fn members(&self) -> &[FetchRequest] {
+        &self.members
+    }
+}
+
+impl Guarded for PutMember {
+    fn need(&self) -> Need<'_> {
+        self.put.need()
+    }
+}
+
+impl Batch for PutBatchRequest {
+    type Member = PutMember;
+    fn members(&self) -> &[PutMember] {
         &self.members
     }
 }

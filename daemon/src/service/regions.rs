@@ -109,14 +109,12 @@ impl Region {
         let map_len = usize::try_from(len).map_err(|_| format!("a region of {len} bytes cannot be mapped"))?;
         // SAFETY: a fresh shared mapping of a file we hold, of a length the
         // file has and cannot lose (sealed against shrinking); checked below.
-        // Its pages are the client's, already in memory: MAP_POPULATE maps
-        // them now rather than one fault at a time under the first writes.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )
@@ -136,6 +134,11 @@ impl Region {
                  (the daemon's writes would otherwise allocate them)"
             ));
         }
+        // The pages are the client's and in memory: map them all now rather
+        // than one fault at a time under the first writes (where the kernel
+        // cannot, the faults come as they would).
+        // SAFETY: advice on our own mapping, whose pages all exist.
+        unsafe { libc::madvise(mapping.base.as_ptr().cast(), mapping.len, libc::MADV_POPULATE_WRITE) };
         Ok(Region {
             len,
             mapped: Some(mapping),
@@ -177,6 +180,34 @@ impl Region {
         // shared memory is only ever copied into, never read as a typed value.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), mapping.base.as_ptr().add(offset as usize), bytes.len());
+        }
+    }
+}
+
+impl Region {
+    /// Copies `dest.len()` bytes from `offset` of the region into `dest`
+    /// (the source of a put). The caller checked the place.
+    ///
+    /// # Panics
+    /// If the bytes lie outside the region, or the region is not mapped.
+    pub fn read(&self, offset: u64, dest: &mut [u8]) {
+        let mapping = self.mapped.as_ref().expect("reads come from mapped regions");
+        let end = offset as usize + dest.len();
+        assert!(
+            end <= mapping.len,
+            "read of {offset}..{end} past a {}-byte region",
+            mapping.len
+        );
+        // SAFETY: within the mapping (checked above), alive as long as
+        // `self`; `dest` is the daemon's own buffer. The client may write
+        // the same bytes meanwhile: the put then stores what was copied,
+        // checksummed after the copy, so it is consistent with itself.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                mapping.base.as_ptr().add(offset as usize),
+                dest.as_mut_ptr(),
+                dest.len(),
+            );
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{FetchRequest, FetchResponse, StatRequest, StatResponse, ViewResponse};
+use super::{FetchRequest, FetchResponse, PutRequest, ShardMeta, StatRequest, StatResponse, ViewResponse};
 
 /// Most members one batched request may name.
 pub const MAX_BATCH_MEMBERS: usize = 1024;
@@ -88,6 +88,27 @@ pub struct ViewBatchRequest {
     pub if_resident: bool,
 }
 
+/// Many puts at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutBatchRequest {
+    /// The members, stored in order.
+    pub members: Vec<PutMember>,
+}
+
+/// One put of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutMember {
+    /// What to store.
+    pub put: PutRequest,
+    /// Its bytes.
+    pub len: u64,
+    /// Where they are: a place in a region the daemon mapped (Unix), which
+    /// it reads them from; `None`, or a region it did not map (TCP), and
+    /// they are the next `len` bytes of the frame's payload. The payload is
+    /// exactly the bytes of those members, in order.
+    pub source: Option<RegionPlace>,
+}
+
 /// Metadata of many shards at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatBatchRequest {
@@ -127,6 +148,13 @@ pub enum BatchPart {
         index: u32,
         /// The shard and which of its bytes were written.
         head: FetchResponse,
+    },
+    /// A put member, stored.
+    Stored {
+        /// The member's place in the request.
+        index: u32,
+        /// What was stored.
+        meta: ShardMeta,
     },
     /// A view member's answer.
     View {
@@ -170,6 +198,7 @@ impl BatchPart {
             BatchPart::Head { index, .. }
             | BatchPart::Data { index, .. }
             | BatchPart::Placed { index, .. }
+            | BatchPart::Stored { index, .. }
             | BatchPart::View { index, .. }
             | BatchPart::Stat { index, .. }
             | BatchPart::Failed { index, .. } => Some(*index),

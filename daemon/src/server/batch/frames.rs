@@ -19,13 +19,13 @@ const PARTS_BYTES: usize = 64 << 10;
 
 /// How many members were answered ok and how many failed.
 #[derive(Debug, Default)]
-pub(super) struct Tally {
+pub(in crate::server) struct Tally {
     ok: AtomicU32,
     failed: AtomicU32,
 }
 
 impl Tally {
-    pub(super) fn count(&self, ok: bool) {
+    pub(in crate::server) fn count(&self, ok: bool) {
         let counter = if ok { &self.ok } else { &self.failed };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -40,7 +40,7 @@ impl Tally {
 
 /// The part that says member `index` failed with `e` (logged as the
 /// request path logs every error).
-pub(super) fn failed(op: Opcode, id: u64, index: u32, e: &StoreError) -> BatchPart {
+pub(in crate::server) fn failed(op: Opcode, id: u64, index: u32, e: &StoreError) -> BatchPart {
     log_refusal(op, id, e);
     BatchPart::Failed {
         index,
@@ -51,7 +51,7 @@ pub(super) fn failed(op: Opcode, id: u64, index: u32, e: &StoreError) -> BatchPa
 }
 
 /// Answers without bytes, gathered into as few frames as fit.
-pub(super) struct Parts {
+pub(in crate::server) struct Parts {
     op: Opcode,
     id: u64,
     encoded: Vec<Vec<u8>>,
@@ -61,7 +61,7 @@ pub(super) struct Parts {
 }
 
 impl Parts {
-    pub(super) fn new(op: Opcode, id: u64) -> Parts {
+    pub(in crate::server) fn new(op: Opcode, id: u64) -> Parts {
         Parts {
             op,
             id,
@@ -72,7 +72,7 @@ impl Parts {
     }
 
     /// Adds a part; a full frame goes to `frames`.
-    pub(super) fn push(&mut self, part: &BatchPart) {
+    pub(in crate::server) fn push(&mut self, part: &BatchPart) {
         let encoded = match codec::encode(part) {
             Ok(encoded) => encoded,
             Err(e) => {
@@ -111,7 +111,7 @@ impl Parts {
     }
 
     /// Every frame, the last ending with `Done`.
-    pub(super) fn finish(mut self, tally: &Tally) -> Vec<OutFrame> {
+    pub(in crate::server) fn finish(mut self, tally: &Tally) -> Vec<OutFrame> {
         self.push(&tally.done());
         self.flush(false);
         self.frames
