@@ -47,6 +47,7 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
     for case in cases {
         assert!(case["put_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert!(case["fetch_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
+        assert!(case["region_fetch_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert_eq!(case["put_vs_fio"].is_number(), fio, "{case}");
         assert_eq!(case["fetch_vs_fio_fixedbufs"].is_number(), fio, "{case}");
     }

@@ -3,7 +3,10 @@
 //! same data directories in the same run.
 //!
 //! Each case stores `total` bytes as shards of one size from `concurrency`
-//! workers (durable puts), then fetches them all back into reused buffers.
+//! workers (durable puts), then fetches them all back into reused buffers,
+//! then once more into a registered region per worker
+//! (`fetch_into_region`: over the Unix socket the daemon writes the bytes
+//! into the region itself).
 //! Every case runs `runs` times; the medians are reported. Before the
 //! fetches the shards are demoted from the daemon's arena, and the daemon
 //! reads with O_DIRECT, so fetches come from the drive (where a data dir is
@@ -25,7 +28,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
-use shardd_client::{Client, ClientOptions, EvictMode, PutOptions};
+use shardd_client::{Client, ClientOptions, EvictMode, PutOptions, Region, Wanted};
 use tokio::task::JoinSet;
 
 use super::{baselines, median, pattern};
@@ -94,6 +97,8 @@ pub struct CaseResult {
     pub put_bytes_per_sec: f64,
     /// Cold fetch throughput, bytes per second.
     pub fetch_bytes_per_sec: f64,
+    /// Cold fetch into a registered region, bytes per second.
+    pub region_fetch_bytes_per_sec: f64,
     /// put / fio write.
     pub put_vs_fio: Option<f64>,
     /// fetch / fio read.
@@ -102,6 +107,8 @@ pub struct CaseResult {
     pub put_vs_fio_fixedbufs: Option<f64>,
     /// fetch / fio read with registered buffers.
     pub fetch_vs_fio_fixedbufs: Option<f64>,
+    /// fetch into a region / fio read.
+    pub region_fetch_vs_fio: Option<f64>,
 }
 
 /// The whole report.
@@ -165,6 +172,7 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
         .collect();
     let mut puts = vec![Vec::new(); cases_of.len()];
     let mut fetches = vec![Vec::new(); cases_of.len()];
+    let mut region_fetches = vec![Vec::new(); cases_of.len()];
     let mut fio_reads = Vec::new();
     let mut fio_writes = Vec::new();
     let mut fixed_reads = Vec::new();
@@ -197,18 +205,24 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
                 demote(&clients[0], &args.namespace, size, shards).await?;
             }
             let fetch = fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?;
+            if has_arena {
+                demote(&clients[0], &args.namespace, size, shards).await?;
+            }
+            let region_fetch = region_fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?;
             cleanup(&clients[0], &args.namespace, size, shards).await?;
             if !args.json {
                 eprintln!(
-                    "run {}: {} x{concurrency}: put {:.2} GB/s, fetch {:.2} GB/s",
+                    "run {}: {} x{concurrency}: put {:.2} GB/s, fetch {:.2} GB/s, into a region {:.2} GB/s",
                     run + 1,
                     show::bytes(size),
                     put / 1e9,
-                    fetch / 1e9
+                    fetch / 1e9,
+                    region_fetch / 1e9
                 );
             }
             puts[n].push(put);
             fetches[n].push(fetch);
+            region_fetches[n].push(region_fetch);
         }
     }
     let fio = (!fio_reads.is_empty()).then(|| FioBaseline {
@@ -219,20 +233,23 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
     });
     let cases = cases_of
         .iter()
-        .zip(puts.into_iter().zip(fetches))
-        .map(|(&(size, concurrency), (puts, fetches))| {
+        .zip(puts.into_iter().zip(fetches).zip(region_fetches))
+        .map(|(&(size, concurrency), ((puts, fetches), region_fetches))| {
             let put = median(puts);
             let fetch = median(fetches);
+            let region_fetch = median(region_fetches);
             CaseResult {
                 shard_bytes: size,
                 concurrency,
                 shards: (args.total / size).max(concurrency as u64),
                 put_bytes_per_sec: put,
                 fetch_bytes_per_sec: fetch,
+                region_fetch_bytes_per_sec: region_fetch,
                 put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
                 fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
                 put_vs_fio_fixedbufs: fio.map(|f| put / f.fixedbufs_write_bytes_per_sec),
                 fetch_vs_fio_fixedbufs: fio.map(|f| fetch / f.fixedbufs_read_bytes_per_sec),
+                region_fetch_vs_fio: fio.map(|f| region_fetch / f.read_bytes_per_sec),
             }
         })
         .collect();
@@ -324,6 +341,47 @@ pub(super) async fn fetch_phase(
     Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// [`fetch_phase`] into a registered region per worker, one shard per
+/// request.
+pub(super) async fn region_fetch_phase(
+    clients: &[Client],
+    namespace: &str,
+    size: u64,
+    shards: u64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let mut regions = Vec::new();
+    for w in 0..concurrency {
+        let region = Region::new(size as usize).context("allocate a region")?;
+        let client = &clients[w % clients.len()];
+        regions.push(client.register_region(&region).await.context("register a region")?);
+    }
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for (w, region) in regions.into_iter().enumerate() {
+        let client = clients[w % clients.len()].clone();
+        let namespace = namespace.to_string();
+        workers.spawn(async move {
+            let mut i = w as u64;
+            while i < shards {
+                let wanted = [(Wanted::new(namespace.as_str(), key(size, i)), 0..size as usize)];
+                let mut results = client.fetch_into_region(&region, &wanted).await?;
+                let info = results
+                    .pop()
+                    .context("an answer for the member")?
+                    .with_context(|| format!("fetch {} into a region", key(size, i)))?;
+                anyhow::ensure!(info.len == size, "fetch {} returned {} bytes", key(size, i), info.len);
+                i += concurrency as u64;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    Ok((shards * size) as f64 / start.elapsed().as_secs_f64())
+}
+
 pub(super) async fn demote(client: &Client, namespace: &str, size: u64, shards: u64) -> anyhow::Result<()> {
     let keys: Vec<String> = (0..shards).map(|i| key(size, i)).collect();
     for batch in keys.chunks(1000) {
@@ -381,14 +439,24 @@ fn render(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:>9} {:>5} {:>7} {:>9} {:>8} {:>10} {:>11} {:>10} {:>12}",
-        "shard", "conc", "shards", "put GB/s", "put/fio", "put/fixed", "fetch GB/s", "fetch/fio", "fetch/fixed"
+        "\n{:>9} {:>5} {:>7} {:>9} {:>8} {:>10} {:>11} {:>10} {:>12} {:>12} {:>10}",
+        "shard",
+        "conc",
+        "shards",
+        "put GB/s",
+        "put/fio",
+        "put/fixed",
+        "fetch GB/s",
+        "fetch/fio",
+        "fetch/fixed",
+        "region GB/s",
+        "region/fio"
     );
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
     for c in &report.cases {
         let _ = writeln!(
             out,
-            "{:>9} {:>5} {:>7} {:>9.2} {:>8} {:>10} {:>11.2} {:>10} {:>12}",
+            "{:>9} {:>5} {:>7} {:>9.2} {:>8} {:>10} {:>11.2} {:>10} {:>12} {:>12.2} {:>10}",
             show::bytes(c.shard_bytes),
             c.concurrency,
             c.shards,
@@ -397,7 +465,9 @@ fn render(report: &BenchReport) -> String {
             ratio(c.put_vs_fio_fixedbufs),
             c.fetch_bytes_per_sec / 1e9,
             ratio(c.fetch_vs_fio),
-            ratio(c.fetch_vs_fio_fixedbufs)
+            ratio(c.fetch_vs_fio_fixedbufs),
+            c.region_fetch_bytes_per_sec / 1e9,
+            ratio(c.region_fetch_vs_fio)
         );
     }
     out
