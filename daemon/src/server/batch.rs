@@ -36,6 +36,11 @@ use place::{PLACE_AT_ONCE, Target, place_member, placed};
 /// arena) at the same time. Members answered from the arena never wait.
 const MEMBERS_AT_ONCE: usize = 16;
 
+/// Bytes of one batch's members in the arena that the connection's reader
+/// writes into their regions itself before it reads on; the rest are
+/// written by the batch's task.
+const PLACED_BY_READER: u64 = 16 << 20;
+
 /// A fetch member that waits: to be fetched, or (in the arena, large) to
 /// be written into its place off the connection's reader.
 enum Waiting {
@@ -67,6 +72,7 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
     let tally = Arc::new(Tally::default());
     let mut parts = Parts::new(op, id);
     let mut waiting: Vec<(u32, Waiting)> = Vec::new();
+    let mut reader_budget = PLACED_BY_READER;
     for (index, member) in members.into_iter().enumerate() {
         let index = index as u32;
         let (member, target) = match placed(task.session, member, places.get(index as usize)) {
@@ -79,7 +85,8 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
         };
         match service.fetch_resident(&member) {
             Some(Ok(fetch)) => match target {
-                Some(target) if fetch.head.len <= PLACE_AT_ONCE => {
+                Some(target) if fetch.head.len <= PLACE_AT_ONCE.min(reader_budget) => {
+                    reader_budget -= fetch.head.len;
                     parts.push(&BatchPart::Placed {
                         index,
                         head: target.write_ready(fetch),

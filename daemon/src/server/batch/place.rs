@@ -66,6 +66,9 @@ pub(super) async fn place_member(mut fetch: Fetch, target: Target) -> Result<Fet
         let len = piece.bytes().len() as u64;
         if len <= PLACE_AT_ONCE {
             target.write(at, &piece);
+            // Pieces in the arena come without waiting: let other tasks
+            // run between copies.
+            tokio::task::yield_now().await;
         } else {
             let target = target.clone();
             tokio::task::spawn_blocking(move || target.write(at, &piece))
