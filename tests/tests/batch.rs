@@ -279,3 +279,37 @@ async fn a_member_replaced_during_a_batch_is_all_old_or_all_new() {
         daemon.stop().await;
     }
 }
+
+/// A member whose copy in the daemon's memory went bad is reported to the
+/// daemon, which drops the copy, and fetched again from the drive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_fails_its_checksum_is_reported_and_fetched_again() {
+    for setup in setups().into_iter().filter(|s| !s.zero_copy) {
+        let mut daemon = TestDaemon::start(setup.engine, "").await;
+        let client = daemon.connect(setup).await;
+        let data = pattern(3 * MIB, 7);
+        client
+            .put("job", "w", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        client
+            .put("job", "v", pattern(4096, 8), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            daemon.corrupt_arena_copy("job", "w", MIB as u64 + 5),
+            "{setup:?}: w is in the arena"
+        );
+        let wanted = [
+            (Wanted::new("job", "w"), 0..3 * MIB),
+            (Wanted::new("job", "v"), 3 * MIB..3 * MIB + 4096),
+        ];
+        let (buf, results) = client.fetch_many_into(&wanted, vec![0u8; 4 * MIB]).await;
+        for result in results.unwrap() {
+            result.unwrap_or_else(|e| panic!("{setup:?}: {e}"));
+        }
+        assert!(buf[..3 * MIB] == data[..], "{setup:?}");
+        assert!(buf[3 * MIB..3 * MIB + 4096] == pattern(4096, 8)[..], "{setup:?}");
+        daemon.stop().await;
+    }
+}

@@ -175,7 +175,47 @@ impl Client {
     /// With the daemon's arena mapped (Unix socket), members the arena
     /// holds or can load are copied once, from the arena, out of views
     /// asked for in one request; the rest come over the socket in another.
+    /// Whole shards that do not match their checksum are reported to the
+    /// daemon and fetched once more, as [`Client::fetch_into`] does.
     pub async fn fetch_many_into<B: FetchBuf>(
+        &self,
+        wanted: &[(Wanted, Range<usize>)],
+        buf: B,
+    ) -> (B, BatchResult<FetchInfo>) {
+        let (buf, result) = self.fetch_many_into_once(wanted, buf).await;
+        let Ok(mut results) = result else {
+            return (buf, result);
+        };
+        let bad = self.report_mismatches(wanted.iter().map(|(w, _)| w), &results).await;
+        if bad.is_empty() {
+            return (buf, Ok(results));
+        }
+        let again: Vec<(Wanted, Range<usize>)> = bad.iter().map(|&i| wanted[i].clone()).collect();
+        let (buf, fetched) = self.fetch_many_into_once(&again, buf).await;
+        merge_again(&mut results, &bad, fetched);
+        (buf, Ok(results))
+    }
+
+    /// Reports to the daemon every member that did not match its checksum;
+    /// their indices.
+    async fn report_mismatches<'w>(
+        &self,
+        wanted: impl Iterator<Item = &'w Wanted>,
+        results: &[Result<FetchInfo, ClientError>],
+    ) -> Vec<usize> {
+        let mut bad = Vec::new();
+        for (i, (w, result)) in wanted.zip(results).enumerate() {
+            if let Err(ClientError::ChecksumMismatch { version, .. }) = result
+                && let Ok((namespace, key)) = names(&w.namespace, &w.key)
+            {
+                self.report_mismatch(&namespace, &key, *version).await;
+                bad.push(i);
+            }
+        }
+        bad
+    }
+
+    async fn fetch_many_into_once<B: FetchBuf>(
         &self,
         wanted: &[(Wanted, Range<usize>)],
         mut buf: B,
@@ -228,6 +268,30 @@ impl Client {
     /// of its own (from its start), as [`Client::fetch_many_into`] does into
     /// ranges of one buffer. The buffers come back in every case, in order.
     pub async fn fetch_many_into_each<B: FetchBuf>(
+        &self,
+        wanted: &[Wanted],
+        bufs: Vec<B>,
+    ) -> (Vec<B>, BatchResult<FetchInfo>) {
+        let (bufs, result) = self.fetch_each_once(wanted, bufs).await;
+        let Ok(mut results) = result else {
+            return (bufs, result);
+        };
+        let bad = self.report_mismatches(wanted.iter(), &results).await;
+        if bad.is_empty() {
+            return (bufs, Ok(results));
+        }
+        let mut slots: Vec<Option<B>> = bufs.into_iter().map(Some).collect();
+        let again: Vec<Wanted> = bad.iter().map(|&i| wanted[i].clone()).collect();
+        let again_bufs: Vec<B> = bad.iter().filter_map(|&i| slots[i].take()).collect();
+        let (back, fetched) = self.fetch_each_once(&again, again_bufs).await;
+        for (&i, buf) in bad.iter().zip(back) {
+            slots[i] = Some(buf);
+        }
+        merge_again(&mut results, &bad, fetched);
+        (slots.into_iter().flatten().collect(), Ok(results))
+    }
+
+    async fn fetch_each_once<B: FetchBuf>(
         &self,
         wanted: &[Wanted],
         mut bufs: Vec<B>,
@@ -573,6 +637,20 @@ impl Client {
                 _ => Err(unexpected("stat_batch")),
             })
             .collect())
+    }
+}
+
+/// Puts the outcomes of members `bad`, fetched again, in their places (a
+/// second try that failed as a whole leaves the first errors, but for the
+/// first member, which gets the second error).
+fn merge_again(results: &mut [Result<FetchInfo, ClientError>], bad: &[usize], again: BatchResult<FetchInfo>) {
+    match again {
+        Ok(again) => {
+            for (&i, result) in bad.iter().zip(again) {
+                results[i] = result;
+            }
+        }
+        Err(e) => results[bad[0]] = Err(e),
     }
 }
 

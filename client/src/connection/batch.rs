@@ -1,7 +1,7 @@
 //! Receiving a batch's answer: every frame names its member, so members
 //! are taken in whatever order the daemon answers them, and each fetch
-//! member's bytes go straight to its place in the caller's buffer (or a
-//! vector of its own) as they arrive.
+//! member's bytes go straight to its place (in the caller's buffer, a
+//! buffer of its own, or a vector) as they arrive.
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub(crate) enum Place {
     /// A vector of the answer's length (at most the connection's largest
     /// allocation).
     Alloc(Option<Vec<u8>>),
-    /// Nowhere: a view or stat member.
+    /// Nowhere: a view, stat or put member.
     None,
     /// The daemon writes the bytes into a region itself (Unix).
     Daemon,
