@@ -5,7 +5,10 @@
 //! else, streams put payloads straight into the buffers of their put
 //! session ([`crate::service::put`]: arena blocks when the shard can stay
 //! cached), and hands every other request to the dispatch table
-//! ([`super::dispatch`]), which answers it at once or in its own task. Answers go through a channel to the writing side, which writes
+//! ([`super::dispatch`]), which answers it at once or in its own task; a
+//! batch of puts ([`put_batch`]) reads each member's bytes from a region or
+//! from the payload in the same way. Answers go through a channel to the
+//! writing side, which writes
 //! whole frames in the order they are ready, so answers to pipelined
 //! requests may overtake each other and a large fetch never blocks a small
 //! one.
@@ -23,6 +26,8 @@
 //! closed, so that the client can stop reading them first. A connection
 //! with no request and nothing in flight for `idle_timeout` is closed the
 //! same way, and a lease held for `lease_timeout` is revoked.
+
+mod put_batch;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -46,8 +51,6 @@ use crate::access::{Identity, Peer};
 use crate::metrics::RequestMetrics;
 use crate::service::Session;
 use crate::service::regions::PassedFds;
-
-mod put_batch;
 
 /// Bytes of the read and write buffers around the socket.
 const SOCKET_BUFFER: usize = 64 * 1024;
