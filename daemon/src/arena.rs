@@ -179,6 +179,19 @@ impl Arena {
     /// the arena when the buffer is dropped.
     pub fn alloc(&self, size: u32) -> Result<AlignedBuf, Exhausted> {
         let block = self.alloc_state().alloc(size)?;
+        Ok(self.buffer(block))
+    }
+
+    /// `count` whole blocks (each of [`Arena::max_block`] bytes) at
+    /// consecutive offsets, one range of the arena, if a run that long is
+    /// free now.
+    pub fn alloc_run(&self, count: u32) -> Option<Vec<AlignedBuf>> {
+        let blocks = self.alloc_state().alloc_run(count)?;
+        Some(blocks.into_iter().map(|block| self.buffer(block)).collect())
+    }
+
+    /// An allocated block as a buffer that frees it when dropped.
+    fn buffer(&self, block: Block) -> AlignedBuf {
         let offset = block.offset as usize;
         // SAFETY: the block lies inside the mapping (the allocator only hands
         // out offsets below its capacity, the mapping's length).
@@ -191,7 +204,7 @@ impl Arena {
         // SAFETY: the block is page aligned, `block.size` bytes long, inside
         // the mapping (initialised: a memfd reads as zeros until written), and
         // exclusively ours until the guard frees it.
-        Ok(unsafe { AlignedBuf::from_external(ptr, block.size as usize, fixed, Box::new(guard)) })
+        unsafe { AlignedBuf::from_external(ptr, block.size as usize, fixed, Box::new(guard)) }
     }
 
     /// The memory to register with io_uring: regions of at most 1 GiB.

@@ -359,6 +359,12 @@ pub struct ArenaStatus {
     /// Bytes of arena blocks zeroed as they were freed, because the shard
     /// they held was deleted (dropped or replaced).
     pub scrubbed_bytes: u64,
+    /// Shards of several chunks placed in one range of the arena (a view of
+    /// one is a single extent).
+    pub contiguous_shards: u64,
+    /// Shards of several chunks that found no free range long enough and
+    /// took blocks where they were (fragmentation).
+    pub scattered_shards: u64,
 }
 
 /// One shard to prefetch, and how urgently.

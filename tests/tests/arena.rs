@@ -962,3 +962,55 @@ async fn a_deleted_or_dropped_shards_bytes_are_zeroed_in_the_arena_once_no_lease
         daemon.stop().await;
     }
 }
+
+/// A shard of several chunks lies in one range of the arena when a free
+/// range is long enough, even where single free blocks come first: a view
+/// of it, whole or in part, is one extent, whether the shard was put or
+/// loaded from the drive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_several_chunks_is_one_range_of_the_arena() {
+    for engine in engines() {
+        let mut daemon = TestDaemon::start(engine, "[arena]\nsize = \"64MiB\"").await;
+        let client = daemon.client(false).await;
+        // Holes of one chunk at the start of the arena.
+        for i in 0..10 {
+            client
+                .put("job", &format!("s{i}"), pattern(MIB, i), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        for i in (0..10).step_by(2) {
+            client.delete("job", &format!("s{i}"), None).await.unwrap();
+        }
+        let data = pattern(6 * MIB, 3);
+        client
+            .put("job", "w", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        for round in ["put", "loaded"] {
+            let view = client.fetch_view("job", "w", None).await.unwrap();
+            assert_eq!(view.extents().len(), 1, "{engine:?} {round}: {:?}", view.extents());
+            assert!(view.to_vec().unwrap() == data, "{engine:?} {round}");
+            let range = shardd_client::ByteRange {
+                offset: MIB as u64 - 10,
+                len: 2 * MIB as u64,
+            };
+            let part = client.fetch_view("job", "w", Some(range)).await.unwrap();
+            assert_eq!(part.extents().len(), 1, "{engine:?} {round}");
+            assert!(
+                part.to_vec().unwrap() == data[MIB - 10..3 * MIB - 10],
+                "{engine:?} {round}"
+            );
+            drop((view, part));
+            client.return_leases().await.unwrap();
+            client.evict("job", &["w"], EvictMode::Demote).await.unwrap();
+        }
+        let status = arena(&client).await;
+        assert_eq!(
+            (status.contiguous_shards, status.scattered_shards),
+            (2, 0),
+            "{engine:?}"
+        );
+        daemon.stop().await;
+    }
+}

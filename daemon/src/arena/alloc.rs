@@ -13,8 +13,15 @@
 //! satisfies it: free space never splinters across superblock boundaries.
 //! The churn test below runs 1,000,000 random allocations and frees of mixed
 //! sizes and checks the bound stated in [`FRAGMENTATION_BOUND`].
+//!
+//! A shard of several chunks asks first for a run of consecutive free
+//! superblocks ([`SlabAllocator::alloc_run`], lowest first), so that its
+//! bytes are one range of the arena; when free superblocks are scattered
+//! and no run is long enough, it takes them one by one. A second churn test
+//! measures how often a run is found as the arena fills and drains.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 /// Granularity and alignment of blocks.
 pub const PAGE: u32 = 4096;
@@ -48,7 +55,8 @@ pub struct SlabAllocator {
     superblock: u32,
     classes: Vec<u32>,
     superblocks: Vec<Superblock>,
-    free_superblocks: Vec<u32>,
+    /// Free superblocks, in offset order (the lowest is taken first).
+    free_superblocks: BTreeSet<u32>,
     /// Per class: partially used superblocks by (free slots, index).
     partial: Vec<BTreeSet<(u16, u32)>>,
     used_bytes: u64,
@@ -75,8 +83,7 @@ impl SlabAllocator {
                     free: Vec::new(),
                 })
                 .collect(),
-            // Pop from the end: lowest offsets first.
-            free_superblocks: (0..count).rev().collect(),
+            free_superblocks: (0..count).collect(),
             partial: vec![BTreeSet::new(); size_classes(superblock).len()],
             used_bytes: 0,
         }
@@ -121,7 +128,7 @@ impl SlabAllocator {
                 entry.1
             }
             None => {
-                let sb = self.free_superblocks.pop().ok_or(Exhausted(size))?;
+                let sb = self.free_superblocks.pop_first().ok_or(Exhausted(size))?;
                 let slots = self.slots(class);
                 let state = &mut self.superblocks[sb as usize];
                 state.class = Some(class);
@@ -169,10 +176,51 @@ impl SlabAllocator {
         if before + 1 == slots {
             state.class = None;
             state.free = Vec::new();
-            self.free_superblocks.push(sb);
+            self.free_superblocks.insert(sb);
         } else {
             self.partial[block.class as usize].insert((before + 1, sb));
         }
+    }
+
+    /// `count` whole superblocks at consecutive offsets, the lowest run of
+    /// them that is free; `None` if no run is that long now.
+    pub fn alloc_run(&mut self, count: u32) -> Option<Vec<Block>> {
+        let run = self.free_run(count)?;
+        let class = (self.classes.len() - 1) as u8;
+        let mut blocks = Vec::with_capacity(count as usize);
+        for sb in run {
+            self.free_superblocks.remove(&sb);
+            let state = &mut self.superblocks[sb as usize];
+            state.class = Some(class);
+            state.free = Vec::new();
+            self.used_bytes += self.superblock as u64;
+            blocks.push(Block {
+                offset: sb as u64 * self.superblock as u64,
+                size: self.superblock,
+                class,
+            });
+        }
+        Some(blocks)
+    }
+
+    /// The lowest run of `count` consecutive free superblocks.
+    fn free_run(&self, count: u32) -> Option<Range<u32>> {
+        if count == 0 {
+            return None;
+        }
+        let mut start = None;
+        let mut prev = None;
+        for &sb in &self.free_superblocks {
+            if prev.is_none_or(|p: u32| p + 1 != sb) {
+                start = Some(sb);
+            }
+            prev = Some(sb);
+            let first = start.unwrap_or(sb);
+            if sb - first + 1 == count {
+                return Some(first..sb + 1);
+            }
+        }
+        None
     }
 
     /// The largest request that would succeed now.
@@ -257,6 +305,27 @@ mod tests {
         assert_eq!(a.alloc(MIB + 1), Err(Exhausted(MIB + 1)));
     }
 
+    #[test]
+    fn a_run_is_consecutive_superblocks_and_comes_back_whole() {
+        let mut a = SlabAllocator::new(8 * MIB as u64, MIB);
+        let run = a.alloc_run(3).unwrap();
+        let offsets: Vec<u64> = run.iter().map(|b| b.offset).collect();
+        assert_eq!(offsets, [0, MIB as u64, 2 * MIB as u64]);
+        assert_eq!(a.used(), 3 * MIB as u64);
+        // Every other superblock taken: free ones, but no run of two.
+        let singles: Vec<Block> = (0..5).map(|_| a.alloc(MIB).unwrap()).collect();
+        for b in singles.iter().skip(1).step_by(2) {
+            a.free(*b);
+        }
+        assert!(a.alloc_run(2).is_none());
+        assert!(a.alloc_run(1).is_some());
+        for b in run {
+            a.free(b);
+        }
+        assert_eq!(a.alloc_run(3).unwrap()[0].offset, 0, "the lowest run is taken");
+        assert!(a.alloc_run(0).is_none());
+    }
+
     /// 1,000,000 random alloc/free cycles of mixed sizes between 10% and
     /// 95% fill: blocks never overlap, the accounting holds, and whenever at
     /// least FRAGMENTATION_BOUND of the arena is free a superblock can be
@@ -332,5 +401,119 @@ mod tests {
             worst_free_without_superblock * 100.0,
             FRAGMENTATION_BOUND * 100.0
         );
+    }
+
+    /// Shards of 2 to 16 chunks asking for runs while small blocks and
+    /// single chunks come and go, the arena filling to 95% and draining to
+    /// 10% again and again: how often a run is found, by how full the arena
+    /// is. Runs never overlap other blocks, and once everything is freed
+    /// the whole arena is one run again.
+    #[test]
+    fn runs_under_churn_are_measured() {
+        let superblocks = 256u32;
+        let capacity = superblocks as u64 * MIB as u64;
+        let mut a = SlabAllocator::new(capacity, MIB);
+        let mut live: Vec<Vec<Block>> = Vec::new();
+        let mut pages = vec![false; (capacity / PAGE as u64) as usize];
+        let mut rng: u64 = 0x0C0F_FEE0_1234_5678;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Per tenth of fill: (runs asked, runs found).
+        let mut by_fill = [(0u64, 0u64); 10];
+        let mut filling = true;
+        for _ in 0..200_000u64 {
+            let fill = a.used() as f64 / capacity as f64;
+            if fill > 0.95 {
+                filling = false;
+            } else if fill < 0.10 {
+                filling = true;
+            }
+            let grow = if filling { next() % 10 < 7 } else { next() % 10 < 3 };
+            if grow || live.is_empty() {
+                let r = next();
+                let blocks = match r % 3 {
+                    0 => {
+                        let count = 2 + (r >> 8) as u32 % 15;
+                        let slot = &mut by_fill[((fill * 10.0) as usize).min(9)];
+                        slot.0 += 1;
+                        match a.alloc_run(count) {
+                            Some(run) => {
+                                slot.1 += 1;
+                                for pair in run.windows(2) {
+                                    assert_eq!(pair[0].offset + MIB as u64, pair[1].offset);
+                                }
+                                Some(run)
+                            }
+                            None => {
+                                // Scattered: one by one, or none at all.
+                                let mut taken = Vec::new();
+                                while taken.len() < count as usize {
+                                    match a.alloc(MIB) {
+                                        Ok(block) => taken.push(block),
+                                        Err(_) => break,
+                                    }
+                                }
+                                if taken.len() < count as usize {
+                                    taken.drain(..).for_each(|b| a.free(b));
+                                    None
+                                } else {
+                                    Some(taken)
+                                }
+                            }
+                        }
+                    }
+                    1 => a.alloc(MIB).ok().map(|b| vec![b]),
+                    _ => a.alloc(1 + (r >> 8) as u32 % MIB).ok().map(|b| vec![b]),
+                };
+                match blocks {
+                    Some(blocks) => {
+                        for block in &blocks {
+                            let first = (block.offset / PAGE as u64) as usize;
+                            for page in &mut pages[first..first + (block.size / PAGE) as usize] {
+                                assert!(!*page, "{block:?} overlaps a live block");
+                                *page = true;
+                            }
+                        }
+                        live.push(blocks);
+                    }
+                    None => filling = false,
+                }
+            } else {
+                let i = (next() % live.len() as u64) as usize;
+                for block in live.swap_remove(i) {
+                    let first = (block.offset / PAGE as u64) as usize;
+                    pages[first..first + (block.size / PAGE) as usize].fill(false);
+                    a.free(block);
+                }
+            }
+        }
+        let report: Vec<String> = by_fill
+            .iter()
+            .enumerate()
+            .filter(|(_, (asked, _))| *asked > 0)
+            .map(|(tenth, (asked, found))| {
+                format!(
+                    "{}-{}% full: {:.0}%",
+                    tenth * 10,
+                    tenth * 10 + 10,
+                    *found as f64 * 100.0 / *asked as f64
+                )
+            })
+            .collect();
+        eprintln!("runs of 2-16 chunks found contiguous: {}", report.join(", "));
+        // Below a fifth full, a run is found nearly always.
+        let (asked, found) = by_fill[1];
+        assert!(found * 10 >= asked * 9, "10-20% full: {found} of {asked}");
+        for blocks in live.drain(..) {
+            for block in blocks {
+                a.free(block);
+            }
+        }
+        assert_eq!(a.used(), 0);
+        assert_eq!(a.alloc_run(superblocks).map(|r| r.len()), Some(superblocks as usize));
     }
 }

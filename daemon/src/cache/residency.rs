@@ -43,6 +43,17 @@ impl Cache {
             )));
         }
         self.make_room_in_share(namespace, needed)?;
+        // One range of the arena when a run of whole blocks is free and its
+        // last block (a whole one, for the shard's tail) wastes at most an
+        // eighth of the shard: a view of it is then one extent.
+        let whole = chunks * chunk_size as u64;
+        if chunks > 1 && chunk_size == arena.max_block() && (whole - needed) * 8 <= len {
+            if let Some(run) = arena.alloc_run(chunks as u32) {
+                self.inner.stats.contiguous.fetch_add(1, Ordering::Relaxed);
+                return Ok(run);
+            }
+            self.inner.stats.scattered.fetch_add(1, Ordering::Relaxed);
+        }
         let mut blocks = Vec::with_capacity(chunks as usize);
         for i in 0..chunks {
             let size = align_up((len - i * chunk_size as u64).min(chunk_size as u64)).max(ALIGN as u64) as u32;

@@ -23,6 +23,8 @@ pub(super) struct Stats {
     pub(super) flush_failures: AtomicU64,
     pub(super) flushes_superseded: AtomicU64,
     pub(super) checksum_failures: AtomicU64,
+    pub(super) contiguous: AtomicU64,
+    pub(super) scattered: AtomicU64,
 }
 
 impl Cache {
@@ -67,6 +69,8 @@ impl Cache {
             flushes_superseded: get(&stats.flushes_superseded),
             checksum_failures: get(&stats.checksum_failures),
             scrubbed_bytes: arena.scrubbed().0,
+            contiguous_shards: get(&stats.contiguous),
+            scattered_shards: get(&stats.scattered),
         }
     }
 }

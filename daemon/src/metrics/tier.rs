@@ -129,6 +129,14 @@ const FAMILIES: &[Family] = &[
         label: None,
     },
     Family {
+        name: "shardd_arena_shards_placed_total",
+        values: |a, _| vec![("contiguous", a.contiguous_shards), ("scattered", a.scattered_shards)],
+        help: "Shards of several chunks placed in the arena: in one range (contiguous), or in blocks \
+               wherever they were free (scattered: no range long enough, the arena fragmented).",
+        kind: Kind::Counter,
+        label: Some("placement"),
+    },
+    Family {
         name: "shardd_arena_checksum_failures_total",
         values: |a, _| vec![("", a.checksum_failures)],
         help: "Copies in the arena that no longer matched their CRC32C when checked again (memory \

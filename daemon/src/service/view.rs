@@ -105,10 +105,13 @@ async fn view_loading(
     let mut extents = Vec::new();
     for (chunk, range) in pieces(meta.len, chunk_size, offset, len) {
         let block = load.chunk(chunk).await?;
-        extents.push(Extent {
-            offset: arena.offset_of(block.as_ptr()) + range.start as u64,
-            len: range.len() as u64,
-        });
+        push_extent(
+            &mut extents,
+            Extent {
+                offset: arena.offset_of(block.as_ptr()) + range.start as u64,
+                len: range.len() as u64,
+            },
+        );
         held.push(block);
     }
     Ok(ViewResponse {
@@ -118,6 +121,15 @@ async fn view_loading(
         lease: session.lease(Held::Chunks(held))?,
         extents,
     })
+}
+
+/// Adds `extent`, merged into the last one if it continues it (the chunks
+/// of a shard placed in one range of the arena make one extent).
+fn push_extent(extents: &mut Vec<Extent>, extent: Extent) {
+    match extents.last_mut() {
+        Some(last) if last.offset + last.len == extent.offset => last.len += extent.len,
+        _ => extents.push(extent),
+    }
 }
 
 fn require_mapped(session: &Session) -> Result<(), StoreError> {
@@ -135,13 +147,14 @@ fn view(cache: &Cache, req: &FetchRequest, session: &Session, lease: Lease) -> R
     require_mapped(session)?;
     let (offset, len) = fetch_range(&lease.meta, req)?;
     let arena = cache.arena();
-    let extents = lease
-        .pieces(offset, len)
-        .map(|(chunk, range)| Extent {
+    let mut extents = Vec::new();
+    for (chunk, range) in lease.pieces(offset, len) {
+        let extent = Extent {
             offset: arena.offset_of(lease.chunks()[chunk].as_ptr()) + range.start as u64,
             len: range.len() as u64,
-        })
-        .collect();
+        };
+        push_extent(&mut extents, extent);
+    }
     let meta = lease.meta.clone();
     Ok(ViewResponse {
         meta,
