@@ -282,6 +282,41 @@ class Client:
         """
         return RegisteredRegion(self._native.register_region(region._native), region)
 
+    def put_from_region(
+        self,
+        registered: "RegisteredRegion",
+        namespace: str,
+        items: Sequence[Tuple],
+        *,
+        durable: bool = True,
+        scratch: bool = False,
+    ) -> list:
+        """Stores many shards of ``namespace`` in one request, each item
+        ``(key, offset, nbytes)`` or ``(key, offset, nbytes, dtype, shape)``
+        read from ``region[offset:offset + nbytes]``: by the daemon itself
+        over a Unix socket (no bytes cross the socket), sent from the region
+        over TCP. The ranges must not change until this returns. Returns
+        each member's :class:`ShardMeta` or exception, as
+        :meth:`fetch_many_into`.
+
+        >>> region.numpy("f32", (2, 3))[:] = 1.0
+        >>> client.put_from_region(registered, "job", [("w", 0, 24, "f32", (2, 3))])[0].shape
+        [2, 3]
+        """
+        out = []
+        for item in items:
+            if len(item) == 3:
+                key, offset, nbytes = item
+                dtype, shape = "raw", ()
+            elif len(item) == 5:
+                key, offset, nbytes, dtype, shape = item
+            else:
+                raise BadRequest(f"a put item is (key, offset, nbytes[, dtype, shape]), not {item!r}")
+            if int(offset) < 0 or int(nbytes) < 0:
+                raise BadRequest(f"offset and nbytes must not be negative: {item!r}")
+            out.append((str(key), int(offset), int(nbytes), str(dtype), [int(d) for d in shape]))
+        return self._native.put_from_region(registered._native, namespace, out, _durability(durable, scratch))
+
     def fetch_into_region(self, registered: "RegisteredRegion", namespace: str, items: Sequence[Tuple]) -> list:
         """Fetches many shards of ``namespace`` in one request into a
         registered region, each item ``(key, offset, nbytes)`` or ``(key,

@@ -81,6 +81,13 @@ class Client:
         owner: Any,
     ) -> list[Any]: ...
     def register_region(self, region: Region) -> RegisteredRegion: ...
+    def put_from_region(
+        self,
+        region: RegisteredRegion,
+        namespace: str,
+        items: list[tuple[str, int, int, str, list[int]]],
+        durability: str = ...,
+    ) -> list[Any]: ...
     def fetch_into_region(
         self, region: RegisteredRegion, namespace: str, items: list[tuple[str, int, int, Optional[tuple[int, int]]]]
     ) -> list[Any]: ...

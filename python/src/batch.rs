@@ -77,6 +77,9 @@ impl RegisteredRegion {
 /// of the shard, as the Python layer passes it.
 pub(crate) type Item = (String, usize, usize, Option<(u64, u64)>);
 
+/// One put from a region: key, offset, length, element type, shape.
+pub(crate) type PutItemArgs = (String, usize, usize, String, Vec<u64>);
+
 fn wanted(namespace: &str, items: &[Item]) -> Vec<(Wanted, Range<usize>)> {
     items
         .iter()
@@ -144,6 +147,50 @@ impl Client {
             .block(py, async move { client.register_region(&memory).await })?
             .py(py)?;
         Ok(RegisteredRegion { inner })
+    }
+
+    /// Stores many shards of `namespace` in one request, each item `(key,
+    /// offset, nbytes, dtype, shape)` read from its range of `region` (by
+    /// the daemon itself over a Unix socket); each member's `ShardMeta` or
+    /// exception.
+    pub(crate) fn batch_put_from_region(
+        &self,
+        py: Python<'_>,
+        region: Py<RegisteredRegion>,
+        namespace: String,
+        items: Vec<PutItemArgs>,
+        durability: &str,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let client = self.connection(py)?;
+        let durability = crate::client::durability_of(durability).map_err(|e| errors::bad_request(py, e))?;
+        let mut puts = Vec::with_capacity(items.len());
+        for (key, offset, nbytes, dtype, shape) in items {
+            let dtype = crate::meta::dtype(&dtype).map_err(|e| errors::bad_request(py, e))?;
+            let options = shardd_client::PutOptions {
+                version: None,
+                dtype,
+                shape,
+                durability,
+            };
+            let item = shardd_client::PutItem::new(namespace.as_str(), key).options(options);
+            puts.push((item, offset..offset.saturating_add(nbytes)));
+        }
+        let held = region.clone_ref(py);
+        let result = self.io.block(
+            py,
+            async move { client.put_from_region(&held.get().inner, &puts).await },
+        )?;
+        let stored = result.py(py)?;
+        Ok(stored
+            .into_iter()
+            .map(|r| match r {
+                Ok(meta) => match Py::new(py, ShardMeta::from(&meta)) {
+                    Ok(meta) => meta.into_any(),
+                    Err(e) => e.into_value(py).into_any(),
+                },
+                Err(e) => errors::client(py, e).into_value(py).into_any(),
+            })
+            .collect())
     }
 
     /// Fetches many shards of `namespace` in one request into `region`, each

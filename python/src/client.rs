@@ -12,7 +12,7 @@ use pyo3::types::PyDict;
 use shardd_client::protocol::Key;
 use shardd_client::{ByteRange, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions};
 
-use crate::batch::{Item, Region, RegisteredRegion};
+use crate::batch::{Item, PutItemArgs, Region, RegisteredRegion};
 use crate::buf::Lent;
 use crate::errors::{self, IntoPy};
 use crate::meta::{self, ShardMeta};
@@ -252,6 +252,21 @@ impl Client {
         owner: Py<PyAny>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         self.batch_fetch_into(py, namespace, items, address, nbytes, owner)
+    }
+
+    /// Stores many shards of `namespace` in one request, each item `(key,
+    /// offset, nbytes, dtype, shape)` from its range of `region`; each
+    /// member's `ShardMeta` or exception.
+    #[pyo3(signature = (region, namespace, items, durability="durable"))]
+    fn put_from_region(
+        &self,
+        py: Python<'_>,
+        region: Py<RegisteredRegion>,
+        namespace: String,
+        items: Vec<PutItemArgs>,
+        durability: &str,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        self.batch_put_from_region(py, region, namespace, items, durability)
     }
 
     /// Registers `region` on this connection.

@@ -73,3 +73,25 @@ def test_a_region_is_a_torch_tensor_without_a_copy(client, torch):
     assert torch.equal(out, tensor)
     out[0] = 7.0  # the caller's own memory
     assert region.numpy("f32", (1,))[0] == 7.0
+
+
+def test_shards_are_stored_from_a_region(any_client):
+    region = shardd.Region(1 << 20)
+    weights = region.numpy("f32", (64, 64))
+    weights[:] = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    bias = region.numpy("u8", (100,), offset=65536)
+    bias[:] = 7
+    registered = any_client.register_region(region)
+    results = any_client.put_from_region(
+        registered,
+        "job",
+        # The last one's shape does not match its length: refused alone.
+        [("w", 0, weights.nbytes, "f32", (64, 64)), ("b", 65536, 100), ("bad", 0, 24, "f32", (5, 5))],
+    )
+    assert results[0].shape == [64, 64] and results[0].dtype == "f32"
+    assert results[1].nbytes == 100
+    assert isinstance(results[2], shardd.BadRequest), results[2]
+    with pytest.raises(shardd.BadRequest, match="not within the region"):
+        any_client.put_from_region(registered, "job", [("x", 1 << 20, 8)])
+    assert np.array_equal(any_client.get("job", "w"), weights)
+    assert bytes(any_client.get("job", "b")) == bytes([7] * 100)
