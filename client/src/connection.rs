@@ -551,7 +551,8 @@ impl Connection {
         received.unwrap_or_else(|_| Err(self.shared.disconnected("reader stopped")))
     }
 
-    /// Sends a request whose answer no one waits for (it is skipped).
+    /// Sends a request whose answer no one waits for (it is skipped), from
+    /// anywhere (a `Drop`, a thread outside the runtime).
     pub(crate) fn send_and_forget(&self, op: Opcode, control: Vec<u8>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let header = FrameHeader::request(op, id, control.len() as u32, 0).encode();
@@ -564,10 +565,14 @@ impl Connection {
             rest: Vec::new(),
         };
         if let Err(mpsc::error::TrySendError::Full(out)) = self.tx.try_send(out) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(out).await;
-            });
+            // Outside the runtime (a blocking client's thread) nothing can
+            // wait for room: what it asked ends with the connection anyway.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let tx = self.tx.clone();
+                runtime.spawn(async move {
+                    let _ = tx.send(out).await;
+                });
+            }
         }
     }
 

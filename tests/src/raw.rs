@@ -87,11 +87,22 @@ impl RawClient {
     /// Sends a request carrying `message`, with `fd` attached to its first
     /// byte (Unix only), as a region registration sends its memfd.
     pub async fn request_with_fd<T: Serialize>(&mut self, op: Opcode, id: u64, message: &T, fd: std::os::fd::RawFd) {
-        self.writer.flush().await.unwrap();
         let bytes = frame::request(op, id, message, 0).unwrap();
+        self.frame_with_fd(&bytes, fd).await;
+    }
+
+    /// Sends a request whose control message is `control` as it is (valid
+    /// or not), with `fd` attached to its first byte (Unix only).
+    pub async fn send_with_fd(&mut self, op: Opcode, id: u64, control: &[u8], fd: std::os::fd::RawFd) {
+        let header = FrameHeader::request(op, id, control.len() as u32, 0);
+        self.frame_with_fd(&frame::encode(&header, control), fd).await;
+    }
+
+    async fn frame_with_fd(&mut self, bytes: &[u8], fd: std::os::fd::RawFd) {
+        self.writer.flush().await.unwrap();
         let socket = self.unix.expect("descriptors go over the Unix socket");
         // The frame is small: one sendmsg takes it whole.
-        let sent = shardd_protocol::fdpass::send_with_fd(socket, &bytes, fd).unwrap();
+        let sent = shardd_protocol::fdpass::send_with_fd(socket, bytes, fd).unwrap();
         assert_eq!(sent, bytes.len());
     }
 

@@ -485,3 +485,51 @@ async fn a_put_batch_whose_payload_does_not_add_up_is_refused() {
     );
     daemon.stop().await;
 }
+
+/// A registration refused before it is looked at drops the memfd it came
+/// with: the next registration maps its own memory, not that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_does_not_leave_its_memfd_for_the_next() {
+    let mut daemon = TestDaemon::start(shardd_tests::engines()[0], "").await;
+    let client = daemon.client(false).await;
+    let data = pattern(8192, 5);
+    client
+        .put("job", "w", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut raw = RawClient::hello(&daemon, false, "raw", false).await;
+    let stale = memfd(16384, libc::F_SEAL_SHRINK, true);
+    raw.send_with_fd(Opcode::RegisterRegion, 2, b"not a registration", stale.as_raw_fd())
+        .await;
+    let (header, _) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::BadRequest);
+    let file = memfd(16384, libc::F_SEAL_SHRINK, true);
+    let (status, control) = register(&mut raw, 3, &file, 16384).await;
+    assert_eq!(status, Status::Ok);
+    let registered: RegisterRegionResponse = codec::decode(&control).unwrap();
+    let batch = FetchBatchRequest {
+        members: vec![FetchRequest {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("w").unwrap(),
+            range: None,
+            max_len: None,
+        }],
+        places: vec![RegionPlace {
+            region: registered.region,
+            offset: 0,
+            len: 8192,
+        }],
+    };
+    raw.request(Opcode::FetchBatch, 4, &batch).await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert!(!header.has_more());
+    let parts: Vec<BatchPart> = codec::decode(&control).unwrap();
+    assert!(matches!(parts[0], BatchPart::Placed { .. }), "{parts:?}");
+    let mut placed = vec![0u8; 8192];
+    file.read_exact_at(&mut placed, 0).unwrap();
+    assert!(
+        placed == data,
+        "the bytes are in the memory registered, not the refused one"
+    );
+    daemon.stop().await;
+}

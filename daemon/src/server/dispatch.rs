@@ -213,7 +213,12 @@ pub fn dispatch(
         },
         Opcode::RegisterRegion => match admit::<RegisterRegionRequest>(ctx, session, &control) {
             Ok(req) => regions::register(task, id, req),
-            Err(e) => now(error_frame(op, id, &e)),
+            Err(e) => {
+                // The memfd that came with the refused frame goes too, so
+                // that the next registration takes its own.
+                regions::forget_passed(session);
+                now(error_frame(op, id, &e))
+            }
         },
         Opcode::ReleaseRegion => now(answer(
             op,

@@ -45,6 +45,14 @@ pub(super) fn register(task: Task<'_>, id: u64, req: RegisterRegionRequest) -> H
     })
 }
 
+/// Drops the descriptor that came with a registration refused before it
+/// was looked at (Unix).
+pub(super) fn forget_passed(session: &Session) {
+    if let Some(passed) = &session.passed_fds {
+        drop(passed.pop());
+    }
+}
+
 /// Forgets a region (fetches into it under way finish first: they hold it).
 pub(super) fn release(session: &Session, req: &ReleaseRegionRequest) -> Result<(), StoreError> {
     if session.regions.remove(req.region) {
