@@ -206,3 +206,31 @@ impl BatchPart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// The bytes of a batch answer's last frame, as docs/PROTOCOL.md shows
+    /// them: a list (u64 count), each part its u32 variant index then its
+    /// fields.
+    #[test]
+    fn a_list_of_parts_has_the_documented_bytes() {
+        let parts = vec![
+            BatchPart::Data { index: 2, at: 4096 },
+            BatchPart::Done { ok: 1, failed: 2 },
+        ];
+        let bytes = codec::encode(&parts).unwrap();
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&2u64.to_le_bytes());
+        expected.extend_from_slice(&1u32.to_le_bytes()); // Data
+        expected.extend_from_slice(&2u32.to_le_bytes());
+        expected.extend_from_slice(&4096u64.to_le_bytes());
+        expected.extend_from_slice(&7u32.to_le_bytes()); // Done
+        expected.extend_from_slice(&1u32.to_le_bytes());
+        expected.extend_from_slice(&2u32.to_le_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(codec::decode::<Vec<BatchPart>>(&bytes).unwrap(), parts);
+    }
+}
