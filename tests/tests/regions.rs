@@ -533,3 +533,29 @@ async fn a_refused_registration_does_not_leave_its_memfd_for_the_next() {
     );
     daemon.stop().await;
 }
+
+/// Puts whose bytes together pass what one request may carry are refused
+/// before anything is sent (over TCP, where they travel in the payload),
+/// and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_puts_larger_than_a_request_may_carry_is_refused_before_sending() {
+    let mut daemon = TestDaemon::start(shardd_tests::engines()[0], "[storage]\nmax_shard_size = \"1MiB\"").await;
+    let client = daemon.client(true).await;
+    let region = Region::new(2 * MIB).unwrap();
+    let registered = client.register_region(&region).await.unwrap();
+    let items = [
+        (PutItem::new("job", "a"), 0..800 << 10),
+        (PutItem::new("job", "b"), MIB..MIB + (800 << 10)),
+    ];
+    let err = client.put_from_region(&registered, &items).await.unwrap_err();
+    assert!(err.to_string().contains("split the batch"), "{err}");
+    let data: Vec<(PutItem, bytes::Bytes)> = ["c", "d"]
+        .iter()
+        .map(|k| (PutItem::new("job", *k), bytes::Bytes::from(vec![1u8; 700 << 10])))
+        .collect();
+    let err = client.put_many(&data).await.unwrap_err();
+    assert!(err.to_string().contains("split the batch"), "{err}");
+    let stored = client.put_from_region(&registered, &items[..1]).await.unwrap();
+    assert_eq!(stored[0].as_ref().unwrap().len, 800 << 10);
+    daemon.stop().await;
+}

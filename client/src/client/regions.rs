@@ -94,6 +94,18 @@ impl Client {
                 });
             }
         }
+        if !region.mapped {
+            // Over TCP the bytes travel in the request's payload.
+            let total: u64 = items.iter().map(|(_, range)| range.len() as u64).sum();
+            let max = self.server.limits.max_payload_len;
+            if total > max {
+                return Err(ClientError::InvalidBatch {
+                    reason: format!(
+                        "the puts hold {total} bytes, more than the {max} one request may carry: split the batch"
+                    ),
+                });
+            }
+        }
         let mut members = Vec::with_capacity(items.len());
         let mut payload = Vec::new();
         for (item, range) in items {
