@@ -79,7 +79,12 @@ WORKER = textwrap.dedent(
     assert torch.equal(target["sharded"].full_tensor(), full), "sharded"
     assert torch.equal(target["replicated"], torch.full((5,), 7.0)), "replicated"
     dist.destroy_process_group()
-    print(f"rank {rank} ok")
+    print(f"rank {rank} ok", flush=True)
+    # torch's gloo threads now and then abort the interpreter's teardown
+    # ("terminate called without an active exception") after all the work
+    # is done: the worker ends here, its result printed.
+    import os
+    os._exit(0)
     """
 )
 
