@@ -43,8 +43,7 @@ use super::median;
 use crate::config::units::parse_size;
 use crate::ctl::show;
 use loops::{
-    Sweep, batch_loop, connect, copy_loop, fetch_loop, put_set, region_loop, remove_set, small_batch_loop, small_loop,
-    small_region_loop,
+    Destination, Sweep, batch_loop, connect, copy_loop, fetch_loop, put_set, remove_set, small_batch_loop, small_loop,
 };
 use report::{arena_pages, render};
 
@@ -344,8 +343,12 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             for (m, &(mode, c)) in cases.iter().enumerate() {
                 let clients = &modes[c].1;
                 let rate = match mode {
-                    Mode::ZeroCopyUnixBatch => batch_loop(clients, &args.namespace, sweep, BATCH).await?,
-                    Mode::RegionUnix | Mode::RegionTcp => region_loop(clients, &args.namespace, sweep, BATCH).await?,
+                    Mode::ZeroCopyUnixBatch => {
+                        batch_loop(clients, &args.namespace, sweep, BATCH, Destination::Buffer).await?
+                    }
+                    Mode::RegionUnix | Mode::RegionTcp => {
+                        batch_loop(clients, &args.namespace, sweep, BATCH, Destination::Region).await?
+                    }
                     _ => fetch_loop(clients, &args.namespace, sweep).await?,
                 };
                 if !args.json {
@@ -404,7 +407,17 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             let requests = args
                 .small_requests
                 .max((SMALL_BATCH * SMALL_BATCH_IN_FLIGHT * 16) as u64);
-            runs.push(small_batch_loop(clients, &args.namespace, SMALL_BATCH_IN_FLIGHT, requests, SMALL_BATCH).await?);
+            runs.push(
+                small_batch_loop(
+                    clients,
+                    &args.namespace,
+                    SMALL_BATCH_IN_FLIGHT,
+                    requests,
+                    SMALL_BATCH,
+                    Destination::Buffer,
+                )
+                .await?,
+            );
         }
         runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
         let mut result = runs.swap_remove(runs.len() / 2);
@@ -425,7 +438,17 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             let requests = args
                 .small_requests
                 .max((SMALL_BATCH * SMALL_BATCH_IN_FLIGHT * 16) as u64);
-            runs.push(small_region_loop(clients, &args.namespace, SMALL_BATCH_IN_FLIGHT, requests, SMALL_BATCH).await?);
+            runs.push(
+                small_batch_loop(
+                    clients,
+                    &args.namespace,
+                    SMALL_BATCH_IN_FLIGHT,
+                    requests,
+                    SMALL_BATCH,
+                    Destination::Region,
+                )
+                .await?,
+            );
         }
         runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
         let result = runs.swap_remove(runs.len() / 2);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use shardd_client::{Client, ClientOptions, PutOptions, Region, Wanted};
+use shardd_client::{Client, ClientOptions, PutOptions, Region, RegisteredRegion, Wanted};
 use tokio::task::JoinSet;
 
 use super::{Mode, SmallResult};
@@ -187,19 +187,73 @@ pub(super) async fn small_loop(
     })
 }
 
+/// Where a batched loop's worker puts the shards of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Destination {
+    /// A buffer of its own (`fetch_many_into`: one copy out of views asked
+    /// for together when the arena is mapped).
+    Buffer,
+    /// A region registered on its connection (`fetch_into_region`: over a
+    /// Unix socket the daemon writes the bytes there itself).
+    Region,
+}
+
+/// A worker's destination of `bytes` bytes.
+enum Dest {
+    Buffer(Vec<u8>),
+    Region(RegisteredRegion),
+}
+
+impl Dest {
+    async fn new(into: Destination, client: &Client, bytes: usize) -> anyhow::Result<Dest> {
+        Ok(match into {
+            // Written before the clock starts, as a trainer's buffers are.
+            Destination::Buffer => Dest::Buffer(vec![1u8; bytes]),
+            Destination::Region => {
+                let region = Region::new(bytes).context("allocate a region")?;
+                Dest::Region(client.register_region(&region).await.context("register a region")?)
+            }
+        })
+    }
+
+    /// Fetches `wanted` into it; fails on the first member that failed.
+    async fn fetch(self, client: &Client, wanted: &[(Wanted, std::ops::Range<usize>)]) -> anyhow::Result<Dest> {
+        let (dest, results) = match self {
+            Dest::Buffer(buf) => {
+                let (buf, results) = client.fetch_many_into(wanted, buf).await;
+                (Dest::Buffer(buf), results)
+            }
+            Dest::Region(region) => {
+                let results = client.fetch_into_region(&region, wanted).await;
+                (Dest::Region(region), results)
+            }
+        };
+        for (result, (w, _)) in results.context("batched fetch")?.into_iter().zip(wanted) {
+            result.with_context(|| format!("fetch {}", w.key))?;
+        }
+        Ok(dest)
+    }
+}
+
 /// The sweep's bytes fetched `batch` shards per request, each worker into
-/// its own buffer of `batch` shards (`fetch_many_into`); returns bytes per
-/// second.
-pub(super) async fn batch_loop(clients: &[Client], namespace: &str, sweep: Sweep, batch: u64) -> anyhow::Result<f64> {
+/// a destination of its own of `batch` shards; returns bytes per second.
+pub(super) async fn batch_loop(
+    clients: &[Client],
+    namespace: &str,
+    sweep: Sweep,
+    batch: u64,
+    into: Destination,
+) -> anyhow::Result<f64> {
     let batch = batch.min(sweep.shards).max(1);
     let requests = sweep.per_worker().div_ceil(batch);
     let size = sweep.size as usize;
-    let buffers: Vec<Vec<u8>> = (0..sweep.concurrency)
-        .map(|_| vec![1u8; size * batch as usize])
-        .collect();
+    let mut dests = Vec::new();
+    for w in 0..sweep.concurrency {
+        dests.push(Dest::new(into, &clients[w % clients.len()], size * batch as usize).await?);
+    }
     let start = Instant::now();
     let mut workers = JoinSet::new();
-    for (w, mut buf) in buffers.into_iter().enumerate() {
+    for (w, mut dest) in dests.into_iter().enumerate() {
         let client = clients[w % clients.len()].clone();
         let namespace = namespace.to_string();
         workers.spawn(async move {
@@ -212,11 +266,7 @@ pub(super) async fn batch_loop(clients: &[Client], namespace: &str, sweep: Sweep
                     })
                     .collect();
                 n += batch;
-                let (back, results) = client.fetch_many_into(&wanted, buf).await;
-                buf = back;
-                for (result, (w, _)) in results.context("batched fetch")?.into_iter().zip(&wanted) {
-                    result.with_context(|| format!("fetch {}", w.key))?;
-                }
+                dest = dest.fetch(&client, &wanted).await?;
             }
             Ok::<u64, anyhow::Error>(n)
         });
@@ -229,23 +279,27 @@ pub(super) async fn batch_loop(clients: &[Client], namespace: &str, sweep: Sweep
 }
 
 /// 4 KiB shards fetched `batch` per request with `in_flight` requests at
-/// once, `requests` shards in all; shards per second, and the latency of
-/// each request.
+/// once, `requests` shards in all, each worker into a destination of its
+/// own; shards per second, and the latency of each request.
 pub(super) async fn small_batch_loop(
     clients: &[Client],
     namespace: &str,
     in_flight: usize,
     requests: u64,
     batch: usize,
+    into: Destination,
 ) -> anyhow::Result<SmallResult> {
     let per_worker = (requests / in_flight as u64 / batch as u64).max(1);
+    let mut dests = Vec::new();
+    for w in 0..in_flight {
+        dests.push(Dest::new(into, &clients[w % clients.len()], 4096 * batch).await?);
+    }
     let start = Instant::now();
     let mut workers = JoinSet::new();
-    for w in 0..in_flight {
+    for (w, mut dest) in dests.into_iter().enumerate() {
         let client = clients[w % clients.len()].clone();
         let namespace = namespace.to_string();
         workers.spawn(async move {
-            let mut buf = vec![0u8; 4096 * batch];
             let mut latencies = Vec::with_capacity(per_worker as usize);
             for n in 0..per_worker {
                 let wanted: Vec<(Wanted, std::ops::Range<usize>)> = (0..batch)
@@ -255,11 +309,7 @@ pub(super) async fn small_batch_loop(
                     })
                     .collect();
                 let began = Instant::now();
-                let (back, results) = client.fetch_many_into(&wanted, buf).await;
-                buf = back;
-                for result in results.context("batched fetch")? {
-                    result.context("a member of a batched fetch")?;
-                }
+                dest = dest.fetch(&client, &wanted).await?;
                 latencies.push(began.elapsed().as_secs_f64() * 1e6);
             }
             Ok::<Vec<f64>, anyhow::Error>(latencies)
@@ -274,107 +324,10 @@ pub(super) async fn small_batch_loop(
     Ok(SmallResult {
         concurrency: in_flight,
         batch,
-        mode: Mode::ZeroCopyUnix,
-        ops_per_sec: (latencies.len() * batch) as f64 / elapsed,
-        p50_us: percentile(&latencies, 0.5),
-        p99_us: percentile(&latencies, 0.99),
-    })
-}
-
-/// The sweep's bytes fetched `batch` shards per request into a registered
-/// region per worker (`fetch_into_region`: over a Unix socket the daemon
-/// writes them there itself); returns bytes per second.
-pub(super) async fn region_loop(clients: &[Client], namespace: &str, sweep: Sweep, batch: u64) -> anyhow::Result<f64> {
-    let batch = batch.min(sweep.shards).max(1);
-    let requests = sweep.per_worker().div_ceil(batch);
-    let size = sweep.size as usize;
-    let mut regions = Vec::new();
-    for w in 0..sweep.concurrency {
-        let client = &clients[w % clients.len()];
-        let region = Region::new(size * batch as usize).context("allocate a region")?;
-        regions.push(client.register_region(&region).await.context("register a region")?);
-    }
-    let start = Instant::now();
-    let mut workers = JoinSet::new();
-    for (w, region) in regions.into_iter().enumerate() {
-        let client = clients[w % clients.len()].clone();
-        let namespace = namespace.to_string();
-        workers.spawn(async move {
-            let mut n = 0;
-            for _ in 0..requests {
-                let wanted: Vec<(Wanted, std::ops::Range<usize>)> = (0..batch as usize)
-                    .map(|b| {
-                        let key = key(sweep.size, sweep.shard(w, n + b as u64));
-                        (Wanted::new(namespace.as_str(), key), b * size..(b + 1) * size)
-                    })
-                    .collect();
-                n += batch;
-                let results = client.fetch_into_region(&region, &wanted).await;
-                for (result, (w, _)) in results.context("fetch into a region")?.into_iter().zip(&wanted) {
-                    result.with_context(|| format!("fetch {}", w.key))?;
-                }
-            }
-            Ok::<u64, anyhow::Error>(n)
-        });
-    }
-    let mut shards = 0;
-    while let Some(result) = workers.join_next().await {
-        shards += result??;
-    }
-    Ok((shards * sweep.size) as f64 / start.elapsed().as_secs_f64())
-}
-
-/// [`small_batch_loop`] into a registered region per worker.
-pub(super) async fn small_region_loop(
-    clients: &[Client],
-    namespace: &str,
-    in_flight: usize,
-    requests: u64,
-    batch: usize,
-) -> anyhow::Result<SmallResult> {
-    let per_worker = (requests / in_flight as u64 / batch as u64).max(1);
-    let mut regions = Vec::new();
-    for w in 0..in_flight {
-        let region = Region::new(4096 * batch).context("allocate a region")?;
-        regions.push(clients[w % clients.len()].register_region(&region).await?);
-    }
-    let start = Instant::now();
-    let mut workers = JoinSet::new();
-    for (w, region) in regions.into_iter().enumerate() {
-        let client = clients[w % clients.len()].clone();
-        let namespace = namespace.to_string();
-        workers.spawn(async move {
-            let mut latencies = Vec::with_capacity(per_worker as usize);
-            for n in 0..per_worker {
-                let wanted: Vec<(Wanted, std::ops::Range<usize>)> = (0..batch)
-                    .map(|b| {
-                        let i = (w as u64 * 7919 + (n * batch as u64 + b as u64) * 104_729) % 1024;
-                        (Wanted::new(namespace.as_str(), key(4096, i)), b * 4096..(b + 1) * 4096)
-                    })
-                    .collect();
-                let began = Instant::now();
-                for result in client
-                    .fetch_into_region(&region, &wanted)
-                    .await
-                    .context("fetch into a region")?
-                {
-                    result.context("a member of a fetch into a region")?;
-                }
-                latencies.push(began.elapsed().as_secs_f64() * 1e6);
-            }
-            Ok::<Vec<f64>, anyhow::Error>(latencies)
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(result) = workers.join_next().await {
-        latencies.extend(result??);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    Ok(SmallResult {
-        concurrency: in_flight,
-        batch,
-        mode: Mode::RegionUnix,
+        mode: match into {
+            Destination::Buffer => Mode::ZeroCopyUnix,
+            Destination::Region => Mode::RegionUnix,
+        },
         ops_per_sec: (latencies.len() * batch) as f64 / elapsed,
         p50_us: percentile(&latencies, 0.5),
         p99_us: percentile(&latencies, 0.99),
