@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::store::{Store, StoreError};
-pub use fetch::{Fetch, Piece};
+pub use fetch::{Fetch, Piece, Resident};
 pub use put::PutSession;
 pub use session::Session;
 

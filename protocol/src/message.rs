@@ -41,8 +41,8 @@ use crate::{DType, Key, Namespace};
 mod batch;
 
 pub use batch::{
-    BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, PutBatchRequest, PutMember, RegionPlace, RegisterRegionRequest,
-    RegisterRegionResponse, ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
+    BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, PlacedHead, PutBatchRequest, PutMember, RegionPlace,
+    RegisterRegionRequest, RegisterRegionResponse, ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
 };
 
 /// First request on every connection.

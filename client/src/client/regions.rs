@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shardd_protocol::{
-    FetchBatchRequest, Opcode, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
+    FetchBatchRequest, FetchResponse, Opcode, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
     ReleaseRegionRequest, ShardMeta,
 };
 
@@ -195,24 +195,30 @@ impl Client {
                 ),
             });
         }
-        let control = encode(&FetchBatchRequest {
+        let request = FetchBatchRequest {
             members: requests,
             places,
-        })?;
+        };
+        let control = encode(&request)?;
         let buf = (!region.mapped).then(|| Box::new(RegionBuf(region.region.clone())) as _);
         let done = self
             .conn
             .batch(Opcode::FetchBatch, control, members, buf, self.options.request_timeout)
             .await;
+        let info = |head: FetchResponse| FetchInfo {
+            meta: head.meta,
+            offset: head.offset,
+            len: head.len,
+        };
         Ok(done
             .result?
             .into_iter()
-            .map(|answer| match answer? {
-                Answer::Fetch(head, _) => Ok(FetchInfo {
-                    meta: head.meta,
-                    offset: head.offset,
-                    len: head.len,
-                }),
+            .zip(request.members)
+            // A member the daemon placed is answered without the names the
+            // request gave.
+            .map(|(answer, member)| match answer? {
+                Answer::Placed(head) => Ok(info(head.named(member.namespace, member.key))),
+                Answer::Fetch(head, _) => Ok(info(head)),
                 _ => Err(super::batch::unexpected("fetch_batch")),
             })
             .collect())

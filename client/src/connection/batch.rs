@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use shardd_protocol::frame::io::FrameReader;
 use shardd_protocol::{
-    BatchPart, FetchResponse, FrameHeader, Opcode, ShardMeta, StatResponse, Status, ViewResponse, codec,
+    BatchPart, FetchResponse, FrameHeader, Opcode, PlacedHead, ShardMeta, StatResponse, Status, ViewResponse, codec,
 };
 use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
@@ -77,6 +77,8 @@ impl Member {
 pub(crate) enum Answer {
     /// A fetch: what came, and its bytes if they went to a vector.
     Fetch(FetchResponse, Option<Vec<u8>>),
+    /// A fetch the daemon wrote into the member's place itself.
+    Placed(PlacedHead),
     /// A view.
     View(ViewResponse),
     /// A stat.
@@ -321,7 +323,7 @@ async fn take_part<R: AsyncRead + Unpin>(
                 ));
             }
             member.filled = head.len;
-            member.outcome = Some(Ok(Answer::Fetch(head, None)));
+            member.outcome = Some(Ok(Answer::Placed(head)));
         }
         BatchPart::View { view, .. } => member.outcome = Some(Ok(Answer::View(view))),
         BatchPart::Stored { meta, .. } => member.outcome = Some(Ok(Answer::Stored(meta))),

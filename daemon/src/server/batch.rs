@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use shardd_protocol::{
-    BatchPart, FetchBatchRequest, FetchRequest, FetchResponse, Opcode, StatBatchRequest, ViewBatchRequest, ViewRequest,
+    BatchPart, FetchBatchRequest, FetchRequest, Opcode, PlacedHead, StatBatchRequest, ViewBatchRequest, ViewRequest,
 };
 
 use super::ServerContext;
@@ -48,7 +48,7 @@ enum Waiting {
     Place(Fetch, Target),
 }
 
-fn placed_part(index: u32, id: u64, result: Result<FetchResponse, StoreError>) -> BatchPart {
+fn placed_part(index: u32, id: u64, result: Result<PlacedHead, StoreError>) -> BatchPart {
     match result {
         Ok(head) => BatchPart::Placed { index, head },
         Err(e) => failed(Opcode::FetchBatch, id, index, &e),
@@ -83,19 +83,20 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
                 continue;
             }
         };
-        match service.fetch_resident(&member) {
-            Some(Ok(fetch)) => match target {
-                Some(target) if fetch.head.len <= PLACE_AT_ONCE.min(reader_budget) => {
-                    reader_budget -= fetch.head.len;
+        match service.resident(&member) {
+            Some(Ok(resident)) => match target {
+                Some(target) if resident.answer_len() <= PLACE_AT_ONCE.min(reader_budget) => {
+                    reader_budget -= resident.answer_len();
                     parts.push(&BatchPart::Placed {
                         index,
-                        head: target.write_ready(fetch),
+                        head: target.write_resident(&resident),
                     });
                     tally.count(true);
                 }
                 // Larger: written by the batch's task, off the reader.
-                Some(target) => waiting.push((index, Waiting::Place(fetch, target))),
+                Some(target) => waiting.push((index, Waiting::Place(resident.into_fetch(), target))),
                 None => {
+                    let fetch = resident.into_fetch();
                     for frame in MemberFrames::new(id, index, &fetch).ready(fetch) {
                         parts.push_frame(frame);
                     }

@@ -84,19 +84,7 @@ impl Fetch {
 
     /// A fetch from a leased, resident shard: every piece ready now.
     fn resident(req: &FetchRequest, lease: Lease) -> Result<Fetch, StoreError> {
-        let (offset, len) = fetch_range(&lease.meta, req)?;
-        let pieces: Vec<Piece> = lease
-            .pieces(offset, len)
-            .map(|(chunk, range)| Piece::Resident {
-                lease: lease.clone(),
-                chunk,
-                range,
-            })
-            .collect();
-        Ok(Fetch {
-            head: head(&lease.meta, offset, len),
-            body: Body::Ready(pieces.into_iter()),
-        })
+        Ok(Resident::new(req, lease)?.into_fetch())
     }
 
     /// Whether every piece is ready (the answer needs no waiting).
@@ -109,6 +97,67 @@ impl Fetch {
         match self.body {
             Body::Ready(pieces) => pieces.collect(),
             _ => Vec::new(),
+        }
+    }
+}
+
+/// A fetch of a shard in the arena, its lease taken and its range checked,
+/// before anything is built for the answer: written where it goes
+/// straight from the arena, or made a [`Fetch`].
+#[derive(Debug)]
+pub struct Resident {
+    lease: Lease,
+    offset: u64,
+    len: u64,
+}
+
+impl Resident {
+    fn new(req: &FetchRequest, lease: Lease) -> Result<Resident, StoreError> {
+        let (offset, len) = fetch_range(&lease.meta, req)?;
+        Ok(Resident { lease, offset, len })
+    }
+
+    /// Bytes the answer carries.
+    pub fn answer_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The shard.
+    pub fn meta(&self) -> &ShardMeta {
+        &self.lease.meta
+    }
+
+    /// Offset in the shard of the answer's first byte.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Calls `write` with each piece of the answer in order, and how far
+    /// into the answer it lies.
+    pub fn write_to(&self, mut write: impl FnMut(u64, &[u8])) {
+        let chunks = self.lease.chunks();
+        let mut at = 0;
+        for (chunk, range) in self.lease.pieces(self.offset, self.len) {
+            let bytes = &chunks[chunk].as_slice()[range];
+            write(at, bytes);
+            at += bytes.len() as u64;
+        }
+    }
+
+    /// The fetch it answers, piece by piece.
+    pub fn into_fetch(self) -> Fetch {
+        let Resident { lease, offset, len } = self;
+        let pieces: Vec<Piece> = lease
+            .pieces(offset, len)
+            .map(|(chunk, range)| Piece::Resident {
+                lease: lease.clone(),
+                chunk,
+                range,
+            })
+            .collect();
+        Fetch {
+            head: head(&lease.meta, offset, len),
+            body: Body::Ready(pieces.into_iter()),
         }
     }
 }
@@ -150,6 +199,12 @@ impl Service {
     pub fn fetch_resident(&self, req: &FetchRequest) -> Option<Result<Fetch, StoreError>> {
         let lease = self.cache()?.try_hit(&req.namespace, &req.key, Access::Fetch)?;
         Some(lease.and_then(|lease| Fetch::resident(req, lease)))
+    }
+
+    /// The same, before anything is built for the answer.
+    pub fn resident(&self, req: &FetchRequest) -> Option<Result<Resident, StoreError>> {
+        let lease = self.cache()?.try_hit(&req.namespace, &req.key, Access::Fetch)?;
+        Some(lease.and_then(|lease| Resident::new(req, lease)))
     }
 
     /// A fetch: from the arena, following its load into the arena, or from

@@ -15,6 +15,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dtype::DType;
+use crate::names::{Key, Namespace};
+
 use super::{FetchRequest, FetchResponse, PutRequest, ShardMeta, StatRequest, StatResponse, ViewResponse};
 
 /// Most members one batched request may name.
@@ -116,6 +119,64 @@ pub struct StatBatchRequest {
     pub members: Vec<StatRequest>,
 }
 
+/// What the daemon wrote into a member's place: the shard's metadata but
+/// for the names the request already gave (a `Placed` part is the status
+/// of a write, the immediate data of an RDMA WRITE, kept small).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedHead {
+    /// The version written.
+    pub version: u64,
+    /// Element type.
+    pub dtype: DType,
+    /// Tensor shape; may be empty.
+    pub shape: Vec<u64>,
+    /// The shard's length in bytes.
+    pub shard_len: u64,
+    /// CRC32C of the whole shard.
+    pub crc32c: u32,
+    /// When the daemon stored it, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Offset in the shard of the first byte written.
+    pub offset: u64,
+    /// Bytes written, from the start of the member's place.
+    pub len: u64,
+}
+
+impl PlacedHead {
+    /// What a fetch of `len` bytes from `offset` of the shard `meta`
+    /// describes wrote.
+    pub fn of(meta: &ShardMeta, offset: u64, len: u64) -> PlacedHead {
+        PlacedHead {
+            version: meta.version,
+            dtype: meta.dtype,
+            shape: meta.shape.clone(),
+            shard_len: meta.len,
+            crc32c: meta.crc32c,
+            created_unix_ms: meta.created_unix_ms,
+            offset,
+            len,
+        }
+    }
+
+    /// The fetch answer it stands for, with the names the request gave.
+    pub fn named(self, namespace: Namespace, key: Key) -> FetchResponse {
+        FetchResponse {
+            meta: ShardMeta {
+                namespace,
+                key,
+                version: self.version,
+                dtype: self.dtype,
+                shape: self.shape,
+                len: self.shard_len,
+                crc32c: self.crc32c,
+                created_unix_ms: self.created_unix_ms,
+            },
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
 /// An answer (or part of one) about a member of a batch. The control
 /// message of every frame of a batch's answer is a list of them
 /// (`Vec<BatchPart>`): a frame with a payload carries exactly one, the
@@ -146,8 +207,8 @@ pub enum BatchPart {
     Placed {
         /// The member's place in the request.
         index: u32,
-        /// The shard and which of its bytes were written.
-        head: FetchResponse,
+        /// Which version and which of its bytes were written.
+        head: PlacedHead,
     },
     /// A put member, stored.
     Stored {

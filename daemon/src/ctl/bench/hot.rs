@@ -80,8 +80,10 @@ pub struct HotArgs {
     /// Requests in flight for the 4 KiB runs, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub small_concurrency: Vec<usize>,
-    /// Throughput rows to run, comma separated (zero_copy_unix,
-    /// zero_copy_unix_batch, copying_unix, region_unix, tcp, region_tcp);
+    /// Rows to run, comma separated (zero_copy_unix,
+    /// zero_copy_unix_batch, copying_unix, region_unix, tcp, region_tcp),
+    /// throughput and 4 KiB rows alike (a batched 4 KiB row goes by its
+    /// batched mode: zero_copy_unix_batch, copying_unix or region_unix);
     /// default: every one the daemon's endpoints allow.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<String>,
@@ -300,8 +302,9 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
                 cases.iter().map(|(m, _)| m.name()).collect::<Vec<_>>().join(", ")
             );
         }
-        cases.retain(|(mode, _)| args.modes.iter().any(|name| name == mode.name()));
     }
+    let chosen = |mode: Mode| args.modes.is_empty() || args.modes.iter().any(|name| name == mode.name());
+    cases.retain(|&(mode, _)| chosen(mode));
     let before = probe.status().await?.arena.unwrap_or_default();
     let mut throughput: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cases.len()]; sets.len()];
     let mut memcpy: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
@@ -381,7 +384,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
     put_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
     let mut small = Vec::new();
     for &concurrency in &args.small_concurrency {
-        for (mode, clients) in modes.iter().filter(|(m, _)| *m != Mode::Tcp) {
+        for (mode, clients) in modes.iter().filter(|&&(m, _)| m != Mode::Tcp && chosen(m)) {
             let mut runs = Vec::new();
             for _ in 0..args.runs {
                 runs.push(small_loop(clients, &args.namespace, concurrency, args.small_requests).await?);
@@ -401,7 +404,12 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
             small.push(result);
         }
     }
-    for (mode, clients) in modes.iter().filter(|(m, _)| *m != Mode::Tcp) {
+    // The batched rows go by their batched modes' names.
+    let batched = |mode: Mode| match mode {
+        Mode::ZeroCopyUnix => Mode::ZeroCopyUnixBatch,
+        other => other,
+    };
+    for (mode, clients) in modes.iter().filter(|&&(m, _)| m != Mode::Tcp && chosen(batched(m))) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             let requests = args
@@ -432,7 +440,10 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         }
         small.push(result);
     }
-    if let Some((_, clients)) = modes.iter().find(|(m, _)| *m == Mode::CopyingUnix) {
+    if let Some((_, clients)) = modes
+        .iter()
+        .find(|&&(m, _)| m == Mode::CopyingUnix && chosen(Mode::RegionUnix))
+    {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             let requests = args

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use shardd_protocol::{FetchRequest, FetchResponse, RegionPlace};
+use shardd_protocol::{FetchRequest, PlacedHead, RegionPlace};
 
 use crate::service::regions::Region;
-use crate::service::{Fetch, Piece, Session};
+use crate::service::{Fetch, Piece, Resident, Session};
 use crate::store::StoreError;
 
 /// A piece of at most this many bytes is written into its region by the
@@ -27,15 +27,10 @@ impl Target {
         self.region.write(self.offset + at, piece.bytes());
     }
 
-    /// Writes a member whose pieces are all ready; what was written.
-    pub(super) fn write_ready(&self, fetch: Fetch) -> FetchResponse {
-        let head = fetch.head.clone();
-        let mut at = 0;
-        for piece in fetch.ready_pieces() {
-            self.write(at, &piece);
-            at += piece.bytes().len() as u64;
-        }
-        head
+    /// Writes a member in the arena straight from it; what was written.
+    pub(super) fn write_resident(&self, fetch: &Resident) -> PlacedHead {
+        fetch.write_to(|at, bytes| self.region.write(self.offset + at, bytes));
+        PlacedHead::of(fetch.meta(), fetch.offset(), fetch.answer_len())
     }
 }
 
@@ -59,7 +54,7 @@ pub(super) fn placed(
 }
 
 /// Writes a member's bytes into its place as they come; what was written.
-pub(super) async fn place_member(mut fetch: Fetch, target: Target) -> Result<FetchResponse, StoreError> {
+pub(super) async fn place_member(mut fetch: Fetch, target: Target) -> Result<PlacedHead, StoreError> {
     let mut at = 0;
     while let Some(piece) = fetch.next().await {
         let piece = piece?;
@@ -77,5 +72,5 @@ pub(super) async fn place_member(mut fetch: Fetch, target: Target) -> Result<Fet
         }
         at += len;
     }
-    Ok(fetch.head)
+    Ok(PlacedHead::of(&fetch.head.meta, fetch.head.offset, fetch.head.len))
 }
