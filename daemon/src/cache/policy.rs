@@ -11,11 +11,15 @@
 //! occurrence of the fetched key, so the position follows the trainer even
 //! when a step starts late or skips a key.
 
-use std::collections::{BTreeMap, HashMap};
+mod recency;
+
+use std::collections::HashMap;
 use std::hash::RandomState;
 
 use serde::Deserialize;
 use shardd_protocol::{Key, Namespace};
+
+use recency::Recency;
 
 /// A shard's identity in the cache.
 pub type ShardId = (Namespace, Key);
@@ -111,9 +115,9 @@ impl Schedule {
 #[derive(Debug)]
 pub struct Policy {
     kind: PolicyKind,
-    tick: u64,
-    last_use: IdMap<u64>,
-    by_age: BTreeMap<u64, ShardId>,
+    /// Each resident shard's slot in `recency`.
+    slots: IdMap<u32>,
+    recency: Recency,
     schedules: HashMap<Namespace, Schedule>,
     /// Keys in all schedules together.
     schedule_keys: u64,
@@ -124,9 +128,8 @@ impl Policy {
     pub fn new(kind: PolicyKind) -> Policy {
         Policy {
             kind,
-            tick: 0,
-            last_use: IdMap::default(),
-            by_age: BTreeMap::new(),
+            slots: IdMap::default(),
+            recency: Recency::default(),
             schedules: HashMap::new(),
             schedule_keys: 0,
         }
@@ -178,36 +181,34 @@ impl Policy {
         if let Some(schedule) = self.schedules.get_mut(id.0) {
             schedule.advance_to(id.1);
         }
-        // The hot path of every hit: the id moves to its new age without
-        // being cloned.
-        if let Some(last) = self.last_use.get_mut(&id) {
-            self.tick += 1;
-            let old = std::mem::replace(last, self.tick);
-            if let Some(moved) = self.by_age.remove(&old) {
-                self.by_age.insert(self.tick, moved);
-            }
+        // The hot path of every hit: the id moves to the end without being
+        // cloned.
+        if let Some(&slot) = self.slots.get(&id) {
+            self.recency.touch(slot);
         }
     }
 
     /// `id` became resident.
     pub fn inserted(&mut self, id: ShardId) {
-        self.tick += 1;
-        if let Some(old) = self.last_use.insert(id.clone(), self.tick) {
-            self.by_age.remove(&old);
+        match self.slots.get(&ShardRef::from(&id)) {
+            Some(&slot) => self.recency.touch(slot),
+            None => {
+                let slot = self.recency.push(id.clone());
+                self.slots.insert(id, slot);
+            }
         }
-        self.by_age.insert(self.tick, id);
     }
 
     /// `id` is no longer resident.
     pub fn removed(&mut self, id: &ShardId) {
-        if let Some(tick) = self.last_use.remove(id) {
-            self.by_age.remove(&tick);
+        if let Some(slot) = self.slots.remove(id) {
+            self.recency.remove(slot);
         }
     }
 
     /// The shard to evict among those `evictable` allows, if any.
     pub fn victim(&self, evictable: impl Fn(&ShardId) -> bool) -> Option<ShardId> {
-        let mut candidates = self.by_age.values().filter(|id| evictable(id));
+        let mut candidates = self.recency.iter().filter(|id| evictable(id));
         match self.kind {
             PolicyKind::Lru => candidates.next().cloned(),
             PolicyKind::Schedule => {
