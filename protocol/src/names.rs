@@ -79,10 +79,7 @@ impl Namespace {
         let value = value.into();
         const WHAT: &str = "namespace";
         check_length(WHAT, &value, MAX_NAMESPACE_LEN)?;
-        if let Some((at, found)) = value
-            .char_indices()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some((at, found)) = bad_char(&value, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
             return Err(NameError::BadChar {
                 what: WHAT,
                 value,
@@ -124,10 +121,9 @@ impl Key {
         const WHAT: &str = "key";
         check_length(WHAT, &value, MAX_KEY_LEN)?;
         let name_end = value.find('#').unwrap_or(value.len());
-        if let Some((at, found)) = value[..name_end]
-            .char_indices()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')))
-        {
+        if let Some((at, found)) = bad_char(&value[..name_end], |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/')
+        }) {
             return Err(NameError::BadChar {
                 what: WHAT,
                 value,
@@ -166,6 +162,15 @@ impl Key {
         let (_, suffix) = self.0.split_once('#')?;
         parse_suffix(suffix).ok()
     }
+}
+
+/// The first character of `value` that `allowed` refuses, and where it
+/// is. Every allowed character is ASCII, so the bytes are checked one by
+/// one (no UTF-8 decoding on the way, as every request's names pass here),
+/// and the first refused byte starts the character to report.
+fn bad_char(value: &str, allowed: impl Fn(u8) -> bool) -> Option<(usize, char)> {
+    let at = value.bytes().position(|b| !allowed(b))?;
+    value[at..].chars().next().map(|c| (at, c))
 }
 
 fn check_length(what: &'static str, value: &str, max: usize) -> Result<(), NameError> {

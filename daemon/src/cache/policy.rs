@@ -178,7 +178,11 @@ impl Policy {
     /// A fetch used `id`: it becomes the most recently used, and its
     /// namespace's position moves to it.
     pub fn accessed(&mut self, id: ShardRef<'_>) {
-        if let Some(schedule) = self.schedules.get_mut(id.0) {
+        // Most daemons have no schedule: no hashing of the namespace then.
+        if let Some(schedule) = (!self.schedules.is_empty())
+            .then(|| self.schedules.get_mut(id.0))
+            .flatten()
+        {
             schedule.advance_to(id.1);
         }
         // The hot path of every hit: the id moves to the end without being
