@@ -69,8 +69,8 @@ const NAMESPACE_ALLOWED: &str = "ASCII letters, digits, '.', '_' and '-'";
 const KEY_ALLOWED: &str = "ASCII letters, digits, '.', '_', '-', ':' and '/', plus a '#I/N' suffix";
 
 /// A validated namespace.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Namespace(String);
 
 impl Namespace {
@@ -101,8 +101,8 @@ impl Namespace {
 }
 
 /// A validated shard key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Key(String);
 
 /// The `#I/N` part of a key: shard `index` of `count`.
@@ -229,6 +229,13 @@ macro_rules! string_newtype_impls {
                 $ty::new(value)
             }
         }
+        /// As the string it holds (borrowed: every request and answer
+        /// serializes names).
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
         impl From<$ty> for String {
             fn from(value: $ty) -> String {
                 value.0
@@ -258,6 +265,25 @@ string_newtype_impls!(Key);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_encode_as_the_strings_they_hold_and_are_checked_when_decoded() {
+        let ns = Namespace::new("job-1").unwrap();
+        let key = Key::new("layers.0.w#1/2").unwrap();
+        assert_eq!(
+            crate::codec::encode(&ns).unwrap(),
+            crate::codec::encode(&"job-1").unwrap()
+        );
+        assert_eq!(
+            crate::codec::encode(&key).unwrap(),
+            crate::codec::encode(&"layers.0.w#1/2").unwrap()
+        );
+        assert_eq!(
+            crate::codec::decode::<Key>(&crate::codec::encode(&key).unwrap()).unwrap(),
+            key
+        );
+        assert!(crate::codec::decode::<Namespace>(&crate::codec::encode(&"no spaces").unwrap()).is_err());
+    }
 
     #[test]
     fn namespaces() {

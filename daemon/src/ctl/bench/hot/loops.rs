@@ -198,6 +198,9 @@ pub(super) enum Destination {
     Region,
 }
 
+/// A shard wanted, and where in the worker's destination it goes.
+type Placed = (Wanted, std::ops::Range<usize>);
+
 /// A worker's destination of `bytes` bytes.
 enum Dest {
     Buffer(Vec<u8>),
@@ -217,7 +220,7 @@ impl Dest {
     }
 
     /// Fetches `wanted` into it; fails on the first member that failed.
-    async fn fetch(self, client: &Client, wanted: &[(Wanted, std::ops::Range<usize>)]) -> anyhow::Result<Dest> {
+    async fn fetch(self, client: &Client, wanted: &[Placed]) -> anyhow::Result<Dest> {
         let (dest, results) = match self {
             Dest::Buffer(buf) => {
                 let (buf, results) = client.fetch_many_into(wanted, buf).await;
@@ -259,7 +262,7 @@ pub(super) async fn batch_loop(
         workers.spawn(async move {
             let mut n = 0;
             for _ in 0..requests {
-                let wanted: Vec<(Wanted, std::ops::Range<usize>)> = (0..batch as usize)
+                let wanted: Vec<Placed> = (0..batch as usize)
                     .map(|b| {
                         let key = key(sweep.size, sweep.shard(w, n + b as u64));
                         (Wanted::new(namespace.as_str(), key), b * size..(b + 1) * size)
@@ -294,22 +297,33 @@ pub(super) async fn small_batch_loop(
     for w in 0..in_flight {
         dests.push(Dest::new(into, &clients[w % clients.len()], 4096 * batch).await?);
     }
+    // The requests each worker cycles through, built before the clock
+    // starts, as a trainer knows its layers' keys: after 1024 shards the
+    // sequence repeats.
+    let cycles: Vec<Vec<Vec<Placed>>> = (0..in_flight)
+        .map(|w| {
+            (0..(1024 / batch).max(1) as u64)
+                .map(|n| {
+                    (0..batch)
+                        .map(|b| {
+                            let i = (w as u64 * 7919 + (n * batch as u64 + b as u64) * 104_729) % 1024;
+                            (Wanted::new(namespace, key(4096, i)), b * 4096..(b + 1) * 4096)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
     let start = Instant::now();
     let mut workers = JoinSet::new();
-    for (w, mut dest) in dests.into_iter().enumerate() {
+    for ((w, mut dest), cycle) in dests.into_iter().enumerate().zip(cycles) {
         let client = clients[w % clients.len()].clone();
-        let namespace = namespace.to_string();
         workers.spawn(async move {
             let mut latencies = Vec::with_capacity(per_worker as usize);
             for n in 0..per_worker {
-                let wanted: Vec<(Wanted, std::ops::Range<usize>)> = (0..batch)
-                    .map(|b| {
-                        let i = (w as u64 * 7919 + (n * batch as u64 + b as u64) * 104_729) % 1024;
-                        (Wanted::new(namespace.as_str(), key(4096, i)), b * 4096..(b + 1) * 4096)
-                    })
-                    .collect();
+                let wanted = &cycle[n as usize % cycle.len()];
                 let began = Instant::now();
-                dest = dest.fetch(&client, &wanted).await?;
+                dest = dest.fetch(&client, wanted).await?;
                 latencies.push(began.elapsed().as_secs_f64() * 1e6);
             }
             Ok::<Vec<f64>, anyhow::Error>(latencies)
