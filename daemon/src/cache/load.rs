@@ -9,7 +9,7 @@ use shardd_protocol::{Key, Namespace, ShardMeta, Status};
 use tokio::sync::watch;
 
 use super::policy::{ShardId, ShardRef};
-use super::{Cache, CachedShard, Lease, Lookup, Slot, WriteBack};
+use super::{Cache, CachedShard, Lease, Lookup, Slot, State, WriteBack};
 use crate::io::AlignedBuf;
 use crate::store::StoreError;
 
@@ -230,22 +230,52 @@ impl Cache {
     /// The shard for a fetch if it is resident now: `None` when it is not
     /// (the caller then uses [`Cache::fetch`], which loads it). Never waits.
     pub fn try_hit(&self, namespace: &Namespace, key: &Key, access: Access) -> Option<Result<Lease, StoreError>> {
-        let id = ShardRef(namespace, key);
         let mut state = self.state();
+        let hit = Self::hit_locked(&mut state, ShardRef(namespace, key), access);
+        drop(state);
+        self.counted(hit)
+    }
+
+    /// [`Cache::try_hit`] of each of `ids` (a fetch batch's members), under
+    /// one taking of the cache's lock.
+    pub fn try_hit_many<'a>(
+        &self,
+        ids: impl Iterator<Item = Option<ShardRef<'a>>>,
+    ) -> Vec<Option<Result<Lease, StoreError>>> {
+        let mut state = self.state();
+        let hits: Vec<_> = ids
+            .map(|id| id.and_then(|id| Self::hit_locked(&mut state, id, Access::Fetch)))
+            .collect();
+        drop(state);
+        hits.into_iter().map(|hit| self.counted(hit)).collect()
+    }
+
+    /// A hit on `id` under the cache's lock: its lease, with the access
+    /// told to the policy (a fetch's, not a view's); the hit is counted by
+    /// [`Cache::counted`] once the lock is given back.
+    fn hit_locked(state: &mut State, id: ShardRef<'_>, access: Access) -> Option<(Result<Lease, StoreError>, Access)> {
         let Some(Slot::Ready(shard)) = state.entries.get(&id) else {
             return None;
         };
         if let WriteBack::Failed { status, reason } = shard.write_back() {
-            return Some(Err(flush_failed(&shard.meta, status, &reason)));
+            return Some((Err(flush_failed(&shard.meta, status, &reason)), access));
         }
         let lease = Lease::new(shard.clone());
         if access == Access::Fetch {
             state.policy.accessed(id);
-            drop(state);
-            self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
         }
-        lease.take_prefetched();
-        Some(Ok(lease))
+        Some((Ok(lease), access))
+    }
+
+    fn counted(&self, hit: Option<(Result<Lease, StoreError>, Access)>) -> Option<Result<Lease, StoreError>> {
+        let (hit, access) = hit?;
+        if let Ok(lease) = &hit {
+            if access == Access::Fetch {
+                self.inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            lease.take_prefetched();
+        }
+        Some(hit)
     }
 
     /// The shard for a fetch: resident (loading it first on a miss), or to

@@ -458,3 +458,34 @@ async fn the_tiers_metrics_are_the_numbers_status_shows_with_no_scrape_in_betwee
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_taken_together_are_counted_and_leased_each_and_misses_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let ns = Namespace::new("job").unwrap();
+    let (a, b) = (pattern(100_000, 1), pattern(50_000, 2));
+    put_on_drive(&cache, "a", &a).await;
+    put_on_drive(&cache, "b", &b).await;
+    put_on_drive(&cache, "cold", &pattern(10_000, 3)).await;
+    assert!(fetched(&cache, "a").await == a && fetched(&cache, "b").await == b);
+    let before = cache.status();
+    let keys: Vec<Key> = ["b", "cold", "a", "gone", "b"]
+        .into_iter()
+        .map(|k| Key::new(k).unwrap())
+        .collect();
+    // The fourth member was refused before the lookup: not looked up.
+    let ids = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (i != 3).then_some(ShardRef(&ns, key)));
+    let hits = cache.try_hit_many(ids);
+    let found: Vec<Option<u64>> = hits
+        .iter()
+        .map(|hit| hit.as_ref().map(|lease| lease.as_ref().unwrap().meta.len))
+        .collect();
+    assert_eq!(found, [Some(50_000), None, Some(100_000), None, Some(50_000)]);
+    let after = cache.status();
+    assert_eq!(after.hits - before.hits, 3, "each hit counted once");
+    assert_eq!(after.misses, before.misses, "a member not resident is not a miss yet");
+}

@@ -73,9 +73,16 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
     let mut parts = Parts::new(op, id);
     let mut waiting: Vec<(u32, Waiting)> = Vec::new();
     let mut reader_budget = PLACED_BY_READER;
-    for (index, member) in members.into_iter().enumerate() {
+    let checked: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .map(|(index, member)| placed(task.session, member, places.get(index)))
+        .collect();
+    let asked: Vec<Option<&FetchRequest>> = checked.iter().map(|c| c.as_ref().ok().map(|(m, _)| m)).collect();
+    let hits = service.resident_many(&asked);
+    for (index, (checked, hit)) in checked.into_iter().zip(hits).enumerate() {
         let index = index as u32;
-        let (member, target) = match placed(task.session, member, places.get(index as usize)) {
+        let (member, target) = match checked {
             Ok(placed) => placed,
             Err(e) => {
                 parts.push(&failed(op, id, index, &e));
@@ -83,7 +90,7 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
                 continue;
             }
         };
-        match service.resident(&member) {
+        match hit {
             Some(Ok(resident)) => match target {
                 Some(target) if resident.answer_len() <= PLACE_AT_ONCE.min(reader_budget) => {
                     reader_budget -= resident.answer_len();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use shardd_protocol::{FetchRequest, FetchResponse, ShardMeta};
 
 use super::{Service, Session};
+use crate::cache::policy::ShardRef;
 use crate::cache::shard::pieces;
 use crate::cache::{Access, Follow, Followed, Lease, Started};
 use crate::io::AlignedBuf;
@@ -201,10 +202,23 @@ impl Service {
         Some(lease.and_then(|lease| Fetch::resident(req, lease)))
     }
 
-    /// The same, before anything is built for the answer.
-    pub fn resident(&self, req: &FetchRequest) -> Option<Result<Resident, StoreError>> {
-        let lease = self.cache()?.try_hit(&req.namespace, &req.key, Access::Fetch)?;
-        Some(lease.and_then(|lease| Resident::new(req, lease)))
+    /// The same for each of a batch's members (`None` for one left out),
+    /// before anything is built for their answers, under one taking of the
+    /// cache's lock.
+    pub fn resident_many(&self, reqs: &[Option<&FetchRequest>]) -> Vec<Option<Result<Resident, StoreError>>> {
+        let Some(cache) = self.cache() else {
+            return reqs.iter().map(|_| None).collect();
+        };
+        let ids = reqs.iter().map(|req| req.map(|req| ShardRef(&req.namespace, &req.key)));
+        cache
+            .try_hit_many(ids)
+            .into_iter()
+            .zip(reqs)
+            .map(|(hit, req)| {
+                let (hit, req) = (hit?, (*req)?);
+                Some(hit.and_then(|lease| Resident::new(req, lease)))
+            })
+            .collect()
     }
 
     /// A fetch: from the arena, following its load into the arena, or from
