@@ -164,17 +164,20 @@ pub(super) fn view_batch(task: Task<'_>, id: u64, req: ViewBatchRequest) -> Hand
     let tally = Arc::new(Tally::default());
     let mut parts = Parts::new(op, id);
     let mut waiting: Vec<(u32, ViewRequest)> = Vec::new();
-    for (index, member) in req.members.into_iter().enumerate() {
+    let hits = service.view_resident_many(&req.members, session);
+    for (index, (member, hit)) in req.members.into_iter().zip(hits).enumerate() {
         let index = index as u32;
-        let member = ViewRequest {
-            fetch: member,
-            release: Vec::new(),
-            if_resident: req.if_resident,
-            continued: false,
-        };
-        match service.view_resident(&member, session) {
+        match hit {
             Some(result) => parts.push(&view_part(id, index, result, &tally)),
-            None => waiting.push((index, member)),
+            None => waiting.push((
+                index,
+                ViewRequest {
+                    fetch: member,
+                    release: Vec::new(),
+                    if_resident: req.if_resident,
+                    continued: false,
+                },
+            )),
         }
     }
     if waiting.is_empty() {

@@ -10,6 +10,7 @@ use shardd_protocol::{
 use super::fetch::fetch_range;
 use super::session::Held;
 use super::{Service, Session};
+use crate::cache::policy::ShardRef;
 use crate::cache::shard::pieces;
 use crate::cache::{Access, Cache, Follow, Followed, Lease, Lookup, Started};
 use crate::store::StoreError;
@@ -23,6 +24,26 @@ impl Service {
         let cache = self.cache()?;
         let lease = cache.try_hit(&req.fetch.namespace, &req.fetch.key, Access::of_view(req.continued))?;
         Some(lease.and_then(|lease| view(cache, &req.fetch, session, lease)))
+    }
+
+    /// [`Service::view_resident`] of each member of a batch (whose leases to
+    /// give back the caller released), under one taking of the cache's
+    /// lock.
+    pub fn view_resident_many(
+        &self,
+        members: &[FetchRequest],
+        session: &Session,
+    ) -> Vec<Option<Result<ViewResponse, StoreError>>> {
+        let Some(cache) = self.cache() else {
+            return members.iter().map(|_| None).collect();
+        };
+        let ids = members.iter().map(|m| Some(ShardRef(&m.namespace, &m.key)));
+        cache
+            .try_hit_many(ids)
+            .into_iter()
+            .zip(members)
+            .map(|(hit, member)| Some(hit?.and_then(|lease| view(cache, member, session, lease))))
+            .collect()
     }
 
     /// A view of a shard [`Service::view_resident`] did not find resident
