@@ -250,6 +250,70 @@ mod tests {
         }
     }
 
+    /// Sets the checksum of a header made of arbitrary bytes right, where
+    /// its lengths leave room for one, so that decoding goes past it.
+    fn with_checksum_set(mut bytes: Vec<u8>) -> Vec<u8> {
+        if bytes.len() >= FIXED_LEN {
+            let crcs_end = FIXED_LEN
+                .saturating_add(u32_at(&bytes, 12) as usize)
+                .saturating_add((u32_at(&bytes, 28) as usize).saturating_mul(4));
+            if crcs_end.saturating_add(4) <= bytes.len() {
+                let crc = crc32c::crc32c(&bytes[..crcs_end]);
+                bytes[crcs_end..crcs_end + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// What recovery reads from a drive may be anything: it is refused,
+        /// or it is a header that encodes back to the bytes read (up to
+        /// its checksum; the padding after it is not read). No input panics.
+        #[test]
+        fn any_bytes_are_refused_or_a_header_that_encodes_back_to_them(
+            len in 0u64..(256 << 20),
+            chunk_size in proptest::sample::select(vec![1u32 << 20, 4 << 20]),
+            changes in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 0..4),
+            cut in proptest::prop_oneof![3 => proptest::strategy::Just(0usize), 1 => 1usize..64],
+            set_checksum in proptest::prelude::any::<bool>(),
+        ) {
+            let (meta, layout) = sample(len, chunk_size);
+            let mut bytes = encode_header(&meta, &layout).unwrap();
+            for (at, byte) in changes {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut));
+            if set_checksum {
+                bytes = with_checksum_set(bytes);
+            }
+            let _ = header_len_from_prefix(&bytes);
+            if let Ok((meta, layout)) = decode_header(&bytes) {
+                let again = encode_header(&meta, &layout).unwrap();
+                let used = FIXED_LEN + u32_at(&bytes, 12) as usize + 4 * u32_at(&bytes, 28) as usize + 4;
+                proptest::prop_assert_eq!(&again[..used], &bytes[..used]);
+                proptest::prop_assert_eq!(again.len() as u64, layout.payload_offset);
+            }
+        }
+
+        /// Headers of any number of chunks and any length in the last one
+        /// decode to what was encoded.
+        #[test]
+        fn headers_decode_to_what_was_encoded(
+            chunks in 0u64..4096,
+            chunk_size in proptest::sample::select(vec![4096u32, 64 << 10, 1 << 20, 16 << 20]),
+            short in proptest::prelude::any::<u32>(),
+        ) {
+            let len = (chunks * chunk_size as u64).saturating_sub((short % chunk_size) as u64);
+            let (meta, layout) = sample(len, chunk_size);
+            proptest::prop_assert_eq!(layout.chunk_crcs.len() as u64, chunks);
+            let bytes = encode_header(&meta, &layout).unwrap();
+            proptest::prop_assert_eq!(decode_header(&bytes).unwrap(), (meta, layout));
+        }
+    }
+
     #[test]
     fn truncated_header_is_reported() {
         let (meta, layout) = sample(8, 4096);
