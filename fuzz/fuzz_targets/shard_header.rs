@@ -5,14 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardd::store::format::{decode_header, encode_header, header_len_from_prefix};
-
-/// Bytes before the metadata: magic, version, lengths.
-const FIXED_LEN: usize = 32;
-
-fn u32_at(bytes: &[u8], at: usize) -> usize {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
-}
+use shardd::store::format::{checksum_offset, decode_header, encode_header, header_len_from_prefix};
 
 fn check(bytes: &[u8]) {
     let _ = header_len_from_prefix(bytes);
@@ -20,7 +13,7 @@ fn check(bytes: &[u8]) {
         let again = encode_header(&meta, &layout).expect("a decoded header encodes");
         // Up to and with the header's checksum; the padding after it to
         // the payload's alignment is not read.
-        let used = FIXED_LEN + u32_at(bytes, 12) + 4 * u32_at(bytes, 28) + 4;
+        let used = checksum_offset(bytes).unwrap() + 4;
         assert_eq!(again[..used], bytes[..used], "{meta:?} has another header");
     }
 }
@@ -29,17 +22,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&fix, bytes)) = data.split_first() else {
         return;
     };
-    if fix & 1 == 0 || bytes.len() < FIXED_LEN {
-        check(bytes);
-        return;
-    }
     let mut bytes = bytes.to_vec();
-    let crcs_end = FIXED_LEN
-        .saturating_add(u32_at(&bytes, 12))
-        .saturating_add(u32_at(&bytes, 28).saturating_mul(4));
-    if crcs_end.saturating_add(4) <= bytes.len() {
-        let crc = crc32c::crc32c(&bytes[..crcs_end]);
-        bytes[crcs_end..crcs_end + 4].copy_from_slice(&crc.to_le_bytes());
+    if fix & 1 == 1
+        && let Some(at) = checksum_offset(&bytes).filter(|at| at + 4 <= bytes.len())
+    {
+        let crc = crc32c::crc32c(&bytes[..at]);
+        bytes[at..at + 4].copy_from_slice(&crc.to_le_bytes());
     }
     check(&bytes);
 });

@@ -139,6 +139,16 @@ pub fn header_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
     Ok(payload_offset)
 }
 
+/// Where a header's own checksum lies, as its fixed part says (after the
+/// metadata and the chunk checksums, which it covers); `None` before the
+/// fixed part is all there. Nothing else is checked.
+pub fn checksum_offset(prefix: &[u8]) -> Option<usize> {
+    if prefix.len() < FIXED_LEN {
+        return None;
+    }
+    Some(FIXED_LEN + u32_at(prefix, 12) as usize + 4 * u32_at(prefix, 28) as usize)
+}
+
 /// Decodes a whole header (at least `payload_offset` bytes).
 pub fn decode_header(bytes: &[u8]) -> Result<(ShardMeta, ShardLayout), FormatError> {
     let payload_offset = header_len_from_prefix(bytes)?;
@@ -158,6 +168,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<(ShardMeta, ShardLayout), FormatErr
     }
     let meta_end = FIXED_LEN + meta_len;
     let crcs_end = meta_end + 4 * chunks as usize;
+    debug_assert_eq!(checksum_offset(bytes), Some(crcs_end));
     let stored_crc = u32_at(bytes, crcs_end);
     let actual_crc = crc32c::crc32c(&bytes[..crcs_end]);
     if stored_crc != actual_crc {
@@ -253,14 +264,9 @@ mod tests {
     /// Sets the checksum of a header made of arbitrary bytes right, where
     /// its lengths leave room for one, so that decoding goes past it.
     fn with_checksum_set(mut bytes: Vec<u8>) -> Vec<u8> {
-        if bytes.len() >= FIXED_LEN {
-            let crcs_end = FIXED_LEN
-                .saturating_add(u32_at(&bytes, 12) as usize)
-                .saturating_add((u32_at(&bytes, 28) as usize).saturating_mul(4));
-            if crcs_end.saturating_add(4) <= bytes.len() {
-                let crc = crc32c::crc32c(&bytes[..crcs_end]);
-                bytes[crcs_end..crcs_end + 4].copy_from_slice(&crc.to_le_bytes());
-            }
+        if let Some(at) = checksum_offset(&bytes).filter(|at| at + 4 <= bytes.len()) {
+            let crc = crc32c::crc32c(&bytes[..at]);
+            bytes[at..at + 4].copy_from_slice(&crc.to_le_bytes());
         }
         bytes
     }
@@ -292,7 +298,7 @@ mod tests {
             let _ = header_len_from_prefix(&bytes);
             if let Ok((meta, layout)) = decode_header(&bytes) {
                 let again = encode_header(&meta, &layout).unwrap();
-                let used = FIXED_LEN + u32_at(&bytes, 12) as usize + 4 * u32_at(&bytes, 28) as usize + 4;
+                let used = checksum_offset(&bytes).unwrap() + 4;
                 proptest::prop_assert_eq!(&again[..used], &bytes[..used]);
                 proptest::prop_assert_eq!(again.len() as u64, layout.payload_offset);
             }
