@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::ClientError;
+use serde::de::DeserializeOwned;
+use shardd_protocol::auth::AuthKey;
 
 /// The daemon's arena, mapped read-only.
 #[derive(Debug)]
@@ -353,7 +355,7 @@ async fn read_hello_unix(stream: &mut UnixStream, endpoint: &str) -> Result<(Hel
             Err(e) => return Err(disconnected(endpoint, &e)),
         }
     }
-    let response = parse_answer(&bytes, endpoint)?;
+    let response: HelloResponse = parse_answer(&bytes, endpoint)?;
     let offer = response.arena.map(|grant| {
         let fd = received.the_one()?;
         let len = usize::try_from(grant.size).map_err(|_| format!("an arena of {} bytes", grant.size))?;
@@ -386,16 +388,26 @@ impl TheOne for Received {
 }
 
 /// The hello over TCP (no arena).
+/// The hello over TCP, and the key exchange when `key` is given (see
+/// [`crate::auth`]).
 pub(crate) async fn hello_tcp(
     stream: &mut TcpStream,
     hello: &HelloRequest,
+    key: Option<&AuthKey>,
     endpoint: &str,
 ) -> Result<HelloResponse, ClientError> {
     let sent = send_hello(stream, hello, endpoint).await;
-    first_reason(sent, read_hello_tcp(stream, endpoint).await)
+    let answer: HelloResponse = first_reason(sent, read_answer_tcp(stream, endpoint).await)?;
+    crate::auth::prove(stream, hello, &answer, key, endpoint).await?;
+    Ok(answer)
 }
 
-async fn read_hello_tcp(stream: &mut TcpStream, endpoint: &str) -> Result<HelloResponse, ClientError> {
+/// The next frame's control message, which must be an answer without
+/// payload: `T`, or the daemon's error.
+pub(crate) async fn read_answer_tcp<T: DeserializeOwned>(
+    stream: &mut TcpStream,
+    endpoint: &str,
+) -> Result<T, ClientError> {
     let mut bytes = Vec::new();
     while let Start::Need(want) = start(&bytes, endpoint)? {
         let have = bytes.len();
@@ -413,7 +425,18 @@ async fn send_hello<S: tokio::io::AsyncWrite + Unpin>(
     hello: &HelloRequest,
     endpoint: &str,
 ) -> Result<(), ClientError> {
-    let frame = frame::request(Opcode::Hello, 1, hello, 0).map_err(|source| ClientError::Protocol {
+    send_request(stream, Opcode::Hello, 1, hello, endpoint).await
+}
+
+/// Writes one request of the hello (no payload).
+pub(crate) async fn send_request<S: tokio::io::AsyncWrite + Unpin, T: serde::Serialize>(
+    stream: &mut S,
+    op: Opcode,
+    id: u64,
+    message: &T,
+    endpoint: &str,
+) -> Result<(), ClientError> {
+    let frame = frame::request(op, id, message, 0).map_err(|source| ClientError::Protocol {
         endpoint: endpoint.to_string(),
         source,
     })?;
@@ -440,7 +463,7 @@ fn start(bytes: &[u8], endpoint: &str) -> Result<Start, ClientError> {
     })
 }
 
-fn parse_answer(bytes: &[u8], endpoint: &str) -> Result<HelloResponse, ClientError> {
+fn parse_answer<T: DeserializeOwned>(bytes: &[u8], endpoint: &str) -> Result<T, ClientError> {
     let Start::Whole(header) = start(bytes, endpoint)? else {
         return Err(disconnected(endpoint, &io::ErrorKind::UnexpectedEof.into()));
     };

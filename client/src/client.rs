@@ -17,6 +17,7 @@ use shardd_protocol::{
 };
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::AuthKey;
 use crate::arena::{self, ArenaMap};
 use crate::connection::{Connection, Dest, FetchBuf, FetchDone};
 use crate::progress::Progress;
@@ -86,6 +87,9 @@ pub struct ClientOptions {
     /// of the arena piece by piece as it loads, or, under 4 MiB, comes over
     /// the socket while it loads), and `fetch_view` reads without any copy.
     pub zero_copy: bool,
+    /// The key to authenticate with over TCP (see [`crate::auth`]); `None`
+    /// reads the file named by `SHARDD_AUTH_KEY_FILE`, if set, at connect.
+    pub auth_key: Option<AuthKey>,
 }
 
 impl Default for ClientOptions {
@@ -99,6 +103,7 @@ impl Default for ClientOptions {
             max_fetch_alloc: DEFAULT_MAX_PAYLOAD_LEN,
             client_name: format!("shardd-client {}", env!("CARGO_PKG_VERSION")),
             zero_copy: true,
+            auth_key: None,
         }
     }
 }
@@ -184,11 +189,12 @@ impl Client {
             source,
         };
         let max_alloc = options.max_fetch_alloc;
-        let hello = HelloRequest {
+        let mut hello = HelloRequest {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: options.client_name.clone(),
             want_arena: options.zero_copy,
+            auth: None,
         };
         let (conn, server, arena) = match &endpoint {
             Endpoint::Unix(path) => {
@@ -201,9 +207,16 @@ impl Client {
                 (conn, server, arena)
             }
             Endpoint::Tcp(addr) => {
+                let key = crate::auth::key_for(options.auth_key.as_ref(), &name)?;
+                if let Some(key) = &key {
+                    hello.auth = Some(key.offer().map_err(|e| ClientError::Auth {
+                        endpoint: name.clone(),
+                        reason: e.to_string(),
+                    })?);
+                }
                 let mut stream = TcpStream::connect(addr.as_str()).await.map_err(connect_error)?;
                 stream.set_nodelay(true).map_err(connect_error)?;
-                let server = arena::hello_tcp(&mut stream, &hello, &name).await?;
+                let server = arena::hello_tcp(&mut stream, &hello, key.as_ref(), &name).await?;
                 let (r, w) = stream.into_split();
                 let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &server.limits);
                 (conn, server, None)

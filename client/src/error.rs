@@ -31,6 +31,20 @@ pub enum ClientError {
         /// The error.
         source: std::io::Error,
     },
+    /// The key exchange of a TCP connection failed on the client's side:
+    /// the key file cannot be used, or the daemon did not prove it holds
+    /// the key. (A daemon that refuses the client's key answers
+    /// [`ClientError::Remote`] with status `unauthorized`.)
+    #[error(
+        "cannot authenticate{}: {reason}",
+        if endpoint.is_empty() { String::new() } else { format!(" with {endpoint}") }
+    )]
+    Auth {
+        /// The endpoint (empty when no connection was involved).
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
     /// The daemon answered with an error status. `status` says which; busy
     /// and shutting-down may succeed when retried.
     #[error("{message}")]

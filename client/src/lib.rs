@@ -44,6 +44,10 @@
 //! arrives. [`Client::put_many`] and [`Client::put_from_region`] store many
 //! shards in one request, the latter read by the daemon from the region.
 //!
+//! Over TCP the client authenticates with a pre-shared key
+//! ([`ClientOptions::auth_key`], else the file `SHARDD_AUTH_KEY_FILE`
+//! names) and checks that the daemon holds the same key; see [`auth`].
+//!
 //! A whole shard read that does not match its checksum is reported to the
 //! daemon ([`Client::verify`]), which drops its copy in memory if that is
 //! what went bad, and is read once more.
@@ -67,6 +71,7 @@
 //! * [`region`]: memory fetches fill in place ([`Region`]), registered on
 //!   a connection with [`Client::register_region`].
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
+//! * [`auth`]: the key a TCP connection authenticates with.
 //! * `connection`: pipelining: the reader and writer tasks of a connection.
 //! * `arena`: the hello, and mapping the daemon's arena (Unix socket).
 //! * [`files`] (feature `files`): files in and out, `.safetensors` import
@@ -75,6 +80,7 @@
 //! * [`error`]: the error type, [`ClientError`].
 
 mod arena;
+pub mod auth;
 pub mod blocking;
 pub mod client;
 pub mod cluster;
@@ -96,6 +102,7 @@ pub use error::ClientError;
 pub use progress::{NoProgress, Progress};
 pub use region::{Region, RegionOptions};
 pub use shardd_protocol as protocol;
+pub use shardd_protocol::auth::AuthKey;
 pub use shardd_protocol::{
     ByteRange, CacheState, DType, DropNamespaceResponse, Durability, EvictMode, EvictResponse, NamespaceUsage,
     PrefetchItem, PrefetchResponse, SetQuotaResponse, ShardMeta, StatResponse, Status, VerifyOutcome, VerifyResponse,

@@ -2,10 +2,10 @@
 //! that grants them rights on namespaces.
 //!
 //! Each Unix peer is known by its credentials (`SO_PEERCRED`: uid, gid,
-//! pid) and the groups its user belongs to; a TCP peer by its address (the
-//! TCP authentication names keys as identities). The table is a list of
-//! rules, each granting `read`, `write` or `admin` on namespace patterns to
-//! users, groups, or TCP peers. A request needs one right on its namespace
+//! pid) and the groups its user belongs to; a TCP peer by the id of the key
+//! it authenticated with (see [`crate::auth`]) and its address. The table
+//! is a list of rules, each granting `read`, `write` or `admin` on
+//! namespace patterns to users, groups, key ids, or every TCP peer. A request needs one right on its namespace
 //! (see [`Need`]); the server checks it in one place, before the request
 //! reaches the service, and a refusal names the rule that fell short.
 //!

@@ -17,11 +17,13 @@
 //! * [`io`]: `[io]`, the I/O engine.
 //! * [`log`]: `[log]`, the log filter and format.
 //! * [`access`]: `[access]`, the access table.
+//! * [`auth`]: `[auth]`, the keys TCP peers authenticate with.
 //! * [`namespaces`]: `[[namespaces]]`, quotas and idle lifetimes.
 //! * [`units`]: sizes and durations as written in the file and flags.
 
 pub mod access;
 pub mod arena;
+pub mod auth;
 pub mod io;
 pub mod log;
 pub mod namespaces;
@@ -109,6 +111,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Who may do what.
     pub access: AccessTable,
+    /// How TCP peers authenticate.
+    pub auth: auth::AuthConfig,
     /// Quotas and idle lifetimes of namespaces.
     pub namespaces: crate::service::quota::NamespacePolicies,
 }
@@ -176,6 +180,7 @@ struct FileConfig {
     io: io::FileIo,
     log: log::FileLog,
     access: access::FileAccess,
+    auth: Option<auth::FileAuth>,
     namespaces: Vec<namespaces::FileNamespace>,
 }
 
@@ -229,6 +234,7 @@ impl Config {
         let io = file.io.resolve(&flags)?;
         let log = file.log.resolve(&flags)?;
         let access = file.access.resolve()?;
+        let auth = auth::resolve(file.auth, server.tcp)?;
         let namespaces = namespaces::resolve(file.namespaces)?;
         Ok(Config {
             server,
@@ -237,6 +243,7 @@ impl Config {
             io,
             log,
             access,
+            auth,
             namespaces,
         })
     }
@@ -331,6 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn a_routable_tcp_address_needs_keys_or_auth_none() {
+        let open = err("[server]\ntcp = \"0.0.0.0:7070\"");
+        assert!(
+            open.contains("server.tcp") && open.contains("[auth] names no keys"),
+            "{open}"
+        );
+        assert!(
+            open.contains("shardctl key new") && open.contains("auth = \"none\""),
+            "{open}"
+        );
+        let none = Config::from_toml(
+            "auth = \"none\"\n[server]\ntcp = \"0.0.0.0:7070\"",
+            Overrides::default(),
+        );
+        assert_eq!(none.unwrap().auth, auth::AuthConfig::None);
+        let keys = "[server]\ntcp = \"0.0.0.0:7070\"\n[auth]\nkeys = [\"/etc/shardd/keys/a.key\"]";
+        let keys = Config::from_toml(keys, Overrides::default()).unwrap();
+        assert_eq!(
+            keys.auth,
+            auth::AuthConfig::Keys(vec![PathBuf::from("/etc/shardd/keys/a.key")])
+        );
+        // Loopback, or TCP off: the daemon's own key will do.
+        for text in ["", "[server]\ntcp = \"[::1]:7070\"", "[server]\ntcp = \"off\""] {
+            let config = Config::from_toml(text, Overrides::default()).unwrap();
+            assert_eq!(config.auth, auth::AuthConfig::Generated, "{text}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         assert!(err("[storage]\nchunk_size = \"3000\"").contains("storage.chunk_size"));
         assert!(err("[storage]\nchunk_size = \"1 parsec\"").contains("unknown size unit"));
@@ -360,6 +396,10 @@ mod tests {
         assert!(err("[arena]\nmax_schedule_keys = 0").contains("arena.max_schedule_keys"));
         assert!(err("[server]\ntcp = \"off\"\nsocket = \"off\"").contains("nothing would be served"));
         assert!(err("[log]\nlevel = \"[[[\"").contains("log.level"));
+        assert!(rule("keys = [\"a b\"]\nnamespaces = [\"a\"]\nrights = [\"read\"]").contains("access.rules[0].keys"));
+        assert!(err("auth = \"keys\"").contains("invalid auth"));
+        assert!(err("[auth]\nkeys = []").contains("auth.keys"));
+        assert!(err("[auth]\nkeys = [\"/k\", \"/k\"]").contains("listed twice"));
         let e = Config::from_toml(
             "",
             Overrides {

@@ -44,6 +44,10 @@ pub struct Args {
     /// Daemon address: unix://PATH or tcp://HOST:PORT.
     #[arg(long, global = true, env = "SHARDD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
+    /// Key file to authenticate with over TCP (the daemon logs where its
+    /// own is; see docs/SECURITY.md).
+    #[arg(long, global = true, env = "SHARDD_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -196,6 +200,32 @@ pub enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Keys that TCP clients authenticate with (no daemon needed).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+/// `shardctl key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a key with a random 256-bit secret, in a new file readable only
+    /// by you.
+    New {
+        /// The key's id: what the daemon's access table calls its holders.
+        #[arg(long)]
+        id: String,
+        /// The file to write (never replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show a key file's id and fingerprint (the daemon logs the
+    /// fingerprints of the keys it accepts).
+    Show {
+        /// The key file.
+        file: PathBuf,
+    },
 }
 
 /// `shardctl ns ...`.
@@ -256,6 +286,28 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// `shardctl key`: key files, without a daemon.
+fn key(command: &KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::New { id, out } => {
+            let key = shardd_client::AuthKey::generate(id)?;
+            key.create(out)?;
+            println!(
+                "wrote key \"{}\" (fingerprint {}) to {}: list it in [auth] keys of the daemons that accept it, \
+                 and give a copy (mode 0600) to their TCP clients",
+                key.id(),
+                key.fingerprint_hex(),
+                out.display()
+            );
+        }
+        KeyCommand::Show { file } => {
+            let key = shardd_client::auth::load_key(file)?;
+            println!("id {}\nfingerprint {}", key.id(), key.fingerprint_hex());
+        }
+    }
+    Ok(())
+}
+
 /// `shardctl`'s main.
 pub fn main() -> ExitCode {
     let args = Args::parse();
@@ -285,13 +337,23 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Command::Key { command } = &args.command {
+        return key(command);
+    }
+    let base = ClientOptions {
+        auth_key: match &args.auth_key_file {
+            Some(path) => Some(shardd_client::auth::load_key(path)?),
+            None => None,
+        },
+        ..ClientOptions::default()
+    };
     if let Command::Bench { command } = &args.command {
-        return bench::run(&args.endpoint, command).await;
+        return bench::run(&args.endpoint, &base, command).await;
     }
     // An operator's reads are checked end to end, also those read in place.
     let options = ClientOptions {
         verify_views: true,
-        ..ClientOptions::default()
+        ..base
     };
     let client = Client::connect_with(&args.endpoint, options).await?;
     match args.command {
@@ -551,7 +613,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rtt.as_secs_f64() * 1e6
             );
         }
-        Command::Bench { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Key { .. } => unreachable!("handled above"),
     }
     // Views the command read are given back now, not a moment after it
     // exits, so that a command right after can evict their shards. The

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::AccessTable;
 use crate::arena::{Arena, ArenaConfig};
+use crate::auth::TcpAuth;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::HttpServer;
@@ -60,6 +61,8 @@ pub struct Reloaded {
     pub applied: Vec<String>,
     /// Sections that changed but take effect only after a restart.
     pub need_restart: Vec<&'static str>,
+    /// What could not be applied, and why (the running settings stay).
+    pub failed: Vec<String>,
 }
 
 impl Daemon {
@@ -91,11 +94,16 @@ impl Daemon {
         let quotas = Arc::new(Quotas::load(config.namespaces.clone(), quota_file)?);
         let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache, quotas.clone()));
         log_access(&config.access);
+        let tcp_auth = match config.server.tcp {
+            Some(_) => TcpAuth::load(&config.auth, &config.store.data_dirs[0])?,
+            None => TcpAuth::None,
+        };
         let ctx = Arc::new(ServerContext::new(
             store,
             cache,
             config.server.clone(),
             config.access.clone(),
+            tcp_auth,
             quotas,
         ));
         if let Some(every) = ctx.service.expiry_interval() {
@@ -180,6 +188,18 @@ impl Daemon {
                 .applied
                 .push(format!("access: {} rules", new.access.rules.len()));
             log_access(&new.access);
+        }
+        // Key files are read again on every reload, changed or not: a key
+        // is rotated by replacing or adding files.
+        if current.server.tcp.is_some() {
+            match TcpAuth::load(&new.auth, &current.store.data_dirs[0]) {
+                Ok(auth) => {
+                    self.ctx.set_tcp_auth(auth);
+                    current.auth = new.auth.clone();
+                    reloaded.applied.push("auth: keys read again".to_string());
+                }
+                Err(e) => reloaded.failed.push(format!("auth: {e:#}; the keys in force stay")),
+            }
         }
         if current.log.level != new.log.level {
             reloaded
@@ -324,6 +344,9 @@ impl Reloader {
             tracing::info!("reloaded: nothing that can change while running has changed");
         } else {
             tracing::info!(applied = ?reloaded.applied, "reloaded");
+        }
+        for failure in &reloaded.failed {
+            tracing::error!("reload could not apply {failure}");
         }
         if !reloaded.need_restart.is_empty() {
             tracing::warn!(

@@ -13,6 +13,7 @@
 //! * [`cli`]: the `shardd` command line.
 //! * [`server`]: listeners, the hello, connections, the dispatch table.
 //! * [`access`]: who a peer is and what the access table lets it do.
+//! * [`auth`]: the keys TCP peers authenticate with.
 //! * [`service`]: the request path below the sockets: arena or drive, put
 //!   sessions, fetch streams, leased views, stat/list/delete, hints.
 //! * [`cache`]: the hot tier in the arena: hits, loads, write-back,
@@ -28,6 +29,7 @@
 
 pub mod access;
 pub mod arena;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -50,6 +50,8 @@ pub struct Metrics {
     request_seconds: HistogramVec,
     transport_bytes: IntCounterVec,
     connections: IntGaugeVec,
+    /// Connections refused in their hello, by reason.
+    pub handshake_refusals: IntCounterVec,
     inflight_bytes: IntGauge,
     /// Fetches of shards on no drive (not found): counted by the request
     /// path, gathered with the arena's counters ([`TierCollector`]).
@@ -122,6 +124,11 @@ impl Metrics {
                 "Open client connections, by transport.",
                 &["transport"],
             ),
+            handshake_refusals: counter_vec(
+                "shardd_handshake_refusals_total",
+                "Connections refused and closed in their hello, by transport and reason.",
+                &["transport", "reason"],
+            ),
             inflight_bytes: gauge(
                 "shardd_inflight_bytes",
                 "Payload bytes of requests in progress: puts being received and answers not yet sent.",
@@ -179,6 +186,7 @@ impl Metrics {
             Box::new(metrics.request_seconds.clone()),
             Box::new(metrics.transport_bytes.clone()),
             Box::new(metrics.connections.clone()),
+            Box::new(metrics.handshake_refusals.clone()),
             Box::new(metrics.inflight_bytes.clone()),
             Box::new(metrics.quarantined.clone()),
             Box::new(metrics.shards.clone()),
@@ -200,6 +208,11 @@ impl Metrics {
         // Every series exists from the start, so rates and alerts see zeros.
         for transport in TRANSPORTS {
             metrics.connections.with_label_values(&[transport]);
+            for reason in crate::server::handshake::Refusal::ALL {
+                metrics
+                    .handshake_refusals
+                    .with_label_values(&[transport, reason.label()]);
+            }
             for direction in ["in", "out"] {
                 metrics.transport_bytes.with_label_values(&[transport, direction]);
             }

@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! * [`listener`]: binding the sockets and accepting connections.
-//! * [`handshake`]: the hello, and the arena's memfd for local clients.
+//! * [`handshake`]: the hello: versions, the key exchange of TCP peers,
+//!   and the arena's memfd for local clients.
+//! * [`refusals`]: refused hellos logged at most once a minute per peer.
 //! * [`passing`]: a Unix connection's reads, which take in the memfds of
 //!   regions clients register.
 //! * [`connection`]: one connection: frames in, answers out; put payloads
@@ -25,6 +27,7 @@ pub mod gate;
 pub mod handshake;
 pub mod listener;
 pub mod passing;
+pub mod refusals;
 pub mod regions;
 pub mod responder;
 pub mod slots;
@@ -42,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use shardd_protocol::StatusResponse;
 
 use crate::access::AccessTable;
+use crate::auth::TcpAuth;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::service::Service;
@@ -131,6 +135,10 @@ pub struct ServerContext {
     pub max_connections: std::sync::atomic::AtomicUsize,
     /// The access table in force (a reload replaces it).
     access: std::sync::RwLock<Arc<AccessTable>>,
+    /// The keys TCP peers authenticate with (a reload reads them again).
+    tcp_auth: std::sync::RwLock<Arc<TcpAuth>>,
+    /// Which peers' refused hellos were logged lately.
+    pub refusal_log: refusals::RefusalLog,
 }
 
 impl ServerContext {
@@ -140,6 +148,7 @@ impl ServerContext {
         cache: Option<Cache>,
         config: ServerConfig,
         access: AccessTable,
+        tcp_auth: TcpAuth,
         quotas: Arc<crate::service::quota::Quotas>,
     ) -> ServerContext {
         let service = Service::new(store.clone(), cache.clone(), config.io_timeout, quotas);
@@ -159,7 +168,20 @@ impl ServerContext {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             access: std::sync::RwLock::new(Arc::new(access)),
+            tcp_auth: std::sync::RwLock::new(Arc::new(tcp_auth)),
+            refusal_log: refusals::RefusalLog::default(),
         }
+    }
+
+    /// How TCP peers authenticate now.
+    pub fn tcp_auth(&self) -> Arc<TcpAuth> {
+        self.tcp_auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `auth` in force for every hello from now on (connections
+    /// already authenticated stay so).
+    pub fn set_tcp_auth(&self, auth: TcpAuth) {
+        *self.tcp_auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
     }
 
     /// The access table in force.

@@ -92,6 +92,10 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     let out = Command::cargo_bin("shardctl")
         .unwrap()
         .env_remove("SHARDD_ENDPOINT")
+        .env_remove("SHARDD_AUTH_KEY_FILE")
+        // The TCP rows authenticate with the key the daemon made.
+        .arg("--auth-key-file")
+        .arg(daemon.key_file())
         .args([
             "--endpoint",
             &daemon.endpoint(),

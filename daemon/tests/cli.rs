@@ -12,7 +12,10 @@ fn shardd() -> Command {
 
 fn shardctl(endpoint: &str) -> Command {
     let mut cmd = Command::cargo_bin("shardctl").unwrap();
-    cmd.env_remove("SHARDD_ENDPOINT").arg("--endpoint").arg(endpoint);
+    cmd.env_remove("SHARDD_ENDPOINT")
+        .env_remove("SHARDD_AUTH_KEY_FILE")
+        .arg("--endpoint")
+        .arg(endpoint);
     cmd
 }
 
@@ -30,6 +33,73 @@ fn shardd_on(data: &std::path::Path, socket: &std::path::Path) -> std::process::
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn shardctl_over_tcp_authenticates_with_the_key_the_daemon_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Process::start_with(dir.path(), engines()[0], "127.0.0.1:0");
+    let out = shardctl(&daemon.endpoint())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tcp = status["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .find(|e| e.starts_with("tcp://"))
+        .unwrap()
+        .to_string();
+
+    let out = shardctl(&tcp).arg("ping").output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("needs a key"), "{}", stderr_of(&out));
+
+    let key = daemon.key_file();
+    let out = shardctl(&tcp)
+        .arg("--auth-key-file")
+        .arg(&key)
+        .args(["put", "job", "k", "-"])
+        .write_stdin("over tcp")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = shardctl(&tcp)
+        .env("SHARDD_AUTH_KEY_FILE", &key)
+        .args(["get", "job", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"over tcp", "{}", stderr_of(&out));
+
+    let out = shardctl(&tcp).arg("key").arg("show").arg(&key).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("id default"));
+    let out = shardctl(&tcp)
+        .args(["key", "new", "--id", "x", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an existing key file is never replaced");
+}
+
+#[test]
+fn tcp_on_a_routable_address_without_keys_refuses_to_start_saying_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shardd()
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .args(["--tcp", "0.0.0.0:0", "--http", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("server.tcp"), "{stderr}");
+    assert!(stderr.contains("shardctl key new"), "{stderr}");
+    assert!(stderr.contains("auth = \"none\""), "{stderr}");
+    assert!(!dir.path().join("data").join("keys").exists(), "no key is made for it");
 }
 
 #[test]

@@ -55,6 +55,7 @@ fn main() {
         max_version: PROTOCOL_VERSION,
         client: "shardd-client 0.1.0".into(),
         want_arena: true,
+        auth: None,
     };
     let batch = FetchBatchRequest {
         members: vec![fetch.clone(); 3],
@@ -109,7 +110,16 @@ fn main() {
         (6, Opcode::Stat, codec::encode(&stat).unwrap()),
         (32, Opcode::FetchBatch, codec::encode(&batch).unwrap()),
         (34, Opcode::PutBatch, codec::encode(&put_batch).unwrap()),
-        (39, Opcode::FetchBatch, codec::encode(&parts).unwrap()),
+        (39, Opcode::Authenticate, codec::encode(&AuthenticateRequest { proof: [7; 32] }).unwrap()),
+        (
+            40,
+            Opcode::Authenticate,
+            codec::encode(&AuthenticateResponse {
+                identity: "trainers".into(),
+            })
+            .unwrap(),
+        ),
+        (41, Opcode::FetchBatch, codec::encode(&parts).unwrap()),
     ];
     for (i, (selector, opcode, control)) in messages.iter().enumerate() {
         let mut selected = vec![*selector];
@@ -150,6 +160,30 @@ fn main() {
         header.extend(encode_header(&meta, &layout).unwrap());
         write(&dir, "shard_header", &format!("header-{i}"), &header);
     }
+    // The key exchange: a key file, and a hello with its offer followed by
+    // the right proof, and by a wrong one.
+    let key = shardd_fuzz::fuzz_key();
+    let mut file = vec![0u8];
+    file.extend_from_slice(key.to_file_text().as_bytes());
+    write(&dir, "hello", "key-file", &file);
+    let offered = HelloRequest {
+        auth: Some(key.offer().unwrap()),
+        want_arena: false,
+        ..hello.clone()
+    };
+    let exchange = shardd_fuzz::Exchange {
+        hello: codec::encode(&offered).unwrap(),
+        proof: key.prove(
+            auth::Side::Client,
+            &shardd_fuzz::transcript(offered.auth.as_ref().unwrap(), &offered.client),
+        ),
+    };
+    write(&dir, "hello", "right-proof", &exchange.to_input());
+    let wrong = shardd_fuzz::Exchange {
+        proof: [0; 32],
+        ..exchange
+    };
+    write(&dir, "hello", "wrong-proof", &wrong.to_input());
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/shardd.toml");
     let example = std::fs::read(&deploy).unwrap_or_else(|e| panic!("read {}: {e}", deploy.display()));
     write(&dir, "config", "deploy", &example);
@@ -158,5 +192,9 @@ fn main() {
                   [[namespaces]]\npattern = \"swap-*\"\nmax_drive_bytes = \"2TiB\"\n\
                   max_arena_bytes = \"16GiB\"\nidle_ttl = \"6h\"\n";
     write(&dir, "config", "access", access.as_bytes());
+    let auth = "[server]\ntcp = \"10.0.0.1:7070\"\n[auth]\nkeys = [\"/etc/shardd/keys/trainers.key\"]\n\
+                [[access.rules]]\nkeys = [\"trainers\"]\nnamespaces = [\"job-*\"]\nrights = [\"read\"]\n";
+    write(&dir, "config", "auth", auth.as_bytes());
+    write(&dir, "config", "auth-none", b"auth = \"none\"\n[server]\ntcp = \"0.0.0.0:7070\"\n");
     println!("seed corpora written under {}", dir.display());
 }

@@ -75,6 +75,7 @@ mod tests {
             max_version: PROTOCOL_VERSION,
             client: "test".into(),
             want_arena: true,
+            auth: None,
         };
         let bytes = request(Opcode::Hello, 7, &hello, 0).unwrap();
         let limits = Limits::default();

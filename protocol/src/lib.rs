@@ -25,7 +25,11 @@
 //! * [`limits`]: length limits.
 //! * [`error`]: the protocol error type, [`ProtocolError`].
 //! * `fdpass` (feature `io`): descriptors passed over a Unix socket.
+//! * `auth` (feature `auth`): pre-shared keys and the proofs of the TCP
+//!   key exchange.
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod codec;
 pub mod dtype;
 pub mod error;

@@ -28,6 +28,7 @@
 //! | register_region | [`RegisterRegionRequest`] | [`RegisterRegionResponse`] | none (Unix: the memfd as SCM_RIGHTS) |
 //! | release_region | [`ReleaseRegionRequest`] | none | none |
 //! | put_batch | [`PutBatchRequest`] | a [`BatchPart`] list in every frame | request: the bytes of the members not read from regions |
+//! | authenticate | [`AuthenticateRequest`] | [`AuthenticateResponse`] | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -38,7 +39,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DType, Key, Namespace};
 
+mod auth;
 mod batch;
+
+pub use auth::{AuthChallenge, AuthOffer, AuthenticateRequest, AuthenticateResponse, NONCE_LEN, PROOF_LEN};
 
 pub use batch::{
     BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, PlacedHead, PutBatchRequest, PutMember, RegionPlace,
@@ -57,6 +61,8 @@ pub struct HelloRequest {
     /// Over a Unix socket: ask for the arena's memfd (sent with the answer
     /// as SCM_RIGHTS ancillary data) to use zero-copy fetches.
     pub want_arena: bool,
+    /// Over TCP: the key the client will prove it holds, and its nonce.
+    pub auth: Option<AuthOffer>,
 }
 
 /// The daemon's answer to [`HelloRequest`].
@@ -71,6 +77,10 @@ pub struct HelloResponse {
     /// Set when the arena's memfd came with this answer: map `size` bytes
     /// of it read-only to read zero-copy fetches.
     pub arena: Option<ArenaGrant>,
+    /// Set when the daemon takes the client's [`AuthOffer`]: its nonce and
+    /// its proof. The client checks the proof, then sends
+    /// [`AuthenticateRequest`] before any other request.
+    pub auth: Option<AuthChallenge>,
 }
 
 /// The arena a client may map.

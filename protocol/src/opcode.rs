@@ -60,11 +60,14 @@ pub enum Opcode {
     /// read by the daemon from a registered region (Unix) or in the payload;
     /// answered by `BatchPart::Stored` (or `Failed`) parts.
     PutBatch,
+    /// The client's proof of its key (TCP): `AuthenticateRequest`, the
+    /// second request of a connection whose hello offered a key.
+    Authenticate,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 23] = [
+    pub const ALL: [Opcode; 24] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -88,6 +91,7 @@ impl Opcode {
         Opcode::RegisterRegion,
         Opcode::ReleaseRegion,
         Opcode::PutBatch,
+        Opcode::Authenticate,
     ];
 
     /// The wire code.
@@ -116,6 +120,7 @@ impl Opcode {
             Opcode::RegisterRegion => 21,
             Opcode::ReleaseRegion => 22,
             Opcode::PutBatch => 23,
+            Opcode::Authenticate => 24,
         }
     }
 
@@ -150,6 +155,7 @@ impl Opcode {
             Opcode::RegisterRegion => "register_region",
             Opcode::ReleaseRegion => "release_region",
             Opcode::PutBatch => "put_batch",
+            Opcode::Authenticate => "authenticate",
         }
     }
 }
@@ -167,11 +173,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=23).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=24).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(24), None);
+        assert_eq!(Opcode::from_code(25), None);
     }
 }

@@ -25,6 +25,14 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z0-9][a-z0-9._-]{0,23}"
 }
 
+fn offer() -> impl Strategy<Value = AuthOffer> {
+    (name(), any::<[u8; 8]>(), any::<[u8; 32]>()).prop_map(|(key_id, fingerprint, nonce)| AuthOffer {
+        key_id,
+        fingerprint,
+        nonce,
+    })
+}
+
 fn meta() -> impl Strategy<Value = ShardMeta> {
     (
         name(),
@@ -112,13 +120,22 @@ fn real_message() -> impl Strategy<Value = Vec<u8>> {
             })
             .unwrap()
         }),
-        (name(), any::<bool>()).prop_map(|(client, want_arena)| codec::encode(&HelloRequest {
-            min_version: 1,
-            max_version: 1,
-            client,
-            want_arena,
-        })
-        .unwrap()),
+        (name(), any::<bool>(), proptest::option::of(offer())).prop_map(|(client, want_arena, auth)| {
+            codec::encode(&HelloRequest {
+                min_version: 1,
+                max_version: 1,
+                client,
+                want_arena,
+                auth,
+            })
+            .unwrap()
+        }),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, proof)| {
+            let challenge = AuthChallenge { nonce, proof };
+            codec::encode(&Some(challenge)).unwrap()
+        }),
+        any::<[u8; 32]>().prop_map(|proof| codec::encode(&AuthenticateRequest { proof }).unwrap()),
+        name().prop_map(|identity| codec::encode(&AuthenticateResponse { identity }).unwrap()),
     ]
 }
 
@@ -166,7 +183,10 @@ proptest! {
         fetch in fetch(),
         parts in proptest::collection::vec(part(), 0..6),
         places in proptest::collection::vec(place(), 0..3),
+        offer in offer(),
     ) {
+        let hello = HelloRequest { min_version: 1, max_version: 1, client: "c".into(), want_arena: false, auth: Some(offer) };
+        prop_assert_eq!(codec::decode::<HelloRequest>(&codec::encode(&hello).unwrap()).unwrap(), hello);
         let batch = FetchBatchRequest { members: vec![fetch.clone(); 3], places };
         prop_assert_eq!(codec::decode::<FetchRequest>(&codec::encode(&fetch).unwrap()).unwrap(), fetch);
         prop_assert_eq!(codec::decode::<FetchBatchRequest>(&codec::encode(&batch).unwrap()).unwrap(), batch);

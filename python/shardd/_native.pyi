@@ -2,6 +2,7 @@
 # `shardd` (shardd.Client, shardd.Cluster, ...), which call it. Memory
 # crosses as (address, nbytes, owner) taken by shardd._buffers.
 
+import os
 from typing import Any, Optional
 
 __version__: str
@@ -46,6 +47,7 @@ class Client:
         zero_copy: bool = ...,
         max_fetch_alloc: Optional[int] = ...,
         client_name: Optional[str] = ...,
+        auth_key_file: Optional[str | os.PathLike[str]] = ...,
     ) -> None: ...
     def is_connected(self) -> bool: ...
     def close(self) -> None: ...
@@ -118,6 +120,7 @@ class Cluster:
         request_timeout: float = ...,
         partition_align: int = ...,
         piece_size: int = ...,
+        auth_key_file: Optional[str | os.PathLike[str]] = ...,
     ) -> None: ...
     def __len__(self) -> int: ...
     def endpoint(self, node: int) -> Optional[str]: ...

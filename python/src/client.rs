@@ -66,7 +66,8 @@ impl Client {
 impl Client {
     #[new]
     #[pyo3(signature = (endpoint, *, connect_timeout=10.0, request_timeout=None, io_timeout=60.0,
-        verify_checksums=true, verify_views=false, zero_copy=true, max_fetch_alloc=None, client_name=None))]
+        verify_checksums=true, verify_views=false, zero_copy=true, max_fetch_alloc=None, client_name=None,
+        auth_key_file=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -79,8 +80,13 @@ impl Client {
         zero_copy: bool,
         max_fetch_alloc: Option<u64>,
         client_name: Option<String>,
+        auth_key_file: Option<std::path::PathBuf>,
     ) -> PyResult<Client> {
         let defaults = ClientOptions::default();
+        let auth_key = auth_key_file
+            .map(|path| shardd_client::auth::load_key(&path))
+            .transpose()
+            .py(py)?;
         let options = ClientOptions {
             connect_timeout: seconds(Some(connect_timeout), "connect_timeout", py)?.unwrap_or(defaults.connect_timeout),
             request_timeout: seconds(request_timeout, "request_timeout", py)?,
@@ -90,6 +96,7 @@ impl Client {
             max_fetch_alloc: max_fetch_alloc.unwrap_or(defaults.max_fetch_alloc),
             client_name: client_name.unwrap_or_else(|| format!("shardd-python {}", env!("CARGO_PKG_VERSION"))),
             zero_copy,
+            auth_key,
         };
         let io = Io::current()?;
         let client = io

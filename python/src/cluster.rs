@@ -108,7 +108,7 @@ impl Cluster {
 impl Cluster {
     #[new]
     #[pyo3(signature = (endpoints, *, local=None, connections_per_node=2, connect_timeout=5.0,
-        request_timeout=30.0, partition_align=4096, piece_size=16 << 20))]
+        request_timeout=30.0, partition_align=4096, piece_size=16 << 20, auth_key_file=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -119,7 +119,12 @@ impl Cluster {
         request_timeout: f64,
         partition_align: u64,
         piece_size: u64,
+        auth_key_file: Option<std::path::PathBuf>,
     ) -> PyResult<Cluster> {
+        let auth_key = auth_key_file
+            .map(|path| shardd_client::auth::load_key(&path))
+            .transpose()
+            .py(py)?;
         let options = ClusterOptions {
             connections_per_node,
             connect_timeout: duration(connect_timeout, "connect_timeout", py)?,
@@ -127,7 +132,10 @@ impl Cluster {
             partition_align,
             piece_size,
             local,
-            ..ClusterOptions::default()
+            client: shardd_client::ClientOptions {
+                auth_key,
+                ..shardd_client::ClientOptions::default()
+            },
         };
         let inner = shardd_client::Cluster::new(&endpoints, options).py(py)?;
         Ok(Cluster {

@@ -41,6 +41,7 @@ fn classify(e: &ClientError) -> (&'static str, Option<Status>, Option<u64>) {
         ClientError::InvalidName(_) => ("InvalidName", None, None),
         ClientError::InvalidBatch { .. } => ("BadRequest", None, None),
         ClientError::Connect { .. } => ("ConnectError", None, None),
+        ClientError::Auth { .. } => ("Unauthorized", None, None),
         ClientError::Disconnected { .. } => ("Disconnected", None, None),
         ClientError::Protocol { .. } => ("ProtocolError", None, None),
         ClientError::ZeroCopyUnavailable => ("ZeroCopyUnavailable", None, None),

@@ -3,16 +3,23 @@
 The daemon binary is ``$SHARDD_BIN`` (``cargo test`` sets it), else the
 one ``cargo build`` leaves in ``target/``. Tests that need torch skip,
 saying so, where torch is not installed.
+
+Every daemon accepts one key on TCP, ``KEY_FILE``, as the nodes of one job
+share theirs; ``SHARDD_AUTH_KEY_FILE`` names it, so every client of these
+tests authenticates with it unless a test says otherwise.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -24,6 +31,21 @@ import shardd
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _make_key() -> pathlib.Path:
+    keys = tempfile.TemporaryDirectory(prefix="shardd-test-keys-")
+    atexit.register(keys.cleanup)
+    path = pathlib.Path(keys.name) / "tests.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'id = "tests"\nsecret = "{secrets.token_hex(32)}"\n')
+    return path
+
+
+#: The key every test daemon accepts on TCP.
+KEY_FILE = _make_key()
+os.environ["SHARDD_AUTH_KEY_FILE"] = str(KEY_FILE)
 
 
 def _binary(name: str) -> str:
@@ -52,6 +74,8 @@ class Daemon:
                 s.bind(("127.0.0.1", 0))
                 self.http = f"127.0.0.1:{s.getsockname()[1]}"
         self.socket = root / "shardd.sock"
+        if "[auth]" not in config and "auth = " not in config:
+            config += f"\n[auth]\nkeys = [{str(KEY_FILE)!r}]\n"
         (root / "shardd.toml").write_text("[storage]\nmin_free = 0\n[arena]\nsize = \"128MiB\"\n" + config)
         self.process: subprocess.Popen | None = None
         self.log = root / "shardd.log"

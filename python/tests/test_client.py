@@ -263,3 +263,27 @@ def _eventually(check, timeout=5.0):
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_tcp_needs_the_key_and_takes_it_from_an_argument_or_the_environment(daemon, monkeypatch):
+    from conftest import KEY_FILE
+
+    monkeypatch.delenv("SHARDD_AUTH_KEY_FILE")
+    with pytest.raises(shardd.Unauthorized, match="needs a key"):
+        shardd.Client(daemon.tcp)
+    with shardd.Client(daemon.tcp, auth_key_file=str(KEY_FILE)) as c:
+        c.put("job", "k", b"authenticated")
+    monkeypatch.setenv("SHARDD_AUTH_KEY_FILE", str(KEY_FILE))
+    with shardd.Client(daemon.tcp) as c:
+        assert c.get("job", "k").tobytes() == b"authenticated"
+    # A key file others may read is refused before anything is sent.
+    KEY_FILE.chmod(0o644)
+    try:
+        with pytest.raises(shardd.Unauthorized, match="chmod 600"):
+            shardd.Client(daemon.tcp)
+    finally:
+        KEY_FILE.chmod(0o600)
+    # The Unix socket needs no key.
+    monkeypatch.delenv("SHARDD_AUTH_KEY_FILE")
+    with shardd.Client(daemon.unix) as c:
+        assert c.get("job", "k").tobytes() == b"authenticated"

@@ -76,3 +76,14 @@ def test_the_trainer_gathers_ahead_and_reports_its_stall(nodes, torch):
         assert stats["replayed"] == (step > 0), stats
     assert trainer.trace() == [f"layer{i}" for i in order]
     assert [s["step"] for s in trainer.steps()] == [0, 1, 2]
+
+
+def test_a_cluster_authenticates_with_the_key_it_is_given(nodes, monkeypatch):
+    from conftest import KEY_FILE
+
+    monkeypatch.delenv("SHARDD_AUTH_KEY_FILE")
+    with pytest.raises(shardd.Unauthorized):
+        cluster_of(nodes).check()
+    cluster = cluster_of(nodes, auth_key_file=str(KEY_FILE))
+    cluster.check()
+    cluster.put_partitioned("job", "w", np.arange(4096, dtype=np.float32))

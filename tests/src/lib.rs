@@ -1,5 +1,10 @@
 //! Test harness: start real daemons on temp dirs and ephemeral ports, in
 //! this process, on either I/O engine, and reach them over either transport.
+//!
+//! Every test daemon accepts one key on TCP, the same for all daemons of a
+//! test process (as the nodes of one cluster share theirs): [`test_key`].
+//! Its clients ([`TestDaemon::options`]) authenticate with it; a test of
+//! other keys writes its own `[auth]` (or `auth = "none"`) in `extra`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,7 +12,7 @@ use std::time::Duration;
 use shardd::Daemon;
 use shardd::config::{Config, Listen, Overrides};
 use shardd::io::{EngineKind, IoEngine};
-use shardd_client::Client;
+use shardd_client::{AuthKey, Client, ClientOptions};
 
 pub use shardd::ctl::bench::pattern;
 
@@ -23,6 +28,21 @@ pub struct Setup {
     pub tcp: bool,
     /// Over the Unix socket: whether the client maps the arena (zero copy).
     pub zero_copy: bool,
+}
+
+/// The key every test daemon of this process accepts on TCP (unless the
+/// test configures `[auth]` itself).
+pub fn test_key() -> &'static AuthKey {
+    static KEY: std::sync::OnceLock<AuthKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| AuthKey::generate("tests").expect("a random key"))
+}
+
+/// Client options that authenticate with [`test_key`].
+pub fn client_options() -> ClientOptions {
+    ClientOptions {
+        auth_key: Some(test_key().clone()),
+        ..ClientOptions::default()
+    }
 }
 
 /// Says that part of a test was skipped, and why, where `cargo test` shows
@@ -115,16 +135,28 @@ impl TestDaemon {
         if tcp { self.tcp_endpoint() } else { self.unix_endpoint() }
     }
 
+    /// Client options that authenticate with the key this daemon accepts.
+    pub fn options(&self) -> ClientOptions {
+        client_options()
+    }
+
+    /// The key file in its dir that holds [`test_key`].
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("tests.key")
+    }
+
     /// A connected client (zero copy over the Unix socket).
     pub async fn client(&self, tcp: bool) -> Client {
-        Client::connect(&self.endpoint(tcp)).await.expect("client connects")
+        Client::connect_with(&self.endpoint(tcp), self.options())
+            .await
+            .expect("client connects")
     }
 
     /// A client connected the way `setup` says.
     pub async fn connect(&self, setup: Setup) -> Client {
-        let options = shardd_client::ClientOptions {
+        let options = ClientOptions {
             zero_copy: setup.zero_copy,
-            ..Default::default()
+            ..self.options()
         };
         let client = Client::connect_with(&self.endpoint(setup.tcp), options)
             .await
@@ -196,6 +228,15 @@ fn test_config(dir: &Path, engine: EngineKind, extra: &str) -> Config {
     // A modest arena per test daemon (many run at once) unless the test sets one.
     if !text.contains("[arena]") {
         text.push_str("\n[arena]\nsize = \"128MiB\"\n");
+    }
+    // The process's test key, unless the test chooses how TCP peers
+    // authenticate.
+    if !text.contains("[auth]") && !text.contains("auth = ") {
+        let key_file = dir.join("tests.key");
+        if !key_file.exists() {
+            test_key().create(&key_file).expect("write the test key");
+        }
+        text.push_str(&format!("\n[auth]\nkeys = [{:?}]\n", key_file.display().to_string()));
     }
     let loopback = Listen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let overrides = Overrides {

@@ -6,8 +6,12 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use shardd_protocol::auth::{AuthKey, Side, Transcript};
 use shardd_protocol::frame::io::FrameReader;
-use shardd_protocol::{FrameHeader, HelloRequest, Limits, MAX_CONTROL_LEN, Opcode, PROTOCOL_VERSION, Status, frame};
+use shardd_protocol::{
+    AuthenticateRequest, FrameHeader, HelloRequest, HelloResponse, Limits, MAX_CONTROL_LEN, Opcode, PROTOCOL_VERSION,
+    Status, codec, frame,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::TestDaemon;
@@ -56,19 +60,51 @@ impl RawClient {
 
     /// Connects and says hello as `name` (asking for the arena if
     /// `want_arena`: a raw client reads past the descriptor, which closes
-    /// it); the hello must be accepted.
+    /// it); over TCP it authenticates with the test key. The hello must be
+    /// accepted.
     pub async fn hello(daemon: &TestDaemon, tcp: bool, name: &str, want_arena: bool) -> RawClient {
         let mut raw = RawClient::connect(daemon, tcp).await;
-        let hello = HelloRequest {
+        let key = tcp.then(crate::test_key);
+        let hello = RawClient::hello_request(name, want_arena, key);
+        let answer = raw.say_hello(&hello).await;
+        if let Some(key) = key {
+            let (proof, _) = RawClient::proof(key, &hello, &answer);
+            raw.request(Opcode::Authenticate, 2, &AuthenticateRequest { proof })
+                .await;
+            let (header, _) = raw.recv().await.expect("the proof is answered");
+            assert_eq!(header.status, Status::Ok, "the proof is accepted");
+        }
+        raw
+    }
+
+    /// A hello as `name`, offering `key` (with a fresh nonce) if given.
+    pub fn hello_request(name: &str, want_arena: bool, key: Option<&AuthKey>) -> HelloRequest {
+        HelloRequest {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client: name.into(),
             want_arena,
-        };
-        raw.request(Opcode::Hello, 1, &hello).await;
-        let (header, _) = raw.recv().await.expect("the hello is answered");
+            auth: key.map(|k| k.offer().unwrap()),
+        }
+    }
+
+    /// Sends `hello`; its answer must be `ok`.
+    pub async fn say_hello(&mut self, hello: &HelloRequest) -> HelloResponse {
+        self.request(Opcode::Hello, 1, hello).await;
+        let (header, control) = self.recv().await.expect("the hello is answered");
         assert_eq!(header.status, Status::Ok, "the hello is accepted");
-        raw
+        codec::decode(&control).unwrap()
+    }
+
+    /// The client's proof of `key` after `hello` was answered by `answer`,
+    /// and whether the daemon's proof in it held.
+    pub fn proof(key: &AuthKey, hello: &HelloRequest, answer: &HelloResponse) -> ([u8; 32], bool) {
+        let (transcript, daemon_proof) =
+            Transcript::of_exchange(hello, answer).expect("the hello offered a key and the daemon took it");
+        (
+            key.prove(Side::Client, &transcript),
+            key.holds(Side::Server, &transcript, daemon_proof),
+        )
     }
 
     /// Sends a request frame with `control` bytes as they are and `payload`.
@@ -117,6 +153,20 @@ impl RawClient {
     pub async fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.writer.write_all(bytes).await?;
         self.writer.flush().await
+    }
+
+    /// The next frame must be an error answer to request `id` with
+    /// `status`, whose message contains `needle`.
+    pub async fn expect_error(&mut self, status: Status, id: u64, needle: &str) {
+        let (header, control) = self.recv().await.expect("an error frame");
+        let body: shardd_protocol::ErrorResponse = codec::decode(&control).unwrap();
+        assert_eq!((header.status, header.request_id), (status, id), "{}", body.message);
+        assert!(body.message.contains(needle), "{:?} lacks {needle:?}", body.message);
+    }
+
+    /// The daemon must have closed the connection (after any frames read).
+    pub async fn expect_closed(&mut self) {
+        assert!(self.recv().await.is_none(), "the daemon should close the connection");
     }
 
     /// The next frame's header and control message (its payload is read

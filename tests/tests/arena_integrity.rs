@@ -127,6 +127,7 @@ fn take_arena(socket: &Path) -> (UnixStream, Vec<OwnedFd>, u64) {
         max_version: PROTOCOL_VERSION,
         client: "hostile".into(),
         want_arena: true,
+        auth: None,
     };
     stream
         .write_all(&frame::request(Opcode::Hello, 1, &hello, 0).unwrap())
@@ -509,7 +510,7 @@ async fn a_corrupt_copy_in_the_arena_is_reported_dropped_and_read_again_from_the
         let options = ClientOptions {
             zero_copy: setup.zero_copy,
             verify_views: true,
-            ..ClientOptions::default()
+            ..daemon.options()
         };
         let client = Client::connect_with(&daemon.endpoint(setup.tcp), options)
             .await

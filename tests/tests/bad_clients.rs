@@ -4,29 +4,8 @@
 use std::time::Duration;
 
 use shardd_client::{EvictMode, PutOptions};
-use shardd_protocol::{
-    ErrorResponse, FrameHeader, HelloRequest, Key, Namespace, Opcode, PutRequest, StatRequest, Status, codec,
-};
+use shardd_protocol::{FrameHeader, HelloRequest, Key, Namespace, Opcode, PutRequest, StatRequest, Status, codec};
 use shardd_tests::{RawClient, TestDaemon, engines, eventually, files_under, pattern};
-
-/// What the tests here expect of a raw connection (over TCP).
-trait Expect {
-    async fn expect_error(&mut self, status: Status, id: u64, needle: &str);
-    async fn expect_closed(&mut self);
-}
-
-impl Expect for RawClient {
-    async fn expect_error(&mut self, status: Status, id: u64, needle: &str) {
-        let (header, control) = self.recv().await.expect("an error frame");
-        let body: ErrorResponse = codec::decode(&control).unwrap();
-        assert_eq!((header.status, header.request_id), (status, id), "{}", body.message);
-        assert!(body.message.contains(needle), "{:?} lacks {needle:?}", body.message);
-    }
-
-    async fn expect_closed(&mut self) {
-        assert!(self.recv().await.is_none(), "the daemon should close the connection");
-    }
-}
 
 async fn raw_connect(daemon: &TestDaemon) -> RawClient {
     RawClient::connect(daemon, true).await
@@ -83,6 +62,7 @@ async fn garbage_bad_versions_and_requests_before_hello_close_the_connection() {
         max_version: 3,
         client: "future".into(),
         want_arena: false,
+        auth: None,
     };
     raw.send(Opcode::Hello, 1, &codec::encode(&hello).unwrap(), &[]).await;
     raw.expect_error(Status::UnsupportedVersion, 1, "2..=3").await;

@@ -74,6 +74,7 @@ async fn fake_daemon_seeing(fault: Fault, seen: Seen) -> String {
                 lease_timeout_ms: 600_000,
             },
             arena: None,
+            auth: None,
         };
         send(
             &mut stream,

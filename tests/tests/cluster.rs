@@ -22,11 +22,12 @@ async fn start_nodes(engine: EngineKind, n: usize) -> Vec<TestDaemon> {
 }
 
 /// A cluster of `nodes` over TCP, node 0 through its Unix socket (the local
-/// node: zero-copy reads from its arena).
+/// node: zero-copy reads from its arena), with the nodes' key.
 fn cluster(nodes: &[TestDaemon], options: ClusterOptions) -> Cluster {
     let endpoints: Vec<String> = nodes.iter().map(|n| n.tcp_endpoint()).collect();
     let options = ClusterOptions {
         local: Some((0, nodes[0].unix_endpoint())),
+        client: shardd_tests::client_options(),
         ..options
     };
     Cluster::new(&endpoints, options).expect("valid cluster")
@@ -237,6 +238,7 @@ async fn a_node_that_never_answers_times_out_with_its_name() {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(500),
         local: Some((0, daemons[0].unix_endpoint())),
+        client: shardd_tests::client_options(),
         ..ClusterOptions::default()
     };
     let cluster = Cluster::new(&[daemons[0].tcp_endpoint(), silent_addr.clone()], options).unwrap();
@@ -561,6 +563,7 @@ async fn each_rank_reads_its_own_partition_and_together_they_make_the_tensor() {
         let endpoints: Vec<String> = daemons.iter().map(|n| n.tcp_endpoint()).collect();
         let options = ClusterOptions {
             local: Some((rank, daemons[rank].unix_endpoint())),
+            client: shardd_tests::client_options(),
             ..ClusterOptions::default()
         };
         let mine = Cluster::new(&endpoints, options).unwrap();

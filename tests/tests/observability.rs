@@ -132,7 +132,11 @@ async fn a_trainer_reports_stall_and_gather_latency_in_its_own_registry() {
         TestDaemon::start(engines()[0], "").await,
     ];
     let endpoints: Vec<String> = nodes.iter().map(|n| n.tcp_endpoint()).collect();
-    let cluster = Cluster::new(&endpoints, ClusterOptions::default()).unwrap();
+    let options = ClusterOptions {
+        client: shardd_tests::client_options(),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::new(&endpoints, options).unwrap();
     let registry = prometheus::Registry::new();
     let mut trainer = Trainer::new(cluster.clone(), "job", TrainerOptions::default());
     trainer.set_metrics(TrainerMetrics::register(&registry).unwrap());

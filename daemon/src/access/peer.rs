@@ -70,6 +70,8 @@ pub struct Identity {
     /// The groups of a Unix peer: its gid and the groups its user is a
     /// member of.
     pub groups: Vec<u32>,
+    /// The id of the key a TCP peer authenticated with.
+    pub key: Option<String>,
 }
 
 impl Identity {
@@ -81,6 +83,7 @@ impl Identity {
                 peer,
                 user: None,
                 groups: Vec::new(),
+                key: None,
             };
         };
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
@@ -98,6 +101,7 @@ impl Identity {
             peer,
             user: user.map(|u| u.name),
             groups,
+            key: None,
         }
     }
 
@@ -116,7 +120,10 @@ impl std::fmt::Display for Identity {
             (Peer::Unix { uid, .. }, Some(name)) => write!(f, "uid {uid} ({name})"),
             (Peer::Unix { uid, .. }, None) => write!(f, "uid {uid}"),
             (Peer::UnixUnknown, _) => f.write_str("a Unix peer of unknown uid"),
-            (Peer::Tcp(addr), _) => write!(f, "TCP peer {addr}"),
+            (Peer::Tcp(addr), _) => match &self.key {
+                Some(id) => write!(f, "key \"{id}\" (TCP peer {addr})"),
+                None => write!(f, "TCP peer {addr}"),
+            },
         }
     }
 }

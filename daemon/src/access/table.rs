@@ -66,8 +66,10 @@ pub struct Subjects {
     pub uids: Vec<u32>,
     /// Unix groups, by gid: a peer whose gid or whose user's groups hold one.
     pub gids: Vec<u32>,
-    /// Every TCP peer (until TCP peers authenticate).
+    /// Every TCP peer (each authenticated, unless `auth = "none"`).
     pub tcp: bool,
+    /// TCP peers that authenticated with a key of one of these ids.
+    pub keys: Vec<String>,
 }
 
 impl Subjects {
@@ -75,7 +77,7 @@ impl Subjects {
         match who.peer {
             Peer::Unix { uid, .. } => self.uids.contains(&uid) || who.groups.iter().any(|g| self.gids.contains(g)),
             Peer::UnixUnknown => false,
-            Peer::Tcp(_) => self.tcp,
+            Peer::Tcp(_) => self.tcp || who.key.as_ref().is_some_and(|id| self.keys.contains(id)),
         }
     }
 }
@@ -209,6 +211,7 @@ mod tests {
             },
             user: Some(format!("user{uid}")),
             groups: groups.to_vec(),
+            key: None,
         }
     }
 
@@ -241,6 +244,15 @@ mod tests {
                     },
                     &["shared"],
                     &[Right::Read],
+                ),
+                rule(
+                    "remote trainers",
+                    Subjects {
+                        keys: vec!["trainers".into()],
+                        ..Subjects::default()
+                    },
+                    &["job-*"],
+                    &[Right::Read, Right::Write],
                 ),
             ],
             daemon_uid: 999,
@@ -280,6 +292,28 @@ mod tests {
         assert!(table.check(&eve, Need::Nothing).is_ok());
         let tcp = Identity::resolve(Peer::Tcp("127.0.0.1:5".parse().unwrap()));
         assert!(table.check(&tcp, Need::On(&ns("shared"), Right::Read)).is_err());
+    }
+
+    #[test]
+    fn tcp_peers_get_the_rights_of_their_key() {
+        let table = table();
+        let with_key = |id: &str| Identity {
+            key: Some(id.into()),
+            ..Identity::resolve(Peer::Tcp("10.0.0.5:40000".parse().unwrap()))
+        };
+        let trainer = with_key("trainers");
+        assert!(table.check(&trainer, Need::On(&ns("job-a"), Right::Write)).is_ok());
+        let refused = table.check(&trainer, Need::On(&ns("job-a"), Right::Admin)).unwrap_err();
+        assert!(
+            refused.contains("key \"trainers\" (TCP peer 10.0.0.5:40000) may not administer"),
+            "{refused}"
+        );
+        let other = with_key("other");
+        let refused = table.check(&other, Need::On(&ns("job-a"), Right::Read)).unwrap_err();
+        assert!(
+            refused.contains("no rule of [access] is for key \"other\""),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ struct FileRule {
     groups: Vec<String>,
     #[serde(default)]
     tcp: bool,
+    #[serde(default)]
+    keys: Vec<String>,
     namespaces: Vec<String>,
     rights: Vec<Right>,
 }
@@ -32,8 +34,14 @@ impl FileAccess {
         let mut table = AccessTable::open();
         for (i, rule) in self.rules.into_iter().enumerate() {
             let key = format!("access.rules[{i}]");
-            if rule.users.is_empty() && rule.groups.is_empty() && !rule.tcp {
-                return Err(invalid(&key, "names no users, groups or tcp = true: it is for no one"));
+            if rule.users.is_empty() && rule.groups.is_empty() && rule.keys.is_empty() && !rule.tcp {
+                return Err(invalid(
+                    &key,
+                    "names no users, groups, keys or tcp = true: it is for no one",
+                ));
+            }
+            for id in &rule.keys {
+                shardd_protocol::auth::check_key_id(id).map_err(|e| invalid(&format!("{key}.keys"), e))?;
             }
             if rule.namespaces.is_empty() {
                 return Err(invalid(
@@ -65,6 +73,7 @@ impl FileAccess {
                     uids,
                     gids,
                     tcp: rule.tcp,
+                    keys: rule.keys,
                 },
                 namespaces,
                 rights: rule.rights.into_iter().collect(),

@@ -18,6 +18,7 @@ pub mod hot;
 pub mod train;
 
 use clap::Subcommand;
+use shardd_client::ClientOptions;
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -35,13 +36,14 @@ pub enum BenchCommand {
     Train(train::TrainArgs),
 }
 
-/// Runs a benchmark against the daemon at `endpoint`.
-pub async fn run(endpoint: &str, command: &BenchCommand) -> anyhow::Result<()> {
+/// Runs a benchmark against the daemon at `endpoint`; every connection it
+/// opens starts from `base` (the key TCP connections authenticate with).
+pub async fn run(endpoint: &str, base: &ClientOptions, command: &BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Cold(args) => cold::run(endpoint, args).await,
-        BenchCommand::Files(args) => files::run(endpoint, args).await,
-        BenchCommand::Hot(args) => hot::run(endpoint, args).await,
-        BenchCommand::Train(args) => train::run(endpoint, args).await,
+        BenchCommand::Cold(args) => cold::run(endpoint, base, args).await,
+        BenchCommand::Files(args) => files::run(endpoint, base, args).await,
+        BenchCommand::Hot(args) => hot::run(endpoint, base, args).await,
+        BenchCommand::Train(args) => train::run(endpoint, base, args).await,
     }
 }
 

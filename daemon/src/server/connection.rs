@@ -100,7 +100,7 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
         tracing::debug!("connection opened");
         // A Unix peer's user and groups come from the system's user database,
         // which may block; a TCP peer is its address.
-        let identity = match peer {
+        let mut identity = match peer {
             Peer::Unix { .. } => match tokio::task::spawn_blocking(move || Identity::resolve(peer)).await {
                 Ok(identity) => identity,
                 Err(e) => {
@@ -110,10 +110,10 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
             },
             _ => Identity::resolve(peer),
         };
-        let hello = match handshake::handshake(&ctx, &mut stream, &identity).await {
+        let hello = match handshake::handshake(&ctx, &mut stream, &mut identity).await {
             Ok(hello) => hello,
-            Err(reason) => {
-                tracing::info!(%reason, "closing connection");
+            Err(failure) => {
+                refused(&ctx, S::NAME, &peer, failure);
                 return;
             }
         };
@@ -165,6 +165,28 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
     }
     .instrument(span)
     .await
+}
+
+/// Counts a refused hello and logs it: at `warn` once a minute per peer,
+/// else at `debug`; a peer that went away is logged at `debug`.
+fn refused(ctx: &ServerContext, transport: &str, peer: &Peer, failure: handshake::Failure) {
+    let reason = failure.reason;
+    let Some(refusal) = failure.refusal else {
+        tracing::debug!(%reason, "closing connection in its hello");
+        return;
+    };
+    ctx.metrics
+        .handshake_refusals
+        .with_label_values(&[transport, refusal.label()])
+        .inc();
+    if ctx.refusal_log.should_log(peer.counted_as()) {
+        tracing::warn!(
+            %reason,
+            "refused a connection in its hello (more refusals of this peer within a minute are logged at debug)"
+        );
+    } else {
+        tracing::debug!(%reason, "refused a connection in its hello");
+    }
 }
 
 /// What the writing side of a connection needs besides the socket.
@@ -400,9 +422,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 .await;
             return Ok(());
         }
-        if op == Opcode::Hello {
-            self.answer_error(op, id, Status::BadRequest, "hello was already sent".into())
-                .await;
+        if op == Opcode::Hello || op == Opcode::Authenticate {
+            let message = format!("{op} belongs to the start of a connection, which is over");
+            self.answer_error(op, id, Status::BadRequest, message).await;
             return Ok(());
         }
         let span = tracing::debug_span!("request", id, op = op.name());

@@ -225,7 +225,7 @@ pub fn dispatch(
             id,
             admit::<ReleaseRegionRequest>(ctx, session, &control).and_then(|r| regions::release(session, &r)),
         )),
-        Opcode::Hello | Opcode::Put | Opcode::PutBatch => now(OutFrame::error(
+        Opcode::Hello | Opcode::Authenticate | Opcode::Put | Opcode::PutBatch => now(OutFrame::error(
             op,
             id,
             Status::Internal,

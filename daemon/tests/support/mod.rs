@@ -93,6 +93,12 @@ impl Process {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The key the daemon made for TCP clients at its first start (when TCP
+    /// is on and its configuration names no keys).
+    pub fn key_file(&self) -> PathBuf {
+        self.data.join("keys").join("default.key")
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

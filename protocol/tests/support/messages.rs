@@ -18,7 +18,7 @@ fn decodes_canonically<T: Serialize + DeserializeOwned + std::fmt::Debug>(bytes:
 }
 
 /// How many decoders [`decode_control`] chooses from.
-pub const DECODERS: u8 = 40;
+pub const DECODERS: u8 = 42;
 
 /// Decodes `bytes` as the control message `selector` names (modulo
 /// [`DECODERS`]); panics if a decoder does or breaks the property.
@@ -63,6 +63,8 @@ pub fn decode_control(selector: u8, bytes: &[u8]) {
         36 => decodes_canonically::<RegisterRegionRequest>(bytes),
         37 => decodes_canonically::<RegisterRegionResponse>(bytes),
         38 => decodes_canonically::<ReleaseRegionRequest>(bytes),
+        39 => decodes_canonically::<AuthenticateRequest>(bytes),
+        40 => decodes_canonically::<AuthenticateResponse>(bytes),
         _ => decodes_canonically::<Vec<BatchPart>>(bytes),
     }
 }

@@ -131,7 +131,7 @@ pub struct BenchReport {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
+pub async fn run(endpoint: &str, base: &ClientOptions, args: &ColdArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(
@@ -140,7 +140,7 @@ pub async fn run(endpoint: &str, args: &ColdArgs) -> anyhow::Result<()> {
     );
     let options = ClientOptions {
         verify_checksums: !args.no_client_verify,
-        ..ClientOptions::default()
+        ..base.clone()
     };
     let mut clients = Vec::new();
     for _ in 0..args.connections {

@@ -93,13 +93,13 @@ struct Samples {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(endpoint: &str, args: &FilesArgs) -> anyhow::Result<()> {
+pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &FilesArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(
         args.tensors > 0 && args.size >= args.tensors * 4,
         "--size must hold --tensors f32 tensors"
     );
-    let client = Client::connect(endpoint).await?;
+    let client = Client::connect_with(endpoint, base.clone()).await?;
     let server = client.server().server.clone();
     let ns = args.namespace.as_str();
     let tensor_bytes = args.size / args.tensors / 4 * 4;

@@ -227,12 +227,12 @@ pub struct HotReport {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
+pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &HotArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.runs > 0 && args.connections > 0 && args.concurrency > 0,
         "counts must be at least 1"
     );
-    let probe = Client::connect(endpoint).await?;
+    let probe = Client::connect_with(endpoint, base.clone()).await?;
     let status = probe.status().await?;
     let arena = status
         .arena
@@ -249,7 +249,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
     let mut modes: Vec<(Mode, Vec<Client>)> = Vec::new();
     if let Some(unix) = &unix {
         for (mode, zero_copy) in [(Mode::ZeroCopyUnix, true), (Mode::CopyingUnix, false)] {
-            let clients = connect(unix, zero_copy, args.connections).await?;
+            let clients = connect(unix, base, zero_copy, args.connections).await?;
             if zero_copy && !clients[0].zero_copy() {
                 eprintln!("shardctl bench: the daemon does not share its arena (server.zero_copy = false)");
                 continue;
@@ -258,7 +258,7 @@ pub async fn run(endpoint: &str, args: &HotArgs) -> anyhow::Result<()> {
         }
     }
     match &tcp {
-        Some(tcp) => modes.push((Mode::Tcp, connect(tcp, false, args.connections).await?)),
+        Some(tcp) => modes.push((Mode::Tcp, connect(tcp, base, false, args.connections).await?)),
         None => eprintln!("shardctl bench: the daemon has no TCP endpoint; skipping TCP"),
     }
     anyhow::ensure!(!modes.is_empty(), "no way to reach the daemon");

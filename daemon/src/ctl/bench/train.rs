@@ -103,7 +103,7 @@ pub struct TrainReport {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(endpoint: &str, args: &TrainArgs) -> anyhow::Result<()> {
+pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.layers > 0, "--layers must be at least 1");
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
     anyhow::ensure!(args.layer_bytes > 0, "--layer-bytes must be at least 1 byte");
@@ -112,7 +112,11 @@ pub async fn run(endpoint: &str, args: &TrainArgs) -> anyhow::Result<()> {
     } else {
         args.endpoints.clone()
     };
-    let cluster = Cluster::connect(&endpoints, ClusterOptions::default()).await?;
+    let options = ClusterOptions {
+        client: base.clone(),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::connect(&endpoints, options).await?;
     let ns = args.namespace.as_str();
     let names: Vec<String> = (0..args.layers).map(|l| format!("layers.{l}.weight")).collect();
 

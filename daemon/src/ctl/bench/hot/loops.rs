@@ -12,10 +12,15 @@ use tokio::task::JoinSet;
 use super::{Mode, SmallResult};
 use crate::ctl::bench::{pattern, percentile};
 
-pub(super) async fn connect(endpoint: &str, zero_copy: bool, connections: usize) -> anyhow::Result<Vec<Client>> {
+pub(super) async fn connect(
+    endpoint: &str,
+    base: &ClientOptions,
+    zero_copy: bool,
+    connections: usize,
+) -> anyhow::Result<Vec<Client>> {
     let options = ClientOptions {
         zero_copy,
-        ..ClientOptions::default()
+        ..base.clone()
     };
     let mut clients = Vec::new();
     for _ in 0..connections {
