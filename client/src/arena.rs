@@ -20,8 +20,8 @@ use shardd_protocol::frame::{self, Start};
 use shardd_protocol::{
     ErrorResponse, HEADER_LEN, HelloRequest, HelloResponse, Limits, MAX_CONTROL_LEN, Opcode, Status, codec,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
 
 use crate::ClientError;
 use serde::de::DeserializeOwned;
@@ -388,24 +388,26 @@ impl TheOne for Received {
 }
 
 /// The hello over TCP (no arena).
-/// The hello over TCP, and the key exchange when `key` is given (see
-/// [`crate::auth`]).
-pub(crate) async fn hello_tcp(
-    stream: &mut TcpStream,
+/// The hello over TCP (or TLS), and the key exchange when `key` is given
+/// (see [`crate::auth`]); `verified`: the daemon proved who it is already
+/// (its TLS certificate).
+pub(crate) async fn hello_tcp<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     hello: &HelloRequest,
     key: Option<&AuthKey>,
+    verified: bool,
     endpoint: &str,
 ) -> Result<HelloResponse, ClientError> {
     let sent = send_hello(stream, hello, endpoint).await;
     let answer: HelloResponse = first_reason(sent, read_answer_tcp(stream, endpoint).await)?;
-    crate::auth::prove(stream, hello, &answer, key, endpoint).await?;
+    crate::auth::prove(stream, hello, &answer, key, verified, endpoint).await?;
     Ok(answer)
 }
 
 /// The next frame's control message, which must be an answer without
 /// payload: `T`, or the daemon's error.
-pub(crate) async fn read_answer_tcp<T: DeserializeOwned>(
-    stream: &mut TcpStream,
+pub(crate) async fn read_answer_tcp<T: DeserializeOwned, S: AsyncRead + Unpin>(
+    stream: &mut S,
     endpoint: &str,
 ) -> Result<T, ClientError> {
     let mut bytes = Vec::new();

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use shardd_protocol::auth::{AuthKey, Side, Transcript};
 use shardd_protocol::{AuthenticateRequest, AuthenticateResponse, HelloRequest, HelloResponse, Opcode};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::ClientError;
 use crate::arena::{read_answer_tcp, send_request};
@@ -50,11 +50,12 @@ pub(crate) fn key_for(configured: Option<&AuthKey>, endpoint: &str) -> Result<Op
 
 /// After the hello's answer: checks the daemon's proof and sends the
 /// client's, or says why the daemon cannot be trusted.
-pub(crate) async fn prove(
-    stream: &mut TcpStream,
+pub(crate) async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     hello: &HelloRequest,
     answer: &HelloResponse,
     key: Option<&AuthKey>,
+    verified: bool,
     endpoint: &str,
 ) -> Result<(), ClientError> {
     let refused = |reason: String| ClientError::Auth {
@@ -71,6 +72,11 @@ pub(crate) async fn prove(
         _ => return Ok(()),
     };
     let Some((transcript, daemon_proof)) = Transcript::of_exchange(hello, answer) else {
+        if verified {
+            // Over TLS the daemon's certificate proved who it is, and one
+            // that authenticates clients by their certificates asks no key.
+            return Ok(());
+        }
         return Err(refused(format!(
             "the daemon did not prove that it holds key \"{}\": it serves TCP without authentication \
              (auth = \"none\"), or it is not the daemon meant; connect without a key to accept that",

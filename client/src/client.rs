@@ -90,6 +90,9 @@ pub struct ClientOptions {
     /// The key to authenticate with over TCP (see [`crate::auth`]); `None`
     /// reads the file named by `SHARDD_AUTH_KEY_FILE`, if set, at connect.
     pub auth_key: Option<AuthKey>,
+    /// How `tls://` connections check the daemon and show themselves (see
+    /// [`crate::tls`]).
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl Default for ClientOptions {
@@ -104,6 +107,7 @@ impl Default for ClientOptions {
             client_name: format!("shardd-client {}", env!("CARGO_PKG_VERSION")),
             zero_copy: true,
             auth_key: None,
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 }
@@ -206,7 +210,7 @@ impl Client {
                 let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &server.limits);
                 (conn, server, arena)
             }
-            Endpoint::Tcp(addr) => {
+            Endpoint::Tcp(addr) | Endpoint::Tls(addr) => {
                 let key = crate::auth::key_for(options.auth_key.as_ref(), &name)?;
                 if let Some(key) = &key {
                     hello.auth = Some(key.offer().map_err(|e| ClientError::Auth {
@@ -214,12 +218,23 @@ impl Client {
                         reason: e.to_string(),
                     })?);
                 }
-                let mut stream = TcpStream::connect(addr.as_str()).await.map_err(connect_error)?;
+                let stream = TcpStream::connect(addr.as_str()).await.map_err(connect_error)?;
                 stream.set_nodelay(true).map_err(connect_error)?;
-                let server = arena::hello_tcp(&mut stream, &hello, key.as_ref(), &name).await?;
-                let (r, w) = stream.into_split();
-                let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &server.limits);
-                (conn, server, None)
+                let limits = |server: &HelloResponse| server.limits;
+                if let Endpoint::Tls(_) = &endpoint {
+                    let mut stream = crate::tls::connect(stream, addr, &options.tls, &name).await?;
+                    // The certificate proved who the daemon is.
+                    let server = arena::hello_tcp(&mut stream, &hello, key.as_ref(), true, &name).await?;
+                    let (r, w) = tokio::io::split(stream);
+                    let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &limits(&server));
+                    (conn, server, None)
+                } else {
+                    let mut stream = stream;
+                    let server = arena::hello_tcp(&mut stream, &hello, key.as_ref(), false, &name).await?;
+                    let (r, w) = stream.into_split();
+                    let conn = Connection::start(name.clone(), r, w, max_alloc, options.io_timeout, &limits(&server));
+                    (conn, server, None)
+                }
             }
         };
         let (arena, arena_refused) = match arena {

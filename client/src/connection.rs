@@ -176,6 +176,15 @@ impl FrameWrite for tokio::net::tcp::OwnedWriteHalf {
     }
 }
 
+impl FrameWrite for tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    async fn write_with_fd(&mut self, _: &[u8], _: BorrowedFd<'_>) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TLS cannot carry descriptors",
+        ))
+    }
+}
+
 /// A large payload is handed to the socket in pieces of this many bytes,
 /// each reported to the request's progress.
 const PROGRESS_PIECE: usize = 4 << 20;

@@ -1,4 +1,5 @@
-//! Where a daemon listens: `unix://PATH` or `tcp://HOST:PORT`.
+//! Where a daemon listens: `unix://PATH`, `tcp://HOST:PORT`, or
+//! `tls://HOST:PORT` (TCP under TLS; see [`crate::tls`]).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,8 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// A TCP `host:port`.
     Tcp(String),
+    /// A TCP `host:port` spoken under TLS.
+    Tls(String),
 }
 
 impl Endpoint {
@@ -28,20 +31,25 @@ impl Endpoint {
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
-        if let Some(rest) = text.strip_prefix("tcp://") {
+        for (scheme, make) in [("tcp", Endpoint::Tcp as fn(String) -> Endpoint), ("tls", Endpoint::Tls)] {
+            let Some(rest) = text.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) else {
+                continue;
+            };
             let rest = rest.trim_end_matches('/');
             let Some((host, port)) = rest.rsplit_once(':') else {
-                return Err(bad("expected tcp://HOST:PORT"));
+                return Err(bad(&format!("expected {scheme}://HOST:PORT")));
             };
             if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(bad("expected tcp://HOST:PORT with a port from 0 to 65535"));
+                return Err(bad(&format!(
+                    "expected {scheme}://HOST:PORT with a port from 0 to 65535"
+                )));
             }
-            return Ok(Endpoint::Tcp(rest.to_string()));
+            return Ok(make(rest.to_string()));
         }
         if text.starts_with('/') || text.starts_with('.') {
             return Ok(Endpoint::Unix(PathBuf::from(text)));
         }
-        Err(bad("expected unix://PATH or tcp://HOST:PORT"))
+        Err(bad("expected unix://PATH, tcp://HOST:PORT or tls://HOST:PORT"))
     }
 }
 
@@ -50,6 +58,7 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
             Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Endpoint::Tls(addr) => write!(f, "tls://{addr}"),
         }
     }
 }
@@ -91,10 +100,19 @@ mod tests {
             Endpoint::parse("tcp://[::1]:7070").unwrap(),
             Endpoint::Tcp("[::1]:7070".into())
         );
+        assert_eq!(
+            Endpoint::parse("tls://node3:7443").unwrap(),
+            Endpoint::Tls("node3:7443".into())
+        );
+        assert_eq!(
+            Endpoint::parse("tls://node3:7443").unwrap().to_string(),
+            "tls://node3:7443"
+        );
         for bad in [
             "tcp://host",
             "tcp://:1",
             "tcp://h:99999",
+            "tls://host",
             "http://x:1",
             "unix://",
             "shardd.sock",

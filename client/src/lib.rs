@@ -47,6 +47,8 @@
 //! Over TCP the client authenticates with a pre-shared key
 //! ([`ClientOptions::auth_key`], else the file `SHARDD_AUTH_KEY_FILE`
 //! names) and checks that the daemon holds the same key; see [`auth`].
+//! `tls://` endpoints speak the same protocol inside TLS, checking the
+//! daemon's certificate ([`ClientOptions::tls`]); see [`tls`].
 //!
 //! A whole shard read that does not match its checksum is reported to the
 //! daemon ([`Client::verify`]), which drops its copy in memory if that is
@@ -72,6 +74,7 @@
 //!   a connection with [`Client::register_region`].
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
 //! * [`auth`]: the key a TCP connection authenticates with.
+//! * [`tls`]: TLS on TCP (`tls://` endpoints).
 //! * `connection`: pipelining: the reader and writer tasks of a connection.
 //! * `arena`: the hello, and mapping the daemon's arena (Unix socket).
 //! * [`files`] (feature `files`): files in and out, `.safetensors` import
@@ -91,6 +94,7 @@ pub mod error;
 pub mod files;
 pub mod progress;
 pub mod region;
+pub mod tls;
 pub mod trainer;
 pub mod view;
 

@@ -18,6 +18,7 @@
 //! * [`log`]: `[log]`, the log filter and format.
 //! * [`access`]: `[access]`, the access table.
 //! * [`auth`]: `[auth]`, the keys TCP peers authenticate with.
+//! * [`tls`]: `[tls]`, the TLS listener.
 //! * [`namespaces`]: `[[namespaces]]`, quotas and idle lifetimes.
 //! * [`units`]: sizes and durations as written in the file and flags.
 
@@ -29,6 +30,7 @@ pub mod log;
 pub mod namespaces;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -113,6 +115,8 @@ pub struct Config {
     pub access: AccessTable,
     /// How TCP peers authenticate.
     pub auth: auth::AuthConfig,
+    /// The TLS listener, if any.
+    pub tls: Option<tls::TlsConfig>,
     /// Quotas and idle lifetimes of namespaces.
     pub namespaces: crate::service::quota::NamespacePolicies,
 }
@@ -181,6 +185,7 @@ struct FileConfig {
     log: log::FileLog,
     access: access::FileAccess,
     auth: Option<auth::FileAuth>,
+    tls: tls::FileTls,
     namespaces: Vec<namespaces::FileNamespace>,
 }
 
@@ -234,7 +239,23 @@ impl Config {
         let io = file.io.resolve(&flags)?;
         let log = file.log.resolve(&flags)?;
         let access = file.access.resolve()?;
-        let auth = auth::resolve(file.auth, server.tcp)?;
+        let tls = file.tls.resolve()?;
+        let server = ServerConfig {
+            tls: tls.as_ref().map(|t| t.listen),
+            ..server
+        };
+        if server.socket.is_none() && server.tcp.is_none() && server.tls.is_none() {
+            anyhow::bail!("the Unix socket and TCP are off and [tls] is not set: nothing would be served");
+        }
+        // Peers that show no certificate prove a key: on plain TCP, and on
+        // TLS unless client certificates are required.
+        let key_listeners = [
+            server.tcp.map(|addr| ("server.tcp", addr)),
+            tls.as_ref()
+                .filter(|t| t.client_ca.is_none())
+                .map(|t| ("tls.listen", t.listen)),
+        ];
+        let auth = auth::resolve(file.auth, key_listeners.into_iter().flatten())?;
         let namespaces = namespaces::resolve(file.namespaces)?;
         Ok(Config {
             server,
@@ -244,6 +265,7 @@ impl Config {
             log,
             access,
             auth,
+            tls,
             namespaces,
         })
     }
@@ -364,6 +386,27 @@ mod tests {
             let config = Config::from_toml(text, Overrides::default()).unwrap();
             assert_eq!(config.auth, auth::AuthConfig::Generated, "{text}");
         }
+    }
+
+    #[test]
+    fn tls_needs_its_files_and_keys_unless_it_requires_client_certificates() {
+        let tls = |body: &str| format!("[tls]\nlisten = \"0.0.0.0:7443\"\n{body}");
+        assert!(err(&tls("cert = \"/c\"")).contains("tls.key"));
+        assert!(err(&tls("key = \"/k\"")).contains("tls.cert"));
+        assert!(err("[tls]\nlisten = \"x\"\ncert = \"/c\"\nkey = \"/k\"").contains("tls.listen"));
+        // Routable TLS without client certificates proves keys like TCP.
+        let open = err(&format!(
+            "[server]\ntcp = \"off\"\n{}",
+            tls("cert = \"/c\"\nkey = \"/k\"")
+        ));
+        assert!(open.contains("tls.listen") && open.contains("tls.client_ca"), "{open}");
+        let mutual = format!(
+            "[server]\ntcp = \"off\"\nsocket = \"off\"\n{}",
+            tls("cert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"")
+        );
+        let config = Config::from_toml(&mutual, Overrides::default()).unwrap();
+        assert_eq!(config.server.tls, Some("0.0.0.0:7443".parse().unwrap()));
+        assert_eq!(config.tls.unwrap().client_ca, Some(PathBuf::from("/ca")));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * [`progress`]: the progress bar of transfers.
 
 pub mod bench;
+pub mod certs;
 pub mod progress;
 pub mod show;
 
@@ -48,6 +49,17 @@ pub struct Args {
     /// own is; see docs/SECURITY.md).
     #[arg(long, global = true, env = "SHARDD_AUTH_KEY_FILE")]
     pub auth_key_file: Option<PathBuf>,
+    /// For tls:// endpoints: the CA certificate(s) that sign the daemon's
+    /// certificate (PEM).
+    #[arg(long, global = true, env = "SHARDD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// For tls:// endpoints: this client's certificate (PEM), where the
+    /// daemon requires one.
+    #[arg(long, global = true, env = "SHARDD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "SHARDD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -205,6 +217,32 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Certificates for TLS in test and development set-ups (no daemon
+    /// needed).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+/// `shardctl tls ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a new CA, a daemon certificate it signs, and client
+    /// certificates, into a directory (keys readable only by you).
+    New {
+        /// Directory to write ca.crt, ca.key, server.crt, server.key and
+        /// NAME.crt, NAME.key for each client (no file is replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// Names and IP addresses the daemon is reached by (comma separated).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
+        /// Client certificates to make, by common name (comma separated):
+        /// the identity a daemon that requires client certificates gives them.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
+    },
 }
 
 /// `shardctl key ...`.
@@ -308,6 +346,31 @@ fn key(command: &KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shardctl tls`: certificates, without a daemon.
+fn tls(command: &TlsCommand) -> anyhow::Result<()> {
+    let TlsCommand::New { out, hosts, clients } = command;
+    let written = certs::generate(out, hosts, clients)?;
+    println!(
+        "wrote a CA ({}), a daemon certificate for {} ({} and {}: tls.cert and tls.key)",
+        written.ca.display(),
+        hosts.join(", "),
+        written.server.0.display(),
+        written.server.1.display()
+    );
+    for (cert, key) in &written.clients {
+        println!(
+            "and a client certificate {} with its key {}",
+            cert.display(),
+            key.display()
+        );
+    }
+    println!(
+        "clients trust the CA with --tls-ca (SHARDD_TLS_CA); a daemon with tls.client_ca = {:?} requires client certificates",
+        written.ca.display().to_string()
+    );
+    Ok(())
+}
+
 /// `shardctl`'s main.
 pub fn main() -> ExitCode {
     let args = Args::parse();
@@ -340,10 +403,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Command::Key { command } = &args.command {
         return key(command);
     }
+    if let Command::Tls { command } = &args.command {
+        return tls(command);
+    }
     let base = ClientOptions {
         auth_key: match &args.auth_key_file {
             Some(path) => Some(shardd_client::auth::load_key(path)?),
             None => None,
+        },
+        tls: shardd_client::tls::TlsOptions {
+            ca_file: args.tls_ca.clone(),
+            cert_file: args.tls_cert.clone(),
+            key_file: args.tls_key.clone(),
+            server_name: None,
         },
         ..ClientOptions::default()
     };
@@ -613,7 +685,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rtt.as_secs_f64() * 1e6
             );
         }
-        Command::Bench { .. } | Command::Key { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Key { .. } | Command::Tls { .. } => unreachable!("handled above"),
     }
     // Views the command read are given back now, not a moment after it
     // exits, so that a command right after can evict their shards. The

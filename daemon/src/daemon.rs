@@ -22,12 +22,14 @@ use crate::server::ServerContext;
 use crate::server::listener::Listeners;
 use crate::service::quota::Quotas;
 use crate::store::Store;
+use crate::tls::TlsServer;
 
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {
     ctx: Arc<ServerContext>,
     tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     socket_path: Option<PathBuf>,
     acceptor: JoinHandle<()>,
     http: Option<HttpServer>,
@@ -38,6 +40,12 @@ pub struct Daemon {
 
 /// The file in the first data directory that keeps quotas set by admins.
 const QUOTA_FILE: &str = "namespace-quotas.json";
+
+/// Whether some listener's peers prove keys: plain TCP, or TLS without
+/// client certificates.
+fn needs_keys(config: &Config) -> bool {
+    config.server.tcp.is_some() || config.tls.as_ref().is_some_and(|t| t.client_ca.is_none())
+}
 
 /// Says once what the access table lets peers do.
 fn log_access(table: &AccessTable) {
@@ -94,10 +102,11 @@ impl Daemon {
         let quotas = Arc::new(Quotas::load(config.namespaces.clone(), quota_file)?);
         let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache, quotas.clone()));
         log_access(&config.access);
-        let tcp_auth = match config.server.tcp {
-            Some(_) => TcpAuth::load(&config.auth, &config.store.data_dirs[0])?,
-            None => TcpAuth::None,
+        let tcp_auth = match needs_keys(&config) {
+            true => TcpAuth::load(&config.auth, &config.store.data_dirs[0])?,
+            false => TcpAuth::None,
         };
+        let tls_server = config.tls.as_ref().map(TlsServer::load).transpose()?;
         let ctx = Arc::new(ServerContext::new(
             store,
             cache,
@@ -106,6 +115,9 @@ impl Daemon {
             tcp_auth,
             quotas,
         ));
+        if let Some(server) = tls_server {
+            ctx.set_tls_server(server);
+        }
         if let Some(every) = ctx.service.expiry_interval() {
             let sweeper = ctx.clone();
             ctx.tasks.spawn(async move {
@@ -138,16 +150,19 @@ impl Daemon {
             }
         };
         let tcp_addr = listeners.tcp_addr();
+        let tls_addr = listeners.tls_addr();
         let socket_path = listeners.socket_path().map(|p| p.to_path_buf());
         let listen = socket_path
             .iter()
             .map(|p| format!("unix://{}", p.display()))
             .chain(tcp_addr.map(|a| format!("tcp://{a}")))
+            .chain(tls_addr.map(|a| format!("tls://{a}")))
             .collect();
         let _ = ctx.listen.set(listen);
         tracing::info!(
             socket = socket_path.as_ref().map(|p| p.display().to_string()),
             tcp = tcp_addr.map(|a| a.to_string()),
+            tls = tls_addr.map(|a| a.to_string()),
             data_dirs = ?config.store.data_dirs,
             "serving"
         );
@@ -157,6 +172,7 @@ impl Daemon {
         Ok(Daemon {
             ctx,
             tcp_addr,
+            tls_addr,
             socket_path,
             acceptor,
             http,
@@ -189,9 +205,23 @@ impl Daemon {
                 .push(format!("access: {} rules", new.access.rules.len()));
             log_access(&new.access);
         }
-        // Key files are read again on every reload, changed or not: a key
-        // is rotated by replacing or adding files.
-        if current.server.tcp.is_some() {
+        // Certificate and key files are read again on every reload, changed
+        // or not: they are rotated by replacing or adding files.
+        if let Some(tls) = current.tls.as_ref().filter(|_| current.tls == new.tls) {
+            match TlsServer::load(tls) {
+                Ok(server) => {
+                    self.ctx.set_tls_server(server);
+                    reloaded.applied.push("tls: certificate files read again".to_string());
+                }
+                Err(e) => reloaded
+                    .failed
+                    .push(format!("tls: {e:#}; the certificate in force stays")),
+            }
+        }
+        if current.tls != new.tls {
+            reloaded.need_restart.push("tls");
+        }
+        if needs_keys(&current) {
             match TcpAuth::load(&new.auth, &current.store.data_dirs[0]) {
                 Ok(auth) => {
                     self.ctx.set_tcp_auth(auth);
@@ -233,6 +263,11 @@ impl Daemon {
     /// The TCP address being served (with the real port when 0 was asked).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The TLS address being served.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The Unix socket being served.

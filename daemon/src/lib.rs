@@ -14,6 +14,7 @@
 //! * [`server`]: listeners, the hello, connections, the dispatch table.
 //! * [`access`]: who a peer is and what the access table lets it do.
 //! * [`auth`]: the keys TCP peers authenticate with.
+//! * [`tls`]: TLS on TCP, and the identity of a client certificate.
 //! * [`service`]: the request path below the sockets: arena or drive, put
 //!   sessions, fetch streams, leased views, stat/list/delete, hints.
 //! * [`cache`]: the hot tier in the arena: hits, loads, write-back,
@@ -43,6 +44,7 @@ pub mod notify;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use daemon::{Daemon, run};

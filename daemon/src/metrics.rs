@@ -40,7 +40,7 @@ const OPCODES: u16 = 32;
 pub const NAMESPACE_SERIES: usize = 20;
 
 /// The transports, as metric labels.
-pub const TRANSPORTS: [&str; 2] = ["unix", "tcp"];
+pub const TRANSPORTS: [&str; 3] = ["unix", "tcp", "tls"];
 
 /// Every handle.
 #[derive(Debug)]

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub zero_copy: bool,
     /// TCP address; `None` disables TCP.
     pub tcp: Option<SocketAddr>,
+    /// The TLS listener's address (`tls.listen`); `None`: no TLS.
+    pub tls: Option<SocketAddr>,
     /// HTTP address of /metrics, /healthz, /readyz and /v1/status; `None`
     /// disables it.
     pub http: Option<SocketAddr>,
@@ -139,6 +141,8 @@ pub struct ServerContext {
     tcp_auth: std::sync::RwLock<Arc<TcpAuth>>,
     /// Which peers' refused hellos were logged lately.
     pub refusal_log: refusals::RefusalLog,
+    /// The TLS acceptor in force (a reload reads its files again).
+    tls_server: std::sync::RwLock<Option<Arc<crate::tls::TlsServer>>>,
 }
 
 impl ServerContext {
@@ -170,7 +174,18 @@ impl ServerContext {
             access: std::sync::RwLock::new(Arc::new(access)),
             tcp_auth: std::sync::RwLock::new(Arc::new(tcp_auth)),
             refusal_log: refusals::RefusalLog::default(),
+            tls_server: std::sync::RwLock::new(None),
         }
+    }
+
+    /// The TLS acceptor in force.
+    pub fn tls_server(&self) -> Option<Arc<crate::tls::TlsServer>> {
+        self.tls_server.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `server` in force for every TLS connection from now on.
+    pub fn set_tls_server(&self, server: crate::tls::TlsServer) {
+        *self.tls_server.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(server));
     }
 
     /// How TCP peers authenticate now.

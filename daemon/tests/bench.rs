@@ -5,7 +5,93 @@ mod support;
 
 use assert_cmd::Command;
 use shardd::ctl::bench::baselines::installed;
-use support::Process;
+use support::{Launch, Process};
+
+/// A daemon with TCP and TLS on loopback, its certificates made by
+/// `shardctl tls new`; and the CA that signs them.
+fn tls_daemon(dir: &std::path::Path) -> (Process, std::path::PathBuf) {
+    let pki = dir.join("pki");
+    make(&["tls", "new", "--hosts", "127.0.0.1"], &pki);
+    let config = format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        pki.join("server.crt").display().to_string(),
+        pki.join("server.key").display().to_string()
+    );
+    (loopback_daemon(dir, &config), pki.join("ca.crt"))
+}
+
+/// Runs `shardctl ARGS --out OUT` (key or certificate files, no daemon);
+/// it must succeed.
+fn make(args: &[&str], out: &std::path::Path) {
+    let made = Command::cargo_bin("shardctl")
+        .unwrap()
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
+/// A daemon on `dir` with TCP on loopback and `extra` in its configuration.
+fn loopback_daemon(dir: &std::path::Path, extra: &str) -> Process {
+    let config = format!("[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n{extra}");
+    Process::launch(Launch {
+        dir,
+        engine: "auto",
+        tcp: "127.0.0.1:0",
+        config: &config,
+        data_dirs: &[dir.join("data")],
+        wrapper: &[],
+    })
+}
+
+/// The endpoints `daemon` says it listens on.
+fn listening(daemon: &Process) -> Vec<String> {
+    let status = Command::cargo_bin("shardctl")
+        .unwrap()
+        .args(["--endpoint", &daemon.endpoint(), "status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let listen = status["listen"].as_array().unwrap().iter();
+    listen.filter_map(|e| e.as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn a_short_cold_benchmark_over_tcp_puts_tls_rows_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, ca) = tls_daemon(dir.path());
+    let listen = listening(&daemon);
+    let tcp = listen.iter().find(|e| e.starts_with("tcp://")).unwrap();
+    assert!(listen.iter().any(|e| e.starts_with("tls://")), "{listen:?}");
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .env_remove("SHARDD_ENDPOINT")
+        .arg("--auth-key-file")
+        .arg(daemon.key_file())
+        .arg("--tls-ca")
+        .arg(&ca)
+        .args(["--endpoint", tcp, "bench", "cold", "--json", "--runs", "1"])
+        .args([
+            "--sizes",
+            "1MiB",
+            "--concurrency",
+            "2",
+            "--total",
+            "4MiB",
+            "--fio",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let case = &report["cases"][0];
+    assert!(case["fetch_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
+    assert!(case["tls_put_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
+    assert!(case["tls_fetch_bytes_per_sec"].as_f64().unwrap() > 0.0, "{case}");
+}
 
 #[test]
 fn a_short_benchmark_reports_every_case_beside_fio() {
@@ -83,7 +169,7 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
 #[test]
 fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Process::start_with(dir.path(), "auto", "127.0.0.1:0");
+    let (daemon, ca) = tls_daemon(dir.path());
     let iperf3 = installed("iperf3");
     let redis = installed("redis-server") && installed("redis-benchmark");
     if !iperf3 || !redis {
@@ -93,9 +179,12 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
         .unwrap()
         .env_remove("SHARDD_ENDPOINT")
         .env_remove("SHARDD_AUTH_KEY_FILE")
-        // The TCP rows authenticate with the key the daemon made.
+        // The TCP and TLS rows authenticate with the key the daemon made;
+        // the TLS rows trust the CA that signed its certificate.
         .arg("--auth-key-file")
         .arg(daemon.key_file())
+        .arg("--tls-ca")
+        .arg(&ca)
         .args([
             "--endpoint",
             &daemon.endpoint(),
@@ -127,7 +216,9 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
             "copying_unix",
             "region_unix",
             "tcp",
-            "region_tcp"
+            "region_tcp",
+            "tls",
+            "region_tls"
         ]
     );
     assert!(size["memcpy_batch_bytes_per_sec"].as_f64().unwrap() > 0.0);
@@ -194,26 +285,38 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
 
 #[test]
 fn a_short_training_loop_over_two_daemons_reports_step_and_stall() {
+    // Two nodes that share a key; the second is reached over TCP.
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let daemons: Vec<Process> = dirs.iter().map(|d| Process::start(d.path(), "auto")).collect();
-    let endpoints = daemons.iter().map(Process::endpoint).collect::<Vec<_>>().join(",");
+    let key = dirs[0].path().join("job.key");
+    make(&["key", "new", "--id", "job"], &key);
+    let config = format!("[auth]\nkeys = [{:?}]\n", key.display().to_string());
+    let daemons: Vec<Process> = dirs.iter().map(|d| loopback_daemon(d.path(), &config)).collect();
+    let remote = listening(&daemons[1])
+        .into_iter()
+        .find(|e| e.starts_with("tcp://"))
+        .unwrap();
+    let endpoints = format!("{},{remote}", daemons[0].endpoint());
     for prefetch in [true, false] {
         let mut command = Command::cargo_bin("shardctl").unwrap();
-        command.env_remove("SHARDD_ENDPOINT").args([
-            "bench",
-            "train",
-            "--json",
-            "--endpoints",
-            &endpoints,
-            "--layers",
-            "3",
-            "--layer-bytes",
-            "1MiB",
-            "--compute-ms",
-            "20",
-            "--steps",
-            "3",
-        ]);
+        command
+            .env_remove("SHARDD_ENDPOINT")
+            .arg("--auth-key-file")
+            .arg(&key)
+            .args([
+                "bench",
+                "train",
+                "--json",
+                "--endpoints",
+                &endpoints,
+                "--layers",
+                "3",
+                "--layer-bytes",
+                "1MiB",
+                "--compute-ms",
+                "20",
+                "--steps",
+                "3",
+            ]);
         if !prefetch {
             command.arg("--no-prefetch");
         }

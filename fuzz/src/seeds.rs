@@ -196,5 +196,9 @@ fn main() {
                 [[access.rules]]\nkeys = [\"trainers\"]\nnamespaces = [\"job-*\"]\nrights = [\"read\"]\n";
     write(&dir, "config", "auth", auth.as_bytes());
     write(&dir, "config", "auth-none", b"auth = \"none\"\n[server]\ntcp = \"0.0.0.0:7070\"\n");
+    let tls = "[tls]\nlisten = \"10.0.0.1:7443\"\ncert = \"/etc/shardd/tls/node.crt\"\n\
+               key = \"/etc/shardd/tls/node.key\"\nclient_ca = \"/etc/shardd/tls/ca.crt\"\n\
+               [[access.rules]]\ncertificates = [\"trainer-a\"]\nnamespaces = [\"job-*\"]\nrights = [\"read\"]\n";
+    write(&dir, "config", "tls", tls.as_bytes());
     println!("seed corpora written under {}", dir.display());
 }

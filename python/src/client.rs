@@ -97,6 +97,8 @@ impl Client {
             client_name: client_name.unwrap_or_else(|| format!("shardd-python {}", env!("CARGO_PKG_VERSION"))),
             zero_copy,
             auth_key,
+            // tls:// endpoints read SHARDD_TLS_CA (and SHARDD_TLS_CERT, SHARDD_TLS_KEY).
+            tls: shardd_client::tls::TlsOptions::default(),
         };
         let io = Io::current()?;
         let client = io

@@ -130,6 +130,11 @@ impl TestDaemon {
         format!("tcp://{}", self.daemon().tcp_addr().expect("tcp"))
     }
 
+    /// `tls://127.0.0.1:PORT`, when `[tls]` is configured.
+    pub fn tls_endpoint(&self) -> String {
+        format!("tls://{}", self.daemon().tls_addr().expect("tls"))
+    }
+
     /// The endpoint for `tcp` or not.
     pub fn endpoint(&self, tcp: bool) -> String {
         if tcp { self.tcp_endpoint() } else { self.unix_endpoint() }
@@ -206,6 +211,13 @@ impl TestDaemon {
         self.stop().await;
         self.config.server.tcp = self.tcp_addr;
         self.start_again().await;
+    }
+
+    /// Applies `extra` as a SIGHUP applies a changed file: what it applied,
+    /// and what failed or needs a restart.
+    pub fn reload_with(&self, extra: &str) -> shardd::daemon::Reloaded {
+        let config = test_config(self.dir.path(), self.config.io.engine, extra);
+        self.daemon().reload(&config)
     }
 
     /// Restarts with a changed config (same dirs).

@@ -72,6 +72,8 @@ pub struct Identity {
     pub groups: Vec<u32>,
     /// The id of the key a TCP peer authenticated with.
     pub key: Option<String>,
+    /// The common name of the certificate a TLS peer showed.
+    pub certificate: Option<String>,
 }
 
 impl Identity {
@@ -84,6 +86,7 @@ impl Identity {
                 user: None,
                 groups: Vec::new(),
                 key: None,
+                certificate: None,
             };
         };
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
@@ -102,6 +105,7 @@ impl Identity {
             user: user.map(|u| u.name),
             groups,
             key: None,
+            certificate: None,
         }
     }
 
@@ -120,9 +124,10 @@ impl std::fmt::Display for Identity {
             (Peer::Unix { uid, .. }, Some(name)) => write!(f, "uid {uid} ({name})"),
             (Peer::Unix { uid, .. }, None) => write!(f, "uid {uid}"),
             (Peer::UnixUnknown, _) => f.write_str("a Unix peer of unknown uid"),
-            (Peer::Tcp(addr), _) => match &self.key {
-                Some(id) => write!(f, "key \"{id}\" (TCP peer {addr})"),
-                None => write!(f, "TCP peer {addr}"),
+            (Peer::Tcp(addr), _) => match (&self.certificate, &self.key) {
+                (Some(name), _) => write!(f, "certificate \"{name}\" (TLS peer {addr})"),
+                (None, Some(id)) => write!(f, "key \"{id}\" (TCP peer {addr})"),
+                (None, None) => write!(f, "TCP peer {addr}"),
             },
         }
     }

@@ -70,6 +70,8 @@ pub struct Subjects {
     pub tcp: bool,
     /// TCP peers that authenticated with a key of one of these ids.
     pub keys: Vec<String>,
+    /// TLS peers whose certificate's subject has one of these common names.
+    pub certificates: Vec<String>,
 }
 
 impl Subjects {
@@ -77,7 +79,14 @@ impl Subjects {
         match who.peer {
             Peer::Unix { uid, .. } => self.uids.contains(&uid) || who.groups.iter().any(|g| self.gids.contains(g)),
             Peer::UnixUnknown => false,
-            Peer::Tcp(_) => self.tcp || who.key.as_ref().is_some_and(|id| self.keys.contains(id)),
+            Peer::Tcp(_) => {
+                self.tcp
+                    || who.key.as_ref().is_some_and(|id| self.keys.contains(id))
+                    || who
+                        .certificate
+                        .as_ref()
+                        .is_some_and(|name| self.certificates.contains(name))
+            }
         }
     }
 }
@@ -212,6 +221,7 @@ mod tests {
             user: Some(format!("user{uid}")),
             groups: groups.to_vec(),
             key: None,
+            certificate: None,
         }
     }
 

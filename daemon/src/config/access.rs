@@ -23,6 +23,8 @@ struct FileRule {
     tcp: bool,
     #[serde(default)]
     keys: Vec<String>,
+    #[serde(default)]
+    certificates: Vec<String>,
     namespaces: Vec<String>,
     rights: Vec<Right>,
 }
@@ -34,10 +36,15 @@ impl FileAccess {
         let mut table = AccessTable::open();
         for (i, rule) in self.rules.into_iter().enumerate() {
             let key = format!("access.rules[{i}]");
-            if rule.users.is_empty() && rule.groups.is_empty() && rule.keys.is_empty() && !rule.tcp {
+            if rule.users.is_empty()
+                && rule.groups.is_empty()
+                && rule.keys.is_empty()
+                && rule.certificates.is_empty()
+                && !rule.tcp
+            {
                 return Err(invalid(
                     &key,
-                    "names no users, groups, keys or tcp = true: it is for no one",
+                    "names no users, groups, keys, certificates or tcp = true: it is for no one",
                 ));
             }
             for id in &rule.keys {
@@ -74,6 +81,7 @@ impl FileAccess {
                     gids,
                     tcp: rule.tcp,
                     keys: rule.keys,
+                    certificates: rule.certificates,
                 },
                 namespaces,
                 rights: rule.rights.into_iter().collect(),

@@ -47,11 +47,15 @@ pub(super) struct FileAuthTable {
 
 /// What to write instead of a daemon without keys on a routable address.
 const HOW_TO_FIX: &str = "create a key with `shardctl key new --id NAME --out FILE`, list the file in \
-     [auth] keys = [\"FILE\"] and give it to the trainers (docs/SECURITY.md); or write auth = \"none\" \
-     to serve TCP to anyone who can reach it";
+     [auth] keys = [\"FILE\"] and give it to the trainers (docs/SECURITY.md); or, on TLS, require \
+     client certificates (tls.client_ca); or write auth = \"none\" to serve anyone who can reach it";
 
-/// Validates `[auth]` against the TCP address it guards.
-pub(super) fn resolve(file: Option<FileAuth>, tcp: Option<SocketAddr>) -> anyhow::Result<AuthConfig> {
+/// Validates `[auth]` against the listeners it guards (their setting and
+/// address).
+pub(super) fn resolve(
+    file: Option<FileAuth>,
+    mut listeners: impl Iterator<Item = (&'static str, SocketAddr)>,
+) -> anyhow::Result<AuthConfig> {
     let auth = match file {
         None => AuthConfig::Generated,
         Some(FileAuth::Word(word)) if word == "none" => AuthConfig::None,
@@ -76,11 +80,11 @@ pub(super) fn resolve(file: Option<FileAuth>, tcp: Option<SocketAddr>) -> anyhow
             AuthConfig::Keys(table.keys)
         }
     };
-    if let (AuthConfig::Generated, Some(addr)) = (&auth, tcp)
-        && !addr.ip().is_loopback()
+    if let AuthConfig::Generated = auth
+        && let Some((setting, addr)) = listeners.find(|(_, addr)| !addr.ip().is_loopback())
     {
         return Err(invalid(
-            "server.tcp",
+            setting,
             format!("{addr} can be reached from other hosts and [auth] names no keys: {HOW_TO_FIX}"),
         ));
     }

@@ -73,9 +73,6 @@ impl FileServer {
         }
         let tcp = listen(&flags.tcp, self.tcp, "server.tcp", DEFAULT_TCP)?;
         let http = listen(&flags.http, self.http, "server.http", DEFAULT_HTTP)?;
-        if socket.is_none() && tcp.is_none() {
-            anyhow::bail!("both the Unix socket and TCP are off: nothing would be served");
-        }
         let socket_mode = match self.socket_mode {
             Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
                 .ok()
@@ -145,6 +142,7 @@ impl FileServer {
             unix_send_buffer: self.socket_send_buffer.map_or(4 << 20, |s| s.0.min(1 << 30) as usize),
             zero_copy: self.zero_copy.unwrap_or(true),
             tcp,
+            tls: None,
             http,
             max_connections,
             max_connections_per_peer,

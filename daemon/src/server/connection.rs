@@ -93,7 +93,7 @@ impl Arrivals {
 
 /// Serves one connection until the peer closes it, it breaks, or the daemon
 /// shuts down (then in-flight requests finish first).
-pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: Peer) {
+pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: Peer, certificate: Option<String>) {
     let conn_id = ctx.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id = conn_id, transport = S::NAME, peer = %peer);
     async move {
@@ -110,6 +110,7 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
             },
             _ => Identity::resolve(peer),
         };
+        identity.certificate = certificate;
         let hello = match handshake::handshake(&ctx, &mut stream, &mut identity).await {
             Ok(hello) => hello,
             Err(failure) => {
@@ -165,6 +166,17 @@ pub async fn serve<S: Transport>(ctx: Arc<ServerContext>, mut stream: S, peer: P
     }
     .instrument(span)
     .await
+}
+
+/// Counts and logs a TLS handshake that failed, as [`refused`] does.
+pub fn refused_tls(ctx: &ServerContext, peer: &Peer, e: &std::io::Error) {
+    let span = tracing::info_span!("conn", transport = "tls", peer = %peer);
+    let _entered = span.enter();
+    let failure = handshake::Failure {
+        refusal: Some(handshake::Refusal::Tls),
+        reason: format!("TLS handshake: {e}"),
+    };
+    refused(ctx, "tls", peer, failure);
 }
 
 /// Counts a refused hello and logs it: at `warn` once a minute per peer,

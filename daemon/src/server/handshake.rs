@@ -75,6 +75,25 @@ impl Transport for UnixStream {
     }
 }
 
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Reader = tokio::io::ReadHalf<Self>;
+    type Writer = tokio::io::WriteHalf<Self>;
+    const NAME: &'static str = "tls";
+    const PASSES_FDS: bool = false;
+    const AUTHENTICATES: bool = true;
+
+    fn split(self, _: &Arc<PassedFds>) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self)
+    }
+
+    async fn send_with_fd(&mut self, _: &[u8], _: BorrowedFd<'_>) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TLS cannot pass file descriptors",
+        ))
+    }
+}
+
 impl Transport for TcpStream {
     type Reader = tokio::net::tcp::OwnedReadHalf;
     type Writer = tokio::net::tcp::OwnedWriteHalf;
@@ -118,11 +137,14 @@ pub enum Refusal {
     BadProof,
     /// Another request where the proof was due.
     NotAuthenticated,
+    /// The TLS handshake failed (no client certificate where one is
+    /// required, one the client CA did not sign, not TLS at all).
+    Tls,
 }
 
 impl Refusal {
     /// Every reason, for the metric's zero series.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Timeout,
         Refusal::BadHello,
         Refusal::Version,
@@ -130,6 +152,7 @@ impl Refusal {
         Refusal::UnknownKey,
         Refusal::BadProof,
         Refusal::NotAuthenticated,
+        Refusal::Tls,
     ];
 
     /// The metric label.
@@ -142,6 +165,7 @@ impl Refusal {
             Refusal::UnknownKey => "unknown_key",
             Refusal::BadProof => "bad_proof",
             Refusal::NotAuthenticated => "not_authenticated",
+            Refusal::Tls => "tls",
         }
     }
 }
@@ -242,7 +266,9 @@ async fn exchange<S: Transport>(
         let status = Status::UnsupportedVersion;
         return refuse(stream, Opcode::Hello, id, status, Refusal::Version, message).await;
     }
-    let key = match offered_key(ctx, S::AUTHENTICATES, hello.auth.as_ref()) {
+    // A TLS peer that showed a certificate is known by it.
+    let needs_key = S::AUTHENTICATES && identity.certificate.is_none();
+    let key = match offered_key(ctx, needs_key, hello.auth.as_ref()) {
         Ok(key) => key,
         Err((refusal, message)) => {
             return refuse(stream, Opcode::Hello, id, Status::Unauthorized, refusal, message).await;

@@ -1,4 +1,5 @@
-//! Binding the Unix socket and the TCP port, and accepting connections.
+//! Binding the Unix socket, the TCP port and the TLS port, and accepting
+//! connections.
 
 use std::future::Future;
 use std::io;
@@ -23,6 +24,7 @@ use crate::access::Peer;
 pub struct Listeners {
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
+    tls: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -45,25 +47,36 @@ impl Listeners {
             }
             None => None,
         };
-        let tcp = match config.tcp {
-            Some(addr) => match TcpListener::bind(addr).await {
-                Ok(listener) => Some(listener),
-                Err(e) => {
-                    // Leave no socket file behind for a daemon that does not start.
-                    if let Some((_, path)) = &unix {
-                        let _ = std::fs::remove_file(path);
+        let mut tcp_listeners = Vec::new();
+        for (what, addr) in [("TCP", config.tcp), ("TLS", config.tls)] {
+            let bound = match addr {
+                Some(addr) => match TcpListener::bind(addr).await {
+                    Ok(listener) => Some(listener),
+                    Err(e) => {
+                        // Leave no socket file behind for a daemon that does not start.
+                        if let Some((_, path)) = &unix {
+                            let _ = std::fs::remove_file(path);
+                        }
+                        return Err(e).with_context(|| format!("bind {what} {addr}"));
                     }
-                    return Err(e).with_context(|| format!("bind TCP {addr}"));
-                }
-            },
-            None => None,
-        };
-        Ok(Listeners { unix, tcp })
+                },
+                None => None,
+            };
+            tcp_listeners.push(bound);
+        }
+        let tls = tcp_listeners.pop().flatten();
+        let tcp = tcp_listeners.pop().flatten();
+        Ok(Listeners { unix, tcp, tls })
     }
 
     /// The bound TCP address (useful when the port was 0).
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound TLS address.
+    pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The Unix socket path.
@@ -73,14 +86,13 @@ impl Listeners {
 
     /// Accepts until shutdown; then removes the socket file.
     pub async fn accept_until_shutdown(self, ctx: Arc<ServerContext>) {
-        let Listeners { unix, tcp } = self;
-        let unix_task =
-            unix.map(|(listener, path)| tokio::spawn(accept_loop(ctx.clone(), UnixAcceptor { listener, path })));
-        let tcp_task = tcp.map(|listener| tokio::spawn(accept_loop(ctx.clone(), TcpAcceptor(listener))));
-        if let Some(task) = unix_task {
-            let _ = task.await;
-        }
-        if let Some(task) = tcp_task {
+        let Listeners { unix, tcp, tls } = self;
+        let tasks = [
+            unix.map(|(listener, path)| tokio::spawn(accept_loop(ctx.clone(), UnixAcceptor { listener, path }))),
+            tcp.map(|listener| tokio::spawn(accept_loop(ctx.clone(), TcpAcceptor(listener)))),
+            tls.map(|listener| tokio::spawn(accept_loop(ctx.clone(), TlsAcceptor(listener)))),
+        ];
+        for task in tasks.into_iter().flatten() {
             let _ = task.await;
         }
     }
@@ -88,10 +100,31 @@ impl Listeners {
 
 /// One kind of listening socket.
 trait Acceptor: Send + 'static {
-    /// The connected stream it yields.
+    /// The connection as accepted.
+    type Raw: Send + 'static;
+    /// The stream served over it.
     type Stream: Transport;
     /// The next connection, set up, and its peer.
-    fn accept(&self, ctx: &ServerContext) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
+    fn accept(&self, ctx: &ServerContext) -> impl Future<Output = io::Result<(Self::Raw, Peer)>> + Send;
+    /// Turns an admitted connection into the stream served, in the
+    /// connection's own task (TLS: the TLS handshake); with the common
+    /// name of the certificate the peer showed, if any.
+    fn establish(
+        ctx: &ServerContext,
+        raw: Self::Raw,
+    ) -> impl Future<Output = io::Result<(Self::Stream, Option<String>)>> + Send;
+    /// Tells a peer refused a slot why, where a frame can reach it.
+    fn refuse(raw: Self::Raw, reason: String) -> impl Future<Output = ()> + Send;
+}
+
+/// Answers `busy` on a stream that carries frames as they are.
+async fn refuse_plain<S: Transport>(mut stream: S, reason: String) {
+    let frame = OutFrame::error(Opcode::Hello, 0, Status::Busy, reason, None);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        frame.write_to(&mut stream).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// The Unix listener; dropping it removes the socket file.
@@ -101,6 +134,7 @@ struct UnixAcceptor {
 }
 
 impl Acceptor for UnixAcceptor {
+    type Raw = UnixStream;
     type Stream = UnixStream;
 
     async fn accept(&self, ctx: &ServerContext) -> io::Result<(UnixStream, Peer)> {
@@ -108,6 +142,14 @@ impl Acceptor for UnixAcceptor {
         set_send_buffer(&stream, ctx.config.unix_send_buffer);
         let peer = Peer::of_unix(&stream);
         Ok((stream, peer))
+    }
+
+    async fn establish(_: &ServerContext, raw: UnixStream) -> io::Result<(UnixStream, Option<String>)> {
+        Ok((raw, None))
+    }
+
+    async fn refuse(raw: UnixStream, reason: String) {
+        refuse_plain(raw, reason).await
     }
 }
 
@@ -120,12 +162,56 @@ impl Drop for UnixAcceptor {
 struct TcpAcceptor(TcpListener);
 
 impl Acceptor for TcpAcceptor {
+    type Raw = TcpStream;
     type Stream = TcpStream;
 
     async fn accept(&self, _: &ServerContext) -> io::Result<(TcpStream, Peer)> {
         let (stream, peer) = self.0.accept().await?;
         let _ = stream.set_nodelay(true);
         Ok((stream, Peer::Tcp(peer)))
+    }
+
+    async fn establish(_: &ServerContext, raw: TcpStream) -> io::Result<(TcpStream, Option<String>)> {
+        Ok((raw, None))
+    }
+
+    async fn refuse(raw: TcpStream, reason: String) {
+        refuse_plain(raw, reason).await
+    }
+}
+
+/// The TLS listener: TCP connections that start with a TLS handshake.
+struct TlsAcceptor(TcpListener);
+
+impl Acceptor for TlsAcceptor {
+    type Raw = TcpStream;
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+
+    async fn accept(&self, _: &ServerContext) -> io::Result<(TcpStream, Peer)> {
+        let (stream, peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Peer::Tcp(peer)))
+    }
+
+    async fn establish(ctx: &ServerContext, raw: TcpStream) -> io::Result<(Self::Stream, Option<String>)> {
+        let server = ctx
+            .tls_server()
+            .ok_or_else(|| io::Error::other("no TLS certificate is loaded"))?;
+        match tokio::time::timeout(ctx.config.handshake_timeout, server.accept(raw)).await {
+            Ok(accepted) => accepted,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake within {:?} (server.handshake_timeout)",
+                    ctx.config.handshake_timeout
+                ),
+            )),
+        }
+    }
+
+    async fn refuse(_: TcpStream, _: String) {
+        // A refusal in plain frames means nothing to a TLS client: it
+        // sees the connection close.
     }
 }
 
@@ -137,7 +223,7 @@ async fn accept_loop<A: Acceptor>(ctx: Arc<ServerContext>, acceptor: A) {
             accepted = acceptor.accept(&ctx) => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(&ctx, stream, peer),
+            Ok((raw, peer)) => spawn_connection::<A>(&ctx, raw, peer),
             Err(e) => accept_failed(&e).await,
         }
     }
@@ -150,29 +236,26 @@ async fn accept_failed(e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_connection<S: Transport>(ctx: &Arc<ServerContext>, mut stream: S, peer: Peer) {
+fn spawn_connection<A: Acceptor>(ctx: &Arc<ServerContext>, raw: A::Raw, peer: Peer) {
+    let transport = <A::Stream as Transport>::NAME;
     let slot = match ctx.slots.admit(&peer, ctx.slot_limits()) {
         Ok(slot) => slot,
         Err(reason) => {
             if refusals_to_log() {
-                tracing::warn!(transport = S::NAME, %peer, %reason, "refusing a connection");
+                tracing::warn!(transport, %peer, %reason, "refusing a connection");
             } else {
-                tracing::debug!(transport = S::NAME, %peer, %reason, "refusing a connection");
+                tracing::debug!(transport, %peer, %reason, "refusing a connection");
             }
-            ctx.tasks.spawn(async move {
-                let frame = OutFrame::error(Opcode::Hello, 0, Status::Busy, reason, None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    frame.write_to(&mut stream).await?;
-                    stream.shutdown().await
-                })
-                .await;
-            });
+            ctx.tasks.spawn(A::refuse(raw, reason));
             return;
         }
     };
     let ctx2 = ctx.clone();
     ctx.tasks.spawn(async move {
-        connection::serve(ctx2, stream, peer).await;
+        match A::establish(&ctx2, raw).await {
+            Ok((stream, certificate)) => connection::serve(ctx2, stream, peer, certificate).await,
+            Err(e) => connection::refused_tls(&ctx2, &peer, &e),
+        }
         drop(slot);
     });
 }

@@ -109,6 +109,11 @@ pub struct CaseResult {
     pub fetch_vs_fio_fixedbufs: Option<f64>,
     /// fetch into a region / fio read.
     pub region_fetch_vs_fio: Option<f64>,
+    /// The same puts over the daemon's TLS endpoint, bytes per second
+    /// (when it has one and the CA was given).
+    pub tls_put_bytes_per_sec: Option<f64>,
+    /// The same cold fetches over TLS, bytes per second.
+    pub tls_fetch_bytes_per_sec: Option<f64>,
 }
 
 /// The whole report.
@@ -148,6 +153,20 @@ pub async fn run(endpoint: &str, base: &ClientOptions, args: &ColdArgs) -> anyho
     }
     let status = clients[0].status().await?;
     let has_arena = status.arena.is_some();
+    // TLS rows beside the endpoint's, where the daemon serves TLS and the
+    // CA that signs its certificate was given.
+    let tls = status.listen.iter().find(|e| e.starts_with("tls://")).cloned();
+    let trusts = options.tls.ca_file.is_some() || std::env::var_os(shardd_client::tls::TLS_CA_ENV).is_some();
+    let mut tls_clients = Vec::new();
+    match &tls {
+        Some(tls) if trusts => {
+            for _ in 0..args.connections {
+                tls_clients.push(Client::connect_with(tls, options.clone()).await?);
+            }
+        }
+        Some(tls) => eprintln!("shardctl bench: skipping TLS ({tls}): pass --tls-ca to trust the daemon's certificate"),
+        None => {}
+    }
     let data_dirs: Vec<(String, bool)> = status.data_dirs.iter().map(|d| (d.path.clone(), d.direct_io)).collect();
 
     let fio_dirs: Option<Vec<PathBuf>> = match args.fio.as_str() {
@@ -173,6 +192,8 @@ pub async fn run(endpoint: &str, base: &ClientOptions, args: &ColdArgs) -> anyho
     let mut puts = vec![Vec::new(); cases_of.len()];
     let mut fetches = vec![Vec::new(); cases_of.len()];
     let mut region_fetches = vec![Vec::new(); cases_of.len()];
+    let mut tls_puts = vec![Vec::new(); cases_of.len()];
+    let mut tls_fetches = vec![Vec::new(); cases_of.len()];
     let mut fio_reads = Vec::new();
     let mut fio_writes = Vec::new();
     let mut fixed_reads = Vec::new();
@@ -209,6 +230,25 @@ pub async fn run(endpoint: &str, base: &ClientOptions, args: &ColdArgs) -> anyho
                 demote(&clients[0], &args.namespace, size, shards).await?;
             }
             let region_fetch = region_fetch_phase(&clients, &args.namespace, size, shards, concurrency).await?;
+            if !tls_clients.is_empty() {
+                // New versions of the same shards, then the same cold reads.
+                let put = put_phase(&tls_clients, &args.namespace, size, shards, concurrency, &data).await?;
+                if has_arena {
+                    demote(&clients[0], &args.namespace, size, shards).await?;
+                }
+                let fetch = fetch_phase(&tls_clients, &args.namespace, size, shards, concurrency).await?;
+                if !args.json {
+                    eprintln!(
+                        "run {}: {} x{concurrency}: over TLS put {:.2} GB/s, fetch {:.2} GB/s",
+                        run + 1,
+                        show::bytes(size),
+                        put / 1e9,
+                        fetch / 1e9
+                    );
+                }
+                tls_puts[n].push(put);
+                tls_fetches[n].push(fetch);
+            }
             cleanup(&clients[0], &args.namespace, size, shards).await?;
             if !args.json {
                 eprintln!(
@@ -234,24 +274,31 @@ pub async fn run(endpoint: &str, base: &ClientOptions, args: &ColdArgs) -> anyho
     let cases = cases_of
         .iter()
         .zip(puts.into_iter().zip(fetches).zip(region_fetches))
-        .map(|(&(size, concurrency), ((puts, fetches), region_fetches))| {
-            let put = median(puts);
-            let fetch = median(fetches);
-            let region_fetch = median(region_fetches);
-            CaseResult {
-                shard_bytes: size,
-                concurrency,
-                shards: (args.total / size).max(concurrency as u64),
-                put_bytes_per_sec: put,
-                fetch_bytes_per_sec: fetch,
-                region_fetch_bytes_per_sec: region_fetch,
-                put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
-                fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
-                put_vs_fio_fixedbufs: fio.map(|f| put / f.fixedbufs_write_bytes_per_sec),
-                fetch_vs_fio_fixedbufs: fio.map(|f| fetch / f.fixedbufs_read_bytes_per_sec),
-                region_fetch_vs_fio: fio.map(|f| region_fetch / f.read_bytes_per_sec),
-            }
-        })
+        .zip(tls_puts.into_iter().zip(tls_fetches))
+        .map(
+            |((&(size, concurrency), ((puts, fetches), region_fetches)), (tls_puts, tls_fetches))| {
+                let tls_put = (!tls_puts.is_empty()).then(|| median(tls_puts));
+                let tls_fetch = (!tls_fetches.is_empty()).then(|| median(tls_fetches));
+                let put = median(puts);
+                let fetch = median(fetches);
+                let region_fetch = median(region_fetches);
+                CaseResult {
+                    shard_bytes: size,
+                    concurrency,
+                    shards: (args.total / size).max(concurrency as u64),
+                    put_bytes_per_sec: put,
+                    fetch_bytes_per_sec: fetch,
+                    region_fetch_bytes_per_sec: region_fetch,
+                    put_vs_fio: fio.map(|f| put / f.write_bytes_per_sec),
+                    fetch_vs_fio: fio.map(|f| fetch / f.read_bytes_per_sec),
+                    put_vs_fio_fixedbufs: fio.map(|f| put / f.fixedbufs_write_bytes_per_sec),
+                    fetch_vs_fio_fixedbufs: fio.map(|f| fetch / f.fixedbufs_read_bytes_per_sec),
+                    region_fetch_vs_fio: fio.map(|f| region_fetch / f.read_bytes_per_sec),
+                    tls_put_bytes_per_sec: tls_put,
+                    tls_fetch_bytes_per_sec: tls_fetch,
+                }
+            },
+        )
         .collect();
     let report = BenchReport {
         endpoint: endpoint.to_string(),
@@ -469,6 +516,28 @@ fn render(report: &BenchReport) -> String {
             c.region_fetch_bytes_per_sec / 1e9,
             ratio(c.region_fetch_vs_fio)
         );
+    }
+    if report.cases.iter().any(|c| c.tls_fetch_bytes_per_sec.is_some()) {
+        let _ = writeln!(
+            out,
+            "\nThe same over the daemon's TLS endpoint, beside the rows above (/plain):\n{:>9} {:>5} {:>13} {:>8} {:>15} {:>8}",
+            "shard", "conc", "tls put GB/s", "/plain", "tls fetch GB/s", "/plain"
+        );
+        for c in &report.cases {
+            let (Some(put), Some(fetch)) = (c.tls_put_bytes_per_sec, c.tls_fetch_bytes_per_sec) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{:>9} {:>5} {:>13.2} {:>7.2}x {:>15.2} {:>7.2}x",
+                show::bytes(c.shard_bytes),
+                c.concurrency,
+                put / 1e9,
+                put / c.put_bytes_per_sec,
+                fetch / 1e9,
+                fetch / c.fetch_bytes_per_sec
+            );
+        }
     }
     out
 }

@@ -119,6 +119,10 @@ pub enum Mode {
     /// TCP, [`BATCH`] shards per request, each payload written by the
     /// client's receiver straight into a registered region.
     RegionTcp,
+    /// TCP under TLS.
+    Tls,
+    /// TCP under TLS, [`BATCH`] shards per request into a region.
+    RegionTls,
 }
 
 impl Mode {
@@ -131,12 +135,22 @@ impl Mode {
             Mode::CopyingUnix => "copying_unix",
             Mode::Tcp => "tcp",
             Mode::RegionTcp => "region_tcp",
+            Mode::Tls => "tls",
+            Mode::RegionTls => "region_tls",
         }
+    }
+
+    /// Whether it goes over the network stack (TCP or TLS).
+    fn networked(self) -> bool {
+        matches!(self, Mode::Tcp | Mode::RegionTcp | Mode::Tls | Mode::RegionTls)
     }
 
     /// Whether it fetches [`BATCH`] shards per request.
     fn batched(self) -> bool {
-        matches!(self, Mode::ZeroCopyUnixBatch | Mode::RegionUnix | Mode::RegionTcp)
+        matches!(
+            self,
+            Mode::ZeroCopyUnixBatch | Mode::RegionUnix | Mode::RegionTcp | Mode::RegionTls
+        )
     }
 
     fn label(self) -> &'static str {
@@ -147,6 +161,8 @@ impl Mode {
             Mode::RegionTcp => "region tcp",
             Mode::CopyingUnix => "copying unix",
             Mode::Tcp => "tcp",
+            Mode::Tls => "tls",
+            Mode::RegionTls => "region tls",
         }
     }
 }
@@ -240,7 +256,7 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
         .context("the daemon has no pinned arena (arena.size = 0): nothing is hot")?;
     let unix = match Endpoint::parse(endpoint)? {
         Endpoint::Unix(_) => Some(endpoint.to_string()),
-        Endpoint::Tcp(_) => status.listen.iter().find(|e| e.starts_with("unix://")).cloned(),
+        Endpoint::Tcp(_) | Endpoint::Tls(_) => status.listen.iter().find(|e| e.starts_with("unix://")).cloned(),
     };
     let tcp = args
         .tcp
@@ -260,6 +276,13 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
     match &tcp {
         Some(tcp) => modes.push((Mode::Tcp, connect(tcp, base, false, args.connections).await?)),
         None => eprintln!("shardctl bench: the daemon has no TCP endpoint; skipping TCP"),
+    }
+    let tls = status.listen.iter().find(|e| e.starts_with("tls://")).cloned();
+    let trusts = base.tls.ca_file.is_some() || std::env::var_os(shardd_client::tls::TLS_CA_ENV).is_some();
+    match &tls {
+        Some(tls) if trusts => modes.push((Mode::Tls, connect(tls, base, false, args.connections).await?)),
+        Some(tls) => eprintln!("shardctl bench: skipping TLS ({tls}): pass --tls-ca to trust the daemon's certificate"),
+        None => {}
     }
     anyhow::ensure!(!modes.is_empty(), "no way to reach the daemon");
     let baselines_on = match args.baselines.as_str() {
@@ -291,6 +314,7 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
             Mode::ZeroCopyUnix => cases.push((Mode::ZeroCopyUnixBatch, i)),
             Mode::CopyingUnix => cases.push((Mode::RegionUnix, i)),
             Mode::Tcp => cases.push((Mode::RegionTcp, i)),
+            Mode::Tls => cases.push((Mode::RegionTls, i)),
             _ => {}
         }
     }
@@ -349,7 +373,7 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
                     Mode::ZeroCopyUnixBatch => {
                         batch_loop(clients, &args.namespace, sweep, BATCH, Destination::Buffer).await?
                     }
-                    Mode::RegionUnix | Mode::RegionTcp => {
+                    Mode::RegionUnix | Mode::RegionTcp | Mode::RegionTls => {
                         batch_loop(clients, &args.namespace, sweep, BATCH, Destination::Region).await?
                     }
                     _ => fetch_loop(clients, &args.namespace, sweep).await?,
@@ -384,7 +408,7 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
     put_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
     let mut small = Vec::new();
     for &concurrency in &args.small_concurrency {
-        for (mode, clients) in modes.iter().filter(|&&(m, _)| m != Mode::Tcp && chosen(m)) {
+        for (mode, clients) in modes.iter().filter(|&&(m, _)| !m.networked() && chosen(m)) {
             let mut runs = Vec::new();
             for _ in 0..args.runs {
                 runs.push(small_loop(clients, &args.namespace, concurrency, args.small_requests).await?);
@@ -409,7 +433,7 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
         Mode::ZeroCopyUnix => Mode::ZeroCopyUnixBatch,
         other => other,
     };
-    for (mode, clients) in modes.iter().filter(|&&(m, _)| m != Mode::Tcp && chosen(batched(m))) {
+    for (mode, clients) in modes.iter().filter(|&&(m, _)| !m.networked() && chosen(batched(m))) {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             let requests = args

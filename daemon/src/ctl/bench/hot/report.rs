@@ -95,6 +95,9 @@ pub(super) fn render(report: &HotReport) -> String {
             Mode::Tcp | Mode::RegionTcp => {
                 let _ = write!(out, " {:>9}", "/iperf3");
             }
+            Mode::Tls | Mode::RegionTls => {
+                let _ = write!(out, " {:>9}", "/tcp");
+            }
             Mode::CopyingUnix => {}
         }
     }
@@ -137,6 +140,18 @@ pub(super) fn render(report: &HotReport) -> String {
                         let _ = write!(out, " {:>9}", "-");
                     }
                 },
+                Mode::Tls | Mode::RegionTls => {
+                    // TLS's cost: beside the same fetches over plain TCP.
+                    let plain = if *mode == Mode::Tls { Mode::Tcp } else { Mode::RegionTcp };
+                    match size.modes.iter().find(|(m, _)| *m == plain) {
+                        Some((_, tcp)) => {
+                            let _ = write!(out, " {:>8.2}x", rate / tcp);
+                        }
+                        None => {
+                            let _ = write!(out, " {:>9}", "-");
+                        }
+                    }
+                }
                 Mode::CopyingUnix => {}
             }
         }
@@ -146,7 +161,8 @@ pub(super) fn render(report: &HotReport) -> String {
         out,
         "(zc unix batch: {} shards per request, copied out of views asked for together; region unix/tcp: as many\n \
          per request into a registered region, written by the daemon (unix) or by the receiver as the payload\n \
-         arrives (tcp); memcpy b: memcpy into destinations as large as a batch's, as a layer gather writes)",
+         arrives (tcp, tls); memcpy b: memcpy into destinations as large as a batch's, as a layer gather writes;\n \
+         /tcp: a TLS row beside the same fetches over plain TCP in the same run)",
         super::BATCH
     );
     let _ = writeln!(
