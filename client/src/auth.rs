@@ -5,8 +5,9 @@
 //! by the `SHARDD_AUTH_KEY_FILE` environment variable. The client offers the
 //! key in its hello, checks the daemon's proof that it holds the same key,
 //! then proves its own; a daemon that does not prove it is refused, so a
-//! client with a key never talks to an impostor. Unix-socket connections
-//! need no key.
+//! client with a key never talks to an impostor (over TLS the daemon's
+//! certificate proves who it is, and one that requires client certificates
+//! asks for no key). Unix-socket connections need no key.
 //!
 //! [`ClientOptions::auth_key`]: crate::ClientOptions::auth_key
 

@@ -346,3 +346,33 @@ fn a_short_training_loop_over_two_daemons_reports_step_and_stall() {
         assert!(listing.contains("0 shards"), "{listing}");
     }
 }
+
+#[test]
+fn a_short_files_benchmark_over_tcp_authenticates_with_the_daemons_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = loopback_daemon(dir.path(), "");
+    let tcp = listening(&daemon)
+        .into_iter()
+        .find(|e| e.starts_with("tcp://"))
+        .unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .env_remove("SHARDD_ENDPOINT")
+        .arg("--auth-key-file")
+        .arg(daemon.key_file())
+        .args(["--endpoint", &tcp, "bench", "files", "--json", "--runs", "1"])
+        .args(["--size", "4MiB", "--tensors", "2", "--dir"])
+        .arg(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert!(row["bytes_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["baseline_bytes_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}

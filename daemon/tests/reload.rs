@@ -199,3 +199,25 @@ fn sighup_rotates_tcp_keys_old_and_new_together_then_only_the_new() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn auth_none_warns_at_start_and_on_every_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shardd.toml");
+    let log = dir.path().join("stderr.log");
+    std::fs::write(
+        &file,
+        "auth = \"none\"\n[storage]\nmin_free = 0\n[arena]\nsize = \"32MiB\"\n",
+    )
+    .unwrap();
+    let mut child = spawn(dir.path(), &file, "127.0.0.1:0", &log);
+    let warning = "auth = \"none\": TCP peers are not authenticated";
+    assert!(wait_for_log(&log, warning).contains("WARN"));
+    hup(&child);
+    wait_for_log(&log, "reloaded");
+    assert_eq!(wait_for_log(&log, warning).matches(warning).count(), 2);
+    assert!(!dir.path().join("data").join("keys").exists(), "no key is made");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
