@@ -18,6 +18,32 @@ fn signal(process: &Process, signal: i32) {
     assert_eq!(rc, 0, "kill({signal})");
 }
 
+/// Waits until every thread of `process` is stopped: a SIGSTOP is
+/// delivered to each thread on its way, and a thread that is running may
+/// answer one more request before it is (on a loaded host, for a while).
+fn wait_stopped(process: &Process) {
+    let tasks = format!("/proc/{}/task", process.child.id());
+    let stopped = |stat: &str| {
+        // The state follows the command name's closing parenthesis.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .all(|task| std::fs::read_to_string(task.path().join("stat")).is_ok_and(|s| stopped(&s)));
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the daemon's threads did not all stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_times_out_with_its_name_and_is_used_again_when_it_thaws() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -39,6 +65,7 @@ async fn a_frozen_node_times_out_with_its_name_and_is_used_again_when_it_thaws()
     result.unwrap();
 
     signal(&nodes[1], libc::SIGSTOP);
+    wait_stopped(&nodes[1]);
     let started = Instant::now();
     let (buf, result) = cluster.gather(&layer, buf).await;
     let waited = started.elapsed();
