@@ -46,14 +46,19 @@ fn loopback_daemon(dir: &std::path::Path, extra: &str) -> Process {
     })
 }
 
-/// The endpoints `daemon` says it listens on.
-fn listening(daemon: &Process) -> Vec<String> {
-    let status = Command::cargo_bin("shardctl")
+/// What `shardctl status --json` says of `daemon`.
+fn status(daemon: &Process) -> serde_json::Value {
+    let out = Command::cargo_bin("shardctl")
         .unwrap()
         .args(["--endpoint", &daemon.endpoint(), "status", "--json"])
         .output()
         .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The endpoints `daemon` says it listens on.
+fn listening(daemon: &Process) -> Vec<String> {
+    let status = status(daemon);
     let listen = status["listen"].as_array().unwrap().iter();
     listen.filter_map(|e| e.as_str().map(str::to_string)).collect()
 }
@@ -146,12 +151,7 @@ fn a_short_benchmark_reports_every_case_beside_fio() {
         assert!(report["fio"]["fixedbufs_write_bytes_per_sec"].as_f64().unwrap() > 0.0);
     }
     // The benchmark cleans up after itself (shards and fio files).
-    let status = Command::cargo_bin("shardctl")
-        .unwrap()
-        .args(["--endpoint", &daemon.endpoint(), "status", "--json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = status(&daemon);
     assert_eq!(status["shards"], 0);
     // The fetches read the drive: every shard was loaded, none was a hit;
     // each run fetches every shard twice (into buffers, then into regions).
