@@ -16,6 +16,7 @@ use shardd_client::{AuthKey, Client, ClientOptions};
 
 pub use shardd::ctl::bench::pattern;
 
+pub mod ext4;
 pub mod raw;
 pub use raw::RawClient;
 

@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+/// Shared with the end-to-end tests (`shardd-tests`), whose library holds it.
+#[path = "../../../tests/src/ext4.rs"]
+pub mod ext4;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
