@@ -5,8 +5,9 @@
 //!   `docs/METRICS.md`).
 //! * `GET /healthz`: 200 while the process serves HTTP at all.
 //! * `GET /readyz`: 200 once the index is recovered and the listeners are
-//!   up, while every data dir is writable and the daemon is not shutting
-//!   down; otherwise 503 with the reasons, one per line.
+//!   up, while every data dir is writable and its drive has not failed and
+//!   the daemon is not shutting down; otherwise 503 with the reasons, one
+//!   per line.
 //! * `GET /v1/status`: the `shardctl status` figures as JSON, with
 //!   `version` and readiness.
 
@@ -123,6 +124,13 @@ async fn not_ready(ctx: &ServerContext) -> Vec<String> {
         Ok(dirs) => reasons.extend(dirs),
         Err(e) => reasons.push(format!("cannot check the data dirs: {e}")),
     }
+    reasons.extend(
+        ctx.service
+            .store()
+            .failed_dirs()
+            .into_iter()
+            .map(|(dir, failure)| format!("data dir {} failed: {failure}", dir.display())),
+    );
     reasons
 }
 

@@ -14,6 +14,7 @@
 //!
 //! * [`format`](mod@format): the shard file format.
 //! * [`dir`]: a data directory and its layout.
+//! * [`health`]: whether each data directory's drive works.
 //! * [`index`]: the in-memory index.
 //! * [`buffers`]: chunk buffers under a memory budget.
 //! * [`crc`]: combining chunk checksums into the shard's.
@@ -31,6 +32,7 @@ pub mod crc;
 pub mod dir;
 pub mod error;
 pub mod format;
+pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod namespaces;
@@ -40,8 +42,8 @@ pub mod versions;
 pub mod writer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Weak};
 
 use serde::{Deserialize, Serialize};
 use shardd_protocol::{DType, DataDirStatus, Key, Namespace, ShardMeta};
@@ -214,7 +216,66 @@ impl Store {
             let failed = store.verify_all().await;
             tracing::info!(failed, "verified every shard");
         }
+        tokio::spawn(reprobe_failed_dirs(Arc::downgrade(&store.inner)));
         Ok(store)
+    }
+
+    /// The data dirs whose drive is failed, with why.
+    pub fn failed_dirs(&self) -> Vec<(PathBuf, health::Failure)> {
+        self.inner
+            .dirs
+            .iter()
+            .filter_map(|d| Some((d.path.clone(), d.health.failure()?)))
+            .collect()
+    }
+
+    /// Notes an I/O error of `op` on data dir `dir`: counts it and, when it
+    /// says the drive may be gone, probes the dir (in the background; see
+    /// [`health`]).
+    pub(crate) fn io_failed(&self, dir: usize, op: metrics::IoOp, e: &std::io::Error) {
+        self.inner.metrics.error(dir, op);
+        if health::is_drive_failure(e) {
+            self.probe(dir);
+        }
+    }
+
+    /// Whether data dir `dir` is failed now; the error says which and why.
+    pub(crate) fn check_dir(&self, dir: usize) -> Result<(), StoreError> {
+        let data_dir = &self.inner.dirs[dir];
+        if !data_dir.health.is_failed() {
+            return Ok(());
+        }
+        let why = data_dir.health.failure().map(|f| f.error).unwrap_or_default();
+        Err(StoreError::io(
+            format!("data dir {} failed ({why})", data_dir.path.display()),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ))
+    }
+
+    /// Probes data dir `dir` in the background unless a probe of it runs.
+    fn probe(&self, dir: usize) {
+        if !self.inner.dirs[dir].health.begin_probe() {
+            return;
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let data_dir = &store.inner.dirs[dir];
+            let outcome = data_dir.probe().map_err(|e| e.to_string());
+            if !data_dir.health.end_probe(outcome) {
+                return;
+            }
+            let path = data_dir.path.display();
+            match data_dir.health.failure() {
+                Some(failure) => tracing::error!(
+                    dir = %path,
+                    error = %failure.error,
+                    "data dir failed: its shards cannot be read until it works again (the arena keeps \
+                     serving those it holds); new shards go to the other data dirs"
+                ),
+                None => tracing::warn!(dir = %path, "data dir works again"),
+            }
+            store.inner.metrics.set_failed(dir, data_dir.health.is_failed());
+        });
     }
 
     /// The data directories (resolved paths), in the configuration's order.
@@ -275,6 +336,24 @@ impl Store {
     /// Opens the current version of a shard for reading.
     pub async fn open_reader(&self, namespace: &Namespace, key: &Key) -> Result<ShardReader, StoreError> {
         ShardReader::open_current(self.clone(), namespace, key).await
+    }
+}
+
+/// Probes every failed data dir each [`health::REPROBE_INTERVAL`], for as
+/// long as the store lives.
+async fn reprobe_failed_dirs(store: Weak<Inner>) {
+    let mut tick = tokio::time::interval(health::REPROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = store.upgrade() else { return };
+        let store = Store { inner };
+        for dir in 0..store.inner.dirs.len() {
+            if store.inner.dirs[dir].health.is_failed() {
+                store.probe(dir);
+            }
+        }
     }
 }
 

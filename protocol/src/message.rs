@@ -577,6 +577,9 @@ pub struct DataDirStatus {
     pub capacity_bytes: u64,
     /// Bytes available to the daemon on its file system.
     pub free_bytes: u64,
+    /// Why its drive is failed, if it is (an I/O error, then a failed
+    /// probe): its shards cannot be read and new ones go elsewhere.
+    pub failed: Option<String>,
 }
 
 /// Body of every response whose status is not `ok`.

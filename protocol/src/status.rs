@@ -30,13 +30,17 @@ pub enum Status {
     Internal,
     /// No protocol version both sides speak.
     UnsupportedVersion,
+    /// A drive failed reading or writing (EIO, or its file system went
+    /// read-only): shards on that drive cannot be served; the daemon's
+    /// other drives and its arena keep serving.
+    Io,
     /// A code this crate does not know (sent by a newer peer).
     Other(u16),
 }
 
 impl Status {
     /// Every named status, in code order.
-    pub const NAMED: [Status; 12] = [
+    pub const NAMED: [Status; 13] = [
         Status::Ok,
         Status::NotFound,
         Status::VersionConflict,
@@ -49,6 +53,7 @@ impl Status {
         Status::ShuttingDown,
         Status::Internal,
         Status::UnsupportedVersion,
+        Status::Io,
     ];
 
     /// The wire code.
@@ -66,6 +71,7 @@ impl Status {
             Status::ShuttingDown => 9,
             Status::Internal => 10,
             Status::UnsupportedVersion => 11,
+            Status::Io => 12,
             Status::Other(code) => code,
         }
     }
@@ -93,6 +99,7 @@ impl Status {
             Status::ShuttingDown => "shutting_down",
             Status::Internal => "internal",
             Status::UnsupportedVersion => "unsupported_version",
+            Status::Io => "io_error",
             Status::Other(_) => "other",
         }
     }
@@ -119,11 +126,12 @@ mod tests {
     #[test]
     fn codes_are_pinned() {
         let codes: Vec<u16> = Status::NAMED.iter().map(|s| s.code()).collect();
-        assert_eq!(codes, (0..12).collect::<Vec<u16>>());
+        assert_eq!(codes, (0..13).collect::<Vec<u16>>());
         for s in Status::NAMED {
             assert_eq!(Status::from_code(s.code()), s);
         }
         assert_eq!(Status::from_code(500), Status::Other(500));
         assert_eq!(Status::NotFound.to_string(), "not found");
+        assert_eq!(Status::Io.to_string(), "io error");
     }
 }

@@ -30,6 +30,7 @@ __all__ = [
     "ShuttingDown",
     "Internal",
     "UnsupportedVersion",
+    "DriveError",
     "InvalidEndpoint",
     "InvalidName",
     "ConnectError",
@@ -94,6 +95,11 @@ class Internal(Error):
 
 class UnsupportedVersion(Error):
     """The daemon and this client share no protocol version."""
+
+
+class DriveError(Error, OSError):
+    """A drive of the daemon failed reading or writing the shard (status
+    ``io_error``); its other drives and its memory tier keep serving."""
 
 
 class InvalidEndpoint(Error, ValueError):

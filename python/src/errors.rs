@@ -25,6 +25,7 @@ fn class_of_status(status: Status) -> &'static str {
         Status::Busy => "Busy",
         Status::ShuttingDown => "ShuttingDown",
         Status::UnsupportedVersion => "UnsupportedVersion",
+        Status::Io => "DriveError",
         Status::Internal | Status::Ok | Status::Other(_) => "Internal",
     }
 }

@@ -200,6 +200,9 @@ pub fn status(s: &StatusResponse) -> String {
             bytes(d.capacity_bytes),
             if d.direct_io { "O_DIRECT" } else { "buffered I/O" }
         );
+        if let Some(failed) = &d.failed {
+            let _ = writeln!(out, "             FAILED: {failed}");
+        }
     }
     out
 }

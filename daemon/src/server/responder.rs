@@ -67,7 +67,7 @@ pub fn log_refusal(op: Opcode, id: u64, e: &StoreError) {
     let status = e.status();
     match status {
         Status::Internal => tracing::error!(%op, id, error = %e, "request failed"),
-        Status::NoSpace => tracing::warn!(%op, id, error = %e, "request refused"),
+        Status::NoSpace | Status::Io => tracing::warn!(%op, id, error = %e, "request refused"),
         // Quarantines are logged where they happen; the rest is the client's business.
         _ => tracing::debug!(%op, id, %status, error = %e, "request refused"),
     }

@@ -102,6 +102,7 @@ impl Store {
                 });
             }
         }
+        self.check_dir(entry.dir)?;
         let dir = &self.inner.dirs[entry.dir];
         let path = dir.shard_path(namespace, entry.file_id);
         let parent = dir.shard_parent(namespace, entry.file_id);
@@ -110,7 +111,10 @@ impl Store {
             fs::sync_dir(&parent)
         })
         .await
-        .map_err(|e| StoreError::io(format!("delete {namespace}/{key}"), e))?;
+        .map_err(|e| {
+            self.io_failed(entry.dir, super::metrics::IoOp::Metadata, &e);
+            StoreError::io(format!("delete {namespace}/{key}"), e)
+        })?;
         self.inner.index.remove_if_current(&entry);
         dir.account_remove(entry.meta.len);
         Ok(entry.meta.version)
@@ -118,7 +122,7 @@ impl Store {
 
     /// Counts and per-directory state.
     pub async fn status(&self) -> StoreStatus {
-        let dirs: Vec<(String, bool, u64, u64, PathBuf)> = self
+        let dirs: Vec<(String, bool, u64, u64, PathBuf, Option<String>)> = self
             .inner
             .dirs
             .iter()
@@ -129,13 +133,14 @@ impl Store {
                     d.shards.load(Ordering::Relaxed),
                     d.bytes.load(Ordering::Relaxed),
                     d.path.clone(),
+                    d.health.failure().map(|f| f.to_string()),
                 )
             })
             .collect();
         let data_dirs = fs::blocking(move || {
             Ok(dirs
                 .into_iter()
-                .map(|(path, direct_io, shards, bytes, fs_path)| {
+                .map(|(path, direct_io, shards, bytes, fs_path, failed)| {
                     let space = fs::space(&fs_path).unwrap_or(fs::Space {
                         capacity: 0,
                         available: 0,
@@ -147,6 +152,7 @@ impl Store {
                         bytes,
                         capacity_bytes: space.capacity,
                         free_bytes: space.available,
+                        failed,
                     }
                 })
                 .collect::<Vec<_>>())

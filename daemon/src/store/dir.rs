@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use shardd_protocol::Namespace;
 
+use super::health::{DirHealth, PROBE_FILE};
 use crate::io::fs;
 
 const MARKER: &str = "SHARDD_DATA_DIR";
@@ -40,6 +41,8 @@ pub struct DataDir {
     /// A scratch put was published here without syncing since the last
     /// [`DataDir::sync_if_unsynced`].
     unsynced: std::sync::atomic::AtomicBool,
+    /// Whether its drive works.
+    pub health: DirHealth,
     _lock: std::fs::File,
 }
 
@@ -151,6 +154,7 @@ impl DataDir {
             id_prefix: random_u64(),
             id_counter: AtomicU64::new(0),
             unsynced: std::sync::atomic::AtomicBool::new(false),
+            health: DirHealth::default(),
             _lock: lock,
         })
     }
@@ -198,6 +202,14 @@ impl DataDir {
     pub fn shard_parent_chain(&self, namespace: &Namespace, id: FileId) -> [PathBuf; 3] {
         let ns_dir = self.shards_dir().join(namespace.as_str());
         [self.shards_dir(), ns_dir, self.shard_parent(namespace, id)]
+    }
+
+    /// Writes, syncs and removes a small file in `tmp/`: whether the drive
+    /// takes writes now (blocking).
+    pub fn probe(&self) -> io::Result<()> {
+        let path = self.tmp_dir().join(PROBE_FILE);
+        fs::write_file_synced(&path, &[0u8; 4096])?;
+        fs::remove_file(&path)
     }
 
     /// Size and free space of the directory's file system.

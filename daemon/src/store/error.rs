@@ -63,7 +63,9 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
-    /// An I/O error; ENOSPC and EDQUOT are reported as no space.
+    /// An I/O error: `io error` on the wire, but ENOSPC and EDQUOT are
+    /// `no space`, and an error the operating system did not report (a
+    /// bug) is `internal`.
     #[error("{context}: {source}")]
     Io {
         /// What was being done.
@@ -86,6 +88,8 @@ impl StoreError {
             StoreError::Unauthorized(_) => Status::Unauthorized,
             StoreError::Other { status, .. } => *status,
             StoreError::Io { source, .. } if is_no_space(source) => Status::NoSpace,
+            // An error the operating system reported: the drive's.
+            StoreError::Io { source, .. } if source.raw_os_error().is_some() => Status::Io,
             StoreError::Io { .. } => Status::Internal,
         }
     }

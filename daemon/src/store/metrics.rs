@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 /// Bucket bounds of drive operation latency, in seconds: from a 4 KiB read
 /// served by an NVMe drive's cache (tens of microseconds) to a 1 MiB chunk
@@ -24,6 +24,8 @@ pub enum IoOp {
     Write,
     /// An `fdatasync` (or directory fsync).
     Sync,
+    /// An open, create, rename or removal of a shard file.
+    Metadata,
 }
 
 /// One data dir's handles.
@@ -34,7 +36,8 @@ struct DirHandles {
     read_seconds: Histogram,
     write_seconds: Histogram,
     sync_seconds: Histogram,
-    errors: [IntCounter; 3],
+    errors: [IntCounter; 4],
+    failed: IntGauge,
 }
 
 /// The store's metric handles.
@@ -46,6 +49,7 @@ pub struct StoreMetrics {
     write_seconds: HistogramVec,
     sync_seconds: HistogramVec,
     errors: IntCounterVec,
+    failed: IntGaugeVec,
     checksum_failures: IntCounter,
     dirs: Vec<DirHandles>,
 }
@@ -91,6 +95,14 @@ impl StoreMetrics {
             &["dir", "op"],
         )
         .expect("valid metric definition");
+        let failed = IntGaugeVec::new(
+            Opts::new(
+                "shardd_data_dir_failed",
+                "1 while a data dir's drive is failed (its shards cannot be read; puts go elsewhere), else 0.",
+            ),
+            &["dir"],
+        )
+        .expect("valid metric definition");
         let checksum_failures = IntCounter::new(
             "shardd_checksum_failures_total",
             "Chunks read from a drive whose CRC32C did not match (the shard is quarantined).",
@@ -104,7 +116,8 @@ impl StoreMetrics {
                 read_seconds: read_seconds.with_label_values(&[dir]),
                 write_seconds: write_seconds.with_label_values(&[dir]),
                 sync_seconds: sync_seconds.with_label_values(&[dir]),
-                errors: ["read", "write", "sync"].map(|op| errors.with_label_values(&[dir, op])),
+                errors: ["read", "write", "sync", "metadata"].map(|op| errors.with_label_values(&[dir, op])),
+                failed: failed.with_label_values(&[dir]),
             })
             .collect();
         StoreMetrics {
@@ -114,6 +127,7 @@ impl StoreMetrics {
             write_seconds,
             sync_seconds,
             errors,
+            failed,
             checksum_failures,
             dirs,
         }
@@ -128,6 +142,7 @@ impl StoreMetrics {
             Box::new(self.write_seconds.clone()),
             Box::new(self.sync_seconds.clone()),
             Box::new(self.errors.clone()),
+            Box::new(self.failed.clone()),
             Box::new(self.checksum_failures.clone()),
         ]
     }
@@ -159,6 +174,13 @@ impl StoreMetrics {
     pub fn error(&self, dir: usize, op: IoOp) {
         if let Some(d) = self.dirs.get(dir) {
             d.errors[op as usize].inc();
+        }
+    }
+
+    /// Whether dir `dir` is failed now.
+    pub fn set_failed(&self, dir: usize, failed: bool) {
+        if let Some(d) = self.dirs.get(dir) {
+            d.failed.set(i64::from(failed));
         }
     }
 

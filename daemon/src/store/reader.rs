@@ -75,6 +75,8 @@ impl ShardReader {
         let (entry, opened) = {
             let _guard = store.lock_key(namespace, key).await;
             let entry = store.current(namespace, key)?;
+            // A failed drive is not asked: it may take long to say no.
+            store.check_dir(entry.dir)?;
             let opened = open_file(&store, &entry).await;
             (entry, opened)
         };
@@ -92,6 +94,9 @@ impl ShardReader {
             let current = store.inner.index.get(&entry.meta.namespace, &entry.meta.key);
             if !current.is_some_and(|c| Arc::ptr_eq(&c, &entry)) {
                 return None;
+            }
+            if let Err(e) = store.check_dir(entry.dir) {
+                return Some(Err(e));
             }
             open_file(&store, &entry).await
         };
@@ -122,7 +127,10 @@ impl ShardReader {
                     reason,
                 })
             }
-            Err(e) => Err(StoreError::io(format!("open {}", path().display()), e)),
+            Err(e) => {
+                store.io_failed(entry.dir, IoOp::Metadata, &e);
+                Err(StoreError::io(format!("open {}", path().display()), e))
+            }
         }
     }
 
@@ -235,7 +243,7 @@ impl ChunkStream {
         let metrics = self.reader.store.metrics();
         match &outcome.result {
             Ok(read) => metrics.read(self.reader.entry.dir, *read, submitted),
-            Err(_) => metrics.error(self.reader.entry.dir, IoOp::Read),
+            Err(e) => self.reader.store.io_failed(self.reader.entry.dir, IoOp::Read, e),
         }
         let result = self
             .verify(index, outcome.buf, outcome.result)

@@ -85,7 +85,19 @@ impl ShardWriter {
             h.finish() as usize % dirs.len()
         });
         let min_free = config.min_free_bytes;
-        let candidates: Vec<(usize, PathBuf)> = dirs.iter().map(|d| (d.index, d.path.clone())).collect();
+        // Failed drives take no new shards.
+        let candidates: Vec<(usize, PathBuf)> = dirs
+            .iter()
+            .filter(|d| !d.health.is_failed())
+            .map(|d| (d.index, d.path.clone()))
+            .collect();
+        if candidates.is_empty() {
+            let failed: Vec<String> = dirs.iter().map(|d| d.path.display().to_string()).collect();
+            return Err(StoreError::io(
+                format!("every data dir failed ({})", failed.join(", ")),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         let dir = fs::blocking(move || choose_dir(&candidates, preferred, file_len, min_free))
             .await
             .map_err(|e| StoreError::io("read free space of the data dirs", e))?
@@ -105,7 +117,10 @@ impl ShardWriter {
             Ok(file)
         })
         .await
-        .map_err(|e| StoreError::io(format!("create {}", temp_path.display()), e))?;
+        .map_err(|e| {
+            store.io_failed(dir, IoOp::Metadata, &e);
+            StoreError::io(format!("create {}", temp_path.display()), e)
+        })?;
 
         Ok(ShardWriter {
             store,
@@ -238,7 +253,7 @@ impl ShardWriter {
         let metrics = self.store.metrics();
         match &outcome.result {
             Ok(written) => metrics.written(self.dir, *written, submitted),
-            Err(_) => metrics.error(self.dir, IoOp::Write),
+            Err(e) => self.store.io_failed(self.dir, IoOp::Write, e),
         }
         if let Some(kept) = &mut self.kept {
             kept.push(outcome.buf);
@@ -307,7 +322,11 @@ impl ShardWriter {
         let metrics = self.store.metrics();
         let write = engine.write(&self.file, 0, buf, header.len());
         let submitted = write.submitted();
-        let written = write.await.result.inspect_err(|_| metrics.error(self.dir, IoOp::Write));
+        let store = &self.store;
+        let written = write
+            .await
+            .result
+            .inspect_err(|e| store.io_failed(self.dir, IoOp::Write, e));
         let written =
             written.map_err(|e| StoreError::io(format!("write header of {}", self.temp_path.display()), e))?;
         metrics.written(self.dir, written, submitted);
@@ -316,7 +335,7 @@ impl ShardWriter {
             let submitted = sync.submitted();
             sync.await
                 .result
-                .inspect_err(|_| metrics.error(self.dir, IoOp::Sync))
+                .inspect_err(|e| store.io_failed(self.dir, IoOp::Sync, e))
                 .map_err(|e| StoreError::io(format!("fdatasync {}", self.temp_path.display()), e))?;
             metrics.synced(self.dir, submitted);
         } else {
@@ -371,7 +390,10 @@ impl ShardWriter {
             Ok(swapped)
         })
         .await
-        .map_err(|e| StoreError::io(format!("publish {}/{}", meta.namespace, meta.key), e))?;
+        .map_err(|e| {
+            store.io_failed(self.dir, IoOp::Metadata, &e);
+            StoreError::io(format!("publish {}/{}", meta.namespace, meta.key), e)
+        })?;
         self.published = true;
         if swapped {
             // Should this not happen before a crash, the start removes it

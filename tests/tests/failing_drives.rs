@@ -1,0 +1,168 @@
+//! A drive that fails while the daemon serves: two data directories, each
+//! on its own ext4 image, and one of them cut (`EXT4_IOC_SHUTDOWN`: every
+//! later I/O fails with EIO, as when a drive drops off its bus). Fetches of
+//! its shards fail promptly with `io error`, the other directory's shards
+//! and the arena's copies keep being served, new puts go to the other
+//! directory, and `status`, `/readyz` and the metrics name the failed one.
+//!
+//! Needs root (loop devices); skips, saying so, elsewhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shardd::config::{Config, Listen, Overrides};
+use shardd::ctl::bench::pattern;
+use shardd::io::EngineKind;
+use shardd_client::{Client, EvictMode, PutOptions, Status};
+use shardd_tests::ext4::Ext4Image;
+use shardd_tests::{engines, files_under, http_get, sample, skipped};
+
+const NAMESPACE: &str = "job";
+
+fn shard_files(data: &Path) -> usize {
+    files_under(&data.join("shards")).len()
+}
+
+async fn start(dir: &Path, data_dirs: Vec<PathBuf>, engine: EngineKind) -> shardd::Daemon {
+    let loopback = Listen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let config = Config::from_toml(
+        "[storage]\nmin_free = 0\n[arena]\nsize = \"64MiB\"\n",
+        Overrides {
+            data_dirs,
+            socket: Some(Listen::At(dir.join("shardd.sock"))),
+            tcp: Some(Listen::Off),
+            http: Some(loopback),
+            io_engine: Some(engine),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    shardd::Daemon::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_drive_fails_its_shards_promptly_while_the_other_drive_and_the_arena_serve() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (failing, healthy) = match (
+            Ext4Image::create(dir.path(), "nvme0", "128M"),
+            Ext4Image::create(dir.path(), "nvme1", "128M"),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                return skipped(format!("failing drive test: cannot mount an ext4 image ({e})"));
+            }
+        };
+        let (dead, alive) = (failing.path().join("data"), healthy.path().join("data"));
+        let daemon = start(dir.path(), vec![dead.clone(), alive.clone()], engine).await;
+        let http = format!("http://{}", daemon.http_addr().unwrap());
+        let client = Client::connect(&format!("unix://{}", dir.path().join("shardd.sock").display()))
+            .await
+            .unwrap();
+
+        // Shards over both drives; which drive took each is seen by its files.
+        let mut on_dead = BTreeMap::new();
+        let mut on_alive = BTreeMap::new();
+        for i in 0..24u64 {
+            let key = format!("k{i}");
+            let data = pattern(64 * 1024 + i as usize * 100, i);
+            let before = shard_files(&dead);
+            client
+                .put(NAMESPACE, &key, data.clone(), PutOptions::default())
+                .await
+                .unwrap();
+            if shard_files(&dead) > before {
+                on_dead.insert(key, data);
+            } else {
+                on_alive.insert(key, data);
+            }
+        }
+        assert!(
+            on_dead.len() >= 2 && !on_alive.is_empty(),
+            "{engine:?}: the shards spread over both drives"
+        );
+        // Only the drives hold them, but for one shard of the failing drive
+        // that stays in the arena.
+        let keys: Vec<&str> = on_dead.keys().chain(on_alive.keys()).map(String::as_str).collect();
+        client.evict(NAMESPACE, &keys, EvictMode::Demote).await.unwrap();
+        let (resident, resident_data) = on_dead.pop_first().unwrap();
+        client.fetch(NAMESPACE, &resident).await.unwrap();
+
+        failing.cut();
+
+        for key in on_dead.keys() {
+            let fetched = tokio::time::timeout(Duration::from_secs(30), client.fetch(NAMESPACE, key))
+                .await
+                .unwrap_or_else(|_| panic!("{engine:?}: a fetch of {key} from the failed drive hangs"));
+            let e = fetched.expect_err("a shard on the failed drive cannot be read");
+            assert_eq!(e.status(), Some(Status::Io), "{engine:?}: {key}: {e}");
+        }
+        for (key, data) in &on_alive {
+            let shard = client.fetch(NAMESPACE, key).await.unwrap();
+            assert!(shard.data == *data, "{engine:?}: {key} from the healthy drive");
+        }
+        let shard = client.fetch(NAMESPACE, &resident).await.unwrap();
+        assert!(
+            shard.data == resident_data,
+            "{engine:?}: the arena keeps serving {resident}"
+        );
+
+        // The daemon says which drive failed, in status, /readyz and metrics
+        // (once its probe of the drive has failed too).
+        let mut status = client.status().await.unwrap();
+        for _ in 0..100 {
+            if status.data_dirs[0].failed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            status = client.status().await.unwrap();
+        }
+        let failure = status.data_dirs[0]
+            .failed
+            .clone()
+            .expect("status names the failed data dir");
+        assert!(failure.contains("Input/output error"), "{failure}");
+        assert_eq!(status.data_dirs[1].failed, None);
+        let dead_path = status.data_dirs[0].path.clone();
+        let (code, body) = http_get(&format!("{http}/readyz")).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains(&format!("data dir {dead_path} failed")), "{body}");
+        let (_, metrics) = http_get(&format!("{http}/metrics")).await;
+        assert_eq!(
+            sample(&metrics, &format!("shardd_data_dir_failed{{dir=\"{dead_path}\"}}")),
+            Some(1.0)
+        );
+        assert!(
+            sample(
+                &metrics,
+                &format!("shardd_io_errors_total{{dir=\"{dead_path}\",op=\"read\"}}")
+            )
+            .is_some()
+        );
+
+        // New shards, and new versions of the failed drive's, go to the other.
+        let before = shard_files(&alive);
+        for i in 0..8u64 {
+            let data = pattern(50_000, 100 + i);
+            client
+                .put(NAMESPACE, &format!("new{i}"), data.clone(), PutOptions::default())
+                .await
+                .unwrap();
+            assert!(client.fetch(NAMESPACE, &format!("new{i}")).await.unwrap().data == data);
+        }
+        let (key, _) = on_dead.first_key_value().unwrap();
+        client
+            .put(NAMESPACE, key, pattern(1000, 7), PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            shard_files(&alive),
+            before + 9,
+            "{engine:?}: new shards went to the healthy drive"
+        );
+        assert!(client.fetch(NAMESPACE, key).await.unwrap().data == pattern(1000, 7));
+
+        daemon.stop().await.unwrap();
+    }
+}
