@@ -220,6 +220,17 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether a working data dir has room for `bytes` of new shards (and a
+    /// margin for their headers) while keeping `storage.min_free` free.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        let need = bytes + bytes / 64 + (1 << 20);
+        let min_free = self.inner.config.min_free_bytes;
+        self.inner.dirs.iter().filter(|d| !d.health.is_failed()).any(|d| {
+            d.space()
+                .is_ok_and(|space| space.available.saturating_sub(min_free) >= need)
+        })
+    }
+
     /// The data dirs whose drive is failed, with why.
     pub fn failed_dirs(&self) -> Vec<(PathBuf, health::Failure)> {
         self.inner

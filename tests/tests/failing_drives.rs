@@ -166,3 +166,97 @@ async fn a_failed_drive_fails_its_shards_promptly_while_the_other_drive_and_the_
         daemon.stop().await.unwrap();
     }
 }
+
+/// A full drive: puts answer `no space` and leave nothing behind, earlier
+/// shards stay readable, and puts work again once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drive_refuses_puts_clearly_and_takes_them_again_when_space_returns() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = match Ext4Image::create(dir.path(), "small", "48M") {
+            Ok(fs) => fs,
+            Err(e) => return skipped(format!("full drive test: cannot mount an ext4 image ({e})")),
+        };
+        let data = fs.path().join("data");
+        let mut daemon = start(dir.path(), vec![data.clone()], engine).await;
+        let endpoint = format!("unix://{}", dir.path().join("shardd.sock").display());
+        let mut client = Client::connect(&endpoint).await.unwrap();
+        let shard = |i: u64| pattern((1 << 20) + i as usize, i);
+
+        let mut stored = Vec::new();
+        let refusal = loop {
+            let i = stored.len() as u64;
+            match client
+                .put(NAMESPACE, &format!("k{i}"), shard(i), PutOptions::default())
+                .await
+            {
+                Ok(_) => stored.push(i),
+                Err(e) => break e,
+            }
+            assert!(stored.len() < 100, "{engine:?}: a 48 MiB drive took 100 MiB");
+        };
+        assert_eq!(refusal.status(), Some(Status::NoSpace), "{engine:?}: {refusal}");
+        assert!(refusal.to_string().contains("no data dir has room"), "{refusal}");
+        assert!(stored.len() >= 20, "{engine:?}: only {} shards fit", stored.len());
+        // Nothing of the refused put is left behind.
+        assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+        // A write-back put is refused as well rather than acknowledged from
+        // memory with nowhere to go.
+        let options = PutOptions {
+            durability: shardd_client::Durability::WriteBack,
+            ..PutOptions::default()
+        };
+        let write_back = client.put(NAMESPACE, "wb", shard(1000), options.clone()).await;
+        let e = write_back.expect_err("a write-back put with no room on any drive is refused");
+        assert_eq!(e.status(), Some(Status::NoSpace), "{engine:?}: {e}");
+
+        // Earlier shards are read from the drive, whole.
+        let keys: Vec<String> = stored.iter().map(|i| format!("k{i}")).collect();
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        client.evict(NAMESPACE, &names, EvictMode::Demote).await.unwrap();
+        for i in &stored {
+            assert!(client.fetch(NAMESPACE, &format!("k{i}")).await.unwrap().data == shard(*i));
+        }
+
+        // Room again: puts work.
+        for i in stored.drain(..4) {
+            client.delete(NAMESPACE, &format!("k{i}"), None).await.unwrap();
+        }
+        client
+            .put(NAMESPACE, "again", shard(500), PutOptions::default())
+            .await
+            .unwrap();
+        client.put(NAMESPACE, "wb", shard(1000), options.clone()).await.unwrap();
+
+        // And all of it is there after a restart.
+        drop(client);
+        daemon.stop().await.unwrap();
+        daemon = start(dir.path(), vec![data.clone()], engine).await;
+        client = Client::connect(&endpoint).await.unwrap();
+        let mut expected: Vec<(String, u64)> = stored.iter().map(|i| (format!("k{i}"), *i)).collect();
+        expected.extend([("again".to_string(), 500), ("wb".to_string(), 1000)]);
+        for (key, i) in &expected {
+            assert!(client.fetch(NAMESPACE, key).await.unwrap().data == shard(*i), "{key}");
+        }
+
+        // A write-back put acknowledged just before its drive fails: its
+        // flush fails, which stat and fetch say, and it is never served as
+        // if it were on a drive.
+        fs.cut();
+        client.put(NAMESPACE, "late", shard(2000), options).await.unwrap();
+        let mut stat = client.stat(NAMESPACE, "late").await.unwrap();
+        for _ in 0..200 {
+            if stat.cache.flush_error.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stat = client.stat(NAMESPACE, "late").await.unwrap();
+        }
+        let error = stat.cache.flush_error.expect("the stat says the flush failed");
+        assert!(error.contains("Input/output error"), "{engine:?}: {error}");
+        let err = client.fetch(NAMESPACE, "late").await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::Io), "{engine:?}: {err}");
+        assert!(err.to_string().contains("write-back to the drive failed"), "{err}");
+        daemon.stop().await.unwrap();
+    }
+}

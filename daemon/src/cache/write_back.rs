@@ -79,6 +79,13 @@ impl Cache {
         }
     }
 
+    /// Bytes of write-back puts acknowledged or admitted and not yet on a
+    /// drive.
+    pub fn unflushed_bytes(&self) -> u64 {
+        let state = self.state();
+        state.unwritten_bytes + state.admitted_bytes
+    }
+
     /// Takes `shard` off the write-back bytes not yet on the drive (it was
     /// flushed, replaced or forgotten), gives back the room it still held
     /// in the budget and wakes puts waiting for room. A shard counts once:

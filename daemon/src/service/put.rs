@@ -81,7 +81,11 @@ impl Service {
         let scratch = request.durability == Durability::Scratch;
         if let (Durability::WriteBack | Durability::Scratch, Some(cache)) = (request.durability, &cache) {
             if let Some(room) = cache.room_for_write_back(len, self.io_timeout).await {
-                if let Some(blocks) = cache.blocks_for_put(&spec.namespace, len) {
+                // Acknowledged from memory only if a drive can take it (and
+                // every write-back byte before it): a full drive refuses the
+                // put through the write-through path below, in so many words.
+                let drive_room = self.store().has_room_for(cache.unflushed_bytes());
+                if let Some(blocks) = drive_room.then(|| cache.blocks_for_put(&spec.namespace, len)).flatten() {
                     let reservation = self.store().check_put(&spec)?;
                     return Ok(PutSession {
                         len,
