@@ -376,3 +376,44 @@ fn a_short_files_benchmark_over_tcp_authenticates_with_the_daemons_key() {
         assert!(row["baseline_bytes_per_sec"].as_f64().unwrap() > 0.0, "{row}");
     }
 }
+
+#[test]
+fn a_short_soak_over_unix_and_tcp_checks_every_byte_and_reports_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = loopback_daemon(dir.path(), "");
+    let tcp = listening(&daemon)
+        .into_iter()
+        .find(|e| e.starts_with("tcp://"))
+        .unwrap();
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .env_remove("SHARDD_ENDPOINT")
+        .arg("--auth-key-file")
+        .arg(daemon.key_file())
+        .args(["--endpoint", &daemon.endpoint(), "bench", "soak", "--json"])
+        .args(["--duration", "6s", "--clients", "16", "--keys-per-client", "4"])
+        .args(["--max-size", "256KiB", "--tcp", &tcp])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["clients"], 16);
+    assert_eq!(report["tcp_clients"], 8);
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["bytes_checked"].as_u64().unwrap() > 0, "{report}");
+    let ops = report["ops"].as_array().unwrap();
+    let names: Vec<&str> = ops.iter().map(|o| o["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["put", "put_write_back", "fetch", "view", "prefetch", "evict", "delete"]
+    );
+    for op in ops {
+        assert!(op["count"].as_u64().unwrap() > 0, "{op}");
+        assert!(op["p99_us"].as_f64().unwrap() >= op["p50_us"].as_f64().unwrap(), "{op}");
+    }
+    // The daemon, found as the peer of its socket.
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["peak_anon_bytes"].as_u64().unwrap() > 0, "{report}");
+    // The soak's shards are gone afterwards.
+    assert_eq!(status(&daemon)["shards"], 0);
+}

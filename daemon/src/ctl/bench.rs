@@ -7,6 +7,8 @@
 //! * [`hot`]: fetches of shards in the pinned arena over zero-copy Unix,
 //!   copying Unix and TCP, beside memcpy and iperf3; and 4 KiB fetches
 //!   (latency and ops/s) beside redis-benchmark.
+//! * [`soak`]: sustained mixed load from many clients over Unix and TCP,
+//!   every byte read checked; ops/s, latency, errors, the daemon's memory.
 //! * [`train`]: a simulated training loop over one or more daemons (one
 //!   per node): stall with and without prefetch, and gather throughput.
 //! * [`baselines`]: running fio, iperf3, redis-benchmark and a memcpy loop.
@@ -15,6 +17,7 @@ pub mod baselines;
 pub mod cold;
 pub mod files;
 pub mod hot;
+pub mod soak;
 pub mod train;
 
 use clap::Subcommand;
@@ -31,6 +34,9 @@ pub enum BenchCommand {
     /// Hot fetch throughput and small-fetch latency, beside memcpy, iperf3
     /// and redis-benchmark.
     Hot(hot::HotArgs),
+    /// Sustained mixed load from many clients, every byte read checked:
+    /// ops/s and latency per operation, errors, the daemon's peak memory.
+    Soak(soak::SoakArgs),
     /// A simulated training loop over one or more daemons: step time and
     /// stall, with or without prefetch.
     Train(train::TrainArgs),
@@ -43,6 +49,7 @@ pub async fn run(endpoint: &str, base: &ClientOptions, command: &BenchCommand) -
         BenchCommand::Cold(args) => cold::run(endpoint, base, args).await,
         BenchCommand::Files(args) => files::run(endpoint, base, args).await,
         BenchCommand::Hot(args) => hot::run(endpoint, base, args).await,
+        BenchCommand::Soak(args) => soak::run(endpoint, base, args).await,
         BenchCommand::Train(args) => train::run(endpoint, base, args).await,
     }
 }
