@@ -77,8 +77,20 @@ impl Ext4Image {
         Ok(())
     }
 
+    /// Unmounts, waiting out "target is busy": a killed process's
+    /// io_uring instance is torn down after the process has gone (in a
+    /// kernel worker), holding its files open until then.
     fn unmount(&mut self) -> Result<(), String> {
-        run(Command::new("umount").arg(&self.mount))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match run(Command::new("umount").env("LC_ALL", "C").arg(&self.mount)) {
+                Ok(()) => break,
+                Err(e) if e.contains("busy") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.mounted = false;
         Ok(())
     }
