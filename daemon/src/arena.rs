@@ -1,6 +1,9 @@
 //! The pinned-memory arena: one memfd-backed region, locked into RAM where
 //! the memlock limit allows, carved into 4 KiB-aligned blocks for cached
-//! shard chunks. It is registered with io_uring as fixed buffers, so NVMe
+//! shard chunks. Making memory resident takes about a second per GiB, so
+//! only its first [`POPULATE_AT_START`] bytes are made so before the daemon
+//! serves; a thread does the rest piece by piece, and blocks are handed
+//! out only from what is ready. It is registered with io_uring as fixed buffers, so NVMe
 //! reads land in it and writes go out from it with no bounce copy, and its
 //! memfd, sealed and read-only, can be handed to local clients, who then
 //! read shards in place.
@@ -27,6 +30,14 @@ use crate::io::{AlignedBuf, FixedMemory, SharedSlice};
 
 /// Largest io_uring fixed buffer (a kernel limit).
 const MAX_FIXED_REGION: usize = 1 << 30;
+
+/// Bytes of the arena made resident before [`Arena::create`] returns (about
+/// a quarter of a second): the rest is populated in the background.
+pub const POPULATE_AT_START: u64 = 256 << 20;
+
+/// Bytes the background thread makes resident at a time, before handing
+/// them to the allocator.
+const POPULATE_PIECE: u64 = 64 << 20;
 
 /// Settings of the arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +67,10 @@ struct Shared {
     /// Bytes zeroed that way, and the nanoseconds it took.
     scrubbed_bytes: AtomicU64,
     scrub_nanos: AtomicU64,
+    /// Bytes from the start made resident and handed to the allocator.
+    populated: AtomicU64,
+    /// Woken when all of it is.
+    populated_all: tokio::sync::Notify,
 }
 
 /// Gives a block back when the buffer holding it is dropped.
@@ -102,14 +117,75 @@ impl Drop for BlockGuard {
 }
 
 impl Arena {
-    /// Creates the arena and logs how much of it is locked; if not all of
-    /// it, one warning says how to fix that.
+    /// Creates the arena with its first [`POPULATE_AT_START`] bytes
+    /// resident and starts a thread that makes the rest so. Once all of it
+    /// is, logs how much is locked; if not all, one warning says how to fix
+    /// that.
     pub fn create(config: ArenaConfig) -> anyhow::Result<Arena> {
         let block = config.max_block as u64;
         let size = config.size / block * block;
         anyhow::ensure!(size > 0, "the arena must hold at least one block of {block} bytes");
         let memory = ArenaMemory::create(size as usize, config.huge_pages)?;
-        let locked = memory.locked();
+        let region = MAX_FIXED_REGION / block as usize * block as usize;
+        let arena = Arena {
+            shared: Arc::new(Shared {
+                alloc: Mutex::new(SlabAllocator::unavailable(size, config.max_block)),
+                memory,
+                region,
+                scrub: Mutex::new(HashSet::new()),
+                scrubbed_bytes: AtomicU64::new(0),
+                scrub_nanos: AtomicU64::new(0),
+                populated: AtomicU64::new(0),
+                populated_all: tokio::sync::Notify::new(),
+            }),
+        };
+        let started = std::time::Instant::now();
+        let at_start = POPULATE_AT_START.max(block) / block * block;
+        arena.populate(0, at_start.min(size));
+        if at_start >= size {
+            arena.populated_all(started);
+        } else {
+            // Holds the arena only while it works on a piece: an arena dropped
+            // meanwhile (the daemon stopped) ends the thread.
+            let background = Arc::downgrade(&arena.shared);
+            std::thread::Builder::new()
+                .name("shardd-arena-populate".into())
+                .spawn(move || {
+                    let piece = POPULATE_PIECE.max(block) / block * block;
+                    let mut from = at_start;
+                    while from < size {
+                        let Some(shared) = background.upgrade() else { return };
+                        let to = (from + piece).min(size);
+                        Arena { shared }.populate(from, to);
+                        from = to;
+                    }
+                    if let Some(shared) = background.upgrade() {
+                        Arena { shared }.populated_all(started);
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("start the thread that populates the arena: {e}"))?;
+            tracing::info!(
+                arena_bytes = size,
+                ready_bytes = at_start,
+                "pinned arena: serving from its first {at_start} bytes while the rest is made resident"
+            );
+        }
+        Ok(arena)
+    }
+
+    /// Makes `[from, to)` resident and hands it to the allocator.
+    fn populate(&self, from: u64, to: u64) {
+        self.shared.memory.populate(from as usize..to as usize);
+        self.alloc_state().make_available(to);
+        self.shared.populated.store(to, Ordering::Release);
+    }
+
+    /// Logs how much is locked, once all of the arena is resident, and
+    /// wakes [`Arena::populated`].
+    fn populated_all(&self, started: std::time::Instant) {
+        let size = self.capacity();
+        let locked = self.locked();
+        let seconds = started.elapsed().as_secs_f64();
         if locked.bytes < size {
             let limit = if locked.limit == u64::MAX {
                 "unlimited".to_string()
@@ -119,6 +195,7 @@ impl Arena {
             tracing::warn!(
                 arena_bytes = size,
                 locked_bytes = locked.bytes,
+                seconds,
                 "pinned arena: only {} of {} bytes are locked in RAM (RLIMIT_MEMLOCK is {limit}); \
                  the rest may be swapped out. Raise the limit to lock all of it: \
                  LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited`",
@@ -126,19 +203,28 @@ impl Arena {
                 size
             );
         } else {
-            tracing::info!(arena_bytes = size, "pinned arena allocated and locked");
+            tracing::info!(arena_bytes = size, seconds, "pinned arena allocated and locked");
         }
-        let region = MAX_FIXED_REGION / block as usize * block as usize;
-        Ok(Arena {
-            shared: Arc::new(Shared {
-                alloc: Mutex::new(SlabAllocator::new(size, config.max_block)),
-                memory,
-                region,
-                scrub: Mutex::new(HashSet::new()),
-                scrubbed_bytes: AtomicU64::new(0),
-                scrub_nanos: AtomicU64::new(0),
-            }),
-        })
+        self.shared.populated_all.notify_waiters();
+    }
+
+    /// Bytes of the arena resident and in use by the allocator (all of it
+    /// once [`Arena::populated`] has returned).
+    pub fn populated_bytes(&self) -> u64 {
+        self.shared.populated.load(Ordering::Acquire)
+    }
+
+    /// Returns once all of the arena is resident.
+    pub async fn populated(&self) {
+        loop {
+            let woken = self.shared.populated_all.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.populated_bytes() >= self.capacity() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     fn alloc_state(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {

@@ -91,10 +91,20 @@ impl Daemon {
         if let Some(Err(reason)) = arena.as_ref().filter(|_| config.server.zero_copy).map(Arena::shared_fd) {
             tracing::warn!("zero-copy fetches are off: {reason}; local clients get copies over the socket");
         }
+        // Registering memory with io_uring pins (faults in) all of it: an
+        // arena still being populated is registered once it is resident.
+        let resident = arena.as_ref().filter(|a| a.populated_bytes() >= a.capacity());
         let engine =
-            IoEngine::start(&config.io, arena.as_ref().map(Arena::fixed_memory)).context("start the I/O engine")?;
+            Arc::new(IoEngine::start(&config.io, resident.map(Arena::fixed_memory)).context("start the I/O engine")?);
         tracing::info!(engine = engine.name(), "I/O engine started");
-        let store = Store::open(config.store.clone(), Arc::new(engine))
+        if let Some(arena) = arena.as_ref().filter(|_| resident.is_none()) {
+            let (arena, engine) = (arena.clone(), engine.clone());
+            tokio::spawn(async move {
+                arena.populated().await;
+                engine.register_fixed(arena.fixed_memory());
+            });
+        }
+        let store = Store::open(config.store.clone(), engine)
             .await
             .context("open the shard store")?;
         // Quotas set by admin requests are kept in the first data directory.

@@ -137,7 +137,16 @@ async fn not_ready(ctx: &ServerContext) -> Vec<String> {
 async fn readyz(State(ctx): State<Arc<ServerContext>>) -> Response {
     let reasons = not_ready(&ctx).await;
     if reasons.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        // Serving already; the arena's progress, while it is populated.
+        let body = match ctx.service.cache().map(|c| c.arena()) {
+            Some(arena) if arena.populated_bytes() < arena.capacity() => format!(
+                "ready\narena populating: {} of {} bytes resident\n",
+                arena.populated_bytes(),
+                arena.capacity()
+            ),
+            _ => "ready\n".to_string(),
+        };
+        (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", reasons.join("\n"))).into_response()
     }

@@ -282,8 +282,17 @@ impl IoEngine {
         uring::probe()
     }
 
-    /// Whether the fixed memory given at start is registered with every
-    /// io_uring ring (always false for psync).
+    /// Registers `fixed` with io_uring later than [`IoEngine::start`]: the
+    /// arena, once all of it is resident (nothing for psync). Takes effect
+    /// in each ring between two submissions.
+    pub fn register_fixed(&self, fixed: FixedMemory) {
+        if let EngineImpl::Uring(e) = &self.inner {
+            e.register_fixed(fixed);
+        }
+    }
+
+    /// Whether the fixed memory (given at start or registered since) is
+    /// registered with every io_uring ring (always false for psync).
     pub fn fixed_buffers(&self) -> bool {
         match &self.inner {
             EngineImpl::Uring(e) => e.fixed_buffers(),

@@ -64,6 +64,11 @@ pub struct Metrics {
     namespace_shards: IntGaugeVec,
     namespace_drive_bytes: IntGaugeVec,
     namespace_arena_bytes: IntGaugeVec,
+    /// `shardd_io_engine_info`: its `fixed_buffers` label turns true when
+    /// an arena populated after the start is registered.
+    engine_info: IntGaugeVec,
+    /// The `fixed_buffers` label it has now.
+    engine_fixed: std::sync::atomic::AtomicBool,
 }
 
 /// The handles of one transport's connections.
@@ -169,16 +174,18 @@ impl Metrics {
                 "Bytes available to the daemon on the filesystem holding a data dir.",
                 &["dir"],
             ),
+            engine_info: gauge_vec(
+                "shardd_io_engine_info",
+                "The I/O engine in use and whether the arena is registered as io_uring fixed buffers (always 1).",
+                &["engine", "fixed_buffers"],
+            ),
+            engine_fixed: std::sync::atomic::AtomicBool::new(fixed_buffers),
             registry,
         };
         let build = gauge_vec("shardd_build_info", "The daemon's version (always 1).", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let engine = gauge_vec(
-            "shardd_io_engine_info",
-            "The I/O engine in use and whether the arena is registered as io_uring fixed buffers (always 1).",
-            &["engine", "fixed_buffers"],
-        );
-        engine
+        metrics
+            .engine_info
             .with_label_values(&[io_engine, if fixed_buffers { "true" } else { "false" }])
             .set(1);
         let mut collectors: Vec<Box<dyn Collector>> = vec![
@@ -197,7 +204,7 @@ impl Metrics {
             Box::new(metrics.namespace_drive_bytes.clone()),
             Box::new(metrics.namespace_arena_bytes.clone()),
             Box::new(build),
-            Box::new(engine),
+            Box::new(metrics.engine_info.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(TierCollector::new(cache, metrics.nvme_misses.clone())),
         ];
@@ -251,6 +258,12 @@ impl Metrics {
                 .with_label_values(&[&dir.path])
                 .set(dir.capacity_bytes as i64);
             self.dir_free.with_label_values(&[&dir.path]).set(dir.free_bytes as i64);
+        }
+        let fixed = status.arena.as_ref().is_some_and(|a| a.fixed_buffers);
+        if self.engine_fixed.swap(fixed, std::sync::atomic::Ordering::Relaxed) != fixed {
+            self.engine_info.reset();
+            let label = if fixed { "true" } else { "false" };
+            self.engine_info.with_label_values(&[&status.io_engine, label]).set(1);
         }
     }
 

@@ -321,6 +321,9 @@ pub struct ArenaStatus {
     pub used_bytes: u64,
     /// Bytes locked in RAM.
     pub locked_bytes: u64,
+    /// Bytes from its start made resident and in use; below
+    /// `capacity_bytes` while the daemon populates the rest after a start.
+    pub populated_bytes: u64,
     /// Whether io_uring reads and writes it as registered (fixed) buffers.
     pub fixed_buffers: bool,
     /// Eviction policy: `lru` or `schedule`.

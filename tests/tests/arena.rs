@@ -1019,3 +1019,37 @@ async fn a_shard_of_several_chunks_is_one_range_of_the_arena() {
         daemon.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_arena_serves_at_once_and_is_populated_in_the_background() {
+    use shardd::arena::POPULATE_AT_START;
+    for engine in engines() {
+        // What a small arena, resident before the daemon serves, reports.
+        let small = TestDaemon::start(engine, "[arena]\nsize = \"64MiB\"").await;
+        let registers = arena(&small.client(false).await).await.fixed_buffers;
+
+        // Twice what is made resident before it serves: the rest is made
+        // so in the background.
+        let size = 2 * POPULATE_AT_START;
+        let config = format!("[arena]\nsize = \"{}MiB\"", size >> 20);
+        let mut daemon = TestDaemon::start(engine, &config).await;
+        let client = daemon.client(false).await;
+        let status = arena(&client).await;
+        assert_eq!(status.capacity_bytes, size);
+        assert!(status.populated_bytes >= POPULATE_AT_START, "{status:?}");
+        // Served at once, from the part that is resident.
+        let data = pattern(4 * MIB, 1);
+        client
+            .put("job", "early", data.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(client.fetch("job", "early").await.unwrap().data == data);
+        assert_eq!(arena(&client).await.resident_shards, 1);
+        wait_for(&client, "the whole arena", |a| a.populated_bytes == a.capacity_bytes).await;
+        // Registered with io_uring once resident, as a small arena is at start.
+        wait_for(&client, "the fixed buffers", |a| a.fixed_buffers == registers).await;
+        let (code, body) = http_get(&format!("{}/readyz", daemon.http_url())).await;
+        assert_eq!((code, body.as_str()), (200, "ready\n"));
+        daemon.stop().await;
+    }
+}

@@ -60,6 +60,9 @@ pub struct SlabAllocator {
     /// Per class: partially used superblocks by (free slots, index).
     partial: Vec<BTreeSet<(u16, u32)>>,
     used_bytes: u64,
+    /// Superblocks below this one may be handed out (the arena's memory is
+    /// made resident from the start up; see [`SlabAllocator::unavailable`]).
+    available: u32,
 }
 
 /// Error: nothing fits right now.
@@ -86,7 +89,29 @@ impl SlabAllocator {
             free_superblocks: (0..count).collect(),
             partial: vec![BTreeSet::new(); size_classes(superblock).len()],
             used_bytes: 0,
+            available: count,
         }
+    }
+
+    /// Like [`SlabAllocator::new`], with nothing to hand out until
+    /// [`SlabAllocator::make_available`] says which memory is ready.
+    pub fn unavailable(capacity: u64, superblock: u32) -> SlabAllocator {
+        let mut alloc = SlabAllocator::new(capacity, superblock);
+        alloc.free_superblocks.clear();
+        alloc.available = 0;
+        alloc
+    }
+
+    /// Lets the superblocks of the first `bytes` of the arena be handed out.
+    pub fn make_available(&mut self, bytes: u64) {
+        let upto = ((bytes / self.superblock as u64) as u32).min(self.superblocks.len() as u32);
+        self.free_superblocks.extend(self.available..upto);
+        self.available = self.available.max(upto);
+    }
+
+    /// Bytes that may be handed out (all of them once the arena is ready).
+    pub fn available(&self) -> u64 {
+        self.available as u64 * self.superblock as u64
     }
 
     /// Bytes under management.
@@ -303,6 +328,25 @@ mod tests {
         }
         assert_eq!(a.used(), 0);
         assert_eq!(a.alloc(MIB + 1), Err(Exhausted(MIB + 1)));
+    }
+
+    #[test]
+    fn only_memory_made_available_is_handed_out() {
+        let sb = 1 << 20;
+        let mut a = SlabAllocator::unavailable(8 * sb as u64, sb);
+        assert_eq!(a.alloc(4096), Err(Exhausted(4096)));
+        assert_eq!(a.alloc_run(1), None);
+        a.make_available(2 * sb as u64 + 5);
+        assert_eq!(a.available(), 2 * sb as u64);
+        let run = a.alloc_run(2).expect("the first two superblocks");
+        assert_eq!(run[0].offset, 0);
+        assert_eq!(a.alloc(sb), Err(Exhausted(sb)));
+        a.make_available(8 * sb as u64);
+        a.make_available(3 * sb as u64);
+        assert_eq!(a.available(), 8 * sb as u64, "never shrinks");
+        let rest: Vec<Block> = (0..6).map(|_| a.alloc(sb).unwrap()).collect();
+        assert!(rest.iter().all(|b| b.offset >= 2 * sb as u64));
+        assert_eq!(a.alloc(sb), Err(Exhausted(sb)));
     }
 
     #[test]

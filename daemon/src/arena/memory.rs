@@ -1,6 +1,7 @@
 //! The arena's memory: a memfd (so it can be handed to local clients),
-//! mapped shared and read-write, locked into RAM as far as the memlock
-//! limit allows.
+//! mapped shared and read-write, populated piece by piece
+//! ([`ArenaMemory::populate`]: locked into RAM as far as the memlock limit
+//! allows, its pages faulted in otherwise).
 //!
 //! Clients get a read-only descriptor of it and nothing more: once mapped,
 //! the memfd is sealed against shrinking, growing and any new write access
@@ -11,8 +12,10 @@
 
 use std::ffi::CString;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -51,7 +54,12 @@ pub struct ArenaMemory {
     shared_fd: Result<OwnedFd, String>,
     base: NonNull<u8>,
     len: usize,
-    locked: Locked,
+    /// Bytes locked so far, and RLIMIT_MEMLOCK.
+    locked: AtomicU64,
+    limit: u64,
+    /// Set once an mlock failed: the limit is reached, later pieces are
+    /// only faulted in.
+    lock_refused: AtomicBool,
     /// Whether the arena has 4 KiB pages (no huge pages asked for, or
     /// transparent ones the kernel does not give shared memory).
     small_pages: bool,
@@ -64,7 +72,8 @@ unsafe impl Send for ArenaMemory {}
 unsafe impl Sync for ArenaMemory {}
 
 impl ArenaMemory {
-    /// Creates, maps and locks `len` bytes (a multiple of the page size).
+    /// Creates and maps `len` bytes (a multiple of the page size); nothing
+    /// is locked or faulted in until [`ArenaMemory::populate`].
     pub fn create(len: usize, huge: HugePages) -> anyhow::Result<ArenaMemory> {
         let fd = memfd(huge).context("create the arena's memfd")?;
         let file = std::fs::File::from(fd);
@@ -108,7 +117,6 @@ impl ArenaMemory {
                 }
             }
         };
-        let locked = lock(base, len);
         // Sealed only now: the daemon's writable mapping exists, and no
         // other can be made from here on.
         let shared_fd = seal(&fd).and_then(|()| reopen_read_only(&fd));
@@ -116,9 +124,62 @@ impl ArenaMemory {
             shared_fd,
             base,
             len,
-            locked,
+            locked: AtomicU64::new(0),
+            limit: memlock_limit(),
+            lock_refused: AtomicBool::new(false),
             small_pages,
         })
+    }
+
+    /// Makes `range` (page aligned, inside the mapping) resident before any
+    /// block in it is handed out: locks it if the memlock limit allows (a
+    /// process with CAP_IPC_LOCK, or a large enough limit), else as much of
+    /// it as the limit leaves, and faults the rest in (`MADV_POPULATE_WRITE`,
+    /// Linux 5.14; on older kernels the pages fault in on first use).
+    /// Takes about a second per GiB of small pages: run it off the serving
+    /// path. Nothing else may use the range meanwhile.
+    pub fn populate(&self, range: Range<usize>) {
+        debug_assert!(range.end <= self.len);
+        let page = 4096usize;
+        let mut locked_to = range.start;
+        if !self.lock_refused.load(Ordering::Relaxed) {
+            if self.lock(range.clone()) {
+                return;
+            }
+            self.lock_refused.store(true, Ordering::Relaxed);
+            // Leave a little of the limit to what else the process locks.
+            let budget = self
+                .limit
+                .saturating_sub(1 << 20)
+                .saturating_sub(self.locked.load(Ordering::Relaxed));
+            let part = (budget as usize).min(range.len()) / page * page;
+            if part > 0 && self.lock(range.start..range.start + part) {
+                locked_to = range.start + part;
+            }
+        }
+        if locked_to < range.end {
+            // Fails (EINVAL) only on a kernel before 5.14, where the pages
+            // fault in on first use instead.
+            // SAFETY: advice on a range of our own mapping; the kernel only
+            // faults the pages in (they read as zeros, as before).
+            unsafe {
+                libc::madvise(
+                    self.base.as_ptr().add(locked_to).cast(),
+                    range.end - locked_to,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+        }
+    }
+
+    /// Locks `range`; whether it could.
+    fn lock(&self, range: Range<usize>) -> bool {
+        // SAFETY: `range` lies inside our mapping.
+        let rc = unsafe { libc::mlock(self.base.as_ptr().add(range.start).cast(), range.len()) };
+        if rc == 0 {
+            self.locked.fetch_add(range.len() as u64, Ordering::Relaxed);
+        }
+        rc == 0
     }
 
     /// Start of the mapping.
@@ -136,9 +197,12 @@ impl ArenaMemory {
         self.len == 0
     }
 
-    /// How much is locked.
+    /// How much is locked so far.
     pub fn locked(&self) -> Locked {
-        self.locked
+        Locked {
+            bytes: self.locked.load(Ordering::Relaxed),
+            limit: self.limit,
+        }
     }
 
     /// Whether the arena has 4 KiB pages rather than huge ones.
@@ -273,32 +337,6 @@ fn memlock_limit() -> u64 {
     } else {
         limit.rlim_cur
     }
-}
-
-/// Locks the whole mapping if allowed (a process with CAP_IPC_LOCK, or a
-/// large enough limit), else as much of its start as the limit allows.
-fn lock(base: NonNull<u8>, len: usize) -> Locked {
-    let limit = memlock_limit();
-    let try_lock = |bytes: usize| -> bool {
-        // SAFETY: `base..base+bytes` lies inside our mapping.
-        bytes > 0 && unsafe { libc::mlock(base.as_ptr().cast(), bytes) } == 0
-    };
-    if try_lock(len) {
-        return Locked {
-            bytes: len as u64,
-            limit,
-        };
-    }
-    // Leave a little of the limit to what else the process locks.
-    let page = 4096usize;
-    let partial = (limit.saturating_sub(1 << 20) as usize).min(len) / page * page;
-    if partial > 0 && try_lock(partial) {
-        return Locked {
-            bytes: partial as u64,
-            limit,
-        };
-    }
-    Locked { bytes: 0, limit }
 }
 
 #[cfg(test)]

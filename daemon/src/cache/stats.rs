@@ -48,6 +48,7 @@ impl Cache {
             capacity_bytes: arena.capacity(),
             used_bytes: arena.used(),
             locked_bytes: arena.locked().bytes,
+            populated_bytes: arena.populated_bytes(),
             fixed_buffers: self.inner.store.engine().fixed_buffers(),
             policy: self.inner.config.policy.name().to_string(),
             resident_shards,

@@ -141,6 +141,14 @@ pub fn status(s: &StatusResponse) -> String {
         } else {
             a.hits as f64 / lookups as f64 * 100.0
         };
+        if a.populated_bytes < a.capacity_bytes {
+            let _ = writeln!(
+                out,
+                "arena        populating: {} of {} resident so far (shards use what is)",
+                bytes(a.populated_bytes),
+                bytes(a.capacity_bytes)
+            );
+        }
         let _ = writeln!(
             out,
             "arena        {} used of {}, {} locked in RAM{}, {} shards ({}, {} leased), {} not on drive yet",

@@ -43,12 +43,16 @@ pub(super) fn probe() -> io::Result<()> {
 pub(super) struct UringEngine {
     rings: Vec<RingHandle>,
     next: AtomicUsize,
-    fixed_buffers: bool,
+    /// Rings with the fixed memory registered.
+    registered: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
 struct RingHandle {
     tx: Option<mpsc::Sender<Op>>,
+    /// Memory to register as fixed buffers later (see
+    /// [`UringEngine::register_fixed`]).
+    register: mpsc::Sender<Arc<FixedMemory>>,
     wake: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
@@ -56,7 +60,7 @@ struct RingHandle {
 impl UringEngine {
     pub(super) fn start(queue_depth: u32, threads: usize, fixed: Option<FixedMemory>) -> anyhow::Result<UringEngine> {
         let fixed = fixed.map(Arc::new);
-        let mut all_registered = fixed.is_some();
+        let registered_rings = Arc::new(AtomicUsize::new(0));
         let mut rings = Vec::with_capacity(threads.max(1));
         for n in 0..threads.max(1) {
             let ring = IoUring::builder()
@@ -66,7 +70,9 @@ impl UringEngine {
                 Some(memory) => register(&ring, memory, n == 0),
                 None => None,
             };
-            all_registered &= registered.is_some();
+            if registered.is_some() {
+                registered_rings.fetch_add(1, Ordering::Release);
+            }
             // SAFETY: plain syscall; the result is checked.
             let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
             if efd < 0 {
@@ -76,12 +82,19 @@ impl UringEngine {
             let wake = unsafe { OwnedFd::from_raw_fd(efd) };
             let thread_wake = wake.try_clone()?;
             let (tx, rx) = mpsc::channel();
+            let (register, registrations) = mpsc::channel();
             let depth = queue_depth.max(2) as usize - 1; // one entry for the wake poll
+            let later = Registrations {
+                rx: registrations,
+                log: n == 0,
+                registered: registered_rings.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("shardd-uring-{n}"))
-                .spawn(move || RingThread::new(ring, rx, thread_wake, depth, registered).run())?;
+                .spawn(move || RingThread::new(ring, rx, thread_wake, depth, registered, later).run())?;
             rings.push(RingHandle {
                 tx: Some(tx),
+                register,
                 wake,
                 thread: Some(thread),
             });
@@ -89,12 +102,25 @@ impl UringEngine {
         Ok(UringEngine {
             rings,
             next: AtomicUsize::new(0),
-            fixed_buffers: all_registered,
+            registered: registered_rings,
         })
     }
 
     pub(super) fn fixed_buffers(&self) -> bool {
-        self.fixed_buffers
+        self.registered.load(Ordering::Acquire) == self.rings.len()
+    }
+
+    /// Registers `fixed` with every ring that has no fixed memory yet (the
+    /// arena, once it is resident: registering pins every page, which
+    /// would fault in all of it at once). Each ring thread registers it
+    /// between two submissions; until then it uses the plain opcodes.
+    pub(super) fn register_fixed(&self, fixed: FixedMemory) {
+        let fixed = Arc::new(fixed);
+        for ring in &self.rings {
+            if ring.register.send(fixed.clone()).is_ok() {
+                wake(&ring.wake);
+            }
+        }
     }
 
     pub(super) fn submit(&self, op: Op) {
@@ -172,11 +198,21 @@ struct InFlight {
     done: usize,
 }
 
+/// Fixed memory sent to a ring thread after it started.
+struct Registrations {
+    rx: mpsc::Receiver<Arc<FixedMemory>>,
+    /// Whether this ring logs a refused registration (the first does).
+    log: bool,
+    /// Counts the rings that registered.
+    registered: Arc<AtomicUsize>,
+}
+
 struct RingThread {
     /// Declared first: dropped before the fixed memory it may reference.
     ring: IoUring,
     /// The memory registered as fixed buffers, kept mapped while the ring lives.
     fixed: Option<Arc<FixedMemory>>,
+    later: Registrations,
     rx: mpsc::Receiver<Op>,
     wake: OwnedFd,
     depth: usize,
@@ -193,10 +229,12 @@ impl RingThread {
         wake: OwnedFd,
         depth: usize,
         fixed: Option<Arc<FixedMemory>>,
+        later: Registrations,
     ) -> RingThread {
         RingThread {
             ring,
             fixed,
+            later,
             rx,
             wake,
             depth,
@@ -214,6 +252,7 @@ impl RingThread {
             return;
         }
         loop {
+            self.take_registration();
             self.take_new_ops();
             if !self.open && self.in_flight == 0 {
                 return;
@@ -230,6 +269,19 @@ impl RingThread {
                 }
             }
             self.reap();
+        }
+    }
+
+    /// Registers fixed memory sent since the ring started, if it has none.
+    /// Operations already in flight keep the opcodes they were pushed with.
+    fn take_registration(&mut self) {
+        while let Ok(memory) = self.later.rx.try_recv() {
+            if self.fixed.is_none() {
+                self.fixed = register(&self.ring, &memory, self.later.log);
+                if self.fixed.is_some() {
+                    self.later.registered.fetch_add(1, Ordering::Release);
+                }
+            }
         }
     }
 

@@ -37,6 +37,13 @@ const FAMILIES: &[Family] = &[
         label: None,
     },
     Family {
+        name: "shardd_arena_populated_bytes",
+        values: |a, _| vec![("", a.populated_bytes)],
+        help: "Bytes of the arena made resident and in use; below capacity while it is populated after a start.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
         name: "shardd_arena_used_bytes",
         values: |a, _| vec![("", a.used_bytes)],
         help: "Bytes of the arena holding shards.",
