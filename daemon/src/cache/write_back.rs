@@ -230,6 +230,12 @@ impl Cache {
                 self.inner.stats.flushes_superseded.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) if !current => {}
+            // A demote of the shard wrote it first (its own write-out, which
+            // it waits for): this version is on the drive already.
+            Err(StoreError::VersionConflict { current: stored, .. }) if stored >= meta.version => {
+                shard.set_write_back(WriteBack::Clean);
+                self.undirty(&mut self.state(), &shard);
+            }
             Err(StoreError::ChecksumMismatch(reason)) => {
                 // What was written is not what was acknowledged: the arena's
                 // copy changed since the put (the writer checks every byte
