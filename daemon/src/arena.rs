@@ -3,10 +3,10 @@
 //! shard chunks. Making memory resident takes about a second per GiB, so
 //! only its first [`POPULATE_AT_START`] bytes are made so before the daemon
 //! serves; a thread does the rest piece by piece, and blocks are handed
-//! out only from what is ready. It is registered with io_uring as fixed buffers, so NVMe
-//! reads land in it and writes go out from it with no bounce copy, and its
-//! memfd, sealed and read-only, can be handed to local clients, who then
-//! read shards in place.
+//! out only from what is ready. Once resident, it is registered with
+//! io_uring as fixed buffers, so NVMe reads land in it and writes go out
+//! from it with no bounce copy; and its memfd, sealed and read-only, can be
+//! handed to local clients, who then read shards in place.
 //!
 //! # Layout
 //!
