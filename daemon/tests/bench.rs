@@ -56,6 +56,11 @@ fn status(daemon: &Process) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The `tcp://` endpoint `daemon` says it listens on.
+fn tcp_endpoint(daemon: &Process) -> String {
+    listening(daemon).into_iter().find(|e| e.starts_with("tcp://")).unwrap()
+}
+
 /// The endpoints `daemon` says it listens on.
 fn listening(daemon: &Process) -> Vec<String> {
     let status = status(daemon);
@@ -291,10 +296,7 @@ fn a_short_training_loop_over_two_daemons_reports_step_and_stall() {
     make(&["key", "new", "--id", "job"], &key);
     let config = format!("[auth]\nkeys = [{:?}]\n", key.display().to_string());
     let daemons: Vec<Process> = dirs.iter().map(|d| loopback_daemon(d.path(), &config)).collect();
-    let remote = listening(&daemons[1])
-        .into_iter()
-        .find(|e| e.starts_with("tcp://"))
-        .unwrap();
+    let remote = tcp_endpoint(&daemons[1]);
     let endpoints = format!("{},{remote}", daemons[0].endpoint());
     for prefetch in [true, false] {
         let mut command = Command::cargo_bin("shardctl").unwrap();
@@ -351,10 +353,7 @@ fn a_short_training_loop_over_two_daemons_reports_step_and_stall() {
 fn a_short_files_benchmark_over_tcp_authenticates_with_the_daemons_key() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = loopback_daemon(dir.path(), "");
-    let tcp = listening(&daemon)
-        .into_iter()
-        .find(|e| e.starts_with("tcp://"))
-        .unwrap();
+    let tcp = tcp_endpoint(&daemon);
     let files = dir.path().join("files");
     std::fs::create_dir(&files).unwrap();
     let out = Command::cargo_bin("shardctl")
@@ -381,10 +380,7 @@ fn a_short_files_benchmark_over_tcp_authenticates_with_the_daemons_key() {
 fn a_short_soak_over_unix_and_tcp_checks_every_byte_and_reports_every_operation() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = loopback_daemon(dir.path(), "");
-    let tcp = listening(&daemon)
-        .into_iter()
-        .find(|e| e.starts_with("tcp://"))
-        .unwrap();
+    let tcp = tcp_endpoint(&daemon);
     let out = Command::cargo_bin("shardctl")
         .unwrap()
         .env_remove("SHARDD_ENDPOINT")

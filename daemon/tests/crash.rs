@@ -125,11 +125,7 @@ fn shard_files(data: &Path) -> usize {
 #[test]
 fn acknowledged_puts_survive_kill_9() {
     let cycles: u64 = std::env::var("SHARDD_CRASH_CYCLES").map_or(100, |n| n.parse().expect("SHARDD_CRASH_CYCLES"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let engines = engines();
     let per_engine = cycles.div_ceil(engines.len() as u64);
     for engine in engines {
@@ -184,11 +180,7 @@ fn acknowledged_puts_survive_kill_9() {
 /// before the daemon exits.
 #[test]
 fn sigterm_flushes_write_back_shards_before_exiting() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Process::start(dir.path(), "auto");
     let endpoint = daemon.endpoint();

@@ -337,11 +337,7 @@ fn acknowledged_writes_survive_power_cuts() {
     );
     eprintln!("power cuts: {cuts}, seed {seed} (SHARDD_POWER_CUT_SEED replays it)");
     let mut rng = Rng(seed);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let engines = engines();
     let data = fs.path().join("data");
     let versions = Arc::new(AtomicU64::new(1));

@@ -135,6 +135,16 @@ impl Drop for Process {
     }
 }
 
+/// A runtime for a test that drives a daemon while its own thread sleeps,
+/// kills and restarts it.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The engines to test with on this machine.
 pub fn engines() -> Vec<&'static str> {
     match shardd::io::IoEngine::uring_available() {
