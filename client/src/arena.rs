@@ -276,7 +276,8 @@ impl Drop for ArenaMap {
 /// under the mapping, which then faults (SIGBUS), or change leased bytes.
 const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
 /// One of these: nobody can write to it but through a mapping made before
-/// the seal (the daemon's own).
+/// the seal (the daemon's own). An arena kept across the daemon's restarts
+/// has none, and mode 0600 instead.
 const WRITE_SEALS: libc::c_int = libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE;
 
 /// The seals of `file`, or why there are none (not a memfd).
@@ -306,7 +307,12 @@ fn check_arena(meta: &std::fs::Metadata, seals: Result<libc::c_int, String>, len
         ));
     }
     let seals = seals?;
-    if seals & REQUIRED_SEALS != REQUIRED_SEALS || seals & WRITE_SEALS == 0 {
+    // A daemon that keeps its arena across restarts cannot seal it against
+    // writes (its successor maps it writable again): the memfd is then the
+    // daemon user's alone (mode 0600), so other users cannot reopen it
+    // writable.
+    let private = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 == 0;
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS || (seals & WRITE_SEALS == 0 && !private) {
         return Err(format!(
             "the arena's memfd is not sealed against resizing and writes (seals {seals:#x}); \
              the daemon may be older than this client"
@@ -522,6 +528,11 @@ mod tests {
         assert!(shrinkable.contains("not sealed"), "{shrinkable}");
         let writable = check(&memfd(8192, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW), 8192).unwrap_err();
         assert!(writable.contains("not sealed"), "{writable}");
+        // A kept arena: sealed against resizing, writable by its owner only.
+        let kept = memfd(8192, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
+        kept.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        assert_eq!(check(&kept, 8192), Ok(()));
         assert!(check(&memfd(0, sealed), 0).unwrap_err().contains("empty"));
 
         let mut file = tempfile::tempfile().unwrap();

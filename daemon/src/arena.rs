@@ -48,6 +48,8 @@ pub struct ArenaConfig {
     pub max_block: u32,
     /// Huge pages.
     pub huge_pages: HugePages,
+    /// To be handed to the next daemon at a restart (see [`memory`]).
+    pub kept: bool,
 }
 
 /// The arena. Cheap to clone.
@@ -122,14 +124,37 @@ impl Arena {
     /// is, logs how much is locked; if not all, one warning says how to fix
     /// that.
     pub fn create(config: ArenaConfig) -> anyhow::Result<Arena> {
+        let size = Arena::rounded_size(&config)?;
+        let memory = ArenaMemory::create(size as usize, config.huge_pages, config.kept)?;
+        Arena::start(memory, config.max_block)
+    }
+
+    /// Like [`Arena::create`], over the memory of an arena a previous daemon
+    /// kept (its memfd `fd`): nothing in it is in use until
+    /// [`Arena::claim`]ed. Says why not if this configuration cannot use it.
+    pub fn adopt(config: ArenaConfig, fd: std::os::fd::OwnedFd) -> Result<Arena, String> {
+        let size = Arena::rounded_size(&config).map_err(|e| e.to_string())?;
+        let memory = ArenaMemory::adopt(fd, size as usize, config.huge_pages)?;
+        Arena::start(memory, config.max_block).map_err(|e| format!("{e:#}"))
+    }
+
+    /// The arena's size: `config.size` rounded down to whole blocks.
+    fn rounded_size(config: &ArenaConfig) -> anyhow::Result<u64> {
         let block = config.max_block as u64;
         let size = config.size / block * block;
         anyhow::ensure!(size > 0, "the arena must hold at least one block of {block} bytes");
-        let memory = ArenaMemory::create(size as usize, config.huge_pages)?;
+        Ok(size)
+    }
+
+    /// Makes the first [`POPULATE_AT_START`] bytes of `memory` resident and
+    /// starts the thread that does the rest.
+    fn start(memory: ArenaMemory, max_block: u32) -> anyhow::Result<Arena> {
+        let block = max_block as u64;
+        let size = memory.len() as u64;
         let region = MAX_FIXED_REGION / block as usize * block as usize;
         let arena = Arena {
             shared: Arc::new(Shared {
-                alloc: Mutex::new(SlabAllocator::unavailable(size, config.max_block)),
+                alloc: Mutex::new(SlabAllocator::unavailable(size, max_block)),
                 memory,
                 region,
                 scrub: Mutex::new(HashSet::new()),
@@ -276,6 +301,21 @@ impl Arena {
         Some(blocks.into_iter().map(|block| self.buffer(block)).collect())
     }
 
+    /// The block of `size` bytes at `offset`, which holds data a previous
+    /// daemon left (an adopted arena), as a buffer that frees it when
+    /// dropped; an error if no such block could be allocated here or it is
+    /// in use.
+    pub fn claim(&self, offset: u64, size: u32) -> Result<AlignedBuf, String> {
+        let block = self.alloc_state().claim(offset, size)?;
+        Ok(self.buffer(block))
+    }
+
+    /// The writable memfd to hand to the next daemon, if the arena was made
+    /// to be kept.
+    pub fn kept_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.shared.memory.kept_fd()
+    }
+
     /// An allocated block as a buffer that frees it when dropped.
     fn buffer(&self, block: Block) -> AlignedBuf {
         let offset = block.offset as usize;
@@ -389,6 +429,7 @@ mod tests {
             size: 8 << 20,
             max_block: 1 << 20,
             huge_pages: HugePages::Off,
+            kept: false,
         })
         .unwrap();
         assert_eq!(arena.capacity(), 8 << 20);
@@ -422,6 +463,7 @@ mod tests {
             size: 64 << 20,
             max_block: 1 << 20,
             huge_pages: HugePages::Off,
+            kept: false,
         })
         .unwrap();
         let mut blocks: Vec<AlignedBuf> = (0..48).map(|_| arena.alloc(1 << 20).unwrap()).collect();

@@ -38,7 +38,10 @@
 //! * [`prefetch`]: the prefetch queue.
 //! * [`stats`]: the tier's counters and sizes.
 //! * [`namespaces`]: what each namespace holds in the arena; forgetting one.
+//! * [`keep`]: what the arena holds, handed to the next daemon at a restart
+//!   and checked against the drive when taken back.
 
+pub mod keep;
 pub mod load;
 pub mod namespaces;
 pub mod policy;

@@ -94,8 +94,40 @@ pub struct ArenaSettings {
     pub size: u64,
     /// Huge pages for it.
     pub huge_pages: HugePages,
+    /// Whether to hand it to systemd at a stop and take it back at the
+    /// next start (see [`crate::keep`]).
+    pub keep_on_restart: KeepOnRestart,
     /// The hot tier in it.
     pub cache: CacheConfig,
+}
+
+/// `arena.keep_on_restart`: `true`, `false`, or `"auto"` (the default):
+/// when systemd started the daemon as a notify service with room in its
+/// file descriptor store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeepOnRestart {
+    /// When `$NOTIFY_SOCKET` is set and `$FDSTORE` (systemd 254 and later)
+    /// is not 0.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl KeepOnRestart {
+    /// Whether the arena is kept, in this process's environment.
+    pub fn keeps(self) -> bool {
+        match self {
+            KeepOnRestart::On => true,
+            KeepOnRestart::Off => false,
+            KeepOnRestart::Auto => {
+                std::env::var_os("NOTIFY_SOCKET").is_some()
+                    && std::env::var("FDSTORE").map_or(true, |max| max.trim() != "0")
+            }
+        }
+    }
 }
 
 /// The validated configuration.
@@ -317,6 +349,7 @@ mod tests {
             "max_shard_size",
             "buffer_memory",
             "verify_on_start",
+            "keep_on_restart",
             "engine",
             "queue_depth",
             "uring_threads",
@@ -326,6 +359,29 @@ mod tests {
         ] {
             assert!(text.contains(&format!("\n{key} = ")), "deploy/shardd.toml lacks {key}");
         }
+    }
+
+    #[test]
+    fn keeping_the_arena_is_true_false_or_auto() {
+        let keep = |value: &str| {
+            Config::from_toml(&format!("[arena]\nkeep_on_restart = {value}"), Overrides::default())
+                .map(|c| c.arena.keep_on_restart)
+        };
+        assert_eq!(keep("true").unwrap(), KeepOnRestart::On);
+        assert_eq!(keep("false").unwrap(), KeepOnRestart::Off);
+        assert_eq!(keep("\"auto\"").unwrap(), KeepOnRestart::Auto);
+        let why = format!("{:#}", keep("\"sometimes\"").unwrap_err());
+        assert!(
+            why.contains("arena.keep_on_restart") && why.contains("\"auto\""),
+            "{why}"
+        );
+        assert_eq!(
+            Config::from_toml("", Overrides::default())
+                .unwrap()
+                .arena
+                .keep_on_restart,
+            KeepOnRestart::Auto
+        );
     }
 
     #[test]

@@ -13,16 +13,17 @@ use crate::access::AccessTable;
 use crate::arena::{Arena, ArenaConfig};
 use crate::auth::TcpAuth;
 use crate::cache::Cache;
+use crate::cache::keep::KeptShard;
 use crate::config::Config;
 use crate::http::HttpServer;
 use crate::io::IoEngine;
 use crate::logging::LogLevel;
-use crate::notify;
 use crate::server::ServerContext;
 use crate::server::listener::Listeners;
 use crate::service::quota::Quotas;
 use crate::store::Store;
 use crate::tls::TlsServer;
+use crate::{keep, notify};
 
 /// A running daemon.
 #[derive(Debug)]
@@ -62,6 +63,77 @@ fn log_access(table: &AccessTable) {
     }
 }
 
+/// The arena: the one the previous daemon kept, if systemd passed it back
+/// and this configuration can use it (with the shards it says are in it),
+/// else a new one. Says why a kept arena is not used.
+fn start_arena(config: &Config) -> anyhow::Result<(Option<Arena>, Option<Vec<KeptShard>>)> {
+    let handed = keep::take_handed();
+    let kept = config.arena.keep_on_restart.keeps();
+    let arena_config = ArenaConfig {
+        size: config.arena.size,
+        max_block: config.store.chunk_size,
+        huge_pages: config.arena.huge_pages,
+        kept,
+    };
+    let cold = |why: &str| tracing::warn!("starting with a cold arena: {why}");
+    let adopted = match handed {
+        None => None,
+        Some(Err(why)) => {
+            cold(&why);
+            None
+        }
+        Some(Ok(_)) if config.arena.size == 0 => {
+            cold("systemd passed back a kept arena, but arena.size is 0");
+            None
+        }
+        Some(Ok(_)) if !kept => {
+            cold("systemd passed back a kept arena, but arena.keep_on_restart is off");
+            None
+        }
+        Some(Ok(handed)) => match keep::adopt(handed, arena_config) {
+            Ok(adopted) => Some(adopted),
+            Err(why) => {
+                cold(&why);
+                None
+            }
+        },
+    };
+    if let Some((arena, shards)) = adopted {
+        return Ok((Some(arena), Some(shards)));
+    }
+    if config.arena.size == 0 {
+        return Ok((None, None));
+    }
+    let arena = Arena::create(arena_config).context("create the pinned-memory arena")?;
+    if kept {
+        tracing::info!(
+            "the arena is kept across restarts (arena.keep_on_restart): its memfd is sealed against \
+             resizing, and against writes only by its mode (0600, the daemon's user); see docs/SECURITY.md"
+        );
+    }
+    Ok((Some(arena), None))
+}
+
+/// Takes back the shards of an adopted arena and says how it went.
+fn adopt_shards(cache: &Cache, kept: Vec<KeptShard>) {
+    let started = std::time::Instant::now();
+    let adopted = cache.adopt(kept);
+    for (shard, why) in adopted.discarded.iter().take(10) {
+        tracing::info!(shard = %shard, "not taken back from the kept arena: {why}");
+    }
+    tracing::info!(
+        shards = adopted.shards,
+        bytes = adopted.bytes,
+        discarded = adopted.discarded.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "warm restart: {} shards ({} bytes) served from the arena the previous daemon kept, each checked \
+         against its drive; {} left out",
+        adopted.shards,
+        adopted.bytes,
+        adopted.discarded.len()
+    );
+}
+
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
@@ -77,17 +149,7 @@ impl Daemon {
     /// Starts everything; returns once the index is recovered and the
     /// listeners are bound, i.e. when the daemon is ready to serve.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
-        let arena = match config.arena.size {
-            0 => None,
-            size => Some(
-                Arena::create(ArenaConfig {
-                    size,
-                    max_block: config.store.chunk_size,
-                    huge_pages: config.arena.huge_pages,
-                })
-                .context("create the pinned-memory arena")?,
-            ),
-        };
+        let (arena, kept_shards) = start_arena(&config)?;
         if let Some(Err(reason)) = arena.as_ref().filter(|_| config.server.zero_copy).map(Arena::shared_fd) {
             tracing::warn!("zero-copy fetches are off: {reason}; local clients get copies over the socket");
         }
@@ -111,6 +173,9 @@ impl Daemon {
         let quota_file = store.data_dir_paths().first().map(|dir| dir.join(QUOTA_FILE));
         let quotas = Arc::new(Quotas::load(config.namespaces.clone(), quota_file)?);
         let cache = arena.map(|arena| Cache::new(arena, store.clone(), config.arena.cache, quotas.clone()));
+        if let (Some(cache), Some(kept)) = (&cache, kept_shards) {
+            adopt_shards(cache, kept);
+        }
         log_access(&config.access);
         let tcp_auth = match needs_keys(&config) {
             true => TcpAuth::load(&config.auth, &config.store.data_dirs[0])?,
@@ -339,6 +404,13 @@ impl Daemon {
             cache.stop(budget).await;
         }
         self.ctx.service.store().sync_scratch().await;
+        // An arena made to be kept (arena.keep_on_restart) is handed over.
+        if let Some(cache) = self.ctx.service.cache().filter(|c| c.arena().kept_fd().is_some()) {
+            match keep::hand_over(cache) {
+                Ok(handed) => tracing::info!("{handed}"),
+                Err(why) => tracing::warn!("the arena is not kept for the next start: {why}"),
+            }
+        }
         // Metrics and health last, so the stop can be watched to its end.
         if let Some(http) = self.http {
             http.stop().await;

@@ -25,7 +25,9 @@
 //! * [`logging`]: log output.
 //! * [`metrics`]: the Prometheus metrics.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`, `/v1/status`.
-//! * [`notify`]: readiness and watchdog for systemd (`Type=notify`).
+//! * [`notify`]: readiness, watchdog and the descriptor store of systemd
+//!   (`Type=notify`).
+//! * [`keep`]: restarting with a warm arena, kept by systemd meanwhile.
 //! * [`ctl`]: the `shardctl` operator CLI and its benchmark.
 
 pub mod access;
@@ -38,6 +40,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod http;
 pub mod io;
+pub mod keep;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -1,7 +1,10 @@
 //! Telling systemd (`Type=notify`) that the daemon is ready, alive, or
-//! stopping: a datagram to `$NOTIFY_SOCKET`. Without that variable (not
+//! stopping, and handing it descriptors to keep (its file descriptor
+//! store): a datagram to `$NOTIFY_SOCKET`. Without that variable (not
 //! started by systemd) nothing is sent.
 
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -17,14 +20,30 @@ pub fn send(state: &str) -> bool {
     }
 }
 
-/// Sends `state` to the notification socket `path` (`@name` for an
-/// abstract socket).
-fn send_to(path: &str, state: &str) -> bool {
-    let addr = match path.strip_prefix('@') {
+/// Sends `state` with the descriptor `fd` (e.g. `FDSTORE=1`, for systemd
+/// to keep it until the daemon's next start); an error if the daemon was not
+/// started with a notification socket or the message could not be sent.
+pub fn send_with_fd(state: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let path = std::env::var_os("NOTIFY_SOCKET")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "$NOTIFY_SOCKET is not set"))?;
+    let socket = UnixDatagram::unbound()?;
+    socket.connect_addr(&address(&path.to_string_lossy())?)?;
+    shardd_protocol::fdpass::send_with_fd(socket.as_raw_fd(), state.as_bytes(), fd.as_raw_fd())?;
+    Ok(())
+}
+
+/// The address of the notification socket `path` (`@name` for an abstract
+/// socket).
+fn address(path: &str) -> io::Result<SocketAddr> {
+    match path.strip_prefix('@') {
         Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
         None => SocketAddr::from_pathname(path),
-    };
-    let sent = addr.and_then(|addr| {
+    }
+}
+
+/// Sends `state` to the notification socket `path`.
+fn send_to(path: &str, state: &str) -> bool {
+    let sent = address(path).and_then(|addr| {
         let socket = UnixDatagram::unbound()?;
         socket.send_to_addr(state.as_bytes(), &addr)
     });

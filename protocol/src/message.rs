@@ -378,6 +378,14 @@ pub struct ArenaStatus {
     /// Shards of several chunks that found no free range long enough and
     /// took blocks where they were (fragmentation).
     pub scattered_shards: u64,
+    /// Shards taken back at start from an arena the previous daemon kept
+    /// (a warm restart), served from it without reading the drive.
+    pub adopted_shards: u64,
+    /// Their bytes.
+    pub adopted_bytes: u64,
+    /// Shards of that arena left out (changed on the drive since, or no
+    /// longer matching its checksums).
+    pub adoption_discarded: u64,
 }
 
 /// One shard to prefetch, and how urgently.

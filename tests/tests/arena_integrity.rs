@@ -388,6 +388,98 @@ async fn a_client_given_the_arena_can_neither_write_nor_resize_it() {
     }
 }
 
+/// Whether a process running as `nobody` that holds `fd` can reopen it
+/// read-write through `/proc/self/fd`; `None` where this test cannot
+/// change user (not root).
+fn reopened_writable_as_another_user(fd: RawFd) -> Option<bool> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+    let mut link = [0u8; 64];
+    // SAFETY: between fork and _exit the child makes only async-signal-safe
+    // calls on memory prepared before the fork; the parent only waits.
+    unsafe {
+        let child = libc::fork();
+        assert!(child >= 0, "fork: {}", errno());
+        if child == 0 {
+            let code = if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                3
+            } else {
+                // Changing user made the process undumpable, which hides its
+                // own /proc/self/fd: undo that, so only the file's mode decides.
+                libc::prctl(libc::PR_SET_DUMPABLE, 1);
+                if libc::readlink(path.as_ptr(), link.as_mut_ptr().cast(), link.len()) <= 0 {
+                    4
+                } else if libc::open(path.as_ptr(), libc::O_RDWR) >= 0 {
+                    1
+                } else {
+                    0
+                }
+            };
+            libc::_exit(code);
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(child, &mut status, 0), child);
+        match libc::WEXITSTATUS(status) {
+            0 => Some(false),
+            1 => Some(true),
+            code => panic!("the child could not try (exit {code})"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_arena_cannot_be_written_by_clients_of_other_users() {
+    // An arena kept across restarts cannot carry the write seal (the next
+    // daemon maps it writable): the descriptor is read-only and the memfd is
+    // the daemon user's alone instead.
+    let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"32MiB\"\nkeep_on_restart = true").await;
+    let data = pattern(2 * MIB + 3, 5);
+    let writer = daemon.client(true).await;
+    writer
+        .put("job", "kept", data.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let socket = daemon.socket_path();
+    let (failures, reopened) = tokio::task::spawn_blocking(move || {
+        let (_stream, fds, size) = take_arena(&socket);
+        let fd = fds[0].as_raw_fd();
+        // SAFETY: fcntl and fstat on a descriptor we own.
+        let (mode, seals, perms) = unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut stat), 0);
+            (
+                libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE,
+                libc::fcntl(fd, libc::F_GET_SEALS),
+                stat.st_mode & 0o777,
+            )
+        };
+        assert_eq!(mode, libc::O_RDONLY, "the descriptor is read-only");
+        let resize = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        assert_eq!(
+            seals & resize,
+            resize,
+            "sealed against resizing and new seals: {seals:#x}"
+        );
+        assert_eq!(seals & libc::F_SEAL_FUTURE_WRITE, 0, "{seals:#x}");
+        assert_eq!(perms, 0o600, "the memfd is the daemon user's alone");
+        (attack(fd, size), reopened_writable_as_another_user(fd))
+    })
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "these succeeded: {failures:?}");
+    match reopened {
+        Some(reopened) => assert!(!reopened, "another user reopened the kept arena writable"),
+        None => shardd_tests::skipped("reopening the kept arena as another user: needs root to change user"),
+    }
+    let client = daemon.client(false).await;
+    assert!(client.zero_copy(), "{:?}", client.zero_copy_refused());
+    assert!(client.fetch("job", "kept").await.unwrap().data == data);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refuses_a_descriptor_that_is_not_the_sealed_arena_and_copies_instead() {
     let mut daemon = TestDaemon::start(engines()[0], "[arena]\nsize = \"16MiB\"").await;

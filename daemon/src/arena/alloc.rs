@@ -102,11 +102,65 @@ impl SlabAllocator {
         alloc
     }
 
-    /// Lets the superblocks of the first `bytes` of the arena be handed out.
+    /// Lets the superblocks of the first `bytes` of the arena be handed out
+    /// (those not in use already: see [`SlabAllocator::claim`]).
     pub fn make_available(&mut self, bytes: u64) {
         let upto = ((bytes / self.superblock as u64) as u32).min(self.superblocks.len() as u32);
-        self.free_superblocks.extend(self.available..upto);
+        let superblocks = &self.superblocks;
+        self.free_superblocks
+            .extend((self.available..upto).filter(|&sb| superblocks[sb as usize].class.is_none()));
         self.available = self.available.max(upto);
+    }
+
+    /// Marks the block of `size` bytes (a class size) at `offset` as
+    /// allocated, as [`SlabAllocator::alloc`] would have handed it out:
+    /// for memory that already holds data (an arena kept across a restart).
+    /// A superblock claimed this way is in use at once, available or not;
+    /// its other blocks of that class may be handed out before the memory
+    /// behind them is made resident (they are then faulted in on first
+    /// use). An error if the block is not one this allocator could have
+    /// made, or overlaps one in use.
+    pub fn claim(&mut self, offset: u64, size: u32) -> Result<Block, String> {
+        let class = self
+            .classes
+            .iter()
+            .position(|&c| c == size)
+            .ok_or_else(|| format!("{size} bytes is not a block size"))? as u8;
+        let sb = offset / self.superblock as u64;
+        if sb >= self.superblocks.len() as u64 {
+            return Err(format!("offset {offset} is outside the arena"));
+        }
+        let sb = sb as u32;
+        let within = offset % self.superblock as u64;
+        if within % size as u64 != 0 {
+            return Err(format!("offset {offset} is not on a {size}-byte block boundary"));
+        }
+        let slot = (within / size as u64) as u16;
+        let slots = self.slots(class);
+        let state = &mut self.superblocks[sb as usize];
+        let before = match state.class {
+            None => {
+                self.free_superblocks.remove(&sb);
+                state.class = Some(class);
+                state.free = (0..slots).rev().collect();
+                None
+            }
+            Some(c) if c == class => Some(state.free.len() as u16),
+            Some(_) => return Err(format!("the block at {offset} overlaps one of another size")),
+        };
+        let Some(at) = state.free.iter().position(|&s| s == slot) else {
+            return Err(format!("the block at {offset} is in use already"));
+        };
+        state.free.remove(at);
+        let after = state.free.len() as u16;
+        if let Some(before) = before.filter(|&b| b > 0) {
+            self.partial[class as usize].remove(&(before, sb));
+        }
+        if after > 0 {
+            self.partial[class as usize].insert((after, sb));
+        }
+        self.used_bytes += size as u64;
+        Ok(Block { offset, size, class })
     }
 
     /// Bytes that may be handed out (all of them once the arena is ready).
@@ -303,6 +357,37 @@ mod tests {
                 "{pair:?}"
             );
         }
+    }
+
+    #[test]
+    fn claimed_blocks_are_in_use_and_the_rest_is_handed_out_around_them() {
+        let mut a = SlabAllocator::unavailable(8 * MIB as u64, MIB);
+        let whole = a.claim(3 * MIB as u64, MIB).unwrap();
+        let small = a.claim(5 * MIB as u64 + 8192, 8192).unwrap();
+        assert_eq!(a.used(), MIB as u64 + 8192);
+        assert!(a.claim(3 * MIB as u64, MIB).unwrap_err().contains("in use"));
+        assert!(a.claim(5 * MIB as u64 + 8192, 8192).unwrap_err().contains("in use"));
+        assert!(a.claim(5 * MIB as u64, MIB).unwrap_err().contains("another size"));
+        assert!(a.claim(4096, 8192).unwrap_err().contains("boundary"));
+        assert!(a.claim(0, 5000).unwrap_err().contains("not a block size"));
+        assert!(a.claim(8 * MIB as u64, MIB).unwrap_err().contains("outside"));
+        a.make_available(8 * MIB as u64);
+        // Six whole superblocks are left, none of them the claimed ones.
+        let rest: Vec<Block> = (0..6).map(|_| a.alloc(MIB).unwrap()).collect();
+        assert!(
+            rest.iter()
+                .all(|b| b.offset != whole.offset && b.offset != 5 * MIB as u64)
+        );
+        assert_eq!(a.alloc(MIB), Err(Exhausted(MIB)));
+        // The claimed small block's superblock serves its class.
+        let next = a.alloc(8192).unwrap();
+        assert_eq!(next.offset / MIB as u64, 5);
+        assert_ne!(next.offset, small.offset);
+        for b in rest.into_iter().chain([whole, small, next]) {
+            a.free(b);
+        }
+        assert_eq!(a.used(), 0);
+        assert_eq!(a.alloc_run(8).map(|r| r.len()), Some(8));
     }
 
     #[test]

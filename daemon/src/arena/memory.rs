@@ -9,6 +9,13 @@
 //! punching, whatever descriptor is used, even one reopened read-write
 //! through `/proc`). The daemon's own mapping, made before the seal, stays
 //! the only way to change the arena.
+//!
+//! An arena kept across restarts ([`ArenaMemory::create`] with `kept`) must
+//! be mapped writable again by the next daemon, which that seal forbids: it
+//! is sealed against resizing only, and made readable and writable by the
+//! daemon's user alone (mode 0600). Clients still get a read-only
+//! descriptor; one running as another user cannot reopen it writable, one
+//! running as the daemon's user (or root) can. See docs/SECURITY.md.
 
 use std::ffi::CString;
 use std::io;
@@ -49,6 +56,11 @@ pub struct Locked {
 /// The mapped memfd.
 #[derive(Debug)]
 pub struct ArenaMemory {
+    /// The memfd, writable: what is handed to the next daemon when the
+    /// arena is kept across a restart.
+    fd: OwnedFd,
+    /// Whether it is sealed to be kept (see the module doc).
+    kept: bool,
     /// The descriptor for clients: the sealed memfd reopened read-only; or
     /// why the arena cannot be shared.
     shared_fd: Result<OwnedFd, String>,
@@ -73,13 +85,48 @@ unsafe impl Sync for ArenaMemory {}
 
 impl ArenaMemory {
     /// Creates and maps `len` bytes (a multiple of the page size); nothing
-    /// is locked or faulted in until [`ArenaMemory::populate`].
-    pub fn create(len: usize, huge: HugePages) -> anyhow::Result<ArenaMemory> {
+    /// is locked or faulted in until [`ArenaMemory::populate`]. `kept`: to
+    /// be handed to the next daemon at a restart (sealed as the module doc
+    /// says).
+    pub fn create(len: usize, huge: HugePages, kept: bool) -> anyhow::Result<ArenaMemory> {
         let fd = memfd(huge).context("create the arena's memfd")?;
         let file = std::fs::File::from(fd);
         file.set_len(len as u64)
             .with_context(|| format!("size the arena to {len} bytes"))?;
-        let fd = OwnedFd::from(file);
+        ArenaMemory::map(OwnedFd::from(file), len, huge, kept).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Maps the memfd of an arena a previous daemon kept (`fd`, writable),
+    /// if it is one this configuration can use: a memfd of exactly `len`
+    /// bytes of the same kind of pages, sealed to be kept and nothing more.
+    /// Otherwise says why not.
+    pub fn adopt(fd: OwnedFd, len: usize, huge: HugePages) -> Result<ArenaMemory, String> {
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| format!("cannot stat it ({e})"))?;
+        if meta.len() != len as u64 {
+            return Err(format!("it holds {} bytes and arena.size asks for {len}", meta.len()));
+        }
+        // SAFETY: fcntl on a descriptor we own; no pointers involved.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err("it is not a memfd".into());
+        }
+        if seals & KEPT_SEALS != KEPT_SEALS || seals & WRITE_SEALS != 0 {
+            return Err(format!("its seals ({seals:#x}) are not those of a kept arena"));
+        }
+        // SAFETY: fstatfs on a descriptor we own into a zeroed out-struct.
+        let hugetlb = unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            libc::fstatfs(file.as_raw_fd(), &mut fs) == 0 && fs.f_type == libc::HUGETLBFS_MAGIC
+        };
+        if hugetlb != (huge == HugePages::Hugetlb) {
+            return Err("its pages (hugetlb or not) differ from arena.huge_pages".into());
+        }
+        ArenaMemory::map(OwnedFd::from(file), len, huge, true)
+    }
+
+    /// Maps `fd` (a memfd of `len` bytes) shared and writable, then seals it.
+    fn map(fd: OwnedFd, len: usize, huge: HugePages, kept: bool) -> Result<ArenaMemory, String> {
         // SAFETY: a new shared mapping of our memfd; the kernel picks the
         // address. The result is checked against MAP_FAILED.
         let ptr = unsafe {
@@ -95,14 +142,14 @@ impl ArenaMemory {
         if ptr == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
             if huge == HugePages::Hugetlb {
-                anyhow::bail!(
+                return Err(format!(
                     "map a {len}-byte arena of huge pages: {e}; reserve enough huge pages \
                      (vm.nr_hugepages) or set arena.huge_pages = \"off\""
-                );
+                ));
             }
-            return Err(e).context(format!("map a {len}-byte arena"));
+            return Err(format!("map a {len}-byte arena: {e}"));
         }
-        let base = NonNull::new(ptr.cast::<u8>()).context("mmap returned a null arena")?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or("mmap returned a null arena")?;
         let small_pages = match huge {
             HugePages::Off => true,
             HugePages::Hugetlb => false,
@@ -117,10 +164,12 @@ impl ArenaMemory {
                 }
             }
         };
-        // Sealed only now: the daemon's writable mapping exists, and no
-        // other can be made from here on.
-        let shared_fd = seal(&fd).and_then(|()| reopen_read_only(&fd));
+        // Sealed only now: the daemon's writable mapping exists, and (unless
+        // kept) no other can be made from here on.
+        let shared_fd = if kept { seal_kept(&fd) } else { seal(&fd) }.and_then(|()| reopen_read_only(&fd));
         Ok(ArenaMemory {
+            fd,
+            kept,
             shared_fd,
             base,
             len,
@@ -210,6 +259,12 @@ impl ArenaMemory {
         self.small_pages
     }
 
+    /// The writable memfd, to hand to the next daemon; `None` unless the
+    /// arena was made to be kept.
+    pub fn kept_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.kept.then(|| self.fd.as_fd())
+    }
+
     /// The read-only descriptor of the sealed memfd, to hand to local
     /// clients; or why there is none (the arena cannot be shared safely).
     pub fn shared_fd(&self) -> Result<BorrowedFd<'_>, &str> {
@@ -222,6 +277,13 @@ impl ArenaMemory {
 /// writes to it.
 const SHARED_SEALS: libc::c_int =
     libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+
+/// The seals of an arena kept across restarts: it never changes size, and
+/// no seal can be added (a kept arena stays one the next daemon can map).
+const KEPT_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Seals against writes; a kept arena has neither.
+const WRITE_SEALS: libc::c_int = libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE;
 
 /// A new memfd that can be sealed; not executable where the kernel knows
 /// how to say so (`MFD_NOEXEC_SEAL`, Linux 6.3, required where
@@ -256,6 +318,30 @@ fn seal(fd: &OwnedFd) -> Result<(), String> {
         return Err(format!(
             "the arena's memfd cannot be sealed against writes and resizing ({}; \
              F_SEAL_FUTURE_WRITE needs Linux 5.1)",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Seals a kept arena's memfd with [`KEPT_SEALS`] (if not sealed so
+/// already: one adopted from a previous daemon is) and makes it readable and
+/// writable by the daemon's user alone, so that clients running as other
+/// users cannot reopen it writable through `/proc`.
+fn seal_kept(fd: &OwnedFd) -> Result<(), String> {
+    // SAFETY: fcntl and fchmod on a descriptor we own; no pointers involved.
+    let (seals, chmod) = unsafe {
+        let current = libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS);
+        let sealed = if current >= 0 && current & KEPT_SEALS == KEPT_SEALS {
+            0
+        } else {
+            libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, KEPT_SEALS)
+        };
+        (sealed, libc::fchmod(fd.as_raw_fd(), 0o600))
+    };
+    if seals != 0 || chmod != 0 {
+        return Err(format!(
+            "the arena's memfd cannot be sealed against resizing and made private to the daemon's user ({})",
             io::Error::last_os_error()
         ));
     }

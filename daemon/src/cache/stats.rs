@@ -25,6 +25,9 @@ pub(super) struct Stats {
     pub(super) checksum_failures: AtomicU64,
     pub(super) contiguous: AtomicU64,
     pub(super) scattered: AtomicU64,
+    pub(super) adopted_shards: AtomicU64,
+    pub(super) adopted_bytes: AtomicU64,
+    pub(super) adoption_discarded: AtomicU64,
 }
 
 impl Cache {
@@ -72,6 +75,9 @@ impl Cache {
             scrubbed_bytes: arena.scrubbed().0,
             contiguous_shards: get(&stats.contiguous),
             scattered_shards: get(&stats.scattered),
+            adopted_shards: get(&stats.adopted_shards),
+            adopted_bytes: get(&stats.adopted_bytes),
+            adoption_discarded: get(&stats.adoption_discarded),
         }
     }
 }

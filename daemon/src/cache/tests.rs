@@ -20,6 +20,7 @@ async fn cache(dir: &std::path::Path) -> Cache {
         size: 4 << 20,
         max_block: CHUNK,
         huge_pages: Default::default(),
+        kept: false,
     })
     .unwrap();
     let engine = IoEngine::start(&IoConfig::default(), Some(arena.fixed_memory())).unwrap();

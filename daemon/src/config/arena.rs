@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::units::Size;
-use super::{ArenaSettings, Overrides, invalid, within};
+use super::{ArenaSettings, KeepOnRestart, Overrides, invalid, within};
 use crate::arena::HugePages;
 use crate::cache::policy::PolicyKind;
 use crate::cache::{BounceIo, CacheConfig};
@@ -15,11 +15,20 @@ use crate::store::StoreConfig;
 /// keys (256 bytes) they take about 100 MiB of the daemon's memory.
 pub const DEFAULT_MAX_SCHEDULE_KEYS: u64 = 1 << 18;
 
+/// `keep_on_restart` as written: a boolean or a word.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum KeepSetting {
+    Flag(bool),
+    Word(String),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileArena {
     size: Option<Size>,
     huge_pages: Option<HugePages>,
+    keep_on_restart: Option<KeepSetting>,
     eviction: Option<PolicyKind>,
     prefetch_memory: Option<Size>,
     write_back_memory: Option<Size>,
@@ -54,6 +63,18 @@ impl FileArena {
         Ok(ArenaSettings {
             size,
             huge_pages: self.huge_pages.unwrap_or_default(),
+            keep_on_restart: match self.keep_on_restart {
+                None => KeepOnRestart::Auto,
+                Some(KeepSetting::Flag(true)) => KeepOnRestart::On,
+                Some(KeepSetting::Flag(false)) => KeepOnRestart::Off,
+                Some(KeepSetting::Word(word)) if word == "auto" => KeepOnRestart::Auto,
+                Some(KeepSetting::Word(word)) => {
+                    return Err(invalid(
+                        "arena.keep_on_restart",
+                        format!("{word:?}; use true, false or \"auto\""),
+                    ));
+                }
+            },
             cache: CacheConfig {
                 policy: self.eviction.unwrap_or_default(),
                 prefetch_memory: self.prefetch_memory.map_or(256 << 20, |s| s.0).max(ALIGN as u64),

@@ -165,6 +165,15 @@ pub fn status(s: &StatusResponse) -> String {
             a.leased_shards,
             bytes(a.dirty_bytes)
         );
+        if a.adopted_shards > 0 || a.adoption_discarded > 0 {
+            let _ = writeln!(
+                out,
+                "warm start   {} shards ({}) taken back from the arena kept across the restart, {} left out",
+                a.adopted_shards,
+                bytes(a.adopted_bytes),
+                a.adoption_discarded
+            );
+        }
         let _ = writeln!(
             out,
             "hits         {} of {} fetches ({ratio:.1}%), {} read from the drive uncached",

@@ -134,6 +134,7 @@ async fn arena_blocks_as_fixed_buffers_and_shared_writes() {
         size: 16 << 20,
         max_block: 1 << 20,
         huge_pages: HugePages::Off,
+        kept: false,
     })
     .unwrap();
     let mut kinds = vec![EngineKind::Psync];

@@ -144,6 +144,22 @@ const FAMILIES: &[Family] = &[
         label: Some("placement"),
     },
     Family {
+        name: "shardd_arena_adopted_shards",
+        values: |a, _| vec![("adopted", a.adopted_shards), ("discarded", a.adoption_discarded)],
+        help: "Shards of the arena the previous daemon kept across its restart: taken back and served \
+               from memory (adopted), or left out because the drive changed or their bytes no longer \
+               matched its checksums (discarded). Zero after a cold start.",
+        kind: Kind::Gauge,
+        label: Some("result"),
+    },
+    Family {
+        name: "shardd_arena_adopted_bytes",
+        values: |a, _| vec![("", a.adopted_bytes)],
+        help: "Bytes of the shards adopted from the arena the previous daemon kept.",
+        kind: Kind::Gauge,
+        label: None,
+    },
+    Family {
         name: "shardd_arena_checksum_failures_total",
         values: |a, _| vec![("", a.checksum_failures)],
         help: "Copies in the arena that no longer matched their CRC32C when checked again (memory \

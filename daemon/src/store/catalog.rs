@@ -26,6 +26,12 @@ impl Store {
         Ok(self.current(namespace, key)?.meta.clone())
     }
 
+    /// The index entry of the current version of a shard (where it is, and
+    /// its chunk checksums), if there is one.
+    pub fn entry(&self, namespace: &Namespace, key: &Key) -> Option<Arc<ShardEntry>> {
+        self.inner.index.get(namespace, key)
+    }
+
     pub(super) fn current(&self, namespace: &Namespace, key: &Key) -> Result<Arc<ShardEntry>, StoreError> {
         if let Some(entry) = self.inner.index.get(namespace, key) {
             return Ok(entry);

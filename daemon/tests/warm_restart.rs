@@ -1,0 +1,369 @@
+//! A restart that keeps the arena (`arena.keep_on_restart`). The test plays
+//! systemd's part: a notification socket that keeps the descriptors the
+//! daemon stores (`FDSTORE=1`), drops those it removes, and passes them to
+//! the next start as systemd does (`LISTEN_FDS` from descriptor 3,
+//! `LISTEN_FDNAMES`, `LISTEN_PID`).
+//!
+//! The real `shardd` binary, on both I/O engines: the first fetches after a
+//! restart are arena hits and read the same bytes; shards changed on the
+//! drive while the daemon was down, or whose bytes in the arena were
+//! changed, are left out and read from the drive; an arena of another size,
+//! or a configuration that no longer keeps it, starts cold and says why.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardd::ctl::bench::pattern;
+use shardd_client::{Client, Durability, PutOptions};
+use shardd_protocol::ArenaStatus;
+use shardd_protocol::fdpass::{Received, recv_with_fds};
+use support::{engines, runtime};
+
+const MIB: usize = 1 << 20;
+
+/// systemd's side: its notification socket and file descriptor store.
+struct Systemd {
+    socket: UnixDatagram,
+    path: PathBuf,
+    store: HashMap<String, OwnedFd>,
+    messages: Vec<String>,
+}
+
+impl Systemd {
+    fn new(dir: &Path) -> Systemd {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Systemd {
+            socket,
+            path,
+            store: HashMap::new(),
+            messages: Vec::new(),
+        }
+    }
+
+    /// Takes every message waiting: keeps stored descriptors by name,
+    /// drops removed ones.
+    fn receive(&mut self) {
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut received = Received::default();
+            let n = match recv_with_fds(self.socket.as_raw_fd(), &mut buf, &mut received) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("notification socket: {e}"),
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_string();
+            if text.lines().any(|l| l == "FDSTORE=1") {
+                assert_eq!(received.fds.len(), 1, "one descriptor with {text:?}");
+                self.store.insert(name, received.fds.pop().unwrap());
+            } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                self.store.remove(&name);
+            }
+            self.messages.push(text);
+        }
+    }
+
+    fn names(&mut self) -> Vec<String> {
+        self.receive();
+        let mut names: Vec<String> = self.store.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Starts `shardd` with this socket as `$NOTIFY_SOCKET` and the stored
+    /// descriptors passed as systemd passes them.
+    fn start(&mut self, dir: &Path, engine: &str, config: &str, log: &Path) -> Child {
+        self.receive();
+        let file = dir.join("shardd.toml");
+        std::fs::write(&file, config).unwrap();
+        let stored: Vec<(&String, &OwnedFd)> = self.store.iter().collect();
+        let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+        // Copies above the range they are moved to, closed at exec.
+        let high: Vec<OwnedFd> = stored
+            .iter()
+            .map(|(_, fd)| {
+                // SAFETY: fcntl on a descriptor we own; returns a new one.
+                let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+                assert!(raw >= 100);
+                // SAFETY: `raw` is a new descriptor, ours.
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
+            })
+            .collect();
+        let raws: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut command = Command::new("sh");
+        command
+            // `$$` is the shell's pid, which `exec` gives to shardd.
+            .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_shardd"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(dir.join("shardd.sock"))
+            .args([
+                "--tcp",
+                "off",
+                "--http",
+                "off",
+                "--io-engine",
+                engine,
+                "--log-level",
+                "info",
+            ])
+            .env("NOTIFY_SOCKET", &self.path)
+            .env("LISTEN_FDS", raws.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .env_remove("SHARDD_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        // SAFETY: only dup2 between fork and exec (async-signal-safe); the
+        // sources are open until after spawn returns.
+        unsafe {
+            command.pre_exec(move || {
+                for (i, &raw) in raws.iter().enumerate() {
+                    if libc::dup2(raw, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        drop(high);
+        wait_for_log(log, "\"serving\"", "serving");
+        child
+    }
+}
+
+/// Waits until the log holds `needle` (or `plain`, for human output).
+fn wait_for_log(log: &Path, needle: &str, plain: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        if text.contains(needle) || text.contains(plain) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {plain:?} in the log:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "shardd exited with {status}");
+}
+
+/// The configuration: `keep` sets `arena.keep_on_restart`; without it,
+/// `"auto"` keeps the arena because systemd (this test) started the daemon.
+fn config(size: &str, keep: Option<bool>) -> String {
+    let keep = keep.map_or(String::new(), |keep| format!("keep_on_restart = {keep}\n"));
+    format!("[storage]\nmin_free = 0\n[arena]\nsize = \"{size}\"\n{keep}")
+}
+
+/// The shards put, by key: (seed, length).
+const SHARDS: &[(&str, u64, usize)] = &[
+    ("layers.0.weight", 1, 3 * MIB + 5),
+    ("layers.0.bias", 2, 4096),
+    ("layers.1.weight", 3, 2 * MIB),
+    ("layers.1.bias", 4, 100_000),
+    ("layers.2.weight", 5, MIB),
+    ("optimizer.step", 6, 17),
+];
+/// Put write-back: flushed at the stop, and kept.
+const WRITE_BACK: (&str, u64, usize) = ("layers.2.bias", 7, 300_000);
+
+async fn arena_status(client: &Client) -> ArenaStatus {
+    client.status().await.unwrap().arena.expect("an arena")
+}
+
+/// Fetches every shard of `expected` (key, seed, length) and checks its bytes.
+async fn fetch_all(client: &Client, expected: &[(&str, u64, usize)]) {
+    for &(key, seed, len) in expected {
+        let shard = client.fetch("job", key).await.unwrap();
+        assert!(shard.data == pattern(len, seed), "{key}: wrong bytes");
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut systemd = Systemd::new(dir.path());
+        let rt = runtime();
+        let endpoint = format!("unix://{}", dir.path().join("shardd.sock").display());
+        let mut all: Vec<(&str, u64, usize)> = SHARDS.to_vec();
+        all.push(WRITE_BACK);
+
+        // A first start: nothing passed, a cold arena.
+        let log = dir.path().join("first.log");
+        let mut daemon = systemd.start(dir.path(), engine, &config("64MiB", None), &log);
+        rt.block_on(async {
+            let client = Client::connect(&endpoint).await.unwrap();
+            assert_eq!(arena_status(&client).await.adopted_shards, 0);
+            for &(key, seed, len) in SHARDS {
+                client
+                    .put("job", key, pattern(len, seed), PutOptions::default())
+                    .await
+                    .unwrap();
+            }
+            let write_back = PutOptions {
+                durability: Durability::WriteBack,
+                ..PutOptions::default()
+            };
+            let (key, seed, len) = WRITE_BACK;
+            client.put("job", key, pattern(len, seed), write_back).await.unwrap();
+            assert_eq!(arena_status(&client).await.resident_shards, all.len() as u64);
+        });
+        stop(&mut daemon);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("7 shards"), "the stop says what it handed over:\n{text}");
+        assert_eq!(systemd.names(), ["shardd-arena", "shardd-arena-index"], "[{engine}]");
+
+        // Restarted with them: every shard is an arena hit, none is read
+        // from the drive, and local clients map the kept arena.
+        let log = dir.path().join("warm.log");
+        let mut daemon = systemd.start(dir.path(), engine, &config("64MiB", None), &log);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("warm restart"), "{text}");
+        assert!(systemd.names().is_empty(), "the daemon told systemd to drop its copies");
+        let status = Command::new(env!("CARGO_BIN_EXE_shardctl"))
+            .args(["--endpoint", &endpoint, "status"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            said.contains("warm start   7 shards") && said.contains("0 left out"),
+            "shardctl status says so:\n{said}"
+        );
+        rt.block_on(async {
+            let client = Client::connect(&endpoint).await.unwrap();
+            assert!(client.zero_copy(), "{:?}", client.zero_copy_refused());
+            let before = arena_status(&client).await;
+            assert_eq!(
+                (before.adopted_shards, before.adoption_discarded),
+                (7, 0),
+                "[{engine}]\n{text}"
+            );
+            let bytes: usize = all.iter().map(|s| s.2).sum();
+            assert_eq!(before.adopted_bytes, bytes as u64);
+            assert_eq!(before.resident_shards, 7);
+            fetch_all(&client, &all).await;
+            let after = arena_status(&client).await;
+            assert_eq!(after.hits - before.hits, 7, "[{engine}] every fetch is an arena hit");
+            assert_eq!(
+                (after.misses, after.loads),
+                (0, 0),
+                "[{engine}] nothing read from the drive"
+            );
+        });
+        stop(&mut daemon);
+        assert_eq!(systemd.names(), ["shardd-arena", "shardd-arena-index"]);
+
+        // While it is down: another daemon (not started by systemd, so
+        // handed nothing) replaces one shard and deletes another; and one
+        // byte of a third changes in the kept arena itself (the first shard
+        // put took its first blocks).
+        let log = dir.path().join("between.log");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let mut between = Systemd::new(&elsewhere);
+        let mut other = between.start(dir.path(), engine, &config("64MiB", Some(false)), &log);
+        rt.block_on(async {
+            let client = Client::connect(&endpoint).await.unwrap();
+            client
+                .put("job", "layers.1.weight", pattern(2 * MIB, 30), PutOptions::default())
+                .await
+                .unwrap();
+            client.delete("job", "layers.1.bias", None).await.unwrap();
+        });
+        stop(&mut other);
+        let arena = std::fs::File::from(systemd.store["shardd-arena"].try_clone().unwrap());
+        let mut byte = [0u8];
+        arena.read_exact_at(&mut byte, 0).unwrap();
+        arena.write_all_at(&[!byte[0]], 0).unwrap();
+
+        let log = dir.path().join("checked.log");
+        let mut daemon = systemd.start(dir.path(), engine, &config("64MiB", None), &log);
+        let text = std::fs::read_to_string(&log).unwrap();
+        for (key, why) in [
+            ("layers.0.weight", "CRC32C"),
+            ("layers.1.weight", "the drive holds version 2 and the arena version 1"),
+            ("layers.1.bias", "no longer on the drive"),
+        ] {
+            assert!(
+                text.lines().any(|l| l.contains(key) && l.contains(why)),
+                "[{engine}] {key} left out because {why}:\n{text}"
+            );
+        }
+        rt.block_on(async {
+            let client = Client::connect(&endpoint).await.unwrap();
+            let before = arena_status(&client).await;
+            assert_eq!((before.adopted_shards, before.adoption_discarded), (4, 3), "[{engine}]");
+            let now: Vec<(&str, u64, usize)> = all
+                .iter()
+                .copied()
+                .filter(|s| s.0 != "layers.1.bias")
+                .map(|s| if s.0 == "layers.1.weight" { (s.0, 30, s.2) } else { s })
+                .collect();
+            fetch_all(&client, &now).await;
+            let after = arena_status(&client).await;
+            assert_eq!(after.hits - before.hits, 4, "[{engine}]");
+            assert_eq!(after.loads, 2, "[{engine}] the two left out are read from the drive");
+            let gone = client.fetch("job", "layers.1.bias").await.unwrap_err();
+            assert!(gone.is_not_found(), "{gone:?}");
+        });
+        stop(&mut daemon);
+
+        // Another arena size: cold, and the log says why.
+        let log = dir.path().join("resized.log");
+        let mut daemon = systemd.start(dir.path(), engine, &config("128MiB", Some(true)), &log);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("starting with a cold arena: arena.size changed"),
+            "{text}"
+        );
+        assert!(systemd.names().is_empty());
+        rt.block_on(async {
+            let client = Client::connect(&endpoint).await.unwrap();
+            let status = arena_status(&client).await;
+            assert_eq!((status.adopted_shards, status.resident_shards), (0, 0));
+            client.fetch("job", "layers.0.weight").await.unwrap();
+            assert_eq!(arena_status(&client).await.loads, 1);
+        });
+        stop(&mut daemon);
+
+        // Kept by that one; the next no longer keeps its arena.
+        assert_eq!(systemd.names(), ["shardd-arena", "shardd-arena-index"]);
+        let log = dir.path().join("not-kept.log");
+        let mut daemon = systemd.start(dir.path(), engine, &config("128MiB", Some(false)), &log);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("arena.keep_on_restart is off"), "{text}");
+        stop(&mut daemon);
+        assert!(
+            systemd.names().is_empty(),
+            "a daemon that does not keep its arena stores nothing"
+        );
+    }
+}
