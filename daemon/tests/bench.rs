@@ -413,3 +413,48 @@ fn a_short_soak_over_unix_and_tcp_checks_every_byte_and_reports_every_operation(
     // The soak's shards are gone afterwards.
     assert_eq!(status(&daemon)["shards"], 0);
 }
+
+#[test]
+fn a_short_restart_benchmark_compares_a_cold_and_a_warm_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("shardctl")
+        .unwrap()
+        .args(["bench", "restart", "--json", "--runs", "1", "--arena", "64MiB"])
+        .args([
+            "--fill",
+            "32MiB",
+            "--shard-size",
+            "4MiB",
+            "--shardd",
+            env!("CARGO_BIN_EXE_shardd"),
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["shards"], 8);
+    let rows = report["rows"].as_array().unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r["restart"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["cold", "warm"]);
+    let (cold, warm) = (&rows[0], &rows[1]);
+    // Cold: every shard read from the drive; warm: every one an arena hit.
+    assert_eq!(
+        (cold["loads"].as_u64(), cold["adopted_shards"].as_u64()),
+        (Some(8), Some(0)),
+        "{cold}"
+    );
+    assert_eq!(
+        (warm["hits"].as_u64(), warm["loads"].as_u64()),
+        (Some(8), Some(0)),
+        "{warm}"
+    );
+    assert_eq!(warm["adopted_shards"], 8, "{warm}");
+    for row in rows {
+        assert!(row["first_answer_secs"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["first_pass_gbps"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Its directory is removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

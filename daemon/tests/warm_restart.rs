@@ -1,8 +1,8 @@
 //! A restart that keeps the arena (`arena.keep_on_restart`). The test plays
-//! systemd's part: a notification socket that keeps the descriptors the
-//! daemon stores (`FDSTORE=1`), drops those it removes, and passes them to
-//! the next start as systemd does (`LISTEN_FDS` from descriptor 3,
-//! `LISTEN_FDNAMES`, `LISTEN_PID`).
+//! systemd's part ([`FdStore`]): a notification socket that keeps the
+//! descriptors the daemon stores (`FDSTORE=1`), drops those it removes, and
+//! passes them to the next start as systemd does (`LISTEN_FDS` from
+//! descriptor 3, `LISTEN_FDNAMES`, `LISTEN_PID`).
 //!
 //! The real `shardd` binary, on both I/O engines: the first fetches after a
 //! restart are arena hits and read the same bytes; shards changed on the
@@ -12,158 +12,64 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardd::ctl::bench::pattern;
+use shardd::ctl::bench::restart::FdStore;
 use shardd_client::{Client, Durability, PutOptions};
 use shardd_protocol::ArenaStatus;
-use shardd_protocol::fdpass::{Received, recv_with_fds};
 use support::{engines, runtime};
 
 const MIB: usize = 1 << 20;
 
-/// systemd's side: its notification socket and file descriptor store.
-struct Systemd {
-    socket: UnixDatagram,
-    path: PathBuf,
-    store: HashMap<String, OwnedFd>,
-    messages: Vec<String>,
+/// Starts `shardd` as systemd would, with what `systemd` holds.
+fn start(systemd: &mut FdStore, dir: &Path, engine: &str, config: &str, log: &Path) -> Child {
+    let file = dir.join("shardd.toml");
+    std::fs::write(&file, config).unwrap();
+    let child = systemd
+        .command(Path::new(env!("CARGO_BIN_EXE_shardd")))
+        .unwrap()
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("shardd.sock"))
+        .args([
+            "--tcp",
+            "off",
+            "--http",
+            "off",
+            "--io-engine",
+            engine,
+            "--log-level",
+            "info",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_log(log, "serving");
+    child
 }
 
-impl Systemd {
-    fn new(dir: &Path) -> Systemd {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        Systemd {
-            socket,
-            path,
-            store: HashMap::new(),
-            messages: Vec::new(),
-        }
-    }
-
-    /// Takes every message waiting: keeps stored descriptors by name,
-    /// drops removed ones.
-    fn receive(&mut self) {
-        loop {
-            let mut buf = [0u8; 4096];
-            let mut received = Received::default();
-            let n = match recv_with_fds(self.socket.as_raw_fd(), &mut buf, &mut received) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => panic!("notification socket: {e}"),
-            };
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-            let name = text
-                .lines()
-                .find_map(|l| l.strip_prefix("FDNAME="))
-                .unwrap_or("stored")
-                .to_string();
-            if text.lines().any(|l| l == "FDSTORE=1") {
-                assert_eq!(received.fds.len(), 1, "one descriptor with {text:?}");
-                self.store.insert(name, received.fds.pop().unwrap());
-            } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
-                self.store.remove(&name);
-            }
-            self.messages.push(text);
-        }
-    }
-
-    fn names(&mut self) -> Vec<String> {
-        self.receive();
-        let mut names: Vec<String> = self.store.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
-    /// Starts `shardd` with this socket as `$NOTIFY_SOCKET` and the stored
-    /// descriptors passed as systemd passes them.
-    fn start(&mut self, dir: &Path, engine: &str, config: &str, log: &Path) -> Child {
-        self.receive();
-        let file = dir.join("shardd.toml");
-        std::fs::write(&file, config).unwrap();
-        let stored: Vec<(&String, &OwnedFd)> = self.store.iter().collect();
-        let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
-        // Copies above the range they are moved to, closed at exec.
-        let high: Vec<OwnedFd> = stored
-            .iter()
-            .map(|(_, fd)| {
-                // SAFETY: fcntl on a descriptor we own; returns a new one.
-                let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
-                assert!(raw >= 100);
-                // SAFETY: `raw` is a new descriptor, ours.
-                unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
-            })
-            .collect();
-        let raws: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
-        let mut command = Command::new("sh");
-        command
-            // `$$` is the shell's pid, which `exec` gives to shardd.
-            .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
-            .arg(env!("CARGO_BIN_EXE_shardd"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--socket")
-            .arg(dir.join("shardd.sock"))
-            .args([
-                "--tcp",
-                "off",
-                "--http",
-                "off",
-                "--io-engine",
-                engine,
-                "--log-level",
-                "info",
-            ])
-            .env("NOTIFY_SOCKET", &self.path)
-            .env("LISTEN_FDS", raws.len().to_string())
-            .env("LISTEN_FDNAMES", names.join(":"))
-            .env_remove("SHARDD_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap());
-        // SAFETY: only dup2 between fork and exec (async-signal-safe); the
-        // sources are open until after spawn returns.
-        unsafe {
-            command.pre_exec(move || {
-                for (i, &raw) in raws.iter().enumerate() {
-                    if libc::dup2(raw, 3 + i as RawFd) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().unwrap();
-        drop(high);
-        wait_for_log(log, "\"serving\"", "serving");
-        child
-    }
-}
-
-/// Waits until the log holds `needle` (or `plain`, for human output).
-fn wait_for_log(log: &Path, needle: &str, plain: &str) -> String {
+/// Waits until the log holds `needle`.
+fn wait_for_log(log: &Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(log) {
             let _ = file.read_to_string(&mut text);
         }
-        if text.contains(needle) || text.contains(plain) {
+        if text.contains(needle) {
             return text;
         }
-        assert!(Instant::now() < deadline, "no {plain:?} in the log:\n{text}");
+        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -210,7 +116,7 @@ async fn fetch_all(client: &Client, expected: &[(&str, u64, usize)]) {
 fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
     for engine in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let mut systemd = Systemd::new(dir.path());
+        let mut systemd = FdStore::bind(&dir.path().join("notify.sock")).unwrap();
         let rt = runtime();
         let endpoint = format!("unix://{}", dir.path().join("shardd.sock").display());
         let mut all: Vec<(&str, u64, usize)> = SHARDS.to_vec();
@@ -218,7 +124,7 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
 
         // A first start: nothing passed, a cold arena.
         let log = dir.path().join("first.log");
-        let mut daemon = systemd.start(dir.path(), engine, &config("64MiB", None), &log);
+        let mut daemon = start(&mut systemd, dir.path(), engine, &config("64MiB", None), &log);
         rt.block_on(async {
             let client = Client::connect(&endpoint).await.unwrap();
             assert_eq!(arena_status(&client).await.adopted_shards, 0);
@@ -239,15 +145,22 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
         stop(&mut daemon);
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("7 shards"), "the stop says what it handed over:\n{text}");
-        assert_eq!(systemd.names(), ["shardd-arena", "shardd-arena-index"], "[{engine}]");
+        assert_eq!(
+            systemd.names().unwrap(),
+            ["shardd-arena", "shardd-arena-index"],
+            "[{engine}]"
+        );
 
         // Restarted with them: every shard is an arena hit, none is read
         // from the drive, and local clients map the kept arena.
         let log = dir.path().join("warm.log");
-        let mut daemon = systemd.start(dir.path(), engine, &config("64MiB", None), &log);
+        let mut daemon = start(&mut systemd, dir.path(), engine, &config("64MiB", None), &log);
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("warm restart"), "{text}");
-        assert!(systemd.names().is_empty(), "the daemon told systemd to drop its copies");
+        assert!(
+            systemd.names().unwrap().is_empty(),
+            "the daemon told systemd to drop its copies"
+        );
         let status = Command::new(env!("CARGO_BIN_EXE_shardctl"))
             .args(["--endpoint", &endpoint, "status"])
             .output()
@@ -279,7 +192,7 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
             );
         });
         stop(&mut daemon);
-        assert_eq!(systemd.names(), ["shardd-arena", "shardd-arena-index"]);
+        assert_eq!(systemd.names().unwrap(), ["shardd-arena", "shardd-arena-index"]);
 
         // While it is down: another daemon (not started by systemd, so
         // handed nothing) replaces one shard and deletes another; and one
@@ -288,8 +201,8 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
         let log = dir.path().join("between.log");
         let elsewhere = dir.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
-        let mut between = Systemd::new(&elsewhere);
-        let mut other = between.start(dir.path(), engine, &config("64MiB", Some(false)), &log);
+        let mut between = FdStore::bind(&elsewhere.join("notify.sock")).unwrap();
+        let mut other = start(&mut between, dir.path(), engine, &config("64MiB", Some(false)), &log);
         rt.block_on(async {
             let client = Client::connect(&endpoint).await.unwrap();
             client
@@ -299,13 +212,13 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
             client.delete("job", "layers.1.bias", None).await.unwrap();
         });
         stop(&mut other);
-        let arena = std::fs::File::from(systemd.store["shardd-arena"].try_clone().unwrap());
+        let arena = std::fs::File::from(systemd.get("shardd-arena").unwrap().try_clone().unwrap());
         let mut byte = [0u8];
         arena.read_exact_at(&mut byte, 0).unwrap();
         arena.write_all_at(&[!byte[0]], 0).unwrap();
 
         let log = dir.path().join("checked.log");
-        let mut daemon = systemd.start(dir.path(), engine, &config("64MiB", None), &log);
+        let mut daemon = start(&mut systemd, dir.path(), engine, &config("64MiB", None), &log);
         let text = std::fs::read_to_string(&log).unwrap();
         for (key, why) in [
             ("layers.0.weight", "CRC32C"),
@@ -338,13 +251,13 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
 
         // Another arena size: cold, and the log says why.
         let log = dir.path().join("resized.log");
-        let mut daemon = systemd.start(dir.path(), engine, &config("128MiB", Some(true)), &log);
+        let mut daemon = start(&mut systemd, dir.path(), engine, &config("128MiB", Some(true)), &log);
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(
             text.contains("starting with a cold arena: arena.size changed"),
             "{text}"
         );
-        assert!(systemd.names().is_empty());
+        assert!(systemd.names().unwrap().is_empty());
         rt.block_on(async {
             let client = Client::connect(&endpoint).await.unwrap();
             let status = arena_status(&client).await;
@@ -355,14 +268,14 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
         stop(&mut daemon);
 
         // Kept by that one; the next no longer keeps its arena.
-        assert_eq!(systemd.names(), ["shardd-arena", "shardd-arena-index"]);
+        assert_eq!(systemd.names().unwrap(), ["shardd-arena", "shardd-arena-index"]);
         let log = dir.path().join("not-kept.log");
-        let mut daemon = systemd.start(dir.path(), engine, &config("128MiB", Some(false)), &log);
+        let mut daemon = start(&mut systemd, dir.path(), engine, &config("128MiB", Some(false)), &log);
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("arena.keep_on_restart is off"), "{text}");
         stop(&mut daemon);
         assert!(
-            systemd.names().is_empty(),
+            systemd.names().unwrap().is_empty(),
             "a daemon that does not keep its arena stores nothing"
         );
     }

@@ -7,6 +7,8 @@
 //! * [`hot`]: fetches of shards in the pinned arena over zero-copy Unix,
 //!   copying Unix and TCP, beside memcpy and iperf3; and 4 KiB fetches
 //!   (latency and ops/s) beside redis-benchmark.
+//! * [`restart`]: a daemon of its own restarted cold and with a warm arena:
+//!   time to the first answer, and the first pass over the shards after it.
 //! * [`soak`]: sustained mixed load from many clients over Unix and TCP,
 //!   every byte read checked; ops/s, latency, errors, the daemon's memory.
 //! * [`train`]: a simulated training loop over one or more daemons (one
@@ -17,6 +19,7 @@ pub mod baselines;
 pub mod cold;
 pub mod files;
 pub mod hot;
+pub mod restart;
 pub mod soak;
 pub mod train;
 
@@ -34,6 +37,9 @@ pub enum BenchCommand {
     /// Hot fetch throughput and small-fetch latency, beside memcpy, iperf3
     /// and redis-benchmark.
     Hot(hot::HotArgs),
+    /// Restarts of a daemon it starts itself, cold and with a warm arena:
+    /// time to the first answer and to fetch every shard once after it.
+    Restart(restart::RestartArgs),
     /// Sustained mixed load from many clients, every byte read checked:
     /// ops/s and latency per operation, errors, the daemon's peak memory.
     Soak(soak::SoakArgs),
@@ -49,6 +55,7 @@ pub async fn run(endpoint: &str, base: &ClientOptions, command: &BenchCommand) -
         BenchCommand::Cold(args) => cold::run(endpoint, base, args).await,
         BenchCommand::Files(args) => files::run(endpoint, base, args).await,
         BenchCommand::Hot(args) => hot::run(endpoint, base, args).await,
+        BenchCommand::Restart(args) => restart::run(args).await,
         BenchCommand::Soak(args) => soak::run(endpoint, base, args).await,
         BenchCommand::Train(args) => train::run(endpoint, base, args).await,
     }
