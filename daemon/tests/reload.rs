@@ -2,31 +2,18 @@
 //! change while running (log level, connection limit), says what it applied
 //! and what needs a restart, and keeps running on a bad file.
 
-use std::io::Read;
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::wait_for_log;
 
 fn hup(child: &std::process::Child) {
     // SAFETY: sending a signal to our own child process.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     assert_eq!(rc, 0);
-}
-
-/// Waits until the log file holds `needle`; returns the whole log.
-fn wait_for_log(log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(log) {
-            let _ = file.read_to_string(&mut text);
-        }
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Starts `shardd` with the configuration `file`, data and socket

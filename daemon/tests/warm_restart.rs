@@ -12,17 +12,15 @@
 
 mod support;
 
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use shardd::ctl::bench::pattern;
 use shardd::ctl::bench::restart::FdStore;
 use shardd_client::{Client, Durability, PutOptions};
 use shardd_protocol::ArenaStatus;
-use support::{engines, runtime};
+use support::{engines, runtime, wait_for_log};
 
 const MIB: usize = 1 << 20;
 
@@ -56,22 +54,6 @@ fn start(systemd: &mut FdStore, dir: &Path, engine: &str, config: &str, log: &Pa
         .unwrap();
     wait_for_log(log, "serving");
     child
-}
-
-/// Waits until the log holds `needle`.
-fn wait_for_log(log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(log) {
-            let _ = file.read_to_string(&mut text);
-        }
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn stop(child: &mut Child) {

@@ -177,3 +177,20 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// Waits (up to 30 s) until the log file holds `needle`; returns the whole log.
+pub fn wait_for_log(log: &Path, needle: &str) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
