@@ -11,7 +11,8 @@
 //! * A put can keep its bytes in the arena after writing them (durable), or
 //!   be acknowledged once they are in the arena and flushed in the
 //!   background (write-back); a failed flush is reported by later stats and
-//!   fetches of the shard and counted. Write-back bytes not on the drive
+//!   fetches of the shard, counted, and tried again (another drive, space
+//!   come back) until it succeeds or the shard is replaced. Write-back bytes not on the drive
 //!   are bounded by a budget; a scratch shard's flush gives its room back
 //!   chunk by chunk as it writes.
 //! * Under memory pressure the policy ([`policy`]) picks shards to evict.
@@ -159,6 +160,8 @@ struct Inner {
     write_back_room: Notify,
     /// Flush tasks, so that shutdown can wait for them.
     flush_tasks: tokio_util::task::TaskTracker,
+    /// Cancelled at shutdown: failed flushes stop waiting to be tried again.
+    stopping: tokio_util::sync::CancellationToken,
     /// Loads running on their own (started by prefetch hints, or by a
     /// fetch that follows them), so that shutdown can wait for them.
     load_tasks: tokio_util::task::TaskTracker,
@@ -195,6 +198,7 @@ impl Cache {
                 flushes: Semaphore::new(config.flush_concurrency.max(1)),
                 write_back_room: Notify::new(),
                 flush_tasks: tokio_util::task::TaskTracker::new(),
+                stopping: tokio_util::sync::CancellationToken::new(),
                 load_tasks: tokio_util::task::TaskTracker::new(),
                 state: Mutex::new(State {
                     entries: IdMap::default(),

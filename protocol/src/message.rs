@@ -360,7 +360,7 @@ pub struct ArenaStatus {
     pub prefetch_unused: u64,
     /// Puts acknowledged from memory.
     pub write_back_puts: u64,
-    /// Write-back flushes that failed.
+    /// Write-back shards whose flush failed (counted once per shard).
     pub flush_failures: u64,
     /// Write-back shards replaced or deleted before their flush finished:
     /// not written to the drive, or the rest of their writing skipped.
@@ -386,6 +386,11 @@ pub struct ArenaStatus {
     /// Shards of that arena left out (changed on the drive since, or no
     /// longer matching its checksums).
     pub adoption_discarded: u64,
+    /// Failed write-back flushes tried again.
+    pub flush_retries: u64,
+    /// Write-back shards whose flush failed and that a later try wrote to
+    /// a drive.
+    pub flushes_recovered: u64,
 }
 
 /// One shard to prefetch, and how urgently.

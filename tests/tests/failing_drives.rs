@@ -3,7 +3,8 @@
 //! later I/O fails with EIO, as when a drive drops off its bus). Fetches of
 //! its shards fail promptly with `io error`, the other directory's shards
 //! and the arena's copies keep being served, new puts go to the other
-//! directory, and `status`, `/readyz` and the metrics name the failed one.
+//! directory, and `status`, `/readyz` and the metrics name the failed one;
+//! write-back shards whose flush failed with it reach the other.
 //!
 //! Needs root (loop devices); skips, saying so, elsewhere.
 
@@ -163,6 +164,97 @@ async fn a_failed_drive_fails_its_shards_promptly_while_the_other_drive_and_the_
         );
         assert!(client.fetch(NAMESPACE, key).await.unwrap().data == pattern(1000, 7));
 
+        daemon.stop().await.unwrap();
+    }
+}
+
+/// Write-back puts acknowledged just after a drive failed, before the
+/// daemon knows: the flushes that went to the dead drive fail, are reported,
+/// and are tried again, which writes them to the other drive. Nothing
+/// acknowledged is lost, also across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_shards_whose_flush_failed_with_their_drive_reach_the_other() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut failing, healthy) = match (
+            Ext4Image::create(dir.path(), "nvme0", "128M"),
+            Ext4Image::create(dir.path(), "nvme1", "128M"),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                return skipped(format!("failing drive test: cannot mount an ext4 image ({e})"));
+            }
+        };
+        let dirs = vec![failing.path().join("data"), healthy.path().join("data")];
+        let daemon = start(dir.path(), dirs.clone(), engine).await;
+        let http = format!("http://{}", daemon.http_addr().unwrap());
+        let endpoint = format!("unix://{}", dir.path().join("shardd.sock").display());
+        let client = Client::connect(&endpoint).await.unwrap();
+        let write_back = PutOptions {
+            durability: shardd_client::Durability::WriteBack,
+            ..PutOptions::default()
+        };
+
+        failing.cut();
+        // Keys spread over both drives: some of these prefer the dead one.
+        let shards: Vec<(String, Vec<u8>)> = (0..16u64)
+            .map(|i| (format!("wb{i}"), pattern(100_000 + i as usize, 300 + i)))
+            .collect();
+        for (key, data) in &shards {
+            client
+                .put(NAMESPACE, key, data.clone(), write_back.clone())
+                .await
+                .unwrap();
+        }
+        // Every one reaches a drive: first try or later.
+        let mut pending: Vec<&str> = shards.iter().map(|(k, _)| k.as_str()).collect();
+        for _ in 0..300 {
+            let mut still = Vec::new();
+            for key in pending {
+                let stat = client.stat(NAMESPACE, key).await.unwrap();
+                if stat.cache.dirty || stat.cache.flush_error.is_some() {
+                    still.push(key);
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(pending.is_empty(), "{engine:?}: never flushed: {pending:?}");
+        let (_, metrics) = http_get(&format!("{http}/metrics")).await;
+        let failures = sample(&metrics, "shardd_write_back_flush_failures_total").unwrap_or(0.0);
+        let recovered = sample(&metrics, "shardd_write_back_flushes_recovered_total").unwrap_or(0.0);
+        assert!(failures >= 1.0, "{engine:?}: no flush went to the dead drive first");
+        assert_eq!(
+            recovered, failures,
+            "{engine:?}: each failed flush was written by a later try"
+        );
+        assert!(sample(&metrics, "shardd_write_back_flush_retries_total").unwrap_or(0.0) >= recovered);
+        for (key, data) in &shards {
+            assert!(client.fetch(NAMESPACE, key).await.unwrap().data == *data, "{key}");
+        }
+        drop(client);
+        daemon.stop().await.unwrap();
+
+        // The drive back (its journal replayed), and the daemon started on
+        // both again: every shard is read from a drive.
+        failing.remount();
+        let daemon = start(dir.path(), dirs.clone(), engine).await;
+        let client = Client::connect(&endpoint).await.unwrap();
+        for (key, data) in &shards {
+            assert!(
+                client.fetch(NAMESPACE, key).await.unwrap().data == *data,
+                "{key} after a restart"
+            );
+        }
+        assert_eq!(
+            client.status().await.unwrap().arena.unwrap().hits,
+            0,
+            "read from the drives"
+        );
+        drop(client);
         daemon.stop().await.unwrap();
     }
 }

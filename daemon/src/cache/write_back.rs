@@ -12,6 +12,12 @@ use crate::io::{AlignedBuf, align_up};
 use crate::store::versions::Reservation;
 use crate::store::{PutSpec, StoreError};
 
+/// How long after a failed write-back flush it is tried again; doubled
+/// after each failure up to [`FLUSH_RETRY_MAX`].
+pub const FLUSH_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait between tries of a failed flush.
+pub const FLUSH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Room in the write-back budget, held by a put from its admission until
 /// its shard is installed or the put fails: puts admitted at the same
 /// moment on several connections cannot together go beyond the budget.
@@ -168,6 +174,8 @@ impl Cache {
     pub async fn finish_write_back(&self, budget: std::time::Duration) {
         let tasks = &self.inner.flush_tasks;
         tasks.close();
+        // Failed flushes waiting to be tried again are tried once more now.
+        self.inner.stopping.cancel();
         if tokio::time::timeout(budget, tasks.wait()).await.is_err() {
             tracing::error!(
                 remaining = tasks.len(),
@@ -202,58 +210,111 @@ impl Cache {
         matches!(self.state().entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, shard))
     }
 
-    /// Writes a write-back shard to the drive, straight from the arena.
+    /// Writes a write-back shard to the drive, straight from the arena. A
+    /// flush that fails (a drive error, no space) marks the shard failed,
+    /// which stat and fetch report, and is tried again after
+    /// [`FLUSH_RETRY_FIRST`], backing off to [`FLUSH_RETRY_MAX`], while the
+    /// shard is the key's current version: a drive marked failed meanwhile
+    /// is no longer chosen, and space may come back. The daemon's stop makes
+    /// one last try of each.
     async fn flush(&self, shard: Arc<CachedShard>) {
-        let _permit = self.inner.flushes.acquire().await;
-        let meta = &shard.meta;
-        if !self.is_current(&shard) {
-            // Replaced or deleted while waiting its turn: a swap rewritten
-            // every step need not reach the drive each time.
-            self.inner.stats.flushes_superseded.fetch_add(1, Ordering::Relaxed);
-            return;
+        let mut delay = FLUSH_RETRY_FIRST;
+        let mut failed = false;
+        loop {
+            let permit = self.inner.flushes.acquire().await;
+            if !self.is_current(&shard) {
+                // Replaced or deleted while waiting its turn: a swap rewritten
+                // every step need not reach the drive each time.
+                self.inner.stats.flushes_superseded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if failed {
+                self.inner.stats.flush_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let result = self.write_out(&shard).await;
+            drop(permit);
+            let Some(error) = self.settle(&shard, result) else {
+                if failed && shard.is_clean() {
+                    self.inner.stats.flushes_recovered.fetch_add(1, Ordering::Relaxed);
+                    let meta = &shard.meta;
+                    tracing::info!(
+                        namespace = %meta.namespace, key = %meta.key, version = meta.version,
+                        "write-back flush succeeded when tried again; the shard is on a drive"
+                    );
+                }
+                return;
+            };
+            let meta = &shard.meta;
+            if !failed {
+                failed = true;
+                self.inner.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    namespace = %meta.namespace, key = %meta.key, version = meta.version, error = %error,
+                    "write-back flush failed; the shard is only in memory; trying again in {delay:?}"
+                );
+                // The first failure is the one reported, however the next
+                // tries fail.
+                shard.set_write_back(WriteBack::Failed {
+                    status: error.status(),
+                    reason: error.to_string(),
+                });
+            } else {
+                tracing::debug!(
+                    namespace = %meta.namespace, key = %meta.key, error = %error,
+                    "write-back flush failed again; trying again in {delay:?}"
+                );
+            }
+            let stopping = self.inner.stopping.is_cancelled();
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.stopping.cancelled() => {}
+            }
+            delay = (delay * 2).min(FLUSH_RETRY_MAX);
         }
-        let result = self.write_out(&shard).await;
-        let current = self.is_current(&shard);
+    }
+
+    /// Applies the outcome of writing `shard` out; the error if it is worth
+    /// trying again.
+    fn settle(&self, shard: &Arc<CachedShard>, result: Result<Option<ShardMeta>, StoreError>) -> Option<StoreError> {
+        let meta = &shard.meta;
+        let current = self.is_current(shard);
         match result {
             Ok(Some(_)) => {
                 shard.set_write_back(WriteBack::Clean);
-                self.undirty(&mut self.state(), &shard);
+                self.undirty(&mut self.state(), shard);
                 // Found corrupt after its bytes were written (and checked): the
                 // drive has the good copy.
                 if shard.is_corrupt() {
-                    self.discard_corrupt(&shard, None);
+                    self.discard_corrupt(shard, None);
                 }
                 tracing::debug!(namespace = %meta.namespace, key = %meta.key, version = meta.version, "write-back flushed");
+                None
             }
             // Replaced or deleted meanwhile: nothing to keep.
             Ok(None) => {
                 self.inner.stats.flushes_superseded.fetch_add(1, Ordering::Relaxed);
+                None
             }
-            Err(_) if !current => {}
+            Err(_) if !current => None,
             // A demote of the shard wrote it first (its own write-out, which
             // it waits for): this version is on the drive already.
             Err(StoreError::VersionConflict { current: stored, .. }) if stored >= meta.version => {
                 shard.set_write_back(WriteBack::Clean);
-                self.undirty(&mut self.state(), &shard);
+                self.undirty(&mut self.state(), shard);
+                None
             }
             Err(StoreError::ChecksumMismatch(reason)) => {
                 // What was written is not what was acknowledged: the arena's
                 // copy changed since the put (the writer checks every byte
                 // it writes against the put's CRC32C).
                 self.inner.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-                self.discard_corrupt(&shard, Some(&reason));
+                self.discard_corrupt(shard, Some(&reason));
+                None
             }
-            Err(e) => {
-                self.inner.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    namespace = %meta.namespace, key = %meta.key, version = meta.version, error = %e,
-                    "write-back flush failed; the shard is only in memory"
-                );
-                shard.set_write_back(WriteBack::Failed {
-                    status: e.status(),
-                    reason: e.to_string(),
-                });
-            }
+            Err(e) => Some(e),
         }
     }
 

@@ -199,8 +199,8 @@ pub fn status(s: &StatusResponse) -> String {
         if a.write_back_puts > 0 || a.flush_failures > 0 {
             let _ = writeln!(
                 out,
-                "write-back   {} puts, {} replaced before their flush, {} failed flushes",
-                a.write_back_puts, a.flushes_superseded, a.flush_failures
+                "write-back   {} puts, {} replaced before their flush, {} failed flushes ({} written by a later try)",
+                a.write_back_puts, a.flushes_superseded, a.flush_failures, a.flushes_recovered
             );
         }
     } else {

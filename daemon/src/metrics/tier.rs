@@ -136,6 +136,21 @@ const FAMILIES: &[Family] = &[
         label: None,
     },
     Family {
+        name: "shardd_write_back_flush_retries_total",
+        values: |a, _| vec![("", a.flush_retries)],
+        help: "Failed write-back flushes tried again (after 1 s, backing off to a minute, while the shard \
+               is current).",
+        kind: Kind::Counter,
+        label: None,
+    },
+    Family {
+        name: "shardd_write_back_flushes_recovered_total",
+        values: |a, _| vec![("", a.flushes_recovered)],
+        help: "Write-back shards whose flush failed and that a later try wrote to a drive.",
+        kind: Kind::Counter,
+        label: None,
+    },
+    Family {
         name: "shardd_arena_shards_placed_total",
         values: |a, _| vec![("contiguous", a.contiguous_shards), ("scattered", a.scattered_shards)],
         help: "Shards of several chunks placed in the arena: in one range (contiguous), or in blocks \
