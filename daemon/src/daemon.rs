@@ -242,6 +242,7 @@ impl Daemon {
             "serving"
         );
         let acceptor = tokio::spawn(listeners.accept_until_shutdown(ctx.clone()));
+        keep::release_handed();
         notify::ready();
         let watchdog = notify::watchdog();
         Ok(Daemon {

@@ -6,8 +6,9 @@
 //! it ([`INDEX_NAME`]). systemd keeps them while the daemon is down and
 //! passes them to the next start (`$LISTEN_FDS`, `$LISTEN_FDNAMES`), which
 //! maps the same memory again, takes back each shard the drive still holds
-//! unchanged and whose bytes match the drive's checksums, and tells systemd
-//! to drop its copies (`FDSTOREREMOVE=1`). An arena this configuration
+//! unchanged and whose bytes match the drive's checksums, and once it
+//! serves tells systemd to drop its copies (`FDSTOREREMOVE=1`): a start
+//! that fails before that leaves them to the next. An arena this configuration
 //! cannot use (another size, chunk size or kind of pages), or an index that
 //! is damaged, is let go and the daemon starts cold, saying why.
 //!
@@ -33,7 +34,9 @@ pub const INDEX_NAME: &str = "shardd-arena-index";
 
 /// First bytes of an index.
 const MAGIC: &[u8; 8] = b"SHRDKEEP";
-/// Its format version.
+/// Its format version: changed with [`KeptIndex`], [`KeptShard`] or
+/// `ShardMeta`, so that a daemon never misreads an older one's index (it
+/// starts cold instead, saying so).
 const FORMAT: u32 = 1;
 /// Bytes before the body.
 const HEADER: usize = 8 + 4 + 4 + 8;
@@ -62,10 +65,14 @@ pub struct Handed {
 /// first daemon of a process may take them.
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
+/// Set when systemd passed a kept arena that it still holds a copy of.
+static HELD: AtomicBool = AtomicBool::new(false);
+
 /// The kept arena systemd passed to this process, if any: `None` when it
 /// passed nothing of ours, an error when what it passed is incomplete.
-/// Descriptors of other names are closed. Either way systemd is told to
-/// drop its copies: the index is only true until the arena is used again.
+/// Descriptors of other names are closed. systemd keeps its copies until
+/// [`release_handed`]: a start that fails before serving leaves them for
+/// the next.
 pub fn take_handed() -> Option<Result<Handed, String>> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return None;
@@ -85,14 +92,23 @@ pub fn take_handed() -> Option<Result<Handed, String>> {
     if arena.is_none() && index.is_none() {
         return None;
     }
-    for name in [ARENA_NAME, INDEX_NAME] {
-        notify::send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
-    }
+    HELD.store(true, Ordering::SeqCst);
     Some(match (arena, index) {
         (Some(arena), Some(index)) => Ok(Handed { arena, index }),
         (Some(_), None) => Err("systemd passed the arena without the index of its shards".into()),
         _ => Err("systemd passed the index of a kept arena without the arena".into()),
     })
+}
+
+/// Tells systemd to drop its copies of a kept arena passed at start, once
+/// the daemon serves: from then on the index no longer says what the arena
+/// holds.
+pub fn release_handed() {
+    if HELD.swap(false, Ordering::SeqCst) {
+        for name in [ARENA_NAME, INDEX_NAME] {
+            notify::send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+        }
+    }
 }
 
 /// The descriptors passed by socket activation's protocol (`$LISTEN_PID`,

@@ -133,6 +133,28 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
             "[{engine}]"
         );
 
+        // A start that fails before it serves (its socket cannot be bound)
+        // leaves them with systemd for the next.
+        let file = dir.path().join("shardd.toml");
+        std::fs::write(&file, config("64MiB", None)).unwrap();
+        let failed = systemd
+            .command(Path::new(env!("CARGO_BIN_EXE_shardd")))
+            .unwrap()
+            .arg("--config")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--socket")
+            .arg(dir.path().join("missing").join("shardd.sock"))
+            .args(["--tcp", "off", "--http", "off", "--io-engine", engine])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!failed.success());
+        assert_eq!(systemd.names().unwrap(), ["shardd-arena", "shardd-arena-index"]);
+
         // Restarted with them: every shard is an arena hit, none is read
         // from the drive, and local clients map the kept arena.
         let log = dir.path().join("warm.log");
