@@ -56,7 +56,13 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (since {} ms after the epoch)", self.error, self.since_unix_ms)
+        let since = time::OffsetDateTime::from_unix_timestamp_nanos(self.since_unix_ms as i128 * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        match since {
+            Some(since) => write!(f, "{} (since {since})", self.error),
+            None => write!(f, "{} (since {} ms after the epoch)", self.error, self.since_unix_ms),
+        }
     }
 }
 
@@ -137,5 +143,17 @@ mod tests {
         assert!(health.end_probe(Ok(())));
         assert!(!health.is_failed());
         assert_eq!(health.failure(), None);
+    }
+
+    #[test]
+    fn a_failure_says_when_it_began_in_utc() {
+        let failure = Failure {
+            error: "Input/output error (os error 5)".into(),
+            since_unix_ms: 1_796_317_200_500,
+        };
+        assert_eq!(
+            failure.to_string(),
+            "Input/output error (os error 5) (since 2026-12-03T17:00:00.5Z)"
+        );
     }
 }
