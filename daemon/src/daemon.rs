@@ -234,6 +234,10 @@ impl Daemon {
             .chain(tls_addr.map(|a| format!("tls://{a}")))
             .collect();
         let _ = ctx.listen.set(listen);
+        // Bound: this start serves, and a kept arena's index is out of date
+        // from here on. Told before the "serving" line, so that whoever
+        // reads that line finds systemd told.
+        keep::release_handed();
         tracing::info!(
             socket = socket_path.as_ref().map(|p| p.display().to_string()),
             tcp = tcp_addr.map(|a| a.to_string()),
@@ -242,7 +246,6 @@ impl Daemon {
             "serving"
         );
         let acceptor = tokio::spawn(listeners.accept_until_shutdown(ctx.clone()));
-        keep::release_handed();
         notify::ready();
         let watchdog = notify::watchdog();
         Ok(Daemon {

@@ -24,19 +24,19 @@ use support::{engines, runtime, wait_for_log};
 
 const MIB: usize = 1 << 20;
 
-/// Starts `shardd` as systemd would, with what `systemd` holds.
-fn start(systemd: &mut FdStore, dir: &Path, engine: &str, config: &str, log: &Path) -> Child {
+/// `shardd` on `dir` with `config`, its socket at `socket`, run as systemd
+/// would run it with what `systemd` holds.
+fn shardd(systemd: &mut FdStore, dir: &Path, engine: &str, config: &str, socket: &Path) -> Command {
     let file = dir.join("shardd.toml");
     std::fs::write(&file, config).unwrap();
-    let child = systemd
-        .command(Path::new(env!("CARGO_BIN_EXE_shardd")))
-        .unwrap()
+    let mut command = systemd.command(Path::new(env!("CARGO_BIN_EXE_shardd"))).unwrap();
+    command
         .arg("--config")
         .arg(&file)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--socket")
-        .arg(dir.join("shardd.sock"))
+        .arg(socket)
         .args([
             "--tcp",
             "off",
@@ -48,7 +48,13 @@ fn start(systemd: &mut FdStore, dir: &Path, engine: &str, config: &str, log: &Pa
             "info",
         ])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
+/// Starts `shardd` on `dir` and waits until it serves.
+fn start(systemd: &mut FdStore, dir: &Path, engine: &str, config: &str, log: &Path) -> Child {
+    let child = shardd(systemd, dir, engine, config, &dir.join("shardd.sock"))
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
@@ -135,20 +141,8 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
 
         // A start that fails before it serves (its socket cannot be bound)
         // leaves them with systemd for the next.
-        let file = dir.path().join("shardd.toml");
-        std::fs::write(&file, config("64MiB", None)).unwrap();
-        let failed = systemd
-            .command(Path::new(env!("CARGO_BIN_EXE_shardd")))
-            .unwrap()
-            .arg("--config")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--socket")
-            .arg(dir.path().join("missing").join("shardd.sock"))
-            .args(["--tcp", "off", "--http", "off", "--io-engine", engine])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let unbindable = dir.path().join("missing").join("shardd.sock");
+        let failed = shardd(&mut systemd, dir.path(), engine, &config("64MiB", None), &unbindable)
             .stderr(Stdio::null())
             .status()
             .unwrap();
@@ -268,6 +262,25 @@ fn a_restart_keeps_the_arena_and_checks_each_shard_against_the_drive() {
             assert_eq!((status.adopted_shards, status.resident_shards), (0, 0));
             client.fetch("job", "layers.0.weight").await.unwrap();
             assert_eq!(arena_status(&client).await.loads, 1);
+        });
+        stop(&mut daemon);
+
+        // The arena back without its index (a stop cut short between the
+        // two): cold, saying why, and systemd drops what it had.
+        assert_eq!(systemd.names().unwrap(), ["shardd-arena", "shardd-arena-index"]);
+        systemd.remove("shardd-arena-index").unwrap();
+        let log = dir.path().join("no-index.log");
+        let mut daemon = start(&mut systemd, dir.path(), engine, &config("128MiB", Some(true)), &log);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("starting with a cold arena: systemd passed the arena without the index"),
+            "{text}"
+        );
+        assert!(systemd.names().unwrap().is_empty(), "systemd dropped the arena");
+        rt.block_on(async {
+            let client = Client::connect(&endpoint).await.unwrap();
+            let status = arena_status(&client).await;
+            assert_eq!((status.adopted_shards, status.resident_shards), (0, 0));
         });
         stop(&mut daemon);
 
