@@ -264,8 +264,7 @@ impl Cache {
                     "write-back flush failed again; trying again in {delay:?}"
                 );
             }
-            let stopping = self.inner.stopping.is_cancelled();
-            if stopping {
+            if self.inner.stopping.is_cancelled() {
                 return;
             }
             tokio::select! {

@@ -314,15 +314,14 @@ async fn first_answer(endpoint: &str, daemon: &mut Daemon) -> anyhow::Result<Cli
 
 fn medians(kind: &str, rows: &[RestartRow]) -> RestartRow {
     let of = |f: fn(&RestartRow) -> f64| median(rows.iter().map(f).collect());
-    let last = rows.last().cloned();
     RestartRow {
         restart: kind.to_string(),
         first_answer_secs: of(|r| r.first_answer_secs),
         first_pass_secs: of(|r| r.first_pass_secs),
         first_pass_gbps: of(|r| r.first_pass_gbps),
-        hits: last.as_ref().map_or(0, |r| r.hits),
-        loads: last.as_ref().map_or(0, |r| r.loads),
-        adopted_shards: last.map_or(0, |r| r.adopted_shards),
+        hits: of(|r| r.hits as f64) as u64,
+        loads: of(|r| r.loads as f64) as u64,
+        adopted_shards: of(|r| r.adopted_shards as f64) as u64,
     }
 }
 
@@ -370,7 +369,6 @@ pub struct FdStore {
     socket: UnixDatagram,
     path: PathBuf,
     fds: BTreeMap<String, OwnedFd>,
-    messages: Vec<String>,
 }
 
 impl FdStore {
@@ -382,7 +380,6 @@ impl FdStore {
             socket,
             path: path.to_path_buf(),
             fds: BTreeMap::new(),
-            messages: Vec::new(),
         })
     }
 
@@ -409,7 +406,6 @@ impl FdStore {
             } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
                 self.fds.remove(&name);
             }
-            self.messages.push(text);
         }
     }
 
@@ -424,10 +420,11 @@ impl FdStore {
         self.fds.get(name)
     }
 
-    /// Every message received so far.
-    pub fn messages(&mut self) -> std::io::Result<&[String]> {
+    /// Drops the descriptor held under `name`, as if it had never come.
+    pub fn remove(&mut self, name: &str) -> std::io::Result<()> {
         self.receive()?;
-        Ok(&self.messages)
+        self.fds.remove(name);
+        Ok(())
     }
 
     /// Drops every descriptor held (as `systemctl clean --what=fdstore`).
