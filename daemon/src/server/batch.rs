@@ -73,11 +73,13 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
     let mut parts = Parts::new(op, id);
     let mut waiting: Vec<(u32, Waiting)> = Vec::new();
     let mut reader_budget = PLACED_BY_READER;
+    let mut regions = task.session.regions.batch();
     let checked: Vec<_> = members
         .into_iter()
         .enumerate()
-        .map(|(index, member)| placed(task.session, member, places.get(index)))
+        .map(|(index, member)| placed(&mut regions, member, places.get(index)))
         .collect();
+    drop(regions);
     let asked: Vec<Option<&FetchRequest>> = checked.iter().map(|c| c.as_ref().ok().map(|(m, _)| m)).collect();
     let hits = service.resident_many(&asked);
     for (index, (checked, hit)) in checked.into_iter().zip(hits).enumerate() {

@@ -294,12 +294,43 @@ impl Regions {
 
     /// The region a place names, once the place is checked to lie in it.
     pub fn place(&self, place: &RegionPlace) -> Result<Arc<Region>, StoreError> {
-        let region = self.lock().get(&place.region).cloned().ok_or_else(|| {
-            StoreError::BadRequest(format!(
-                "region {} is not registered on this connection (regions end with their connection)",
-                place.region
-            ))
-        })?;
+        self.batch().place(place)
+    }
+
+    /// A checker of one batch's places, which looks each region up once.
+    pub fn batch(&self) -> BatchPlaces<'_> {
+        BatchPlaces {
+            regions: self,
+            last: None,
+        }
+    }
+}
+
+/// The places of one batch, checked as [`Regions::place`] does; a batch's
+/// members mostly share one region, which is looked up (under the lock)
+/// once for all of them rather than once each.
+#[derive(Debug)]
+pub struct BatchPlaces<'a> {
+    regions: &'a Regions,
+    last: Option<(u32, Arc<Region>)>,
+}
+
+impl BatchPlaces<'_> {
+    /// The region a place names, once the place is checked to lie in it.
+    pub fn place(&mut self, place: &RegionPlace) -> Result<Arc<Region>, StoreError> {
+        let region = match &self.last {
+            Some((id, region)) if *id == place.region => region.clone(),
+            _ => {
+                let region = self.regions.lock().get(&place.region).cloned().ok_or_else(|| {
+                    StoreError::BadRequest(format!(
+                        "region {} is not registered on this connection (regions end with their connection)",
+                        place.region
+                    ))
+                })?;
+                self.last = Some((place.region, region.clone()));
+                region
+            }
+        };
         let end = place.offset.checked_add(place.len);
         if end.is_none_or(|end| end > region.len) {
             return Err(StoreError::BadRequest(format!(
@@ -407,5 +438,31 @@ mod tests {
         assert!(too_many.contains("server.max_regions"), "{too_many}");
         assert!(regions.remove(id));
         assert!(regions.place(&place(0, 1)).is_err());
+    }
+
+    #[test]
+    fn a_batch_checks_every_place_against_its_own_region() {
+        let regions = Regions::new(RegionLimits {
+            count: 4,
+            bytes: 1 << 20,
+        });
+        let small = regions.add(Region::remote(4096)).unwrap();
+        let large = regions.add(Region::remote(65536)).unwrap();
+        let place = |region, offset, len| RegionPlace { region, offset, len };
+        let mut batch = regions.batch();
+        // Alternating regions, and places that fit only the larger one:
+        // each is checked against the region it names, not the last one.
+        assert_eq!(batch.place(&place(large, 60000, 5536)).unwrap().len(), 65536);
+        let outside = batch.place(&place(small, 60000, 5536)).unwrap_err().to_string();
+        assert!(
+            outside.contains(&format!("outside region {small} of 4096 bytes")),
+            "{outside}"
+        );
+        assert_eq!(batch.place(&place(small, 0, 4096)).unwrap().len(), 4096);
+        assert!(batch.place(&place(small, 0, 4097)).is_err());
+        assert_eq!(batch.place(&place(large, 0, 4097)).unwrap().len(), 65536);
+        let unknown = batch.place(&place(99, 0, 1)).unwrap_err().to_string();
+        assert!(unknown.contains("region 99 is not registered"), "{unknown}");
+        assert_eq!(batch.place(&place(large, 0, 1)).unwrap().len(), 65536);
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use shardd_protocol::{FetchRequest, PlacedHead, RegionPlace};
 
-use crate::service::regions::Region;
-use crate::service::{Fetch, Piece, Resident, Session};
+use crate::service::regions::{BatchPlaces, Region};
+use crate::service::{Fetch, Piece, Resident};
 use crate::store::StoreError;
 
 /// A piece of at most this many bytes is written into its region by the
@@ -37,14 +37,14 @@ impl Target {
 /// Checks a member's place: the member with its answer bounded by the
 /// place, and where the daemon writes it if it does so itself.
 pub(super) fn placed(
-    session: &Session,
+    places: &mut BatchPlaces<'_>,
     mut member: FetchRequest,
     place: Option<&RegionPlace>,
 ) -> Result<(FetchRequest, Option<Target>), StoreError> {
     let Some(place) = place else {
         return Ok((member, None));
     };
-    let region = session.regions.place(place)?;
+    let region = places.place(place)?;
     member.max_len = Some(member.max_len.map_or(place.len, |max| max.min(place.len)));
     let target = region.is_mapped().then(|| Target {
         region,
