@@ -17,6 +17,7 @@ use super::super::gate::admit_batch;
 use super::super::responder::error_frame;
 use super::{Closed, Connection};
 use crate::service::PutSession;
+use crate::service::regions::BatchPlaces;
 use crate::service::regions::Region;
 use crate::store::StoreError;
 
@@ -40,10 +41,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         // Where each member's bytes are, and what the payload must hold.
         let mut sources = Vec::with_capacity(request.members.len());
         let mut in_payload = 0u64;
+        let mut places = self.session.regions.batch();
         for member in &request.members {
             let source = match &member.source {
                 None => Ok(Source::Payload),
-                Some(place) => match self.source(place, member.len) {
+                Some(place) => match source(&mut places, place, member.len) {
                     Ok(source) => source,
                     Err(e) => return self.refuse_put_batch(id, header.payload_len, &e).await,
                 },
@@ -129,33 +131,6 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         Ok(())
     }
 
-    /// Where a member whose source is `place` finds its `len` bytes: the
-    /// inner error fails the member (a place outside a region the daemon
-    /// mapped: its bytes are not in the payload); the outer one refuses the
-    /// batch (a region not registered: where its bytes are is unknown).
-    fn source(&self, place: &RegionPlace, len: u64) -> Result<Result<Source, StoreError>, StoreError> {
-        let whole = RegionPlace {
-            offset: 0,
-            len: 0,
-            ..*place
-        };
-        let region = self.session.regions.place(&whole)?;
-        if !region.is_mapped() {
-            return Ok(Ok(Source::Payload));
-        }
-        if place.len != len {
-            return Ok(Err(StoreError::BadRequest(format!(
-                "a put of {len} bytes names a source of {} bytes",
-                place.len
-            ))));
-        }
-        Ok(self
-            .session
-            .regions
-            .place(place)
-            .map(|region| Source::Region(region, place.offset)))
-    }
-
     /// Fills a member's put session from its source. The outer error closes
     /// the connection (the payload broke off); the inner one fails the member.
     async fn fill(
@@ -201,4 +176,31 @@ fn stored(id: u64, index: u32, committed: Result<ShardMeta, StoreError>, tally: 
         Ok(meta) => BatchPart::Stored { index, meta },
         Err(e) => failed(Opcode::PutBatch, id, index, &e),
     }
+}
+
+/// Where a member whose source is `place` finds its `len` bytes: the
+/// inner error fails the member (a place outside a region the daemon
+/// mapped: its bytes are not in the payload); the outer one refuses the
+/// batch (a region not registered: where its bytes are is unknown).
+fn source(
+    places: &mut BatchPlaces<'_>,
+    place: &RegionPlace,
+    len: u64,
+) -> Result<Result<Source, StoreError>, StoreError> {
+    let whole = RegionPlace {
+        offset: 0,
+        len: 0,
+        ..*place
+    };
+    let region = places.place(&whole)?;
+    if !region.is_mapped() {
+        return Ok(Ok(Source::Payload));
+    }
+    if place.len != len {
+        return Ok(Err(StoreError::BadRequest(format!(
+            "a put of {len} bytes names a source of {} bytes",
+            place.len
+        ))));
+    }
+    Ok(places.place(place).map(|region| Source::Region(region, place.offset)))
 }
