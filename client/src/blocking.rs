@@ -10,7 +10,9 @@ use shardd_protocol::{
     StatusResponse, VerifyResponse,
 };
 
-use crate::client::{BatchResult, ClientOptions, FetchInfo, PutItem, PutOptions, RegisteredRegion, Shard, Wanted};
+use crate::client::{
+    BatchResult, ClientOptions, FetchInfo, PreparedFetch, PutItem, PutOptions, RegisteredRegion, Shard, Wanted,
+};
 use crate::connection::FetchBuf;
 use crate::region::Region;
 use crate::{ClientError, ShardView};
@@ -146,6 +148,21 @@ impl Client {
         wanted: &[(Wanted, std::ops::Range<usize>)],
     ) -> BatchResult<FetchInfo> {
         self.runtime.block_on(self.inner.fetch_into_region(region, wanted))
+    }
+
+    /// See [`crate::Client::prepare_fetch_into_region`].
+    pub fn prepare_fetch_into_region(
+        &self,
+        region: &RegisteredRegion,
+        wanted: &[(Wanted, std::ops::Range<usize>)],
+    ) -> Result<PreparedFetch, ClientError> {
+        self.runtime
+            .block_on(self.inner.prepare_fetch_into_region(region, wanted))
+    }
+
+    /// See [`crate::Client::fetch_prepared`].
+    pub fn fetch_prepared(&self, prepared: &PreparedFetch) -> BatchResult<FetchInfo> {
+        self.runtime.block_on(self.inner.fetch_prepared(prepared))
     }
 
     /// See [`crate::Client::put_from_region`].

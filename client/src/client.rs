@@ -28,7 +28,7 @@ mod batch;
 mod regions;
 
 pub use batch::{BatchResult, PutItem, Wanted};
-pub use regions::RegisteredRegion;
+pub use regions::{PreparedFetch, RegisteredRegion};
 
 const UNIX_SEND_BUFFER: usize = 4 << 20;
 

@@ -98,7 +98,9 @@ pub mod tls;
 pub mod trainer;
 pub mod view;
 
-pub use client::{BatchResult, Client, ClientOptions, FetchInfo, PutItem, PutOptions, RegisteredRegion, Shard, Wanted};
+pub use client::{
+    BatchResult, Client, ClientOptions, FetchInfo, PreparedFetch, PutItem, PutOptions, RegisteredRegion, Shard, Wanted,
+};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, GatheredTensor, Layer};
 pub use connection::FetchBuf;
 pub use endpoint::Endpoint;

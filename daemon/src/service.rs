@@ -26,6 +26,7 @@ pub mod catalog;
 pub mod fetch;
 pub mod hints;
 pub mod namespaces;
+pub mod prepared;
 pub mod put;
 pub mod quota;
 pub mod regions;

@@ -237,28 +237,34 @@ fn a_short_hot_benchmark_reports_every_transport_beside_its_baselines() {
     let small = report["small"].as_array().unwrap();
     assert_eq!(
         small.len(),
-        7,
-        "two concurrencies and a batched run, two Unix modes; batched into regions"
+        8,
+        "two concurrencies and a batched run, two Unix modes; batched into regions, sent whole and prepared"
     );
-    let batches: Vec<(u64, u64, &str)> = small
+    let batches: Vec<(u64, u64, &str, bool)> = small
         .iter()
         .map(|s| {
             (
                 s["concurrency"].as_u64().unwrap(),
                 s["batch"].as_u64().unwrap(),
                 s["mode"].as_str().unwrap(),
+                s["prepared"].as_bool().unwrap(),
             )
         })
         .collect();
     assert_eq!(
         batches[4..],
         [
-            (4, 64, "zero_copy_unix"),
-            (4, 64, "copying_unix"),
-            (4, 64, "region_unix")
+            (4, 64, "zero_copy_unix", false),
+            (4, 64, "copying_unix", false),
+            (4, 64, "region_unix", false),
+            (4, 64, "region_unix", true)
         ]
     );
-    assert!(batches[..4].iter().all(|(_, batch, _)| *batch == 1));
+    assert!(
+        batches[..4]
+            .iter()
+            .all(|(_, batch, _, prepared)| *batch == 1 && !prepared)
+    );
     for s in small {
         assert!(
             s["ops_per_sec"].as_f64().unwrap() > 0.0 && s["p50_us"].as_f64().unwrap() > 0.0,

@@ -29,6 +29,9 @@
 //! | release_region | [`ReleaseRegionRequest`] | none | none |
 //! | put_batch | [`PutBatchRequest`] | a [`BatchPart`] list in every frame | request: the bytes of the members not read from regions |
 //! | authenticate | [`AuthenticateRequest`] | [`AuthenticateResponse`] | none |
+//! | prepare_fetch | [`FetchBatchRequest`] | [`PrepareFetchResponse`] | none |
+//! | fetch_prepared | [`FetchPreparedRequest`] | as fetch_batch | as fetch_batch |
+//! | release_prepared | [`ReleasePreparedRequest`] | none | none |
 //!
 //! A response with any other status carries an [`ErrorResponse`].
 //!
@@ -45,8 +48,9 @@ mod batch;
 pub use auth::{AuthChallenge, AuthOffer, AuthenticateRequest, AuthenticateResponse, NONCE_LEN, PROOF_LEN};
 
 pub use batch::{
-    BatchPart, FetchBatchRequest, MAX_BATCH_MEMBERS, PlacedHead, PutBatchRequest, PutMember, RegionPlace,
-    RegisterRegionRequest, RegisterRegionResponse, ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
+    BatchPart, FetchBatchRequest, FetchPreparedRequest, MAX_BATCH_MEMBERS, PlacedHead, PrepareFetchResponse,
+    PutBatchRequest, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse, ReleasePreparedRequest,
+    ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
 };
 
 /// First request on every connection.

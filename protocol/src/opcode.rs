@@ -63,11 +63,19 @@ pub enum Opcode {
     /// The client's proof of its key (TCP): `AuthenticateRequest`, the
     /// second request of a connection whose hello offered a key.
     Authenticate,
+    /// Keep a fetch batch on the connection to run again by its id: a
+    /// `FetchBatchRequest`, answered with `PrepareFetchResponse`.
+    PrepareFetch,
+    /// Run a kept fetch batch: `FetchPreparedRequest`, answered as the
+    /// `FetchBatch` it keeps is.
+    FetchPrepared,
+    /// Forget a kept fetch batch: `ReleasePreparedRequest`.
+    ReleasePrepared,
 }
 
 impl Opcode {
     /// Every opcode, in code order.
-    pub const ALL: [Opcode; 24] = [
+    pub const ALL: [Opcode; 27] = [
         Opcode::Hello,
         Opcode::Ping,
         Opcode::Put,
@@ -92,6 +100,9 @@ impl Opcode {
         Opcode::ReleaseRegion,
         Opcode::PutBatch,
         Opcode::Authenticate,
+        Opcode::PrepareFetch,
+        Opcode::FetchPrepared,
+        Opcode::ReleasePrepared,
     ];
 
     /// The wire code.
@@ -121,6 +132,9 @@ impl Opcode {
             Opcode::ReleaseRegion => 22,
             Opcode::PutBatch => 23,
             Opcode::Authenticate => 24,
+            Opcode::PrepareFetch => 25,
+            Opcode::FetchPrepared => 26,
+            Opcode::ReleasePrepared => 27,
         }
     }
 
@@ -156,6 +170,9 @@ impl Opcode {
             Opcode::ReleaseRegion => "release_region",
             Opcode::PutBatch => "put_batch",
             Opcode::Authenticate => "authenticate",
+            Opcode::PrepareFetch => "prepare_fetch",
+            Opcode::FetchPrepared => "fetch_prepared",
+            Opcode::ReleasePrepared => "release_prepared",
         }
     }
 }
@@ -173,11 +190,11 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_pinned() {
         let codes: Vec<u16> = Opcode::ALL.iter().map(|op| op.code()).collect();
-        assert_eq!(codes, (1..=24).collect::<Vec<u16>>());
+        assert_eq!(codes, (1..=27).collect::<Vec<u16>>());
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_code(op.code()), Some(op));
         }
         assert_eq!(Opcode::from_code(0), None);
-        assert_eq!(Opcode::from_code(25), None);
+        assert_eq!(Opcode::from_code(28), None);
     }
 }

@@ -8,8 +8,9 @@ use std::os::unix::fs::FileExt;
 
 use shardd_client::{ByteRange, ClientError, EvictMode, PutItem, PutOptions, Region, Status, Wanted};
 use shardd_protocol::{
-    BatchPart, ErrorResponse, FetchBatchRequest, FetchRequest, Key, Namespace, Opcode, PutBatchRequest, PutMember,
-    PutRequest, RegionPlace, RegisterRegionRequest, RegisterRegionResponse, codec,
+    BatchPart, ErrorResponse, FetchBatchRequest, FetchPreparedRequest, FetchRequest, Key, Namespace, Opcode,
+    PrepareFetchResponse, PutBatchRequest, PutMember, PutRequest, RegionPlace, RegisterRegionRequest,
+    RegisterRegionResponse, ReleasePreparedRequest, codec,
 };
 use shardd_tests::{RawClient, TestDaemon, http_get, pattern, sample, setups};
 
@@ -99,6 +100,153 @@ async fn a_fetch_into_a_region_lands_each_member_at_its_place() {
         assert!(err.to_string().contains("another connection"), "{err}");
         daemon.stop().await;
     }
+}
+
+/// A fetch kept on the daemon runs again with the shards, regions and
+/// rights as they are at each run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_fetch_runs_again_with_the_shards_as_they_are_now() {
+    for setup in setups() {
+        let mut daemon = TestDaemon::start(setup.engine, "").await;
+        let client = daemon.connect(setup).await;
+        let lens = [4096, MIB, 3 * MIB + 7];
+        for (i, &len) in lens.iter().enumerate() {
+            let key = format!("p{i}");
+            let put = client.put("job", &key, pattern(len, i as u64), PutOptions::default());
+            put.await.unwrap();
+        }
+        let mut region = Region::new(8 * MIB).unwrap();
+        let registered = client.register_region(&region).await.unwrap();
+        let mut wanted: Vec<(Wanted, Range<usize>)> = Vec::new();
+        let mut at = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            wanted.push((Wanted::new("job", format!("p{i}")), at..at + len));
+            at = (at + len).next_multiple_of(4096);
+        }
+        wanted.push((Wanted::new("job", "missing"), at..at + 4096));
+        let prepared = client.prepare_fetch_into_region(&registered, &wanted).await.unwrap();
+        assert_eq!(prepared.len(), 4);
+
+        // Each run: every member at its place, as the shard is now.
+        let check =
+            |round: &str, versions: [u64; 3], seeds: [u64; 3], results: &[Result<_, ClientError>], bytes: &[u8]| {
+                for i in 0..3 {
+                    let info: &shardd_client::FetchInfo = results[i]
+                        .as_ref()
+                        .unwrap_or_else(|e| panic!("{setup:?} {round} p{i}: {e}"));
+                    assert_eq!(info.meta.key.as_str(), format!("p{i}"), "{setup:?} {round}");
+                    assert_eq!(info.meta.version, versions[i], "{setup:?} {round} p{i}");
+                    let expected = pattern(lens[i], seeds[i]);
+                    assert!(bytes[wanted[i].1.clone()] == expected[..], "{setup:?} {round} p{i}");
+                }
+                let missing = results[3].as_ref().unwrap_err();
+                assert!(missing.is_not_found(), "{setup:?} {round}: {missing}");
+            };
+        let sent_before = unix_bytes_out(&daemon).await;
+        let first = client.fetch_prepared(&prepared).await.unwrap();
+        check("first", [1, 1, 1], [0, 1, 2], &first, region.as_slice());
+        if !setup.tcp {
+            assert_eq!(unix_bytes_out(&daemon).await - sent_before, 0.0, "{setup:?}");
+        }
+        // A shard replaced and one demoted to its drive between runs.
+        let put = client.put("job", "p1", pattern(MIB, 11), PutOptions::default());
+        put.await.unwrap();
+        client.evict("job", &["p2"], EvictMode::Demote).await.unwrap();
+        region.as_mut_slice().fill(0);
+        let second = client.fetch_prepared(&prepared).await.unwrap();
+        check("second", [1, 2, 1], [0, 11, 2], &second, region.as_slice());
+        // The same as a fetch of the same members sent whole.
+        region.as_mut_slice().fill(0);
+        let whole = client.fetch_into_region(&registered, &wanted).await.unwrap();
+        check("whole", [1, 2, 1], [0, 11, 2], &whole, region.as_slice());
+
+        // Another connection cannot run it.
+        let other = daemon.connect(setup).await;
+        let err = other.fetch_prepared(&prepared).await.unwrap_err();
+        assert!(err.to_string().contains("prepared on another connection"), "{err}");
+
+        // Its region released: each member fails, saying why.
+        let kept_region = Region::new(MIB).unwrap();
+        let second_region = client.register_region(&kept_region).await.unwrap();
+        let small = client
+            .prepare_fetch_into_region(&second_region, &wanted_one_of("p0"))
+            .await
+            .unwrap();
+        let region_id = second_region.id();
+        drop(second_region);
+        let failed = client.fetch_prepared(&small).await.unwrap();
+        let err = failed[0].as_ref().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("region {region_id} is not registered")),
+            "{setup:?}: {err}"
+        );
+        daemon.stop().await;
+    }
+}
+
+/// What the daemon refuses of kept batches, byte for byte on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_fetches_that_cannot_run_are_refused_saying_why() {
+    let engine = shardd_tests::engines()[0];
+    let mut daemon = TestDaemon::start(engine, "").await;
+    let mut raw = RawClient::hello(&daemon, false, "prepared", false).await;
+    let member = |key: &str| FetchRequest {
+        namespace: Namespace::new("job").unwrap(),
+        key: Key::new(key).unwrap(),
+        range: None,
+        max_len: None,
+    };
+    let place = |region| RegionPlace {
+        region,
+        offset: 0,
+        len: 4096,
+    };
+    // A place in a region never registered: refused once, at preparation.
+    let batch = FetchBatchRequest {
+        members: vec![member("a"), member("b")],
+        places: vec![place(7), place(7)],
+    };
+    raw.request(Opcode::PrepareFetch, 1, &batch).await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::BadRequest);
+    let why = message(&control);
+    assert!(why.contains("member 0: region 7 is not registered"), "{why}");
+    // Places that do not match the members.
+    let batch = FetchBatchRequest {
+        members: vec![member("a"), member("b")],
+        places: vec![place(7)],
+    };
+    raw.request(Opcode::PrepareFetch, 2, &batch).await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::BadRequest);
+    assert!(message(&control).contains("names 1 places"), "{}", message(&control));
+    // A batch never prepared, or released.
+    let kept = FetchBatchRequest {
+        members: vec![member("a")],
+        places: Vec::new(),
+    };
+    raw.request(Opcode::PrepareFetch, 3, &kept).await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::Ok);
+    let batch = codec::decode::<PrepareFetchResponse>(&control).unwrap().batch;
+    raw.request(Opcode::ReleasePrepared, 4, &ReleasePreparedRequest { batch })
+        .await;
+    assert_eq!(raw.recv().await.unwrap().0.status, Status::Ok);
+    for (id, op) in [(5, Opcode::FetchPrepared), (6, Opcode::ReleasePrepared)] {
+        raw.request(op, id, &FetchPreparedRequest { batch }).await;
+        let (header, control) = raw.recv().await.unwrap();
+        assert_eq!(header.status, Status::BadRequest, "{op}");
+        let why = message(&control);
+        assert!(
+            why.contains(&format!("batch {batch} is not prepared on this connection")),
+            "{op}: {why}"
+        );
+    }
+    // The connection goes on.
+    raw.request(Opcode::PrepareFetch, 7, &kept).await;
+    assert_eq!(raw.recv().await.unwrap().0.status, Status::Ok);
+    daemon.stop().await;
 }
 
 fn wanted_one() -> Vec<(Wanted, Range<usize>)> {

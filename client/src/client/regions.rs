@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shardd_protocol::{
-    FetchBatchRequest, FetchResponse, Opcode, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
-    ReleaseRegionRequest, ShardMeta,
+    FetchBatchRequest, FetchPreparedRequest, FetchResponse, Opcode, PrepareFetchResponse, PutMember, RegionPlace,
+    RegisterRegionRequest, RegisterRegionResponse, ReleasePreparedRequest, ReleaseRegionRequest, ShardMeta,
 };
 
 use super::batch::{BatchResult, PutItem, Wanted, check_count, check_places};
@@ -170,6 +170,59 @@ impl Client {
         region: &RegisteredRegion,
         wanted: &[(Wanted, Range<usize>)],
     ) -> BatchResult<FetchInfo> {
+        let plan = self.plan_into_region(region, wanted)?;
+        let control = encode(&plan.request)?;
+        self.run_into_region(Opcode::FetchBatch, control, &plan).await
+    }
+
+    /// Keeps a fetch of `wanted` into `region` on the daemon, to run again
+    /// with [`Client::fetch_prepared`] as often as wanted: a trainer
+    /// gathering the same layer every step sends its keys and places once,
+    /// and each step's request is a few bytes that the daemon answers
+    /// without decoding a name. Each run fetches the shards as they are
+    /// then (a shard replaced in between comes new). The batch is released
+    /// when the returned value is dropped, and ends with its connection.
+    pub async fn prepare_fetch_into_region(
+        &self,
+        region: &RegisteredRegion,
+        wanted: &[(Wanted, Range<usize>)],
+    ) -> Result<PreparedFetch, ClientError> {
+        let plan = self.plan_into_region(region, wanted)?;
+        let control = encode(&plan.request)?;
+        let reply = self
+            .conn
+            .call(Opcode::PrepareFetch, control, None, self.options.request_timeout)
+            .await?;
+        let answer: PrepareFetchResponse = decode(&self.conn, &reply.control)?;
+        Ok(PreparedFetch {
+            id: answer.batch,
+            plan,
+            conn: self.conn.clone(),
+        })
+    }
+
+    /// Runs a fetch kept by [`Client::prepare_fetch_into_region`]: each
+    /// member into its place, answered as `fetch_into_region` is.
+    pub async fn fetch_prepared(&self, prepared: &PreparedFetch) -> BatchResult<FetchInfo> {
+        if !Arc::ptr_eq(&prepared.conn, &self.conn) {
+            return Err(ClientError::InvalidBatch {
+                reason: format!(
+                    "batch {} is prepared on another connection: prepare it on this one",
+                    prepared.id
+                ),
+            });
+        }
+        let control = encode(&FetchPreparedRequest { batch: prepared.id })?;
+        self.run_into_region(Opcode::FetchPrepared, control, &prepared.plan)
+            .await
+    }
+
+    /// What a fetch into `region` asks for, and where each member goes.
+    fn plan_into_region(
+        &self,
+        region: &RegisteredRegion,
+        wanted: &[(Wanted, Range<usize>)],
+    ) -> Result<RegionPlan, ClientError> {
         region.check_connection(self)?;
         check_count(wanted.len())?;
         check_places(wanted.iter().map(|(_, r)| r), region.region.len())?;
@@ -185,25 +238,44 @@ impl Client {
                 len: range.len() as u64,
             });
             members.push(match region.mapped {
-                true => Member::new(Place::Daemon, false),
-                false => Member::new(
+                true => (None, false),
+                false => (Some(range.clone()), verify && w.range.is_none()),
+            });
+        }
+        Ok(RegionPlan {
+            request: FetchBatchRequest {
+                members: requests,
+                places,
+            },
+            members,
+            region: (!region.mapped).then(|| region.region.clone()),
+        })
+    }
+
+    /// Sends `op` with `control` for the fetch `plan` describes, and names
+    /// each member's answer.
+    async fn run_into_region(&self, op: Opcode, control: Vec<u8>, plan: &RegionPlan) -> BatchResult<FetchInfo> {
+        let members = plan
+            .members
+            .iter()
+            .map(|(range, verify)| match range {
+                None => Member::new(Place::Daemon, false),
+                Some(range) => Member::new(
                     Place::In {
                         at: range.start,
                         len: range.len(),
                     },
-                    verify && w.range.is_none(),
+                    *verify,
                 ),
-            });
-        }
-        let request = FetchBatchRequest {
-            members: requests,
-            places,
-        };
-        let control = encode(&request)?;
-        let buf = (!region.mapped).then(|| Box::new(RegionBuf(region.region.clone())) as _);
+            })
+            .collect();
+        let buf = plan
+            .region
+            .as_ref()
+            .map(|region| Box::new(RegionBuf(region.clone())) as _);
         let done = self
             .conn
-            .batch(Opcode::FetchBatch, control, members, buf, self.options.request_timeout)
+            .batch(op, control, members, buf, self.options.request_timeout)
             .await;
         let info = |head: FetchResponse| FetchInfo {
             meta: head.meta,
@@ -213,14 +285,62 @@ impl Client {
         Ok(done
             .result?
             .into_iter()
-            .zip(request.members)
+            .zip(&plan.request.members)
             // A member the daemon placed is answered without the names the
             // request gave.
             .map(|(answer, member)| match answer? {
-                Answer::Placed(head) => Ok(info(head.named(member.namespace, member.key))),
+                Answer::Placed(head) => Ok(info(head.named(member.namespace.clone(), member.key.clone()))),
                 Answer::Fetch(head, _) => Ok(info(head)),
-                _ => Err(super::batch::unexpected("fetch_batch")),
+                _ => Err(super::batch::unexpected(op.name())),
             })
             .collect())
+    }
+}
+
+/// A fetch into a region: the request, and for each member its range of
+/// the region when the client places the bytes (TCP) and whether they are
+/// checked as they come.
+#[derive(Debug)]
+struct RegionPlan {
+    request: FetchBatchRequest,
+    members: Vec<(Option<Range<usize>>, bool)>,
+    /// The region, when the client places the bytes.
+    region: Option<Region>,
+}
+
+/// A fetch batch the daemon keeps on this connection
+/// ([`Client::prepare_fetch_into_region`]); released when dropped.
+#[derive(Debug)]
+pub struct PreparedFetch {
+    id: u32,
+    plan: RegionPlan,
+    conn: Arc<Connection>,
+}
+
+impl PreparedFetch {
+    /// The batch's id on its connection.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Its members.
+    pub fn len(&self) -> usize {
+        self.plan.members.len()
+    }
+
+    /// Whether it has none (never: a batch needs one).
+    pub fn is_empty(&self) -> bool {
+        self.plan.members.is_empty()
+    }
+}
+
+impl Drop for PreparedFetch {
+    fn drop(&mut self) {
+        if self.conn.is_closed() {
+            return;
+        }
+        if let Ok(control) = encode(&ReleasePreparedRequest { batch: self.id }) {
+            self.conn.send_and_forget(Opcode::ReleasePrepared, control);
+        }
     }
 }

@@ -20,13 +20,15 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use shardd_protocol::{
-    BatchPart, FetchBatchRequest, FetchRequest, Opcode, PlacedHead, StatBatchRequest, ViewBatchRequest, ViewRequest,
+    BatchPart, FetchBatchRequest, FetchRequest, Opcode, PlacedHead, PrepareFetchResponse, RegionPlace,
+    ReleasePreparedRequest, StatBatchRequest, ViewBatchRequest, ViewRequest,
 };
 
 use super::ServerContext;
 use super::dispatch::{Handled, Task};
 use super::responder::error_frame;
-use crate::service::Fetch;
+use crate::service::prepared::{PreparedFetch, bound_by_place, check_places};
+use crate::service::{Fetch, Session};
 use crate::store::StoreError;
 use frames::{MemberFrames, send_member, single};
 pub(super) use frames::{Parts, Tally, failed};
@@ -48,10 +50,10 @@ enum Waiting {
     Place(Fetch, Target),
 }
 
-fn placed_part(index: u32, id: u64, result: Result<PlacedHead, StoreError>) -> BatchPart {
+fn placed_part(op: Opcode, index: u32, id: u64, result: Result<PlacedHead, StoreError>) -> BatchPart {
     match result {
         Ok(head) => BatchPart::Placed { index, head },
-        Err(e) => failed(Opcode::FetchBatch, id, index, &e),
+        Err(e) => failed(op, id, index, &e),
     }
 }
 
@@ -59,33 +61,72 @@ fn placed_part(index: u32, id: u64, result: Result<PlacedHead, StoreError>) -> B
 /// their loads (or reads of the drive) give their bytes.
 pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Handled {
     let op = Opcode::FetchBatch;
-    let service = &task.ctx.service;
-    let FetchBatchRequest { members, places } = req;
-    if !places.is_empty() && places.len() != members.len() {
-        let e = StoreError::BadRequest(format!(
-            "a batch of {} members names {} places: one per member, or none",
-            members.len(),
-            places.len()
-        ));
+    let FetchBatchRequest { mut members, places } = req;
+    if let Err(e) = check_places(members.len(), places.len()) {
         return Handled::Now(vec![error_frame(op, id, &e)]);
     }
+    for (member, place) in members.iter_mut().zip(&places) {
+        bound_by_place(member, place);
+    }
+    fetch_members(task, op, id, &members, &places)
+}
+
+/// Keeps a fetch batch on the connection; its id. Its places are checked
+/// now, so that a wrong one is refused once rather than at every run.
+pub(super) fn prepare_fetch(session: &Session, req: FetchBatchRequest) -> Result<PrepareFetchResponse, StoreError> {
+    let kept = PreparedFetch::new(req)?;
+    let mut regions = session.regions.batch();
+    for (index, place) in kept.places.iter().enumerate() {
+        regions
+            .place(place)
+            .map_err(|e| StoreError::BadRequest(format!("member {index}: {e}")))?;
+    }
+    drop(regions);
+    Ok(PrepareFetchResponse {
+        batch: session.prepared.add(kept)?,
+    })
+}
+
+/// Forgets a kept fetch batch (a run of it under way finishes: it holds it).
+pub(super) fn release_prepared(session: &Session, req: &ReleasePreparedRequest) -> Result<(), StoreError> {
+    if session.prepared.remove(req.batch) {
+        Ok(())
+    } else {
+        Err(StoreError::BadRequest(format!(
+            "batch {} is not prepared on this connection",
+            req.batch
+        )))
+    }
+}
+
+/// Runs a kept fetch batch, answered as a `fetch_batch` of its members.
+pub(super) fn fetch_prepared(task: Task<'_>, id: u64, kept: Arc<PreparedFetch>) -> Handled {
+    fetch_members(task, Opcode::FetchPrepared, id, &kept.members, &kept.places)
+}
+
+/// Answers `members` (each already bounded by its place in `places`, one
+/// per member or none) as `op` of request `id`.
+fn fetch_members(task: Task<'_>, op: Opcode, id: u64, members: &[FetchRequest], places: &[RegionPlace]) -> Handled {
+    let service = &task.ctx.service;
     let tally = Arc::new(Tally::default());
     let mut parts = Parts::new(op, id);
     let mut waiting: Vec<(u32, Waiting)> = Vec::new();
     let mut reader_budget = PLACED_BY_READER;
     let mut regions = task.session.regions.batch();
-    let checked: Vec<_> = members
-        .into_iter()
-        .enumerate()
-        .map(|(index, member)| placed(&mut regions, member, places.get(index)))
+    let targets: Vec<_> = (0..members.len())
+        .map(|index| placed(&mut regions, places.get(index)))
         .collect();
     drop(regions);
-    let asked: Vec<Option<&FetchRequest>> = checked.iter().map(|c| c.as_ref().ok().map(|(m, _)| m)).collect();
+    let asked: Vec<Option<&FetchRequest>> = members
+        .iter()
+        .zip(&targets)
+        .map(|(member, target)| target.is_ok().then_some(member))
+        .collect();
     let hits = service.resident_many(&asked);
-    for (index, (checked, hit)) in checked.into_iter().zip(hits).enumerate() {
+    for (index, ((member, target), hit)) in members.iter().zip(targets).zip(hits).enumerate() {
         let index = index as u32;
-        let (member, target) = match checked {
-            Ok(placed) => placed,
+        let target = match target {
+            Ok(target) => target,
             Err(e) => {
                 parts.push(&failed(op, id, index, &e));
                 tally.count(false);
@@ -116,7 +157,7 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
                 parts.push(&failed(op, id, index, &e));
                 tally.count(false);
             }
-            None => waiting.push((index, Waiting::Fetch(member, target))),
+            None => waiting.push((index, Waiting::Fetch(member.clone(), target))),
         }
     }
     if waiting.is_empty() {
@@ -136,7 +177,7 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
                     };
                     let ok = match (fetched, target) {
                         (Ok(fetch), Some(target)) => {
-                            let part = placed_part(index, id, place_member(fetch, target).await);
+                            let part = placed_part(op, index, id, place_member(fetch, target).await);
                             let ok = matches!(part, BatchPart::Placed { .. });
                             responder.send(single(op, id, &part, None)).await;
                             ok

@@ -13,16 +13,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use shardd_protocol::{
-    DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
-    NamespacesRequest, Opcode, PrefetchRequest, RegisterRegionRequest, ReleaseRegionRequest, ReleaseRequest,
-    ScheduleRequest, SetQuotaRequest, SetQuotaResponse, StatBatchRequest, StatRequest, Status, VerifyRequest,
-    ViewBatchRequest, ViewRequest, codec,
+    DeleteRequest, DeleteResponse, DropNamespaceRequest, EvictRequest, FetchBatchRequest, FetchPreparedRequest,
+    FetchRequest, ListRequest, NamespacesRequest, Opcode, PrefetchRequest, RegisterRegionRequest,
+    ReleasePreparedRequest, ReleaseRegionRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, SetQuotaResponse,
+    StatBatchRequest, StatRequest, Status, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
 };
 use tracing::Instrument;
 
 use super::ServerContext;
 use super::frame::OutFrame;
-use super::gate::{admit, admit_batch, may_read};
+use super::gate::{admit, admit_batch, check_batch, may_read};
 use super::responder::{Responder, answer, error_frame};
 use super::{batch, regions};
 use crate::service::quota::SetQuota;
@@ -220,6 +220,25 @@ pub fn dispatch(
                 now(error_frame(op, id, &e))
             }
         },
+        Opcode::PrepareFetch => now(answer(
+            op,
+            id,
+            admit_batch::<FetchBatchRequest>(ctx, session, &control).and_then(|r| batch::prepare_fetch(session, r)),
+        )),
+        Opcode::FetchPrepared => {
+            let kept = admit::<FetchPreparedRequest>(ctx, session, &control)
+                .and_then(|r| session.prepared.get(r.batch))
+                .and_then(|kept| check_batch(ctx, session, &*kept).map(|()| kept));
+            match kept {
+                Ok(kept) => batch::fetch_prepared(task, id, kept),
+                Err(e) => now(error_frame(op, id, &e)),
+            }
+        }
+        Opcode::ReleasePrepared => now(answer(
+            op,
+            id,
+            admit::<ReleasePreparedRequest>(ctx, session, &control).and_then(|r| batch::release_prepared(session, &r)),
+        )),
         Opcode::ReleaseRegion => now(answer(
             op,
             id,

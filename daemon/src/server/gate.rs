@@ -4,15 +4,16 @@
 
 use serde::de::DeserializeOwned;
 use shardd_protocol::{
-    DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchBatchRequest, FetchRequest, ListRequest,
-    MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutBatchRequest, PutMember, PutRequest,
-    RegisterRegionRequest, ReleaseRegionRequest, ReleaseRequest, ScheduleRequest, SetQuotaRequest, StatBatchRequest,
-    StatRequest, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
+    DeleteRequest, DropNamespaceRequest, EvictMode, EvictRequest, FetchBatchRequest, FetchPreparedRequest,
+    FetchRequest, ListRequest, MAX_BATCH_MEMBERS, NamespacesRequest, PrefetchRequest, PutBatchRequest, PutMember,
+    PutRequest, RegisterRegionRequest, ReleasePreparedRequest, ReleaseRegionRequest, ReleaseRequest, ScheduleRequest,
+    SetQuotaRequest, StatBatchRequest, StatRequest, VerifyRequest, ViewBatchRequest, ViewRequest, codec,
 };
 
 use super::ServerContext;
 use crate::access::{Need, Right};
 use crate::service::Session;
+use crate::service::prepared::PreparedFetch;
 use crate::store::StoreError;
 
 /// A request that says what it needs of the access table.
@@ -71,6 +72,19 @@ impl Guarded for ReleaseRegionRequest {
     }
 }
 
+impl Guarded for FetchPreparedRequest {
+    /// The kept batch's members are checked at each run ([`check_batch`]).
+    fn need(&self) -> Need<'_> {
+        Need::Nothing
+    }
+}
+
+impl Guarded for ReleasePreparedRequest {
+    fn need(&self) -> Need<'_> {
+        Need::Nothing
+    }
+}
+
 impl Guarded for ReleaseRequest {
     fn need(&self) -> Need<'_> {
         Need::Nothing
@@ -104,6 +118,13 @@ pub trait Batch {
 }
 
 impl Batch for FetchBatchRequest {
+    type Member = FetchRequest;
+    fn members(&self) -> &[FetchRequest] {
+        &self.members
+    }
+}
+
+impl Batch for PreparedFetch {
     type Member = FetchRequest;
     fn members(&self) -> &[FetchRequest] {
         &self.members
@@ -146,6 +167,13 @@ pub fn admit_batch<T: DeserializeOwned + Batch>(
     control: &[u8],
 ) -> Result<T, StoreError> {
     let request: T = codec::decode(control).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    check_batch(ctx, session, &request)?;
+    Ok(request)
+}
+
+/// The checks of [`admit_batch`] on a batch already decoded (a kept one,
+/// at each run: the access table may have been reloaded since).
+pub fn check_batch<T: Batch>(ctx: &ServerContext, session: &Session, request: &T) -> Result<(), StoreError> {
     let members = request.members();
     if members.is_empty() {
         return Err(StoreError::BadRequest("a batch needs at least one member".into()));
@@ -175,7 +203,7 @@ pub fn admit_batch<T: DeserializeOwned + Batch>(
         }
         checked = Some(need);
     }
-    Ok(request)
+    Ok(())
 }
 
 /// Whether the client of `session` may read `namespace` (listings show it

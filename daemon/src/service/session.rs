@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use shardd_protocol::Status;
 
+use super::prepared::PreparedBatches;
 use super::regions::{PassedFds, RegionLimits, Regions};
 use crate::access::Identity;
 use crate::cache::Lease;
@@ -118,6 +119,8 @@ pub struct Session {
     next_lease: AtomicU64,
     /// Regions of the client's memory it registered.
     pub regions: Regions,
+    /// Fetch batches it keeps to run again by id.
+    pub prepared: PreparedBatches,
     /// Descriptors the client sent (Unix socket only), each waiting for
     /// the region registration it came with.
     pub passed_fds: Option<Arc<PassedFds>>,
@@ -141,6 +144,7 @@ impl Session {
             limits,
             next_lease: AtomicU64::new(1),
             regions: Regions::new(regions),
+            prepared: PreparedBatches::default(),
             passed_fds,
         }
     }

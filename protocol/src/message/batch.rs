@@ -79,6 +79,30 @@ pub struct ReleaseRegionRequest {
     pub region: u32,
 }
 
+/// Answer to `prepare_fetch`: the id of the kept batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareFetchResponse {
+    /// The batch's id on this connection, until released or the
+    /// connection ends.
+    pub batch: u32,
+}
+
+/// Run a kept fetch batch again: its members are fetched (into their
+/// places) as a `FetchBatchRequest` of them would be, against the shards
+/// and regions as they are now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchPreparedRequest {
+    /// The batch, as `prepare_fetch` answered.
+    pub batch: u32,
+}
+
+/// Forget a kept fetch batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasePreparedRequest {
+    /// The batch.
+    pub batch: u32,
+}
+
 /// Many zero-copy views at once (Unix socket, arena mapped).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewBatchRequest {
@@ -293,5 +317,19 @@ mod tests {
         expected.extend_from_slice(&2u32.to_le_bytes());
         assert_eq!(bytes, expected);
         assert_eq!(codec::decode::<Vec<BatchPart>>(&bytes).unwrap(), parts);
+    }
+
+    /// The kept-batch messages are a `u32` each, little-endian.
+    #[test]
+    fn prepared_batch_messages_are_their_id() {
+        let id = 0x0102_0304u32;
+        let expected = id.to_le_bytes().to_vec();
+        assert_eq!(codec::encode(&PrepareFetchResponse { batch: id }).unwrap(), expected);
+        assert_eq!(codec::encode(&FetchPreparedRequest { batch: id }).unwrap(), expected);
+        assert_eq!(codec::encode(&ReleasePreparedRequest { batch: id }).unwrap(), expected);
+        assert_eq!(
+            codec::decode::<FetchPreparedRequest>(&expected).unwrap(),
+            FetchPreparedRequest { batch: id }
+        );
     }
 }

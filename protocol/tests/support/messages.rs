@@ -18,7 +18,7 @@ fn decodes_canonically<T: Serialize + DeserializeOwned + std::fmt::Debug>(bytes:
 }
 
 /// How many decoders [`decode_control`] chooses from.
-pub const DECODERS: u8 = 42;
+pub const DECODERS: u8 = 45;
 
 /// Decodes `bytes` as the control message `selector` names (modulo
 /// [`DECODERS`]); panics if a decoder does or breaks the property.
@@ -65,6 +65,9 @@ pub fn decode_control(selector: u8, bytes: &[u8]) {
         38 => decodes_canonically::<ReleaseRegionRequest>(bytes),
         39 => decodes_canonically::<AuthenticateRequest>(bytes),
         40 => decodes_canonically::<AuthenticateResponse>(bytes),
+        41 => decodes_canonically::<PrepareFetchResponse>(bytes),
+        42 => decodes_canonically::<FetchPreparedRequest>(bytes),
+        43 => decodes_canonically::<ReleasePreparedRequest>(bytes),
         _ => decodes_canonically::<Vec<BatchPart>>(bytes),
     }
 }

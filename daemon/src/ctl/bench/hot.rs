@@ -195,6 +195,9 @@ pub struct SmallResult {
     pub batch: usize,
     /// How.
     pub mode: Mode,
+    /// Whether each request was kept on the daemon beforehand and sent as
+    /// its id (`prepare_fetch_into_region`, `fetch_prepared`).
+    pub prepared: bool,
     /// Requests per second.
     pub ops_per_sec: f64,
     /// Median latency, microseconds.
@@ -468,32 +471,33 @@ pub async fn run(endpoint: &str, base: &shardd_client::ClientOptions, args: &Hot
         .iter()
         .find(|&&(m, _)| m == Mode::CopyingUnix && chosen(Mode::RegionUnix))
     {
-        let mut runs = Vec::new();
+        // Each request sent whole, then kept on the daemon and sent by id;
+        // their runs alternate, so that both see the same machine.
+        let mut runs = [Vec::new(), Vec::new()];
         for _ in 0..args.runs {
             let requests = args
                 .small_requests
                 .max((SMALL_BATCH * SMALL_BATCH_IN_FLIGHT * 16) as u64);
-            runs.push(
-                small_batch_loop(
-                    clients,
-                    &args.namespace,
-                    SMALL_BATCH_IN_FLIGHT,
-                    requests,
-                    SMALL_BATCH,
-                    Destination::Region,
-                )
-                .await?,
-            );
+            for (into, runs) in [Destination::Region, Destination::Prepared].into_iter().zip(&mut runs) {
+                let namespace = &args.namespace;
+                runs.push(
+                    small_batch_loop(clients, namespace, SMALL_BATCH_IN_FLIGHT, requests, SMALL_BATCH, into).await?,
+                );
+            }
         }
-        runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-        let result = runs.swap_remove(runs.len() / 2);
-        if !args.json {
-            eprintln!(
-                "4 KiB x{SMALL_BATCH_IN_FLIGHT} batches of {SMALL_BATCH} into regions: {:.0} shards/s, p50 {:.0} us per request",
-                result.ops_per_sec, result.p50_us,
-            );
+        for mut runs in runs {
+            runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            let result = runs.swap_remove(runs.len() / 2);
+            if !args.json {
+                eprintln!(
+                    "4 KiB x{SMALL_BATCH_IN_FLIGHT} batches of {SMALL_BATCH} into regions{}: {:.0} shards/s, p50 {:.0} us per request",
+                    if result.prepared { ", prepared" } else { "" },
+                    result.ops_per_sec,
+                    result.p50_us,
+                );
+            }
+            small.push(result);
         }
-        small.push(result);
     }
     remove_set(any, &args.namespace, SMALL, SMALL_SHARDS).await?;
     let count = (args.small_requests / 2).clamp(1_000, 20_000) as usize;

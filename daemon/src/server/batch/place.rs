@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use shardd_protocol::{FetchRequest, PlacedHead, RegionPlace};
+use shardd_protocol::{PlacedHead, RegionPlace};
 
 use crate::service::regions::{BatchPlaces, Region};
 use crate::service::{Fetch, Piece, Resident};
@@ -34,23 +34,18 @@ impl Target {
     }
 }
 
-/// Checks a member's place: the member with its answer bounded by the
-/// place, and where the daemon writes it if it does so itself.
-pub(super) fn placed(
-    places: &mut BatchPlaces<'_>,
-    mut member: FetchRequest,
-    place: Option<&RegionPlace>,
-) -> Result<(FetchRequest, Option<Target>), StoreError> {
+/// Checks a member's place: where the daemon writes the member if it
+/// does so itself (a region it mapped), `None` without a place or for a
+/// region that stays in the client.
+pub(super) fn placed(places: &mut BatchPlaces<'_>, place: Option<&RegionPlace>) -> Result<Option<Target>, StoreError> {
     let Some(place) = place else {
-        return Ok((member, None));
+        return Ok(None);
     };
     let region = places.place(place)?;
-    member.max_len = Some(member.max_len.map_or(place.len, |max| max.min(place.len)));
-    let target = region.is_mapped().then(|| Target {
+    Ok(region.is_mapped().then(|| Target {
         region,
         offset: place.offset,
-    });
-    Ok((member, target))
+    }))
 }
 
 /// Writes a member's bytes into its place as they come; what was written.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use shardd_client::{Client, ClientOptions, PutOptions, Region, RegisteredRegion, Wanted};
+use shardd_client::{Client, ClientOptions, PreparedFetch, PutOptions, Region, RegisteredRegion, Wanted};
 use tokio::task::JoinSet;
 
 use super::{Mode, SmallResult};
@@ -186,6 +186,7 @@ pub(super) async fn small_loop(
         concurrency,
         batch: 1,
         mode: Mode::ZeroCopyUnix,
+        prepared: false,
         ops_per_sec: latencies.len() as f64 / elapsed,
         p50_us: percentile(&latencies, 0.5),
         p99_us: percentile(&latencies, 0.99),
@@ -201,6 +202,9 @@ pub(super) enum Destination {
     /// A region registered on its connection (`fetch_into_region`: over a
     /// Unix socket the daemon writes the bytes there itself).
     Region,
+    /// The same, each request kept on the daemon beforehand
+    /// (`prepare_fetch_into_region`) and run by its id (`fetch_prepared`).
+    Prepared,
 }
 
 /// A shard wanted, and where in the worker's destination it goes.
@@ -217,7 +221,7 @@ impl Dest {
         Ok(match into {
             // Written before the clock starts, as a trainer's buffers are.
             Destination::Buffer => Dest::Buffer(vec![1u8; bytes]),
-            Destination::Region => {
+            Destination::Region | Destination::Prepared => {
                 let region = Region::new(bytes).context("allocate a region")?;
                 Dest::Region(client.register_region(&region).await.context("register a region")?)
             }
@@ -236,11 +240,17 @@ impl Dest {
                 (Dest::Region(region), results)
             }
         };
-        for (result, (w, _)) in results.context("batched fetch")?.into_iter().zip(wanted) {
-            result.with_context(|| format!("fetch {}", w.key))?;
-        }
+        check_all(wanted, results)?;
         Ok(dest)
     }
+}
+
+/// Fails on the first member of a batched fetch that failed.
+fn check_all<T>(wanted: &[Placed], results: shardd_client::BatchResult<T>) -> anyhow::Result<()> {
+    for (result, (w, _)) in results.context("batched fetch")?.into_iter().zip(wanted) {
+        result.with_context(|| format!("fetch {}", w.key))?;
+    }
+    Ok(())
 }
 
 /// The sweep's bytes fetched `batch` shards per request, each worker into
@@ -319,18 +329,40 @@ pub(super) async fn small_batch_loop(
                 .collect()
         })
         .collect();
+    // Kept on the daemon before the clock starts too, as a trainer
+    // prepares its layers' gathers once.
+    let mut prepared: Vec<Vec<PreparedFetch>> = Vec::new();
+    for (w, (dest, cycle)) in dests.iter().zip(&cycles).enumerate() {
+        let mut kept = Vec::new();
+        if let (Destination::Prepared, Dest::Region(region)) = (into, dest) {
+            for wanted in cycle {
+                let client = &clients[w % clients.len()];
+                kept.push(
+                    client
+                        .prepare_fetch_into_region(region, wanted)
+                        .await
+                        .context("prepare a fetch")?,
+                );
+            }
+        }
+        prepared.push(kept);
+    }
     let start = Instant::now();
     let mut workers = JoinSet::new();
-    for ((w, mut dest), cycle) in dests.into_iter().enumerate().zip(cycles) {
+    for (((w, mut dest), cycle), kept) in dests.into_iter().enumerate().zip(cycles).zip(prepared) {
         let client = clients[w % clients.len()].clone();
         workers.spawn(async move {
             let mut latencies = Vec::with_capacity(per_worker as usize);
             for n in 0..per_worker {
                 let wanted = &cycle[n as usize % cycle.len()];
                 let began = Instant::now();
-                dest = dest.fetch(&client, wanted).await?;
+                match kept.get(n as usize % cycle.len()) {
+                    Some(kept) => check_all(wanted, client.fetch_prepared(kept).await)?,
+                    None => dest = dest.fetch(&client, wanted).await?,
+                }
                 latencies.push(began.elapsed().as_secs_f64() * 1e6);
             }
+            drop(dest);
             Ok::<Vec<f64>, anyhow::Error>(latencies)
         });
     }
@@ -345,8 +377,9 @@ pub(super) async fn small_batch_loop(
         batch,
         mode: match into {
             Destination::Buffer => Mode::ZeroCopyUnix,
-            Destination::Region => Mode::RegionUnix,
+            Destination::Region | Destination::Prepared => Mode::RegionUnix,
         },
+        prepared: into == Destination::Prepared,
         ops_per_sec: (latencies.len() * batch) as f64 / elapsed,
         p50_us: percentile(&latencies, 0.5),
         p99_us: percentile(&latencies, 0.99),

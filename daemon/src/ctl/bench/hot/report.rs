@@ -197,7 +197,7 @@ pub(super) fn render(report: &HotReport) -> String {
             "{:>5} {:>5} {:>15} {:>10.0} {:>8.0} {:>8.0} {:>12} {:>10} {:>9}",
             s.concurrency,
             s.batch,
-            s.mode.label(),
+            if s.prepared { "region prepared" } else { s.mode.label() },
             s.ops_per_sec,
             s.p50_us,
             s.p99_us,
