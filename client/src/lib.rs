@@ -41,8 +41,12 @@
 //! [`Client::fetch_into_region`] names each shard's place in it, and over a
 //! Unix socket the daemon writes the bytes there itself (nothing crosses
 //! the socket); over TCP the receiver writes each payload there as it
-//! arrives. [`Client::put_many`] and [`Client::put_from_region`] store many
-//! shards in one request, the latter read by the daemon from the region.
+//! arrives. A gather made every step can be kept on the daemon once
+//! ([`Client::prepare_fetch_into_region`], a [`PreparedFetch`]) and run by
+//! its id ([`Client::fetch_prepared`]): each run's request is a few bytes,
+//! and fetches the shards as they are then. [`Client::put_many`] and
+//! [`Client::put_from_region`] store many shards in one request, the latter
+//! read by the daemon from the region.
 //!
 //! Over TCP the client authenticates with a pre-shared key
 //! ([`ClientOptions::auth_key`], else the file `SHARDD_AUTH_KEY_FILE`

@@ -46,6 +46,7 @@ __all__ = [
     "Client",
     "View",
     "Region",
+    "PreparedFetch",
     "RegisteredRegion",
     "ShardArray",
     "ShardMeta",
@@ -333,6 +334,28 @@ class Client:
         """
         return self._native.fetch_into_region(registered._native, namespace, _batch_items(items))
 
+    def prepare_fetch_into_region(
+        self, registered: "RegisteredRegion", namespace: str, items: Sequence[Tuple]
+    ) -> "PreparedFetch":
+        """Keeps a :meth:`fetch_into_region` of ``items`` on the daemon, to
+        run again with :meth:`fetch_prepared` as often as wanted: a layer
+        gathered every step is sent once, and each step's request is a few
+        bytes. Each run fetches the shards as they are then. The daemon
+        forgets it when the returned object is gone, or with the connection.
+
+        >>> layer = client.prepare_fetch_into_region(registered, "job", [("layers.0.weight", 0, 24)])
+        >>> client.fetch_prepared(layer)[0].nbytes
+        24
+        """
+        native = self._native.prepare_fetch_into_region(registered._native, namespace, _batch_items(items))
+        return PreparedFetch(native, registered)
+
+    def fetch_prepared(self, prepared: "PreparedFetch") -> list:
+        """Runs a fetch kept by :meth:`prepare_fetch_into_region`: each
+        member's :class:`ShardMeta` or exception, as
+        :meth:`fetch_into_region`."""
+        return self._native.fetch_prepared(prepared._native)
+
     def view(self, namespace: str, key: str, *, range: Optional[Tuple[int, int]] = None) -> "View":
         """A zero-copy, read-only view of the shard in the daemon's arena (same
         node): ``.numpy()`` and ``.tensor()`` make arrays over it without
@@ -546,6 +569,19 @@ class RegisteredRegion:
     def placed_by_daemon(self) -> bool:
         """Whether the daemon writes into the region itself (Unix socket)."""
         return self._native.placed_by_daemon
+
+
+class PreparedFetch:
+    """A fetch into a region kept on the daemon
+    (:meth:`Client.prepare_fetch_into_region`), run by
+    :meth:`Client.fetch_prepared`; forgotten once this object is gone."""
+
+    def __init__(self, native, registered: RegisteredRegion):
+        self._native = native
+        self.registered = registered
+
+    def __len__(self) -> int:
+        return len(self._native)
 
 
 class View:

@@ -73,6 +73,28 @@ impl RegisteredRegion {
     }
 }
 
+/// A fetch into a region kept on the daemon, run again by its id; released
+/// when dropped.
+#[pyclass(module = "shardd._native", frozen)]
+#[derive(Debug)]
+pub struct PreparedFetch {
+    pub(crate) inner: shardd_client::PreparedFetch,
+}
+
+#[pymethods]
+impl PreparedFetch {
+    /// Its id on the connection.
+    #[getter]
+    fn id(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// Its members.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+}
+
 /// One member: key, where it goes (offset, length) and an optional range
 /// of the shard, as the Python layer passes it.
 pub(crate) type Item = (String, usize, usize, Option<(u64, u64)>);
@@ -210,6 +232,33 @@ impl Client {
             py,
             async move { client.fetch_into_region(&held.get().inner, &wanted).await },
         )?;
+        Ok(outcomes(py, result.py(py)?))
+    }
+
+    /// Keeps a fetch of `items` into `region` on the daemon.
+    pub(crate) fn batch_prepare_fetch_into_region(
+        &self,
+        py: Python<'_>,
+        region: Py<RegisteredRegion>,
+        namespace: String,
+        items: Vec<Item>,
+    ) -> PyResult<PreparedFetch> {
+        let client = self.connection(py)?;
+        let wanted = wanted(&namespace, &items);
+        let held = region.clone_ref(py);
+        let result = self.io.block(py, async move {
+            client.prepare_fetch_into_region(&held.get().inner, &wanted).await
+        })?;
+        Ok(PreparedFetch { inner: result.py(py)? })
+    }
+
+    /// Runs a kept fetch; each member's `ShardMeta` or exception.
+    pub(crate) fn batch_fetch_prepared(&self, py: Python<'_>, prepared: Py<PreparedFetch>) -> PyResult<Vec<Py<PyAny>>> {
+        let client = self.connection(py)?;
+        let held = prepared.clone_ref(py);
+        let result = self
+            .io
+            .block(py, async move { client.fetch_prepared(&held.get().inner).await })?;
         Ok(outcomes(py, result.py(py)?))
     }
 }

@@ -12,7 +12,7 @@ use pyo3::types::PyDict;
 use shardd_client::protocol::Key;
 use shardd_client::{ByteRange, ClientOptions, Durability, EvictMode, PrefetchItem, PutOptions};
 
-use crate::batch::{Item, PutItemArgs, Region, RegisteredRegion};
+use crate::batch::{Item, PreparedFetch, PutItemArgs, Region, RegisteredRegion};
 use crate::buf::Lent;
 use crate::errors::{self, IntoPy};
 use crate::meta::{self, ShardMeta};
@@ -294,6 +294,24 @@ impl Client {
         items: Vec<Item>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         self.batch_fetch_into_region(py, region, namespace, items)
+    }
+
+    /// Keeps a fetch of `items` of `namespace` into `region` on the daemon,
+    /// to run again with `fetch_prepared`.
+    fn prepare_fetch_into_region(
+        &self,
+        py: Python<'_>,
+        region: Py<RegisteredRegion>,
+        namespace: String,
+        items: Vec<Item>,
+    ) -> PyResult<PreparedFetch> {
+        self.batch_prepare_fetch_into_region(py, region, namespace, items)
+    }
+
+    /// Runs a fetch kept by `prepare_fetch_into_region`; each member's
+    /// `ShardMeta` or exception.
+    fn fetch_prepared(&self, py: Python<'_>, prepared: Py<PreparedFetch>) -> PyResult<Vec<Py<PyAny>>> {
+        self.batch_fetch_prepared(py, prepared)
     }
 
     /// A zero-copy view of the shard (or `range` of it) in the daemon's arena.

@@ -40,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<view::View>()?;
     m.add_class::<batch::Region>()?;
     m.add_class::<batch::RegisteredRegion>()?;
+    m.add_class::<batch::PreparedFetch>()?;
     m.add_class::<meta::ShardMeta>()?;
     m.add_class::<cluster::Cluster>()?;
     m.add_class::<cluster::Layer>()?;

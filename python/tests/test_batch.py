@@ -62,6 +62,30 @@ def test_a_region_is_filled_by_the_daemon_and_read_as_arrays(any_client, request
         region.numpy("f32", (1 << 20,))
 
 
+def test_a_prepared_fetch_runs_again_with_the_shards_as_they_are_now(any_client):
+    arrays = put_layer(any_client, 2)
+    region = shardd.Region(1 << 20)
+    registered = any_client.register_region(region)
+    items = [(f"layers.0.t{i}", i * 65536, arrays[i].nbytes) for i in range(2)]
+    items.append(("missing", 2 * 65536, 16))
+    layer = any_client.prepare_fetch_into_region(registered, "job", items)
+    assert len(layer) == 3
+    for step in range(2):
+        if step == 1:
+            # Replaced between two runs: the next run brings the new bytes.
+            arrays[1] = arrays[1] + 1.0
+            any_client.put("job", "layers.0.t1", arrays[1])
+            region.numpy("u8", (1 << 20,))[:] = 0
+        results = any_client.fetch_prepared(layer)
+        for i, array in enumerate(arrays):
+            assert isinstance(results[i], shardd.ShardMeta), results[i]
+            assert np.array_equal(region.numpy("f32", (array.size,), offset=i * 65536), array)
+        assert results[1].version == step + 1
+        assert isinstance(results[2], shardd.NotFound)
+    with pytest.raises(shardd.BadRequest, match="not within the buffer"):
+        any_client.prepare_fetch_into_region(registered, "job", [("x", 1 << 20, 8)])
+
+
 def test_a_region_is_a_torch_tensor_without_a_copy(client, torch):
     tensor = torch.arange(4096, dtype=torch.float32)
     client.put("job", "w", tensor)
