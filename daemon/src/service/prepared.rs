@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shardd_protocol::{FetchBatchRequest, FetchRequest, RegionPlace, Status};
+use shardd_protocol::{FetchBatchRequest, FetchRequest, RegionPlace};
 
+use super::regions::busy;
 use crate::store::StoreError;
 
 /// Kept batches one connection may hold at once.
@@ -133,16 +134,9 @@ impl PreparedBatches {
     }
 }
 
-fn busy(message: String) -> StoreError {
-    StoreError::Other {
-        status: Status::Busy,
-        message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use shardd_protocol::{Key, Namespace};
+    use shardd_protocol::{Key, Namespace, Status};
 
     use super::*;
 

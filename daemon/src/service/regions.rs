@@ -345,7 +345,8 @@ impl BatchPlaces<'_> {
     }
 }
 
-fn busy(message: String) -> StoreError {
+/// A refusal for a per-connection limit: `busy`, with why.
+pub(super) fn busy(message: String) -> StoreError {
     StoreError::Other {
         status: Status::Busy,
         message,
