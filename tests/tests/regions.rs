@@ -243,9 +243,35 @@ async fn prepared_fetches_that_cannot_run_are_refused_saying_why() {
             "{op}: {why}"
         );
     }
-    // The connection goes on.
+    // The connection goes on; a kept batch without places is answered in
+    // payloads, every frame under its own opcode.
+    let client = daemon.connect(setups()[0]).await;
+    let put = client.put("job", "a", pattern(5000, 3), PutOptions::default());
+    put.await.unwrap();
     raw.request(Opcode::PrepareFetch, 7, &kept).await;
-    assert_eq!(raw.recv().await.unwrap().0.status, Status::Ok);
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::Ok);
+    let batch = codec::decode::<PrepareFetchResponse>(&control).unwrap().batch;
+    raw.request(Opcode::FetchPrepared, 8, &FetchPreparedRequest { batch })
+        .await;
+    let mut payload = 0;
+    loop {
+        let (header, control) = raw.recv().await.unwrap();
+        assert_eq!(
+            (header.opcode, header.request_id, header.status),
+            (Opcode::FetchPrepared, 8, Status::Ok)
+        );
+        payload += header.payload_len;
+        let parts = codec::decode::<Vec<BatchPart>>(&control).unwrap();
+        if matches!(parts.last(), Some(BatchPart::Done { .. })) {
+            assert!(
+                matches!(parts.last(), Some(BatchPart::Done { ok: 1, failed: 0 })),
+                "{parts:?}"
+            );
+            break;
+        }
+    }
+    assert_eq!(payload, 5000);
     daemon.stop().await;
 }
 

@@ -147,7 +147,7 @@ fn fetch_members(task: Task<'_>, op: Opcode, id: u64, members: &[FetchRequest], 
                 Some(target) => waiting.push((index, Waiting::Place(resident.into_fetch(), target))),
                 None => {
                     let fetch = resident.into_fetch();
-                    for frame in MemberFrames::new(id, index, &fetch).ready(fetch) {
+                    for frame in MemberFrames::new(op, id, index, &fetch).ready(fetch) {
                         parts.push_frame(frame);
                     }
                     tally.count(true);
@@ -182,7 +182,7 @@ fn fetch_members(task: Task<'_>, op: Opcode, id: u64, members: &[FetchRequest], 
                             responder.send(single(op, id, &part, None)).await;
                             ok
                         }
-                        (Ok(fetch), None) => send_member(responder, id, index, fetch).await,
+                        (Ok(fetch), None) => send_member(responder, op, id, index, fetch).await,
                         (Err(e), _) => {
                             responder.send(single(op, id, &failed(op, id, index, &e), None)).await;
                             false

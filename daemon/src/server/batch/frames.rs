@@ -131,6 +131,7 @@ pub(super) fn single(op: Opcode, id: u64, part: &BatchPart, payload: Option<Piec
 /// Frames of one fetch member sent over the socket: its head with the
 /// first piece, then the rest of its bytes, each piece saying where it goes.
 pub(super) struct MemberFrames {
+    op: Opcode,
     id: u64,
     index: u32,
     head: Option<FetchResponse>,
@@ -138,8 +139,9 @@ pub(super) struct MemberFrames {
 }
 
 impl MemberFrames {
-    pub(super) fn new(id: u64, index: u32, fetch: &Fetch) -> MemberFrames {
+    pub(super) fn new(op: Opcode, id: u64, index: u32, fetch: &Fetch) -> MemberFrames {
         MemberFrames {
+            op,
             id,
             index,
             head: Some(fetch.head.clone()),
@@ -154,7 +156,7 @@ impl MemberFrames {
             None => BatchPart::Data { index, at: self.at },
         };
         self.at += piece.as_ref().map_or(0, |p| p.bytes().len() as u64);
-        single(Opcode::FetchBatch, self.id, &part, piece)
+        single(self.op, self.id, &part, piece)
     }
 
     /// Every frame of a member whose pieces are all ready.
@@ -168,8 +170,8 @@ impl MemberFrames {
 }
 
 /// Sends a fetch member as its pieces come; whether it was answered whole.
-pub(super) async fn send_member(responder: &Responder, id: u64, index: u32, mut fetch: Fetch) -> bool {
-    let mut frames = MemberFrames::new(id, index, &fetch);
+pub(super) async fn send_member(responder: &Responder, op: Opcode, id: u64, index: u32, mut fetch: Fetch) -> bool {
+    let mut frames = MemberFrames::new(op, id, index, &fetch);
     if fetch.is_ready() || fetch.head.len == 0 {
         for frame in frames.ready(fetch) {
             if !responder.send(frame).await {
@@ -182,7 +184,6 @@ pub(super) async fn send_member(responder: &Responder, id: u64, index: u32, mut 
         let frame = match next {
             Ok(piece) => frames.frame(Some(piece)),
             Err(e) => {
-                let op = Opcode::FetchBatch;
                 responder.send(single(op, id, &failed(op, id, index, &e), None)).await;
                 return false;
             }
