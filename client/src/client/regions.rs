@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shardd_protocol::{
-    FetchBatchRequest, FetchPreparedRequest, FetchResponse, Opcode, PrepareFetchResponse, PutMember, RegionPlace,
-    RegisterRegionRequest, RegisterRegionResponse, ReleasePreparedRequest, ReleaseRegionRequest, ShardMeta,
+    FetchBatchRequest, FetchPreparedRequest, FetchResponse, Key, Namespace, Opcode, PrepareFetchResponse, PutMember,
+    RegionPlace, RegisterRegionRequest, RegisterRegionResponse, ReleasePreparedRequest, ReleaseRegionRequest,
+    ShardMeta,
 };
 
 use super::batch::{BatchResult, PutItem, Wanted, check_count, check_places};
@@ -172,7 +173,11 @@ impl Client {
     ) -> BatchResult<FetchInfo> {
         let plan = self.plan_into_region(region, wanted)?;
         let control = encode(&plan.request)?;
-        self.run_into_region(Opcode::FetchBatch, control, &plan).await
+        let op = Opcode::FetchBatch;
+        let answers = self.run_into_region(op, control, &plan).await?;
+        // The names go to the answers: this plan is not kept.
+        let names = plan.request.members.into_iter().map(|m| (m.namespace, m.key));
+        Ok(named(op, answers, names))
     }
 
     /// Keeps a fetch of `wanted` into `region` on the daemon, to run again
@@ -213,8 +218,10 @@ impl Client {
             });
         }
         let control = encode(&FetchPreparedRequest { batch: prepared.id })?;
-        self.run_into_region(Opcode::FetchPrepared, control, &prepared.plan)
-            .await
+        let op = Opcode::FetchPrepared;
+        let answers = self.run_into_region(op, control, &prepared.plan).await?;
+        let names = prepared.plan.request.members.iter();
+        Ok(named(op, answers, names.map(|m| (m.namespace.clone(), m.key.clone()))))
     }
 
     /// What a fetch into `region` asks for, and where each member goes.
@@ -252,9 +259,14 @@ impl Client {
         })
     }
 
-    /// Sends `op` with `control` for the fetch `plan` describes, and names
-    /// each member's answer.
-    async fn run_into_region(&self, op: Opcode, control: Vec<u8>, plan: &RegionPlan) -> BatchResult<FetchInfo> {
+    /// Sends `op` with `control` for the fetch `plan` describes; each
+    /// member's answer.
+    async fn run_into_region(
+        &self,
+        op: Opcode,
+        control: Vec<u8>,
+        plan: &RegionPlan,
+    ) -> Result<Vec<Result<Answer, ClientError>>, ClientError> {
         let members = plan
             .members
             .iter()
@@ -277,24 +289,32 @@ impl Client {
             .conn
             .batch(op, control, members, buf, self.options.request_timeout)
             .await;
-        let info = |head: FetchResponse| FetchInfo {
-            meta: head.meta,
-            offset: head.offset,
-            len: head.len,
-        };
-        Ok(done
-            .result?
-            .into_iter()
-            .zip(&plan.request.members)
-            // A member the daemon placed is answered without the names the
-            // request gave.
-            .map(|(answer, member)| match answer? {
-                Answer::Placed(head) => Ok(info(head.named(member.namespace.clone(), member.key.clone()))),
-                Answer::Fetch(head, _) => Ok(info(head)),
-                _ => Err(super::batch::unexpected(op.name())),
-            })
-            .collect())
+        done.result
     }
+}
+
+/// Each member's answer to a fetch into a region, as what was fetched: a
+/// member the daemon placed is answered without the names the request gave,
+/// which `names` brings back.
+fn named(
+    op: Opcode,
+    answers: Vec<Result<Answer, ClientError>>,
+    names: impl Iterator<Item = (Namespace, Key)>,
+) -> Vec<Result<FetchInfo, ClientError>> {
+    let info = |head: FetchResponse| FetchInfo {
+        meta: head.meta,
+        offset: head.offset,
+        len: head.len,
+    };
+    answers
+        .into_iter()
+        .zip(names)
+        .map(|(answer, (namespace, key))| match answer? {
+            Answer::Placed(head) => Ok(info(head.named(namespace, key))),
+            Answer::Fetch(head, _) => Ok(info(head)),
+            _ => Err(super::batch::unexpected(op.name())),
+        })
+        .collect()
 }
 
 /// A fetch into a region: the request, and for each member its range of
