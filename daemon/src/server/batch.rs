@@ -81,7 +81,6 @@ pub(super) fn prepare_fetch(session: &Session, req: FetchBatchRequest) -> Result
             .place(place)
             .map_err(|e| StoreError::BadRequest(format!("member {index}: {e}")))?;
     }
-    drop(regions);
     Ok(PrepareFetchResponse {
         batch: session.prepared.add(kept)?,
     })
@@ -116,7 +115,6 @@ fn fetch_members(task: Task<'_>, op: Opcode, id: u64, members: &[FetchRequest], 
     let targets: Vec<_> = (0..members.len())
         .map(|index| placed(&mut regions, places.get(index)))
         .collect();
-    drop(regions);
     let asked: Vec<Option<&FetchRequest>> = members
         .iter()
         .zip(&targets)

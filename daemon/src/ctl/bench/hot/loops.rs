@@ -362,7 +362,6 @@ pub(super) async fn small_batch_loop(
                 }
                 latencies.push(began.elapsed().as_secs_f64() * 1e6);
             }
-            drop(dest);
             Ok::<Vec<f64>, anyhow::Error>(latencies)
         });
     }
