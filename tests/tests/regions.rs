@@ -185,6 +185,14 @@ async fn a_prepared_fetch_runs_again_with_the_shards_as_they_are_now() {
     }
 }
 
+/// Keeps `batch` on the daemon as request `id`; the kept batch's id.
+async fn prepare(raw: &mut RawClient, id: u64, batch: &FetchBatchRequest) -> u32 {
+    raw.request(Opcode::PrepareFetch, id, batch).await;
+    let (header, control) = raw.recv().await.unwrap();
+    assert_eq!(header.status, Status::Ok, "{}", message(&control));
+    codec::decode::<PrepareFetchResponse>(&control).unwrap().batch
+}
+
 /// What the daemon refuses of kept batches, byte for byte on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_fetches_that_cannot_run_are_refused_saying_why() {
@@ -226,10 +234,7 @@ async fn prepared_fetches_that_cannot_run_are_refused_saying_why() {
         members: vec![member("a")],
         places: Vec::new(),
     };
-    raw.request(Opcode::PrepareFetch, 3, &kept).await;
-    let (header, control) = raw.recv().await.unwrap();
-    assert_eq!(header.status, Status::Ok);
-    let batch = codec::decode::<PrepareFetchResponse>(&control).unwrap().batch;
+    let batch = prepare(&mut raw, 3, &kept).await;
     raw.request(Opcode::ReleasePrepared, 4, &ReleasePreparedRequest { batch })
         .await;
     assert_eq!(raw.recv().await.unwrap().0.status, Status::Ok);
@@ -248,10 +253,7 @@ async fn prepared_fetches_that_cannot_run_are_refused_saying_why() {
     let client = daemon.connect(setups()[0]).await;
     let put = client.put("job", "a", pattern(5000, 3), PutOptions::default());
     put.await.unwrap();
-    raw.request(Opcode::PrepareFetch, 7, &kept).await;
-    let (header, control) = raw.recv().await.unwrap();
-    assert_eq!(header.status, Status::Ok);
-    let batch = codec::decode::<PrepareFetchResponse>(&control).unwrap().batch;
+    let batch = prepare(&mut raw, 7, &kept).await;
     raw.request(Opcode::FetchPrepared, 8, &FetchPreparedRequest { batch })
         .await;
     let mut payload = 0;
