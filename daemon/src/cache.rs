@@ -30,6 +30,8 @@
 //! # Layout
 //!
 //! * [`shard`]: a cached shard and leases on it.
+//! * [`entries`]: the map of shards, which tells each whether it is still
+//!   its key's entry.
 //! * [`load`]: loads into the arena, shared and followed.
 //! * [`residency`]: placing, installing, forgetting and evicting shards;
 //!   stat and delete.
@@ -42,6 +44,7 @@
 //! * [`keep`]: what the arena holds, handed to the next daemon at a restart
 //!   and checked against the drive when taken back.
 
+mod entries;
 pub mod keep;
 pub mod load;
 pub mod namespaces;
@@ -61,9 +64,10 @@ use crate::arena::Arena;
 use crate::service::quota::Quotas;
 use crate::store::Store;
 use crate::store::buffers::BufferScope;
+use entries::Entries;
 use load::Loading;
-pub use load::{Access, Follow, Followed, Started};
-use policy::{IdMap, Policy, PolicyKind};
+pub use load::{Access, Follow, Followed, ResidentHandle, Started};
+use policy::{Policy, PolicyKind};
 pub use shard::{CachedShard, Lease, WriteBack};
 use stats::Stats;
 pub use write_back::WriteBackRoom;
@@ -129,7 +133,7 @@ enum Slot {
 
 #[derive(Debug)]
 struct State {
-    entries: IdMap<Slot>,
+    entries: Entries,
     policy: Policy,
     /// Bytes of write-back shards not flushed yet (not all on the drive).
     dirty_bytes: u64,
@@ -201,7 +205,7 @@ impl Cache {
                 stopping: tokio_util::sync::CancellationToken::new(),
                 load_tasks: tokio_util::task::TaskTracker::new(),
                 state: Mutex::new(State {
-                    entries: IdMap::default(),
+                    entries: Entries::default(),
                     policy: Policy::new(config.policy),
                     dirty_bytes: 0,
                     unwritten_bytes: 0,

@@ -2,8 +2,8 @@
 //! (and a prefetch of the same shard) share it, and a fetch over the socket
 //! follows it chunk by chunk.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use shardd_protocol::{Key, Namespace, ShardMeta, Status};
 use tokio::sync::watch;
@@ -50,6 +50,16 @@ impl LoadFailure {
             message: e.to_string(),
         }
     }
+}
+
+/// What a fetch of a resident shard leaves for the next fetch of the same
+/// member (a kept batch's, [`Cache::try_hit_held`]). It does not hold the
+/// shard: once evicted its memory goes back as it would.
+#[derive(Debug)]
+pub struct ResidentHandle {
+    shard: Weak<CachedShard>,
+    /// Its slot in the policy, which stays its own while it is listed.
+    slot: u32,
 }
 
 /// A load in progress; fetches watch its progress and result.
@@ -244,10 +254,51 @@ impl Cache {
     ) -> Vec<Option<Result<Lease, StoreError>>> {
         let mut state = self.state();
         let hits: Vec<_> = ids
-            .map(|id| id.and_then(|id| Self::hit_locked(&mut state, id, Access::Fetch)))
+            .map(|id| Some(Self::hit_locked(&mut state, id?, Access::Fetch)?.0))
             .collect();
         drop(state);
-        hits.into_iter().map(|hit| self.counted(hit)).collect()
+        self.fetch_hits(hits)
+    }
+
+    /// [`Cache::try_hit_many`] of members fetched again and again (a kept
+    /// batch's), each with its handle from the last time: a member whose
+    /// shard is still its key's entry is taken through its handle, without
+    /// looking its key up; the others are looked up, and their handles
+    /// renewed (or cleared on a miss).
+    pub fn try_hit_held<'a>(
+        &self,
+        ids: impl Iterator<Item = Option<ShardRef<'a>>>,
+        handles: &mut [Option<ResidentHandle>],
+    ) -> Vec<Option<Result<Lease, StoreError>>> {
+        let mut state = self.state();
+        let hits: Vec<_> = ids
+            .zip(handles.iter_mut())
+            .map(|(id, handle)| {
+                let id = id?;
+                let held = handle.as_ref().and_then(|h| Some((h.shard.upgrade()?, h.slot)));
+                if let Some((shard, slot)) = held.filter(|(shard, _)| shard.is_listed()) {
+                    let hit = Self::served(shard);
+                    if hit.is_ok() {
+                        state.policy.accessed_at(id, slot);
+                    }
+                    return Some(hit);
+                }
+                *handle = None;
+                let Some(Slot::Ready(shard)) = state.entries.get(&id) else {
+                    return None;
+                };
+                let hit = Self::served(shard.clone());
+                if let Ok(lease) = &hit {
+                    *handle = state.policy.accessed(id).map(|slot| ResidentHandle {
+                        shard: Arc::downgrade(lease.shard()),
+                        slot,
+                    });
+                }
+                Some(hit)
+            })
+            .collect();
+        drop(state);
+        self.fetch_hits(hits)
     }
 
     /// A hit on `id` under the cache's lock: its lease, with the access
@@ -257,14 +308,31 @@ impl Cache {
         let Some(Slot::Ready(shard)) = state.entries.get(&id) else {
             return None;
         };
-        if let WriteBack::Failed { status, reason } = shard.write_back() {
-            return Some((Err(flush_failed(&shard.meta, status, &reason)), access));
-        }
-        let lease = Lease::new(shard.clone());
-        if access == Access::Fetch {
+        let hit = Self::served(shard.clone());
+        if hit.is_ok() && access == Access::Fetch {
             state.policy.accessed(id);
         }
-        Some((Ok(lease), access))
+        Some((hit, access))
+    }
+
+    /// A lease on a resident `shard`, or why it cannot be served.
+    fn served(shard: Arc<CachedShard>) -> Result<Lease, StoreError> {
+        if let WriteBack::Failed { status, reason } = shard.write_back() {
+            return Err(flush_failed(&shard.meta, status, &reason));
+        }
+        Ok(Lease::new(shard))
+    }
+
+    /// Counts the hits of fetches found under the cache's lock, once it
+    /// is given back.
+    fn fetch_hits(&self, hits: Vec<Option<Result<Lease, StoreError>>>) -> Vec<Option<Result<Lease, StoreError>>> {
+        let mut served = 0;
+        for lease in hits.iter().flatten().flatten() {
+            served += 1;
+            lease.take_prefetched();
+        }
+        self.inner.stats.hits.fetch_add(served, Ordering::Relaxed);
+        hits
     }
 
     fn counted(&self, hit: Option<(Result<Lease, StoreError>, Access)>) -> Option<Result<Lease, StoreError>> {

@@ -24,7 +24,7 @@ impl Cache {
     pub fn namespace_usage(&self) -> HashMap<Namespace, ArenaUsage> {
         let mut usage: HashMap<Namespace, ArenaUsage> = HashMap::new();
         let state = self.state();
-        for (id, slot) in &state.entries {
+        for (id, slot) in state.entries.iter() {
             let Slot::Ready(shard) = slot else { continue };
             let entry = usage.entry(id.0.clone()).or_default();
             entry.shards += 1;

@@ -176,19 +176,37 @@ impl Policy {
     }
 
     /// A fetch used `id`: it becomes the most recently used, and its
-    /// namespace's position moves to it.
-    pub fn accessed(&mut self, id: ShardRef<'_>) {
+    /// namespace's position moves to it. Returns its slot, which names it
+    /// to [`Policy::accessed_at`] until it is removed.
+    pub fn accessed(&mut self, id: ShardRef<'_>) -> Option<u32> {
+        self.advance_schedule(id);
+        // The hot path of every hit: the id moves to the end without being
+        // cloned.
+        let slot = *self.slots.get(&id)?;
+        self.recency.touch(slot);
+        Some(slot)
+    }
+
+    /// [`Policy::accessed`] of `id`, whose slot the caller knows is still
+    /// `slot` (it has not been removed since): no lookup of the id.
+    pub fn accessed_at(&mut self, id: ShardRef<'_>, slot: u32) {
+        self.advance_schedule(id);
+        debug_assert!(
+            self.recency.holds(slot, id),
+            "slot {slot} no longer holds {}/{}",
+            id.0,
+            id.1
+        );
+        self.recency.touch(slot);
+    }
+
+    fn advance_schedule(&mut self, id: ShardRef<'_>) {
         // Most daemons have no schedule: no hashing of the namespace then.
         if let Some(schedule) = (!self.schedules.is_empty())
             .then(|| self.schedules.get_mut(id.0))
             .flatten()
         {
             schedule.advance_to(id.1);
-        }
-        // The hot path of every hit: the id moves to the end without being
-        // cloned.
-        if let Some(&slot) = self.slots.get(&id) {
-            self.recency.touch(slot);
         }
     }
 

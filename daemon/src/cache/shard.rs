@@ -50,6 +50,9 @@ pub struct CachedShard {
     budgeted: AtomicU64,
     /// A scratch put's: written to the drive without syncing.
     scratch: bool,
+    /// Its key's entry in the cache's map: set and cleared under the
+    /// cache's lock, by [`super::entries::Entries`] only.
+    listed: AtomicBool,
 }
 
 impl CachedShard {
@@ -69,6 +72,7 @@ impl CachedShard {
             counted_dirty: AtomicBool::new(dirty),
             budgeted,
             scratch: false,
+            listed: AtomicBool::new(false),
         }
     }
 
@@ -127,6 +131,16 @@ impl CachedShard {
         })
     }
 
+    /// Whether it is its key's entry in the cache's map (the current
+    /// version, resident). Meaningful under the cache's lock.
+    pub(super) fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_listed(&self, listed: bool) {
+        self.listed.store(listed, Ordering::Relaxed);
+    }
+
     /// Marks it as failing its checksum; returns whether it was not yet.
     pub(super) fn mark_corrupt(&self) -> bool {
         !self.corrupt.swap(true, Ordering::SeqCst)
@@ -167,7 +181,9 @@ impl CachedShard {
 
     /// Clears the prefetched mark; returns whether it was set.
     pub(super) fn take_prefetched(&self) -> bool {
-        self.prefetched.swap(false, Ordering::AcqRel)
+        // Read first: most hits are not of prefetched shards, and a swap
+        // would take the shard's cache line from the other cores.
+        self.prefetched.load(Ordering::Acquire) && self.prefetched.swap(false, Ordering::AcqRel)
     }
 }
 

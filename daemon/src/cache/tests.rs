@@ -490,3 +490,76 @@ async fn hits_taken_together_are_counted_and_leased_each_and_misses_left_out() {
     assert_eq!(after.hits - before.hits, 3, "each hit counted once");
     assert_eq!(after.misses, before.misses, "a member not resident is not a miss yet");
 }
+
+/// Held hits of job/`keys` (as a kept batch's run takes them): each hit's
+/// version, and whether its handle is set afterwards.
+fn held(cache: &Cache, keys: &[&str], handles: &mut [Option<ResidentHandle>]) -> Vec<(Option<u64>, bool)> {
+    let ns = Namespace::new("job").unwrap();
+    let keys: Vec<Key> = keys.iter().map(|k| Key::new(*k).unwrap()).collect();
+    let hits = cache.try_hit_held(keys.iter().map(|key| Some(ShardRef(&ns, key))), handles);
+    hits.into_iter()
+        .zip(handles.iter())
+        .map(|(hit, handle)| (hit.map(|lease| lease.unwrap().meta.version), handle.is_some()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_hit_follows_its_key_through_replacement_eviction_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path()).await;
+    let (ns, wb) = (Namespace::new("job").unwrap(), Key::new("wb").unwrap());
+    put_on_drive(&cache, "other", &pattern(10_000, 9)).await;
+    let (meta, blocks) = shard(&cache, 1, &pattern(100_000, 1));
+    cache.install(meta, blocks);
+    assert!(fetched(&cache, "other").await == pattern(10_000, 9));
+    let mut handles: Vec<Option<ResidentHandle>> = vec![None, None];
+    let before = cache.status().hits;
+    assert_eq!(
+        held(&cache, &["wb", "other"], &mut handles),
+        [(Some(1), true), (Some(1), true)]
+    );
+    assert_eq!(
+        held(&cache, &["wb", "other"], &mut handles),
+        [(Some(1), true), (Some(1), true)]
+    );
+    assert_eq!(cache.status().hits - before, 4, "held hits are counted as hits");
+
+    // Through its handle, a hit is the most recently used as a looked-up one is.
+    assert_eq!(held(&cache, &["wb"], &mut handles[..1]), [(Some(1), true)]);
+    let victim = cache.state().policy.victim(|_| true).map(|id| id.1.to_string());
+    assert_eq!(victim.as_deref(), Some("other"));
+    assert_eq!(held(&cache, &["other"], &mut handles[1..]), [(Some(1), true)]);
+    let victim = cache.state().policy.victim(|_| true).map(|id| id.1.to_string());
+    assert_eq!(victim.as_deref(), Some("wb"));
+
+    // A newer version replaces the shard the handle saw, while a fetch
+    // still sends the old one (so the handle's shard lives on): the next
+    // hit finds the new one.
+    let sending = cache.try_hit(&ns, &wb, Access::Fetch).unwrap().unwrap();
+    let (meta, blocks) = shard(&cache, 2, &pattern(100_000, 2));
+    cache.install(meta, blocks);
+    assert_eq!(
+        held(&cache, &["wb", "other"], &mut handles),
+        [(Some(2), true), (Some(1), true)]
+    );
+    assert_eq!(sending.meta.version, 1);
+    drop(sending);
+
+    // Demoted to the drive: no longer a hit, and the handle is cleared.
+    cache.evict(&ns, &[Key::new("other").unwrap()], EvictMode::Demote).await;
+    assert_eq!(
+        held(&cache, &["wb", "other"], &mut handles),
+        [(Some(2), true), (None, false)]
+    );
+
+    // Forgotten (deleted) while a lease still holds the shard alive: the
+    // handle's shard lives on, and still no hit comes of it.
+    let lease = cache.try_hit(&ns, &wb, Access::Fetch).unwrap().unwrap();
+    assert!(cache.forget(&ns, &wb).is_some());
+    assert_eq!(
+        held(&cache, &["wb", "other"], &mut handles),
+        [(None, false), (None, false)]
+    );
+    drop(lease);
+    assert!(cache.try_hit(&ns, &wb, Access::Fetch).is_none());
+}

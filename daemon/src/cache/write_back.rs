@@ -206,8 +206,8 @@ impl Cache {
 
     /// Whether `shard` is still the cached version of its key.
     pub(super) fn is_current(&self, shard: &Arc<CachedShard>) -> bool {
-        let id = (shard.meta.namespace.clone(), shard.meta.key.clone());
-        matches!(self.state().entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, shard))
+        let _state = self.state();
+        shard.is_listed()
     }
 
     /// Writes a write-back shard to the drive, straight from the arena. A

@@ -27,6 +27,7 @@ use shardd_protocol::{
 use super::ServerContext;
 use super::dispatch::{Handled, Task};
 use super::responder::error_frame;
+use crate::cache::ResidentHandle;
 use crate::service::prepared::{PreparedFetch, bound_by_place, check_places};
 use crate::service::{Fetch, Session};
 use crate::store::StoreError;
@@ -68,7 +69,7 @@ pub(super) fn fetch_batch(task: Task<'_>, id: u64, req: FetchBatchRequest) -> Ha
     for (member, place) in members.iter_mut().zip(&places) {
         bound_by_place(member, place);
     }
-    fetch_members(task, op, id, &members, &places)
+    fetch_members(task, op, id, &members, &places, None)
 }
 
 /// Keeps a fetch batch on the connection; its id. Its places are checked
@@ -100,12 +101,30 @@ pub(super) fn release_prepared(session: &Session, req: &ReleasePreparedRequest) 
 
 /// Runs a kept fetch batch, answered as a `fetch_batch` of its members.
 pub(super) fn fetch_prepared(task: Task<'_>, id: u64, kept: Arc<PreparedFetch>) -> Handled {
-    fetch_members(task, Opcode::FetchPrepared, id, &kept.members, &kept.places)
+    let mut handles = kept.take_handles();
+    let handled = fetch_members(
+        task,
+        Opcode::FetchPrepared,
+        id,
+        &kept.members,
+        &kept.places,
+        Some(&mut handles),
+    );
+    kept.put_handles(handles);
+    handled
 }
 
 /// Answers `members` (each already bounded by its place in `places`, one
-/// per member or none) as `op` of request `id`.
-fn fetch_members(task: Task<'_>, op: Opcode, id: u64, members: &[FetchRequest], places: &[RegionPlace]) -> Handled {
+/// per member or none) as `op` of request `id`; a kept batch's members
+/// come with their `handles` in the arena.
+fn fetch_members(
+    task: Task<'_>,
+    op: Opcode,
+    id: u64,
+    members: &[FetchRequest],
+    places: &[RegionPlace],
+    handles: Option<&mut [Option<ResidentHandle>]>,
+) -> Handled {
     let service = &task.ctx.service;
     let tally = Arc::new(Tally::default());
     let mut parts = Parts::new(op, id);
@@ -120,7 +139,7 @@ fn fetch_members(task: Task<'_>, op: Opcode, id: u64, members: &[FetchRequest], 
         .zip(&targets)
         .map(|(member, target)| target.is_ok().then_some(member))
         .collect();
-    let hits = service.resident_many(&asked);
+    let hits = service.resident_many(&asked, handles);
     for (index, ((member, target), hit)) in members.iter().zip(targets).zip(hits).enumerate() {
         let index = index as u32;
         let target = match target {

@@ -11,7 +11,7 @@ use shardd_protocol::{FetchRequest, FetchResponse, ShardMeta};
 use super::{Service, Session};
 use crate::cache::policy::ShardRef;
 use crate::cache::shard::pieces;
-use crate::cache::{Access, Follow, Followed, Lease, Started};
+use crate::cache::{Access, Follow, Followed, Lease, ResidentHandle, Started};
 use crate::io::AlignedBuf;
 use crate::store::{Chunk, ChunkStream, StoreError};
 
@@ -204,15 +204,25 @@ impl Service {
 
     /// The same for each of a batch's members (`None` for one left out),
     /// before anything is built for their answers, under one taking of the
-    /// cache's lock.
-    pub fn resident_many(&self, reqs: &[Option<&FetchRequest>]) -> Vec<Option<Result<Resident, StoreError>>> {
+    /// cache's lock. A kept batch passes its members' `handles` (one each),
+    /// which this renews.
+    pub fn resident_many(
+        &self,
+        reqs: &[Option<&FetchRequest>],
+        handles: Option<&mut [Option<ResidentHandle>]>,
+    ) -> Vec<Option<Result<Resident, StoreError>>> {
         let Some(cache) = self.cache() else {
             return reqs.iter().map(|_| None).collect();
         };
         let ids = reqs.iter().map(|req| req.map(|req| ShardRef(&req.namespace, &req.key)));
-        cache
-            .try_hit_many(ids)
-            .into_iter()
+        let hits = match handles {
+            Some(handles) => {
+                debug_assert_eq!(handles.len(), reqs.len(), "one handle per member");
+                cache.try_hit_held(ids, handles)
+            }
+            None => cache.try_hit_many(ids),
+        };
+        hits.into_iter()
             .zip(reqs)
             .map(|(hit, req)| {
                 let (hit, req) = (hit?, (*req)?);

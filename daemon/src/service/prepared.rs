@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shardd_protocol::{FetchBatchRequest, FetchRequest, RegionPlace};
 
 use super::regions::busy;
+use crate::cache::ResidentHandle;
 use crate::store::StoreError;
 
 /// Kept batches one connection may hold at once.
@@ -32,6 +33,10 @@ pub struct PreparedFetch {
     pub members: Vec<FetchRequest>,
     /// Where each goes; empty when the bytes come in payloads.
     pub places: Vec<RegionPlace>,
+    /// Each member's shard as the last run found it in the arena: the next
+    /// run takes a shard that is still its key's entry without looking the
+    /// key up. Taken by a run while it looks (a run beside it looks up).
+    handles: Mutex<Vec<Option<ResidentHandle>>>,
 }
 
 impl PreparedFetch {
@@ -42,7 +47,24 @@ impl PreparedFetch {
         for (member, place) in members.iter_mut().zip(&places) {
             bound_by_place(member, place);
         }
-        Ok(PreparedFetch { members, places })
+        let handles = Mutex::new(members.iter().map(|_| None).collect());
+        Ok(PreparedFetch {
+            members,
+            places,
+            handles,
+        })
+    }
+
+    /// The members' handles, for a run to use and renew; one per member.
+    pub fn take_handles(&self) -> Vec<Option<ResidentHandle>> {
+        let mut handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        handles.resize_with(self.members.len(), || None);
+        handles
+    }
+
+    /// Gives back what [`PreparedFetch::take_handles`] took, renewed.
+    pub fn put_handles(&self, handles: Vec<Option<ResidentHandle>>) {
+        *self.handles.lock().unwrap_or_else(|p| p.into_inner()) = handles;
     }
 }
 

@@ -61,13 +61,22 @@ impl Recency {
 
     /// Makes the shard in `slot` the most recently used.
     pub(super) fn touch(&mut self, slot: u32) {
-        if self.newest == slot {
+        // A free slot is linked nowhere: relinking it would break the list.
+        if self.newest == slot || self.nodes.get(slot as usize).is_none_or(|node| node.id.is_none()) {
             return;
         }
         self.unlink(slot);
         self.nodes[slot as usize].prev = self.newest;
         self.nodes[slot as usize].next = NIL;
         self.link_last(slot);
+    }
+
+    /// Whether `slot` holds `id`.
+    pub(super) fn holds(&self, slot: u32, id: super::ShardRef<'_>) -> bool {
+        self.nodes
+            .get(slot as usize)
+            .and_then(|node| node.id.as_ref())
+            .is_some_and(|held| held.0 == *id.0 && held.1 == *id.1)
     }
 
     /// Takes the shard in `slot` out; the slot is free again.
