@@ -55,6 +55,71 @@ pub fn join_encoded(items: &[Vec<u8>]) -> Result<Vec<u8>, ProtocolError> {
     Ok(bytes)
 }
 
+/// A list encoded item by item into one buffer as the items come, giving
+/// what [`encode`] gives for a `Vec` of them: a sender that gathers many
+/// small items into a frame encodes each in place, without a buffer of
+/// its own.
+#[derive(Debug)]
+pub struct ListEncoder {
+    /// The list's length (filled in by [`ListEncoder::finish`]), then the
+    /// items.
+    bytes: Vec<u8>,
+    items: u64,
+}
+
+impl Default for ListEncoder {
+    fn default() -> ListEncoder {
+        let mut bytes = Vec::with_capacity(TYPICAL_CONTROL_LEN);
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        ListEncoder { bytes, items: 0 }
+    }
+}
+
+impl ListEncoder {
+    /// Appends `item`; on an error (or past the control limit) the list is
+    /// as it was.
+    pub fn push<T: Serialize>(&mut self, item: &T) -> Result<(), ProtocolError> {
+        let before = self.bytes.len();
+        let written = bincode::serde::encode_into_std_write(item, &mut self.bytes, config())
+            .map_err(|e| ProtocolError::Encode(e.to_string()));
+        if let Err(e) = written {
+            self.bytes.truncate(before);
+            return Err(e);
+        }
+        if self.bytes.len() > MAX_CONTROL_LEN as usize {
+            let len = self.bytes.len();
+            self.bytes.truncate(before);
+            return Err(ProtocolError::Encode(format!(
+                "{len} bytes exceed the control limit of {MAX_CONTROL_LEN}"
+            )));
+        }
+        self.items += 1;
+        Ok(())
+    }
+
+    /// Items so far.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Bytes of the encoding so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether no item was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.items == 0
+    }
+
+    /// The encoded list.
+    pub fn finish(mut self) -> Vec<u8> {
+        // Fixed-width integers: the list's length is a u64, then the items.
+        self.bytes[..8].copy_from_slice(&self.items.to_le_bytes());
+        self.bytes
+    }
+}
+
 /// Decodes a control message; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
     let (value, used) =
@@ -80,5 +145,21 @@ mod tests {
         assert_eq!(joined, encode(&items).unwrap());
         assert_eq!(decode::<Vec<String>>(&joined).unwrap(), items);
         assert_eq!(join_encoded(&[]).unwrap(), encode(&Vec::<String>::new()).unwrap());
+    }
+
+    #[test]
+    fn a_list_encoded_in_place_is_the_encoding_of_the_list_and_a_failed_item_leaves_no_trace() {
+        let items = vec!["a".to_string(), String::new(), "three".to_string()];
+        let mut list = ListEncoder::default();
+        assert!(list.is_empty());
+        for item in &items {
+            list.push(item).unwrap();
+        }
+        // An item past the control limit is refused, and leaves nothing behind.
+        let huge = "x".repeat(MAX_CONTROL_LEN as usize);
+        assert!(matches!(list.push(&huge), Err(ProtocolError::Encode(_))));
+        assert_eq!((list.items(), list.len()), (3, encode(&items).unwrap().len()));
+        assert_eq!(list.finish(), encode(&items).unwrap());
+        assert_eq!(ListEncoder::default().finish(), encode(&Vec::<String>::new()).unwrap());
     }
 }

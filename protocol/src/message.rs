@@ -48,9 +48,9 @@ mod batch;
 pub use auth::{AuthChallenge, AuthOffer, AuthenticateRequest, AuthenticateResponse, NONCE_LEN, PROOF_LEN};
 
 pub use batch::{
-    BatchPart, FetchBatchRequest, FetchPreparedRequest, MAX_BATCH_MEMBERS, PlacedHead, PrepareFetchResponse,
-    PutBatchRequest, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse, ReleasePreparedRequest,
-    ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
+    BatchPart, FetchBatchRequest, FetchPreparedRequest, MAX_BATCH_MEMBERS, PlacedHead, PlacedPart,
+    PrepareFetchResponse, PutBatchRequest, PutMember, RegionPlace, RegisterRegionRequest, RegisterRegionResponse,
+    ReleasePreparedRequest, ReleaseRegionRequest, StatBatchRequest, ViewBatchRequest,
 };
 
 /// First request on every connection.

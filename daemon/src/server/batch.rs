@@ -154,10 +154,7 @@ fn fetch_members(
             Some(Ok(resident)) => match target {
                 Some(target) if resident.answer_len() <= PLACE_AT_ONCE.min(reader_budget) => {
                     reader_budget -= resident.answer_len();
-                    parts.push(&BatchPart::Placed {
-                        index,
-                        head: target.write_resident(&resident),
-                    });
+                    parts.push_part(&target.write_resident(index, &resident), index);
                     tally.count(true);
                 }
                 // Larger: written by the batch's task, off the reader.

@@ -98,6 +98,12 @@ impl OutFrame {
         OutFrame::new(opcode, request_id, status, false, control, None)
     }
 
+    /// The control message.
+    #[cfg(test)]
+    pub fn control(&self) -> &[u8] {
+        &self.control
+    }
+
     /// Bytes of the whole frame.
     pub fn len(&self) -> usize {
         HEADER_LEN + self.control.len() + self.payload.as_ref().map_or(0, |p| p.bytes().len())

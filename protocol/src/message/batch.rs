@@ -201,6 +201,58 @@ impl PlacedHead {
     }
 }
 
+/// `BatchPart::Placed { index, head: PlacedHead::of(meta, offset, len) }`
+/// as the daemon sends it, encoded from the shard's metadata in place
+/// (its shape is not copied): the same bytes on the wire.
+#[derive(Clone, Copy, Debug)]
+pub struct PlacedPart<'a> {
+    /// The member's place in the request.
+    pub index: u32,
+    /// The shard written.
+    pub meta: &'a ShardMeta,
+    /// Offset in the shard of the first byte written.
+    pub offset: u64,
+    /// Bytes written.
+    pub len: u64,
+}
+
+impl Serialize for PlacedPart<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+
+        /// [`PlacedHead`], field for field, borrowing the shape.
+        #[derive(Serialize)]
+        struct Head<'a> {
+            version: u64,
+            dtype: DType,
+            shape: &'a [u64],
+            shard_len: u64,
+            crc32c: u32,
+            created_unix_ms: u64,
+            offset: u64,
+            len: u64,
+        }
+        let meta = self.meta;
+        // `Placed` is the third variant of `BatchPart`.
+        let mut part = serializer.serialize_struct_variant("BatchPart", 2, "Placed", 2)?;
+        part.serialize_field("index", &self.index)?;
+        part.serialize_field(
+            "head",
+            &Head {
+                version: meta.version,
+                dtype: meta.dtype,
+                shape: &meta.shape,
+                shard_len: meta.len,
+                crc32c: meta.crc32c,
+                created_unix_ms: meta.created_unix_ms,
+                offset: self.offset,
+                len: self.len,
+            },
+        )?;
+        part.end()
+    }
+}
+
 /// An answer (or part of one) about a member of a batch. The control
 /// message of every frame of a batch's answer is a list of them
 /// (`Vec<BatchPart>`): a frame with a payload carries exactly one, the
@@ -317,6 +369,33 @@ mod tests {
         expected.extend_from_slice(&2u32.to_le_bytes());
         assert_eq!(bytes, expected);
         assert_eq!(codec::decode::<Vec<BatchPart>>(&bytes).unwrap(), parts);
+    }
+
+    #[test]
+    fn a_placed_part_encoded_in_place_is_the_placed_part_it_stands_for() {
+        let meta = ShardMeta {
+            namespace: Namespace::new("job").unwrap(),
+            key: Key::new("layers.3.w").unwrap(),
+            version: 7,
+            dtype: DType::BF16,
+            shape: vec![1024, 64],
+            len: 131_072,
+            crc32c: 0xdead_beef,
+            created_unix_ms: 1_700_000_000_000,
+        };
+        let part = BatchPart::Placed {
+            index: 9,
+            head: PlacedHead::of(&meta, 4096, 8192),
+        };
+        let in_place = PlacedPart {
+            index: 9,
+            meta: &meta,
+            offset: 4096,
+            len: 8192,
+        };
+        let bytes = codec::encode(&in_place).unwrap();
+        assert_eq!(bytes, codec::encode(&part).unwrap());
+        assert_eq!(codec::decode::<BatchPart>(&bytes).unwrap(), part);
     }
 
     /// The kept-batch messages are a `u32` each, little-endian.

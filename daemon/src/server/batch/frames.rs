@@ -1,12 +1,15 @@
 //! The frames of a batch's answer. Each carries a list of parts: a frame
 //! with a payload carries exactly one part, the `Head` or `Data` that the
 //! payload belongs to; a frame without one carries as many answers that
-//! need no bytes (`Placed`, `View`, `Stat`, `Failed`) as fit
-//! [`PARTS_BYTES`], so that a batch of small members costs a frame or two,
-//! not one per member. The last frame ends with `Done` and has no MORE.
+//! need no bytes (`Placed`, `View`, `Stat`, `Failed`) as come until they
+//! reach [`PARTS_BYTES`], so that a batch of small members costs a frame or
+//! two, not one per member. The last frame ends with `Done` and has no
+//! MORE. Parts are encoded in place into their frame's list.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use serde::Serialize;
+use shardd_protocol::codec::ListEncoder;
 use shardd_protocol::{BatchPart, FetchResponse, Opcode, Status, codec};
 
 use super::super::frame::OutFrame;
@@ -54,8 +57,8 @@ pub(in crate::server) fn failed(op: Opcode, id: u64, index: u32, e: &StoreError)
 pub(in crate::server) struct Parts {
     op: Opcode,
     id: u64,
-    encoded: Vec<Vec<u8>>,
-    bytes: usize,
+    /// The parts of the frame being filled, encoded in place.
+    list: ListEncoder,
     /// Frames filled so far.
     pub(super) frames: Vec<OutFrame>,
 }
@@ -65,27 +68,29 @@ impl Parts {
         Parts {
             op,
             id,
-            encoded: Vec::new(),
-            bytes: 0,
+            list: ListEncoder::default(),
             frames: Vec::new(),
         }
     }
 
     /// Adds a part; a full frame goes to `frames`.
     pub(in crate::server) fn push(&mut self, part: &BatchPart) {
-        let encoded = match codec::encode(part) {
-            Ok(encoded) => encoded,
-            Err(e) => {
-                let e = StoreError::io("encode a batch answer", std::io::Error::other(e));
-                let index = part.index().unwrap_or(u32::MAX);
-                codec::encode(&failed(self.op, self.id, index, &e)).unwrap_or_default()
-            }
-        };
-        if self.bytes + encoded.len() > PARTS_BYTES && !self.encoded.is_empty() {
+        self.push_part(part, part.index().unwrap_or(u32::MAX));
+    }
+
+    /// Adds a part of member `index` that encodes as a [`BatchPart`]
+    /// (one encoded in place, as [`PlacedPart`]).
+    pub(in crate::server) fn push_part(&mut self, part: &impl Serialize, index: u32) {
+        // A full frame goes before the part comes, never after: the last
+        // part, `Done`, is in the last frame.
+        if self.list.len() >= PARTS_BYTES {
             self.flush(true);
         }
-        self.bytes += encoded.len();
-        self.encoded.push(encoded);
+        if let Err(e) = self.list.push(part) {
+            let e = StoreError::io("encode a batch answer", std::io::Error::other(e));
+            // A short error: it fits.
+            let _ = self.list.push(&failed(self.op, self.id, index, &e));
+        }
     }
 
     /// Adds a frame of its own (one with a payload).
@@ -94,17 +99,16 @@ impl Parts {
     }
 
     fn flush(&mut self, more: bool) {
-        let encoded = std::mem::take(&mut self.encoded);
-        self.bytes = 0;
-        // Each part is well under the control limit, and so is the frame.
-        let control = codec::join_encoded(&encoded).unwrap_or_default();
+        // Parts are small: the list stays near PARTS_BYTES, well under the
+        // control limit.
+        let control = std::mem::take(&mut self.list).finish();
         self.frames
             .push(OutFrame::new(self.op, self.id, Status::Ok, more, control, None));
     }
 
     /// The frames so far, with the parts gathered (the answer goes on).
     pub(super) fn take(&mut self) -> Vec<OutFrame> {
-        if !self.encoded.is_empty() {
+        if !self.list.is_empty() {
             self.flush(true);
         }
         std::mem::take(&mut self.frames)
@@ -193,4 +197,55 @@ pub(super) async fn send_member(responder: &Responder, op: Opcode, id: u64, inde
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Around the number of parts that fills a frame exactly, for parts of
+    /// many sizes (so that `Done` too comes at each distance from the
+    /// frame's end), every answer ends with `Done` in its last frame, the
+    /// only one without MORE, and no frame is empty.
+    #[test]
+    fn parts_fill_frames_and_done_ends_the_last_one() {
+        for message_len in 60..200 {
+            let part = |index: u32| BatchPart::Failed {
+                index,
+                status: Status::NotFound.code(),
+                message: "m".repeat(message_len),
+                current_version: None,
+            };
+            let per_part = codec::encode(&part(0)).unwrap().len();
+            let fill = PARTS_BYTES.div_ceil(per_part);
+            for members in fill - 1..fill + 2 {
+                let mut parts = Parts::new(Opcode::StatBatch, 7);
+                let tally = Tally::default();
+                for index in 0..members as u32 {
+                    parts.push(&part(index));
+                    tally.count(false);
+                }
+                let frames = parts.finish(&tally);
+                let case = format!("{members} members of {per_part} bytes");
+                let lists: Vec<Vec<BatchPart>> = frames
+                    .iter()
+                    .map(|frame| codec::decode(frame.control()).unwrap())
+                    .collect();
+                let more: Vec<bool> = frames.iter().map(|frame| frame.more).collect();
+                assert_eq!(more.last(), Some(&false), "{case}");
+                assert!(more[..more.len() - 1].iter().all(|m| *m), "{case}: {more:?}");
+                assert!(lists.iter().all(|list| !list.is_empty()), "{case}: an empty frame");
+                let all: Vec<BatchPart> = lists.into_iter().flatten().collect();
+                assert_eq!(all.len(), members + 1, "{case}");
+                assert_eq!(
+                    all.last(),
+                    Some(&BatchPart::Done {
+                        ok: 0,
+                        failed: members as u32
+                    }),
+                    "{case}"
+                );
+            }
+        }
+    }
 }

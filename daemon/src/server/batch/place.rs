@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use shardd_protocol::{PlacedHead, RegionPlace};
+use shardd_protocol::{PlacedHead, PlacedPart, RegionPlace};
 
 use crate::service::regions::{BatchPlaces, Region};
 use crate::service::{Fetch, Piece, Resident};
@@ -27,10 +27,16 @@ impl Target {
         self.region.write(self.offset + at, piece.bytes());
     }
 
-    /// Writes a member in the arena straight from it; what was written.
-    pub(super) fn write_resident(&self, fetch: &Resident) -> PlacedHead {
+    /// Writes member `index` in the arena straight from it; the part that
+    /// says what was written.
+    pub(super) fn write_resident<'a>(&self, index: u32, fetch: &'a Resident) -> PlacedPart<'a> {
         fetch.write_to(|at, bytes| self.region.write(self.offset + at, bytes));
-        PlacedHead::of(fetch.meta(), fetch.offset(), fetch.answer_len())
+        PlacedPart {
+            index,
+            meta: fetch.meta(),
+            offset: fetch.offset(),
+            len: fetch.answer_len(),
+        }
     }
 }
 
