@@ -3,10 +3,14 @@
 //! every step, so its members are decoded, their names checked and their
 //! places bounded once, and each step's request is a few bytes.
 //!
-//! What a kept batch holds is only the request: every run checks the
-//! client's rights, looks its regions up and finds its shards as a
-//! `fetch_batch` of the same members would, so a reload of the access
-//! table, a released region or a replaced shard count at the next run.
+//! What a kept batch holds is the request, and for each member a handle
+//! on the shard its last run found in the arena (weak: it keeps no
+//! memory). Every run checks the client's rights and looks its regions up
+//! as a `fetch_batch` of the same members would, and takes each shard
+//! through its handle only while the shard is still its key's entry in
+//! the cache (looking the key up otherwise), so a reload of the access
+//! table, a released region or a replaced, evicted or deleted shard count
+//! at the next run.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
