@@ -185,6 +185,87 @@ async fn a_prepared_fetch_runs_again_with_the_shards_as_they_are_now() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_fetch_follows_its_shards_through_evictions_deletes_and_new_puts() {
+    const SHARD: usize = MIB / 2;
+    for setup in setups() {
+        // An arena of 8 MiB: the 16 other shards fetched between runs evict
+        // the batch's members, and each run loads them again.
+        let mut daemon = TestDaemon::start(setup.engine, "[arena]\nsize = \"8MiB\"").await;
+        let client = daemon.connect(setup).await;
+        let shards = (0..4)
+            .map(|i| (format!("k{i}"), i))
+            .chain((0..16).map(|i| (format!("other{i}"), 100 + i)));
+        for (key, seed) in shards {
+            let put = client.put("job", &key, pattern(SHARD, seed), PutOptions::default());
+            put.await.unwrap();
+        }
+        let mut region = Region::new(4 * SHARD).unwrap();
+        let registered = client.register_region(&region).await.unwrap();
+        let wanted: Vec<(Wanted, Range<usize>)> = (0..4)
+            .map(|i| (Wanted::new("job", format!("k{i}")), i * SHARD..(i + 1) * SHARD))
+            .collect();
+        let prepared = client.prepare_fetch_into_region(&registered, &wanted).await.unwrap();
+        let evictions = || async {
+            let (_, text) = http_get(&format!("{}/metrics", daemon.http_url())).await;
+            sample(&text, r#"shardd_arena_evictions_total{reason="pressure"}"#).unwrap_or(0.0)
+        };
+        let evicted_before = evictions().await;
+        // What each member holds: its seed, or None once deleted.
+        let mut seeds: [Option<u64>; 4] = [Some(0), Some(1), Some(2), Some(3)];
+        for round in 0..6u64 {
+            region.as_mut_slice().fill(0);
+            let results = client.fetch_prepared(&prepared).await.unwrap();
+            for (i, seed) in seeds.iter().enumerate() {
+                match seed {
+                    Some(seed) => {
+                        results[i]
+                            .as_ref()
+                            .unwrap_or_else(|e| panic!("{setup:?} round {round} k{i}: {e}"));
+                        let expected = pattern(SHARD, *seed);
+                        assert!(
+                            region.as_slice()[wanted[i].1.clone()] == expected[..],
+                            "{setup:?} round {round} k{i}"
+                        );
+                    }
+                    None => {
+                        let err = results[i].as_ref().unwrap_err();
+                        assert!(err.is_not_found(), "{setup:?} round {round} k{i}: {err}");
+                    }
+                }
+            }
+            // Between runs: other shards fetched (evicting the members), one
+            // member deleted, and put again with new bytes a round later.
+            for i in 0..16 {
+                client.fetch("job", &format!("other{i}")).await.unwrap();
+            }
+            match round {
+                1 => {
+                    client.delete("job", "k1", None).await.unwrap();
+                    seeds[1] = None;
+                }
+                2 => {
+                    let put = client.put("job", "k1", pattern(SHARD, 41), PutOptions::default());
+                    put.await.unwrap();
+                    seeds[1] = Some(41);
+                }
+                3 => {
+                    let put = client.put("job", "k3", pattern(SHARD, 43), PutOptions::default());
+                    put.await.unwrap();
+                    seeds[3] = Some(43);
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            evictions().await - evicted_before >= 16.0,
+            "{setup:?}: the members were evicted between runs"
+        );
+        drop(client);
+        daemon.stop().await;
+    }
+}
+
 /// Keeps `batch` on the daemon as request `id`; the kept batch's id.
 async fn prepare(raw: &mut RawClient, id: u64, batch: &FetchBatchRequest) -> u32 {
     raw.request(Opcode::PrepareFetch, id, batch).await;
