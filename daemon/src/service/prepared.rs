@@ -4,8 +4,9 @@
 //! places bounded once, and each step's request is a few bytes.
 //!
 //! What a kept batch holds is the request, and for each member a handle
-//! on the shard its last run found in the arena (weak: it keeps no
-//! memory). Every run checks the client's rights and looks its regions up
+//! on the shard its last run found in the arena (weak: it keeps none of
+//! the shard's arena memory, only its record of a few hundred bytes until
+//! the next run renews the handle). Every run checks the client's rights and looks its regions up
 //! as a `fetch_batch` of the same members would, and takes each shard
 //! through its handle only while the shard is still its key's entry in
 //! the cache (looking the key up otherwise), so a reload of the access
@@ -26,7 +27,8 @@ use crate::store::StoreError;
 pub const MAX_PREPARED_BATCHES: usize = 64;
 
 /// Members of kept batches one connection may hold at once (with names of
-/// at most 320 bytes, a few MiB of the daemon's memory at the most).
+/// at most 320 bytes and a handle each, under 10 MiB of the daemon's
+/// memory at the most).
 pub const MAX_PREPARED_MEMBERS: usize = 16_384;
 
 /// A kept fetch batch: its members, each bounded by its place, and the
