@@ -79,7 +79,7 @@ impl Parts {
     }
 
     /// Adds a part of member `index` that encodes as a [`BatchPart`]
-    /// (one encoded in place, as [`PlacedPart`]).
+    /// (one encoded in place, as [`shardd_protocol::PlacedPart`]).
     pub(in crate::server) fn push_part(&mut self, part: &impl Serialize, index: u32) {
         // A full frame goes before the part comes, never after: the last
         // part, `Done`, is in the last frame.
