@@ -36,25 +36,6 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(bytes)
 }
 
-/// Joins values each encoded by [`encode`] into the encoding of a list of
-/// them (what [`encode`] gives for a `Vec`), so that a sender can encode
-/// items as they come and [`decode`] still reads one list.
-pub fn join_encoded(items: &[Vec<u8>]) -> Result<Vec<u8>, ProtocolError> {
-    let len: usize = 8 + items.iter().map(Vec::len).sum::<usize>();
-    if len > MAX_CONTROL_LEN as usize {
-        return Err(ProtocolError::Encode(format!(
-            "{len} bytes exceed the control limit of {MAX_CONTROL_LEN}"
-        )));
-    }
-    // Fixed-width integers: the list's length is a u64, then the items.
-    let mut bytes = Vec::with_capacity(len);
-    bytes.extend_from_slice(&(items.len() as u64).to_le_bytes());
-    for item in items {
-        bytes.extend_from_slice(item);
-    }
-    Ok(bytes)
-}
-
 /// A list encoded item by item into one buffer as the items come, giving
 /// what [`encode`] gives for a `Vec` of them: a sender that gathers many
 /// small items into a frame encodes each in place, without a buffer of
@@ -97,11 +78,6 @@ impl ListEncoder {
         Ok(())
     }
 
-    /// Items so far.
-    pub fn items(&self) -> u64 {
-        self.items
-    }
-
     /// Bytes of the encoding so far.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -138,16 +114,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn items_encoded_one_by_one_join_into_the_encoding_of_their_list() {
-        let items = vec!["a".to_string(), String::new(), "three".to_string()];
-        let encoded: Vec<Vec<u8>> = items.iter().map(|i| encode(i).unwrap()).collect();
-        let joined = join_encoded(&encoded).unwrap();
-        assert_eq!(joined, encode(&items).unwrap());
-        assert_eq!(decode::<Vec<String>>(&joined).unwrap(), items);
-        assert_eq!(join_encoded(&[]).unwrap(), encode(&Vec::<String>::new()).unwrap());
-    }
-
-    #[test]
     fn a_list_encoded_in_place_is_the_encoding_of_the_list_and_a_failed_item_leaves_no_trace() {
         let items = vec!["a".to_string(), String::new(), "three".to_string()];
         let mut list = ListEncoder::default();
@@ -158,8 +124,10 @@ mod tests {
         // An item past the control limit is refused, and leaves nothing behind.
         let huge = "x".repeat(MAX_CONTROL_LEN as usize);
         assert!(matches!(list.push(&huge), Err(ProtocolError::Encode(_))));
-        assert_eq!((list.items(), list.len()), (3, encode(&items).unwrap().len()));
-        assert_eq!(list.finish(), encode(&items).unwrap());
+        assert_eq!(list.len(), encode(&items).unwrap().len());
+        let encoded = list.finish();
+        assert_eq!(encoded, encode(&items).unwrap());
+        assert_eq!(decode::<Vec<String>>(&encoded).unwrap(), items);
         assert_eq!(ListEncoder::default().finish(), encode(&Vec::<String>::new()).unwrap());
     }
 }

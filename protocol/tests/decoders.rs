@@ -190,10 +190,12 @@ proptest! {
         let batch = FetchBatchRequest { members: vec![fetch.clone(); 3], places };
         prop_assert_eq!(codec::decode::<FetchRequest>(&codec::encode(&fetch).unwrap()).unwrap(), fetch);
         prop_assert_eq!(codec::decode::<FetchBatchRequest>(&codec::encode(&batch).unwrap()).unwrap(), batch);
-        // A batch answer's parts encoded one by one join into their list.
-        let each: Vec<Vec<u8>> = parts.iter().map(|p| codec::encode(p).unwrap()).collect();
-        let joined = codec::join_encoded(&each).unwrap();
-        prop_assert_eq!(codec::decode::<Vec<BatchPart>>(&joined).unwrap(), parts);
+        // A batch answer's parts encoded one by one into their list.
+        let mut list = codec::ListEncoder::default();
+        for part in &parts {
+            list.push(part).unwrap();
+        }
+        prop_assert_eq!(codec::decode::<Vec<BatchPart>>(&list.finish()).unwrap(), parts);
     }
 
     #[test]

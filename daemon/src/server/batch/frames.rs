@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 use shardd_protocol::codec::ListEncoder;
-use shardd_protocol::{BatchPart, FetchResponse, Opcode, Status, codec};
+use shardd_protocol::{BatchPart, FetchResponse, Opcode, Status};
 
 use super::super::frame::OutFrame;
 use super::super::responder::{Responder, log_refusal};
@@ -124,12 +124,9 @@ impl Parts {
 
 /// A frame of one part (with the bytes it carries, if any).
 pub(super) fn single(op: Opcode, id: u64, part: &BatchPart, payload: Option<Piece>) -> OutFrame {
-    let one = |part: &BatchPart| codec::encode(part).and_then(|encoded| codec::join_encoded(&[encoded]));
-    let control = one(part).unwrap_or_else(|e| {
-        let e = StoreError::io("encode a batch answer", std::io::Error::other(e));
-        one(&failed(op, id, part.index().unwrap_or(u32::MAX), &e)).unwrap_or_default()
-    });
-    OutFrame::new(op, id, Status::Ok, true, control, payload)
+    let mut parts = Parts::new(op, id);
+    parts.push(part);
+    OutFrame::new(op, id, Status::Ok, true, parts.list.finish(), payload)
 }
 
 /// Frames of one fetch member sent over the socket: its head with the
@@ -201,6 +198,8 @@ pub(super) async fn send_member(responder: &Responder, op: Opcode, id: u64, inde
 
 #[cfg(test)]
 mod tests {
+    use shardd_protocol::codec;
+
     use super::*;
 
     /// Around the number of parts that fills a frame exactly, for parts of
