@@ -335,7 +335,7 @@ impl Cache {
         if shard.leases() > 0 {
             return Demoted::Leased;
         }
-        if matches!(state.entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, &shard)) {
+        if shard.is_listed() {
             state.entries.remove(&id);
             state.policy.removed(&id);
             self.inner.stats.demoted.fetch_add(1, Ordering::Relaxed);

@@ -68,7 +68,7 @@ impl Cache {
                 });
                 return VerifyOutcome::Lost;
             }
-            if !matches!(state.entries.get(&id), Some(Slot::Ready(s)) if Arc::ptr_eq(s, shard)) {
+            if !shard.is_listed() {
                 return VerifyOutcome::Dropped;
             }
             state.policy.removed(&id);
