@@ -198,7 +198,7 @@ async fn work(
             let version = versions.fetch_add(1, Ordering::SeqCst);
             let len = shard_len(&mut rng);
             let state = State::Present { version, len };
-            let durability = if roll % 3 == 0 {
+            let durability = if roll.is_multiple_of(3) {
                 Durability::WriteBack
             } else {
                 Durability::Durable

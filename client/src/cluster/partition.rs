@@ -213,7 +213,7 @@ impl Cluster {
         let puts = partitioning.parts().map(|(index, range)| {
             let data = bytes.slice(range.start as usize..range.end as usize);
             let shape = match options.dtype.size() {
-                Some(size) if data.len() as u64 % size == 0 => vec![data.len() as u64 / size],
+                Some(size) if (data.len() as u64).is_multiple_of(size) => vec![data.len() as u64 / size],
                 _ => Vec::new(),
             };
             let put = PutOptions {

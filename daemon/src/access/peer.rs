@@ -91,12 +91,11 @@ impl Identity {
         };
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
         let mut groups = vec![gid];
-        if let Some(user) = &user {
-            if let Ok(name) = std::ffi::CString::new(user.name.as_str()) {
-                if let Ok(list) = nix::unistd::getgrouplist(&name, Gid::from_raw(gid)) {
-                    groups.extend(list.into_iter().map(Gid::as_raw));
-                }
-            }
+        if let Some(user) = &user
+            && let Ok(name) = std::ffi::CString::new(user.name.as_str())
+            && let Ok(list) = nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+        {
+            groups.extend(list.into_iter().map(Gid::as_raw));
         }
         groups.sort_unstable();
         groups.dedup();

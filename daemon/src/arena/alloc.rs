@@ -75,7 +75,10 @@ impl SlabAllocator {
     /// bytes (a multiple of [`PAGE`], at most 256 MiB); the capacity is
     /// rounded down to whole superblocks.
     pub fn new(capacity: u64, superblock: u32) -> SlabAllocator {
-        assert!(superblock >= PAGE && superblock % PAGE == 0, "superblock {superblock}");
+        assert!(
+            superblock >= PAGE && superblock.is_multiple_of(PAGE),
+            "superblock {superblock}"
+        );
         let count = (capacity / superblock as u64) as u32;
         SlabAllocator {
             superblock,
@@ -132,7 +135,7 @@ impl SlabAllocator {
         }
         let sb = sb as u32;
         let within = offset % self.superblock as u64;
-        if within % size as u64 != 0 {
+        if !within.is_multiple_of(size as u64) {
             return Err(format!("offset {offset} is not on a {size}-byte block boundary"));
         }
         let slot = (within / size as u64) as u16;
@@ -326,7 +329,7 @@ fn size_classes(superblock: u32) -> Vec<u32> {
     while power < superblock {
         classes.push(power);
         let between = power + power / 2;
-        if between % PAGE == 0 && between < superblock {
+        if between.is_multiple_of(PAGE) && between < superblock {
             classes.push(between);
         }
         power *= 2;

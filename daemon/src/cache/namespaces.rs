@@ -53,11 +53,11 @@ impl Cache {
         let (mut unflushed, mut bytes) = (0, 0);
         for id in &ids {
             self.inner.prefetch.forget(id);
-            if let Some(shard) = self.forget(&id.0, &id.1) {
-                if !shard.is_clean() {
-                    unflushed += 1;
-                    bytes += shard.meta.len;
-                }
+            if let Some(shard) = self.forget(&id.0, &id.1)
+                && !shard.is_clean()
+            {
+                unflushed += 1;
+                bytes += shard.meta.len;
             }
         }
         let _ = self.set_schedule(namespace.clone(), &[]);

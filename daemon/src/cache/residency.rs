@@ -171,10 +171,10 @@ impl Cache {
     /// installed first); returns the version that stays if so.
     pub(super) fn replace(&self, state: &mut State, shard: Arc<CachedShard>) -> Result<(), u64> {
         let id = (shard.meta.namespace.clone(), shard.meta.key.clone());
-        if let Some(Slot::Ready(current)) = state.entries.get(&id) {
-            if current.meta.version >= shard.meta.version {
-                return Err(current.meta.version);
-            }
+        if let Some(Slot::Ready(current)) = state.entries.get(&id)
+            && current.meta.version >= shard.meta.version
+        {
+            return Err(current.meta.version);
         }
         let old = state.entries.insert(id.clone(), Slot::Ready(shard));
         state.policy.inserted(id);

@@ -97,7 +97,7 @@ impl AlignedBuf {
         fixed: Option<u16>,
         owner: Box<dyn Any + Send + Sync>,
     ) -> AlignedBuf {
-        debug_assert!(ptr.as_ptr() as usize % ALIGN == 0 && cap % ALIGN == 0);
+        debug_assert!((ptr.as_ptr() as usize).is_multiple_of(ALIGN) && cap.is_multiple_of(ALIGN));
         AlignedBuf {
             ptr,
             cap,

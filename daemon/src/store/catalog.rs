@@ -95,18 +95,18 @@ impl Store {
                 }),
             };
         };
-        if let Some(expected) = expected {
-            if expected != entry.meta.version {
-                return Err(StoreError::VersionConflict {
-                    namespace: namespace.clone(),
-                    key: key.clone(),
-                    current: entry.meta.version,
-                    message: format!(
-                        "delete expected version {expected}, the stored version is {}",
-                        entry.meta.version
-                    ),
-                });
-            }
+        if let Some(expected) = expected
+            && expected != entry.meta.version
+        {
+            return Err(StoreError::VersionConflict {
+                namespace: namespace.clone(),
+                key: key.clone(),
+                current: entry.meta.version,
+                message: format!(
+                    "delete expected version {expected}, the stored version is {}",
+                    entry.meta.version
+                ),
+            });
         }
         self.check_dir(entry.dir)?;
         let dir = &self.inner.dirs[entry.dir];

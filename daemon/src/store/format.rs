@@ -133,7 +133,7 @@ pub fn header_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
         return Err(FormatError::UnknownVersion(version));
     }
     let payload_offset = u64_at(prefix, 16);
-    if payload_offset % ALIGN as u64 != 0 || payload_offset == 0 || payload_offset > 1 << 30 {
+    if !payload_offset.is_multiple_of(ALIGN as u64) || payload_offset == 0 || payload_offset > 1 << 30 {
         return Err(FormatError::Corrupt(format!("payload offset {payload_offset}")));
     }
     Ok(payload_offset)
@@ -178,7 +178,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<(ShardMeta, ShardLayout), FormatErr
     }
     let meta: ShardMeta =
         codec::decode(&bytes[FIXED_LEN..meta_end]).map_err(|e| FormatError::Corrupt(e.to_string()))?;
-    if chunk_size == 0 || chunk_size as usize % ALIGN != 0 {
+    if chunk_size == 0 || !(chunk_size as usize).is_multiple_of(ALIGN) {
         return Err(FormatError::Corrupt(format!("chunk size {chunk_size}")));
     }
     if ShardLayout::chunk_count(meta.len, chunk_size) != chunks {

@@ -305,13 +305,13 @@ impl ShardWriter {
                 self.received, self.spec.len
             )));
         }
-        if let Some(expected) = self.spec.crc32c {
-            if expected != self.crc {
-                return Err(StoreError::ChecksumMismatch(format!(
-                    "{}/{}: the sender's CRC32C {expected:#010x} does not match the received bytes' {:#010x}",
-                    self.spec.namespace, self.spec.key, self.crc
-                )));
-            }
+        if let Some(expected) = self.spec.crc32c
+            && expected != self.crc
+        {
+            return Err(StoreError::ChecksumMismatch(format!(
+                "{}/{}: the sender's CRC32C {expected:#010x} does not match the received bytes' {:#010x}",
+                self.spec.namespace, self.spec.key, self.crc
+            )));
         }
         let meta = self.spec.meta(self.version, self.crc);
         let header = format::encode_header(&meta, &self.layout)
@@ -352,16 +352,16 @@ impl ShardWriter {
     ) -> Result<Option<(ShardMeta, Vec<AlignedBuf>)>, StoreError> {
         let store = self.store.clone();
         let _guard = store.lock_key(&meta.namespace, &meta.key).await;
-        if let Some(condition) = condition {
-            if !condition() {
-                return Ok(None);
-            }
+        if let Some(condition) = condition
+            && !condition()
+        {
+            return Ok(None);
         }
         let current = store.inner.index.get(&meta.namespace, &meta.key);
-        if let Some(current) = &current {
-            if current.meta.version >= meta.version {
-                return Err(version_conflict(&self.spec, current.meta.version, meta.version));
-            }
+        if let Some(current) = &current
+            && current.meta.version >= meta.version
+        {
+            return Err(version_conflict(&self.spec, current.meta.version, meta.version));
         }
         let dir = &store.inner.dirs[self.dir];
         let replace_in_place = current.as_ref().filter(|c| c.dir == self.dir);
