@@ -74,6 +74,9 @@
 //! * [`trainer`]: a training loop's gathers, with prefetch hints from a
 //!   recorded or declared layer order and stall accounting.
 //! * [`view`]: zero-copy views of shards in the daemon's arena.
+//! * [`copy`]: copies of large pieces with streaming stores, into memory
+//!   the copying thread does not read again (the daemon's writes into
+//!   regions, copies out of views).
 //! * [`region`]: memory fetches fill in place ([`Region`]), registered on
 //!   a connection with [`Client::register_region`].
 //! * [`endpoint`]: `unix://` and `tcp://` addresses.
@@ -92,6 +95,7 @@ pub mod blocking;
 pub mod client;
 pub mod cluster;
 mod connection;
+pub mod copy;
 pub mod endpoint;
 pub mod error;
 #[cfg(feature = "files")]

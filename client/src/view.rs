@@ -17,6 +17,7 @@ use shardd_protocol::{Extent, ShardMeta};
 use crate::ClientError;
 use crate::arena::ArenaMap;
 use crate::connection::Connection;
+use crate::copy::copy_streaming;
 
 /// A shard (or a range of one) read in place from the daemon's arena,
 /// without a copy. The daemon keeps the bytes where they are, unchanged,
@@ -149,7 +150,8 @@ impl ShardView {
 
     /// Copies the bytes to the start of `dest` (the one copy a caller that
     /// needs them in its own buffer makes); returns their CRC32C when
-    /// `checksum` is set. Fails, with `dest` holding unspecified bytes, if
+    /// `checksum` is set. Without a checksum, large pieces are written with
+    /// streaming stores ([`crate::copy`]). Fails, with `dest` holding unspecified bytes, if
     /// the lease was lost before the copy ended.
     ///
     /// # Panics
@@ -164,10 +166,15 @@ impl ShardView {
         assert!(dest.len() as u64 >= self.len, "destination too small");
         let mut at = 0;
         for piece in self.pieces()? {
-            // Checksum each piece right after copying it, while it is in cache.
-            dest[at..at + piece.len()].copy_from_slice(piece);
-            if let Some(crc) = crc.as_mut() {
-                *crc = crc32c::crc32c_append(*crc, &dest[at..at + piece.len()]);
+            let to = &mut dest[at..at + piece.len()];
+            match crc.as_mut() {
+                // Checksum each piece right after copying it, while it is in
+                // cache (which a streaming copy would bypass).
+                Some(crc) => {
+                    to.copy_from_slice(piece);
+                    *crc = crc32c::crc32c_append(*crc, to);
+                }
+                None => copy_streaming(to, piece),
             }
             at += piece.len();
         }

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
+use shardd_client::copy::copy_nonoverlapping_streaming;
 use shardd_protocol::{RegionPlace, Status};
 
 use crate::store::StoreError;
@@ -174,12 +175,13 @@ impl Region {
             offset,
             mapping.len
         );
+        // Streaming stores for large pieces: the daemon never reads them back.
         // SAFETY: within the mapping (checked above), which lives as long
         // as `self`; the source is a separate buffer of the daemon's. The
         // client may touch the same bytes meanwhile: it is its memory, and
         // shared memory is only ever copied into, never read as a typed value.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), mapping.base.as_ptr().add(offset as usize), bytes.len());
+            copy_nonoverlapping_streaming(bytes.as_ptr(), mapping.base.as_ptr().add(offset as usize), bytes.len());
         }
     }
 }
