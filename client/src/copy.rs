@@ -53,9 +53,14 @@ pub unsafe fn copy_nonoverlapping_streaming(src: *const u8, dst: *mut u8, len: u
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::{__m512i, _mm_sfence, _mm512_loadu_si512, _mm512_stream_si512};
+    use std::arch::x86_64::{__m512i, _MM_HINT_T0, _mm_prefetch, _mm_sfence, _mm512_loadu_si512, _mm512_stream_si512};
 
     const LINE: usize = 64;
+    /// How far ahead of the copy the source is prefetched: a page, so that
+    /// the next page of the source is on its way when the copy reaches it
+    /// (the hardware's prefetchers stop at page boundaries, and a shard's
+    /// 4 KiB pages lie anywhere in physical memory).
+    const AHEAD: usize = 4096;
 
     /// Copies the bytes before `dst`'s first 64-byte boundary plainly,
     /// the whole lines after it with streaming stores (four a round), then
@@ -70,6 +75,16 @@ mod x86 {
         unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
         let mut at = head;
         while len - at >= 4 * LINE {
+            if len - at >= AHEAD + 4 * LINE {
+                // SAFETY: a hint, within the source (checked); it reads nothing.
+                unsafe {
+                    let ahead = src.add(at + AHEAD).cast::<i8>();
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(LINE));
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(2 * LINE));
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(3 * LINE));
+                }
+            }
             // SAFETY: the four lines lie within both ranges (`at + 256 <=
             // len`); the loads are unaligned ones, the stores are at
             // `dst + at`, a 64-byte boundary (`head` reached one and `at`
