@@ -12,7 +12,9 @@
 //! it derives from the last-level cache's size, which virtual machines
 //! often report as the whole host's. Narrower streaming stores (AVX2,
 //! SSE2) write half or quarter lines and were no faster than `memcpy` in
-//! `shardctl bench hot`, so they are not used.
+//! `shardctl bench hot`, so they are not used. The source is prefetched a
+//! page ahead of the copy, since the hardware's prefetchers stop at page
+//! boundaries and an arena's pages lie anywhere in physical memory.
 //!
 //! Elsewhere, and for smaller pieces, the copy is a plain one.
 
