@@ -11,8 +11,8 @@
 //! which skip both. glibc switches to such stores only above a threshold
 //! it derives from the last-level cache's size, which virtual machines
 //! often report as the whole host's. Narrower streaming stores (AVX2,
-//! SSE2) write half or quarter lines and were no faster than `memcpy` in
-//! `shardctl bench hot`, so they are not used. The source is prefetched a
+//! SSE2) write half or quarter lines and were measured no faster than
+//! `memcpy`, so they are not used. The source is prefetched a
 //! page ahead of the copy, since the hardware's prefetchers stop at page
 //! boundaries and an arena's pages lie anywhere in physical memory.
 //!
@@ -124,9 +124,9 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Every length around the streaming threshold and the line, at every
-    /// misalignment of source and destination, copies exactly its bytes
-    /// and nothing around them.
+    /// Lengths around the streaming threshold and the line, with source
+    /// and destination on and off line boundaries, copy exactly their
+    /// bytes and nothing around them.
     #[test]
     fn copies_exactly_the_bytes_at_any_alignment_and_length() {
         let lengths = [

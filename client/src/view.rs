@@ -151,8 +151,8 @@ impl ShardView {
     /// Copies the bytes to the start of `dest` (the one copy a caller that
     /// needs them in its own buffer makes); returns their CRC32C when
     /// `checksum` is set. Without a checksum, large pieces are written with
-    /// streaming stores ([`crate::copy`]). Fails, with `dest` holding unspecified bytes, if
-    /// the lease was lost before the copy ended.
+    /// streaming stores ([`crate::copy`]). Fails, with `dest` holding
+    /// unspecified bytes, if the lease was lost before the copy ended.
     ///
     /// # Panics
     /// If `dest` is shorter than the view.
