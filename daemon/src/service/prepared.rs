@@ -6,12 +6,12 @@
 //! What a kept batch holds is the request, and for each member a handle
 //! on the shard its last run found in the arena (weak: it keeps none of
 //! the shard's arena memory, only its record of a few hundred bytes until
-//! the next run renews the handle). Every run checks the client's rights and looks its regions up
-//! as a `fetch_batch` of the same members would, and takes each shard
-//! through its handle only while the shard is still its key's entry in
-//! the cache (looking the key up otherwise), so a reload of the access
-//! table, a released region or a replaced, evicted or deleted shard count
-//! at the next run.
+//! the next run renews the handle). Every run checks the client's rights
+//! and looks its regions up as a `fetch_batch` of the same members would,
+//! and takes each shard through its handle only while the shard is still
+//! its key's entry in the cache (looking the key up otherwise), so a
+//! reload of the access table, a released region or a replaced, evicted
+//! or deleted shard count at the next run.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
